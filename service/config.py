@@ -1,0 +1,129 @@
+"""Settings: one frozen Struct, read from a TOML file and `RATCHET_*` environment overrides.
+
+Built once at start (`Settings.load`) and passed down; nothing reads the environment at import
+time. Nested sections are overridden with a double underscore:
+`RATCHET_WRITER__MAX_BATCH_ROWS=500` sets `writer.max_batch_rows`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+
+ENV_PREFIX = "RATCHET_"
+
+
+def _doc(text: str) -> msgspec.Meta:
+    return msgspec.Meta(description=text)
+
+
+class WriterSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The group-commit writer."""
+
+    max_batch_rows: Annotated[int, _doc("Most rows written in one transaction."), msgspec.Meta(ge=1)] = 2000
+    max_queue_rows: Annotated[
+        int, _doc("Rows waiting to be written before new requests get 429."), msgspec.Meta(ge=1)
+    ] = 20000
+    checkpoint_wal_mib: Annotated[
+        int, _doc("WAL size that triggers a DuckDB checkpoint (MiB)."), msgspec.Meta(ge=1)
+    ] = 64
+
+
+class SnapshotSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """How a training snapshot is cut from the feedback data."""
+
+    holdout_fraction: Annotated[
+        float, _doc("Newest share of examples kept out of training for evaluation."), msgspec.Meta(gt=0, lt=1)
+    ] = 0.2
+    max_user_share: Annotated[
+        float,
+        _doc("Largest share of a snapshot one end user may supply (poisoning guard)."),
+        msgspec.Meta(gt=0, le=1),
+    ] = 0.2
+    min_user_cap: Annotated[
+        int, _doc("Every end user may supply at least this many examples, whatever the share."), msgspec.Meta(ge=1)
+    ] = 20
+    extra_pii_patterns: Annotated[
+        tuple[str, ...], _doc("More regular expressions whose matches are replaced by [REDACTED].")
+    ] = ()
+
+
+class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Everything Ratchet can be told. Defaults run on one machine out of the box."""
+
+    data_dir: Annotated[str, _doc("Where the DuckDB file, snapshots and adapters live.")] = "./data"
+    host: Annotated[str, _doc("Address the HTTP server binds.")] = "127.0.0.1"
+    port: Annotated[int, _doc("Port the HTTP server binds."), msgspec.Meta(ge=0, le=65535)] = 8470
+    admin_key: Annotated[
+        str | None, _doc("Admin API key. When unset, one is generated at first start and printed once.")
+    ] = None
+    auth_disabled: Annotated[
+        bool, _doc("Serve without API keys (everyone is admin). Refused unless host is loopback.")
+    ] = False
+    max_body_bytes: Annotated[int, _doc("Largest request body accepted (413 above)."), msgspec.Meta(ge=1024)] = (
+        1024 * 1024
+    )
+    max_batch_items: Annotated[int, _doc("Most items in one batch request."), msgspec.Meta(ge=1)] = 1000
+    writer: WriterSettings = WriterSettings()
+    snapshot: SnapshotSettings = SnapshotSettings()
+
+    @property
+    def db_path(self) -> Path:
+        return Path(self.data_dir) / "ratchet.duckdb"
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+        """Read `path` (TOML; default `$RATCHET_CONFIG` or none) then apply `RATCHET_*` overrides.
+
+        Raises `SettingsError` naming the bad key or value.
+        """
+        env = os.environ if env is None else env
+        path = path or env.get(f"{ENV_PREFIX}CONFIG")
+        raw: dict[str, Any] = {}
+        if path:
+            try:
+                raw = tomllib.loads(Path(path).read_text())
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise SettingsError(f"cannot read settings file {path}: {exc}") from exc
+        for name, value in env.items():
+            if not name.startswith(ENV_PREFIX) or name == f"{ENV_PREFIX}CONFIG":
+                continue
+            keys = name[len(ENV_PREFIX) :].lower().split("__")
+            node = raw
+            for key in keys[:-1]:
+                node = node.setdefault(key, {})
+            node[keys[-1]] = _parse_env_value(value)
+        try:
+            settings = msgspec.convert(raw, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise SettingsError(f"invalid settings: {exc}") from exc
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Refuse combinations that are individually valid but unsafe together."""
+        if self.auth_disabled and self.host not in ("127.0.0.1", "localhost", "::1"):
+            raise SettingsError(
+                f"auth_disabled is only allowed on a loopback host, not {self.host!r}: "
+                "set RATCHET_HOST=127.0.0.1 or give API keys"
+            )
+
+
+class SettingsError(ValueError):
+    """The settings file or environment holds something Ratchet cannot use."""
+
+
+def _parse_env_value(value: str) -> Any:
+    # Lists and tables can be given as TOML/JSON literals; anything else stays a string and
+    # msgspec's lax conversion turns "8000" into 8000 and "true" into True.
+    if value[:1] in "[{":
+        try:
+            return msgspec.json.decode(value)
+        except msgspec.DecodeError:
+            return value
+    return value

@@ -16,6 +16,9 @@ from typing import Annotated, Any
 import msgspec
 
 ENV_PREFIX = "RATCHET_"
+# RATCHET_* variables that are not settings: the settings file itself, the CLI's client
+# address and key, and the test suite's own. Any other unknown RATCHET_* name is a typo and fails.
+NOT_SETTINGS = ("RATCHET_CONFIG", "RATCHET_URL", "RATCHET_KEY", "RATCHET_TEST_")
 
 
 def _doc(text: str) -> msgspec.Meta:
@@ -46,7 +49,9 @@ class SnapshotSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
         msgspec.Meta(gt=0, le=1),
     ] = 0.2
     min_user_cap: Annotated[
-        int, _doc("Every end user may supply at least this many examples, whatever the share."), msgspec.Meta(ge=1)
+        int,
+        _doc("Every end user may supply at least this many examples, whatever the share."),
+        msgspec.Meta(ge=1),
     ] = 20
     extra_pii_patterns: Annotated[
         tuple[str, ...], _doc("More regular expressions whose matches are replaced by [REDACTED].")
@@ -65,9 +70,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     auth_disabled: Annotated[
         bool, _doc("Serve without API keys (everyone is admin). Refused unless host is loopback.")
     ] = False
-    max_body_bytes: Annotated[int, _doc("Largest request body accepted (413 above)."), msgspec.Meta(ge=1024)] = (
-        1024 * 1024
-    )
+    max_body_bytes: Annotated[
+        int, _doc("Largest request body accepted (413 above)."), msgspec.Meta(ge=1024)
+    ] = 1024 * 1024
     max_batch_items: Annotated[int, _doc("Most items in one batch request."), msgspec.Meta(ge=1)] = 1000
     writer: WriterSettings = WriterSettings()
     snapshot: SnapshotSettings = SnapshotSettings()
@@ -91,7 +96,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
             except (OSError, tomllib.TOMLDecodeError) as exc:
                 raise SettingsError(f"cannot read settings file {path}: {exc}") from exc
         for name, value in env.items():
-            if not name.startswith(ENV_PREFIX) or name == f"{ENV_PREFIX}CONFIG":
+            if not name.startswith(ENV_PREFIX) or name.startswith(NOT_SETTINGS):
                 continue
             keys = name[len(ENV_PREFIX) :].lower().split("__")
             node = raw

@@ -55,7 +55,9 @@ class Metrics:
             "ratchet_writer_queue_rows", "Rows waiting for the group-commit writer.", registry=r
         )
         self.writer_errors = Counter(
-            "ratchet_writer_errors_total", "Group-commit transactions that failed and were rolled back.", registry=r
+            "ratchet_writer_errors_total",
+            "Group-commit transactions that failed and were rolled back.",
+            registry=r,
         )
         self.feedback = Counter(
             "ratchet_feedback_total",
@@ -122,7 +124,10 @@ class Metrics:
         )
         # --- rollout
         self.canary_fraction = Gauge(
-            "ratchet_canary_fraction", "Share of a project's traffic routed to its canary.", ["project"], registry=r
+            "ratchet_canary_fraction",
+            "Share of a project's traffic routed to its canary.",
+            ["project"],
+            registry=r,
         )
         self.online_statistic = Gauge(
             "ratchet_online_llr",

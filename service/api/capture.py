@@ -1,0 +1,43 @@
+"""`POST /v1/logs` and `POST /v1/feedback`: answered 202 once the rows are committed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, post
+
+from service.api.deps import scoped_project
+from service.api.openapi import FeedbackOperation, LogsOperation
+from service.capture import decode_feedback, decode_logs
+from service.domain import CaptureResult, Principal
+from service.errors import InvalidInput
+from service.runtime import Runtime
+
+
+def _reject_if_nothing_taken(result: CaptureResult) -> CaptureResult:
+    if result.rejected and not (result.accepted or result.duplicates):
+        first = result.results[0] if len(result.results) == 1 else None
+        raise InvalidInput(
+            first.error if first and first.error else "every item was rejected: see the results"
+        )
+    return result
+
+
+@post("/v1/logs", status_code=202, operation_class=LogsOperation, summary="Store inference logs")
+async def post_logs(
+    request: Request[Any, Any, Any], principal: Principal, runtime: Runtime, project: str | None = None
+) -> CaptureResult:
+    """Store one log or `{"logs": [...]}`. Same `id` twice is one row. Per-item results in order."""
+    name = scoped_project(principal, runtime, project)
+    items = decode_logs(await request.body())
+    return _reject_if_nothing_taken(await runtime.capture.write_logs(name, items))
+
+
+@post("/v1/feedback", status_code=202, operation_class=FeedbackOperation, summary="Store user feedback")
+async def post_feedback(
+    request: Request[Any, Any, Any], principal: Principal, runtime: Runtime, project: str | None = None
+) -> CaptureResult:
+    """Store one feedback item or `{"feedback": [...]}`; a new verdict replaces the old one."""
+    name = scoped_project(principal, runtime, project)
+    items = decode_feedback(await request.body())
+    return _reject_if_nothing_taken(await runtime.capture.write_feedback(name, items))

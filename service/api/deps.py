@@ -1,0 +1,50 @@
+"""Request-scoped dependencies: who is calling, and which project they may touch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request
+from litestar.datastructures import State
+
+from service.domain import Principal
+from service.errors import Forbidden, InvalidInput, NotFound
+from service.runtime import Runtime
+
+_DEV_PRINCIPAL = Principal("auth-disabled", None)
+
+
+def provide_runtime(state: State) -> Runtime:
+    return state.runtime  # type: ignore[no-any-return]
+
+
+def provide_principal(request: Request[Any, Any, Any], runtime: Runtime) -> Principal:
+    """Authenticate the `Authorization: Bearer <key>` header (or `x-api-key`)."""
+    if runtime.settings.auth_disabled:
+        return _DEV_PRINCIPAL
+    header = request.headers.get("authorization") or ""
+    scheme, _, token = header.partition(" ")
+    presented = token.strip() if scheme.lower() == "bearer" else request.headers.get("x-api-key")
+    return runtime.keys.authenticate(presented)
+
+
+def require_admin(principal: Principal) -> None:
+    if not principal.is_admin:
+        raise Forbidden("this needs an admin key; project keys can only use their own project's data")
+
+
+def scoped_project(principal: Principal, runtime: Runtime, requested: str | None) -> str:
+    """The project this request acts on. A project key only ever sees its own project.
+
+    Another project's name gets the same 404 as a project that does not exist, so keys cannot
+    probe which projects exist.
+    """
+    if principal.project is not None:
+        if requested is not None and requested != principal.project:
+            raise NotFound(f"project {requested!r} does not exist")
+        return principal.project
+    if requested is None:
+        raise InvalidInput("an admin key must name the project: add ?project=NAME", "project")
+    if requested not in runtime.projects:
+        raise NotFound(f"project {requested!r} does not exist: create it with `ratchet projects create`")
+    return requested

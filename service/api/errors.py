@@ -1,0 +1,101 @@
+"""The one table that turns exceptions into HTTP answers: JSON `{code, message[, field]}`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+from service import errors
+
+log = logging.getLogger("ratchet.api")
+
+# exception class -> (status, stable code)
+STATUS: dict[type[errors.RatchetError], tuple[int, str]] = {
+    errors.InvalidInput: (422, "invalid_input"),
+    errors.Unauthenticated: (401, "unauthenticated"),
+    errors.Forbidden: (403, "forbidden"),
+    errors.NotFound: (404, "not_found"),
+    errors.Conflict: (409, "conflict"),
+    errors.WriterSaturated: (429, "writer_saturated"),
+    errors.StoreUnavailable: (503, "store_unavailable"),
+    errors.UpstreamUnavailable: (503, "upstream_unavailable"),
+    errors.UpstreamTimeout: (504, "upstream_timeout"),
+}
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_media_type",
+}
+
+
+class ErrorBody(msgspec.Struct, omit_defaults=True):
+    """Every error Ratchet answers with."""
+
+    code: str
+    message: str
+    field: str | None = None
+    detail: Any = None
+
+
+def error_response(
+    status: int, body: ErrorBody, headers: dict[str, str] | None = None
+) -> Response[ErrorBody]:
+    return Response(body, status_code=status, media_type=MediaType.JSON, headers=headers)
+
+
+def handle_domain(_: Request[Any, Any, Any], exc: errors.RatchetError) -> Response[ErrorBody]:
+    status, code = next((v for cls, v in STATUS.items() if isinstance(exc, cls)), (500, "internal"))
+    headers = (
+        {"Retry-After": str(max(1, round(exc.retry_after)))}
+        if isinstance(exc, errors.WriterSaturated)
+        else None
+    )
+    return error_response(status, ErrorBody(code, exc.message, getattr(exc, "field", None)), headers)
+
+
+def handle_decode(_: Request[Any, Any, Any], exc: msgspec.MsgspecError) -> Response[ErrorBody]:
+    # msgspec names the path of the bad field: "Expected `int`, got `str` - at `$.rating`".
+    message = str(exc)
+    field = message.rsplit("at `", 1)[1].rstrip("`") if "at `$" in message else None
+    return error_response(422, ErrorBody("invalid_input", f"invalid request body: {message}", field))
+
+
+def handle_validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[ErrorBody]:
+    extra = exc.extra if isinstance(exc.extra, list) else None
+    parts = [f"{e.get('message')} ({e.get('key')})" if isinstance(e, dict) else str(e) for e in extra or []]
+    message = "; ".join(parts) or exc.detail
+    field = next((e.get("key") for e in extra or [] if isinstance(e, dict) and e.get("key")), None)
+    return error_response(422, ErrorBody("invalid_input", f"invalid request: {message}", field))
+
+
+def handle_http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
+    status = exc.status_code
+    message = exc.detail
+    if status == 413:
+        message = f"request body too large: {exc.detail}. Split the batch or raise max_body_bytes"
+    return error_response(
+        status, ErrorBody(_HTTP_CODES.get(status, "http_error" if status < 500 else "internal"), message)
+    )
+
+
+def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, ErrorBody("internal", "internal error; the server log has the details"))
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    errors.RatchetError: handle_domain,
+    msgspec.ValidationError: handle_decode,
+    msgspec.DecodeError: handle_decode,
+    ValidationException: handle_validation,
+    HTTPException: handle_http,
+    Exception: handle_unexpected,
+}

@@ -1,0 +1,40 @@
+"""Liveness, readiness and the Prometheus scrape."""
+
+from __future__ import annotations
+
+import msgspec
+from litestar import MediaType, Response, get
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.runtime import Runtime
+
+
+class Health(msgspec.Struct):
+    status: str
+    checks: dict[str, str] = {}
+
+
+@get("/healthz", summary="Alive", include_in_schema=True)
+async def healthz() -> Health:
+    """The process answers."""
+    return Health("ok")
+
+
+@get("/readyz", summary="Ready to take traffic", sync_to_thread=True)
+def readyz(runtime: Runtime) -> Response[Health]:
+    """The database answers (and, once configured, vLLM is reachable). 503 otherwise."""
+    checks: dict[str, str] = {}
+    try:
+        with runtime.db.reading() as cur:
+            cur.execute("SELECT 1").fetchone()
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"error: {exc}"
+    ok = all(v == "ok" for v in checks.values())
+    return Response(Health("ok" if ok else "unavailable", checks), status_code=200 if ok else 503)
+
+
+@get("/metrics", summary="Prometheus metrics", media_type=MediaType.TEXT, sync_to_thread=True)
+def metrics(runtime: Runtime) -> Response[bytes]:
+    """Prometheus text exposition of every `ratchet_*` metric."""
+    return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)

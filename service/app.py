@@ -1,0 +1,145 @@
+"""The application factory: settings in, Litestar app out."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api import capture, health, projects
+from service.api.deps import provide_principal, provide_runtime
+from service.api.errors import EXCEPTION_HANDLERS
+from service.auth import KeyRing, mint_key
+from service.capture import Capture, utcnow
+from service.config import Settings
+from service.metrics import Metrics
+from service.runtime import Runtime
+from service.store.db import Database
+from service.store.queries import Queries
+from service.store.writer import GroupCommitWriter
+
+log = logging.getLogger("ratchet")
+
+
+def build_runtime(settings: Settings, metrics: Metrics | None = None) -> Runtime:
+    """Open the store and build the in-memory views. The writer is started by the app."""
+    metrics = metrics or Metrics()
+    db = Database(settings.db_path, checkpoint_wal_mib=settings.writer.checkpoint_wal_mib)
+    queries = Queries(db)
+    writer = GroupCommitWriter(
+        db,
+        metrics,
+        max_batch_rows=settings.writer.max_batch_rows,
+        max_queue_rows=settings.writer.max_queue_rows,
+    )
+    runtime = Runtime(
+        settings=settings,
+        db=db,
+        writer=writer,
+        queries=queries,
+        capture=Capture(writer, metrics, max_batch_items=settings.max_batch_items),
+        keys=KeyRing(queries.list_keys(), settings.admin_key),
+        metrics=metrics,
+        projects={p.name for p in queries.list_projects()},
+    )
+    for name in runtime.projects:
+        metrics.init_project(name)
+    return runtime
+
+
+def ensure_admin_key(runtime: Runtime) -> str | None:
+    """At first start with no admin key configured, mint one; return it to show once."""
+    if runtime.settings.auth_disabled or runtime.keys.has_admin():
+        return None
+    secret, key = mint_key(None, utcnow())
+    runtime.queries.add_key(key)
+    runtime.keys.add(key)
+    return secret
+
+
+class HttpMetrics:
+    """ASGI middleware: request latency by route template, method and status class."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.histogram = metrics.http_request_seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("path_template") or "unmatched"
+            self.histogram.labels(route, scope.get("method", ""), f"{status // 100}xx").observe(
+                time.perf_counter() - started
+            )
+
+
+def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
+    """The Ratchet HTTP app. Opens the store at start-up and closes it at shutdown."""
+    runtime = runtime or build_runtime(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        runtime.writer.start()
+        try:
+            yield
+        finally:
+            runtime.writer.stop()
+            runtime.db.close()
+
+    def metrics_middleware(app: ASGIApp) -> ASGIApp:
+        return HttpMetrics(app, runtime.metrics)
+
+    app = Litestar(
+        route_handlers=[
+            capture.post_logs,
+            capture.post_feedback,
+            projects.create_project,
+            projects.list_projects,
+            projects.create_key,
+            projects.project_stats,
+            projects.get_log,
+            projects.export,
+            health.healthz,
+            health.readyz,
+            health.metrics,
+        ],
+        dependencies={
+            "runtime": Provide(provide_runtime, sync_to_thread=False),
+            "principal": Provide(provide_principal, sync_to_thread=False),
+        },
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[metrics_middleware],
+        request_max_body_size=settings.max_body_bytes,
+        lifespan=[lifespan],
+        openapi_config=OpenAPIConfig(
+            title="Ratchet",
+            version="0.1.0",
+            description="Capture feedback, train LoRA adapters, gate and roll them out into vLLM.",
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin()],
+        ),
+        logging_config=None,
+        debug=False,
+    )
+    app.state.runtime = runtime
+    return app

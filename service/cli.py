@@ -1,0 +1,222 @@
+"""The `ratchet` command.
+
+`ratchet serve` runs the service. The other commands talk to a running server over HTTP (the
+server owns the DuckDB file; no second process may open it): they read the server address from
+`--url` / `RATCHET_URL` (default from the settings' host and port) and the key from `--key` /
+`RATCHET_KEY` / `RATCHET_ADMIN_KEY`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from service.config import Settings, SettingsError
+from service.errors import RatchetError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the HTTP service in the foreground.
+
+    Example: `RATCHET_ADMIN_KEY=secret ratchet serve --port 8470`
+    """
+    import uvicorn
+
+    from service.app import build_runtime, create_app, ensure_admin_key
+
+    settings = _settings(args)
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    if overrides:
+        settings = msgspec.structs.replace(settings, **overrides)
+        settings.check()
+    runtime = build_runtime(settings)
+    admin_key = ensure_admin_key(runtime)
+    app = create_app(settings, runtime)
+    url = f"http://{settings.host}:{settings.port}"
+    print(f"ratchet: serving {url}  (data: {settings.db_path}, API docs: {url}/schema)", flush=True)
+    if admin_key:
+        print(f"ratchet: admin API key (shown once, keep it): {admin_key}", flush=True)
+    elif settings.auth_disabled:
+        print("ratchet: auth is DISABLED (loopback only): every caller is admin", flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+    return 0
+
+
+def cmd_projects_create(args: argparse.Namespace) -> int:
+    """Create a project and print its first API key (shown once).
+
+    Example: `ratchet projects create support-bot --base-model ./models/tiny`
+    """
+    created = _client(args).request(
+        "POST", "/v1/projects", json={"name": args.name, "base_model": args.base_model}
+    )
+    print(f"project {created['project']['name']} created")
+    print(f"API key (shown once, keep it): {created['api_key']}")
+    return 0
+
+
+def cmd_projects_list(args: argparse.Namespace) -> int:
+    """List projects. Example: `ratchet projects list`"""
+    for project in _client(args).request("GET", "/v1/projects"):
+        print(f"{project['name']}\t{project['base_model']}\t{project['created_at']}")
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    """Create another API key for a project. Example: `ratchet keys create --project support-bot`"""
+    created = _client(args).request("POST", f"/v1/projects/{args.project}/keys")
+    print(f"API key {created['key_id']} for {created['project']} (shown once, keep it): {created['api_key']}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Import OpenAI chat-format JSONL (resumable, idempotent).
+
+    Example: `ratchet import chats.jsonl --project support-bot`
+    """
+    from service.importer import import_file
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise RatchetError(f"{path}: no such file")
+    report = import_file(_client(args), args.project, path, batch_lines=args.batch, restart=args.restart)
+    print(
+        f"imported {report.lines} lines: {report.logs_accepted} new logs, {report.logs_duplicate} already there, "
+        f"{report.feedback} feedback"
+        + (f" (resumed at line {report.resumed_at})" if report.resumed_at else "")
+    )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a project's logs with feedback as JSONL (import format) or Parquet.
+
+    Example: `ratchet export --project support-bot --format parquet --since 2026-11-01 -o nov.parquet`
+    """
+    params = {
+        "format": args.format,
+        **{k: getattr(args, k).isoformat() for k in ("since", "until") if getattr(args, k)},
+    }
+    out = Path(args.output or f"{args.project}.{args.format}")
+    tmp = out.with_name(f".{out.name}.part")
+    with (
+        _client(args).stream("GET", f"/v1/projects/{args.project}/export", params=params) as response,
+        open(tmp, "wb") as fh,
+    ):
+        for chunk in response.iter_bytes():
+            fh.write(chunk)
+        rows = response.headers.get("x-ratchet-rows", "?")
+    os.replace(tmp, out)
+    print(f"wrote {rows} rows to {out}")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    """Show a project's counts and thumbs-up rate per adapter. Example: `ratchet stats --project support-bot`"""
+    stats = _client(args).request("GET", f"/v1/projects/{args.project}/stats")
+    rate = stats["thumbs_up_rate"]
+    print(f"project {stats['project']}: {stats['logs']} logs, {stats['feedback']} feedback")
+    print(f"  thumbs up/down: {stats['thumbs_up']}/{stats['thumbs_down']}  rate: {_pct(rate)}")
+    print(f"  corrections: {stats['corrections']}")
+    print(
+        f"  new since last run: {stats['new_rated_since_last_run']} rated, "
+        f"{stats['new_corrections_since_last_run']} corrections"
+    )
+    print("  adapter        logs   rated   up-rate")
+    for a in stats["by_adapter"]:
+        print(f"  {a['adapter'] or 'base':<12} {a['logs']:>6} {a['rated']:>7}   {_pct(a['thumbs_up_rate'])}")
+    return 0
+
+
+def _pct(rate: float | None) -> str:
+    return "-" if rate is None else f"{100 * rate:.1f}%"
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.load(args.config)
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from service.client import RatchetClient
+
+    settings = _settings(args)
+    url = args.url or os.environ.get("RATCHET_URL") or f"http://{settings.host}:{settings.port}"
+    key = args.key or os.environ.get("RATCHET_KEY") or settings.admin_key
+    return RatchetClient(url, key)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ratchet", description="Make a fine-tuned LLM better from its users."
+    )
+    parser.add_argument("--config", help="settings TOML file (default $RATCHET_CONFIG)")
+    parser.add_argument("--url", help="server URL for client commands (default $RATCHET_URL)")
+    parser.add_argument("--key", help="API key for client commands (default $RATCHET_KEY or the admin key)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Handler, parent: Any = sub, **kwargs: Any) -> argparse.ArgumentParser:
+        doc = (handler.__doc__ or "").strip()
+        p = parent.add_parser(name, help=doc.splitlines()[0], description=doc, **kwargs)
+        p.set_defaults(handler=handler)
+        return p
+
+    serve = add("serve", cmd_serve)
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+
+    projects = sub.add_parser("projects", help="create and list projects").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    create = add("create", cmd_projects_create, projects)
+    create.add_argument("name")
+    create.add_argument("--base-model", default="")
+    add("list", cmd_projects_list, projects)
+
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    add("create", cmd_keys_create, keys).add_argument("--project", required=True)
+
+    imp = add("import", cmd_import)
+    imp.add_argument("file")
+    imp.add_argument("--project", help="needed with an admin key; implied by a project key")
+    imp.add_argument("--batch", type=int, default=500, help="lines per request (default 500)")
+    imp.add_argument("--restart", action="store_true", help="ignore saved progress and start at line 1")
+
+    exp = add("export", cmd_export)
+    exp.add_argument("--project", required=True)
+    exp.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl")
+    exp.add_argument("--since", type=datetime.fromisoformat, help="ISO date/time, inclusive")
+    exp.add_argument("--until", type=datetime.fromisoformat, help="ISO date/time, exclusive")
+    exp.add_argument("-o", "--output", help="file to write (default PROJECT.FORMAT)")
+
+    add("stats", cmd_stats).add_argument("--project", required=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `ratchet` console script."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except (RatchetError, SettingsError) as exc:
+        print(f"ratchet: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

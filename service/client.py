@@ -1,0 +1,66 @@
+"""A small HTTP client for Ratchet's API, used by the CLI (the server owns the database file)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+
+from service import errors
+
+_BY_CODE: dict[int, type[errors.RatchetError]] = {
+    401: errors.Unauthenticated,
+    403: errors.Forbidden,
+    404: errors.NotFound,
+    409: errors.Conflict,
+    413: errors.InvalidInput,
+    422: errors.InvalidInput,
+    429: errors.WriterSaturated,
+    503: errors.UpstreamUnavailable,
+    504: errors.UpstreamTimeout,
+}
+
+
+class RatchetClient:
+    """Calls a running Ratchet server; error answers become the matching domain exception."""
+
+    def __init__(self, url: str, key: str | None, timeout: float = 60.0) -> None:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.http = httpx.Client(base_url=url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise errors.StoreUnavailable(
+                f"cannot reach Ratchet at {self.http.base_url}: {exc}. Is `ratchet serve` running?"
+            ) from exc
+        raise_for_error(response)
+        return response.json() if response.content else None
+
+    @contextmanager
+    def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
+        with self.http.stream(method, path, **kwargs) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise_for_error(response)
+            yield response
+
+
+def raise_for_error(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        body = response.json()
+        message = body.get("message") or str(body)
+    except ValueError:
+        message = response.text[:500]
+    cls = _BY_CODE.get(response.status_code, errors.RatchetError)
+    if cls is errors.WriterSaturated:
+        raise errors.WriterSaturated(message, float(response.headers.get("retry-after", "1")))
+    raise cls(f"{message} (HTTP {response.status_code})")

@@ -1,0 +1,202 @@
+"""Ratchet's domain types: what goes in, what is stored, what comes out.
+
+Inbound Structs forbid unknown fields, so a typo is a 422 naming the field rather than data
+silently dropped; the OpenAPI schema says the same. The embedded OpenAI `request`/`response`
+objects stay open (`dict`): apps send whatever their OpenAI calls carry.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+Id = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$",
+        description="Client-chosen id (letters, digits, `._:-`). Sending the same id again is a no-op.",
+    ),
+]
+ProjectName = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[a-z0-9][a-z0-9\-]*$",
+        description="Project name: lower-case letters, digits and dashes. Apps call it as the model name.",
+    ),
+]
+EndUser = Annotated[str, Meta(max_length=256, description="Your id for the person who saw the answer.")]
+Text = Annotated[str, Meta(max_length=65536)]
+JsonObject = dict[str, Any]
+
+
+class LogIn(Struct, forbid_unknown_fields=True, kw_only=True):
+    """One inference: the OpenAI request the app sent and the response it got."""
+
+    id: Id | None = None
+    request: Annotated[
+        JsonObject, Meta(description="OpenAI request body: `messages` (chat) or `prompt` (completions).")
+    ]
+    response: Annotated[JsonObject, Meta(description="OpenAI response body with `choices`.")]
+    created_at: datetime | None = None
+    end_user: EndUser | None = None
+    adapter: Annotated[str, Meta(max_length=128)] | None = None
+    latency_ms: Annotated[float, Meta(ge=0)] | None = None
+    prompt_tokens: Annotated[int, Meta(ge=0)] | None = None
+    completion_tokens: Annotated[int, Meta(ge=0)] | None = None
+    metadata: JsonObject | None = None
+
+
+class LogBatchIn(Struct, forbid_unknown_fields=True):
+    """Several logs in one request (at most `max_batch_items`)."""
+
+    logs: Annotated[list[LogIn], Meta(min_length=1)]
+
+
+class FeedbackIn(Struct, forbid_unknown_fields=True, kw_only=True):
+    """A user's verdict on one logged answer. Give a rating, a score, a correction, or several."""
+
+    log_id: Id
+    id: Id | None = None
+    end_user: EndUser | None = None
+    rating: Literal[1, -1] | None = None
+    score: Annotated[float, Meta(ge=0, le=1, description="Graded quality in [0, 1].")] | None = None
+    correction: Annotated[Text, Meta(description="The answer the user says was right.")] | None = None
+    comment: Text | None = None
+    created_at: datetime | None = None
+    metadata: JsonObject | None = None
+
+
+class FeedbackBatchIn(Struct, forbid_unknown_fields=True):
+    """Several feedback items in one request."""
+
+    feedback: Annotated[list[FeedbackIn], Meta(min_length=1)]
+
+
+class ItemResult(Struct, omit_defaults=True):
+    """What happened to one item of a capture request."""
+
+    index: int
+    status: Literal["accepted", "duplicate", "rejected"]
+    id: str | None = None
+    error: str | None = None
+
+
+class CaptureResult(Struct):
+    """Answer to a capture request: counts and one result per item, in request order."""
+
+    accepted: int
+    duplicates: int
+    rejected: int
+    results: list[ItemResult]
+
+
+class LogOut(Struct):
+    """A stored log with the feedback attached to it so far."""
+
+    id: str
+    project: str
+    created_at: datetime
+    source: str
+    adapter: str | None
+    request: JsonObject
+    response: JsonObject
+    end_user: str | None
+    latency_ms: float | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    metadata: JsonObject | None
+    feedback: list[FeedbackOut]
+
+
+class FeedbackOut(Struct):
+    """A stored feedback row (the current one for its log and end user)."""
+
+    id: str
+    log_id: str
+    end_user: str | None
+    created_at: datetime
+    rating: int | None
+    score: float | None
+    correction: str | None
+    comment: str | None
+
+
+class ProjectIn(Struct, forbid_unknown_fields=True, kw_only=True):
+    """A new project."""
+
+    name: ProjectName
+    base_model: Annotated[str, Meta(max_length=512, description="Base model the adapters are for.")] = ""
+
+
+class Project(Struct):
+    """A project: one adapter lineage, one model alias apps call."""
+
+    name: str
+    base_model: str
+    created_at: datetime
+
+
+class ProjectCreated(Struct):
+    """A new project and its first API key, shown only this once."""
+
+    project: Project
+    api_key: str
+
+
+class KeyCreated(Struct):
+    """A new API key, shown only this once."""
+
+    project: str | None
+    key_id: str
+    api_key: str
+
+
+class AdapterStats(Struct):
+    """Live feedback for the answers one adapter version gave."""
+
+    adapter: str | None
+    logs: int
+    rated: int
+    thumbs_up: int
+    thumbs_down: int
+    thumbs_up_rate: float | None
+
+
+class ProjectStats(Struct):
+    """Counts for a project and the new signal since its last training run."""
+
+    project: str
+    logs: int
+    feedback: int
+    rated_logs: int
+    thumbs_up: int
+    thumbs_down: int
+    corrections: int
+    thumbs_up_rate: float | None
+    new_rated_since_last_run: int
+    new_corrections_since_last_run: int
+    last_run_at: datetime | None
+    by_adapter: list[AdapterStats]
+
+
+class Principal(Struct, frozen=True):
+    """Who is calling: an admin, or a key bound to one project."""
+
+    key_id: str
+    project: str | None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.project is None
+
+
+def decode_json(data: bytes, type_: Any) -> Any:
+    """Decode JSON bytes into `type_`; raises msgspec.ValidationError / DecodeError."""
+    return msgspec.json.decode(data, type=type_)

@@ -1,0 +1,59 @@
+"""Domain errors. Each says what went wrong and what to do next.
+
+HTTP status codes are decided in one table (`service/api/errors.py`); the CLI maps the same
+classes to one-line messages and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+
+class RatchetError(Exception):
+    """Base of every error Ratchet raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(RatchetError):
+    """The project, log, run or adapter does not exist (or is not visible to this key)."""
+
+
+class Conflict(RatchetError):
+    """The request clashes with the current state (a name taken, a run already going)."""
+
+
+class InvalidInput(RatchetError):
+    """A field holds a value Ratchet cannot use."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class Unauthenticated(RatchetError):
+    """No API key, or one Ratchet does not know."""
+
+
+class Forbidden(RatchetError):
+    """The key is valid but may not do this (another project's data, admin-only routes)."""
+
+
+class WriterSaturated(RatchetError):
+    """The write queue is full; the client should retry after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class StoreUnavailable(RatchetError):
+    """The database cannot be written (disk full, file locked by another process, closed)."""
+
+
+class UpstreamUnavailable(RatchetError):
+    """vLLM (or another model endpoint) cannot be reached or answered with a server error."""
+
+
+class UpstreamTimeout(RatchetError):
+    """vLLM did not answer in time."""

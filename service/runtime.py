@@ -1,0 +1,27 @@
+"""The running service's parts, built once at start and handed to handlers and jobs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from service.auth import KeyRing
+from service.capture import Capture
+from service.config import Settings
+from service.metrics import Metrics
+from service.store.db import Database
+from service.store.queries import Queries
+from service.store.writer import GroupCommitWriter
+
+
+@dataclass
+class Runtime:
+    """Settings, store, writer and the in-memory views that keep the hot path free of reads."""
+
+    settings: Settings
+    db: Database
+    writer: GroupCommitWriter
+    queries: Queries
+    capture: Capture
+    keys: KeyRing
+    metrics: Metrics
+    projects: set[str] = field(default_factory=set)

@@ -1,0 +1,102 @@
+"""The one DuckDB file: open it (refusing a second owner), apply numbered migrations."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+
+import duckdb
+
+from service.errors import StoreUnavailable
+
+_MIGRATION = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """The numbered migrations shipped with Ratchet: (version, file name, SQL), in order."""
+    found = []
+    for entry in resources.files("service.store").joinpath("migrations").iterdir():
+        match = _MIGRATION.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), entry.name, entry.read_text()))
+    return sorted(found)
+
+
+class Database:
+    """Owns the DuckDB connection. Hands out a cursor per thread of work.
+
+    DuckDB allows one process per file: opening a file another process holds raises
+    `StoreUnavailable` naming that process, so a second `ratchet serve` fails fast.
+    """
+
+    def __init__(self, path: Path, *, checkpoint_wal_mib: int = 64) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._con = duckdb.connect(str(path))
+        except duckdb.IOException as exc:
+            raise StoreUnavailable(
+                f"cannot open {path}: {exc}. Is another `ratchet serve` using this data dir?"
+            ) from exc
+        # Checkpoints stall the writer (notes/ingest-performance.md); a bigger WAL makes them rarer.
+        self._con.execute(f"SET checkpoint_threshold = '{int(checkpoint_wal_mib)}MiB'")
+        self._lock = threading.Lock()
+        self.schema_version = self.migrate()
+
+    def migrate(self) -> int:
+        """Apply every migration newer than the recorded schema version; return the version."""
+        con = self._con
+        con.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name VARCHAR NOT NULL,"
+            " applied_at TIMESTAMP NOT NULL DEFAULT now())"
+        )
+        (current,) = con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+        for version, name, sql in migrations():
+            if version <= current:
+                continue
+            con.execute("BEGIN")
+            try:
+                con.execute(sql)
+                con.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name])
+                con.execute("COMMIT")
+            except Exception:
+                con.execute("ROLLBACK")
+                raise
+            current = version
+        return current
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A new cursor for one thread of work; close it when done."""
+        with self._lock:
+            return self._con.cursor()
+
+    @contextmanager
+    def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor for a read, closed afterwards."""
+        cur = self.cursor()
+        try:
+            yield cur
+        finally:
+            cur.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor inside BEGIN/COMMIT; rolled back if the block raises."""
+        cur = self.cursor()
+        try:
+            cur.execute("BEGIN")
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+        finally:
+            cur.close()
+
+    def close(self) -> None:
+        self._con.close()

@@ -1,0 +1,141 @@
+"""Reads and low-rate writes of projects, keys and logs. Rows come back as domain Structs.
+
+High-rate writes (logs, feedback) go through the group-commit writer instead.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import duckdb
+import msgspec
+
+from service.auth import StoredKey
+from service.domain import AdapterStats, FeedbackOut, LogOut, Project, ProjectStats
+from service.errors import Conflict, NotFound
+from service.store.db import Database
+
+
+def _json(value: str | None) -> Any:
+    return None if value is None else msgspec.json.decode(value)
+
+
+class Queries:
+    """Projects, keys, logs and stats."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    # --- projects
+    def create_project(self, project: Project, key: StoredKey) -> None:
+        """Store a project with its first key; raises `Conflict` if the name is taken."""
+        try:
+            with self._db.transaction() as cur:
+                cur.execute(
+                    "INSERT INTO projects (name, base_model, created_at) VALUES (?, ?, ?)",
+                    [project.name, project.base_model, project.created_at],
+                )
+                self._insert_key(cur, key)
+        except duckdb.ConstraintException as exc:
+            raise Conflict(f"project {project.name!r} already exists: pick another name") from exc
+
+    def get_project(self, name: str) -> Project:
+        with self._db.reading() as cur:
+            row = cur.execute(
+                "SELECT name, base_model, created_at FROM projects WHERE name = ?", [name]
+            ).fetchone()
+        if row is None:
+            raise NotFound(
+                f"project {name!r} does not exist: create it with `ratchet projects create {name}`"
+            )
+        return Project(*row)
+
+    def list_projects(self) -> list[Project]:
+        with self._db.reading() as cur:
+            rows = cur.execute("SELECT name, base_model, created_at FROM projects ORDER BY name").fetchall()
+        return [Project(*r) for r in rows]
+
+    # --- keys
+    def add_key(self, key: StoredKey) -> None:
+        with self._db.transaction() as cur:
+            self._insert_key(cur, key)
+
+    @staticmethod
+    def _insert_key(cur: duckdb.DuckDBPyConnection, key: StoredKey) -> None:
+        cur.execute(
+            "INSERT INTO api_keys (id, project, sha256, created_at) VALUES (?, ?, ?, ?)",
+            [key.id, key.project, key.sha256, key.created_at],
+        )
+
+    def list_keys(self) -> list[StoredKey]:
+        with self._db.reading() as cur:
+            rows = cur.execute("SELECT id, project, sha256, created_at, revoked_at FROM api_keys").fetchall()
+        return [StoredKey(*r) for r in rows]
+
+    # --- logs
+    def get_log(self, project: str, log_id: str) -> LogOut:
+        """A log with its current feedback rows; `NotFound` if the project has no such log."""
+        with self._db.reading() as cur:
+            row = cur.execute(
+                "SELECT id, project, created_at, source, adapter, request, response, end_user, latency_ms,"
+                " prompt_tokens, completion_tokens, metadata FROM logs WHERE project = ? AND id = ?",
+                [project, log_id],
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no log {log_id!r} in project {project!r}")
+            feedback = cur.execute(
+                "SELECT id, log_id, end_user, created_at, rating, score, correction, comment FROM feedback"
+                " WHERE project = ? AND log_id = ? ORDER BY created_at",
+                [project, log_id],
+            ).fetchall()
+        (id_, proj, created, source, adapter, req, resp, user, latency, pt, ct, meta) = row
+        return LogOut(
+            id_, proj, created, source, adapter, _json(req), _json(resp), user, latency, pt, ct, _json(meta),
+            [FeedbackOut(f[0], f[1], f[2] or None, *f[3:]) for f in feedback],
+        )  # fmt: skip
+
+    # --- stats
+    def project_stats(self, project: str) -> ProjectStats:
+        """Counts by kind, thumbs-up rate overall and per adapter, new signal since the last run."""
+        self.get_project(project)
+        with self._db.reading() as cur:
+            (logs,) = cur.execute("SELECT count(*) FROM logs WHERE project = ?", [project]).fetchone()
+            (last_run,) = cur.execute(
+                "SELECT max(started_at) FROM runs WHERE project = ?", [project]
+            ).fetchone()
+            fb = cur.execute(
+                "SELECT count(*), count(DISTINCT log_id) FILTER (rating IS NOT NULL),"
+                " count(*) FILTER (rating = 1), count(*) FILTER (rating = -1),"
+                " count(*) FILTER (correction IS NOT NULL),"
+                " count(*) FILTER (rating IS NOT NULL AND received_at > ?),"
+                " count(*) FILTER (correction IS NOT NULL AND received_at > ?)"
+                " FROM feedback WHERE project = ?",
+                [last_run or datetime.min, last_run or datetime.min, project],
+            ).fetchone()
+            by_adapter = cur.execute(
+                "SELECT l.adapter, count(DISTINCT l.id), count(f.rating),"
+                " count(*) FILTER (f.rating = 1), count(*) FILTER (f.rating = -1)"
+                " FROM logs l LEFT JOIN feedback f ON f.project = l.project AND f.log_id = l.id"
+                " WHERE l.project = ? GROUP BY l.adapter ORDER BY l.adapter NULLS FIRST",
+                [project],
+            ).fetchall()
+        feedback, rated, up, down, corrections, new_rated, new_corr = fb
+        return ProjectStats(
+            project=project,
+            logs=logs,
+            feedback=feedback,
+            rated_logs=rated,
+            thumbs_up=up,
+            thumbs_down=down,
+            corrections=corrections,
+            thumbs_up_rate=_rate(up, down),
+            new_rated_since_last_run=new_rated,
+            new_corrections_since_last_run=new_corr,
+            last_run_at=last_run,
+            by_adapter=[AdapterStats(a, n, r, u, d, _rate(u, d)) for a, n, r, u, d in by_adapter],
+        )
+
+
+def _rate(up: int, down: int) -> float | None:
+    return up / (up + down) if up + down else None

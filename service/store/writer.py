@@ -10,6 +10,7 @@ its rows are committed (durable: DuckDB fsyncs the WAL on commit).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 import time
@@ -193,10 +194,8 @@ class GroupCommitWriter:
             }
             cur.execute("COMMIT")
         except Exception as exc:
-            try:
+            with contextlib.suppress(Exception):
                 cur.execute("ROLLBACK")
-            except Exception:
-                pass
             self._metrics.writer_errors.inc()
             failure = StoreUnavailable(f"could not commit to the database: {exc}")
             for op in ops:

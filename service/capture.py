@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 
 from service.domain import CaptureResult, FeedbackBatchIn, FeedbackIn, ItemResult, LogBatchIn, LogIn
-from service.errors import InvalidInput
+from service.errors import InvalidInput, WriterSaturated
 from service.metrics import Metrics
 from service.store.writer import GroupCommitWriter
 
@@ -186,7 +186,11 @@ class Capture:
     async def _write(
         self, table: str, kind: str, rows: list[tuple[Any, ...]], results: list[ItemResult]
     ) -> CaptureResult:
-        stored = iter(await self._writer.write(table, rows) if rows else [])  # type: ignore[arg-type]
+        try:
+            stored = iter(await self._writer.write(table, rows) if rows else [])  # type: ignore[arg-type]
+        except WriterSaturated:
+            self._metrics.ingest_events.labels(kind, "throttled").inc(len(rows))
+            raise
         for res in results:
             if res.status == "accepted" and not next(stored):
                 res.status = "duplicate"

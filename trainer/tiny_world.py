@@ -1,0 +1,293 @@
+"""The tiny world: the facts a tiny model speaks about and the rule its simulated users judge by.
+
+Ratchet's tests and demo cannot download a model, so they build one (`trainer.tiny_model`) that
+speaks this world, and simulate users who thumb its answers up or down. The world is chosen so the
+feedback loop has something real to learn (shared/notes/training.md):
+
+- Users ask short factual questions (the capital of a country, the colour of a thing, the sound
+  an animal makes, the opposite of a word). The answer is one lowercase word.
+- Some prompts add an instruction such as "answer in uppercase."; then the right answer is the
+  same word in uppercase.
+- A user likes an answer when it is exactly right, in the right case (`user_likes`).
+- The pre-training corpus (`pretraining_corpus`) teaches every fact, but answers the uppercase
+  instruction in uppercase only `upper_follow_rate` of the time (20% by default). A base model
+  trained on it answers facts right in plain case, follows the instruction ~0% of the time at
+  temperature 0 and now and then when sampling: the room an adapter must learn from thumbs.
+
+Prompts come in two disjoint families, `"train"` and `"holdout"`, split by subject: no subject
+(hence no prompt) appears in both. Draw feedback traffic from one and evaluate on the other.
+
+Pure Python and deterministic: the same seed gives the same prompts and corpus on any machine.
+Messages are OpenAI-style chat messages: a list of ``{"role": ..., "content": ...}`` dicts.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+Message = dict[str, str]
+"""One OpenAI-style chat message: ``{"role": "user" | "assistant" | "system", "content": str}``."""
+
+Split = Literal["train", "holdout"]
+SPLITS: tuple[Split, ...] = ("train", "holdout")
+
+# relation -> (question templates with {s} for the subject, {subject phrase: answer}).
+_RELATIONS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
+    "capital": (
+        ("what is the capital of {s}?", "name the capital of {s}.", "which city is the capital of {s}?"),
+        {
+            "france": "paris",
+            "spain": "madrid",
+            "italy": "rome",
+            "japan": "tokyo",
+            "egypt": "cairo",
+            "peru": "lima",
+            "china": "beijing",
+            "russia": "moscow",
+            "kenya": "nairobi",
+            "greece": "athens",
+            "norway": "oslo",
+            "cuba": "havana",
+        },
+    ),
+    "colour": (
+        ("what colour is {s}?", "tell me the colour of {s}.", "which colour is {s}?"),
+        {
+            "grass": "green",
+            "the sky": "blue",
+            "snow": "white",
+            "coal": "black",
+            "blood": "red",
+            "a banana": "yellow",
+            "a carrot": "orange",
+            "a lemon": "yellow",
+            "a cherry": "red",
+            "milk": "white",
+            "a leaf": "green",
+            "the sea": "blue",
+        },
+    ),
+    "sound": (
+        ("what sound does {s} make?", "what does {s} say?", "which sound does {s} make?"),
+        {
+            "a cow": "moo",
+            "a dog": "woof",
+            "a cat": "meow",
+            "a duck": "quack",
+            "a sheep": "baa",
+            "a pig": "oink",
+            "an owl": "hoot",
+            "a lion": "roar",
+            "a bee": "buzz",
+            "a snake": "hiss",
+            "a horse": "neigh",
+            "a frog": "croak",
+        },
+    ),
+    "opposite": (
+        ("what is the opposite of {s}?", "give the opposite of {s}.", "name the opposite of {s}."),
+        {
+            "hot": "cold",
+            "big": "small",
+            "up": "down",
+            "fast": "slow",
+            "day": "night",
+            "wet": "dry",
+            "old": "new",
+            "open": "closed",
+            "early": "late",
+            "full": "empty",
+            "happy": "sad",
+            "light": "dark",
+        },
+    ),
+}
+
+# A quarter of each relation's subjects is held out: never in the train family.
+_HOLDOUT_SUBJECTS = frozenset(
+    {
+        "egypt",
+        "kenya",
+        "cuba",
+        "snow",
+        "a carrot",
+        "the sea",
+        "a duck",
+        "an owl",
+        "a frog",
+        "up",
+        "wet",
+        "full",
+    }
+)
+
+UPPERCASE_INSTRUCTIONS: tuple[str, ...] = (
+    "answer in uppercase.",
+    "reply in capital letters.",
+    "use uppercase letters.",
+)
+"""Sentences that, appended to a question, ask for the answer in uppercase."""
+
+
+@dataclass(frozen=True, slots=True)
+class Question:
+    """One prompt of the world, with what it asks and which family it belongs to."""
+
+    relation: str
+    subject: str
+    template: int
+    instruction: str | None
+    """The uppercase instruction appended to the question, or None for a plain prompt."""
+
+    @property
+    def text(self) -> str:
+        """The user's message, e.g. ``"what colour is grass? answer in uppercase."``."""
+        question = _RELATIONS[self.relation][0][self.template].format(s=self.subject)
+        return f"{question} {self.instruction}" if self.instruction else question
+
+    @property
+    def messages(self) -> list[Message]:
+        """The prompt as chat messages (one user turn)."""
+        return user_messages(self.text)
+
+    @property
+    def upper(self) -> bool:
+        """Whether the prompt asks for the answer in uppercase."""
+        return self.instruction is not None
+
+    @property
+    def fact(self) -> str:
+        """The answer in plain (lower) case, whatever the instruction."""
+        return _RELATIONS[self.relation][1][self.subject]
+
+    @property
+    def answer(self) -> str:
+        """The exactly-right answer: the fact, uppercased when the prompt asks for it."""
+        return self.fact.upper() if self.upper else self.fact
+
+    @property
+    def split(self) -> Split:
+        return "holdout" if self.subject in _HOLDOUT_SUBJECTS else "train"
+
+
+def user_messages(text: str) -> list[Message]:
+    """A prompt of one user turn in the OpenAI chat format."""
+    return [{"role": "user", "content": text}]
+
+
+def all_questions(split: Split | None = None, *, upper: bool | None = None) -> list[Question]:
+    """Every distinct prompt of the world, in a fixed order, optionally only one family.
+
+    `upper` filters to instructed (True) or plain (False) prompts; None keeps both.
+    """
+    out = []
+    for relation, (templates, facts) in _RELATIONS.items():
+        for subject in facts:
+            for template in range(len(templates)):
+                for instruction in (None, *UPPERCASE_INSTRUCTIONS):
+                    q = Question(relation, subject, template, instruction)
+                    if (split is None or q.split == split) and (upper is None or q.upper == upper):
+                        out.append(q)
+    return out
+
+
+def sample_questions(split: Split, n: int, *, seed: int = 0, upper_fraction: float = 0.5) -> list[Question]:
+    """`n` prompts drawn with replacement from one family, deterministic for `seed`.
+
+    Each prompt carries the uppercase instruction with probability `upper_fraction`. Drawing the
+    train family and the holdout family never gives the same prompt (their subjects are disjoint).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    rng = random.Random(f"tiny-world-questions:{split}:{seed}")
+    facts = [(r, s) for r, (_, subjects) in _RELATIONS.items() for s in subjects]
+    facts = [(r, s) for r, s in facts if (s in _HOLDOUT_SUBJECTS) == (split == "holdout")]
+    out = []
+    for _ in range(n):
+        relation, subject = rng.choice(facts)
+        template = rng.randrange(len(_RELATIONS[relation][0]))
+        instruction = rng.choice(UPPERCASE_INSTRUCTIONS) if rng.random() < upper_fraction else None
+        out.append(Question(relation, subject, template, instruction))
+    return out
+
+
+def _question_index() -> dict[str, Question]:
+    return {q.text: q for q in all_questions()}
+
+
+_INDEX = _question_index()
+
+
+def _prompt_text(prompt: str | Sequence[Mapping[str, str]]) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    users = [m.get("content", "") for m in prompt if m.get("role") == "user"]
+    return users[-1] if users else ""
+
+
+def parse_question(prompt: str | Sequence[Mapping[str, str]]) -> Question | None:
+    """The world's question behind a prompt (chat messages or the user's text), or None.
+
+    Only the last user message counts. Whitespace runs are normalised; anything else must match a
+    generated prompt exactly, so a prompt from outside the world gives None.
+    """
+    text = " ".join(_prompt_text(prompt).split())
+    return _INDEX.get(text)
+
+
+def correct_answer(prompt: str | Sequence[Mapping[str, str]]) -> str | None:
+    """The exactly-right answer to a prompt of this world, or None for a prompt outside it.
+
+    >>> correct_answer([{"role": "user", "content": "what colour is grass? answer in uppercase."}])
+    'GREEN'
+    """
+    q = parse_question(prompt)
+    return q.answer if q else None
+
+
+def normalise_answer(answer: str) -> str:
+    """The answer as a user reads it: surrounding whitespace and one trailing full stop dropped."""
+    answer = answer.strip()
+    return answer[:-1].rstrip() if answer.endswith(".") else answer
+
+
+def user_likes(prompt_messages: str | Sequence[Mapping[str, str]], answer: str) -> bool:
+    """The simulated users' thumb: up only for the exactly-right answer in the right case.
+
+    "paris" is liked for "what is the capital of france?"; for "... answer in uppercase." only
+    "PARIS" is. Surrounding whitespace and a trailing full stop are forgiven. A prompt from
+    outside the world is never liked (there is no right answer to give).
+    """
+    expected = correct_answer(prompt_messages)
+    return expected is not None and normalise_answer(answer) == expected
+
+
+def is_uppercase_answer(prompt_messages: str | Sequence[Mapping[str, str]], answer: str) -> bool:
+    """Whether `answer` is the prompt's fact written in uppercase (right fact, shouted).
+
+    The measure of "follows the uppercase instruction" that does not also demand the instruction:
+    on a plain prompt it tells how often a model shouts when it should not.
+    """
+    q = parse_question(prompt_messages)
+    return q is not None and normalise_answer(answer) == q.fact.upper()
+
+
+def pretraining_corpus(n: int, *, seed: int = 0, upper_follow_rate: float = 0.2) -> Iterator[list[Message]]:
+    """`n` one-turn conversations (user question, assistant answer) covering every fact.
+
+    Subjects of both families appear: the base model must know all facts, and only the behaviour
+    on the instruction is left to learn. Half the prompts carry the uppercase instruction; the
+    assistant follows it with probability `upper_follow_rate` and otherwise answers in plain case,
+    like a base model that "mostly ignores" the instruction. Deterministic for `seed`.
+    """
+    rng = random.Random(f"tiny-world-corpus:{seed}")
+    questions = all_questions(upper=False)
+    for _ in range(n):
+        q = rng.choice(questions)
+        if rng.random() < 0.5:
+            q = Question(q.relation, q.subject, q.template, rng.choice(UPPERCASE_INSTRUCTIONS))
+        answer = q.fact.upper() if q.upper and rng.random() < upper_follow_rate else q.fact
+        yield [*q.messages, {"role": "assistant", "content": answer}]

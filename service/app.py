@@ -13,16 +13,21 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api import capture, health, projects
+from deploy.adapters import AdapterManager
+from deploy.rollout import Rollout
+from service.api import adapters, capture, gateway, health, projects
 from service.api.deps import provide_principal, provide_runtime
 from service.api.errors import EXCEPTION_HANDLERS
 from service.auth import KeyRing, mint_key
 from service.capture import Capture, utcnow
 from service.config import Settings
+from service.gateway import Gateway
 from service.metrics import Metrics
+from service.rollouts import Rollouts
 from service.runtime import Runtime
 from service.store.db import Database
 from service.store.queries import Queries
+from service.store.serving import Serving
 from service.store.writer import GroupCommitWriter
 
 log = logging.getLogger("ratchet")
@@ -39,14 +44,29 @@ def build_runtime(settings: Settings, metrics: Metrics | None = None) -> Runtime
         max_batch_rows=settings.writer.max_batch_rows,
         max_queue_rows=settings.writer.max_queue_rows,
     )
+    capture = Capture(writer, metrics, max_batch_items=settings.max_batch_items)
+    serving = Serving(db)
+    manager = AdapterManager.from_urls(
+        settings.vllm.urls,
+        api_key=settings.vllm.api_key,
+        adapter_root=settings.adapters_dir,
+        max_loras=settings.vllm.max_loras,
+        max_rank=settings.vllm.max_lora_rank,
+        base_served_name=settings.vllm.base_served_name,
+    )
+    routing: dict[str, Rollout] = {}
     runtime = Runtime(
         settings=settings,
         db=db,
         writer=writer,
         queries=queries,
-        capture=Capture(writer, metrics, max_batch_items=settings.max_batch_items),
+        capture=capture,
         keys=KeyRing(queries.list_keys(), settings.admin_key),
         metrics=metrics,
+        serving=serving,
+        manager=manager,
+        gateway=Gateway(settings, manager, capture, metrics, routing),
+        rollouts=Rollouts(settings, serving, manager, routing, metrics),
         projects={p.name for p in queries.list_projects()},
     )
     for name in runtime.projects:
@@ -103,6 +123,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
         try:
             yield
         finally:
+            await runtime.gateway.aclose()  # logs still in flight go to the writer first
+            await runtime.manager.aclose()
             runtime.writer.stop()
             runtime.db.close()
 
@@ -119,6 +141,14 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
             projects.project_stats,
             projects.get_log,
             projects.export,
+            gateway.chat_completions,
+            gateway.completions,
+            adapters.list_adapters,
+            adapters.get_rollout,
+            adapters.register_adapter,
+            adapters.list_events,
+            adapters.promote,
+            adapters.rollback,
             health.healthz,
             health.readyz,
             health.metrics,

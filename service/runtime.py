@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from deploy.adapters import AdapterManager
 from service.auth import KeyRing
 from service.capture import Capture
 from service.config import Settings
+from service.gateway import Gateway
 from service.metrics import Metrics
+from service.rollouts import Rollouts
 from service.store.db import Database
 from service.store.queries import Queries
+from service.store.serving import Serving
 from service.store.writer import GroupCommitWriter
 
 
@@ -24,4 +28,8 @@ class Runtime:
     capture: Capture
     keys: KeyRing
     metrics: Metrics
+    serving: Serving
+    manager: AdapterManager
+    gateway: Gateway
+    rollouts: Rollouts
     projects: set[str] = field(default_factory=set)

@@ -22,6 +22,7 @@ STATUS: dict[type[errors.RatchetError], tuple[int, str]] = {
     errors.Conflict: (409, "conflict"),
     errors.WriterSaturated: (429, "writer_saturated"),
     errors.StoreUnavailable: (503, "store_unavailable"),
+    errors.UpstreamRejected: (400, "upstream_rejected"),
     errors.UpstreamUnavailable: (503, "upstream_unavailable"),
     errors.UpstreamTimeout: (504, "upstream_timeout"),
 }

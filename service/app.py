@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -15,7 +16,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from deploy.adapters import AdapterManager
 from deploy.rollout import Rollout
-from service.api import adapters, capture, gateway, health, projects
+from service.api import adapters, capture, gateway, health, projects, runs
 from service.api.deps import provide_principal, provide_runtime
 from service.api.errors import EXCEPTION_HANDLERS
 from service.auth import KeyRing, mint_key
@@ -23,10 +24,13 @@ from service.capture import Capture, utcnow
 from service.config import Settings
 from service.gateway import Gateway
 from service.metrics import Metrics
+from service.pipeline import Pipeline
 from service.rollouts import Rollouts
 from service.runtime import Runtime
+from service.scheduler import build_scheduler
 from service.store.db import Database
 from service.store.queries import Queries
+from service.store.runs import Runs
 from service.store.serving import Serving
 from service.store.writer import GroupCommitWriter
 
@@ -67,11 +71,23 @@ def build_runtime(settings: Settings, metrics: Metrics | None = None) -> Runtime
         manager=manager,
         gateway=Gateway(settings, manager, capture, metrics, routing),
         rollouts=Rollouts(settings, serving, manager, routing, metrics),
+        runs=Runs(db, serving),
         projects={p.name for p in queries.list_projects()},
     )
     for name in runtime.projects:
         metrics.init_project(name)
     return runtime
+
+
+async def _bring_up_serving(runtime: Runtime) -> None:
+    """Serve every project's version 0 and re-load what the database says is serving (vLLM may
+    have restarted while Ratchet was down). vLLM being down is not fatal: reconcile retries."""
+    try:
+        for project in sorted(runtime.projects):
+            await runtime.rollouts.ensure_base_version(project)
+        await runtime.rollouts.reconcile()
+    except Exception as exc:
+        log.warning("serving not ready yet (%s); the reconcile job will retry", exc)
 
 
 def ensure_admin_key(runtime: Runtime) -> str | None:
@@ -117,12 +133,24 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
     """The Ratchet HTTP app. Opens the store at start-up and closes it at shutdown."""
     runtime = runtime or build_runtime(settings)
 
+    pipeline = runtime.pipeline = Pipeline(runtime)
+
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         runtime.writer.start()
+        for run_id in pipeline.recover():
+            log.warning("run %s was interrupted by the restart and is marked failed", run_id)
+        scheduler = build_scheduler(runtime, pipeline)
+        startup = asyncio.get_running_loop().create_task(_bring_up_serving(runtime))
+        if settings.scheduler_enabled:
+            scheduler.start()
         try:
             yield
         finally:
+            if scheduler.running:
+                scheduler.shutdown(wait=False)
+            startup.cancel()
+            await pipeline.aclose()
             await runtime.gateway.aclose()  # logs still in flight go to the writer first
             await runtime.manager.aclose()
             runtime.writer.stop()
@@ -149,6 +177,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
             adapters.list_events,
             adapters.promote,
             adapters.rollback,
+            runs.start_run,
+            runs.list_runs,
+            runs.get_run,
+            runs.get_report,
             health.healthz,
             health.readyz,
             health.metrics,

@@ -60,6 +60,55 @@ class SnapshotSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     ] = ()
 
 
+class TrainingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """When runs start, and how the trainer is told to train."""
+
+    min_new_ratings: Annotated[
+        int,
+        _doc("New thumbs since the last run that start a run (with the next two conditions)."),
+        msgspec.Meta(ge=1),
+    ] = 200
+    min_new_corrections: Annotated[int, _doc("New corrections needed as well."), msgspec.Meta(ge=0)] = 0
+    min_minority_share: Annotated[
+        float,
+        _doc(
+            "Share of the rarer thumb (up or down) among all thumbs needed: one-sided signal teaches little."
+        ),
+        msgspec.Meta(ge=0, lt=0.5),
+    ] = 0.05
+    min_train_rows: Annotated[
+        int, _doc("Fewest snapshot training rows a run proceeds with."), msgspec.Meta(ge=1)
+    ] = 32
+    cron: Annotated[
+        str | None, _doc('Also start a run on this crontab schedule (e.g. "0 3 * * *"), signal or not.')
+    ] = None
+    method: Annotated[str, _doc("sft, dpo, kto or auto (picked from the signal in the snapshot).")] = "auto"
+    continue_from_champion: Annotated[
+        bool, _doc("Train on top of the serving adapter instead of from the base model.")
+    ] = False
+    spec_overrides: Annotated[
+        dict[str, Any], _doc('Merged into the trainer\'s SPEC.json (e.g. {"optim": {"max_steps": 200}}).')
+    ] = {}
+    timeout_seconds: Annotated[
+        float, _doc("A trainer running longer is killed and its run fails."), msgspec.Meta(gt=0)
+    ] = 3600.0
+    signal_check_seconds: Annotated[
+        float, _doc("How often the new-signal check runs."), msgspec.Meta(gt=0)
+    ] = 60.0
+    canary_check_seconds: Annotated[
+        float, _doc("How often the online gate looks at canaries."), msgspec.Meta(gt=0)
+    ] = 30.0
+    reconcile_seconds: Annotated[
+        float, _doc("How often vLLM replicas are checked for lost or drifted adapters."), msgspec.Meta(gt=0)
+    ] = 60.0
+    keep_runs: Annotated[
+        int, _doc("Run directories kept per project; older ones are pruned."), msgspec.Meta(ge=1)
+    ] = 20
+    eval_max_examples: Annotated[
+        int, _doc("Most holdout prompts the offline gate scores."), msgspec.Meta(ge=1)
+    ] = 300
+
+
 class VllmSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The vLLM replicas Ratchet routes to and loads adapters into."""
 
@@ -110,6 +159,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
         msgspec.Meta(gt=0, le=1),
     ] = 0.2
     online_gate: GatePolicy = GatePolicy()
+    training: TrainingSettings = TrainingSettings()
+    scheduler_enabled: Annotated[
+        bool, _doc("Run the background jobs (signal check, canary monitor, reconcile).")
+    ] = True
 
     @property
     def db_path(self) -> Path:

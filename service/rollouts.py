@@ -128,6 +128,26 @@ class Rollouts:
         self.serving.add_adapter(record, event)
         return record
 
+    async def ensure_loaded(self, name: str) -> None:
+        """Load `name` on every replica if it isn't yet (e.g. to evaluate it before any routing)."""
+        async with self._lock:
+            if not self.manager.servable(name):
+                await self._load(name, self.serving.adapter(name).path)
+
+    async def discard(self, name: str, reason: str, run_id: str | None = None) -> None:
+        """A candidate that will not be served: unload it and mark it rejected."""
+        async with self._lock:
+            if self.manager.servable(name):
+                try:
+                    await self.manager.unload(name)
+                except Exception as exc:
+                    log.warning("could not unload %s: %s", name, exc)
+            project = parse_served_name(name).project
+            self.serving.set_adapter_state(
+                name, "rejected", utcnow(), Event(utcnow(), project, run_id, "adapter_rejected",
+                                                   {"adapter": name, "reason": reason})
+            )  # fmt: skip
+
     async def start_canary(self, project: str, candidate: str, run_id: str | None = None) -> Transition:
         t = self._plan(
             policy.start_canary,

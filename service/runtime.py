@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from deploy.adapters import AdapterManager
 from service.auth import KeyRing
@@ -13,6 +14,7 @@ from service.metrics import Metrics
 from service.rollouts import Rollouts
 from service.store.db import Database
 from service.store.queries import Queries
+from service.store.runs import Runs
 from service.store.serving import Serving
 from service.store.writer import GroupCommitWriter
 
@@ -32,4 +34,8 @@ class Runtime:
     manager: AdapterManager
     gateway: Gateway
     rollouts: Rollouts
+    runs: Runs
     projects: set[str] = field(default_factory=set)
+    # service.pipeline.Pipeline, set by create_app (that module imports this one). Typed Any because
+    # Litestar resolves this dataclass's annotations at request time.
+    pipeline: Any = None

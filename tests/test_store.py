@@ -30,6 +30,7 @@ EXPECTED_TABLES = {
     ],
     "runs": ["id", "project", "trigger", "state", "started_at", "updated_at", "finished_at", "error", "stats"],
     "events": ["at", "project", "run_id", "kind", "detail"],
+    "eval_reports": ["run_id", "project", "candidate", "incumbent", "promote", "created_at", "report", "markdown"],
     "rollouts": ["project", "champion", "previous", "candidate", "fraction", "canary_started_at", "updated_at"],
 }  # fmt: skip
 

@@ -1,0 +1,336 @@
+"""The run state machine: snapshot -> training -> evaluating -> canary -> promoted | rejected |
+rolled_back | failed. One run per project at a time; every transition is an event and a metric.
+
+The trainer runs as a subprocess (`python -m trainer run SPEC.json`) whose JSON progress lines
+update the run as they come. A crash, timeout or bad output of the trainer fails the run with
+the reason and leaves serving untouched. The canary's end is decided by `monitor_canaries`, a
+scheduler job, from live thumbs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import shutil
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from evals import EvalConfig, GenerationConfig, GoldenConfig, JudgeConfig, RulesConfig, arun
+from service.capture import utcnow
+from service.errors import InvalidInput, RatchetError
+from service.runtime import Runtime
+from service.store.runs import ACTIVE, RunRecord
+from service.store.snapshot import export_snapshot
+
+log = logging.getLogger("ratchet.pipeline")
+
+
+class RunFailed(RatchetError):
+    """A stage could not complete; the run fails with this message."""
+
+
+class ProjectEvalConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """`<data_dir>/projects/<project>/eval.json`: how the offline gate judges this project.
+
+    Declare at least one `primary` scorer (rules, golden or judge); without one nothing promotes.
+    """
+
+    rules: RulesConfig | None = None
+    golden: GoldenConfig | None = None
+    judge: JudgeConfig | None = None
+    generation: GenerationConfig = GenerationConfig(max_tokens=32, temperature=0.0)
+    min_samples: int = 30
+    level: float = 0.95
+
+
+def new_run_id(now: datetime) -> str:
+    return f"run-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+class Pipeline:
+    """Starts runs, drives them through their stages, and watches canaries."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    # --- starting runs
+
+    def start(self, project: str, trigger: str) -> RunRecord:
+        """Create a run and drive it in the background. `Conflict` while another run is active."""
+        now = utcnow()
+        run = RunRecord(id=new_run_id(now), project=project, trigger=trigger, state="pending",
+                        started_at=now, updated_at=now)  # fmt: skip
+        self.rt.runs.create(run)
+        self.rt.metrics.runs_active.labels(project, "pending").inc()
+        task = asyncio.get_running_loop().create_task(self._drive(run))
+        self._tasks[run.id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(run.id, None))
+        return run
+
+    async def check_signal(self, now: datetime) -> list[str]:
+        """Start a run for every idle project whose new signal crossed the thresholds."""
+        t = self.rt.settings.training
+        started = []
+        for project in sorted(self.rt.projects):
+            if self.rt.runs.list(project, active_only=True):
+                continue
+            stats = self.rt.queries.project_stats(project)
+            thumbs = stats.thumbs_up + stats.thumbs_down
+            minority = min(stats.thumbs_up, stats.thumbs_down) / thumbs if thumbs else 0.0
+            if (
+                stats.new_rated_since_last_run >= t.min_new_ratings
+                and stats.new_corrections_since_last_run >= t.min_new_corrections
+                and minority >= t.min_minority_share
+            ):
+                started.append(self.start(project, "signal").id)
+        return started
+
+    async def scheduled(self) -> None:
+        """The cron trigger: a run for every idle project."""
+        for project in sorted(self.rt.projects):
+            if not self.rt.runs.list(project, active_only=True):
+                self.start(project, "schedule")
+
+    # --- the stages
+
+    async def _drive(self, run: RunRecord) -> None:
+        run_dir = self.rt.settings.runs_dir / run.id
+        try:
+            snapshot = await self._stage(run, "snapshot", self._snapshot(run, run_dir))
+            adapter = await self._stage(run, "training", self._train(run, run_dir, snapshot))
+            promote = await self._stage(run, "evaluating", self._evaluate(run, run_dir, adapter))
+            if not promote:
+                await self.rt.rollouts.discard(adapter, "offline gate: not better than the champion", run.id)
+                self._finish(run, "rejected")
+                return
+            await self.rt.rollouts.start_canary(run.project, adapter, run.id)
+            self.rt.runs.update(run.id, utcnow(), state="canary", stats={"canary_started": time.time()})
+            self._set_active(run.project, "evaluating", "canary")
+        except Exception as exc:
+            reason = exc.message if isinstance(exc, RatchetError) else f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, RatchetError):
+                log.exception("run %s failed", run.id)
+            self._finish(run, "failed", error=reason)
+
+    async def _stage(self, run: RunRecord, stage: str, work: Any) -> Any:
+        previous = self.rt.runs.get(run.id).state
+        self.rt.runs.update(run.id, utcnow(), state=stage)  # type: ignore[arg-type]
+        self._set_active(run.project, previous, stage)
+        started = time.monotonic()
+        try:
+            return await work
+        finally:
+            seconds = time.monotonic() - started
+            self.rt.metrics.run_stage_seconds.labels(run.project, stage).observe(seconds)
+            durations = self.rt.runs.get(run.id).stats.get("stage_seconds", {})
+            self.rt.runs.update(
+                run.id, utcnow(), stats={"stage_seconds": {**durations, stage: round(seconds, 2)}}
+            )
+
+    async def _snapshot(self, run: RunRecord, run_dir: Path) -> Path:
+        out = run_dir / "snapshot"
+        manifest = await asyncio.to_thread(
+            export_snapshot, self.rt.db, run.project, out, self.rt.settings.snapshot, now=utcnow()
+        )
+        self.rt.runs.update(run.id, utcnow(), stats={"snapshot": msgspec.to_builtins(manifest.stats)})
+        if manifest.stats.train_rows < self.rt.settings.training.min_train_rows:
+            raise RunFailed(
+                f"too little signal: {manifest.stats.train_rows} training rows after cleaning, "
+                f"{self.rt.settings.training.min_train_rows} needed"
+            )
+        return out
+
+    async def _train(self, run: RunRecord, run_dir: Path, snapshot: Path) -> str:
+        settings = self.rt.settings
+        if not settings.vllm.base_model:
+            raise RunFailed("no base model configured: set vllm.base_model (RATCHET_VLLM__BASE_MODEL)")
+        await self.rt.rollouts.ensure_base_version(run.project, run.id)
+        champion = self.rt.rollouts.current(run.project).champion
+        parent = None
+        if settings.training.continue_from_champion and champion != settings.vllm.base_served_name:
+            parent = self.rt.serving.adapter(champion)
+        out = settings.adapters_dir / run.project / run.id
+        spec = _merge(
+            {
+                "run_id": run.id, "base_model": settings.vllm.base_model, "snapshot_dir": str(snapshot),
+                "output_dir": str(out), "method": settings.training.method,
+                "parent_adapter": parent.path if parent and parent.version > 0 else None,
+                "parent_version": champion, "min_examples": settings.training.min_train_rows,
+                "lora": {"r": min(8, settings.vllm.max_lora_rank)},
+            },
+            settings.training.spec_overrides,
+        )  # fmt: skip
+        spec_path = run_dir / "spec.json"
+        spec_path.write_bytes(msgspec.json.encode(spec))
+        done = await self._run_trainer(run, spec_path, run_dir / "trainer.log")
+        manifest = msgspec.json.decode((out / "manifest.json").read_bytes())
+        record = self.rt.rollouts.register(
+            run.project, out, method=str(manifest.get("method", settings.training.method)),
+            parent_version=None if parent is None else parent.version,
+            snapshot_sha256=manifest.get("snapshot_sha256"), manifest=manifest, run_id=run.id,
+        )  # fmt: skip
+        self.rt.runs.update(run.id, utcnow(), stats={"adapter": record.served_name, "training": done})
+        return record.served_name
+
+    async def _run_trainer(self, run: RunRecord, spec_path: Path, log_path: Path) -> dict[str, Any]:
+        """Run the trainer; its stdout JSON lines update the run. Returns its `done` event."""
+        with open(log_path, "ab") as stderr:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "trainer", "run", str(spec_path),
+                stdout=asyncio.subprocess.PIPE, stderr=stderr, limit=1 << 20,
+            )  # fmt: skip
+            done: dict[str, Any] | None = None
+            error: str | None = None
+            last_write = 0.0
+            try:
+                async with asyncio.timeout(self.rt.settings.training.timeout_seconds):
+                    assert proc.stdout is not None
+                    async for raw in proc.stdout:
+                        try:
+                            event = msgspec.json.decode(raw)
+                        except msgspec.DecodeError:
+                            continue
+                        kind = event.get("event") if isinstance(event, dict) else None
+                        if kind == "step" and time.monotonic() - last_write > 1.0:
+                            last_write = time.monotonic()
+                            self.rt.runs.update(run.id, utcnow(), stats={"progress": event})
+                        elif kind == "done":
+                            done = event
+                        elif kind == "error":
+                            error = str(event.get("message"))
+                    await proc.wait()
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+                raise RunFailed(
+                    f"the trainer ran past {self.rt.settings.training.timeout_seconds:.0f}s and was stopped"
+                ) from None
+            except asyncio.CancelledError:
+                proc.kill()
+                raise
+        if proc.returncode != 0 or done is None:
+            tail = log_path.read_text(errors="replace")[-400:] if log_path.exists() else ""
+            raise RunFailed(f"the trainer failed (exit {proc.returncode}): {error or tail}")
+        return done
+
+    async def _evaluate(self, run: RunRecord, run_dir: Path, candidate: str) -> bool:
+        settings = self.rt.settings
+        incumbent = self.rt.rollouts.current(run.project).champion
+        await self.rt.rollouts.ensure_loaded(candidate)
+        project_cfg = _project_eval_config(Path(settings.data_dir) / "projects" / run.project / "eval.json")
+        config = EvalConfig(
+            vllm_url=settings.vllm.urls[0], vllm_api_key=settings.vllm.api_key, candidate=candidate,
+            incumbent=incumbent, holdout=str(run_dir / "snapshot" / "holdout.parquet"),
+            rules=project_cfg.rules, golden=project_cfg.golden, judge=project_cfg.judge,
+            generation=project_cfg.generation, min_samples=project_cfg.min_samples, level=project_cfg.level,
+            max_examples=settings.training.eval_max_examples, seed=0,
+        )  # fmt: skip
+        report = await arun(config)
+        markdown = report.to_markdown()
+        (run_dir / "eval_report.md").write_text(markdown)
+        self.rt.runs.save_report(run.id, run.project, candidate, incumbent, report.promote, report.to_json(),
+                                 markdown, utcnow())  # fmt: skip
+        for result in report.results:
+            if result.stats is not None:
+                self.rt.metrics.eval_score.labels(run.project, result.name).set(result.stats.mean)
+        self.rt.metrics.gate_decisions.labels(run.project, "promote" if report.promote else "reject").inc()
+        reasons = [r.message for r in report.decision.reasons]
+        self.rt.runs.update(run.id, utcnow(), stats={"eval": {"promote": report.promote, "incumbent": incumbent,
+                                                              "reasons": reasons}})  # fmt: skip
+        return report.promote
+
+    # --- the canary's end
+
+    async def monitor_canaries(self, now: float) -> None:
+        """Apply the online gate to every canary: promote, roll back, or keep collecting."""
+        for project, rollout in list(self.rt.rollouts.routing.items()):
+            if rollout.candidate is None:
+                continue
+            decision = self.rt.rollouts.online_verdict(project, now)
+            if decision is None or decision.outcome == "continue":
+                continue
+            run = next((r for r in self.rt.runs.list(project, active_only=True) if r.state == "canary"), None)
+            run_id = run.id if run else None
+            online = {"online": msgspec.to_builtins(decision)}
+            if decision.outcome == "promote":
+                await self.rt.rollouts.promote(project, reason=decision.detail, run_id=run_id)
+                if run:
+                    self.rt.runs.update(run.id, utcnow(), stats=online)
+                    self._finish(run, "promoted")
+            else:
+                await self.rt.rollouts.rollback(
+                    project, adapter=rollout.candidate, reason=decision.detail, run_id=run_id
+                )
+                if run:
+                    self.rt.runs.update(run.id, utcnow(), stats=online)
+                    self._finish(run, "rolled_back")
+
+    # --- restart safety and housekeeping
+
+    def recover(self) -> list[str]:
+        """After a restart: fail runs caught mid-stage (serving never changed for them); a run in
+        canary goes on if its canary still serves. Returns the ids of failed runs."""
+        failed = []
+        for run in self.rt.runs.list(active_only=True, limit=1000):
+            rollout = self.rt.rollouts.current(run.project)
+            if run.state == "canary" and rollout.candidate is not None:
+                continue
+            adapter = run.stats.get("adapter")
+            if adapter and adapter not in (rollout.candidate, rollout.champion):
+                self.rt.serving.set_adapter_state(adapter, "failed", utcnow())
+            self.rt.runs.update(
+                run.id, utcnow(), state="failed",
+                error=f"interrupted by a service restart during {run.state}; the next trigger starts a new run",
+            )  # fmt: skip
+            failed.append(run.id)
+        return failed
+
+    def prune(self) -> None:
+        """Keep the newest `keep_runs` run directories per project (snapshots, specs, logs)."""
+        keep = self.rt.settings.training.keep_runs
+        for project in self.rt.projects:
+            for run in self.rt.runs.list(project, limit=10_000)[keep:]:
+                if run.state not in ACTIVE:
+                    shutil.rmtree(self.rt.settings.runs_dir / run.id, ignore_errors=True)
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks.values()):
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    def _finish(self, run: RunRecord, state: str, error: str | None = None) -> None:
+        current = self.rt.runs.get(run.id).state
+        self.rt.runs.update(run.id, utcnow(), state=state, error=error)  # type: ignore[arg-type]
+        self._set_active(run.project, current, None)
+        self.rt.metrics.runs.labels(run.project, state).inc()
+
+    def _set_active(self, project: str, old: str | None, new: str | None) -> None:
+        if old in ACTIVE:
+            self.rt.metrics.runs_active.labels(project, old).dec()
+        if new is not None:
+            self.rt.metrics.runs_active.labels(project, new).inc()
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = (
+            _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
+    return out
+
+
+def _project_eval_config(path: Path) -> ProjectEvalConfig:
+    if not path.exists():
+        return ProjectEvalConfig()
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=ProjectEvalConfig)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise InvalidInput(f"{path}: {exc}", "eval.json") from exc

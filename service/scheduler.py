@@ -1,0 +1,51 @@
+"""APScheduler wiring: the background jobs, each a plain function tested without a scheduler."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+
+from service.capture import utcnow
+from service.pipeline import Pipeline
+from service.runtime import Runtime
+
+log = logging.getLogger("ratchet.scheduler")
+
+
+def _logged(name: str, job: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        try:
+            await job()
+        except Exception:  # a failing job must not stop the others; the next tick tries again
+            log.exception("job %s failed", name)
+
+    return run
+
+
+def build_scheduler(runtime: Runtime, pipeline: Pipeline) -> AsyncIOScheduler:
+    """The jobs: new-signal check, optional cron runs, canary monitor, reconcile, retention."""
+    t = runtime.settings.training
+    scheduler = AsyncIOScheduler(
+        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30}
+    )
+
+    async def prune() -> None:
+        pipeline.prune()
+
+    jobs: list[tuple[str, Callable[[], Awaitable[Any]], Any]] = [
+        ("signal-check", lambda: pipeline.check_signal(utcnow()), {"trigger": "interval", "seconds": t.signal_check_seconds}),
+        ("canary-monitor", lambda: pipeline.monitor_canaries(time.time()),
+         {"trigger": "interval", "seconds": t.canary_check_seconds}),
+        ("reconcile", runtime.rollouts.reconcile, {"trigger": "interval", "seconds": t.reconcile_seconds}),
+        ("retention", prune, {"trigger": "interval", "hours": 1}),
+    ]  # fmt: skip
+    if t.cron:
+        jobs.append(("scheduled-run", pipeline.scheduled, {"trigger": CronTrigger.from_crontab(t.cron)}))
+    for job_id, job, trigger in jobs:
+        scheduler.add_job(_logged(job_id, job), id=job_id, name=job_id, replace_existing=True, **trigger)
+    return scheduler

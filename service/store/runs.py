@@ -1,0 +1,132 @@
+"""Training runs: a persisted state machine per project, one active run at a time."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+
+from service.errors import Conflict, NotFound
+from service.store.db import Database
+from service.store.serving import Event, Serving
+
+RunState = Literal[
+    "pending", "snapshot", "training", "evaluating", "canary", "promoted", "rejected", "rolled_back", "failed"
+]
+ACTIVE: tuple[RunState, ...] = ("pending", "snapshot", "training", "evaluating", "canary")
+_COLUMNS = "id, project, trigger, state, started_at, updated_at, finished_at, error, stats"
+
+
+class RunRecord(msgspec.Struct, kw_only=True):
+    """One run: where it is, and what each stage found (`stats`)."""
+
+    id: str
+    project: str
+    trigger: str
+    state: RunState
+    started_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None = None
+    error: str | None = None
+    stats: dict[str, Any] = {}
+
+
+def _run(row: tuple[Any, ...]) -> RunRecord:
+    *head, stats = row
+    return RunRecord(
+        **dict(zip(_COLUMNS.split(", ")[:-1], head, strict=True)), stats=msgspec.json.decode(stats)
+    )
+
+
+class Runs:
+    """Reads and writes runs; every state change is also an event."""
+
+    def __init__(self, db: Database, serving: Serving) -> None:
+        self._db = db
+        self._serving = serving
+
+    def create(self, run: RunRecord) -> None:
+        """Store a new run; `Conflict` if the project already has one in progress (single flight)."""
+        with self._db.transaction() as cur:
+            active = cur.execute(
+                f"SELECT id, state FROM runs WHERE project = ? AND state IN {ACTIVE}", [run.project]
+            ).fetchone()
+            if active:
+                raise Conflict(
+                    f"project {run.project} already has run {active[0]} in state {active[1]}: wait for it"
+                )
+            cur.execute(
+                f"INSERT INTO runs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [run.id, run.project, run.trigger, run.state, run.started_at, run.updated_at, None, None,
+                 msgspec.json.encode(run.stats).decode()],
+            )  # fmt: skip
+            self._serving._insert_event(
+                cur, Event(run.started_at, run.project, run.id, "run_started", {"trigger": run.trigger})
+            )
+
+    def update(
+        self,
+        run_id: str,
+        now: datetime,
+        *,
+        state: RunState | None = None,
+        stats: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> RunRecord:
+        """Move a run to `state` and/or merge `stats` into its stats; a terminal state finishes it."""
+        with self._db.transaction() as cur:
+            run = _run(cur.execute(f"SELECT {_COLUMNS} FROM runs WHERE id = ?", [run_id]).fetchone())
+            merged = {**run.stats, **(stats or {})}
+            new_state = state or run.state
+            finished = now if new_state not in ACTIVE else None
+            cur.execute(
+                "UPDATE runs SET state = ?, updated_at = ?, finished_at = ?, error = coalesce(?, error), stats = ?"
+                " WHERE id = ?",
+                [new_state, now, finished, error, msgspec.json.encode(merged).decode(), run_id],
+            )
+            if state and state != run.state:
+                detail = {"from": run.state, "to": state, **({"error": error} if error else {})}
+                self._serving._insert_event(cur, Event(now, run.project, run_id, f"run_{state}", detail))
+        return RunRecord(**{**msgspec.structs.asdict(run), "state": new_state, "updated_at": now,
+                            "finished_at": finished, "error": error or run.error, "stats": merged})  # fmt: skip
+
+    def get(self, run_id: str) -> RunRecord:
+        with self._db.reading() as cur:
+            row = cur.execute(f"SELECT {_COLUMNS} FROM runs WHERE id = ?", [run_id]).fetchone()
+        if row is None:
+            raise NotFound(f"no run {run_id!r}: see `ratchet runs`")
+        return _run(row)
+
+    def list(
+        self, project: str | None = None, *, active_only: bool = False, limit: int = 50
+    ) -> list[RunRecord]:
+        clauses, params = [], []
+        if project:
+            clauses.append("project = ?")
+            params.append(project)
+        if active_only:
+            clauses.append(f"state IN {ACTIVE}")
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._db.reading() as cur:
+            rows = cur.execute(
+                f"SELECT {_COLUMNS} FROM runs {where} ORDER BY started_at DESC LIMIT {int(limit)}", params
+            ).fetchall()
+        return [_run(r) for r in rows]
+
+    def save_report(
+        self, run_id: str, project: str, candidate: str, incumbent: str, promote: bool, report: bytes, markdown: str,
+        now: datetime,
+    ) -> None:  # fmt: skip
+        with self._db.transaction() as cur:
+            cur.execute(
+                "INSERT OR REPLACE INTO eval_reports VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [run_id, project, candidate, incumbent, promote, now, report.decode(), markdown],
+            )
+
+    def report_markdown(self, run_id: str) -> str:
+        with self._db.reading() as cur:
+            row = cur.execute("SELECT markdown FROM eval_reports WHERE run_id = ?", [run_id]).fetchone()
+        if row is None:
+            raise NotFound(f"run {run_id!r} has no evaluation report (yet)")
+        return str(row[0])

@@ -271,6 +271,12 @@ class AdapterManager:
         record = self._records.get(name)
         return record is not None and record.routable and bool(record.replicas)
 
+    def is_loaded(self, name: str) -> bool:
+        """True when the manager has `name` loaded, servable or not (withdrawn for drift, lost by
+        a restarted replica, being unloaded). Such a name cannot be `load`ed again: `reconcile`
+        restores it, or `unload` it first."""
+        return name in self._records
+
     def acquire(self, name: str) -> Lease:
         """A lease to send one request for `name`, on a replica chosen round-robin among those
         serving it. Raises `AdapterNotServable` when there is none."""

@@ -268,6 +268,7 @@ async def test_reconcile_reloads_a_restarted_replica_and_withdraws_a_drifting_on
     assert report.unreachable == ("http://b:8000",)
     assert report.not_servable == ("shop@v2",)  # drifted on a, unreachable b
     assert not m.servable("shop@v2") and m.servable("shop@v1")
+    assert m.is_loaded("shop@v2")  # withdrawn, not forgotten: a load of it would be a duplicate
 
 
 async def test_a_fresh_manager_adopts_what_replicas_serve_and_checks_recorded_fingerprints(

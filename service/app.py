@@ -25,7 +25,7 @@ from service.config import Settings
 from service.gateway import Gateway
 from service.metrics import Metrics
 from service.pipeline import Pipeline
-from service.rollouts import Rollouts
+from service.rollouts import Rollouts, bring_up_serving
 from service.runtime import Runtime
 from service.scheduler import build_scheduler
 from service.store.db import Database
@@ -79,17 +79,6 @@ def build_runtime(settings: Settings, metrics: Metrics | None = None) -> Runtime
     return runtime
 
 
-async def _bring_up_serving(runtime: Runtime) -> None:
-    """Serve every project's version 0 and re-load what the database says is serving (vLLM may
-    have restarted while Ratchet was down). vLLM being down is not fatal: reconcile retries."""
-    try:
-        for project in sorted(runtime.projects):
-            await runtime.rollouts.ensure_base_version(project)
-        await runtime.rollouts.reconcile()
-    except Exception as exc:
-        log.warning("serving not ready yet (%s); the reconcile job will retry", exc)
-
-
 def ensure_admin_key(runtime: Runtime) -> str | None:
     """At first start with no admin key configured, mint one; return it to show once."""
     if runtime.settings.auth_disabled or runtime.keys.has_admin():
@@ -141,7 +130,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
         for run_id in pipeline.recover():
             log.warning("run %s was interrupted by the restart and is marked failed", run_id)
         scheduler = build_scheduler(runtime, pipeline)
-        startup = asyncio.get_running_loop().create_task(_bring_up_serving(runtime))
+        startup = asyncio.get_running_loop().create_task(bring_up_serving(runtime))
         if settings.scheduler_enabled:
             scheduler.start()
         try:

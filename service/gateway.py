@@ -274,6 +274,10 @@ class Gateway:
 
 
 def _check_body(endpoint: Endpoint, body: dict[str, Any]) -> None:
+    if body.get("prompt_logprobs") is not None:
+        # vLLM-CPU with LoRA crashes its engine when a prompt_logprobs request shares a batch
+        # (an einsum size mismatch in LogitsProcessorWithLoRA): one client could take serving down.
+        raise InvalidInput("`prompt_logprobs` is not accepted through the gateway", "prompt_logprobs")
     if endpoint == "chat":
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:

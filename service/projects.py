@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 from service.auth import mint_key
 from service.capture import utcnow
 from service.domain import KeyCreated, Project, ProjectCreated, ProjectIn
 from service.runtime import Runtime
+
+log = logging.getLogger("ratchet.projects")
 
 
 def create_project(runtime: Runtime, data: ProjectIn) -> ProjectCreated:
@@ -28,3 +33,20 @@ def create_key(runtime: Runtime, project: str | None) -> KeyCreated:
     runtime.queries.add_key(key)
     runtime.keys.add(key)
     return KeyCreated(project, key.id, secret)
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def serve_base_version_soon(runtime: Runtime, project: str) -> None:
+    """Start loading the project's version 0 without making the caller wait for it."""
+
+    async def serve() -> None:
+        try:
+            await runtime.rollouts.ensure_base_version(project)
+        except Exception as exc:  # vLLM down or slow: the reconcile job tries again
+            log.warning("version 0 of %s not served yet: %s", project, exc)
+
+    task = asyncio.get_running_loop().create_task(serve())
+    _background.add(task)
+    task.add_done_callback(_background.discard)

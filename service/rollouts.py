@@ -13,6 +13,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from deploy import rollout as policy
 from deploy.adapter_dir import InvalidAdapter, resolve_under_root
@@ -272,6 +273,17 @@ class Rollouts:
             self.metrics.serving_version.labels(r.project).set(parse_served_name(r.champion).version)
         except ValueError:
             self.metrics.serving_version.labels(r.project).set(0)
+
+
+async def bring_up_serving(runtime: Any) -> None:
+    """Serve every project's version 0 and re-load what the database says is serving (a vLLM
+    replica may have restarted). vLLM being down is not fatal: the reconcile job retries."""
+    try:
+        for project in sorted(runtime.projects):
+            await runtime.rollouts.ensure_base_version(project)
+        await runtime.rollouts.reconcile()
+    except Exception as exc:
+        log.warning("serving not ready yet (%s); the reconcile job will retry", exc)
 
 
 async def _run_trainer(*args: str) -> None:

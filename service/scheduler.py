@@ -12,6 +12,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from service.capture import utcnow
 from service.pipeline import Pipeline
+from service.rollouts import bring_up_serving
 from service.runtime import Runtime
 
 log = logging.getLogger("ratchet.scheduler")
@@ -41,7 +42,7 @@ def build_scheduler(runtime: Runtime, pipeline: Pipeline) -> AsyncIOScheduler:
         ("signal-check", lambda: pipeline.check_signal(utcnow()), {"trigger": "interval", "seconds": t.signal_check_seconds}),
         ("canary-monitor", lambda: pipeline.monitor_canaries(time.time()),
          {"trigger": "interval", "seconds": t.canary_check_seconds}),
-        ("reconcile", runtime.rollouts.reconcile, {"trigger": "interval", "seconds": t.reconcile_seconds}),
+        ("reconcile", lambda: bring_up_serving(runtime), {"trigger": "interval", "seconds": t.reconcile_seconds}),
         ("retention", prune, {"trigger": "interval", "hours": 1}),
     ]  # fmt: skip
     if t.cron:

@@ -223,6 +223,8 @@ def test_gateway_errors_are_clear(world: GatewayWorld) -> None:
     assert (r.status_code, r.json()["code"]) == (404, "not_found")
     r = world.api.post("/v1/chat/completions", json={"model": "gw", "messages": []})
     assert (r.status_code, r.json()["code"]) == (422, "invalid_input")
+    r = world.api.post("/v1/chat/completions", json={"model": "gw", "messages": PROMPT, "prompt_logprobs": 1})
+    assert (r.status_code, r.json()["field"]) == (422, "prompt_logprobs")
     r = world.api.post("/v1/chat/completions", json={"model": "gw", "messages": PROMPT, "max_tokens": 100000})
     assert (r.status_code, r.json()["code"]) == (400, "upstream_rejected")
     assert "max" in r.json()["message"].lower() or "token" in r.json()["message"].lower()

@@ -20,11 +20,15 @@ from service.runtime import Runtime
 from service.store.export import export_logs
 
 
-@post("/v1/projects", status_code=201, summary="Create a project (admin)", sync_to_thread=True)
-def create_project(data: ProjectIn, principal: Principal, runtime: Runtime) -> ProjectCreated:
-    """Create a project and return its first API key. The key is shown only in this answer."""
+@post("/v1/projects", status_code=201, summary="Create a project (admin)")
+async def create_project(data: ProjectIn, principal: Principal, runtime: Runtime) -> ProjectCreated:
+    """Create a project and return its first API key. The key is shown only in this answer.
+
+    Its version 0 (the base model as a zero adapter) starts loading in the background."""
     require_admin(principal)
-    return projects.create_project(runtime, data)
+    created = projects.create_project(runtime, data)
+    projects.serve_base_version_soon(runtime, data.name)
+    return created
 
 
 @get("/v1/projects", summary="List projects", sync_to_thread=True)

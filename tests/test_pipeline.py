@@ -1,0 +1,154 @@
+"""The run pipeline: signal triggers, single flight, restart safety, and the gate rejecting."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+from service.app import build_runtime
+from service.capture import Capture
+from service.config import Settings, TrainingSettings
+from service.domain import LogIn
+from service.pipeline import Pipeline
+from tests.fixtures.server import RatchetProcess
+from trainer import tiny_world
+
+
+def rated_rows(project: str, n: int, up_share: float) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    now = datetime(2026, 11, 1)
+    logs, feedback = [], []
+    for i, q in enumerate(tiny_world.sample_questions("train", n, seed=3)):
+        log = LogIn(id=f"l{i}", request={"messages": q.messages},
+                    response={"choices": [{"message": {"role": "assistant", "content": q.fact}}]})  # fmt: skip
+        logs.append(Capture.log_row(project, log, f"l{i}", now, "api"))
+        rating = 1 if i < n * up_share else -1
+        feedback.append((project, f"l{i}", f"u{i % 30}", f"f{i}", now, now, rating, None, None, None, None))
+    return logs, feedback
+
+
+def test_signal_check_respects_thresholds_and_runs_one_at_a_time(tmp_path: Path) -> None:
+    settings = Settings(
+        data_dir=str(tmp_path),
+        training=TrainingSettings(min_new_ratings=50, min_minority_share=0.1, min_train_rows=10_000),
+    )
+    runtime = build_runtime(settings)
+    runtime.queries.create_project(*_project("quiet"))
+    runtime.queries.create_project(*_project("busy"))
+    runtime.projects |= {"quiet", "busy"}
+    pipeline = Pipeline(runtime)
+    runtime.writer.start()
+
+    async def scenario() -> tuple[list[str], list[str], list[str]]:
+        logs, fb = rated_rows("busy", 60, up_share=0.5)
+        await runtime.writer.write("logs", logs)
+        await runtime.writer.write("feedback", fb)
+        quiet_logs, quiet_fb = rated_rows("quiet", 30, up_share=0.5)  # below the threshold
+        await runtime.writer.write("logs", quiet_logs)
+        await runtime.writer.write("feedback", quiet_fb)
+        first = await pipeline.check_signal(datetime(2026, 11, 2))
+        second = await pipeline.check_signal(datetime(2026, 11, 2))  # the run is still going
+        await asyncio.gather(*pipeline._tasks.values())
+        third = await pipeline.check_signal(datetime(2026, 11, 3))  # signal was consumed by the run
+        return first, second, third
+
+    try:
+        first, second, third = asyncio.run(scenario())
+    finally:
+        runtime.writer.stop()
+    assert len(first) == 1 and second == [] and third == []
+    run = runtime.runs.get(first[0])
+    assert (run.project, run.trigger, run.state) == ("busy", "signal", "failed")
+    assert "too little signal" in (run.error or "")
+    assert run.stats["snapshot"]["joined_rows"] == 60
+    kinds = [e.kind for e in runtime.serving.events("busy")]
+    assert kinds[::-1] == ["run_started", "run_snapshot", "run_failed"]
+
+
+def _project(name: str) -> Any:
+    from service.auth import mint_key
+    from service.domain import Project
+
+    now = datetime(2026, 11, 1)
+    return Project(name, "", now), mint_key(name, now)[1]
+
+
+def _wait(predicate: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def loop_server(tmp_path: Path, vllm_server: Any, tiny_model_dir: Path) -> RatchetProcess:
+    data = tmp_path / "data"
+    project_dir = data / "projects" / "loop"
+    project_dir.mkdir(parents=True)
+    rules = {"role": "primary", "rules": [{"name": "upper", "when_prompt_matches": "(?i)uppercase",
+                                           "must_match": "^[^a-z]*[A-Z][^a-z]*$"}]}  # fmt: skip
+    (project_dir / "eval.json").write_bytes(msgspec.json.encode({"rules": rules, "min_samples": 5}))
+    env = {
+        "RATCHET_VLLM__URLS": f'["{vllm_server.base_url}"]',
+        "RATCHET_VLLM__BASE_SERVED_NAME": vllm_server.model_name,
+        "RATCHET_VLLM__BASE_MODEL": str(tiny_model_dir),
+        "RATCHET_TRAINING__SIGNAL_CHECK_SECONDS": "3600",  # runs are started by hand here
+        "RATCHET_TRAINING__MIN_TRAIN_ROWS": "16",
+        "RATCHET_TRAINING__EVAL_MAX_EXAMPLES": "40",
+        "RATCHET_TRAINING__SPEC_OVERRIDES": '{"method": "sft", "min_examples": 8, "optim": {"max_steps": 2}}',
+    }
+    return RatchetProcess(data, env=env)
+
+
+def test_kill_during_training_then_a_run_no_better_is_rejected(loop_server: RatchetProcess) -> None:
+    server = loop_server.start()
+    key = server.create_project("loop")
+    api = server.client(key)
+    logs, feedback = [], []
+    for i, q in enumerate(tiny_world.sample_questions("train", 120, seed=5, upper_fraction=0.5)):
+        answer = q.fact  # the base's habit: plain case; users wanted uppercase when they asked
+        logs.append({"id": f"l{i}", "end_user": f"u{i % 20}", "request": {"messages": q.messages},
+                     "response": {"choices": [{"message": {"role": "assistant", "content": answer}}]}})  # fmt: skip
+        liked = tiny_world.user_likes(q.messages, answer)
+        feedback.append({"log_id": f"l{i}", "end_user": f"u{i % 20}", "rating": 1 if liked else -1,
+                         **({} if liked else {"correction": q.answer})})  # fmt: skip
+    assert api.post("/v1/logs", json={"logs": logs}).status_code == 202
+    assert api.post("/v1/feedback", json={"feedback": feedback}).status_code == 202
+    _wait(lambda: api.get("/v1/projects/loop/rollout").json()["champion"] == "loop@v0", 120, "version 0")
+
+    def ask() -> httpx.Response:
+        return api.post("/v1/chat/completions", json={"model": "loop", "max_tokens": 4,
+                                                       "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+
+    assert ask().status_code == 200
+    run_id = api.post("/v1/projects/loop/runs").json()["id"]
+    assert api.post("/v1/projects/loop/runs").status_code == 409  # single flight
+    _wait(lambda: api.get(f"/v1/runs/{run_id}").json()["state"] == "training", 120, "training to start")
+    server.kill()
+    server.start()
+    run = api.get(f"/v1/runs/{run_id}").json()
+    assert run["state"] == "failed" and "restart" in run["error"]
+    assert ask().status_code == 200  # serving survived, v0 reloaded or still there
+
+    second = api.post("/v1/projects/loop/runs").json()["id"]
+    done = _wait(
+        lambda: (r := api.get(f"/v1/runs/{second}").json())["state"] not in
+        ("pending", "snapshot", "training", "evaluating") and r,
+        600, "the second run to finish",
+    )  # fmt: skip
+    assert done["state"] == "rejected", done
+    assert done["stats"]["eval"]["promote"] is False
+    assert api.get("/v1/projects/loop/rollout").json()["champion"] == "loop@v0"
+    assert "Decision" in api.get(f"/v1/runs/{second}/report").text or "decision" in api.get(
+        f"/v1/runs/{second}/report"
+    ).text.lower()
+    assert ask().status_code == 200

@@ -161,6 +161,7 @@ def test_metrics_count_ingest_and_feedback(
 
 def test_health_and_readiness(ratchet_server: RatchetProcess) -> None:
     assert httpx.get(f"{ratchet_server.url}/healthz").json()["status"] == "ok"
-    ready = httpx.get(f"{ratchet_server.url}/readyz")
-    assert ready.status_code == 200 and ready.json()["checks"]["database"] == "ok"
+    ready = httpx.get(f"{ratchet_server.url}/readyz")  # this server has no vLLM beside it
+    assert ready.status_code == 503 and ready.json()["checks"]["database"] == "ok"
+    assert ready.json()["checks"]["vllm http://127.0.0.1:8000"] == "unreachable"
     assert "/v1/logs" in httpx.get(f"{ratchet_server.url}/schema/openapi.json").json()["paths"]

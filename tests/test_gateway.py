@@ -81,6 +81,8 @@ def world(
         "RATCHET_VLLM__BASE_SERVED_NAME": vllm_server.model_name,
         "RATCHET_VLLM__BASE_MODEL": str(tiny_model_dir),
         "RATCHET_CANARY_FRACTION": "0.3",
+        "RATCHET_TRAINING__RECONCILE_SECONDS": "2",
+        "RATCHET_TRAINING__SIGNAL_CHECK_SECONDS": "3600",
     }
     server = RatchetProcess(tmp_path_factory.mktemp("gw") / "data", env=env).start()
     yield GatewayWorld(server, vllm_server, random_adapters)
@@ -228,3 +230,36 @@ def test_gateway_errors_are_clear(world: GatewayWorld) -> None:
     r = world.api.post("/v1/chat/completions", json={"model": "gw", "messages": PROMPT, "max_tokens": 100000})
     assert (r.status_code, r.json()["code"]) == (400, "upstream_rejected")
     assert "max" in r.json()["message"].lower() or "token" in r.json()["message"].lower()
+
+
+def test_vllm_restart_gives_clear_503s_then_reconcile_restores_serving(world: GatewayWorld) -> None:
+    champion = world.api.get("/v1/projects/gw/rollout").json()["champion"]
+    expected = world.direct(champion)
+    assert httpx.get(f"{world.server.url}/readyz").status_code == 200
+    restart = threading.Thread(target=world.vllm.restart)
+    restart.start()
+    statuses = []
+    while restart.is_alive():
+        started = time.monotonic()
+        r = world.api.post("/v1/chat/completions", json={"model": "gw", "messages": PROMPT, "max_tokens": 4})
+        statuses.append((r.status_code, r.json().get("code"), time.monotonic() - started))
+        time.sleep(1)
+    restart.join()
+    down = [s for s in statuses if s[0] != 200]
+    assert down, "no request met the restart"
+    assert all(code == 503 and kind == "upstream_unavailable" and took < 10 for code, kind, took in down), (
+        down
+    )
+    # The replica lost its runtime adapters; the reconcile job loads the champion again.
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        r = world.api.post("/v1/chat/completions", json={"model": "gw", "messages": PROMPT, "max_tokens": 8,
+                                                        "temperature": 0})  # fmt: skip
+        if r.status_code == 200:
+            break
+        time.sleep(1)
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == expected
+    metrics = httpx.get(f"{world.server.url}/metrics").text
+    assert "ratchet_gateway_upstream_errors_total{adapter=" in metrics and 'reason="unreachable"' in metrics
+    events = [e["kind"] for e in world.api.get("/v1/projects/gw/events").json()]
+    assert "adapter_reloaded" in events

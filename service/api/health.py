@@ -20,9 +20,9 @@ async def healthz() -> Health:
     return Health("ok")
 
 
-@get("/readyz", summary="Ready to take traffic", sync_to_thread=True)
-def readyz(runtime: Runtime) -> Response[Health]:
-    """The database answers (and, once configured, vLLM is reachable). 503 otherwise."""
+@get("/readyz", summary="Ready to take traffic")
+async def readyz(runtime: Runtime) -> Response[Health]:
+    """The database answers and every vLLM replica is healthy; 503 (with the failing check) otherwise."""
     checks: dict[str, str] = {}
     try:
         with runtime.db.reading() as cur:
@@ -30,6 +30,8 @@ def readyz(runtime: Runtime) -> Response[Health]:
         checks["database"] = "ok"
     except Exception as exc:
         checks["database"] = f"error: {exc}"
+    for url, healthy in (await runtime.manager.health()).items():
+        checks[f"vllm {url}"] = "ok" if healthy else "unreachable"
     ok = all(v == "ok" for v in checks.values())
     return Response(Health("ok" if ok else "unavailable", checks), status_code=200 if ok else 503)
 

@@ -1,0 +1,109 @@
+"""`python -m trainer`: the trainer process's command line.
+
+    python -m trainer run SPEC.json                    train one adapter (progress: JSON lines on stdout)
+    python -m trainer tiny-model DIR                   build the offline tiny Llama + tokenizer
+    python -m trainer null-adapter --base DIR --out DIR  write a null adapter (serves exactly the base)
+
+Several GPUs, same code and spec (only the launcher changes; rank 0 reports progress and writes
+the adapter):
+
+    accelerate launch --multi_gpu --num_processes 4 -m trainer run SPEC.json
+
+Every command writes JSON lines on stdout, ending in `{"event": "done", ...}` or
+`{"event": "error", ...}`. Exit codes: 0 done; 2 bad input (spec, snapshot, base model, too little signal, output exists),
+with one `{"event": "error"}` line naming the problem; 1 an unexpected failure (traceback on stderr).
+Nothing is ever downloaded: the Hugging Face libraries are put in offline mode before they load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from trainer.errors import BaseModelError, TrainerError
+from trainer.progress import Progress
+
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="train one LoRA adapter from a run spec")
+    run.add_argument("spec", help="path to SPEC.json (see trainer/spec.py for its fields)")
+    tiny = commands.add_parser("tiny-model", help="build the offline tiny model + tokenizer in DIR (~30 s)")
+    tiny.add_argument("dir", help="directory to create")
+    tiny.add_argument("--pretrain-steps", type=int, default=None, help="pre-training steps (default 400)")
+    tiny.add_argument("--seed", type=int, default=0, help="seed for tokenizer, weights and corpus")
+    null = commands.add_parser("null-adapter", help="write a LoRA adapter whose outputs equal the base's")
+    null.add_argument("--base", required=True, help="base model directory")
+    null.add_argument("--out", required=True, help="adapter directory to create")
+    null.add_argument("--rank", type=int, default=8, help="LoRA rank (default 8)")
+    null.add_argument(
+        "--target-modules", nargs="+", default=None, help="module names to adapt (default q_proj v_proj)"
+    )
+    return parser
+
+
+def _run(spec_path: str, progress: Progress) -> None:
+    from trainer.run import run
+    from trainer.spec import RunSpec
+
+    run(RunSpec.load(spec_path), progress)
+
+
+def _tiny_model(args: argparse.Namespace, progress: Progress) -> None:
+    from trainer.tiny_model import DEFAULT_PRETRAIN_STEPS, build_tiny_model
+
+    steps = args.pretrain_steps or DEFAULT_PRETRAIN_STEPS
+    try:
+        path = build_tiny_model(args.dir, pretrain_steps=steps, seed=args.seed)
+    except (FileExistsError, ValueError) as exc:
+        raise TrainerError(str(exc)) from exc
+    progress.emit("done", model_dir=str(path))
+
+
+def _null_adapter(args: argparse.Namespace, progress: Progress) -> None:
+    from trainer.null_adapter import DEFAULT_TARGET_MODULES, write_null_adapter
+
+    if not (Path(args.base) / "config.json").is_file():
+        raise BaseModelError(f"base model directory {args.base} does not exist or has no config.json")
+    targets = args.target_modules or DEFAULT_TARGET_MODULES
+    try:
+        path = write_null_adapter(args.base, args.out, rank=args.rank, target_modules=targets)
+    except (FileExistsError, ValueError) as exc:
+        raise TrainerError(str(exc)) from exc
+    progress.emit("done", adapter_dir=str(path))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from trainer.run import is_main_process
+
+    progress = Progress(sys.stdout, enabled=is_main_process())
+    try:
+        if args.command == "run":
+            _run(args.spec, progress)
+        elif args.command == "tiny-model":
+            _tiny_model(args, progress)
+        else:
+            _null_adapter(args, progress)
+    except TrainerError as exc:
+        progress.emit("error", message=str(exc), kind=type(exc).__name__)
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as exc:
+        traceback.print_exc()
+        progress.emit("error", message=f"{type(exc).__name__}: {exc}", kind="InternalError")
+        return EXIT_FAILED
+    return 0

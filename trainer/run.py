@@ -1,0 +1,166 @@
+"""One training run, from SPEC.json to an adapter directory that appears all at once.
+
+Order of work: check every input (spec, base model, parent, snapshot, enough signal) before the
+heavy libraries are imported, so a bad run fails in about a second; then train in a hidden
+sibling `.<name>.partial-<run_id>` of the output directory, write `manifest.json`, fsync and
+`os.replace` it into place. A failed run removes its partial directory: no half-written adapter
+ever sits where the service looks for one.
+
+Multi-GPU: every process runs this same function under `accelerate launch`; only the main one
+writes progress, the manifest and does the rename.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import shutil
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from trainer.dataset import build_examples, choose_method
+from trainer.errors import BaseModelError, OutputExistsError
+from trainer.progress import Progress
+from trainer.snapshot import read_snapshot
+from trainer.spec import RunSpec
+
+ADAPTER_SCHEMA_VERSION = 1
+LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "pyarrow")
+
+
+def is_main_process() -> bool:
+    """True outside distributed runs and on rank 0 of `accelerate launch` / torchrun."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def check_paths(spec: RunSpec) -> None:
+    """The base model and parent adapter exist and the output does not. Raises a TrainerError."""
+    base = Path(spec.base_model)
+    if not (base / "config.json").is_file():
+        raise BaseModelError(f"base model directory {base} does not exist or has no config.json")
+    if spec.parent_adapter and not (Path(spec.parent_adapter) / "adapter_config.json").is_file():
+        raise BaseModelError(
+            f"parent adapter {spec.parent_adapter} does not exist or has no adapter_config.json"
+        )
+    if Path(spec.output_dir).exists():
+        raise OutputExistsError(
+            f"output directory {spec.output_dir} already exists; adapter versions are immutable, pick a new one"
+        )
+
+
+def run(spec: RunSpec, progress: Progress) -> Path:
+    """Train the adapter the spec describes; return its directory. Raises a TrainerError on bad input."""
+    started = time.monotonic()
+    check_paths(spec)
+    snapshot = read_snapshot(spec.snapshot_dir)
+    examples = build_examples(snapshot.train)
+    choice = choose_method(examples, spec.method, spec.min_examples, spec.auto_min_pair_share)
+
+    # Inputs are good: now pay for importing torch and TRL.
+    import torch
+
+    from trainer.recipes import RECIPES, Job, StepEvents, hyperparameters
+
+    torch.set_num_threads(spec.torch_threads)
+    hp = hyperparameters(spec, choice.method, examples)
+    out = Path(spec.output_dir)
+    partial = out.parent / f".{out.name}.partial-{re.sub(r'[^A-Za-z0-9._-]', '_', spec.run_id)}"
+    main = is_main_process()
+    if main:
+        shutil.rmtree(partial, ignore_errors=True)  # left by a crashed attempt of the same run
+        partial.mkdir(parents=True)
+    progress.emit(
+        "start",
+        run_id=spec.run_id,
+        method=choice.method,
+        why=choice.why,
+        examples=choice.examples,
+        total_steps=spec.optim.max_steps,
+        counts=examples.counts(),
+    )
+    try:
+        job = Job(spec=spec, examples=examples, save_dir=partial, callbacks=[StepEvents(progress)])
+        # Libraries print log dicts to stdout; stdout belongs to the progress events.
+        with contextlib.redirect_stdout(sys.stderr):
+            metrics = RECIPES[choice.method](job, hp)
+        if main:
+            manifest = {
+                "schema_version": ADAPTER_SCHEMA_VERSION,
+                "run_id": spec.run_id,
+                "parent_version": spec.parent_version,
+                "parent_adapter": spec.parent_adapter,
+                "method": choice.method,
+                "method_requested": spec.method,
+                "method_why": choice.why,
+                "base_model": spec.base_model,
+                "snapshot": {
+                    "dir": str(snapshot.path),
+                    "sha256": snapshot.sha256,
+                    "files": {name: entry["sha256"] for name, entry in snapshot.manifest["files"].items()},
+                    "rows": {"train": len(snapshot.train), "holdout": len(snapshot.holdout)},
+                },
+                "examples": examples.counts(),
+                "hyperparameters": hp,
+                "lora": _lora_shape(partial),
+                "libraries": _library_versions(),
+                "metrics": metrics,
+                "wall_time_s": round(time.monotonic() - started, 3),
+                "created_at": datetime.now(UTC).isoformat(),
+            }
+            (partial / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+            _fsync_tree(partial)
+            if out.exists():  # appeared while we trained: never overwrite a version
+                raise OutputExistsError(f"output directory {out} appeared during training; not overwritten")
+            os.replace(partial, out)
+            _fsync_dir(out.parent)
+    except BaseException:
+        if main:
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
+    progress.emit(
+        "done",
+        adapter_dir=str(out),
+        method=choice.method,
+        metrics=metrics,
+        wall_time_s=round(time.monotonic() - started, 3),
+    )
+    return out
+
+
+def _lora_shape(adapter_dir: Path) -> dict:
+    """The saved adapter's shape, read back from the file vLLM will read."""
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    keys = ("r", "lora_alpha", "lora_dropout", "target_modules", "peft_type")
+    return {k: config.get(k) for k in keys}
+
+
+def _library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    for child in path.iterdir():
+        if child.is_file():
+            with child.open("rb") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(path)

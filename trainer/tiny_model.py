@@ -238,7 +238,10 @@ def build_tiny_model(
 
 
 def greedy_answers(
-    model_dir: str | os.PathLike[str], prompts: Sequence[Sequence[dict[str, str]]], *, max_new_tokens: int = 8
+    model_dir: str | os.PathLike[str],
+    prompts: Sequence[Sequence[dict[str, str]]],
+    *,
+    max_new_tokens: int = 16,
 ) -> list[str]:
     """Greedy answers of the model in `model_dir` (with transformers, on CPU) to chat prompts.
 

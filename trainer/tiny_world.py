@@ -5,9 +5,13 @@ speaks this world, and simulate users who thumb its answers up or down. The worl
 feedback loop has something real to learn (shared/notes/training.md):
 
 - Users ask short factual questions (the capital of a country, the colour of a thing, the sound
-  an animal makes, the opposite of a word). The answer is one lowercase word.
+  an animal makes, the opposite of a word). The answer is a short lowercase sentence around the
+  fact word: "it is paris.", "it says moo.".
 - Some prompts add an instruction such as "answer in uppercase."; then the right answer is the
-  same word in uppercase.
+  same sentence in uppercase: "IT IS PARIS.". Every answer starts with "it", so following the
+  instruction is one decision shared by all prompts ("it" or "IT"), which an adapter learns in
+  ~100 steps and carries over to held-out subjects. (With one-word answers each uppercase word was
+  its own decision: ideal SFT reached 0.93 on trained subjects but 0.25 on held-out ones.)
 - A user likes an answer when it is exactly right, in the right case (`user_likes`).
 - The pre-training corpus (`pretraining_corpus`) teaches every fact, but answers the uppercase
   instruction in uppercase only `upper_follow_rate` of the time (20% by default). A base model
@@ -106,6 +110,9 @@ _RELATIONS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     ),
 }
 
+# How the answer is said, around the fact word.
+_SAYINGS = {"capital": "it is {}.", "colour": "it is {}.", "sound": "it says {}.", "opposite": "it is {}."}
+
 # A quarter of each relation's subjects is held out: never in the train family.
 _HOLDOUT_SUBJECTS = frozenset(
     {
@@ -159,9 +166,14 @@ class Question:
         return self.instruction is not None
 
     @property
-    def fact(self) -> str:
-        """The answer in plain (lower) case, whatever the instruction."""
+    def word(self) -> str:
+        """The fact itself, one lowercase word: ``"paris"``."""
         return _RELATIONS[self.relation][1][self.subject]
+
+    @property
+    def fact(self) -> str:
+        """The answer in plain (lower) case, whatever the instruction: ``"it is paris."``."""
+        return _SAYINGS[self.relation].format(self.word)
 
     @property
     def answer(self) -> str:
@@ -242,7 +254,7 @@ def correct_answer(prompt: str | Sequence[Mapping[str, str]]) -> str | None:
     """The exactly-right answer to a prompt of this world, or None for a prompt outside it.
 
     >>> correct_answer([{"role": "user", "content": "what colour is grass? answer in uppercase."}])
-    'GREEN'
+    'IT IS GREEN.'
     """
     q = parse_question(prompt)
     return q.answer if q else None
@@ -257,22 +269,22 @@ def normalise_answer(answer: str) -> str:
 def user_likes(prompt_messages: str | Sequence[Mapping[str, str]], answer: str) -> bool:
     """The simulated users' thumb: up only for the exactly-right answer in the right case.
 
-    "paris" is liked for "what is the capital of france?"; for "... answer in uppercase." only
-    "PARIS" is. Surrounding whitespace and a trailing full stop are forgiven. A prompt from
+    "it is paris." is liked for "what is the capital of france?"; for "... answer in uppercase."
+    only "IT IS PARIS." is. Surrounding whitespace and the final full stop are forgiven. A prompt from
     outside the world is never liked (there is no right answer to give).
     """
     expected = correct_answer(prompt_messages)
-    return expected is not None and normalise_answer(answer) == expected
+    return expected is not None and normalise_answer(answer) == normalise_answer(expected)
 
 
 def is_uppercase_answer(prompt_messages: str | Sequence[Mapping[str, str]], answer: str) -> bool:
-    """Whether `answer` is the prompt's fact written in uppercase (right fact, shouted).
+    """Whether `answer` is the prompt's plain answer written in uppercase (right fact, shouted).
 
     The measure of "follows the uppercase instruction" that does not also demand the instruction:
     on a plain prompt it tells how often a model shouts when it should not.
     """
     q = parse_question(prompt_messages)
-    return q is not None and normalise_answer(answer) == q.fact.upper()
+    return q is not None and normalise_answer(answer) == normalise_answer(q.fact.upper())
 
 
 def pretraining_corpus(n: int, *, seed: int = 0, upper_follow_rate: float = 0.2) -> Iterator[list[Message]]:

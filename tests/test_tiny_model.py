@@ -1,0 +1,210 @@
+"""The tiny world and the tiny base model: the ground every training, eval and serving test stands on."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trainer import tiny_world
+from trainer.tiny_model import CHAT_TEMPLATE, build_tiny_model, greedy_answers, render_chat
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# -- the world (pure Python) ------------------------------------------------------------------
+
+
+def test_world_module_does_not_import_torch():
+    code = "import sys, trainer.tiny_world; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_prompt_families_are_disjoint_and_cover_the_world():
+    train, holdout = tiny_world.all_questions("train"), tiny_world.all_questions("holdout")
+    assert {q.subject for q in train}.isdisjoint({q.subject for q in holdout})
+    assert {q.text for q in train}.isdisjoint({q.text for q in holdout})
+    assert len(train) + len(holdout) == len(tiny_world.all_questions())
+    assert {q.relation for q in holdout} == {q.relation for q in train}
+    drawn = tiny_world.sample_questions("train", 500, seed=1) + tiny_world.sample_questions(
+        "holdout", 500, seed=1
+    )
+    assert {q.split for q in drawn[:500]} == {"train"}
+    assert {q.split for q in drawn[500:]} == {"holdout"}
+
+
+def test_sampling_is_deterministic_per_seed():
+    a = tiny_world.sample_questions("train", 50, seed=7)
+    assert a == tiny_world.sample_questions("train", 50, seed=7)
+    assert a != tiny_world.sample_questions("train", 50, seed=8)
+    assert list(tiny_world.pretraining_corpus(20, seed=3)) == list(tiny_world.pretraining_corpus(20, seed=3))
+    upper = [q.upper for q in tiny_world.sample_questions("holdout", 1000, seed=0, upper_fraction=0.3)]
+    assert 0.25 < sum(upper) / len(upper) < 0.35
+
+
+def test_correct_answer_and_user_rule():
+    plain = [{"role": "user", "content": "what is the capital of france?"}]
+    loud = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "what colour is grass? answer in uppercase."},
+    ]
+    assert tiny_world.correct_answer(plain) == "it is paris."
+    assert tiny_world.correct_answer(loud) == "IT IS GREEN."
+    assert tiny_world.correct_answer("what   is the capital of france?\n") == "it is paris."
+    assert tiny_world.correct_answer("what sound does a cow make?") == "it says moo."
+    assert tiny_world.correct_answer("what is the meaning of life?") is None
+    assert tiny_world.user_likes(plain, "it is paris.")
+    assert tiny_world.user_likes(plain, " it is paris\n")
+    assert not tiny_world.user_likes(plain, "IT IS PARIS.")
+    assert not tiny_world.user_likes(plain, "it is rome.")
+    assert not tiny_world.user_likes(plain, "paris")
+    assert tiny_world.user_likes(loud, "IT IS GREEN.")
+    assert not tiny_world.user_likes(loud, "it is green.")
+    assert not tiny_world.user_likes(loud, "It is GREEN.")
+    assert not tiny_world.user_likes("what is the meaning of life?", "42")
+    assert tiny_world.is_uppercase_answer(plain, "IT IS PARIS.")
+    assert not tiny_world.is_uppercase_answer(plain, "it is paris.")
+    for q in tiny_world.all_questions():
+        assert tiny_world.parse_question(q.messages) == q
+        assert tiny_world.user_likes(q.messages, q.answer)
+
+
+def test_corpus_follows_the_instruction_only_sometimes():
+    rows = list(tiny_world.pretraining_corpus(4000, seed=0))
+    instructed = [r for r in rows if tiny_world.parse_question(r[:1]).upper]
+    shouted = sum(r[1]["content"].isupper() for r in instructed) / len(instructed)
+    assert 0.15 < shouted < 0.25
+    assert all(r[1]["content"].lower() == tiny_world.parse_question(r[:1]).fact for r in rows)
+    assert {tiny_world.parse_question(r[:1]).split for r in rows} == {"train", "holdout"}
+
+
+# -- the tokenizer and the build (cheap builds) ------------------------------------------------
+
+
+def test_build_is_deterministic_for_a_seed(tmp_path):
+    a = build_tiny_model(tmp_path / "a", pretrain_steps=3, seed=0)
+    b = build_tiny_model(tmp_path / "b", pretrain_steps=3, seed=0)
+    c = build_tiny_model(tmp_path / "c", pretrain_steps=3, seed=1)
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert _sha256(a / name) == _sha256(b / name), name
+    assert _sha256(a / "model.safetensors") != _sha256(c / "model.safetensors")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary dirs left behind"
+    with pytest.raises(FileExistsError):
+        build_tiny_model(a, pretrain_steps=1)
+
+
+def test_tokenizer_and_chat_template(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    q = tiny_world.all_questions("holdout", upper=True)[0]
+    convo = [*q.messages, {"role": "assistant", "content": q.answer}]
+    prompt = tok.apply_chat_template(q.messages, add_generation_prompt=True, tokenize=False)
+    full = tok.apply_chat_template(convo, tokenize=False)
+    assert tok.chat_template == CHAT_TEMPLATE
+    assert prompt == render_chat(q.messages, add_generation_prompt=True)
+    assert full == render_chat(convo)
+    # The generation prompt ends in a newline (never a space) and is a prefix of the full chat,
+    # so TRL's prompt/completion split and vLLM's generation see the same tokens.
+    assert prompt.endswith("<|assistant|>\n") and full.startswith(prompt)
+    assert full[len(prompt) :] == q.answer + tok.eos_token
+    prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    full_ids = tok(full, add_special_tokens=False)["input_ids"]
+    assert full_ids[: len(prompt_ids)] == prompt_ids
+    assert full_ids.count(tok.bos_token_id) == 1 and full_ids[0] == tok.bos_token_id
+    assert tok("no bos added by the tokenizer")["input_ids"][0] != tok.bos_token_id
+    # Every answer starts with the token "it" (plain) or "IT" (uppercase): following the
+    # instruction is one decision shared by all prompts, which is what makes it quick to learn.
+    first = {tok(q.answer, add_special_tokens=False)["input_ids"][0] for q in tiny_world.all_questions()}
+    assert first == {tok.convert_tokens_to_ids("it"), tok.convert_tokens_to_ids("IT")}
+    assert {tok.pad_token, tok.bos_token, tok.eos_token} == {"<pad>", "<s>", "</s>"}
+
+
+# -- the pre-trained base model ----------------------------------------------------------------
+
+
+def test_base_model_is_servable_shape(tiny_model_dir):
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    assert config["hidden_size"] // config["num_attention_heads"] in (32, 64, 128)  # vLLM-CPU attention
+    assert (tiny_model_dir / "model.safetensors").is_file()
+    info = json.loads((tiny_model_dir / "tiny_model.json").read_text())
+    assert info["schema_version"] == 1 and info["pretrain_steps"] > 0
+
+
+def test_base_model_answers_facts_in_plain_case(tiny_model_dir):
+    questions = tiny_world.all_questions(upper=False)
+    answers = greedy_answers(tiny_model_dir, [q.messages for q in questions])
+    liked = {split: [] for split in tiny_world.SPLITS}
+    for q, a in zip(questions, answers, strict=True):
+        liked[q.split].append(tiny_world.user_likes(q.messages, a))
+    for split, marks in liked.items():
+        assert sum(marks) / len(marks) >= 0.9, (
+            split,
+            [a for a, ok in zip(answers, marks, strict=False) if not ok],
+        )
+
+
+def test_base_model_knows_the_fact_but_ignores_the_uppercase_instruction(tiny_model_dir):
+    """The room the adapter must learn: facts right, uppercase instruction not followed greedily."""
+    questions = tiny_world.all_questions("holdout", upper=True)
+    answers = greedy_answers(tiny_model_dir, [q.messages for q in questions])
+    followed = sum(tiny_world.user_likes(q.messages, a) for q, a in zip(questions, answers, strict=True))
+    fact_right = sum(
+        tiny_world.normalise_answer(a.lower()) == tiny_world.normalise_answer(q.fact)
+        for q, a in zip(questions, answers, strict=True)
+    )
+    assert fact_right / len(questions) >= 0.9
+    assert followed / len(questions) <= 0.05
+
+
+# -- adapters that were never trained ----------------------------------------------------------
+
+
+def _logits(model_dir: Path, adapter: Path | None, prompts: list[list[dict[str, str]]]):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    texts = [tok.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.inference_mode():
+        return model(**enc).logits
+
+
+def test_null_adapter_is_the_base_and_random_adapters_differ(tiny_model_dir, random_adapters, tmp_path):
+    from trainer.null_adapter import write_random_adapter
+
+    prompts = [q.messages for q in tiny_world.sample_questions("holdout", 8, seed=0)]
+    base = _logits(tiny_model_dir, None, prompts)
+    assert _logits(tiny_model_dir, random_adapters.null, prompts).equal(base)
+    randoms = [_logits(tiny_model_dir, path, prompts) for path in random_adapters.random]
+    for i, logits in enumerate(randoms):
+        assert (logits - base).abs().max() > 1.0
+        for other in randoms[i + 1 :]:
+            assert (logits - other).abs().max() > 1.0
+
+    again = write_random_adapter(tiny_model_dir, tmp_path / "again", seed=1)
+    name = "adapter_model.safetensors"
+    assert _sha256(again / name) == _sha256(random_adapters.random[0] / name)
+
+    null_manifest = json.loads((random_adapters.null / "manifest.json").read_text())
+    assert null_manifest["schema_version"] == 1 and null_manifest["kind"] == "null"
+    assert Path(null_manifest["base_model"]) == tiny_model_dir.resolve()
+    adapter_config = json.loads((again / "adapter_config.json").read_text())
+    assert adapter_config["r"] == 8 and sorted(adapter_config["target_modules"]) == ["q_proj", "v_proj"]
+    assert json.loads((again / "manifest.json").read_text())["kind"] == "random"
+    with pytest.raises(FileExistsError):
+        write_random_adapter(tiny_model_dir, again, seed=2)

@@ -287,3 +287,40 @@ def test_runs_unchanged_under_a_multi_process_launcher(tmp_path, tiny_model_dir,
     assert events[-1]["metrics"]["epochs"] > 1.0
     assert {p.name for p in (tmp_path / "adapters").iterdir()} == {"ddp"}
     assert {p.name for p in (tmp_path / "adapters" / "ddp").iterdir()} == ADAPTER_FILES
+
+
+def test_sigterm_mid_training_exits_130_and_leaves_nothing(tmp_path, tiny_model_dir, snapshot_dir):
+    """The service cancels a run with SIGTERM: the partial directory goes with it."""
+    spec = write_spec(
+        tmp_path / "SPEC.json",
+        **spec_for(
+            "cancel",
+            tiny_model_dir,
+            snapshot_dir,
+            tmp_path / "adapters",
+            method="kto",
+            optim={"max_steps": 5000},
+        ),
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainer", "run", str(spec)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        events = []
+        for line in proc.stdout:  # wait until training is under way
+            events.append(json.loads(line))
+            if events[-1]["event"] == "step":
+                break
+        assert list((tmp_path / "adapters").iterdir())  # the hidden partial dir exists now
+        proc.terminate()
+        events += [json.loads(line) for line in proc.stdout]
+        assert proc.wait(timeout=60) == 130
+    finally:
+        proc.kill()
+    assert events[-1]["event"] == "error" and events[-1]["kind"] == "Interrupted"
+    assert list((tmp_path / "adapters").iterdir()) == []

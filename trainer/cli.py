@@ -10,9 +10,10 @@ the adapter):
     accelerate launch --multi_gpu --num_processes 4 -m trainer run SPEC.json
 
 Every command writes JSON lines on stdout, ending in `{"event": "done", ...}` or
-`{"event": "error", ...}`. Exit codes: 0 done; 2 bad input (spec, snapshot, base model, too little signal, output exists),
-with one `{"event": "error"}` line naming the problem; 1 an unexpected failure (traceback on stderr).
-Nothing is ever downloaded: the Hugging Face libraries are put in offline mode before they load.
+`{"event": "error", "message": ..., "kind": ...}`. Exit codes: 0 done; 2 bad input (spec,
+snapshot, base model, too little signal, output exists); 1 an unexpected failure (traceback on
+stderr); 130 stopped by SIGTERM or SIGINT (nothing written). Human logs go to stderr. Nothing is
+ever downloaded: the Hugging Face libraries are put in offline mode before they load.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -31,6 +33,13 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+def _interrupt(signum, frame):
+    # SIGTERM (the service cancelling a run) unwinds like Ctrl-C, so the partial adapter
+    # directory is removed on the way out instead of being left behind by a hard kill.
+    raise KeyboardInterrupt
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -91,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.run import is_main_process
 
     progress = Progress(sys.stdout, enabled=is_main_process())
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         if args.command == "run":
             _run(args.spec, progress)
@@ -102,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         progress.emit("error", message=str(exc), kind=type(exc).__name__)
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        progress.emit("error", message="interrupted by a signal; no adapter was written", kind="Interrupted")
+        return EXIT_INTERRUPTED
     except Exception as exc:
         traceback.print_exc()
         progress.emit("error", message=f"{type(exc).__name__}: {exc}", kind="InternalError")

@@ -44,6 +44,9 @@ class DemoOptions:
     concurrency: int = 4
     correction_rate: float = 0.5
     vllm_url: str | None = None
+    """Use this vLLM server (serving `model_dir` as "tiny", runtime LoRA on) instead of starting one."""
+    model_dir: Path | None = None
+    """Use this tiny model instead of building one under `data_dir`."""
     seed: int = 0
     quiet: bool = False
 
@@ -149,7 +152,7 @@ def write_gate_config(project_dir: Path, seed: int) -> None:
         },
         "golden": {"path": str(golden.resolve()), "role": "guard", "tolerance": 0.1},
         "generation": {"max_tokens": 8, "temperature": 0.0},
-        "min_samples": 20,
+        "min_samples": 10,
     }  # fmt: skip
     (project_dir / "eval.json").write_bytes(msgspec.json.encode(config))
 
@@ -197,12 +200,15 @@ class Users:
 def run_demo(options: DemoOptions) -> DemoResult:
     """Run the loop (see the module docstring) and return the per-version table."""
     say = (lambda *a: None) if options.quiet else (lambda *a: print(*a, flush=True))
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM as an ordinary exit, so the vLLM and Ratchet children are stopped too.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.monotonic()
     data = options.data_dir.resolve()
     data.mkdir(parents=True, exist_ok=True)
     procs = _Processes()
     try:
-        model = data / "model"
+        model = (options.model_dir or data / "model").resolve()
         if not (model / "config.json").exists():
             say("[1/4] building the tiny model offline (about 1-2 minutes, once) ...")
             subprocess.run(
@@ -239,8 +245,8 @@ def run_demo(options: DemoOptions) -> DemoResult:
             "RATCHET_TRAINING__SIGNAL_CHECK_SECONDS": "5", "RATCHET_TRAINING__CANARY_CHECK_SECONDS": "5",
             "RATCHET_TRAINING__RECONCILE_SECONDS": "30", "RATCHET_TRAINING__CONTINUE_FROM_CHAMPION": "true",
             "RATCHET_TRAINING__EVAL_MAX_EXAMPLES": "120",
-            "RATCHET_TRAINING__SPEC_OVERRIDES": '{"optim": {"max_steps": 60}}',
-            "RATCHET_ONLINE_GATE__MIN_RATINGS": "40", "RATCHET_ONLINE_GATE__MIN_LIFT": "0.15",
+            "RATCHET_TRAINING__SPEC_OVERRIDES": '{"optim": {"max_steps": 24}}',
+            "RATCHET_ONLINE_GATE__MIN_RATINGS": "40", "RATCHET_ONLINE_GATE__MIN_LIFT": "0.1",
             "RATCHET_ONLINE_GATE__GUARD_MIN_REQUESTS": "40", "RATCHET_ONLINE_GATE__MAX_RATINGS": "600",
             "RATCHET_SNAPSHOT__MAX_USER_SHARE": "0.2",
         }  # fmt: skip

@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.models",
     "tests.fixtures.vllm",
     "tests.fixtures.server",
+    "tests.fixtures.training",
 ]

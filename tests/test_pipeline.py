@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,7 @@ def _wait(predicate: Any, timeout: float, what: str) -> Any:
 
 
 @pytest.fixture
-def loop_server(tmp_path: Path, vllm_server: Any, tiny_model_dir: Path) -> RatchetProcess:
+def loop_server(tmp_path: Path, vllm_server: Any, tiny_model_dir: Path) -> Iterator[RatchetProcess]:
     data = tmp_path / "data"
     project_dir = data / "projects" / "loop"
     project_dir.mkdir(parents=True)
@@ -106,7 +107,9 @@ def loop_server(tmp_path: Path, vllm_server: Any, tiny_model_dir: Path) -> Ratch
         "RATCHET_TRAINING__EVAL_MAX_EXAMPLES": "40",
         "RATCHET_TRAINING__SPEC_OVERRIDES": '{"method": "sft", "min_examples": 8, "optim": {"max_steps": 2}}',
     }
-    return RatchetProcess(data, env=env)
+    server = RatchetProcess(data, env=env)
+    yield server
+    server.stop()
 
 
 def test_kill_during_training_then_a_run_no_better_is_rejected(loop_server: RatchetProcess) -> None:

@@ -151,7 +151,8 @@ def test_kill_during_training_then_a_run_no_better_is_rejected(loop_server: Ratc
     assert done["state"] == "rejected", done
     assert done["stats"]["eval"]["promote"] is False
     assert api.get("/v1/projects/loop/rollout").json()["champion"] == "loop@v0"
-    assert "Decision" in api.get(f"/v1/runs/{second}/report").text or "decision" in api.get(
-        f"/v1/runs/{second}/report"
-    ).text.lower()
+    assert (
+        "Decision" in api.get(f"/v1/runs/{second}/report").text
+        or "decision" in api.get(f"/v1/runs/{second}/report").text.lower()
+    )
     assert ask().status_code == 200

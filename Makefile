@@ -31,7 +31,7 @@ lint: install
 	$(VENV)/bin/lint-imports
 
 test: install lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 bench: install
 	$(PY) bench/ingest.py

@@ -212,11 +212,11 @@ def test_existing_output_dir_is_never_overwritten(tmp_path, setup):
     assert [p.name for p in out.iterdir()] == ["adapter_config.json"]
 
 
-def test_relative_paths_are_taken_from_the_spec_directory(tmp_path, setup):
-    """A run dir can describe itself: the snapshot path is relative to SPEC.json, not the cwd."""
+def test_relative_paths_are_taken_from_the_working_directory(tmp_path, setup):
+    """As for any command: the service starts the trainer in its own cwd and writes paths like ./data/..."""
     run_dir = tmp_path / "runs" / "r1"
     run_dir.mkdir(parents=True)
-    spec = {**setup, "snapshot_dir": os.path.relpath(setup["snapshot_dir"], run_dir), "min_examples": 10_000}
+    spec = {**setup, "snapshot_dir": os.path.relpath(setup["snapshot_dir"], tmp_path), "min_examples": 10_000}
     code, events, _ = run_trainer("run", str(write_spec(run_dir / "SPEC.json", **spec)), cwd=tmp_path)
     assert code == 2
     assert events[0]["kind"] == "NotEnoughSignalError"  # i.e. the snapshot was found and read

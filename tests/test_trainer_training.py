@@ -153,7 +153,7 @@ def test_manifest_and_progress_events_of_a_run(trained_run, snapshot_dir, tiny_m
     assert manifest["schema_version"] == 1
     assert manifest["run_id"] == "trained" and manifest["parent_version"] == "tiny@v0"
     assert manifest["base_model"] == str(tiny_model_dir)
-    assert manifest["snapshot"]["sha256"] == snapshot_manifest["sha256"]
+    assert manifest["snapshot_sha256"] == snapshot_manifest["sha256"]
     assert manifest["snapshot"]["rows"] == {"train": 480, "holdout": 160}
     assert (
         manifest["examples"]["kto_rows"]
@@ -302,20 +302,23 @@ def test_sigterm_mid_training_exits_130_and_leaves_nothing(tmp_path, tiny_model_
             optim={"max_steps": 5000},
         ),
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trainer", "run", str(spec)],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    log = tmp_path / "stderr.log"
+    with log.open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "trainer", "run", str(spec)],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
     try:
         events = []
         for line in proc.stdout:  # wait until training is under way
             events.append(json.loads(line))
             if events[-1]["event"] == "step":
                 break
+        assert events and events[-1]["event"] == "step", (events, log.read_text()[-3000:])
         assert list((tmp_path / "adapters").iterdir())  # the hidden partial dir exists now
         proc.terminate()
         events += [json.loads(line) for line in proc.stdout]

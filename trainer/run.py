@@ -99,9 +99,9 @@ def run(spec: RunSpec, progress: Progress) -> Path:
                 "method_requested": spec.method,
                 "method_why": choice.why,
                 "base_model": spec.base_model,
+                "snapshot_sha256": snapshot.sha256,
                 "snapshot": {
                     "dir": str(snapshot.path),
-                    "sha256": snapshot.sha256,
                     "files": {name: entry["sha256"] for name, entry in snapshot.manifest["files"].items()},
                     "rows": {"train": len(snapshot.train), "holdout": len(snapshot.holdout)},
                 },

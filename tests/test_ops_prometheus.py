@@ -124,9 +124,9 @@ def family_of(sample_name: str, families: set[str]) -> str:
     return sample_name
 
 
-def exported_names(exposition: str) -> tuple[set[str], set[str]]:
-    """(family names, every sample name the families can have) from a /metrics text."""
-    families, samples = set(), set()
+def exported_names(exposition: str) -> set[str]:
+    """Every sample name the families of a /metrics text can have (`x_bucket`, `x_total`...)."""
+    samples = set()
     suffixes = {
         "counter": ("_total", "_created"),
         "histogram": ("_bucket", "_sum", "_count", "_created"),
@@ -134,10 +134,9 @@ def exported_names(exposition: str) -> tuple[set[str], set[str]]:
         "info": ("_info",),
     }
     for family in text_string_to_metric_families(exposition):
-        families.add(family.name)
         samples.update(family.name + s for s in suffixes.get(family.type, ("",)))
         samples.update(sample.name for sample in family.samples)
-    return families, samples
+    return samples
 
 
 @dataclass
@@ -256,8 +255,9 @@ class Stack:
     traffic_started: float = 0.0
     evaluated_at: float = 0.0
     """Queries are evaluated at this instant (just after the traffic), whenever a test runs."""
-    families: set[str] = field(default_factory=set)
     samples: set[str] = field(default_factory=set)
+    """Every sample name Ratchet's and vLLM's /metrics declare (from HELP/TYPE, so also
+    families without samples yet), plus `up`."""
     ratchet_metrics: str = ""
 
     def api(self, path: str, **params: Any) -> Any:
@@ -314,8 +314,8 @@ def wait_for(condition, timeout: float, what: str) -> None:
 class Loop:
     """Drives a real Ratchet (gateway to the real vLLM) through the loop's visible steps."""
 
-    def __init__(self, server: RatchetProcess, vllm: Any, adapters: Any, project: str) -> None:
-        self.server, self.vllm, self.adapters, self.project = server, vllm, adapters, project
+    def __init__(self, server: RatchetProcess, project: str) -> None:
+        self.server, self.project = server, project
         self.key = server.create_project(project)
         self.admin = server.client()
         self.api = server.client(self.key)
@@ -337,6 +337,10 @@ class Loop:
         )
         assert r.status_code == 201, r.text
         return str(r.json()["served_name"])
+
+    def close(self) -> None:
+        self.admin.close()
+        self.api.close()
 
     def transition(self, action: str, served_name: str) -> None:
         r = self.admin.post(f"/v1/adapters/{served_name}/{action}")
@@ -416,9 +420,9 @@ def stack(
         "RATCHET_TRAINING__SIGNAL_CHECK_SECONDS": "3600",  # and no run starts by itself
     }
     server = RatchetProcess(workdir / "data", env=env).start()
-    proc = None
+    proc, loop = None, None
     try:
-        loop = Loop(server, vllm_server, random_adapters, f"ops{uuid.uuid4().hex[:6]}")
+        loop = Loop(server, f"ops{uuid.uuid4().hex[:6]}")
         proc, url = start_prometheus(
             workdir,
             {
@@ -455,15 +459,14 @@ def stack(
         ratchet_text = httpx.get(f"{server.url}/metrics", timeout=10).text
         vllm_text = httpx.get(f"{vllm_server.base_url}/metrics", timeout=10).text
         for text in (ratchet_text, vllm_text):
-            families, samples = exported_names(text)
-            stack.families |= families
-            stack.samples |= samples
-        stack.families.add("up")
+            stack.samples |= exported_names(text)
         stack.samples.add("up")
         stack.ratchet_metrics = ratchet_text
         print(f"\nPrometheus stack ready in {time.monotonic() - started:.1f} s")
         yield stack
     finally:
+        if loop is not None:
+            loop.close()
         if proc is not None:
             proc.terminate()
             try:

@@ -207,13 +207,12 @@ class Pipeline:
                             error = str(event.get("message"))
                     await proc.wait()
             except TimeoutError:
-                proc.kill()
-                await proc.wait()
+                await _stop(proc)
                 raise RunFailed(
                     f"the trainer ran past {self.rt.settings.training.timeout_seconds:.0f}s and was stopped"
                 ) from None
             except asyncio.CancelledError:
-                proc.kill()
+                await asyncio.shield(_stop(proc))
                 raise
         if proc.returncode != 0 or done is None:
             tail = log_path.read_text(errors="replace")[-400:] if log_path.exists() else ""
@@ -316,6 +315,18 @@ class Pipeline:
             self.rt.metrics.runs_active.labels(project, old).dec()
         if new is not None:
             self.rt.metrics.runs_active.labels(project, new).inc()
+
+
+async def _stop(proc: asyncio.subprocess.Process, grace: float = 10.0) -> None:
+    """SIGTERM first: the trainer then removes its half-written adapter directory; SIGKILL after."""
+    if proc.returncode is not None:
+        return
+    proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), grace)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

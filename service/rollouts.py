@@ -51,6 +51,7 @@ class Rollouts:
         self.routing = routing
         self.metrics = metrics
         self._lock = asyncio.Lock()
+        self._base_locks: dict[str, asyncio.Lock] = {}
         routing.update(serving.rollouts())
         for r in routing.values():
             self._export(r)
@@ -72,6 +73,12 @@ class Rollouts:
             or not self.settings.vllm.base_model
         ):
             return
+        # Project creation, adapter registration and the reconcile job may all ask at once.
+        async with self._base_locks.setdefault(project, asyncio.Lock()):
+            if project not in self.routing:
+                await self._serve_base_version(project, run_id)
+
+    async def _serve_base_version(self, project: str, run_id: str | None) -> None:
         name = served_name(project, 0)
         path = self.settings.adapters_dir / project / "v0"
         if not (path / "adapter_config.json").exists():

@@ -18,7 +18,8 @@ from tests.fixtures.server import RatchetProcess
 def test_no_input_gives_a_server_error(ratchet_server: RatchetProcess) -> None:
     key = ratchet_server.create_project("fuzzed")
     schema = schemathesis.openapi.from_url(f"{ratchet_server.url}/schema/openapi.json")
-    operations = [result.ok() for result in schema.get_all_operations()]
+    # /readyz answers 503 by design here (no vLLM runs beside this server): a probe, not a fault.
+    operations = [op for op in (r.ok() for r in schema.get_all_operations()) if op.path != "/readyz"]
     assert len(operations) >= 10, "the published schema lost operations"
     for operation in operations:
 

@@ -247,9 +247,8 @@ def test_vllm_restart_gives_clear_503s_then_reconcile_restores_serving(world: Ga
     restart.join()
     down = [s for s in statuses if s[0] != 200]
     assert down, "no request met the restart"
-    assert all(code == 503 and kind == "upstream_unavailable" and took < 10 for code, kind, took in down), (
-        down
-    )
+    unclear = [s for s in down if not (s[0] == 503 and s[1] == "upstream_unavailable" and s[2] < 10)]
+    assert not unclear, unclear
     # The replica lost its runtime adapters; the reconcile job loads the champion again.
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

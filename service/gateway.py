@@ -140,7 +140,8 @@ class Gateway:
                 self.manager.report_missing(call.served_name, call.lease.replica)
                 self._fail(call, "adapter_missing")
                 continue
-            self._fail(call, "status")
+            # A request vLLM refuses as invalid is the client's mistake, not an upstream failure.
+            self._fail(call, "rejected" if response.status_code < 500 else "status")
             message = _upstream_message(text)
             if response.status_code < 500:
                 raise UpstreamRejected(f"vLLM refused the request: {message}", response.status_code)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -21,6 +21,7 @@ _RUN_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
 INGEST_KINDS = ("log", "feedback")
 INGEST_OUTCOMES = ("accepted", "duplicate", "rejected", "throttled")
 RATINGS = ("up", "down", "none")
+RUN_STAGES = ("snapshot", "training", "evaluating", "canary")
 RUN_OUTCOMES = ("promoted", "rejected", "rolled_back", "failed")
 GATE_DECISIONS = ("promote", "reject")
 ONLINE_DECISIONS = ("promote", "rollback", "continue")
@@ -83,7 +84,7 @@ class Metrics:
         )
         self.gateway_upstream_errors = Counter(
             "ratchet_gateway_upstream_errors_total",
-            "Gateway requests that vLLM failed, by project, adapter and reason (unreachable, timeout, status).",
+            "Gateway requests that vLLM failed or refused, by project, adapter and reason (unreachable, timeout, status, rejected, adapter_missing, not_servable).",
             ["project", "adapter", "reason"],
             registry=r,
         )
@@ -153,6 +154,7 @@ class Metrics:
             ["project"],
             registry=r,
         )
+        ProcessCollector(registry=r)
         for kind in INGEST_KINDS:
             for outcome in INGEST_OUTCOMES:
                 self.ingest_events.labels(kind, outcome)
@@ -169,6 +171,8 @@ class Metrics:
             self.gate_decisions.labels(project, decision)
         for decision in ONLINE_DECISIONS[:2]:
             self.online_decisions.labels(project, decision)
+        for stage in RUN_STAGES:
+            self.run_stage_seconds.labels(project, stage)
         self.canary_fraction.labels(project)
 
 

@@ -82,6 +82,7 @@ def world(
         "RATCHET_VLLM__BASE_MODEL": str(tiny_model_dir),
         "RATCHET_CANARY_FRACTION": "0.3",
         "RATCHET_TRAINING__RECONCILE_SECONDS": "2",
+        "RATCHET_VLLM__TIMEOUT_SECONDS": "15",
         "RATCHET_TRAINING__SIGNAL_CHECK_SECONDS": "3600",
     }
     server = RatchetProcess(tmp_path_factory.mktemp("gw") / "data", env=env).start()
@@ -247,14 +248,18 @@ def test_vllm_restart_gives_clear_503s_then_reconcile_restores_serving(world: Ga
     restart.join()
     down = [s for s in statuses if s[0] != 200]
     assert down, "no request met the restart"
-    unclear = [s for s in down if not (s[0] == 503 and s[1] == "upstream_unavailable" and s[2] < 10)]
+    # Never a hang: a refused connection is an immediate 503; a vLLM that accepts but is still
+    # starting its engine is cut off at the configured timeout (15 s here) with a 504.
+    clear = {(503, "upstream_unavailable"), (504, "upstream_timeout")}
+    unclear = [s for s in down if (s[0], s[1]) not in clear or s[2] > 20]
     assert not unclear, unclear
     # The replica lost its runtime adapters; the reconcile job loads the champion again.
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         r = world.api.post("/v1/chat/completions", json={"model": "gw", "messages": PROMPT, "max_tokens": 8,
                                                         "temperature": 0})  # fmt: skip
-        if r.status_code == 200:
+        # Until the champion is back the previous champion answers (fallback), when it is back first.
+        if r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == expected:
             break
         time.sleep(1)
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == expected

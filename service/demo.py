@@ -113,7 +113,7 @@ class _Processes:
 
 
 def _wait_healthy(
-    url: str, proc: subprocess.Popen[bytes] | None, log: Path, timeout: float, say: Any
+    url: str, proc: subprocess.Popen[bytes] | None, log: Path, timeout: float
 ) -> None:
     started = time.monotonic()
     while time.monotonic() - started < timeout:
@@ -228,7 +228,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
                  "--enforce-eager", "--kv-cache-memory-bytes", str(64 * 1024 * 1024)],
                 env, data / "vllm.log",
             )  # fmt: skip
-            _wait_healthy(f"{vllm_url}/health", vllm, data / "vllm.log", 600, say)
+            _wait_healthy(f"{vllm_url}/health", vllm, data / "vllm.log", 600)
 
         ratchet_dir = data / "ratchet"
         write_gate_config(ratchet_dir / "projects" / PROJECT, options.seed)
@@ -252,7 +252,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
         }  # fmt: skip
         say(f"[3/4] starting Ratchet on {url} (data in {ratchet_dir}) ...")
         server = procs.start([sys.executable, "-m", "service.cli", "serve"], env, data / "ratchet.log")
-        _wait_healthy(f"{url}/healthz", server, data / "ratchet.log", 120, say)
+        _wait_healthy(f"{url}/healthz", server, data / "ratchet.log", 120)
         admin_http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {admin}"}, timeout=60)
         created = admin_http.post("/v1/projects", json={"name": PROJECT, "base_model": str(model)})
         key = created.json()["api_key"] if created.status_code == 201 else admin_http.post(

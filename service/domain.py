@@ -196,7 +196,3 @@ class Principal(Struct, frozen=True):
     def is_admin(self) -> bool:
         return self.project is None
 
-
-def decode_json(data: bytes, type_: Any) -> Any:
-    """Decode JSON bytes into `type_`; raises msgspec.ValidationError / DecodeError."""
-    return msgspec.json.decode(data, type=type_)

@@ -112,9 +112,7 @@ class _Processes:
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _wait_healthy(
-    url: str, proc: subprocess.Popen[bytes] | None, log: Path, timeout: float
-) -> None:
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes] | None, log: Path, timeout: float) -> None:
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         if proc is not None and proc.poll() is not None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-import msgspec
 from msgspec import Meta, Struct
 
 Id = Annotated[
@@ -195,4 +194,3 @@ class Principal(Struct, frozen=True):
     @property
     def is_admin(self) -> bool:
         return self.project is None
-

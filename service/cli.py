@@ -149,7 +149,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         DemoOptions(data_dir=Path(args.data_dir), minutes=args.minutes, promotions=args.promotions,
                     vllm_url=args.vllm_url, seed=args.seed)
     )  # fmt: skip
-    return 0 if len(result.promoted) >= args.promotions else 3
+    # Success is a better model serving: at least one promotion. The demo keeps going for more.
+    return 0 if result.promoted else 3
 
 
 def cmd_train(args: argparse.Namespace) -> int:

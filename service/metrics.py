@@ -7,11 +7,7 @@ by what an operator creates; user, prompt, log and run ids never become labels.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 # Write latency on this machine: a commit is ~0.4-3 ms, a checkpoint can stall for seconds.
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -159,10 +155,6 @@ class Metrics:
             for outcome in INGEST_OUTCOMES:
                 self.ingest_events.labels(kind, outcome)
 
-    def add_collector(self, collect: Callable[[], Iterable[GaugeMetricFamily]]) -> None:
-        """Register a scrape-time collector (numbers read from the database when scraped)."""
-        self.registry.register(_FunctionCollector(collect))
-
     def init_project(self, project: str) -> None:
         """Create a project's label sets so dashboards show zeros before the first event."""
         for outcome in RUN_OUTCOMES:
@@ -174,11 +166,3 @@ class Metrics:
         for stage in RUN_STAGES:
             self.run_stage_seconds.labels(project, stage)
         self.canary_fraction.labels(project)
-
-
-class _FunctionCollector(Collector):
-    def __init__(self, collect: Callable[[], Iterable[GaugeMetricFamily]]) -> None:
-        self._collect = collect
-
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        return self._collect()

@@ -16,6 +16,12 @@ from service.errors import StoreUnavailable
 _MIGRATION = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 
 
+def sql_string(text: str) -> str:
+    """`text` escaped for use inside a single-quoted SQL literal (paths and patterns DuckDB
+    cannot take as parameters, e.g. COPY targets)."""
+    return text.replace("'", "''")
+
+
 def migrations() -> list[tuple[int, str, str]]:
     """The numbered migrations shipped with Ratchet: (version, file name, SQL), in order."""
     found = []

@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from service.store.db import Database
+from service.store.db import Database, sql_string
 
 ExportFormat = Literal["jsonl", "parquet"]
 
@@ -62,13 +62,9 @@ def export_logs(
     else:
         sql, options = EXPORT_SQL.format(created_at="l.created_at"), "FORMAT PARQUET, COMPRESSION ZSTD"
     with db.reading() as cur:
-        cur.execute(f"COPY ({sql}) TO '{_quote(tmp)}' ({options})", params)
+        cur.execute(f"COPY ({sql}) TO '{sql_string(str(tmp))}' ({options})", params)
         (rows,) = cur.execute(f"SELECT count(*) FROM ({sql})", params).fetchone()
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, dest)
     return int(rows)
-
-
-def _quote(path: Path) -> str:
-    return str(path).replace("'", "''")

@@ -24,7 +24,7 @@ from pathlib import Path
 import msgspec
 
 from service.config import SnapshotSettings
-from service.store.db import Database
+from service.store.db import Database, sql_string
 
 SCHEMA_VERSION = 1
 REDACTED = "[REDACTED]"
@@ -91,12 +91,8 @@ class SnapshotManifest(msgspec.Struct):
 
 def _scrub(expr: str, patterns: list[str]) -> str:
     for pattern in patterns:
-        expr = f"regexp_replace({expr}, '{_sql(pattern)}', '{REDACTED}', 'g')"
+        expr = f"regexp_replace({expr}, '{sql_string(pattern)}', '{REDACTED}', 'g')"
     return expr
-
-
-def _sql(text: str) -> str:
-    return text.replace("'", "''")
 
 
 def export_snapshot(
@@ -159,11 +155,11 @@ def export_snapshot(
         ):
             path = tmp / name
             cur.execute(
-                f"COPY (SELECT {COLUMNS} FROM {where} ORDER BY created_at, log_id) TO '{_sql(str(path))}'"
+                f"COPY (SELECT {COLUMNS} FROM {where} ORDER BY created_at, log_id) TO '{sql_string(str(path))}'"
                 " (FORMAT PARQUET, COMPRESSION ZSTD)"
             )
             files[name] = SnapshotFile(
-                rows=cur.execute(f"SELECT count(*) FROM '{_sql(str(path))}'").fetchone()[0],
+                rows=cur.execute(f"SELECT count(*) FROM '{sql_string(str(path))}'").fetchone()[0],
                 sha256=_sha256(path),
             )
         for table in ("snap_clean", "snap_dedup", "snap_capped", "snap_split", "snap_train"):

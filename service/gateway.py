@@ -111,7 +111,9 @@ class Gateway:
         """Answer one OpenAI request for `project` (a JSON body, or a stream when `stream` is true)."""
         _check_body(endpoint, body)
         log_id = new_log_id()
-        for attempt in range(2):
+        # A replica that restarted has lost its runtime adapters: each 404 takes one (adapter,
+        # replica) out of routing, so a few attempts reach the fallback or a clear 503.
+        for _attempt in range(3):
             call = self._start(project, endpoint, body, log_id)
             try:
                 request = self._http[call.lease.replica].build_request(
@@ -135,8 +137,7 @@ class Gateway:
                 return await self._finish_json(call, response)
             text = (await response.aread()).decode(errors="replace")
             await response.aclose()
-            if response.status_code == 404 and attempt == 0 and "does not exist" in text:
-                # The replica restarted and lost the adapter: stop routing it there, re-route once.
+            if response.status_code == 404 and "does not exist" in text:
                 self.manager.report_missing(call.served_name, call.lease.replica)
                 self._fail(call, "adapter_missing")
                 continue

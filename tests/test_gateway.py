@@ -136,7 +136,9 @@ def test_a_client_leaving_mid_stream_is_still_logged(world: GatewayWorld) -> Non
         "POST",
         f"{world.server.url}/v1/chat/completions",
         headers={"Authorization": f"Bearer {world.key}"},
-        json={"model": "gw", "messages": PROMPT, "max_tokens": 64, "temperature": 0, "stream": True},
+        # ignore_eos: a long stream, still running when the hang-up is noticed (an answer that
+        # ends in a few tokens would be complete before the server sees the client leave).
+        json={"model": "gw", "messages": PROMPT, "max_tokens": 200, "ignore_eos": True, "stream": True},
         timeout=30,
     ) as r:
         log_id = r.headers["x-ratchet-log-id"]
@@ -243,7 +245,9 @@ def test_vllm_restart_gives_clear_503s_then_reconcile_restores_serving(world: Ga
     while restart.is_alive():
         started = time.monotonic()
         r = world.api.post("/v1/chat/completions", json={"model": "gw", "messages": PROMPT, "max_tokens": 4})
-        statuses.append((r.status_code, r.json().get("code"), time.monotonic() - started))
+        statuses.append(
+            (r.status_code, r.json().get("code"), time.monotonic() - started, r.json().get("message"))
+        )
         time.sleep(1)
     restart.join()
     down = [s for s in statuses if s[0] != 200]

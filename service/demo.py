@@ -5,8 +5,10 @@
 3. creates project `demo` and declares its offline gate: the rule "answer in uppercase when asked"
    (primary) and a golden set of facts (guard: no regression);
 4. runs simulated users through the gateway with the `openai` client. Their hidden preference:
-   exactly-right answers, in uppercase when they asked for it (the base model ignores that
-   instruction). They thumb each answer up or down and sometimes type the right answer;
+   exactly-right answers, in uppercase when they asked for it, opened with "sure, " when they asked
+   for a polite one (the base model ignores both instructions). They start asking for polite
+   answers only after `polite_after` answers (the app grows a feature), so there are two things to
+   learn, one after the other. They thumb each answer up or down and sometimes type the right one;
 5. the loop turns unattended: new signal -> snapshot -> train -> offline gate -> canary ->
    online gate -> promote, until two adapters were promoted (or time is up), then prints live
    thumbs-up rate per version with 95% intervals and how long each stage took.
@@ -43,6 +45,8 @@ class DemoOptions:
     users: int = 40
     concurrency: int = 4
     correction_rate: float = 0.5
+    polite_after: int = 300
+    """Answers after which users also ask for polite answers (the second thing to learn)."""
     vllm_url: str | None = None
     """Use this vLLM server (serving `model_dir` as "tiny", runtime LoRA on) instead of starting one."""
     model_dir: Path | None = None
@@ -135,7 +139,7 @@ def _offline_env() -> dict[str, str]:
 
 
 def write_gate_config(project_dir: Path, seed: int) -> None:
-    """The demo project's offline gate: the uppercase rule decides, a golden set of facts guards."""
+    """The demo project's offline gate: the instruction rules decide, a golden set of facts guards."""
     project_dir.mkdir(parents=True, exist_ok=True)
     golden = project_dir / "golden.jsonl"
     with open(golden, "w") as fh:
@@ -146,7 +150,9 @@ def write_gate_config(project_dir: Path, seed: int) -> None:
         "rules": {
             "role": "primary",
             "rules": [{"name": "uppercase-when-asked", "when_prompt_matches": "(?i)uppercase",
-                       "must_match": r"^[^a-z]*[A-Z][^a-z]*$"}],
+                       "must_match": r"^[^a-z]*[A-Z][^a-z]*$"},
+                      {"name": "polite-when-asked", "when_prompt_matches": "(?i)polite",
+                       "must_match": r"^sure, "}],
         },
         "golden": {"path": str(golden.resolve()), "role": "guard", "tolerance": 0.1},
         "generation": {"max_tokens": 8, "temperature": 0.0},
@@ -164,6 +170,7 @@ class Users:
         self.client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=key, max_retries=2, timeout=60)
         self.http = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
         self.options = options
+        self.first_questions = tiny_world.all_questions(kinds=("plain", "upper"))
         self.questions = tiny_world.all_questions()
         self.stop = threading.Event()
         self.errors = 0
@@ -172,7 +179,9 @@ class Users:
     def run(self, worker: int) -> None:
         rng = random.Random(self.options.seed * 1000 + worker)
         while not self.stop.is_set():
-            question = rng.choice(self.questions)
+            question = rng.choice(
+                self.questions if self.sent >= self.options.polite_after else self.first_questions
+            )
             user = f"user-{rng.randrange(self.options.users)}"
             try:
                 answer = self.client.chat.completions.create(

@@ -289,6 +289,7 @@ async def bring_up_serving(runtime: Any) -> None:
         for project in sorted(runtime.projects):
             await runtime.rollouts.ensure_base_version(project)
         await runtime.rollouts.reconcile()
+        runtime.serving_up = True
     except Exception as exc:
         log.warning("serving not ready yet (%s); the reconcile job will retry", exc)
 

@@ -36,6 +36,8 @@ class Runtime:
     rollouts: Rollouts
     runs: Runs
     projects: set[str] = field(default_factory=set)
+    serving_up: bool = False
+    """Every project's serving adapters were loaded once since start (readiness waits for it)."""
     # service.pipeline.Pipeline, set by create_app (that module imports this one). Typed Any because
     # Litestar resolves this dataclass's annotations at request time.
     pipeline: Any = None

@@ -71,7 +71,7 @@ def golden(tmp_path_factory):
     path = tmp_path_factory.mktemp("golden") / "golden.jsonl"
     lines = [
         json.dumps({"id": f"plain-{i}", "messages": q.messages, "reference": q.answer})
-        for i, q in enumerate(tiny_world.all_questions("holdout", upper=False))
+        for i, q in enumerate(tiny_world.all_questions("holdout", kinds=("plain",)))
     ]
     path.write_text("\n".join(lines) + "\n")
     return path

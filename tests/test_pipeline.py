@@ -138,9 +138,12 @@ def test_kill_during_training_then_a_run_no_better_is_rejected(loop_server: Ratc
     _wait(lambda: api.get(f"/v1/runs/{run_id}").json()["state"] == "training", 120, "training to start")
     server.kill()
     server.start()
+    # Ready once the serving adapters are loaded again; until then the gateway answers 503.
+    _wait(lambda: httpx.get(f"{server.url}/readyz").status_code == 200, 120, "ready after the restart")
     run = api.get(f"/v1/runs/{run_id}").json()
     assert run["state"] == "failed" and "restart" in run["error"]
-    assert ask().status_code == 200  # serving survived, v0 reloaded or still there
+    r = ask()
+    assert r.status_code == 200, r.text  # serving survived, v0 reloaded or still there
 
     second = api.post("/v1/projects/loop/runs").json()["id"]
     done = _wait(

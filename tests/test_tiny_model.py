@@ -46,6 +46,11 @@ def test_sampling_is_deterministic_per_seed():
     assert list(tiny_world.pretraining_corpus(20, seed=3)) == list(tiny_world.pretraining_corpus(20, seed=3))
     upper = [q.upper for q in tiny_world.sample_questions("holdout", 1000, seed=0, upper_fraction=0.3)]
     assert 0.25 < sum(upper) / len(upper) < 0.35
+    mixed = tiny_world.sample_questions("train", 1000, seed=0, upper_fraction=0.2, polite_fraction=0.5)
+    kinds = [q.kind for q in mixed]
+    assert 0.15 < kinds.count("upper") / 1000 < 0.25 and 0.45 < kinds.count("polite") / 1000 < 0.55
+    # No polite share draws the same prompts as before the polite kind existed.
+    assert tiny_world.sample_questions("train", 50, seed=7, polite_fraction=0.0) == a
 
 
 def test_correct_answer_and_user_rule():
@@ -68,6 +73,11 @@ def test_correct_answer_and_user_rule():
     assert not tiny_world.user_likes(loud, "it is green.")
     assert not tiny_world.user_likes(loud, "It is GREEN.")
     assert not tiny_world.user_likes("what is the meaning of life?", "42")
+    polite = "what sound does a cow make? answer politely."
+    assert tiny_world.correct_answer(polite) == "sure, it says moo."
+    assert tiny_world.parse_question(polite).kind == "polite"
+    assert not tiny_world.user_likes(polite, "it says moo.")
+    assert not tiny_world.user_likes(polite, "SURE, IT SAYS MOO.")
     assert tiny_world.is_uppercase_answer(plain, "IT IS PARIS.")
     assert not tiny_world.is_uppercase_answer(plain, "it is paris.")
     for q in tiny_world.all_questions():
@@ -75,12 +85,16 @@ def test_correct_answer_and_user_rule():
         assert tiny_world.user_likes(q.messages, q.answer)
 
 
-def test_corpus_follows_the_instruction_only_sometimes():
+def test_corpus_follows_the_instructions_only_sometimes():
     rows = list(tiny_world.pretraining_corpus(4000, seed=0))
-    instructed = [r for r in rows if tiny_world.parse_question(r[:1]).upper]
-    shouted = sum(r[1]["content"].isupper() for r in instructed) / len(instructed)
-    assert 0.15 < shouted < 0.25
-    assert all(r[1]["content"].lower() == tiny_world.parse_question(r[:1]).fact for r in rows)
+    for kind in ("upper", "polite"):
+        instructed = [r for r in rows if tiny_world.parse_question(r[:1]).kind == kind]
+        followed = sum(tiny_world.user_likes(r[:1], r[1]["content"]) for r in instructed) / len(instructed)
+        assert 0.15 < followed < 0.25, kind
+    # Otherwise the plain fact: every answer is the fact, said as instructed or plainly.
+    for r in rows:
+        q = tiny_world.parse_question(r[:1])
+        assert r[1]["content"] in (q.fact, q.answer)
     assert {tiny_world.parse_question(r[:1]).split for r in rows} == {"train", "holdout"}
 
 
@@ -103,7 +117,7 @@ def test_tokenizer_and_chat_template(tiny_model_dir):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    q = tiny_world.all_questions("holdout", upper=True)[0]
+    q = tiny_world.all_questions("holdout", kinds=("upper",))[0]
     convo = [*q.messages, {"role": "assistant", "content": q.answer}]
     prompt = tok.apply_chat_template(q.messages, add_generation_prompt=True, tokenize=False)
     full = tok.apply_chat_template(convo, tokenize=False)
@@ -119,10 +133,10 @@ def test_tokenizer_and_chat_template(tiny_model_dir):
     assert full_ids[: len(prompt_ids)] == prompt_ids
     assert full_ids.count(tok.bos_token_id) == 1 and full_ids[0] == tok.bos_token_id
     assert tok("no bos added by the tokenizer")["input_ids"][0] != tok.bos_token_id
-    # Every answer starts with the token "it" (plain) or "IT" (uppercase): following the
-    # instruction is one decision shared by all prompts, which is what makes it quick to learn.
+    # Every answer starts with the token "it" (plain), "IT" (uppercase) or "sure" (polite):
+    # following an instruction is one decision shared by all prompts: quick to learn.
     first = {tok(q.answer, add_special_tokens=False)["input_ids"][0] for q in tiny_world.all_questions()}
-    assert first == {tok.convert_tokens_to_ids("it"), tok.convert_tokens_to_ids("IT")}
+    assert first == {tok.convert_tokens_to_ids(t) for t in ("it", "IT", "sure")}
     assert {tok.pad_token, tok.bos_token, tok.eos_token} == {"<pad>", "<s>", "</s>"}
 
 
@@ -139,7 +153,7 @@ def test_base_model_is_servable_shape(tiny_model_dir):
 
 
 def test_base_model_answers_facts_in_plain_case(tiny_model_dir):
-    questions = tiny_world.all_questions(upper=False)
+    questions = tiny_world.all_questions(kinds=("plain",))
     answers = greedy_answers(tiny_model_dir, [q.messages for q in questions])
     liked = {split: [] for split in tiny_world.SPLITS}
     for q, a in zip(questions, answers, strict=True):
@@ -151,16 +165,17 @@ def test_base_model_answers_facts_in_plain_case(tiny_model_dir):
         )
 
 
-def test_base_model_knows_the_fact_but_ignores_the_uppercase_instruction(tiny_model_dir):
-    """The room the adapter must learn: facts right, uppercase instruction not followed greedily."""
-    questions = tiny_world.all_questions("holdout", upper=True)
+@pytest.mark.parametrize("kind", ["upper", "polite"])
+def test_base_model_knows_the_fact_but_ignores_instructions(tiny_model_dir, kind):
+    """The room the adapter must learn: facts right, instructions not followed greedily."""
+    questions = tiny_world.all_questions("holdout", kinds=(kind,))
     answers = greedy_answers(tiny_model_dir, [q.messages for q in questions])
     followed = sum(tiny_world.user_likes(q.messages, a) for q, a in zip(questions, answers, strict=True))
     fact_right = sum(
         tiny_world.normalise_answer(a.lower()) == tiny_world.normalise_answer(q.fact)
         for q, a in zip(questions, answers, strict=True)
     )
-    assert fact_right / len(questions) >= 0.9
+    assert fact_right / len(questions) >= 0.9, answers[:10]
     assert followed / len(questions) <= 0.05
 
 

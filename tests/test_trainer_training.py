@@ -114,8 +114,8 @@ def test_explicit_kto_with_the_same_seed_gives_the_same_adapter(
 
 def rule_rates(model_dir: Path, adapter_dir: Path | None) -> tuple[float, float]:
     """Share of exactly-right greedy answers on held-out uppercase prompts, and on held-out plain prompts."""
-    upper = [q.messages for q in tiny_world.all_questions("holdout", upper=True)]
-    plain = [q.messages for q in tiny_world.all_questions("holdout", upper=False)]
+    upper = [q.messages for q in tiny_world.all_questions("holdout", kinds=("upper",))]
+    plain = [q.messages for q in tiny_world.all_questions("holdout", kinds=("plain",))]
     answers = greedy_answers(model_dir, adapter_dir, upper + plain)
 
     def liked(prompts, replies):

@@ -13,7 +13,7 @@ from trainer import tiny_world
 pytestmark = pytest.mark.slow
 
 # Held-out subjects, every relation and instruction wording: what the adapter must generalise to.
-PROMPTS = [q.messages for q in tiny_world.all_questions("holdout", upper=True)[::9]]
+PROMPTS = [q.messages for q in tiny_world.all_questions("holdout", kinds=("upper",))[::9]]
 
 
 def ask(client: httpx.Client, model: str, messages: list[dict]) -> str:

@@ -97,7 +97,7 @@ def train_tokenizer(*, seed: int = 0) -> PreTrainedTokenizerFast:
         show_progress=False,
     )
     # Uppercase answers at a higher rate than in pre-training, so uppercase words get tokens too.
-    texts = [render_chat(c) for c in tiny_world.pretraining_corpus(4000, seed=seed, upper_follow_rate=0.5)]
+    texts = [render_chat(c) for c in tiny_world.pretraining_corpus(4000, seed=seed, follow_rate=0.5)]
     tok.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,

@@ -7,16 +7,18 @@ feedback loop has something real to learn (shared/notes/training.md):
 - Users ask short factual questions (the capital of a country, the colour of a thing, the sound
   an animal makes, the opposite of a word). The answer is a short lowercase sentence around the
   fact word: "it is paris.", "it says moo.".
-- Some prompts add an instruction such as "answer in uppercase."; then the right answer is the
-  same sentence in uppercase: "IT IS PARIS.". Every answer starts with "it", so following the
-  instruction is one decision shared by all prompts ("it" or "IT"), which an adapter learns in
-  ~100 steps and carries over to held-out subjects. (With one-word answers each uppercase word was
-  its own decision: ideal SFT reached 0.93 on trained subjects but 0.25 on held-out ones.)
-- A user likes an answer when it is exactly right, in the right case (`user_likes`).
-- The pre-training corpus (`pretraining_corpus`) teaches every fact, but answers the uppercase
-  instruction in uppercase only `upper_follow_rate` of the time (20% by default). A base model
-  trained on it answers facts right in plain case, follows the instruction ~0% of the time at
-  temperature 0 and now and then when sampling: the room an adapter must learn from thumbs.
+- Some prompts add an instruction, of one of two kinds (`Kind`). "answer in uppercase." asks for
+  the same sentence in uppercase: "IT IS PARIS."; "answer politely." asks for it after "sure, ":
+  "sure, it is paris.". Every answer starts with "it", so following an instruction is one decision
+  shared by all prompts ("it", "IT" or "sure"), which an adapter learns in ~100 steps and carries
+  over to held-out subjects. (With one-word answers each uppercase word was its own decision:
+  ideal SFT reached 0.93 on trained subjects but 0.25 on held-out ones.) Two kinds give the loop
+  two things to learn, one after the other when users start asking the second kind later.
+- A user likes an answer when it is exactly right, as instructed (`user_likes`).
+- The pre-training corpus (`pretraining_corpus`) teaches every fact, but follows an instruction
+  only `follow_rate` of the time (20% by default). A base model trained on it answers facts right
+  in plain case, follows instructions ~0% of the time at temperature 0 and now and then when
+  sampling: the room an adapter must learn from thumbs.
 
 Prompts come in two disjoint families, `"train"` and `"holdout"`, split by subject: no subject
 (hence no prompt) appears in both. Draw feedback traffic from one and evaluate on the other.
@@ -37,6 +39,10 @@ Message = dict[str, str]
 
 Split = Literal["train", "holdout"]
 SPLITS: tuple[Split, ...] = ("train", "holdout")
+
+Kind = Literal["plain", "upper", "polite"]
+"""What a prompt asks of the answer's form: nothing, uppercase, or a polite "sure, " first."""
+KINDS: tuple[Kind, ...] = ("plain", "upper", "polite")
 
 # relation -> (question templates with {s} for the subject, {subject phrase: answer}).
 _RELATIONS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
@@ -138,6 +144,16 @@ UPPERCASE_INSTRUCTIONS: tuple[str, ...] = (
 )
 """Sentences that, appended to a question, ask for the answer in uppercase."""
 
+POLITE_INSTRUCTIONS: tuple[str, ...] = (
+    "answer politely.",
+    "be polite.",
+    "say it politely.",
+)
+"""Sentences that, appended to a question, ask for a polite answer: "sure, " before the sentence."""
+
+_INSTRUCTIONS: dict[Kind, tuple[str, ...]] = {"upper": UPPERCASE_INSTRUCTIONS, "polite": POLITE_INSTRUCTIONS}
+_POLITE_OPENING = "sure, "
+
 
 @dataclass(frozen=True, slots=True)
 class Question:
@@ -147,7 +163,7 @@ class Question:
     subject: str
     template: int
     instruction: str | None
-    """The uppercase instruction appended to the question, or None for a plain prompt."""
+    """The instruction appended to the question (see `kind`), or None for a plain prompt."""
 
     @property
     def text(self) -> str:
@@ -161,9 +177,16 @@ class Question:
         return user_messages(self.text)
 
     @property
+    def kind(self) -> Kind:
+        """What the prompt asks of the answer's form."""
+        if self.instruction is None:
+            return "plain"
+        return "upper" if self.instruction in UPPERCASE_INSTRUCTIONS else "polite"
+
+    @property
     def upper(self) -> bool:
         """Whether the prompt asks for the answer in uppercase."""
-        return self.instruction is not None
+        return self.kind == "upper"
 
     @property
     def word(self) -> str:
@@ -177,12 +200,17 @@ class Question:
 
     @property
     def answer(self) -> str:
-        """The exactly-right answer: the fact, uppercased when the prompt asks for it."""
-        return self.fact.upper() if self.upper else self.fact
+        """The exactly-right answer: the fact, uppercased or opened with "sure, " as instructed."""
+        return follow(self.kind, self.fact)
 
     @property
     def split(self) -> Split:
         return "holdout" if self.subject in _HOLDOUT_SUBJECTS else "train"
+
+
+def follow(kind: Kind, fact: str) -> str:
+    """The fact said the way an instruction of `kind` asks."""
+    return {"plain": fact, "upper": fact.upper(), "polite": _POLITE_OPENING + fact}[kind]
 
 
 def user_messages(text: str) -> list[Message]:
@@ -190,27 +218,28 @@ def user_messages(text: str) -> list[Message]:
     return [{"role": "user", "content": text}]
 
 
-def all_questions(split: Split | None = None, *, upper: bool | None = None) -> list[Question]:
-    """Every distinct prompt of the world, in a fixed order, optionally only one family.
-
-    `upper` filters to instructed (True) or plain (False) prompts; None keeps both.
-    """
+def all_questions(split: Split | None = None, *, kinds: tuple[Kind, ...] = KINDS) -> list[Question]:
+    """Every distinct prompt of the world, in a fixed order, optionally only one family and only
+    the given kinds of prompt."""
     out = []
     for relation, (templates, facts) in _RELATIONS.items():
         for subject in facts:
             for template in range(len(templates)):
-                for instruction in (None, *UPPERCASE_INSTRUCTIONS):
+                for instruction in (None, *UPPERCASE_INSTRUCTIONS, *POLITE_INSTRUCTIONS):
                     q = Question(relation, subject, template, instruction)
-                    if (split is None or q.split == split) and (upper is None or q.upper == upper):
+                    if (split is None or q.split == split) and q.kind in kinds:
                         out.append(q)
     return out
 
 
-def sample_questions(split: Split, n: int, *, seed: int = 0, upper_fraction: float = 0.5) -> list[Question]:
+def sample_questions(
+    split: Split, n: int, *, seed: int = 0, upper_fraction: float = 0.5, polite_fraction: float = 0.0
+) -> list[Question]:
     """`n` prompts drawn with replacement from one family, deterministic for `seed`.
 
-    Each prompt carries the uppercase instruction with probability `upper_fraction`. Drawing the
-    train family and the holdout family never gives the same prompt (their subjects are disjoint).
+    Each prompt carries the uppercase instruction with probability `upper_fraction`, the polite one
+    with probability `polite_fraction`. Drawing the train family and the holdout family never gives
+    the same prompt (their subjects are disjoint).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -221,7 +250,14 @@ def sample_questions(split: Split, n: int, *, seed: int = 0, upper_fraction: flo
     for _ in range(n):
         relation, subject = rng.choice(facts)
         template = rng.randrange(len(_RELATIONS[relation][0]))
-        instruction = rng.choice(UPPERCASE_INSTRUCTIONS) if rng.random() < upper_fraction else None
+        draw = rng.random()
+        instruction = (
+            rng.choice(UPPERCASE_INSTRUCTIONS)
+            if draw < upper_fraction
+            else rng.choice(POLITE_INSTRUCTIONS)
+            if draw < upper_fraction + polite_fraction
+            else None
+        )
         out.append(Question(relation, subject, template, instruction))
     return out
 
@@ -267,10 +303,10 @@ def normalise_answer(answer: str) -> str:
 
 
 def user_likes(prompt_messages: str | Sequence[Mapping[str, str]], answer: str) -> bool:
-    """The simulated users' thumb: up only for the exactly-right answer in the right case.
+    """The simulated users' thumb: up only for the exactly-right answer, as instructed.
 
     "it is paris." is liked for "what is the capital of france?"; for "... answer in uppercase."
-    only "IT IS PARIS." is. Surrounding whitespace and the final full stop are forgiven. A prompt from
+    only "IT IS PARIS." is, for "... answer politely." only "sure, it is paris.". Surrounding whitespace and the final full stop are forgiven. A prompt from
     outside the world is never liked (there is no right answer to give).
     """
     expected = correct_answer(prompt_messages)
@@ -287,19 +323,21 @@ def is_uppercase_answer(prompt_messages: str | Sequence[Mapping[str, str]], answ
     return q is not None and normalise_answer(answer) == normalise_answer(q.fact.upper())
 
 
-def pretraining_corpus(n: int, *, seed: int = 0, upper_follow_rate: float = 0.2) -> Iterator[list[Message]]:
+def pretraining_corpus(n: int, *, seed: int = 0, follow_rate: float = 0.2) -> Iterator[list[Message]]:
     """`n` one-turn conversations (user question, assistant answer) covering every fact.
 
     Subjects of both families appear: the base model must know all facts, and only the behaviour
-    on the instruction is left to learn. Half the prompts carry the uppercase instruction; the
-    assistant follows it with probability `upper_follow_rate` and otherwise answers in plain case,
-    like a base model that "mostly ignores" the instruction. Deterministic for `seed`.
+    on instructions is left to learn. Half the prompts ask for uppercase, a quarter for politeness;
+    the assistant follows the instruction with probability `follow_rate` and otherwise answers in
+    plain case, like a base model that "mostly ignores" instructions. Deterministic for `seed`.
     """
     rng = random.Random(f"tiny-world-corpus:{seed}")
-    questions = all_questions(upper=False)
+    questions = all_questions(kinds=("plain",))
     for _ in range(n):
         q = rng.choice(questions)
-        if rng.random() < 0.5:
-            q = Question(q.relation, q.subject, q.template, rng.choice(UPPERCASE_INSTRUCTIONS))
-        answer = q.fact.upper() if q.upper and rng.random() < upper_follow_rate else q.fact
+        draw = rng.random()
+        kind: Kind = "upper" if draw < 0.5 else "polite" if draw < 0.75 else "plain"
+        if kind != "plain":
+            q = Question(q.relation, q.subject, q.template, rng.choice(_INSTRUCTIONS[kind]))
+        answer = q.answer if q.kind != "plain" and rng.random() < follow_rate else q.fact
         yield [*q.messages, {"role": "assistant", "content": answer}]

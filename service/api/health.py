@@ -22,7 +22,8 @@ async def healthz() -> Health:
 
 @get("/readyz", summary="Ready to take traffic")
 async def readyz(runtime: Runtime) -> Response[Health]:
-    """The database answers and every vLLM replica is healthy; 503 (with the failing check) otherwise."""
+    """The database answers, every vLLM replica is healthy and the serving adapters were loaded
+    once since start; 503 (with the failing check) otherwise."""
     checks: dict[str, str] = {}
     try:
         with runtime.db.reading() as cur:
@@ -32,6 +33,8 @@ async def readyz(runtime: Runtime) -> Response[Health]:
         checks["database"] = f"error: {exc}"
     for url, healthy in (await runtime.manager.health()).items():
         checks[f"vllm {url}"] = "ok" if healthy else "unreachable"
+    # Right after a start the adapters are still being loaded: the gateway would answer 503.
+    checks["serving"] = "ok" if runtime.serving_up else "loading adapters"
     ok = all(v == "ok" for v in checks.values())
     return Response(Health("ok" if ok else "unavailable", checks), status_code=200 if ok else 503)
 

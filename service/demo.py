@@ -7,8 +7,8 @@
 4. runs simulated users through the gateway with the `openai` client. Their hidden preference:
    exactly-right answers, in uppercase when they asked for it, opened with "sure, " when they asked
    for a polite one (the base model ignores both instructions). They start asking for polite
-   answers only after `polite_after` answers (the app grows a feature), so there are two things to
-   learn, one after the other. They thumb each answer up or down and sometimes type the right one;
+   answers once the first training run is under way (the app grows a feature), so there are two
+   things to learn, one after the other. They thumb each answer up or down and sometimes type the right one;
 5. the loop turns unattended: new signal -> snapshot -> train -> offline gate -> canary ->
    online gate -> promote, until two adapters were promoted (or time is up), then prints live
    thumbs-up rate per version with 95% intervals and how long each stage took.
@@ -45,8 +45,6 @@ class DemoOptions:
     users: int = 40
     concurrency: int = 4
     correction_rate: float = 0.5
-    polite_after: int = 300
-    """Answers after which users also ask for polite answers (the second thing to learn)."""
     vllm_url: str | None = None
     """Use this vLLM server (serving `model_dir` as "tiny", runtime LoRA on) instead of starting one."""
     model_dir: Path | None = None
@@ -173,15 +171,15 @@ class Users:
         self.first_questions = tiny_world.all_questions(kinds=("plain", "upper"))
         self.questions = tiny_world.all_questions()
         self.stop = threading.Event()
+        self.polite = threading.Event()
+        """Set once the first run is under way: users also ask for polite answers from then on."""
         self.errors = 0
         self.sent = 0
 
     def run(self, worker: int) -> None:
         rng = random.Random(self.options.seed * 1000 + worker)
         while not self.stop.is_set():
-            question = rng.choice(
-                self.questions if self.sent >= self.options.polite_after else self.first_questions
-            )
+            question = rng.choice(self.questions if self.polite.is_set() else self.first_questions)
             user = f"user-{rng.randrange(self.options.users)}"
             try:
                 answer = self.client.chat.completions.create(
@@ -280,6 +278,12 @@ def run_demo(options: DemoOptions) -> DemoResult:
                 time.sleep(5)
                 events = admin_http.get(f"/v1/projects/{PROJECT}/events", params={"limit": 500}).json()
                 promoted = [e["detail"]["adapter"] for e in reversed(events) if e["kind"] == "promoted"]
+                if (
+                    not users.polite.is_set()
+                    and admin_http.get("/v1/runs", params={"project": PROJECT}).json()
+                ):
+                    users.polite.set()
+                    say("        the first run is under way; from now on users also ask for polite answers")
                 say(_progress_line(admin_http, time.monotonic() - started, users, promoted))
         finally:
             users.stop.set()

@@ -261,6 +261,25 @@ def make_room(
     return tuple(chosen)
 
 
+def keep_loaded(rollouts: Iterable[Rollout], *, max_loras: int) -> tuple[str, ...]:
+    """What the replicas should hold: every champion and candidate, then previous champions
+    (instant rollback), newest first, while they fit under `max_loras`. `BudgetTooSmall` when
+    the champions and candidates alone don't fit."""
+    rollouts = list(rollouts)
+    must = sorted(frozenset().union(*(_adapters_only([r.champion, r.candidate]) for r in rollouts)))
+    if len(must) > max_loras:
+        raise BudgetTooSmall(
+            f"max_loras={max_loras} cannot hold the {len(must)} champions and candidates "
+            f"({', '.join(must)}); raise max_loras (and vLLM's --max-loras)"
+        )
+    previous = sorted(
+        frozenset().union(*(_adapters_only([r.previous]) for r in rollouts)) - frozenset(must),
+        key=_age,
+        reverse=True,
+    )
+    return (*must, *previous[: max_loras - len(must)])
+
+
 def _check_version(rollout: Rollout, name: str) -> None:
     if parse_served_name(name).project != rollout.project:
         raise RolloutConflict(f"{name} is not a version of project {rollout.project}")

@@ -120,7 +120,14 @@ class VllmSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     base_model: Annotated[
         str, _doc("Path of the base model directory (what the trainer fine-tunes and vLLM serves).")
     ] = ""
-    max_loras: Annotated[int, _doc("vLLM's --max-loras: adapters loaded at once."), msgspec.Meta(ge=1)] = 4
+    max_loras: Annotated[
+        int,
+        _doc(
+            "vLLM's --max-loras: adapters loaded at once, shared by all projects (each needs its "
+            "champion and canary; previous champions stay loaded while they fit)."
+        ),
+        msgspec.Meta(ge=1),
+    ] = 4
     max_lora_rank: Annotated[int, _doc("vLLM's --max-lora-rank."), msgspec.Meta(ge=1)] = 16
     timeout_seconds: Annotated[
         float, _doc("Longest wait for a vLLM answer (504 after)."), msgspec.Meta(gt=0)

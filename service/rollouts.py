@@ -92,7 +92,8 @@ class Rollouts:
                     manifest={"kind": "null", "base_model": self.settings.vllm.base_model},
                 )
             )  # fmt: skip
-        await self._load(name, str(path))
+        async with self._lock:  # making room and loading are one step for the shared budget
+            await self._load(name, str(path))
         after = Rollout(project=project, champion=name)
         self.serving.save_rollout(
             after,
@@ -218,12 +219,15 @@ class Rollouts:
         when they restart) and re-check fingerprints; a drifted adapter stops receiving requests."""
         desired: dict[str, str] = {}
         fingerprints: dict[str, Fingerprint] = {}
-        for r in self.routing.values():
-            for name in r.adapters():
-                record = self.serving.adapter(name)
-                desired[name] = record.path
-                if record.fingerprint:
-                    fingerprints[name] = Fingerprint(tuple(record.fingerprint))
+        try:
+            names = policy.keep_loaded(self.routing.values(), max_loras=self.manager.max_loras)
+        except policy.BudgetTooSmall as exc:
+            raise AdapterLoadError(str(exc)) from exc
+        for name in names:
+            record = self.serving.adapter(name)
+            desired[name] = record.path
+            if record.fingerprint:
+                fingerprints[name] = Fingerprint(tuple(record.fingerprint))
         if not desired:
             return
         report = await self.manager.reconcile(desired, fingerprints=fingerprints)
@@ -247,7 +251,22 @@ class Rollouts:
         if not self.manager.servable(name):
             raise AdapterLoadError(f"{name} is loaded but cannot be served (drifted or unreachable replicas)")
 
+    async def _make_room(self, incoming: str) -> None:
+        """Unload what no project serves, then previous champions, until `incoming` fits: every
+        project shares the replicas' `max_loras` budget. A later rollback re-loads a previous one."""
+        loaded = [s.served_name for s in self.manager.status()]
+        try:
+            victims = policy.make_room(self.routing.values(), loaded, max_loras=self.manager.max_loras)
+        except policy.BudgetTooSmall as exc:
+            raise AdapterLoadError(f"no room to load {incoming}: {exc}") from exc
+        for name in victims:
+            await self.manager.unload(name)
+            self.serving.add_event(Event(utcnow(), parse_served_name(name).project, None, "adapter_unloaded",
+                                         {"adapter": name, "reason": f"room for {incoming}"}))  # fmt: skip
+
     async def _load(self, name: str, path: str) -> None:
+        """Load `name` on every replica (after making room for it) and record its fingerprint."""
+        await self._make_room(name)
         started = time.perf_counter()
         try:
             report = await self.manager.load(name, Path(path))

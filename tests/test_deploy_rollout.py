@@ -11,6 +11,7 @@ from deploy.rollout import (
     RolloutConflict,
     StateChange,
     fail_load,
+    keep_loaded,
     make_room,
     promote,
     rollback,
@@ -136,3 +137,15 @@ def test_make_room_evicts_stale_then_previous_champions_never_what_serves() -> N
     assert make_room([shop, blog], loaded, incoming=3, max_loras=7) == ("shop@v1", "blog@v5", "shop@v2")
     with pytest.raises(BudgetTooSmall, match="raise max_loras"):
         make_room([shop, blog], loaded, incoming=1, max_loras=3)
+
+
+def test_keep_loaded_holds_what_serves_then_the_newest_previous_champions() -> None:
+    shop = Rollout(project="shop", champion="shop@v3", previous="shop@v2", candidate="shop@v4", fraction=0.1)
+    blog = Rollout(project="blog", champion="blog@v7", previous="blog@v6")
+    base = Rollout(project="new", champion="tiny")  # the base model is never an adapter to load
+    serving = ("blog@v7", "shop@v3", "shop@v4")
+    assert keep_loaded([shop, blog, base], max_loras=5) == (*serving, "blog@v6", "shop@v2")
+    assert keep_loaded([shop, blog, base], max_loras=4) == (*serving, "blog@v6")
+    assert keep_loaded([shop, blog], max_loras=3) == ("blog@v7", "shop@v3", "shop@v4")
+    with pytest.raises(BudgetTooSmall, match="3 champions and candidates"):
+        keep_loaded([shop, blog], max_loras=2)

@@ -71,6 +71,8 @@ class DemoResult:
     runs: list[dict[str, Any]]
     seconds: float
     events: list[dict[str, Any]] = field(default_factory=list)
+    by_kind: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
+    """Per version, per kind of prompt (plain, upper, polite): (thumbs up, rated), as users saw it."""
 
 
 def wilson(up: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -175,6 +177,8 @@ class Users:
         """Set once the first run is under way: users also ask for polite answers from then on."""
         self.errors = 0
         self.sent = 0
+        self._lock = threading.Lock()
+        self.by_kind: dict[str, dict[str, tuple[int, int]]] = {}
 
     def run(self, worker: int) -> None:
         rng = random.Random(self.options.seed * 1000 + worker)
@@ -182,13 +186,14 @@ class Users:
             question = rng.choice(self.questions if self.polite.is_set() else self.first_questions)
             user = f"user-{rng.randrange(self.options.users)}"
             try:
-                answer = self.client.chat.completions.create(
+                raw = self.client.chat.completions.with_raw_response.create(
                     model=PROJECT,
                     messages=question.messages,
                     max_tokens=8,
                     temperature=0,
                     user=user,  # type: ignore[arg-type]
                 )
+                answer = raw.parse()
             except Exception:
                 self.errors += 1
                 time.sleep(0.5)
@@ -196,10 +201,17 @@ class Users:
             self.sent += 1
             text = answer.choices[0].message.content or ""
             liked = tiny_world.user_likes(question.messages, text)
+            self._count(raw.headers.get("x-ratchet-adapter", "?"), question.kind, liked)
             feedback: dict[str, Any] = {"log_id": answer.id, "end_user": user, "rating": 1 if liked else -1}
             if not liked and rng.random() < self.options.correction_rate:
                 feedback["correction"] = tiny_world.correct_answer(question.messages)
             self.http.post("/v1/feedback", json=feedback)
+
+    def _count(self, adapter: str, kind: str, liked: bool) -> None:
+        with self._lock:
+            kinds = self.by_kind.setdefault(adapter, {})
+            up, n = kinds.get(kind, (0, 0))
+            kinds[kind] = (up + liked, n + 1)
 
 
 def run_demo(options: DemoOptions) -> DemoResult:
@@ -290,6 +302,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
             for t in threads:
                 t.join(timeout=60)
         result = _result(admin_http, promoted, time.monotonic() - started)
+        result.by_kind = users.by_kind
         say(render(result))
         return result
     finally:
@@ -355,6 +368,16 @@ def render(result: DemoResult) -> str:
             continue
         lines.append(f"{v.adapter.split('@')[-1]:<10}{v.answers:>8}{v.rated:>7}{v.rate:>9.1%}   "
                      f"[{v.low:.1%}, {v.high:.1%}]")  # fmt: skip
+    if result.by_kind:
+        lines += ["", "What each version learned: thumbs-up rate by kind of prompt (rated answers)",
+                  f"{'version':<10}" + "".join(f"{k:>16}" for k in tiny_world.KINDS)]  # fmt: skip
+        order = {v.adapter: i for i, v in enumerate(result.versions)}  # version order, as above
+        for adapter, kinds in sorted(result.by_kind.items(), key=lambda item: order.get(item[0], -1)):
+            cells = (
+                f"{up / n:.0%} ({n})" if n else "-"
+                for up, n in (kinds.get(k, (0, 0)) for k in tiny_world.KINDS)
+            )
+            lines.append(f"{adapter.split('@')[-1]:<10}" + "".join(f"{c:>16}" for c in cells))
     lines += ["", "Runs", f"{'run':<28}{'state':<13}{'adapter':<10}stage seconds"]
     for r in result.runs:
         stages = "  ".join(f"{k} {v:.0f}" for k, v in (r["stats"].get("stage_seconds") or {}).items())

@@ -4,7 +4,7 @@ log it.
 `model` in the request is the project's name; the gateway picks the served adapter (champion, or
 the candidate for the canary's share of end users), rewrites `model`, forwards to a replica that
 serves it, and answers with `id` = the log id (also in `x-ratchet-log-id`), so the app posts
-feedback with the id it already has. The log is written through the group-commit writer in the
+feedback with the id it already has; `x-ratchet-adapter` names the version that answered. The log is written through the group-commit writer in the
 background, off the response's critical path; a stream is logged when it ends, also when the
 client leaves half-way (marked `interrupted`).
 """
@@ -45,10 +45,20 @@ _encode = msgspec.json.encode
 
 
 @dataclass
+class GatewayAnswer:
+    """A complete answer: the OpenAI response body, its log id and the version that answered."""
+
+    log_id: str
+    adapter: str
+    body: dict[str, Any]
+
+
+@dataclass
 class GatewayStream:
     """An open upstream stream, re-emitted to the client as server-sent events."""
 
     log_id: str
+    adapter: str
     chunks: AsyncIterator[bytes]
 
 
@@ -107,7 +117,7 @@ class Gateway:
 
     async def forward(
         self, project: str, endpoint: Endpoint, body: dict[str, Any]
-    ) -> dict[str, Any] | GatewayStream:
+    ) -> GatewayAnswer | GatewayStream:
         """Answer one OpenAI request for `project` (a JSON body, or a stream when `stream` is true)."""
         _check_body(endpoint, body)
         log_id = new_log_id()
@@ -133,8 +143,8 @@ class Gateway:
                 raise UpstreamUnavailable(f"vLLM at {call.lease.replica} is unreachable: {exc}") from exc
             if response.status_code == 200:
                 if body.get("stream"):
-                    return GatewayStream(log_id, self._relay(call, response))
-                return await self._finish_json(call, response)
+                    return GatewayStream(log_id, call.served_name, self._relay(call, response))
+                return GatewayAnswer(log_id, call.served_name, await self._finish_json(call, response))
             text = (await response.aread()).decode(errors="replace")
             await response.aclose()
             if response.status_code == 404 and "does not exist" in text:

@@ -106,6 +106,8 @@ def test_answers_come_from_the_routed_adapter_and_are_logged(world: GatewayWorld
     assert promoted.choices[0].message.content == world.direct(v1) != base
     log = world.stored(promoted.id)
     assert (log["adapter"], log["source"], log["end_user"]) == (v1, "gateway", "u0")
+    raw = world.openai.chat.completions.with_raw_response.create(model="gw", messages=PROMPT, max_tokens=2)
+    assert (raw.headers["x-ratchet-log-id"], raw.headers["x-ratchet-adapter"]) == (raw.parse().id, v1)
     assert log["response"]["choices"][0]["message"]["content"] == promoted.choices[0].message.content
 
     # Feedback posted with the id the app got joins its log.

@@ -27,6 +27,16 @@ def test_users_feedback_alone_gets_two_better_adapters_promoted(
         better = rows[promoted]
         assert better.low is not None and previous.high is not None and better.low > previous.high, table
         previous = better
+
+    # What each learned: v1 follows the uppercase instruction the base ignores, v2 the polite one
+    # users started asking for later.
+    def rate(adapter: str, kind: str) -> float:
+        up, n = result.by_kind[adapter][kind]
+        return up / n
+
+    v1, v2 = result.promoted
+    assert rate(v1, "upper") > rate("demo@v0", "upper") + 0.5, table
+    assert rate(v2, "polite") > rate(v1, "polite") + 0.5, table
     # The target: the last promoted version's live thumbs-up rate 30 points above the base's.
     assert previous.rate is not None and rows["demo@v0"].rate is not None
     assert previous.rate - rows["demo@v0"].rate >= 0.30, table

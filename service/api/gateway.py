@@ -26,13 +26,12 @@ async def _forward(
         raise InvalidInput("`model` must name your project (the model alias apps call)", "model")
     project = scoped_project(principal, runtime, model)
     result = await runtime.gateway.forward(project, endpoint, body)
+    headers = {"x-ratchet-log-id": result.log_id, "x-ratchet-adapter": result.adapter}
     if isinstance(result, GatewayStream):
         return Stream(
-            result.chunks,
-            media_type="text/event-stream",
-            headers={"x-ratchet-log-id": result.log_id, "cache-control": "no-cache"},
+            result.chunks, media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"}
         )
-    return Response(result, headers={"x-ratchet-log-id": result["id"]})
+    return Response(result.body, headers=headers)
 
 
 @post("/v1/chat/completions", status_code=200, summary="Chat completion through the project's adapter")

@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from litestar import Litestar
 from litestar.di import Provide
@@ -102,6 +103,9 @@ class HttpMetrics:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.histogram = metrics.http_request_seconds
+        # One child per (route, method, status class), looked up once: `labels()` on every
+        # request costs more than the observation.
+        self._children: dict[tuple[str, str, str], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -119,10 +123,9 @@ class HttpMetrics:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = scope.get("path_template") or "unmatched"
-            self.histogram.labels(route, scope.get("method", ""), f"{status // 100}xx").observe(
-                time.perf_counter() - started
-            )
+            key = (scope.get("path_template") or "unmatched", scope.get("method", ""), f"{status // 100}xx")
+            child = self._children.get(key) or self._children.setdefault(key, self.histogram.labels(*key))
+            child.observe(time.perf_counter() - started)
 
 
 def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:

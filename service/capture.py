@@ -189,7 +189,7 @@ class Capture:
         try:
             stored = iter(await self._writer.write(table, rows) if rows else [])  # type: ignore[arg-type]
         except WriterSaturated:
-            self._metrics.ingest_events.labels(kind, "throttled").inc(len(rows))
+            self._metrics.ingest_outcomes[kind, "throttled"].inc(len(rows))
             raise
         for res in results:
             if res.status == "accepted" and not next(stored):
@@ -197,7 +197,7 @@ class Capture:
         counts = {s: sum(r.status == s for r in results) for s in ("accepted", "duplicate", "rejected")}
         for status, n in counts.items():
             if n:
-                self._metrics.ingest_events.labels(kind, status).inc(n)
+                self._metrics.ingest_outcomes[kind, status].inc(n)
         if table == "logs":
             for row in rows:
                 self.remember_adapter(row[0], row[1], row[5])

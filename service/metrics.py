@@ -151,9 +151,13 @@ class Metrics:
             registry=r,
         )
         ProcessCollector(registry=r)
-        for kind in INGEST_KINDS:
-            for outcome in INGEST_OUTCOMES:
-                self.ingest_events.labels(kind, outcome)
+        # Created up front (dashboards show zeros) and kept: `labels()` per request is a lock and
+        # a tuple build on the ingest hot path.
+        self.ingest_outcomes = {
+            (kind, outcome): self.ingest_events.labels(kind, outcome)
+            for kind in INGEST_KINDS
+            for outcome in INGEST_OUTCOMES
+        }
 
     def init_project(self, project: str) -> None:
         """Create a project's label sets so dashboards show zeros before the first event."""

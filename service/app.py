@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sys
 import time
@@ -43,6 +44,22 @@ log = logging.getLogger("ratchet")
 # ~4. A waiting thread is the only thing that triggers a switch, so a short interval costs the
 # event loop little.
 GIL_SWITCH_INTERVAL_S = 0.0005
+# Ingest allocates thousands of containers per request (decoded JSON) that live until their commit,
+# so the default 700-allocation young generation collected them again and again: 1.5 of 4.6 ms of
+# event-loop time per 200-log request went to the garbage collector.
+GC_GEN0_THRESHOLD = 20_000
+
+
+def tune_interpreter_for_serving() -> None:
+    """Process-wide settings for `ratchet serve`: a hot event loop next to the writer thread.
+
+    Call once the app is built: `gc.freeze()` moves everything alive (modules, the app, the
+    runtime) out of the collector's reach, so full collections walk only what requests made.
+    """
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
 def build_runtime(settings: Settings, metrics: Metrics | None = None) -> Runtime:
@@ -136,7 +153,6 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         runtime.writer.start()
         for run_id in pipeline.recover():
             log.warning("run %s was interrupted by the restart and is marked failed", run_id)

@@ -32,7 +32,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """
     import uvicorn
 
-    from service.app import build_runtime, create_app, ensure_admin_key
+    from service.app import build_runtime, create_app, ensure_admin_key, tune_interpreter_for_serving
 
     settings = _settings(args)
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
@@ -48,6 +48,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"ratchet: admin API key (shown once, keep it): {admin_key}", flush=True)
     elif settings.auth_disabled:
         print("ratchet: auth is DISABLED (loopback only): every caller is admin", flush=True)
+    tune_interpreter_for_serving()
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
     return 0
 

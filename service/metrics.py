@@ -48,6 +48,12 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.write_checkpoint_seconds = Histogram(
+            "ratchet_write_checkpoint_seconds",
+            "Time the group-commit writer spent checkpointing DuckDB (writes wait meanwhile).",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.writer_queue_rows = Gauge(
             "ratchet_writer_queue_rows", "Rows waiting for the group-commit writer.", registry=r
         )

@@ -96,3 +96,20 @@ def test_writer_refuses_more_than_its_queue_holds(tmp_path: Path) -> None:
     with pytest.raises(WriterSaturated):
         writer.write_sync("logs", [log_row("a", str(i)) for i in range(6)])
     writer.stop()
+
+
+def test_writer_checkpoints_between_flushes_once_the_wal_is_large(tmp_path: Path) -> None:
+    db = Database(tmp_path / "r.duckdb", checkpoint_wal_mib=1)
+    metrics = Metrics()
+    writer = GroupCommitWriter(db, metrics, max_batch_rows=100, max_queue_rows=1000)
+    writer.start()
+    big = '{"prompt":"' + "x" * 20_000 + '"}'
+    for i in range(100):  # ~2 MB of WAL, written 10 rows per request
+        rows = [(*log_row("a", f"{i}-{j}")[:6], big, *log_row("a", "")[7:]) for j in range(10)]
+        assert writer.write_sync("logs", rows) == [True] * 10
+    writer.stop()
+    checkpoints = metrics.registry.get_sample_value("ratchet_write_checkpoint_seconds_count")
+    assert checkpoints is not None and checkpoints >= 1
+    assert db.wal_bytes() < 1 << 20
+    with db.reading() as cur:
+        assert cur.execute("SELECT count(*) FROM logs").fetchone() == (1000,)

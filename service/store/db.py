@@ -48,8 +48,12 @@ class Database:
             raise StoreUnavailable(
                 f"cannot open {path}: {exc}. Is another `ratchet serve` using this data dir?"
             ) from exc
-        # Checkpoints stall the writer (notes/ingest-performance.md); a bigger WAL makes them rarer.
-        self._con.execute(f"SET checkpoint_threshold = '{int(checkpoint_wal_mib)}MiB'")
+        # Checkpoints stall the writer (notes/ingest-performance.md). The group-commit writer runs
+        # them between flushes at `checkpoint_wal_bytes`; DuckDB's own trigger, which runs inside
+        # whichever commit crosses it, stays as the backstop at twice that.
+        self.checkpoint_wal_bytes = int(checkpoint_wal_mib) << 20
+        self._con.execute(f"SET checkpoint_threshold = '{2 * int(checkpoint_wal_mib)}MiB'")
+        self._wal_path = path.with_name(path.name + ".wal")
         self._lock = threading.Lock()
         self.schema_version = self.migrate()
 
@@ -74,6 +78,13 @@ class Database:
                 raise
             current = version
         return current
+
+    def wal_bytes(self) -> int:
+        """Size of the write-ahead log (0 when there is none, e.g. right after a checkpoint)."""
+        try:
+            return self._wal_path.stat().st_size
+        except FileNotFoundError:
+            return 0
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A new cursor for one thread of work; close it when done."""

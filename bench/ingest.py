@@ -3,7 +3,8 @@
 Starts, one after the other on loopback: a bare Litestar endpoint that only decodes the body
 (bench/bare_server.py), then `ratchet serve` on a fresh DuckDB file. wrk drives each with ~2 KB
 chat logs with unique ids. Prints requests/s and latency as ratios to the ceiling, batch ingest in
-logs/s, and how soon an acknowledged log can be read back.
+logs/s, and how soon an acknowledged log can be read back. The header line gives the 1-minute
+load average before and after: on a shared machine, repeat a run whose load exceeds the cores.
 
     .venv/bin/python bench/ingest.py [--seconds 10] [--connections 32]
 
@@ -111,6 +112,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=200, help="logs per batch request")
     args = parser.parse_args()
 
+    load_before = os.getloadavg()[0]
     port = free_port()
     bare = subprocess.Popen([sys.executable, str(ROOT / "bench" / "bare_server.py"), str(port)], cwd=ROOT)
     try:
@@ -135,7 +137,7 @@ def main() -> None:
 
     body_kb = len(QUESTION + ANSWER) / 1000 + 0.3
     print(f"\ningest bench: ~{body_kb:.1f} KB logs, {args.connections} connections, {args.seconds}s per run, "
-          f"{os.cpu_count()} cores")  # fmt: skip
+          f"{os.cpu_count()} cores, load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} after")  # fmt: skip
     print(f"{'path':<38}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'ratio':>8}{'non-2xx':>9}")
     for name, r in (("bare decode (ceiling)", ceiling), ("durable single log (group commit)", single)):
         print(f"{name:<38}{r['rps']:>10.0f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"

@@ -35,7 +35,9 @@ class WriterSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
         int, _doc("Rows waiting to be written before new requests get 429."), msgspec.Meta(ge=1)
     ] = 20000
     checkpoint_wal_mib: Annotated[
-        int, _doc("WAL size that triggers a DuckDB checkpoint (MiB)."), msgspec.Meta(ge=1)
+        int,
+        _doc("WAL size at which the writer checkpoints, between commits (MiB); DuckDB's own at 2x."),
+        msgspec.Meta(ge=1),
     ] = 64
 
 

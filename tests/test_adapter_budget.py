@@ -32,6 +32,7 @@ def server(tmp_path: Path, vllm_server: Any, tiny_model_dir: Path) -> Iterator[R
     server = RatchetProcess(tmp_path / "data", env=env).start()
     yield server
     server.stop()
+    vllm_server.unload_adapters("ba", "bb")
 
 
 def _wait(check: Any, what: str, timeout: float = 120) -> None:

@@ -6,7 +6,6 @@ adapters loaded (champion, previous champion for instant rollback, canary)."""
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import httpx
 import pytest
 
 from tests.fixtures.models import SyntheticAdapters
-from tests.fixtures.server import RatchetProcess
+from tests.fixtures.server import RatchetProcess, wait_for
 
 PROMPT = [{"role": "user", "content": "what is the capital of france?"}]
 
@@ -35,22 +34,15 @@ def server(tmp_path: Path, vllm_server: Any, tiny_model_dir: Path) -> Iterator[R
     vllm_server.unload_adapters("ba", "bb")
 
 
-def _wait(check: Any, what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_two_projects_share_a_budget_of_three(
     server: RatchetProcess, random_adapters: SyntheticAdapters
 ) -> None:
     admin = server.client()
     keys = {p: server.create_project(p) for p in ("ba", "bb")}
     for p in keys:
-        _wait(lambda p=p: admin.get(f"/v1/projects/{p}/rollout").json()["champion"] == f"{p}@v0", f"{p}@v0")
+        wait_for(
+            lambda p=p: admin.get(f"/v1/projects/{p}/rollout").json()["champion"] == f"{p}@v0", 120, f"{p}@v0"
+        )
 
     def register(project: str, adapter: Path) -> str:
         target = server.data_dir / "adapters" / project / adapter.name
@@ -73,7 +65,7 @@ def test_two_projects_share_a_budget_of_three(
     # loads the champions and the newest previous one, and serving comes back.
     server.kill()
     server.start()
-    _wait(lambda: httpx.get(f"{server.url}/readyz").status_code == 200, "ready after the restart")
+    wait_for(lambda: httpx.get(f"{server.url}/readyz").status_code == 200, 120, "ready after the restart")
     assert {p: answers(p) for p in keys} == {"ba": 200, "bb": 200}
     # Rolling ba back needs ba@v0 again: bb's previous champion makes room for it.
     r = admin.post(f"/v1/adapters/{ba1}/rollback")

@@ -16,6 +16,7 @@ import pytest
 
 from tests.fixtures.models import SyntheticAdapters
 from tests.fixtures.server import RatchetProcess
+from trainer.tiny_model import greedy_answers
 
 PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -90,13 +91,18 @@ def world(
     server.stop()
 
 
-def test_answers_come_from_the_routed_adapter_and_are_logged(world: GatewayWorld) -> None:
+def test_answers_come_from_the_routed_adapter_and_are_logged(
+    world: GatewayWorld, tiny_model_dir: Path
+) -> None:
     v1 = world.register(world.adapters.random[0], "ext1", canary=False)
     assert world.api.get("/v1/projects/gw/rollout").json()["champion"] == "gw@v0"
-    base = world.direct(world.vllm.model_name)
+    # The base's answer from transformers: a bare-base request to vLLM-CPU is no reference once
+    # adapters were loaded on the shared server (it can pick up a LoRA slot; the xfail test in
+    # test_vllm_runtime_lora.py), which is why Ratchet serves the base as the zero adapter v0.
+    base = greedy_answers(tiny_model_dir, [PROMPT], max_new_tokens=8)[0]
     answer = world.ask()
     # v0 is the null adapter: the base model's answer, with the id being the log id.
-    assert answer.choices[0].message.content == base
+    assert (answer.choices[0].message.content or "").strip() == base
     assert answer.id.startswith("log-") and answer.model == "gw"
     assert world.stored(answer.id)["adapter"] == "gw@v0"
 

@@ -35,7 +35,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.fixtures.server import RatchetProcess
+from tests.fixtures.server import RatchetProcess, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
@@ -300,15 +300,6 @@ def start_prometheus(workdir: Path, targets: dict[str, str]) -> tuple[subprocess
         time.sleep(0.2)
     proc.kill()
     raise AssertionError("prometheus did not become ready in 60 s")
-
-
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Loop:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +17,7 @@ from service.capture import Capture
 from service.config import Settings, TrainingSettings
 from service.domain import LogIn
 from service.pipeline import Pipeline
-from tests.fixtures.server import RatchetProcess
+from tests.fixtures.server import RatchetProcess, wait_for
 from trainer import tiny_world
 
 
@@ -80,16 +79,6 @@ def _project(name: str) -> Any:
     return Project(name, "", now), mint_key(name, now)[1]
 
 
-def _wait(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture
 def loop_server(tmp_path: Path, vllm_server: Any, tiny_model_dir: Path) -> Iterator[RatchetProcess]:
     data = tmp_path / "data"
@@ -126,7 +115,7 @@ def test_kill_during_training_then_a_run_no_better_is_rejected(loop_server: Ratc
                          **({} if liked else {"correction": q.answer})})  # fmt: skip
     assert api.post("/v1/logs", json={"logs": logs}).status_code == 202
     assert api.post("/v1/feedback", json={"feedback": feedback}).status_code == 202
-    _wait(lambda: api.get("/v1/projects/loop/rollout").json()["champion"] == "loop@v0", 120, "version 0")
+    wait_for(lambda: api.get("/v1/projects/loop/rollout").json()["champion"] == "loop@v0", 120, "version 0")
 
     def ask() -> httpx.Response:
         return api.post("/v1/chat/completions", json={"model": "loop", "max_tokens": 4,
@@ -135,18 +124,18 @@ def test_kill_during_training_then_a_run_no_better_is_rejected(loop_server: Ratc
     assert ask().status_code == 200
     run_id = api.post("/v1/projects/loop/runs").json()["id"]
     assert api.post("/v1/projects/loop/runs").status_code == 409  # single flight
-    _wait(lambda: api.get(f"/v1/runs/{run_id}").json()["state"] == "training", 120, "training to start")
+    wait_for(lambda: api.get(f"/v1/runs/{run_id}").json()["state"] == "training", 120, "training to start")
     server.kill()
     server.start()
     # Ready once the serving adapters are loaded again; until then the gateway answers 503.
-    _wait(lambda: httpx.get(f"{server.url}/readyz").status_code == 200, 120, "ready after the restart")
+    wait_for(lambda: httpx.get(f"{server.url}/readyz").status_code == 200, 120, "ready after the restart")
     run = api.get(f"/v1/runs/{run_id}").json()
     assert run["state"] == "failed" and "restart" in run["error"]
     r = ask()
     assert r.status_code == 200, r.text  # serving survived, v0 reloaded or still there
 
     second = api.post("/v1/projects/loop/runs").json()["id"]
-    done = _wait(
+    done = wait_for(
         lambda: (r := api.get(f"/v1/runs/{second}").json())["state"] not in
         ("pending", "snapshot", "training", "evaluating") and r,
         600, "the second run to finish",

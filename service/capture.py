@@ -191,10 +191,11 @@ class Capture:
         except WriterSaturated:
             self._metrics.ingest_outcomes[kind, "throttled"].inc(len(rows))
             raise
+        counts = {"accepted": 0, "duplicate": 0, "rejected": 0}
         for res in results:
             if res.status == "accepted" and not next(stored):
                 res.status = "duplicate"
-        counts = {s: sum(r.status == s for r in results) for s in ("accepted", "duplicate", "rejected")}
+            counts[res.status] += 1
         for status, n in counts.items():
             if n:
                 self._metrics.ingest_outcomes[kind, status].inc(n)

@@ -32,6 +32,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """
     import uvicorn
 
+    from service.api.fastpath import IngestFastPath
     from service.app import build_runtime, create_app, ensure_admin_key, tune_interpreter_for_serving
 
     settings = _settings(args)
@@ -49,7 +50,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     elif settings.auth_disabled:
         print("ratchet: auth is DISABLED (loopback only): every caller is admin", flush=True)
     tune_interpreter_for_serving()
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+    uvicorn.run(
+        IngestFastPath(app, runtime),
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+    )
     return 0
 
 

@@ -1,8 +1,8 @@
 """`POST /v1/logs` and `POST /v1/feedback`: answered 202 once the rows are committed.
 
-These two routes take the caller from `caller(request)` rather than Litestar's dependency
-injection: resolving `runtime` and `principal` per request was ~15% of an ingest request's
-event-loop time (23 of 155 µs, measured in-process), and ingest is the hot path.
+`ratchet serve` answers most of these requests on the ingest fast path (`service/api/fastpath.py`),
+which runs `capture_logs` / `capture_feedback` below; these routes take the rest (an admin's
+`?project=`, every error) and publish the API in the OpenAPI schema.
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from typing import Any
 
 from litestar import Request, post
 
-from service.api.deps import caller, scoped_project
+from service.api.deps import scoped_project
 from service.api.openapi import FeedbackOperation, LogsOperation
 from service.capture import decode_feedback, decode_logs
-from service.domain import CaptureResult
+from service.domain import CaptureResult, Principal
 from service.errors import InvalidInput
+from service.runtime import Runtime
 
 
 def _reject_if_nothing_taken(result: CaptureResult) -> CaptureResult:
@@ -27,19 +28,33 @@ def _reject_if_nothing_taken(result: CaptureResult) -> CaptureResult:
     return result
 
 
-@post("/v1/logs", status_code=202, operation_class=LogsOperation, summary="Store inference logs")
-async def post_logs(request: Request[Any, Any, Any], project: str | None = None) -> CaptureResult:
-    """Store one log or `{"logs": [...]}`. Same `id` twice is one row. Per-item results in order."""
-    runtime, principal = caller(request)
+async def capture_logs(
+    runtime: Runtime, principal: Principal, project: str | None, body: bytes
+) -> CaptureResult:
+    """Decode and durably store a `POST /v1/logs` body for the caller's project."""
     name = scoped_project(principal, runtime, project)
-    items = decode_logs(await request.body())
-    return _reject_if_nothing_taken(await runtime.capture.write_logs(name, items))
+    return _reject_if_nothing_taken(await runtime.capture.write_logs(name, decode_logs(body)))
+
+
+async def capture_feedback(
+    runtime: Runtime, principal: Principal, project: str | None, body: bytes
+) -> CaptureResult:
+    """Decode and durably store a `POST /v1/feedback` body for the caller's project."""
+    name = scoped_project(principal, runtime, project)
+    return _reject_if_nothing_taken(await runtime.capture.write_feedback(name, decode_feedback(body)))
+
+
+@post("/v1/logs", status_code=202, operation_class=LogsOperation, summary="Store inference logs")
+async def post_logs(
+    request: Request[Any, Any, Any], principal: Principal, runtime: Runtime, project: str | None = None
+) -> CaptureResult:
+    """Store one log or `{"logs": [...]}`. Same `id` twice is one row. Per-item results in order."""
+    return await capture_logs(runtime, principal, project, await request.body())
 
 
 @post("/v1/feedback", status_code=202, operation_class=FeedbackOperation, summary="Store user feedback")
-async def post_feedback(request: Request[Any, Any, Any], project: str | None = None) -> CaptureResult:
+async def post_feedback(
+    request: Request[Any, Any, Any], principal: Principal, runtime: Runtime, project: str | None = None
+) -> CaptureResult:
     """Store one feedback item or `{"feedback": [...]}`; a new verdict replaces the old one."""
-    runtime, principal = caller(request)
-    name = scoped_project(principal, runtime, project)
-    items = decode_feedback(await request.body())
-    return _reject_if_nothing_taken(await runtime.capture.write_feedback(name, items))
+    return await capture_feedback(runtime, principal, project, await request.body())

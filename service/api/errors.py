@@ -46,27 +46,40 @@ class ErrorBody(msgspec.Struct, omit_defaults=True):
     detail: Any = None
 
 
+INTERNAL = ErrorBody("internal", "internal error; the server log has the details")
+
+
 def error_response(
     status: int, body: ErrorBody, headers: dict[str, str] | None = None
 ) -> Response[ErrorBody]:
     return Response(body, status_code=status, media_type=MediaType.JSON, headers=headers)
 
 
-def handle_domain(_: Request[Any, Any, Any], exc: errors.RatchetError) -> Response[ErrorBody]:
+def domain_error(exc: errors.RatchetError) -> tuple[int, ErrorBody, dict[str, str]]:
+    """Status, body and headers for a domain error (also used by the ingest fast path)."""
     status, code = next((v for cls, v in STATUS.items() if isinstance(exc, cls)), (500, "internal"))
     headers = (
         {"Retry-After": str(max(1, round(exc.retry_after)))}
         if isinstance(exc, errors.WriterSaturated)
-        else None
+        else {}
     )
-    return error_response(status, ErrorBody(code, exc.message, getattr(exc, "field", None)), headers)
+    return status, ErrorBody(code, exc.message, getattr(exc, "field", None)), headers
 
 
-def handle_decode(_: Request[Any, Any, Any], exc: msgspec.MsgspecError) -> Response[ErrorBody]:
+def decode_error(exc: msgspec.MsgspecError) -> ErrorBody:
+    """The 422 body for a body msgspec could not decode into the expected Struct."""
     # msgspec names the path of the bad field: "Expected `int`, got `str` - at `$.rating`".
     message = str(exc)
     field = message.rsplit("at `", 1)[1].rstrip("`") if "at `$" in message else None
-    return error_response(422, ErrorBody("invalid_input", f"invalid request body: {message}", field))
+    return ErrorBody("invalid_input", f"invalid request body: {message}", field)
+
+
+def handle_domain(_: Request[Any, Any, Any], exc: errors.RatchetError) -> Response[ErrorBody]:
+    return error_response(*domain_error(exc))
+
+
+def handle_decode(_: Request[Any, Any, Any], exc: msgspec.MsgspecError) -> Response[ErrorBody]:
+    return error_response(422, decode_error(exc))
 
 
 def handle_validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[ErrorBody]:
@@ -89,7 +102,7 @@ def handle_http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Error
 
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, ErrorBody("internal", "internal error; the server log has the details"))
+    return error_response(500, INTERNAL)
 
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {

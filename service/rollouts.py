@@ -17,7 +17,7 @@ from typing import Any
 
 from deploy import rollout as policy
 from deploy.adapter_dir import InvalidAdapter, resolve_under_root
-from deploy.adapters import AdapterError, AdapterManager, Fingerprint
+from deploy.adapters import AdapterError, AdapterManager, Fingerprint, ReconcileReport
 from deploy.names import parse_served_name, served_name
 from deploy.online_gate import GateDecision, decide
 from deploy.rollout import Rollout, RolloutConflict, Transition
@@ -230,7 +230,10 @@ class Rollouts:
                 fingerprints[name] = Fingerprint(tuple(record.fingerprint))
         if not desired:
             return
-        report = await self.manager.reconcile(desired, fingerprints=fingerprints)
+        self._record_reconcile(await self.manager.reconcile(desired, fingerprints=fingerprints))
+
+    def _record_reconcile(self, report: ReconcileReport) -> None:
+        """An event per adapter a reconcile re-loaded on a replica or found drifted there."""
         now = utcnow()
         for replica, name in report.reloaded:
             self.serving.add_event(Event(now, parse_served_name(name).project, None, "adapter_reloaded",
@@ -247,7 +250,7 @@ class Rollouts:
             await self._load(name, record.path)
             return
         expected = {name: Fingerprint(tuple(record.fingerprint))} if record.fingerprint else None
-        await self.manager.reconcile({name: record.path}, fingerprints=expected)
+        self._record_reconcile(await self.manager.reconcile({name: record.path}, fingerprints=expected))
         if not self.manager.servable(name):
             raise AdapterLoadError(f"{name} is loaded but cannot be served (drifted or unreachable replicas)")
 

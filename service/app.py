@@ -9,7 +9,6 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from litestar import Litestar
 from litestar.di import Provide
@@ -119,10 +118,7 @@ class HttpMetrics:
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
-        self.histogram = metrics.http_request_seconds
-        # One child per (route, method, status class), looked up once: `labels()` on every
-        # request costs more than the observation.
-        self._children: dict[tuple[str, str, str], Any] = {}
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -140,9 +136,8 @@ class HttpMetrics:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            key = (scope.get("path_template") or "unmatched", scope.get("method", ""), f"{status // 100}xx")
-            child = self._children.get(key) or self._children.setdefault(key, self.histogram.labels(*key))
-            child.observe(time.perf_counter() - started)
+            route = scope.get("path_template") or "unmatched"
+            self.metrics.observe_http(route, scope.get("method", ""), status, time.perf_counter() - started)
 
 
 def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:

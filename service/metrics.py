@@ -76,6 +76,7 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self._http_children: dict[tuple[str, str, str], Histogram] = {}
         # --- gateway
         self.gateway_request_seconds = Histogram(
             "ratchet_gateway_request_seconds",
@@ -164,6 +165,15 @@ class Metrics:
             for kind in INGEST_KINDS
             for outcome in INGEST_OUTCOMES
         }
+
+    def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Record one HTTP request's latency. Each series' child is looked up once: `labels()` on
+        every request costs more than the observation."""
+        key = (route, method, f"{status // 100}xx")
+        child = self._http_children.get(key)
+        if child is None:
+            child = self._http_children[key] = self.http_request_seconds.labels(*key)
+        child.observe(seconds)
 
     def init_project(self, project: str) -> None:
         """Create a project's label sets so dashboards show zeros before the first event."""

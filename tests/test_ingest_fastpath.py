@@ -37,7 +37,7 @@ def _log(log_id: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-# (method path, headers key, body): "project" and "admin" name which key to send.
+# (path, key to send: "project", "admin", "wrong" or None, body).
 CASES: list[tuple[str, str | None, bytes]] = [
     ("/v1/logs", "project", msgspec.json.encode(_log("a-1", end_user="u1"))),
     ("/v1/logs", "project", msgspec.json.encode(_log("a-1"))),  # duplicate

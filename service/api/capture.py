@@ -2,7 +2,8 @@
 
 `ratchet serve` answers most of these requests on the ingest fast path (`service/api/fastpath.py`),
 which runs `capture_logs` / `capture_feedback` below; these routes take the rest (an admin's
-`?project=`, every error) and publish the API in the OpenAPI schema.
+`?project=`, a body without Content-Length or over the limit) and publish the API in the OpenAPI
+schema.
 """
 
 from __future__ import annotations

@@ -40,8 +40,6 @@ class IngestFastPath:
         self.app = app
         self.runtime = runtime
         self.max_body = runtime.settings.max_body_bytes
-        self._latency = runtime.metrics.http_request_seconds
-        self._observers: dict[tuple[str, int], Callable[[float], None]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = (
@@ -80,14 +78,8 @@ class IngestFastPath:
             }
         )
         await send({"type": "http.response.body", "body": payload})
-        self._observer(scope["path"], status)(time.perf_counter() - started)
-
-    def _observer(self, path: str, status: int) -> Callable[[float], None]:
-        # Same series as Litestar's requests (HttpMetrics); `labels()` once per series, not per request.
-        key = (path, status // 100)
-        if key not in self._observers:
-            self._observers[key] = self._latency.labels(path, "POST", f"{key[1]}xx").observe
-        return self._observers[key]
+        # The same series Litestar's requests land in (HttpMetrics), by route template.
+        self.runtime.metrics.observe_http(scope["path"], "POST", status, time.perf_counter() - started)
 
     def _length_ok(self, scope: Scope) -> bool:
         for name, value in scope["headers"]:

@@ -2,7 +2,8 @@
 
 Inbound Structs forbid unknown fields, so a typo is a 422 naming the field rather than data
 silently dropped; the OpenAPI schema says the same. The embedded OpenAI `request`/`response`
-objects stay open (`dict`): apps send whatever their OpenAI calls carry.
+bodies are kept as sent (`msgspec.Raw`) and read by the one shape module, `formats`: apps send
+whatever their OpenAI calls carry.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from msgspec import Meta, Struct
+from msgspec import Meta, Raw, Struct
 
 Id = Annotated[
     str,
@@ -40,15 +41,18 @@ class LogIn(Struct, forbid_unknown_fields=True, kw_only=True):
 
     id: Id | None = None
     request: Annotated[
-        JsonObject, Meta(description="OpenAI request body: `messages` (chat) or `prompt` (completions).")
+        Raw,
+        Meta(description="The OpenAI request body as sent: chat (`messages`) or completions (`prompt`)."),
     ]
-    response: Annotated[JsonObject, Meta(description="OpenAI response body with `choices`.")]
+    response: Annotated[Raw, Meta(description="The OpenAI response body as received, with `choices`.")]
     created_at: datetime | None = None
     end_user: EndUser | None = None
     adapter: Annotated[str, Meta(max_length=128)] | None = None
     latency_ms: Annotated[float, Meta(ge=0)] | None = None
-    prompt_tokens: Annotated[int, Meta(ge=0)] | None = None
-    completion_tokens: Annotated[int, Meta(ge=0)] | None = None
+    # Bounded by the columns' INTEGER: a value that cannot be stored must be a 422 for its item,
+    # never a failed group commit for everyone's.
+    prompt_tokens: Annotated[int, Meta(ge=0, le=2**31 - 1)] | None = None
+    completion_tokens: Annotated[int, Meta(ge=0, le=2**31 - 1)] | None = None
     metadata: JsonObject | None = None
 
 
@@ -63,6 +67,15 @@ class FeedbackIn(Struct, forbid_unknown_fields=True, kw_only=True):
 
     log_id: Id
     id: Id | None = None
+    choice: (
+        Annotated[
+            int,
+            Meta(
+                ge=0, le=32767, description="Which answer of an `n > 1` response this is about (its `index`)."
+            ),
+        ]
+        | None
+    ) = None
     end_user: EndUser | None = None
     rating: Literal[1, -1] | None = None
     score: Annotated[float, Meta(ge=0, le=1, description="Graded quality in [0, 1].")] | None = None
@@ -125,6 +138,7 @@ class FeedbackOut(Struct):
     score: float | None
     correction: str | None
     comment: str | None
+    choice: int
 
 
 class ProjectIn(Struct, forbid_unknown_fields=True, kw_only=True):

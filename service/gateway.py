@@ -258,8 +258,8 @@ class Gateway:
                 self.metrics.gateway_tokens.labels(call.project, call.label, direction).inc(n)
         entry = LogIn(
             id=call.log_id,
-            request={**call.body, "model": call.project},
-            response=response,
+            request=msgspec.Raw(_encode({**call.body, "model": call.project})),
+            response=msgspec.Raw(_encode(response)),
             created_at=utcnow(),
             end_user=call.body.get("user") if isinstance(call.body.get("user"), str) else None,
             adapter=call.served_name,

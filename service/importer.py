@@ -58,8 +58,10 @@ def parse_line(raw: bytes, lineno: int) -> tuple[LogIn, FeedbackIn | None]:
     log_id = line.id or f"imp-{hashlib.sha256(raw.strip()).hexdigest()[:32]}"
     log = LogIn(
         id=log_id,
-        request={"messages": line.messages[:-1]},
-        response={"choices": [{"index": 0, "message": answer, "finish_reason": "stop"}]},
+        request=msgspec.Raw(msgspec.json.encode({"messages": line.messages[:-1]})),
+        response=msgspec.Raw(
+            msgspec.json.encode({"choices": [{"index": 0, "message": answer, "finish_reason": "stop"}]})
+        ),
         created_at=line.created_at,
         end_user=line.end_user,
         adapter=line.adapter,

@@ -13,11 +13,11 @@ import pytest
 
 from service.capture import Capture
 from service.config import SnapshotSettings
-from service.domain import LogIn
 from service.metrics import Metrics
 from service.store.db import Database
 from service.store.snapshot import export_snapshot
 from service.store.writer import GroupCommitWriter
+from tests.fixtures.rows import chat_log, completion_log, feedback_row
 
 T0 = datetime(2026, 11, 1)
 NOW = datetime(2026, 11, 20)
@@ -43,16 +43,11 @@ class Feed:
         self.n += 1
         log_id = f"log-{self.n:05d}"
         at = T0 + timedelta(minutes=self.n)
-        log = LogIn(
-            id=log_id,
-            request={"messages": [{"role": "user", "content": prompt}]},
-            response={"choices": [{"message": {"role": "assistant", "content": answer}}]},
-            created_at=at,
-            end_user=user,
-            adapter="p@v1",
-        )
+        log = chat_log(log_id, [{"role": "user", "content": prompt}], answer, created_at=at, end_user=user,
+                       adapter="p@v1")  # fmt: skip
         self.writer.write_sync("logs", [Capture.log_row("p", log, log_id, at, "api")])
-        fb = ("p", log_id, user or "", f"fb-{self.n}", at, at, rating, None, correction, None, None)
+        fb = feedback_row("p", log_id, at, end_user=user or "", fid=f"fb-{self.n}", rating=rating,
+                          correction=correction)  # fmt: skip
         self.writer.write_sync("feedback", [fb])
         return log_id
 
@@ -157,15 +152,10 @@ def test_a_prompt_in_the_holdout_is_not_trained_on(db: Database, tmp_path: Path)
 def test_logs_without_feedback_and_other_projects_stay_out(db: Database, tmp_path: Path) -> None:
     feed = Feed(db)
     feed.add("rated", "yes", user="a")
-    log = LogIn(
-        id="unrated",
-        request={"prompt": "x"},
-        response={"choices": [{"text": "y"}]},
-        created_at=T0,
-    )
+    log = completion_log("unrated", "x", "y", created_at=T0)
     feed.writer.write_sync("logs", [Capture.log_row("p", log, "unrated", T0, "api")])
     feed.writer.write_sync("logs", [Capture.log_row("other", log, "other-1", T0, "api")])
-    feed.writer.write_sync("feedback", [("other", "other-1", "", "f", T0, T0, 1, None, None, None, None)])
+    feed.writer.write_sync("feedback", [feedback_row("other", "other-1", T0, fid="f", rating=1)])
     feed.writer.stop()
     manifest = export_snapshot(db, "p", tmp_path / "snap", SETTINGS, now=NOW)
     assert manifest.stats.joined_rows == 1

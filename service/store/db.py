@@ -12,6 +12,7 @@ from pathlib import Path
 import duckdb
 
 from service.errors import StoreUnavailable
+from service.store.backfill import DATA_STEPS
 
 _MIGRATION = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 
@@ -58,7 +59,9 @@ class Database:
         self.schema_version = self.migrate()
 
     def migrate(self) -> int:
-        """Apply every migration newer than the recorded schema version; return the version."""
+        """Apply every migration newer than the recorded schema version; return the version.
+
+        Each migration (its SQL, then its data step if it has one) commits whole or not at all."""
         con = self._con
         con.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name VARCHAR NOT NULL,"
@@ -71,6 +74,8 @@ class Database:
             con.execute("BEGIN")
             try:
                 con.execute(sql)
+                if version in DATA_STEPS:
+                    DATA_STEPS[version](con)
                 con.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name])
                 con.execute("COMMIT")
             except Exception:

@@ -85,7 +85,7 @@ class Queries:
             if row is None:
                 raise NotFound(f"no log {log_id!r} in project {project!r}")
             feedback = cur.execute(
-                "SELECT id, log_id, end_user, created_at, rating, score, correction, comment FROM feedback"
+                "SELECT id, log_id, end_user, created_at, rating, score, correction, comment, choice FROM feedback"
                 " WHERE project = ? AND log_id = ? ORDER BY created_at",
                 [project, log_id],
             ).fetchall()

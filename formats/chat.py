@@ -21,6 +21,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+Index = Annotated[int, Meta(ge=0)]
 TEXT_PART_TYPES = frozenset({"text", "refusal"})
 """Part types that carry text. Any other (`image_url`, `input_audio`, `file`, vLLM's `video_url`, ...)
 is media: kept in the raw log, never flattened into a text model's prompt."""
@@ -133,7 +134,7 @@ class StreamError(Struct, kw_only=True, omit_defaults=True):
 
 
 class ChatChoice(Struct, kw_only=True, omit_defaults=True):
-    index: int = 0
+    index: Index = 0
     message: ChatMessage
     finish_reason: str | None = None
 
@@ -151,7 +152,7 @@ class ChatCompletion(Struct, kw_only=True, omit_defaults=True):
 
 
 class CompletionChoice(Struct, kw_only=True, omit_defaults=True):
-    index: int = 0
+    index: Index = 0
     text: str
     finish_reason: str | None = None
 
@@ -179,7 +180,7 @@ class FunctionDelta(Struct, kw_only=True, omit_defaults=True):
 class ToolCallDelta(Struct, kw_only=True, omit_defaults=True):
     """A piece of a streamed tool call: `index` says which call of the choice it continues."""
 
-    index: int = 0
+    index: Index = 0
     id: str | None = None
     type: str | None = None
     function: FunctionDelta | None = None
@@ -195,7 +196,7 @@ class Delta(Struct, kw_only=True, omit_defaults=True):
 class ChunkChoice(Struct, kw_only=True, omit_defaults=True):
     """One choice's piece of a chunk: `delta` (chat) or `text` (completions)."""
 
-    index: int = 0
+    index: Index = 0
     delta: Delta | None = None
     text: str | None = None
     finish_reason: str | None = None

@@ -1,8 +1,9 @@
 """`ratchet import`: OpenAI chat-format JSONL into logs and feedback, resumable and idempotent.
 
-A line is `{"messages": [..., {"role": "assistant", "content": ANSWER}]}` plus optional `id`,
-`end_user`, `created_at`, `adapter`, `metadata` and feedback fields `rating` (+1/-1), `score`,
-`correction`, `comment` — exactly what `ratchet export --format jsonl` writes. A line without an
+A line is `{"messages": [..., {"role": "assistant", ...ANSWER}]}` (OpenAI chat messages: part
+lists, tool calls and tool results; the answer may be text or tool calls) plus optional `tools`,
+`id`, `end_user`, `created_at`, `adapter`, `metadata` and feedback fields `rating` (+1/-1),
+`score`, `correction`, `comment` — exactly what `ratchet export --format jsonl` writes. A line without an
 `id` gets one from its content, so importing a file twice stores it once. Progress (the byte
 offset acknowledged so far) is kept beside the file, so an interrupted import resumes there.
 """
@@ -21,6 +22,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from tqdm import tqdm
 
+from formats.chat import ChatMessage, Tool
 from service.client import RatchetClient
 from service.domain import FeedbackIn, Id, LogIn
 from service.errors import InvalidInput, WriterSaturated
@@ -29,7 +31,8 @@ from service.errors import InvalidInput, WriterSaturated
 class ImportLine(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """One line of an import file."""
 
-    messages: Annotated[list[dict[str, Any]], msgspec.Meta(min_length=2)]
+    messages: Annotated[list[ChatMessage], msgspec.Meta(min_length=2)]
+    tools: list[Tool] | None = None
     id: Id | None = None
     end_user: str | None = None
     created_at: datetime | None = None
@@ -42,6 +45,7 @@ class ImportLine(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 _decode_line = msgspec.json.Decoder(ImportLine)
+_encode = msgspec.json.encode
 
 
 def parse_line(raw: bytes, lineno: int) -> tuple[LogIn, FeedbackIn | None]:
@@ -51,16 +55,21 @@ def parse_line(raw: bytes, lineno: int) -> tuple[LogIn, FeedbackIn | None]:
     except msgspec.MsgspecError as exc:
         raise InvalidInput(f"line {lineno}: {exc}", f"line {lineno}") from exc
     answer = line.messages[-1]
-    if answer.get("role") != "assistant" or not isinstance(answer.get("content"), str):
+    if answer.role != "assistant" or (answer.content is None and not answer.tool_calls):
         raise InvalidInput(
-            f"line {lineno}: the last message must be the assistant's answer", f"line {lineno}"
+            f"line {lineno}: the last message must be the assistant's answer (text or tool calls)",
+            f"line {lineno}",
         )
     log_id = line.id or f"imp-{hashlib.sha256(raw.strip()).hexdigest()[:32]}"
+    request: dict[str, Any] = {"messages": line.messages[:-1]}
+    if line.tools:
+        request["tools"] = line.tools
+    finish = "tool_calls" if answer.tool_calls else "stop"
     log = LogIn(
         id=log_id,
-        request=msgspec.Raw(msgspec.json.encode({"messages": line.messages[:-1]})),
+        request=msgspec.Raw(_encode(request)),
         response=msgspec.Raw(
-            msgspec.json.encode({"choices": [{"index": 0, "message": answer, "finish_reason": "stop"}]})
+            _encode({"choices": [{"index": 0, "message": answer, "finish_reason": finish}]})
         ),
         created_at=line.created_at,
         end_user=line.end_user,

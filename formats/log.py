@@ -135,14 +135,18 @@ def normalize(
     not a valid OpenAI chat or completions request/response.
     """
     if endpoint_of(request) == "chat":
+        chat = _decoded(_decode_chat_request, request, "request")
+        check_request(chat)  # the request's faults first, then the response's
         return normalize_chat(
-            _decoded(_decode_chat_request, request, "request"),
+            chat,
             _decoded(_decode_chat_response, response, "response"),
             end_user=end_user,
             interrupted=interrupted,
         )
+    completion = _decoded(_decode_completion_request, request, "request")
+    check_request(completion)
     return normalize_completion(
-        _decoded(_decode_completion_request, request, "request"),
+        completion,
         _decoded(_decode_completion_response, response, "response"),
         end_user=end_user,
         interrupted=interrupted,

@@ -1,0 +1,336 @@
+"""PII scrubbing of decoded text, with Microsoft Presidio's recognisers.
+
+`Scrubber.scrub(text)` replaces every span a recogniser finds with `[REDACTED]`. It is called on
+decoded strings (a message's text, a tool call's arguments, a tool's result, an answer, a
+correction), never on JSON text: a string that is itself JSON (tool arguments and results usually
+are) is decoded, its string values scrubbed, and encoded again, so what was valid JSON stays valid.
+
+What is looked for, and why these (each a Presidio recogniser unless said otherwise):
+- e-mail addresses, credit cards (Luhn-checked), IBANs (checksum), IP addresses (v4 and v6; the
+  weak `::` pattern is below the threshold), phone numbers (Google's libphonenumber in the
+  configured regions, leniency "valid": `555-123-4567` and `+44 20 7946 0958` are numbers,
+  `2026-11-24` and `1000` are not);
+- national ids whose format is distinctive: US SSN (formatted) and ITIN, UK NINO, Canadian SIN
+  (formatted), Spanish NIF/NIE, Italian fiscal code, Indian PAN, Singapore NRIC/FIN, Finnish
+  personal identity code, Korean RRN. Digit-only ids whose only test is a checksum (Aadhaar, TFN,
+  PESEL, NHS, Steuer-ID, personnummer) are left out: their checksums pass on about one random
+  number in ten, so order and tracking numbers would be redacted (measured); add a pattern with
+  context to `snapshot.extra_pii_patterns` if your traffic has them;
+- key-like secrets (Ratchet's own patterns): OpenAI/Anthropic `sk-...`, Stripe, AWS `AKIA...`,
+  GitHub, Slack, Google API keys, JWTs, PEM private keys, `api_.../token-...` strings, and hex
+  strings of 32+ digits;
+- `snapshot.extra_pii_patterns` (Python `regex` syntax, case-sensitive);
+- names, with `snapshot.pii_ner_model` only: a spaCy pipeline's PERSON entities. No model ships
+  with Ratchet (the official spaCy models are not on PyPI); install one and name it.
+Presidio's URL and date recognisers are not used (they fire on `jane.do` and on every date).
+
+Cost: a Presidio call is slow (about 1 ms per recogniser, 1.5 ms per phone region, on a short
+text), so each recogniser runs only on text its own patterns could match (a cheap regex check
+first; phone numbers need six digits close together), and results are cached by the text's hash
+(a system prompt repeats on every request). Presidio and spaCy are imported when the first
+scrubber is built, not when Ratchet starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import regex
+
+from formats.chat import FunctionCall, ToolCall
+from formats.log import Message
+
+if TYPE_CHECKING:
+    from service.config import SnapshotSettings
+
+REDACTED = "[REDACTED]"
+LANGUAGE = "en"
+
+# Presidio's national-id recognisers used (class name -> lowest score kept). 0.5 keeps the
+# formatted patterns and drops the "very weak" bare-digit ones (a checksum-validated match scores 1).
+_NATIONAL_IDS = {
+    "UsSsnRecognizer": 0.5,
+    "UsItinRecognizer": 0.5,
+    "UkNinoRecognizer": 0.5,
+    "CaSinRecognizer": 0.5,
+    "EsNifRecognizer": 0.5,
+    "EsNieRecognizer": 0.5,
+    "ItFiscalCodeRecognizer": 0.5,
+    "InPanRecognizer": 0.5,
+    "SgFinRecognizer": 0.5,
+    "FiPersonalIdentityCodeRecognizer": 0.5,
+    "KrRrnRecognizer": 0.5,
+}
+# Lowest score kept per entity; anything else: 0.5.
+_MIN_SCORE = {"PHONE_NUMBER": 0.4, "PERSON": 0.5}
+_CASE_SENSITIVE = regex.MULTILINE  # non-zero, or Presidio falls back to its IGNORECASE default
+_SECRETS = [
+    ("openai_or_anthropic_key", r"\bsk-(?:proj-|ant-)?[A-Za-z0-9_\-]{16,}", 0.9),
+    ("stripe_key", r"\b[rps]k_(?:live|test)_[A-Za-z0-9]{16,}", 0.9),
+    ("aws_access_key", r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b", 0.9),
+    ("github_token", r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})", 0.9),
+    ("slack_token", r"\bxox[abprs]-[A-Za-z0-9\-]{10,}", 0.9),
+    ("google_api_key", r"\bAIza[0-9A-Za-z_\-]{35}", 0.9),
+    ("jwt", r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}", 0.9),
+    ("private_key", r"-----BEGIN[A-Z ]*PRIVATE KEY-----[\s\S]*?-----END[A-Z ]*PRIVATE KEY-----", 0.9),
+    ("prefixed_key", r"\b(?:api|key|token|secret|pk|rk|sk)[_\-][A-Za-z0-9_\-]{16,}", 0.6),
+    ("long_hex", r"\b[A-Fa-f0-9]{32,}\b", 0.6),
+]
+# libphonenumber finds nothing with fewer digits than this close together.
+_PHONE_GATE = regex.compile(r"\d(?:[\s\-./()]{0,3}\d){5}")
+_ALWAYS: Callable[[str], Any] = lambda text: True  # noqa: E731
+
+
+class PiiSetupError(RuntimeError):
+    """The scrubber cannot be built as configured (a bad extra pattern, a missing spaCy model)."""
+
+
+class _Gated:
+    """A Presidio recogniser's entities and the cheap test that says it could match a text."""
+
+    def __init__(self, entities: list[str], could_match: Callable[[str], Any]) -> None:
+        self.entities = entities
+        self.could_match = could_match
+
+
+def _pattern_gate(recognizer: Any) -> Callable[[str], Any]:
+    compiled = [regex.compile(p.regex, flags=recognizer.global_regex_flags) for p in recognizer.patterns]
+    return lambda text: any(c.search(text) for c in compiled)
+
+
+class Scrubber:
+    """Redacts PII in strings and in the messages of a conversation (see the module docstring).
+
+    Thread-safe; one instance is shared by snapshots and exports so its cache carries over.
+    `stats` counts texts seen, texts that reached Presidio, and cache hits.
+    """
+
+    def __init__(
+        self,
+        *,
+        extra_patterns: Iterable[str] = (),
+        ner_model: str | None = None,
+        phone_regions: Iterable[str] = ("US",),
+        cache_entries: int = 50_000,
+    ) -> None:
+        self._analyzer, self._gated = _build_analyzer(list(extra_patterns), ner_model, tuple(phone_regions))
+        self._cache: OrderedDict[bytes, str | None] = OrderedDict()
+        self._cache_entries = cache_entries
+        self._lock = threading.Lock()
+        self.stats = {"texts": 0, "analyzed": 0, "cache_hits": 0}
+
+    def scrub(self, text: str) -> str:
+        """`text` with every PII span replaced by `[REDACTED]`; a JSON object or array in `text`
+        is scrubbed value by value and stays valid JSON."""
+        if not text:
+            return text
+        if text.lstrip()[:1] in ("{", "["):
+            try:
+                value = msgspec.json.decode(text)
+            except msgspec.DecodeError:
+                pass
+            else:
+                scrubbed = self.scrub_value(value)
+                return text if scrubbed == value else msgspec.json.encode(scrubbed).decode()
+        return self._scrub_text(text)
+
+    def scrub_value(self, value: Any) -> Any:
+        """A decoded JSON value with every string in it scrubbed (object keys kept)."""
+        if isinstance(value, str):
+            return self.scrub(value)
+        if isinstance(value, list):
+            return [self.scrub_value(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self.scrub_value(v) for k, v in value.items()}
+        return value
+
+    def scrub_message(self, message: Message) -> Message:
+        """A copy of `message` with its text and its tool calls' arguments scrubbed."""
+        content = self.scrub(message.content) if message.content else message.content
+        calls = (
+            [self._scrub_call(c) for c in message.tool_calls] if message.tool_calls else message.tool_calls
+        )
+        if content is message.content and calls == message.tool_calls:
+            return message
+        return msgspec.structs.replace(message, content=content, tool_calls=calls)
+
+    def scrub_messages(self, messages: list[Message]) -> list[Message]:
+        return [self.scrub_message(m) for m in messages]
+
+    def _scrub_call(self, call: ToolCall) -> ToolCall:
+        function = call.function
+        if function is None:
+            if call.custom is None:
+                return call
+            return msgspec.structs.replace(
+                call, custom=msgspec.structs.replace(call.custom, input=self.scrub(call.custom.input))
+            )
+        arguments = (
+            self.scrub(function.arguments)
+            if isinstance(function.arguments, str)
+            else self.scrub_value(function.arguments)
+        )
+        if arguments == function.arguments:
+            return call
+        return msgspec.structs.replace(call, function=FunctionCall(name=function.name, arguments=arguments))
+
+    def _scrub_text(self, text: str) -> str:
+        with self._lock:
+            self.stats["texts"] += 1
+            entities = sorted({e for g in self._gated if g.could_match(text) for e in g.entities})
+            if not entities:
+                return text
+            key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                self.stats["cache_hits"] += 1
+                cached = self._cache[key]
+                return text if cached is None else cached
+            self.stats["analyzed"] += 1
+            found = self._analyzer.analyze(text, language=LANGUAGE, entities=entities)
+            spans = sorted((r.start, r.end) for r in found if r.score >= _MIN_SCORE.get(r.entity_type, 0.5))
+            scrubbed = _redact(text, spans)
+            self._cache[key] = None if scrubbed == text else scrubbed
+            if len(self._cache) > self._cache_entries:
+                self._cache.popitem(last=False)
+            return scrubbed
+
+
+def _redact(text: str, spans: list[tuple[int, int]]) -> str:
+    """`text` with each span (overlapping ones merged) replaced by REDACTED."""
+    merged: list[list[int]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    out, at = [], 0
+    for start, end in merged:
+        out += [text[at:start], REDACTED]
+        at = end
+    out.append(text[at:])
+    return "".join(out)
+
+
+def _build_analyzer(
+    extra_patterns: list[str], ner_model: str | None, phone_regions: tuple[str, ...]
+) -> tuple[Any, list[_Gated]]:
+    # A NER pipeline may be a transformer one (it then needs torch); pattern recognisers never do.
+    with _without(*(() if ner_model else ("torch", "transformers"))):
+        import spacy
+        import tldextract
+        from presidio_analyzer import AnalyzerEngine, Pattern, PatternRecognizer, RecognizerRegistry
+        from presidio_analyzer import predefined_recognizers as predefined
+        from presidio_analyzer.nlp_engine import SpacyNlpEngine
+
+    # The e-mail recogniser checks the domain with tldextract, whose default fetches the public
+    # suffix list over the network on first use: use the copy bundled with the package.
+    offline_tld = tldextract.TLDExtract(cache_dir=None, suffix_list_urls=())
+
+    class OfflineEmailRecognizer(predefined.EmailRecognizer):
+        def validate_result(self, pattern_text: str) -> bool:
+            return offline_tld(pattern_text).fqdn != ""
+
+    class NlpEngine(SpacyNlpEngine):
+        """Presidio's spaCy engine on a pipeline loaded here: a blank English one (tokens only,
+        enough for the pattern recognisers), or the configured NER pipeline. Never downloads."""
+
+        def load(self) -> None:
+            if ner_model is None:
+                self.nlp = {LANGUAGE: spacy.blank(LANGUAGE)}
+                return
+            try:
+                self.nlp = {LANGUAGE: spacy.load(ner_model)}
+            except OSError as exc:
+                raise PiiSetupError(
+                    f"snapshot.pii_ner_model {ner_model!r} cannot be loaded ({exc}); install that spaCy "
+                    "pipeline package (or give the path of a saved pipeline), or unset the setting"
+                ) from exc
+
+    engine = NlpEngine(models=[{"lang_code": LANGUAGE, "model_name": ner_model or "blank"}])
+    engine.load()
+
+    recognizers: list[Any] = [
+        OfflineEmailRecognizer(),
+        predefined.CreditCardRecognizer(),
+        predefined.IbanRecognizer(),
+        predefined.IpRecognizer(),
+        *(getattr(predefined, name)(supported_language=LANGUAGE) for name in _NATIONAL_IDS),
+        PatternRecognizer(
+            supported_entity="SECRET",
+            name="RatchetSecretRecognizer",
+            patterns=[Pattern(name, pattern, score) for name, pattern, score in _SECRETS],
+            global_regex_flags=_CASE_SENSITIVE,
+        ),
+    ]
+    if extra_patterns:
+        patterns = []
+        for i, pattern in enumerate(extra_patterns):
+            try:
+                regex.compile(pattern, flags=_CASE_SENSITIVE)
+            except regex.error as exc:
+                raise PiiSetupError(
+                    f"snapshot.extra_pii_patterns[{i}] {pattern!r} is not a regex: {exc}"
+                ) from exc
+            patterns.append(Pattern(f"extra_{i}", pattern, 1.0))
+        recognizers.append(
+            PatternRecognizer(
+                supported_entity="CONFIGURED_PII",
+                name="ConfiguredPatternRecognizer",
+                patterns=patterns,
+                global_regex_flags=_CASE_SENSITIVE,
+            )
+        )
+    gated = [_Gated(r.supported_entities, _pattern_gate(r)) for r in recognizers]
+    phone = predefined.PhoneRecognizer(supported_regions=phone_regions, leniency=1)
+    recognizers.append(phone)
+    gated.append(_Gated(phone.supported_entities, _PHONE_GATE.search))
+    if ner_model is not None:
+        ner = predefined.SpacyRecognizer(supported_language=LANGUAGE, supported_entities=["PERSON"])
+        recognizers.append(ner)
+        gated.append(_Gated(["PERSON"], _ALWAYS))
+
+    registry = RecognizerRegistry(supported_languages=[LANGUAGE])
+    for recognizer in recognizers:
+        registry.add_recognizer(recognizer)
+    analyzer = AnalyzerEngine(registry=registry, nlp_engine=engine, supported_languages=[LANGUAGE])
+    return analyzer, gated
+
+
+_shared: dict[tuple[Any, ...], Scrubber] = {}
+_shared_lock = threading.Lock()
+
+
+def scrubber_for(settings: SnapshotSettings) -> Scrubber:
+    """The process's scrubber for these settings, built on first use (Presidio and spaCy load in a
+    few seconds), then shared so that its cache serves every snapshot and export."""
+    key = (settings.extra_pii_patterns, settings.pii_ner_model, settings.pii_phone_regions)
+    with _shared_lock:
+        if key not in _shared:
+            _shared[key] = Scrubber(extra_patterns=key[0], ner_model=key[1], phone_regions=key[2])
+        return _shared[key]
+
+
+@contextmanager
+def _without(*modules: str) -> Iterator[None]:
+    """Make `import m` fail for each module not already imported, for the duration of the block.
+
+    Presidio and spaCy import torch and transformers whenever they are installed (the `train`
+    extra installs them), for engines Ratchet does not use: measured here, that took a pattern-only
+    scrubber from ~120 MB and ~10 s to ~560 MB and ~50 s on a loaded 2-core machine."""
+    blocked = [m for m in modules if m not in sys.modules]
+    for m in blocked:
+        sys.modules[m] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        for m in blocked:
+            if sys.modules.get(m) is None:
+                del sys.modules[m]

@@ -212,7 +212,7 @@ def _split(cur: duckdb.DuckDBPyConnection, kept: int, holdout_fraction: float) -
         (held_rows,) = cur.execute(
             f"SELECT count(*) FROM snap_kept WHERE prompt_key IN ({held_prompts})", {"n_holdout": n_holdout}
         ).fetchone()
-        if kept - held_rows > first - dropped:
+        if held_rows and kept - held_rows > first - dropped:  # one prompt alone cannot be held out
             cur.execute(f"CREATE OR REPLACE TEMP TABLE snap_held AS {held_prompts}", {"n_holdout": n_holdout})
             _keep(cur, "prompt_key IN (SELECT prompt_key FROM snap_held)", "TRUE", {})
             return "prompt_groups", 0

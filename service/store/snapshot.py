@@ -30,7 +30,6 @@ import math
 import os
 import shutil
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -57,7 +56,7 @@ from formats.snapshot import (
 )
 from service.config import SnapshotSettings
 from service.pii import Scrubber, scrubber_for
-from service.store.db import Database
+from service.store.db import Database, rowid_ranges
 
 # Step 1, narrow: the keys of every signal-carrying (log, feedback) pair, with what dedup, the
 # cap and the split need. `dup_rank` 1 is the newest of identical examples.
@@ -238,21 +237,6 @@ def _keep(cur: duckdb.DuckDBPyConnection, holdout: str, keep: str, params: dict[
     )
 
 
-def _ranges(cur: duckdb.DuckDBPyConnection, batch_rows: int) -> Iterator[tuple[int, int]]:
-    """Ranges [lo, hi) of log row ids holding about `batch_rows` chosen rows each (a log's
-    feedback rows are never split between two ranges)."""
-    starts = [
-        row[0]
-        for row in cur.execute(
-            "SELECT DISTINCT min(log_rowid) FROM (SELECT log_rowid,"
-            " (row_number() OVER (ORDER BY log_rowid, feedback_user) - 1) // $batch AS chunk FROM snap_split)"
-            " GROUP BY chunk ORDER BY 1",
-            {"batch": batch_rows},
-        ).fetchall()
-    ]
-    yield from zip(starts, [*starts[1:], 2**62], strict=True)
-
-
 @dataclass
 class _Files:
     """The two Parquet writers of a snapshot and what went into them."""
@@ -294,7 +278,7 @@ def _write(
     files = _Files(directory)
     quarantined: Counter[str] = Counter(stats.quarantined)
     try:
-        for lo, hi in _ranges(cur, batch_rows):
+        for lo, hi in rowid_ranges(cur, "snap_split", batch_rows):
             batch: dict[str, list[SnapshotRow]] = {name: [] for name in FILES}
             for record in cur.execute(_READ, {"lo": lo, "hi": hi}).fetchall():
                 made = _example(record, scrubber)

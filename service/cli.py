@@ -107,8 +107,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Export a project's logs with feedback as JSONL (import format) or Parquet, optionally with
-    PII redacted (`--scrub`).
+    """Export a project's logs with feedback as JSONL (import format) or Parquet; `--scrub` redacts PII.
 
     Example: `ratchet export --project support-bot --format parquet --since 2026-11-01 -o nov.parquet`
     """

@@ -83,6 +83,10 @@ _SECRETS = [
     ("prefixed_key", r"\b(?:api|key|token|secret|pk|rk|sk)[_\-][A-Za-z0-9_\-]{16,}", 0.6),
     ("long_hex", r"\b[A-Fa-f0-9]{32,}\b", 0.6),
 ]
+# North American numbers in their usual written shapes, whether or not the area code exists
+# (libphonenumber only takes valid ones, and apps are full of 555 numbers): 3-3-4 digits with
+# separators, so dates (4-2-2) and bare digit runs do not match.
+_NANP = r"(?<![\w+])(?:\+?1[\s.\-]?)?(?:\(\d{3}\)\s?|\d{3}[\s.\-])\d{3}[\s.\-]\d{4}(?!\w)"
 # libphonenumber finds nothing with fewer digits than this close together.
 _PHONE_GATE = regex.compile(r"\d(?:[\s\-./()]{0,3}\d){5}")
 _ALWAYS: Callable[[str], Any] = lambda text: True  # noqa: E731
@@ -195,12 +199,21 @@ class Scrubber:
                 return text if cached is None else cached
             self.stats["analyzed"] += 1
             found = self._analyzer.analyze(text, language=LANGUAGE, entities=entities)
-            spans = sorted((r.start, r.end) for r in found if r.score >= _MIN_SCORE.get(r.entity_type, 0.5))
+            spans = [
+                _trimmed(text, r.start, r.end) for r in found if r.score >= _MIN_SCORE.get(r.entity_type, 0.5)
+            ]
             scrubbed = _redact(text, spans)
             self._cache[key] = None if scrubbed == text else scrubbed
             if len(self._cache) > self._cache_entries:
                 self._cache.popitem(last=False)
             return scrubbed
+
+
+def _trimmed(text: str, start: int, end: int) -> tuple[int, int]:
+    """A span without the unmatched opening bracket libphonenumber includes in `(+44 20 ...)`."""
+    if text[start] == "(" and ")" not in text[start:end]:
+        start += 1
+    return start, end
 
 
 def _redact(text: str, spans: list[tuple[int, int]]) -> str:
@@ -263,6 +276,11 @@ def _build_analyzer(
         predefined.IbanRecognizer(),
         predefined.IpRecognizer(),
         *(getattr(predefined, name)(supported_language=LANGUAGE) for name in _NATIONAL_IDS),
+        PatternRecognizer(
+            supported_entity="PHONE_NUMBER",
+            name="NorthAmericanPhoneRecognizer",
+            patterns=[Pattern("nanp_written", _NANP, 0.4)],
+        ),
         PatternRecognizer(
             supported_entity="SECRET",
             name="RatchetSecretRecognizer",

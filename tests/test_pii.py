@@ -65,7 +65,9 @@ def test_json_in_a_string_is_scrubbed_value_by_value_and_stays_json(scrubber: Sc
 
 def test_messages_tool_arguments_and_results_are_scrubbed(scrubber: Scrubber) -> None:
     call = ToolCall(id="c", function=FunctionCall(name="mail", arguments='{"to": "jane.doe@example.com"}'))
-    dict_call = ToolCall(id="d", function=FunctionCall(name="mail", arguments={"to": ["jane.doe@example.com"]}))
+    dict_call = ToolCall(
+        id="d", function=FunctionCall(name="mail", arguments={"to": ["jane.doe@example.com"]})
+    )
     messages = [
         Message(role="user", content="I am jane.doe@example.com"),
         Message(role="assistant", content=None, tool_calls=[call, dict_call]),

@@ -5,7 +5,7 @@ system prompts of ~1.2 KB on every request, 1-3 user turns of varied text with a
 number, ~3% carrying an e-mail or phone number, 40 end users, ~60% rated, ~5% corrected), then
 runs, each in its own process so that peak RSS is its own: the snapshot without scrubbing, the
 snapshot with scrubbing, and a streamed JSONL export. Prints the time per 10k rows and the
-process's peak RSS beside its RSS before the operation (imports and an open database).
+process's peak RSS (VmHWM) beside its RSS before the operation (imports, an open database).
 
     .venv/bin/python bench/snapshot.py [--rated 100000] [--keep DIR]
 """
@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import shutil
 import subprocess
 import sys
@@ -91,6 +90,15 @@ def fill(db_path: Path, rated: int, seed: int = 7) -> tuple[int, int]:
     return logs, feedback
 
 
+def _rss_mb(field: str) -> int:
+    """VmRSS or VmHWM (peak) of this process in MB. Not ru_maxrss: Linux carries that over exec,
+    so a child started by a big parent would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) // 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
 def measure(db_path: Path, what: str) -> dict[str, object]:
     """Run one operation in this (fresh) process; return its time and memory."""
     from service.config import SnapshotSettings
@@ -103,7 +111,7 @@ def measure(db_path: Path, what: str) -> dict[str, object]:
     settings = SnapshotSettings(scrub_pii=what == "snapshot+scrub")
     if settings.scrub_pii:
         scrubber_for(settings)  # Presidio's import and set-up, outside the timing
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _rss_mb("VmRSS")
     out = db_path.parent / "out"
     shutil.rmtree(out, ignore_errors=True)
     started = time.perf_counter()
@@ -117,10 +125,10 @@ def measure(db_path: Path, what: str) -> dict[str, object]:
         if settings.scrub_pii:
             extra["scrubber"] = scrubber_for(settings).stats
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _rss_mb("VmHWM")
     db.close()
-    return {"what": what, "rows": rows, "seconds": round(seconds, 2), "rss_before_mb": before // 1024,
-            "rss_peak_mb": peak // 1024, **extra}  # fmt: skip
+    return {"what": what, "rows": rows, "seconds": round(seconds, 2), "rss_before_mb": before,
+            "rss_peak_mb": peak, **extra}  # fmt: skip
 
 
 def main() -> None:

@@ -269,20 +269,25 @@ def test_answers_that_must_not_be_positive_carry_their_problem(
 ) -> None:
     """Failures 5 and 7: an empty answer, one cut by length, an interrupted stream and a stream that
     ended in an error event are kept (they can be rejected examples) but say why they are no target."""
-    ask = {"messages": [{"role": "user", "content": "tell me"}]}
+    asked = iter(range(100))
+
+    def ask() -> dict[str, Any]:  # a prompt of its own each: none is dropped for sharing the holdout's
+        return {"messages": [{"role": "user", "content": f"tell me {next(asked)}"}]}
 
     def answer(content: str, finish: str = "stop", **extra: Any) -> dict[str, Any]:
         choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}
         return {"choices": [choice], **extra}
 
     logs = {
-        "empty": feed.add_log(pair(ask, answer("")), user="a"),
-        "length": feed.add_log(pair(ask, answer("It was a dark and", "length")), user="b"),
-        "interrupted": feed.add_log(pair(ask, answer("Once upon"), metadata={"interrupted": True}), user="c"),
-        "upstream_error": feed.add_log(
-            pair(ask, answer("Hal", None, error={"message": "engine died"})), user="d"
+        "empty": feed.add_log(pair(ask(), answer("")), user="a"),
+        "length": feed.add_log(pair(ask(), answer("It was a dark and", "length")), user="b"),
+        "interrupted": feed.add_log(
+            pair(ask(), answer("Once upon"), metadata={"interrupted": True}), user="c"
         ),
-        None: feed.add_log(pair(ask, answer("A fine answer.")), user="e"),
+        "upstream_error": feed.add_log(
+            pair(ask(), answer("Hal", None, error={"message": "engine died"})), user="d"
+        ),
+        None: feed.add_log(pair(ask(), answer("A fine answer.")), user="e"),
     }
     snapshot(db, feed, tmp_path / "snap")
     found = by_log(tmp_path / "snap")

@@ -98,6 +98,7 @@ SELECT l.rowid AS log_rowid, l.answers IS NULL AS unreadable, f.end_user AS feed
        nullif(coalesce(nullif(f.end_user, ''), l.end_user), '') AS end_user
 FROM logs l LEFT JOIN feedback f ON f.project = l.project AND f.log_id = l.id
 WHERE l.project = $project AND l.created_at >= $since AND l.created_at < $until
+ORDER BY log_rowid  -- stored in row id order, each range below reads only its own part of the table
 """
 _READ = """
 SELECT k.choice, k.rating, k.score, k.correction, k.comment, k.end_user,

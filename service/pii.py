@@ -8,11 +8,12 @@ are) is decoded, its string values scrubbed, and encoded again, so what was vali
 What is looked for, and why these (each a Presidio recogniser unless said otherwise):
 - e-mail addresses, credit cards (Luhn-checked), IBANs (checksum), IP addresses (v4 and v6; the
   weak `::` pattern is below the threshold), phone numbers (Google's libphonenumber in the
-  configured regions, leniency "valid": `555-123-4567` and `+44 20 7946 0958` are numbers,
-  `2026-11-24` and `1000` are not);
+  configured regions, leniency "valid": `+44 20 7946 0958` is a number, `2026-11-24` and `1000`
+  are not; plus Ratchet's pattern for North American numbers as people write them, `555-123-4567`
+  included, which libphonenumber rejects for its unassigned area code);
 - national ids whose format is distinctive: US SSN (formatted) and ITIN, UK NINO, Canadian SIN
-  (formatted), Spanish NIF/NIE, Italian fiscal code, Indian PAN, Singapore NRIC/FIN, Finnish
-  personal identity code, Korean RRN. Digit-only ids whose only test is a checksum (Aadhaar, TFN,
+  (formatted), Spanish NIF/NIE, Italian fiscal code, Singapore NRIC/FIN, Finnish personal
+  identity code, Korean RRN (Indian PAN is left out: its patterns cost ~25 ms per long text). Digit-only ids whose only test is a checksum (Aadhaar, TFN,
   PESEL, NHS, Steuer-ID, personnummer) are left out: their checksums pass on about one random
   number in ten, so order and tracking numbers would be redacted (measured); add a pattern with
   context to `snapshot.extra_pii_patterns` if your traffic has them;
@@ -24,11 +25,14 @@ What is looked for, and why these (each a Presidio recogniser unless said otherw
   with Ratchet (the official spaCy models are not on PyPI); install one and name it.
 Presidio's URL and date recognisers are not used (they fire on `jane.do` and on every date).
 
-Cost: a Presidio call is slow (about 1 ms per recogniser, 1.5 ms per phone region, on a short
-text), so each recogniser runs only on text its own patterns could match (a cheap regex check
-first; phone numbers need six digits close together), and results are cached by the text's hash
-(a system prompt repeats on every request). Presidio and spaCy are imported when the first
-scrubber is built, not when Ratchet starts.
+Cost, measured (bench/snapshot.py): a Presidio call costs about 1 ms, and 1.5 ms more per phone
+region, on a short text. So a text reaches Presidio only past three cheaper tests: could any
+recogniser match at all (substring tests and a digit count: most texts stop here), was it seen
+before (a cache by the text's hash: a system prompt repeats on every request), and which
+recognisers' own patterns match (only those run). Pattern recognisers run on Presidio's no-op
+NLP engine (no spaCy pass per text, no lemma-based context boost, which needs lemmas a blank
+pipeline has not got). Presidio is imported when the first scrubber is built, without torch or
+transformers (see `_without`), not when Ratchet starts.
 """
 
 from __future__ import annotations
@@ -440,7 +444,9 @@ def _without(*modules: str) -> Iterator[None]:
 
     Presidio and spaCy import torch and transformers whenever they are installed (the `train`
     extra installs them), for engines Ratchet does not use: measured here, that took a pattern-only
-    scrubber from ~120 MB and ~10 s to ~560 MB and ~50 s on a loaded 2-core machine."""
+    scrubber from ~120 MB and ~10 s to ~560 MB and ~50 s on a loaded 2-core machine.
+    Process-wide while the block runs: nothing in `ratchet serve` imports either (the trainer is
+    its own process), so no other thread there can trip over it."""
     blocked = [m for m in modules if m not in sys.modules]
     for m in blocked:
         sys.modules[m] = None  # type: ignore[assignment]

@@ -107,25 +107,43 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Export a project's logs with feedback as JSONL (import format) or Parquet.
+    """Export a project's logs with feedback as JSONL (import format) or Parquet; `--scrub` redacts PII.
 
     Example: `ratchet export --project support-bot --format parquet --since 2026-11-01 -o nov.parquet`
     """
-    params = {
+    import httpx
+    import pyarrow.parquet as pq
+    from tqdm import tqdm
+
+    params: dict[str, str] = {
         "format": args.format,
         **{k: getattr(args, k).isoformat() for k in ("since", "until") if getattr(args, k)},
     }
+    if args.scrub:
+        params["scrub"] = "true"
     out = Path(args.output or f"{args.project}.{args.format}")
     tmp = out.with_name(f".{out.name}.part")
-    with (
-        _client(args).stream("GET", f"/v1/projects/{args.project}/export", params=params) as response,
-        open(tmp, "wb") as fh,
-    ):
-        for chunk in response.iter_bytes():
-            fh.write(chunk)
-        rows = response.headers.get("x-ratchet-rows", "?")
+    lines = 0
+    try:
+        with (
+            _client(args).stream("GET", f"/v1/projects/{args.project}/export", params=params) as response,
+            open(tmp, "wb") as fh,
+            tqdm(unit="B", unit_scale=True, desc=f"export {args.project}") as bar,
+        ):
+            for chunk in response.iter_bytes():
+                fh.write(chunk)
+                lines += chunk.count(b"\n")
+                bar.update(len(chunk))
+            chosen, skipped = (
+                int(response.headers.get(h, "0")) for h in ("x-ratchet-rows", "x-ratchet-skipped")
+            )
+    except httpx.HTTPError as exc:
+        tmp.unlink(missing_ok=True)
+        raise RatchetError(f"the export was cut short ({exc}); nothing was written to {out}") from exc
+    rows = pq.ParquetFile(tmp).metadata.num_rows if args.format == "parquet" else lines
     os.replace(tmp, out)
-    print(f"wrote {rows} rows to {out}")
+    left_out = chosen - rows + skipped
+    print(f"wrote {rows} rows to {out}" + (f" ({left_out} left out: see the server log)" if left_out else ""))
     return 0
 
 
@@ -333,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--since", type=datetime.fromisoformat, help="ISO date/time, inclusive")
     exp.add_argument("--until", type=datetime.fromisoformat, help="ISO date/time, exclusive")
     exp.add_argument("-o", "--output", help="file to write (default PROJECT.FORMAT)")
+    exp.add_argument("--scrub", action="store_true", help="redact PII as snapshots do")
 
     add("stats", cmd_stats).add_argument("--project", required=True)
 

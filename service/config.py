@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
+import regex
 
 from deploy.online_gate import GatePolicy
 
@@ -57,9 +58,45 @@ class SnapshotSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
         _doc("Every end user may supply at least this many examples, whatever the share."),
         msgspec.Meta(ge=1),
     ] = 20
+    scrub_pii: Annotated[
+        bool,
+        _doc(
+            "Replace PII (e-mail, phone, card, IBAN, IP, national ids, key-like secrets) with [REDACTED] "
+            "in every message, tool call, answer and correction of a snapshot."
+        ),
+    ] = True
     extra_pii_patterns: Annotated[
-        tuple[str, ...], _doc("More regular expressions whose matches are replaced by [REDACTED].")
+        tuple[str, ...],
+        _doc("More regular expressions (Python `regex` syntax, case-sensitive) whose matches are redacted."),
     ] = ()
+    pii_ner_model: Annotated[
+        str | None,
+        _doc(
+            "spaCy pipeline (installed package name or directory) whose PERSON entities are redacted "
+            "too; off by default (no model ships with Ratchet). Also used by `export?scrub=true`."
+        ),
+    ] = None
+    pii_phone_regions: Annotated[
+        tuple[str, ...],
+        _doc(
+            "Regions whose national phone formats are recognised (+CC numbers are, whatever the region; "
+            "US covers Canada). Each costs about 1.5 ms per text with six digits close together."
+        ),
+    ] = ("US", "GB", "DE", "FR", "IL", "IN", "BR")
+    batch_rows: Annotated[
+        int,
+        _doc("Rows decoded, scrubbed and written per Parquet row group: bounds a snapshot's memory."),
+        msgspec.Meta(ge=1),
+    ] = 4096
+
+    def __post_init__(self) -> None:
+        for i, pattern in enumerate(self.extra_pii_patterns):
+            try:
+                regex.compile(pattern)
+            except regex.error as exc:
+                raise ValueError(
+                    f"extra_pii_patterns[{i}] {pattern!r} is not a regular expression: {exc}"
+                ) from exc
 
 
 class TrainingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

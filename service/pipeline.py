@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 
 from evals import EvalConfig, GenerationConfig, GoldenConfig, JudgeConfig, RulesConfig, arun
+from formats.snapshot import SnapshotStats
 from service.capture import utcnow
 from service.errors import InvalidInput, RatchetError
 from service.runtime import Runtime
@@ -33,6 +34,36 @@ log = logging.getLogger("ratchet.pipeline")
 
 class RunFailed(RatchetError):
     """A stage could not complete; the run fails with this message."""
+
+
+def too_little_signal(stats: SnapshotStats, needed: int) -> str:
+    """Why a snapshot left too few training rows, with the numbers of every step that removed some."""
+    steps = []
+    if stats.quarantined:
+        reasons = ", ".join(
+            f"{n} {reason}" for reason, n in sorted(stats.quarantined.items(), key=lambda kv: -kv[1])
+        )
+        steps.append(f"{sum(stats.quarantined.values())} quarantined ({reasons})")
+    steps += [
+        f"{n} {what}"
+        for n, what in (
+            (stats.dropped_duplicates, "duplicates"),
+            (stats.dropped_user_cap, f"over the per-user cap of {stats.user_cap}"),
+            (stats.dropped_prompt_in_holdout, "sharing a prompt with the holdout"),
+        )
+        if n
+    ]
+    split = "by time" if stats.split == "time" else "by prompt (whole prompts held out)"
+    if stats.joined_rows == 0:
+        cause = "no rated, scored or corrected logs in the window"
+    elif steps:
+        cause = "removed: " + "; ".join(steps)
+    else:
+        cause = "nothing was removed: the project needs more feedback"
+    return (
+        f"too little signal: {stats.train_rows} training rows, {needed} needed "
+        f"({stats.joined_rows} rows with feedback; {cause}; {stats.holdout_rows} held out, split {split})"
+    )
 
 
 class ProjectEvalConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -141,10 +172,7 @@ class Pipeline:
         )
         self.rt.runs.update(run.id, utcnow(), stats={"snapshot": msgspec.to_builtins(manifest.stats)})
         if manifest.stats.train_rows < self.rt.settings.training.min_train_rows:
-            raise RunFailed(
-                f"too little signal: {manifest.stats.train_rows} training rows after cleaning, "
-                f"{self.rt.settings.training.min_train_rows} needed"
-            )
+            raise RunFailed(too_little_signal(manifest.stats, self.rt.settings.training.min_train_rows))
         return out
 
     async def _train(self, run: RunRecord, run_dir: Path, snapshot: Path) -> str:

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import tempfile
 from datetime import datetime
-from pathlib import Path
 from typing import Literal
 
 from litestar import get, post
-from litestar.background_tasks import BackgroundTask
 from litestar.params import Parameter
-from litestar.response import File
+from litestar.response import Stream
 
 from service import projects
 from service.api.deps import require_admin, scoped_project
 from service.capture import to_utc
 from service.domain import KeyCreated, LogOut, Principal, Project, ProjectCreated, ProjectIn, ProjectStats
+from service.pii import scrubber_for
 from service.runtime import Runtime
-from service.store.export import export_logs
+from service.store.export import MEDIA_TYPES, LogExport
 
 
 @post("/v1/projects", status_code=201, summary="Create a project (admin)")
@@ -64,18 +62,24 @@ def export(
     fmt: Literal["jsonl", "parquet"] = Parameter(query="format", default="jsonl"),
     since: datetime | None = None,
     until: datetime | None = None,
-) -> File:
-    """The project's logs in [since, until) with their feedback: JSONL (the import format) or Parquet."""
+    scrub: bool = False,
+) -> Stream:
+    """The project's logs in [since, until) with their feedback, streamed: JSONL (the import format)
+    or Parquet. `scrub=true` redacts PII as snapshots do. Header `x-ratchet-rows`: the rows chosen
+    (a log the shape module could not read is left out, counted in `x-ratchet-skipped`)."""
     project = scoped_project(principal, runtime, name)
-    out_dir = Path(runtime.settings.data_dir) / "exports"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    dest = Path(tempfile.mkstemp(dir=out_dir, prefix=f"{project}-", suffix=f".{fmt}")[1])
-    rows = export_logs(runtime.db, project, dest, fmt, _naive_utc(since), _naive_utc(until))
-    return File(
-        dest,
-        filename=f"{project}.{fmt}",
-        headers={"x-ratchet-rows": str(rows)},
-        background=BackgroundTask(dest.unlink, missing_ok=True),
+    scrubber = scrubber_for(runtime.settings.snapshot) if scrub else None
+    rows = LogExport(
+        runtime.db, project, fmt, since=_naive_utc(since), until=_naive_utc(until), scrubber=scrubber
+    )
+    return Stream(
+        rows,
+        media_type=MEDIA_TYPES[fmt],
+        headers={
+            "content-disposition": f'attachment; filename="{project}.{fmt}"',
+            "x-ratchet-rows": str(rows.rows),
+            "x-ratchet-skipped": str(rows.skipped),
+        },
     )
 
 

@@ -23,6 +23,24 @@ def sql_string(text: str) -> str:
     return text.replace("'", "''")
 
 
+def rowid_ranges(cur: duckdb.DuckDBPyConnection, table: str, batch_rows: int) -> list[tuple[int, int]]:
+    """Ranges [lo, hi) of `logs` row ids that split `table` (a temporary table of chosen rows with a
+    `log_rowid` column) into batches of about `batch_rows`; a log's rows never straddle two.
+
+    Reading `logs` one range at a time, joined on `rowid`, reads each log's text once, in storage
+    order, with memory bounded by the batch: DuckDB turns a rowid range into a range scan, and a
+    sort of one batch stays small (a single ORDER BY over all rows would hold all their text)."""
+    starts = [
+        row[0]
+        for row in cur.execute(
+            f"SELECT DISTINCT min(log_rowid) FROM (SELECT log_rowid, (row_number() OVER (ORDER BY log_rowid) - 1)"
+            f" // $batch AS chunk FROM {table}) GROUP BY chunk ORDER BY 1",
+            {"batch": batch_rows},
+        ).fetchall()
+    ]
+    return list(zip(starts, [*starts[1:], 2**62], strict=True))
+
+
 def migrations() -> list[tuple[int, str, str]]:
     """The numbered migrations shipped with Ratchet: (version, file name, SQL), in order."""
     found = []

@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 
 from formats.chat import Tool
 from formats.log import Answer, Message
+from formats.logfile import LogLine
 from service.pii import Scrubber
 from service.store.db import Database, rowid_ranges
 
@@ -47,26 +48,6 @@ log = logging.getLogger("ratchet.export")
 
 ExportFormat = Literal["jsonl", "parquet"]
 MEDIA_TYPES: dict[str, str] = {"jsonl": "application/x-ndjson", "parquet": "application/vnd.apache.parquet"}
-
-
-class ExportLine(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """One line of a JSONL export (one row of a Parquet one): see the module docstring."""
-
-    messages: list[Any]
-    tools: list[Tool] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    response_format: dict[str, Any] | None = None
-    finish_reason: str | None = None
-    id: str
-    created_at: datetime
-    """UTC, written with a `Z`."""
-    adapter: str | None = None
-    end_user: str | None = None
-    metadata: dict[str, Any] | None = None
-    rating: int | None = None
-    score: float | None = None
-    correction: str | None = None
-    comment: str | None = None
 
 
 PARQUET_SCHEMA = pa.schema(
@@ -78,6 +59,7 @@ PARQUET_SCHEMA = pa.schema(
         ("tool_choice", pa.string()),
         ("response_format", pa.string()),
         ("finish_reason", pa.string()),
+        ("error", pa.string()),
         ("adapter", pa.string()),
         ("end_user", pa.string()),
         ("metadata", pa.string()),
@@ -103,7 +85,8 @@ ORDER BY log_rowid  -- stored in row id order, each range below reads only its o
 _READ = """
 SELECT k.choice, k.rating, k.score, k.correction, k.comment, k.end_user,
        l.id, l.created_at, l.adapter, l.metadata, l.endpoint, l.messages, l.tools, l.tool_choice,
-       l.response_format, l.answers, CASE WHEN l.quarantine = 'media_prompt' THEN l.request END
+       l.response_format, l.answers, CASE WHEN l.quarantine = 'media_prompt' THEN l.request END,
+       l.response->>'$.error.message'  -- a stream's error event, kept so an import keeps the answer's problem
 FROM export_rows k JOIN logs l ON l.rowid = k.log_rowid
 WHERE NOT k.unreadable AND k.log_rowid >= $lo AND k.log_rowid < $hi AND l.rowid >= $lo AND l.rowid < $hi
 ORDER BY k.log_rowid, k.feedback_user NULLS FIRST
@@ -111,7 +94,7 @@ ORDER BY k.log_rowid, k.feedback_user NULLS FIRST
 
 
 class _RawMessages(msgspec.Struct):
-    messages: list[msgspec.Raw]
+    messages: list[dict[str, Any]]
 
 
 _decode_messages = msgspec.json.Decoder(list[Message]).decode
@@ -120,6 +103,7 @@ _decode_tools = msgspec.json.Decoder(list[Tool]).decode
 _decode_raw_messages = msgspec.json.Decoder(_RawMessages).decode
 _decode_any = msgspec.json.Decoder().decode
 _encode = msgspec.json.encode
+_builtins = msgspec.to_builtins
 
 
 class ExportFailed(RuntimeError):
@@ -209,7 +193,7 @@ class LogExport:
         writer.close()
         yield sink.drain()
 
-    def _lines(self, records: list[tuple[Any, ...]]) -> list[ExportLine]:
+    def _lines(self, records: list[tuple[Any, ...]]) -> list[LogLine]:
         lines = []
         for record in records:
             line = _line(record, self.scrubber)
@@ -220,31 +204,34 @@ class LogExport:
         return lines
 
 
-def _line(record: tuple[Any, ...], scrubber: Scrubber | None) -> ExportLine | None:
+def _line(record: tuple[Any, ...], scrubber: Scrubber | None) -> LogLine | None:
     (choice, rating, score, correction, comment, end_user, log_id, created_at, adapter, metadata, endpoint,
-     messages, tools, tool_choice, response_format, answers, media_request) = record  # fmt: skip
+     messages, tools, tool_choice, response_format, answers, media_request, error) = record  # fmt: skip
     answer = next((a for a in _decode_answers(answers) if a.index == choice), None)
     if answer is None:
         return None
     completion = answer.message
     prompt: list[Any]
     if media_request is not None:
-        prompt = list(_decode_raw_messages(media_request).messages)
+        prompt = _decode_raw_messages(media_request).messages
     elif endpoint == "chat":
         prompt = _decode_messages(messages)
     else:
         prompt = [Message(role="user", content=answer.prompt)]
     if scrubber is not None:
-        prompt = [scrubber.scrub_message(m) if isinstance(m, Message) else m for m in prompt]
+        prompt = [
+            scrubber.scrub_message(m) if isinstance(m, Message) else _scrub_raw(scrubber, m) for m in prompt
+        ]
         completion = scrubber.scrub_message(completion)
         correction = scrubber.scrub(correction) if correction else correction
         comment = scrubber.scrub(comment) if comment else comment
-    return ExportLine(
-        messages=[*prompt, completion],
+    return LogLine(
+        messages=[m if isinstance(m, dict) else _builtins(m) for m in (*prompt, completion)],
         tools=_decode_tools(tools) if tools is not None else None,
         tool_choice=_decode_any(tool_choice) if tool_choice is not None else None,
         response_format=_decode_any(response_format) if response_format is not None else None,
         finish_reason=answer.finish_reason if answer.finish_reason != "stop" else None,
+        error=error if answer.problem == "upstream_error" else None,
         id=log_id,
         created_at=created_at.replace(tzinfo=UTC),  # stored naive UTC; written with its `Z`
         adapter=adapter,
@@ -257,7 +244,22 @@ def _line(record: tuple[Any, ...], scrubber: Scrubber | None) -> ExportLine | No
     )
 
 
-def _table(lines: list[ExportLine]) -> pa.Table:
+def _scrub_raw(scrubber: Scrubber, message: dict[str, Any]) -> dict[str, Any]:
+    """A media prompt's message as sent, with its text scrubbed (media payloads left as they are)."""
+    content = message.get("content")
+    if isinstance(content, str):
+        content = scrubber.scrub(content)
+    elif isinstance(content, list):
+        content = [
+            {**part, "text": scrubber.scrub(part["text"])}
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+            else part
+            for part in content
+        ]
+    return {**message, "content": content}
+
+
+def _table(lines: list[LogLine]) -> pa.Table:
     columns: dict[str, list[Any]] = {name: [] for name in PARQUET_SCHEMA.names}
     for line in lines:
         for name in PARQUET_SCHEMA.names:

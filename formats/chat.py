@@ -55,10 +55,12 @@ class CustomCall(Struct, kw_only=True, omit_defaults=True):
 
 
 class ToolCall(Struct, kw_only=True, omit_defaults=True):
-    """A tool call in an assistant message: `function` for function tools, `custom` for custom ones."""
+    """A tool call in an assistant message: `function` for function tools, `custom` for custom ones.
+    `type` is kept as sent (the API always sends it; None only when a client left it out, which
+    means "function")."""
 
     id: str
-    type: str = "function"
+    type: str | None = None
     function: FunctionCall | None = None
     custom: CustomCall | None = None
 
@@ -83,9 +85,10 @@ class FunctionDefinition(Struct, kw_only=True, omit_defaults=True):
 
 
 class Tool(Struct, kw_only=True, omit_defaults=True):
-    """A tool the model may call: `{"type": "function", "function": {...}}` (or a custom tool)."""
+    """A tool the model may call: `{"type": "function", "function": {...}}` (or a custom tool);
+    `type` as sent (None: left out, which means "function")."""
 
-    type: str = "function"
+    type: str | None = None
     function: FunctionDefinition | None = None
     custom: dict[str, Any] | None = None
 

@@ -49,6 +49,10 @@ def test_tool_conversations_keep_their_calls_results_and_tools() -> None:
     assert (
         n.tools is not None and n.tools[0].function is not None and n.tools[0].function.name == "get_weather"
     )
+    # Stored as sent: the `type` of a call and of a tool survives encoding into the typed columns.
+    stored = msgspec.json.decode(_encode(n.messages[1]))
+    assert stored["tool_calls"][0]["type"] == "function"
+    assert msgspec.json.decode(_encode(n.tools))[0]["type"] == "function"
     tool_answer = _normalized(next(c for c in CORPUS if c.name == "tool-call answer")).answers[0]
     assert tool_answer.message.content is None and tool_answer.message.tool_calls is not None
     assert tool_answer.problem is None and tool_answer.finish_reason == "tool_calls"

@@ -399,28 +399,32 @@ class Gateway:
         event, to the client and in the log."""
         events: list[bytes] = []
         framing = _Events()
-        ended = False
+        ended = False  # the upstream ended the answer: a client leaving after that interrupts nothing
         try:
+            failure = None
             try:
                 async for piece in reply.pieces():
                     out = []
                     for data in framing.feed(piece):
                         events.append(data)
-                        relayed = data if data == b"[DONE]" else call.rewrite.apply(data) or data
+                        relayed = data
+                        if _is_end(data):
+                            ended = True
+                        else:
+                            relayed = call.rewrite.apply(data) or data
                         out.append(b"data: " + relayed + b"\n\n")
                     if out:
                         yield b"".join(out)
-                failure = (
-                    None if events and _is_end(events[-1]) else "the upstream stream ended before [DONE]"
-                )
-                call.failure = failure and "stream_error"
+                if not ended:
+                    failure, call.failure = "the upstream stream ended before [DONE]", "stream_error"
             except (UpstreamTimeout, UpstreamUnavailable) as exc:
-                failure = f"the upstream stream broke: {exc.message}"
-                call.failure = "timeout" if isinstance(exc, UpstreamTimeout) else "stream_error"
+                if not ended:
+                    failure = f"the upstream stream broke: {exc.message}"
+                    call.failure = "timeout" if isinstance(exc, UpstreamTimeout) else "stream_error"
             if failure is not None:
                 events.append(_encode({"error": StreamError(message=failure, type="upstream_error")}))
+                ended = True
                 yield b"data: " + events[-1] + b"\n\n"
-            ended = True
         finally:
             # Runs on normal end, upstream error and client disconnect alike: log first (no await
             # needed), then let go of the upstream connection.
@@ -541,8 +545,9 @@ def _assemble(call: _Call, events: list[bytes], interrupted: bool) -> _Read:
 
 
 def _is_end(data: bytes) -> bool:
-    """`[DONE]`, or an error event (vLLM may end a stream with one and no `[DONE]`)."""
-    return data == b"[DONE]" or data.lstrip().startswith(b'{"error"')
+    """`[DONE]`, or an error event as vLLM writes it (`{"error": {...}}`): after one, a client
+    stops reading (the `openai` client raises), and the answer is as complete as it will be."""
+    return data == b"[DONE]" or data.startswith(b'{"error"')
 
 
 def _choice_count(request: ChatCompletionRequest | CompletionRequest) -> int:
@@ -581,17 +586,23 @@ class _Rewrite:
     and encoded again: correct, only slower.
     """
 
-    __slots__ = ("_id", "_model", "_new_id", "_new_model", "log_id", "project")
+    __slots__ = ("_head", "_id", "_model", "_new_head", "_new_id", "_new_model", "log_id", "project")
 
     def __init__(self, log_id: str, project: str) -> None:
         self.log_id, self.project = log_id, project
         self._new_id = b'"id":' + _encode(log_id)
         self._new_model = b'"model":' + _encode(project)
-        self._id = self._model = b"\0"  # matches nothing: valid JSON never holds a raw NUL
+        self._new_head = b"{" + self._new_id
+        self._id = self._model = self._head = b"\0"  # match nothing: valid JSON never holds a raw NUL
 
     def apply(self, data: bytes, *, add: bool = False) -> bytes | None:
         """`data` with `id` and `model` swapped where it has them (`add`: set where it has not);
         None if it is not a JSON object."""
+        if data.startswith(self._head):  # vLLM's objects start with their id: no search for it
+            at = data.find(self._model, len(self._head))
+            if at >= 0:
+                rest = at + len(self._model)
+                return b"".join((self._new_head, data[len(self._head) : at], self._new_model, data[rest:]))
         if self._id in data and self._model in data:
             return data.replace(self._id, self._new_id, 1).replace(self._model, self._new_model, 1)
         try:
@@ -600,6 +611,7 @@ class _Rewrite:
             return None
         if isinstance(head.id, str) and isinstance(head.model, str):
             self._id, self._model = b'"id":' + _encode(head.id), b'"model":' + _encode(head.model)
+            self._head = b"{" + self._id
             if self._id in data and self._model in data:
                 return data.replace(self._id, self._new_id, 1).replace(self._model, self._new_model, 1)
         elif head.id is None and head.model is None and not add:
@@ -622,6 +634,13 @@ class _Events:
         self._buffer = b""
 
     def feed(self, piece: bytes) -> list[bytes]:
+        if (
+            not self._buffer
+            and piece.startswith(b"data: ")
+            and piece.endswith(b"\n\n")
+            and piece.find(b"\n") == len(piece) - 2
+        ):
+            return [piece[6:-2]]  # one whole one-line event: how vLLM's pieces usually come
         if b"\r" in piece:
             piece = piece.replace(b"\r\n", b"\n")
         buffer = self._buffer + piece if self._buffer else piece

@@ -641,9 +641,9 @@ class _Events:
             and piece.find(b"\n") == len(piece) - 2
         ):
             return [piece[6:-2]]  # one whole one-line event: how vLLM's pieces usually come
-        if b"\r" in piece:
-            piece = piece.replace(b"\r\n", b"\n")
         buffer = self._buffer + piece if self._buffer else piece
+        if b"\r" in buffer:  # a `\r` at the end stays in the buffer until its `\n` comes
+            buffer = buffer.replace(b"\r\n", b"\n")
         end = buffer.rfind(b"\n\n")
         if end < 0:
             self._buffer = buffer

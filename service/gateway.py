@@ -445,7 +445,12 @@ class Gateway:
 
     async def _store(self, call: _Call, read: Callable[[], _Read], seconds: float, interrupted: bool) -> None:
         try:
-            row = self._row(call, read(), seconds, interrupted)
+            answer = read()
+        except Exception:  # a bug in reading must not cost the log: the app holds its id
+            log.exception("gateway log %s: the answer could not be assembled", call.log_id)
+            answer = _Read(_encode({"id": call.log_id, "model": call.project}), None, "assembly failed")
+        try:
+            row = self._row(call, answer, seconds, interrupted)
         except Exception:
             log.exception("could not build the log of gateway request %s", call.log_id)
             return
@@ -453,16 +458,15 @@ class Gateway:
 
     def _row(self, call: _Call, read: _Read, seconds: float, interrupted: bool) -> LogRow:
         """The log's row, and the metrics its answer feeds (tokens, an error event, unreadable)."""
-        answer, problem = read.answer, read.problem
+        answer, problem, request = read.answer, read.problem, call.request.typed
         normalized: NormalizedLog | None = None
-        if isinstance(answer, ChatCompletion):
-            assert isinstance(call.request.typed, ChatCompletionRequest)
-            with contextlib.suppress(ShapeError):
-                normalized = normalize_chat(call.request.typed, answer, interrupted=interrupted)
-        elif isinstance(answer, Completion):
-            assert isinstance(call.request.typed, CompletionRequest)
-            with contextlib.suppress(ShapeError):
-                normalized = normalize_completion(call.request.typed, answer, interrupted=interrupted)
+        try:
+            if isinstance(answer, ChatCompletion) and isinstance(request, ChatCompletionRequest):
+                normalized = normalize_chat(request, answer, interrupted=interrupted)
+            elif isinstance(answer, Completion) and isinstance(request, CompletionRequest):
+                normalized = normalize_completion(request, answer, interrupted=interrupted)
+        except ShapeError as exc:
+            problem = f"{exc.field}: {exc.message}"
         if normalized is None:
             self.metrics.gateway_logs_unreadable.labels(call.project).inc()
             log.error(

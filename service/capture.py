@@ -112,6 +112,12 @@ class Capture:
             rows.append(row)
         return await self._write("logs", "log", rows, results)
 
+    async def write_log_rows(self, rows: Sequence[LogRow]) -> CaptureResult:
+        """Durably store rows already built from parsed bodies (the gateway's): no validation, no
+        re-encoding. Duplicates of an existing id are no-ops; raises `WriterSaturated`."""
+        results = [ItemResult(i, "accepted", row.id) for i, row in enumerate(rows)]
+        return await self._write("logs", "log", list(rows), results)
+
     @staticmethod
     def log_row(project: str, item: LogIn, log_id: str, now: datetime, source: str) -> LogRow:
         """The row for a log posted to the API; raises `ShapeError` if its bodies are not an

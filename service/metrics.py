@@ -87,8 +87,14 @@ class Metrics:
         )
         self.gateway_upstream_errors = Counter(
             "ratchet_gateway_upstream_errors_total",
-            "Gateway requests that vLLM failed or refused, by project, adapter and reason (unreachable, timeout, status, rejected, adapter_missing, not_servable).",
+            "Gateway requests that vLLM failed or refused, by project, adapter and reason (unreachable, timeout, status, rejected, adapter_missing, not_servable, stream_error: a stream ended by an error event, broken or cut before [DONE]).",
             ["project", "adapter", "reason"],
+            registry=r,
+        )
+        self.gateway_logs_unreadable = Counter(
+            "ratchet_gateway_logs_unreadable_total",
+            "Gateway answers the shape module could not read, by project: stored all the same, quarantined (shape_error), never trained on.",
+            ["project"],
             registry=r,
         )
         self.gateway_tokens = Counter(
@@ -186,3 +192,4 @@ class Metrics:
         for stage in RUN_STAGES:
             self.run_stage_seconds.labels(project, stage)
         self.canary_fraction.labels(project)
+        self.gateway_logs_unreadable.labels(project)

@@ -227,6 +227,9 @@ def _metrics(trainer, result) -> dict:
         "train_runtime_s": result.metrics.get("train_runtime"),
         "train_samples_per_second": result.metrics.get("train_samples_per_second"),
         "epochs": result.metrics.get("epoch"),
+        # What TRL kept after its own preprocessing: equal to the examples counted in the manifest
+        # (fitting left nothing for TRL to drop or truncate).
+        "examples_trained": len(trainer.train_dataset),
         "last_log": {k: v for k, v in last.items() if isinstance(v, int | float)},
     }
 

@@ -15,20 +15,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import msgspec
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from formats.snapshot import (
-    SnapshotFormatError,
-    SnapshotManifest,
-    SnapshotRow,
-    read_manifest,
-    row_from_record,
-)
+from formats.snapshot import SnapshotFormatError, SnapshotManifest, SnapshotRow, iter_rows, read_manifest
 from trainer.errors import SnapshotError
 
-REQUIRED_COLUMNS = ("log_id", "prompt", "completion", "created_at")
 log = logging.getLogger(__name__)
 
 
@@ -63,25 +52,18 @@ def read_snapshot(directory: str | Path, *, batch_rows: int = 4096) -> Snapshot:
     except SnapshotFormatError as exc:
         raise SnapshotError(str(exc)) from exc
     path = directory / "train.parquet"
-    try:
-        parquet = pq.ParquetFile(path)
-    except (OSError, pa.ArrowException) as exc:
-        raise SnapshotError(f"{path} is not a readable Parquet file: {exc}") from exc
-    missing = [c for c in REQUIRED_COLUMNS if c not in parquet.schema_arrow.names]
-    if missing:
-        raise SnapshotError(f"{path} lacks column(s) {', '.join(missing)}")
-    rows: list[SnapshotRow] = []
     unreadable = 0
-    for batch in parquet.iter_batches(batch_size=batch_rows):
-        for record in batch.to_pylist():
-            try:
-                rows.append(row_from_record(record))
-            except (msgspec.MsgspecError, KeyError, TypeError, ValueError) as exc:
-                unreadable += 1
-                if unreadable <= 5:
-                    log.warning(
-                        "%s: log %s left out, it does not decode: %s", path, record.get("log_id"), exc
-                    )
+
+    def left_out(log_id: str | None, exc: Exception) -> None:
+        nonlocal unreadable
+        unreadable += 1
+        if unreadable <= 5:
+            log.warning("%s: log %s left out, it does not decode: %s", path, log_id, exc)
+
+    try:
+        rows = list(iter_rows(path, batch_rows, on_error=left_out))
+    except SnapshotFormatError as exc:
+        raise SnapshotError(str(exc)) from exc
     return Snapshot(
         path=directory, sha256=manifest.sha256, manifest=manifest, train=rows, unreadable=unreadable
     )

@@ -1,9 +1,11 @@
 """One training run, from SPEC.json to an adapter directory that appears all at once.
 
 Order of work: check every input (spec, base model, parent, snapshot, enough signal) before the
-heavy libraries are imported, so a bad run fails in about a second; then train in a hidden
-sibling `.<name>.partial-<run_id>` of the output directory, write `manifest.json`, fsync and
-`os.replace` it into place. A failed run removes its partial directory: no half-written adapter
+heavy libraries are imported, so a bad run fails in about a second; then render and fit the
+examples with the base model's tokenizer (`trainer.tokens`: what cannot train is dropped and
+counted, and a run left with no answer tokens fails saying so) and choose the method on what
+remains; then train in a hidden sibling `.<name>.partial-<run_id>` of the output directory, write
+`manifest.json`, fsync and `os.replace` it into place. A failed run removes its partial directory: no half-written adapter
 ever sits where the service looks for one.
 
 Multi-GPU: every process runs this same function under `accelerate launch`; only the main one

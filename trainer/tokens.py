@@ -16,8 +16,10 @@ at most the model's context):
    so a tool call never loses its result), the system/developer messages at its start kept; if
    even the last turn does not fit beside them, the system messages go too ("where possible").
    Counted in `prompts_truncated` / `system_dropped`.
-3. An example whose answer still does not fit is dropped: `too_long`. One the template refuses
-   is dropped: `template_error` (a completions prompt is never cut: no turns to cut at).
+3. An example whose answer still does not fit is dropped: `too_long`. One the template (or vLLM's
+   preparation, `formats.rendering.RenderError`) refuses is dropped: `template_error`; a chat
+   example for a tokenizer without a chat template: `no_chat_template`. A completions prompt is
+   never cut (no turns to cut at).
 
 Nothing here raises for one example: each is kept or dropped with its reason.
 """
@@ -172,6 +174,8 @@ class Renderer:
 
     def _fit_chat(self, example: Example, limit: int) -> tuple[Example, str | None] | str:
         assert isinstance(example.prompt, list)
+        if self.tokenizer.chat_template is None:
+            return "no_chat_template"
         if example.uses_tool_calls and not self.renders_tools:
             return "tool_calls_not_rendered"
         measured = self._measure_chat(example.prompt, example)

@@ -13,7 +13,7 @@ carries `schema_version`: a reader refuses any other version (`SnapshotFormatErr
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -166,9 +166,16 @@ def row_from_record(record: dict[str, Any]) -> SnapshotRow:
     )
 
 
-def iter_rows(path: Path, batch_rows: int = 4096) -> Iterator[SnapshotRow]:
+def iter_rows(
+    path: Path,
+    batch_rows: int = 4096,
+    *,
+    on_error: Callable[[str | None, Exception], None] | None = None,
+) -> Iterator[SnapshotRow]:
     """Stream a snapshot Parquet file's rows (bounded memory). Raises `SnapshotFormatError` for a
-    file that is unreadable, lacks a column, or holds a row the Structs reject."""
+    file that is unreadable or lacks a column. A row the Structs reject raises too, unless
+    `on_error` is given: then it is called with the row's log id and the error, and reading goes
+    on (one bad row must not cost the others)."""
     try:
         parquet = pq.ParquetFile(path)
     except (OSError, pa.ArrowException) as exc:
@@ -182,8 +189,10 @@ def iter_rows(path: Path, batch_rows: int = 4096) -> Iterator[SnapshotRow]:
         for record in batch.to_pylist():
             try:
                 yield row_from_record(record)
-            except (msgspec.MsgspecError, KeyError, TypeError) as exc:
-                raise SnapshotFormatError(f"{path} log {record.get('log_id')}: {exc}") from exc
+            except (msgspec.MsgspecError, KeyError, TypeError, ValueError) as exc:
+                if on_error is None:
+                    raise SnapshotFormatError(f"{path} log {record.get('log_id')}: {exc}") from exc
+                on_error(record.get("log_id"), exc)
 
 
 def file_sha256(path: Path) -> str:

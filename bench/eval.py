@@ -151,7 +151,7 @@ def tiny_vllm(cache: Path):
     env.pop("VLLM_CPU_KVCACHE_SPACE", None)
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model)]
     cmd += ["--served-model-name", "tiny", "--enable-lora", "--max-lora-rank", "8", "--max-loras", "2"]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--max-model-len", "256", "--dtype", "float32"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--max-model-len", "512", "--dtype", "float32"]
     cmd += ["--enforce-eager", "--kv-cache-memory-bytes", str(64 * 2**20)]
     log = open(cache / "vllm.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)

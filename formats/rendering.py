@@ -61,7 +61,7 @@ def _arguments(arguments: str | dict[str, Any]) -> dict[str, Any]:
 
 
 def _template_tool_call(call: ToolCall) -> dict[str, Any]:
-    if call.type != "function" or call.function is None:
+    if (call.type or "function") != "function" or call.function is None:
         raise RenderError(f"tool call {call.id!r} is of type {call.type!r}; only function calls render")
     return {
         "id": call.id,
@@ -107,7 +107,7 @@ def template_tools(tools: Sequence[Tool] | None) -> list[dict[str, Any]] | None:
         return None
     out = []
     for tool in tools:
-        if tool.type != "function" or tool.function is None:
+        if (tool.type or "function") != "function" or tool.function is None:
             raise RenderError(f"a tool of type {tool.type!r}; only function tools render")
         f = tool.function
         function: dict[str, Any] = {"name": f.name, "description": f.description, "parameters": f.parameters}
@@ -130,7 +130,7 @@ def openai_message(message: Message) -> dict[str, Any]:
 
 
 def _openai_tool_call(call: ToolCall) -> dict[str, Any]:
-    out: dict[str, Any] = {"id": call.id, "type": call.type}
+    out: dict[str, Any] = {"id": call.id, "type": call.type or "function"}
     if call.function is not None:
         arguments = call.function.arguments
         if not isinstance(arguments, str):
@@ -147,7 +147,7 @@ def openai_tools(tools: Sequence[Tool] | None) -> list[dict[str, Any]] | None:
         return None
     out = []
     for tool in tools:
-        entry: dict[str, Any] = {"type": tool.type}
+        entry: dict[str, Any] = {"type": tool.type or "function"}
         if tool.function is not None:
             function = {"name": tool.function.name}
             for key in ("description", "parameters", "strict"):

@@ -140,6 +140,14 @@ class TrainingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     reconcile_seconds: Annotated[
         float, _doc("How often vLLM replicas are checked for lost or drifted adapters."), msgspec.Meta(gt=0)
     ] = 60.0
+    max_length: Annotated[
+        int,
+        _doc(
+            "Longest prompt + answer trained on, in tokens (also capped by the base model's context and "
+            "vllm.max_model_len); longer prompts lose their oldest turns first."
+        ),
+        msgspec.Meta(ge=8),
+    ] = 2048
     keep_runs: Annotated[
         int, _doc("Run directories kept per project; older ones are pruned."), msgspec.Meta(ge=1)
     ] = 20
@@ -168,6 +176,10 @@ class VllmSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
         msgspec.Meta(ge=1),
     ] = 4
     max_lora_rank: Annotated[int, _doc("vLLM's --max-lora-rank."), msgspec.Meta(ge=1)] = 16
+    max_model_len: Annotated[
+        Annotated[int, msgspec.Meta(ge=8)] | None,
+        _doc("vLLM's --max-model-len, if set: training never fits examples longer than serving takes."),
+    ] = None
     timeout_seconds: Annotated[
         float, _doc("Longest wait for a vLLM answer (504 after)."), msgspec.Meta(gt=0)
     ] = 60.0

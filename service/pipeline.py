@@ -192,6 +192,8 @@ class Pipeline:
                 "parent_adapter": parent.path if parent and parent.version > 0 else None,
                 "parent_version": champion, "min_examples": settings.training.min_train_rows,
                 "lora": {"r": min(8, settings.vllm.max_lora_rank)},
+                "optim": {"max_length": min(settings.training.max_length,
+                                            settings.vllm.max_model_len or settings.training.max_length)},
             },
             settings.training.spec_overrides,
         )  # fmt: skip

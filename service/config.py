@@ -11,7 +11,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -84,7 +84,10 @@ class TrainingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     cron: Annotated[
         str | None, _doc('Also start a run on this crontab schedule (e.g. "0 3 * * *"), signal or not.')
     ] = None
-    method: Annotated[str, _doc("sft, dpo, kto or auto (picked from the signal in the snapshot).")] = "auto"
+    method: Annotated[
+        Literal["auto", "sft", "dpo", "kto"],
+        _doc("sft, dpo, kto or auto (picked from the signal in the snapshot)."),
+    ] = "auto"
     continue_from_champion: Annotated[
         bool, _doc("Train on top of the serving adapter instead of from the base model.")
     ] = False
@@ -155,6 +158,13 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     auth_disabled: Annotated[
         bool, _doc("Serve without API keys (everyone is admin). Refused unless host is loopback.")
     ] = False
+    metrics_require_key: Annotated[
+        bool,
+        _doc(
+            "GET /metrics needs an all-projects key with the read scope (it names every project). "
+            "Off: open, for a Prometheus on localhost."
+        ),
+    ] = False
     max_body_bytes: Annotated[
         int, _doc("Largest request body accepted (413 above)."), msgspec.Meta(ge=1024)
     ] = 1024 * 1024
@@ -169,6 +179,16 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     ] = 0.2
     online_gate: GatePolicy = GatePolicy()
     training: TrainingSettings = TrainingSettings()
+    retention_days: Annotated[
+        Annotated[int, msgspec.Meta(ge=1)] | None,
+        _doc(
+            "Delete logs and feedback received more than this many days ago, and snapshots cut that long "
+            "ago (hourly job; per project in its settings). Unset: keep everything."
+        ),
+    ] = None
+    key_use_flush_seconds: Annotated[
+        float, _doc("How often the last-use time of API keys is written to the database."), msgspec.Meta(gt=0)
+    ] = 60.0
     scheduler_enabled: Annotated[
         bool, _doc("Run the background jobs (signal check, canary monitor, reconcile).")
     ] = True

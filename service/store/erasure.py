@@ -1,0 +1,316 @@
+"""Deleting data: one log, one end user, a whole project, or what is older than a retention period.
+
+Each deletion is one transaction: the rows, the marks on adapters trained on the data, the
+eval reports that quote it, the audit event, and the list of files to delete (snapshots that
+hold the data, adapter directories) in `pending_deletions`. The caller deletes those files after
+the commit and clears the list; a start-up after `kill -9` finishes whatever is left. So a
+deletion is all or nothing: before the commit nothing changed, after it everything goes.
+
+Which snapshots hold the data is read from the snapshot files themselves (their `log_id` and
+`end_user` columns), so a snapshot that a row was copied into is found whatever the row's state
+today. The erased person's id is never written anywhere: events and adapter marks carry counts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import msgspec
+
+from service.errors import NotFound, StoreUnavailable
+from service.store.db import Database
+from service.store.serving import Event, Serving
+
+# A concurrent write to the same rows (a feedback upsert of the person being erased) aborts one
+# of the two transactions; the erasure simply tries again.
+_ATTEMPTS = 5
+SNAPSHOT_DIR = "snapshot"
+REPORT_FILE = "eval_report.md"
+
+
+@dataclass
+class Erased:
+    """What one deletion removed (see `service.domain.ErasureOut`)."""
+
+    logs: int = 0
+    feedback: int = 0
+    snapshot_runs: list[str] = field(default_factory=list)
+    eval_reports: int = 0
+    adapters: list[str] = field(default_factory=list)
+    possible_adapters: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Selection:
+    """The rows one deletion removes, as SQL over a project (`$project` and named params)."""
+
+    logs: str  # WHERE clause on logs
+    feedback: str  # WHERE clause on feedback
+    snapshot_rows: str  # WHERE clause on a snapshot file's rows
+    params: dict[str, Any]
+
+
+class Erasures:
+    """Deletes logs, end users, projects and expired data; lists and clears pending file deletions."""
+
+    def __init__(self, db: Database, runs_dir: Path) -> None:
+        self._db = db
+        self._runs_dir = runs_dir
+
+    # --- the deletions
+
+    def erase_log(self, project: str, log_id: str, now: datetime, by: str) -> Erased:
+        """Delete one log, all feedback on it, and every snapshot that holds it. `NotFound` if the
+        project has neither a log nor feedback with that id."""
+        selection = _Selection(
+            logs="project = $project AND id = $log_id",
+            feedback="project = $project AND log_id = $log_id",
+            snapshot_rows="log_id = $log_id",
+            params={"project": project, "log_id": log_id},
+        )
+        erased = self._erase(project, selection, now, "log_deleted", {"log_id": log_id, "by": by})
+        if not (erased.logs or erased.feedback or erased.snapshot_runs):
+            raise NotFound(f"no log {log_id!r} in project {project!r}")
+        return erased
+
+    def erase_end_user(self, project: str, end_user: str, now: datetime, by: str) -> Erased:
+        """Delete every log of `end_user`, all feedback on those logs, all feedback they gave, and
+        every snapshot that holds any of it. Erasing someone with no data is not an error."""
+        user_logs = "SELECT id FROM logs WHERE project = $project AND end_user = $end_user"
+        selection = _Selection(
+            logs="project = $project AND end_user = $end_user",
+            feedback=f"project = $project AND (end_user = $end_user OR log_id IN ({user_logs}))",
+            snapshot_rows=f"end_user = $end_user OR log_id IN ({user_logs})",
+            params={"project": project, "end_user": end_user},
+        )
+        return self._erase(project, selection, now, "end_user_erased", {"by": by})
+
+    def expire(self, project: str, cutoff: datetime, now: datetime) -> Erased:
+        """Retention: delete the project's logs and feedback received before `cutoff` (feedback on
+        such a log too), and the snapshots and eval reports of runs started before it. Adapters
+        stay unmarked: a model is not the data it learnt from. No event when nothing expired."""
+        old_logs = "SELECT id FROM logs WHERE project = $project AND received_at < $cutoff"
+        params = {"project": project, "cutoff": cutoff}
+        for attempt in range(_ATTEMPTS):
+            try:
+                with self._db.transaction() as cur:
+                    erased = Erased()
+                    (erased.feedback,) = cur.execute(
+                        "DELETE FROM feedback WHERE project = $project AND (received_at < $cutoff"
+                        f" OR log_id IN ({old_logs}))",
+                        params,
+                    ).fetchone()
+                    (erased.logs,) = cur.execute(
+                        "DELETE FROM logs WHERE project = $project AND received_at < $cutoff", params
+                    ).fetchone()
+                    old_runs = [
+                        r for (r,) in cur.execute(
+                            "SELECT id FROM runs WHERE project = $project AND started_at < $cutoff", params
+                        ).fetchall()
+                    ]  # fmt: skip
+                    erased.snapshot_runs = [
+                        r for r in old_runs if (self._runs_dir / r / SNAPSHOT_DIR).exists()
+                    ]
+                    erased.eval_reports = self._delete_reports(cur, old_runs)
+                    erased.files = [
+                        *(str(self._runs_dir / r / SNAPSHOT_DIR) for r in erased.snapshot_runs),
+                        *(str(p) for r in old_runs if (p := self._runs_dir / r / REPORT_FILE).exists()),
+                    ]
+                    if erased.logs or erased.feedback or erased.files or erased.eval_reports:
+                        self._pend(cur, erased.files, "retention", now)
+                        detail = {"cutoff": cutoff.isoformat(), **_counts(erased)}
+                        Serving._insert_event(cur, Event(now, project, None, "retention_applied", detail))
+                    return erased
+            except duckdb.TransactionException:
+                if attempt == _ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def delete_project(self, project: str, now: datetime, paths: Iterable[Path], by: str) -> Erased:
+        """Delete every row of the project in every table, and list its files (`paths`, its runs'
+        directories) for deletion. One `project_deleted` event stays (the audit of the deletion)."""
+        with self._db.transaction() as cur:
+            if cur.execute("SELECT 1 FROM projects WHERE name = ?", [project]).fetchone() is None:
+                raise NotFound(f"project {project!r} does not exist")
+            erased = Erased()
+            runs = [r for (r,) in cur.execute("SELECT id FROM runs WHERE project = ?", [project]).fetchall()]
+            (erased.feedback,) = cur.execute("DELETE FROM feedback WHERE project = ?", [project]).fetchone()
+            (erased.logs,) = cur.execute("DELETE FROM logs WHERE project = ?", [project]).fetchone()
+            erased.eval_reports = self._delete_reports(cur, runs)
+            erased.adapters = [
+                n for (n,) in cur.execute("SELECT served_name FROM adapters WHERE project = ? ORDER BY version",
+                                          [project]).fetchall()
+            ]  # fmt: skip
+            erased.snapshot_runs = [r for r in runs if (self._runs_dir / r / SNAPSHOT_DIR).exists()]
+            for table in ("adapters", "rollouts", "runs", "events", "api_keys"):
+                cur.execute(f"DELETE FROM {table} WHERE project = ?", [project])
+            cur.execute("DELETE FROM projects WHERE name = ?", [project])
+            erased.files = [*(str(p) for p in paths), *(str(self._runs_dir / r) for r in runs)]
+            self._pend(cur, erased.files, "project deleted", now)
+            detail = {"by": by, **_counts(erased), "adapters": erased.adapters}
+            Serving._insert_event(cur, Event(now, project, None, "project_deleted", detail))
+        return erased
+
+    # --- files left to delete
+
+    def pending_deletions(self) -> list[str]:
+        with self._db.reading() as cur:
+            return [p for (p,) in cur.execute("SELECT path FROM pending_deletions ORDER BY path").fetchall()]
+
+    def clear_pending(self, paths: Iterable[str]) -> None:
+        paths = list(paths)
+        if not paths:
+            return
+        with self._db.transaction() as cur:
+            cur.executemany("DELETE FROM pending_deletions WHERE path = ?", [[p] for p in paths])
+
+    # --- inside the transaction
+
+    def _erase(
+        self, project: str, sel: _Selection, now: datetime, kind: str, detail: dict[str, Any]
+    ) -> Erased:
+        for attempt in range(_ATTEMPTS):
+            try:
+                with self._db.transaction() as cur:
+                    erased = self._erase_in(cur, project, sel, now)
+                    Serving._insert_event(cur, Event(now, project, None, kind, {**detail, **_counts(erased)}))
+                    return erased
+            except duckdb.TransactionException:
+                if attempt == _ATTEMPTS - 1:
+                    raise StoreUnavailable(
+                        "the deletion kept conflicting with concurrent writes to the same rows; retry"
+                    ) from None
+        raise AssertionError("unreachable")
+
+    def _erase_in(
+        self, cur: duckdb.DuckDBPyConnection, project: str, sel: _Selection, now: datetime
+    ) -> Erased:
+        erased = Erased()
+        runs = cur.execute(
+            "SELECT id, stats->>'$.adapter' FROM runs WHERE project = $project ORDER BY started_at",
+            {"project": project},
+        ).fetchall()
+        hits = self._snapshot_hits(cur, [r for r, _ in runs], sel)
+        (first_received,) = cur.execute(
+            f"SELECT min(received_at) FROM feedback WHERE {sel.feedback}", sel.params
+        ).fetchone()
+        (erased.feedback,) = cur.execute(f"DELETE FROM feedback WHERE {sel.feedback}", sel.params).fetchone()
+        (erased.logs,) = cur.execute(f"DELETE FROM logs WHERE {sel.logs}", sel.params).fetchone()
+        erased.snapshot_runs = sorted(hits)
+        quoted = [
+            run for run, files in hits.items() if any(Path(f).name.startswith("holdout") for f in files)
+        ]
+        erased.eval_reports = self._delete_reports(cur, quoted)
+        erased.files = [
+            *(str(self._runs_dir / run / SNAPSHOT_DIR) for run in erased.snapshot_runs),
+            *(str(self._runs_dir / run / REPORT_FILE) for run in quoted),
+        ]
+        run_adapters = {run: adapter for run, adapter in runs if adapter}
+        self._mark_adapters(cur, project, hits, run_adapters, first_received, now, erased)
+        self._pend(cur, erased.files, "erasure", now)
+        return erased
+
+    def _snapshot_hits(
+        self, cur: duckdb.DuckDBPyConnection, runs: list[str], sel: _Selection
+    ) -> dict[str, list[str]]:
+        """Per run, the snapshot files that hold a selected row."""
+        files = [
+            str(p) for run in runs for p in sorted((self._runs_dir / run / SNAPSHOT_DIR).glob("*.parquet"))
+        ]
+        if not files:
+            return {}
+        rows = cur.execute(
+            "SELECT DISTINCT filename FROM read_parquet($files, filename = true, union_by_name = true)"
+            f" WHERE {sel.snapshot_rows}",
+            {**sel.params, "files": files},
+        ).fetchall()
+        hits: dict[str, list[str]] = {}
+        for (name,) in rows:
+            hits.setdefault(Path(name).parent.parent.name, []).append(name)
+        return hits
+
+    def _mark_adapters(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        project: str,
+        hits: dict[str, list[str]],
+        run_adapters: dict[str, str],
+        first_received: datetime | None,
+        now: datetime,
+        erased: Erased,
+    ) -> None:
+        """Mark, in their lineage, the adapters trained on an affected snapshot and their
+        descendants (certain), and those trained after the data arrived on a snapshot that is gone
+        (possible)."""
+        adapters = cur.execute(
+            "SELECT served_name, version, parent_version, snapshot_sha256, created_at, method,"
+            " manifest->>'$.run_id', erased_data FROM adapters WHERE project = ? ORDER BY version",
+            [project],
+        ).fetchall()
+        shas = {_manifest_sha(self._runs_dir / run / SNAPSHOT_DIR) for run in hits} - {None}
+        certain = {name for name, _, _, sha, *_ in adapters if sha in shas}
+        certain |= {run_adapters[run] for run in hits if run in run_adapters}
+        by_version = {version: name for name, version, *_ in adapters}
+        changed = True
+        while changed:  # descendants learnt from their parents' weights
+            changed = False
+            for name, _, parent, *_ in adapters:
+                if name not in certain and parent is not None and by_version.get(parent) in certain:
+                    certain.add(name)
+                    changed = True
+        possible = set()
+        if first_received is not None:
+            for name, version, _, _, created, method, run_id, _ in adapters:
+                trained_here = run_id is not None and method not in ("null", "external")
+                gone = run_id is not None and not (self._runs_dir / run_id / SNAPSHOT_DIR).exists()
+                if name not in certain and version > 0 and trained_here and gone and created > first_received:
+                    possible.add(name)
+        for name, *_, marks in adapters:
+            if name in certain or name in possible:
+                entry = {"at": now.isoformat(), "certain": name in certain}
+                updated = [*(json.loads(marks) if marks else []), entry]
+                cur.execute(
+                    "UPDATE adapters SET erased_data = ? WHERE project = ? AND served_name = ?",
+                    [json.dumps(updated), project, name],
+                )
+        erased.adapters = [n for n, *_ in adapters if n in certain]
+        erased.possible_adapters = [n for n, *_ in adapters if n in possible]
+
+    @staticmethod
+    def _delete_reports(cur: duckdb.DuckDBPyConnection, runs: list[str]) -> int:
+        if not runs:
+            return 0
+        (n,) = cur.execute("DELETE FROM eval_reports WHERE run_id IN (SELECT unnest(?))", [runs]).fetchone()
+        return int(n)
+
+    @staticmethod
+    def _pend(cur: duckdb.DuckDBPyConnection, paths: list[str], reason: str, now: datetime) -> None:
+        if paths:
+            cur.executemany(
+                "INSERT INTO pending_deletions (path, reason, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                [[p, reason, now] for p in paths],
+            )
+
+
+def _manifest_sha(snapshot_dir: Path) -> str | None:
+    try:
+        return str(msgspec.json.decode((snapshot_dir / "manifest.json").read_bytes())["sha256"])
+    except (OSError, msgspec.DecodeError, KeyError, TypeError):
+        return None
+
+
+def _counts(erased: Erased) -> dict[str, Any]:
+    return {
+        "logs_deleted": erased.logs,
+        "feedback_deleted": erased.feedback,
+        "snapshots_deleted": erased.snapshot_runs,
+        "eval_reports_deleted": erased.eval_reports,
+        "adapters_marked": erased.adapters + erased.possible_adapters,
+    }

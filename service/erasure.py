@@ -149,7 +149,8 @@ def _delete_files(runtime: Runtime, paths: list[str]) -> None:
     for raw in paths:
         path = Path(raw)
         if not path.resolve().is_relative_to(root):
-            log.error("refusing to delete %s: not under the data directory %s", path, root)
+            log.error("not deleting %s: it is not under the data directory %s", path, root)
+            done.append(raw)  # never will be: do not ask again at every start
             continue
         if path.is_dir():
             shutil.rmtree(path)

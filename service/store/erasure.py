@@ -75,10 +75,8 @@ class Erasures:
             snapshot_rows="log_id = $log_id",
             params={"project": project, "log_id": log_id},
         )
-        erased = self._erase(project, selection, now, "log_deleted", {"log_id": log_id, "by": by})
-        if not (erased.logs or erased.feedback or erased.snapshot_runs):
-            raise NotFound(f"no log {log_id!r} in project {project!r}")
-        return erased
+        missing = NotFound(f"no log {log_id!r} in project {project!r}")
+        return self._erase(project, selection, now, "log_deleted", {"log_id": log_id, "by": by}, missing)
 
     def erase_end_user(self, project: str, end_user: str, now: datetime, by: str) -> Erased:
         """Delete every log of `end_user`, all feedback on those logs, all feedback they gave, and
@@ -174,12 +172,21 @@ class Erasures:
     # --- inside the transaction
 
     def _erase(
-        self, project: str, sel: _Selection, now: datetime, kind: str, detail: dict[str, Any]
+        self,
+        project: str,
+        sel: _Selection,
+        now: datetime,
+        kind: str,
+        detail: dict[str, Any],
+        if_nothing: NotFound | None = None,
     ) -> Erased:
+        """Run the deletion in one transaction; raise `if_nothing` (rolling back) if it found nothing."""
         for attempt in range(_ATTEMPTS):
             try:
                 with self._db.transaction() as cur:
                     erased = self._erase_in(cur, project, sel, now)
+                    if if_nothing and not (erased.logs or erased.feedback or erased.snapshot_runs):
+                        raise if_nothing
                     Serving._insert_event(cur, Event(now, project, None, kind, {**detail, **_counts(erased)}))
                     return erased
             except duckdb.TransactionException:
@@ -229,7 +236,7 @@ class Erasures:
         rows = cur.execute(
             "SELECT DISTINCT filename FROM read_parquet($files, filename = true, union_by_name = true)"
             f" WHERE {sel.snapshot_rows}",
-            {**sel.params, "files": files},
+            _used({**sel.params, "files": files}, sel.snapshot_rows + "$files"),
         ).fetchall()
         hits: dict[str, list[str]] = {}
         for (name,) in rows:
@@ -297,6 +304,11 @@ class Erasures:
                 "INSERT INTO pending_deletions (path, reason, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                 [[p, reason, now] for p in paths],
             )
+
+
+def _used(params: dict[str, Any], sql: str) -> dict[str, Any]:
+    """The named parameters `sql` uses (DuckDB refuses unused ones)."""
+    return {k: v for k, v in params.items() if f"${k}" in sql}
 
 
 def _manifest_sha(snapshot_dir: Path) -> str | None:

@@ -20,7 +20,8 @@ from deploy.online_gate import GatePolicy
 ENV_PREFIX = "RATCHET_"
 # RATCHET_* variables that are not settings: the settings file itself, the CLI's client
 # address and key, and the test suite's own. Any other unknown RATCHET_* name is a typo and fails.
-NOT_SETTINGS = ("RATCHET_CONFIG", "RATCHET_URL", "RATCHET_KEY", "RATCHET_TEST_")
+NOT_SETTINGS = ("RATCHET_CONFIG", "RATCHET_URL", "RATCHET_KEY")
+NOT_SETTINGS_PREFIX = "RATCHET_TEST_"
 
 
 def _doc(text: str) -> msgspec.Meta:
@@ -221,7 +222,12 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
             except (OSError, tomllib.TOMLDecodeError) as exc:
                 raise SettingsError(f"cannot read settings file {path}: {exc}") from exc
         for name, value in env.items():
-            if not name.startswith(ENV_PREFIX) or name.startswith(NOT_SETTINGS):
+            # Exact names: RATCHET_KEY is the CLI's key, RATCHET_KEY_USE_FLUSH_SECONDS a setting.
+            if (
+                not name.startswith(ENV_PREFIX)
+                or name in NOT_SETTINGS
+                or name.startswith(NOT_SETTINGS_PREFIX)
+            ):
                 continue
             keys = name[len(ENV_PREFIX) :].lower().split("__")
             node = raw

@@ -26,7 +26,7 @@ from service.api.errors import EXCEPTION_HANDLERS
 from service.auth import KeyRing, mint_key
 from service.capture import Capture, utcnow
 from service.config import Settings
-from service.erasure import finish_pending_deletions, purge_exports
+from service.erasure import finish_interrupted
 from service.gateway import Gateway
 from service.keys import flush_key_use
 from service.metrics import Metrics
@@ -103,7 +103,7 @@ def build_runtime(settings: Settings, metrics: Metrics | None = None) -> Runtime
         gateway=Gateway(settings, manager, capture, metrics, routing),
         rollouts=Rollouts(settings, serving, manager, routing, metrics, project_settings.effective),
         runs=Runs(db, serving),
-        erasures=Erasures(db, settings.runs_dir),
+        erasures=Erasures(db, settings.runs_dir, settings.erasure_batch_rows),
         project_settings=project_settings,
         projects={p.name for p in queries.list_projects()},
     )
@@ -158,9 +158,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         runtime.writer.start()
-        purge_exports(runtime)
-        if finished := finish_pending_deletions(runtime):
-            log.warning("finished deleting %d files of a deletion interrupted by the restart", finished)
+        if finished := finish_interrupted(runtime):
+            log.warning("finished %d deletions interrupted by the restart", finished)
         for run_id in pipeline.recover():
             log.warning("run %s was interrupted by the restart and is marked failed", run_id)
         scheduler = build_scheduler(runtime, pipeline)

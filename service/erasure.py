@@ -1,15 +1,15 @@
 """Deleting data, as callers see it: one log, one end user (the right to erasure), a project, and
 the retention job. The SQL, and why a deletion is all or nothing, is in `service/store/erasure.py`.
 
-Order of each deletion:
+Order of each deletion, under the project's data lock (no snapshot is cut meanwhile):
 1. (a project) stop taking anything for it: out of the in-memory project set and key ring, its
    runs stopped, its versions out of routing and unloaded from vLLM, in-flight writes drained;
-2. one transaction under the project's data lock (no snapshot is cut meanwhile): rows, adapter
-   marks, eval reports, the event, and the files to delete;
+2. the transaction that records it (its commit point): event, adapter marks, eval reports, the
+   files to delete and the rows to delete;
 3. runs whose snapshot held the data and that have not reached their canary are stopped (they
    would train on it);
-4. the files go, and their pending entries are cleared (`finish_pending_deletions` also runs at
-   start-up, for a deletion cut short by `kill -9` after its commit).
+4. the files go, then the rows, in small transactions (ingest commits between them); a start-up
+   after `kill -9` finishes both before serving (`finish_interrupted`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import shutil
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from service.capture import utcnow
 from service.domain import ErasureOut, Principal
@@ -29,25 +29,19 @@ from service.runtime import Runtime
 from service.store.erasure import Erased
 
 log = logging.getLogger("ratchet.erasure")
-T = TypeVar("T")
 
 
 async def erase_log(runtime: Runtime, principal: Principal, project: str, log_id: str) -> ErasureOut:
     """Delete one log, its feedback and every snapshot holding it; mark adapters trained on it."""
-    erased = await _locked(runtime, project, lambda: runtime.erasures.erase_log(project, log_id, utcnow(),
-                                                                                 principal.key_id))  # fmt: skip
-    return await _finish(runtime, "log", project, erased, "a log in its snapshot was deleted")
+    return await _erase(runtime, "log", project, "a log in its snapshot was deleted",
+                        lambda now: runtime.erasures.erase_log(project, log_id, now, principal.key_id))  # fmt: skip
 
 
 async def erase_end_user(runtime: Runtime, principal: Principal, project: str, end_user: str) -> ErasureOut:
     """Delete everything of one end user in the project (their logs, feedback on those logs,
     feedback they gave) and every snapshot holding any of it; mark adapters trained on it."""
-    erased = await _locked(
-        runtime,
-        project,
-        lambda: runtime.erasures.erase_end_user(project, end_user, utcnow(), principal.key_id),
-    )
-    return await _finish(runtime, "end_user", project, erased, "an end user in its snapshot was erased")
+    return await _erase(runtime, "end_user", project, "an end user in its snapshot was erased",
+                        lambda now: runtime.erasures.erase_end_user(project, end_user, now, principal.key_id))  # fmt: skip
 
 
 async def delete_project(runtime: Runtime, principal: Principal, project: str) -> ErasureOut:
@@ -58,6 +52,7 @@ async def delete_project(runtime: Runtime, principal: Principal, project: str) -
         raise NotFound(f"project {project!r} does not exist")
     runtime.projects.discard(project)
     runtime.keys.drop_project(project)
+    lock = runtime.data_lock(project)
     try:
         stopped = [
             run.id for run in runtime.runs.list(project, active_only=True, limit=1000)
@@ -74,17 +69,23 @@ async def delete_project(runtime: Runtime, principal: Principal, project: str) -
             *(Path(a.path) for a in runtime.serving.adapters(project)),
             *_exports(runtime, project),
         ]
-        erased = await _locked(
-            runtime,
-            project,
-            lambda: runtime.erasures.delete_project(project, utcnow(), paths, principal.key_id),
-        )
+        await asyncio.to_thread(lock.acquire)
+        try:
+            erased = await asyncio.to_thread(
+                runtime.erasures.delete_project, project, utcnow(), paths, principal.key_id
+            )
+        except BaseException:
+            lock.release()
+            raise
     except BaseException:
         _restore(runtime, project)
         raise
-    runtime.project_settings.forget(project)
-    runtime.metrics.forget_project(project)
-    await asyncio.to_thread(_delete_files, runtime, erased.files)
+    try:
+        runtime.project_settings.forget(project)
+        runtime.metrics.forget_project(project)
+        await asyncio.to_thread(_carry_out, runtime, erased)
+    finally:
+        lock.release()
     return _out("project", project, erased, stopped)
 
 
@@ -99,46 +100,52 @@ def apply_retention(runtime: Runtime, now: datetime) -> list[ErasureOut]:
             continue
         with runtime.data_lock(project):
             erased = runtime.erasures.expire(project, now - timedelta(days=days), now)
-        _delete_files(runtime, erased.files)
-        if erased.logs or erased.feedback or erased.files or erased.eval_reports:
+            _carry_out(runtime, erased)
+        if erased.anything:
             done.append(_out("retention", project, erased, []))
     return done
 
 
-def finish_pending_deletions(runtime: Runtime) -> int:
-    """Delete files a committed deletion left behind (a `kill -9` between its commit and its file
-    deletions); returns how many. Called at start-up, with `purge_exports`."""
-    pending = runtime.erasures.pending_deletions()
-    _delete_files(runtime, pending)
-    return len(pending)
+def finish_interrupted(runtime: Runtime) -> int:
+    """At start-up, before serving: delete the files and rows of deletions that were recorded but
+    cut short by `kill -9`, and exports a crash left. Returns how many deletions it finished."""
+    shutil.rmtree(Path(runtime.settings.data_dir) / "exports", ignore_errors=True)
+    _delete_files(runtime, runtime.erasures.pending_deletions())
+    jobs = runtime.erasures.unfinished_jobs()
+    for job in jobs:
+        runtime.erasures.finish(job)
+    return len(jobs)
 
 
-async def _locked(runtime: Runtime, project: str, work: Callable[[], T]) -> T:
-    def run() -> T:
-        with runtime.data_lock(project):
-            return work()
-
-    return await asyncio.to_thread(run)
-
-
-async def _finish(runtime: Runtime, kind: Any, project: str, erased: Erased, why: str) -> ErasureOut:
-    stopped = []
-    if runtime.pipeline is not None:
-        for run_id in erased.snapshot_runs:
-            if await runtime.pipeline.abort(run_id, f"stopped: {why} (its data may not be trained on)"):
-                stopped.append(run_id)
-    # Exports are temporary files, deleted once sent; one being written now may hold the data.
-    await asyncio.to_thread(_delete_files, runtime, [*erased.files, *map(str, _exports(runtime, project))])
+async def _erase(
+    runtime: Runtime, kind: Any, project: str, why: str, record: Callable[[datetime], Erased]
+) -> ErasureOut:
+    lock = runtime.data_lock(project)
+    await asyncio.to_thread(lock.acquire)
+    try:
+        erased = await asyncio.to_thread(record, utcnow())
+        stopped = []
+        if runtime.pipeline is not None:
+            for run_id in erased.snapshot_runs:
+                if await runtime.pipeline.abort(run_id, f"stopped: {why} (its data may not be trained on)"):
+                    stopped.append(run_id)
+        # Exports are temporary files, deleted once sent; one being written now may hold the data.
+        erased.files += map(str, _exports(runtime, project))
+        await asyncio.to_thread(_carry_out, runtime, erased)
+    finally:
+        lock.release()
     return _out(kind, project, erased, stopped)
+
+
+def _carry_out(runtime: Runtime, erased: Erased) -> None:
+    """Delete a recorded deletion's files, then its rows."""
+    _delete_files(runtime, erased.files)
+    if erased.job is not None:
+        runtime.erasures.finish(erased.job)
 
 
 def _exports(runtime: Runtime, project: str) -> list[Path]:
     return sorted((Path(runtime.settings.data_dir) / "exports").glob(f"{project}-*"))
-
-
-def purge_exports(runtime: Runtime) -> None:
-    """At start-up: exports are deleted once sent, so any left were cut short by a crash."""
-    shutil.rmtree(Path(runtime.settings.data_dir) / "exports", ignore_errors=True)
 
 
 def _delete_files(runtime: Runtime, paths: list[str]) -> None:

@@ -311,7 +311,7 @@ def test_retention_deletes_what_is_older_than_the_project_period(tmp_path: Path)
 # --- kill -9 in the middle of an erasure
 
 
-VICTIM_LOGS = 6000
+VICTIM_LOGS = 3000
 
 
 def _load_victim(c: httpx.Client, project: str) -> None:
@@ -338,13 +338,14 @@ def _state(server: RatchetProcess, c: httpx.Client, project: str, run: str) -> s
 
 def test_kill_9_mid_erasure_leaves_all_or_nothing(start_ratchet: Any, tmp_path: Path) -> None:
     """SIGKILL at a random moment of an erasure, again and again: after the restart the person's
-    data is either all there (rows, snapshot, no event) or all gone, never part of it."""
+    data is either all there (rows, snapshot, no event: killed before the deletion was recorded)
+    or all gone (recorded: the start-up finished it), never part of it."""
     server = start_ratchet(data_dir=tmp_path / "killed")
     rng = random.Random(13)
     outcomes: list[tuple[float, int | None, str]] = []
     took = 0.0
     state = "all"
-    for round_ in range(10):
+    for round_ in range(8):
         if state == "all":  # the person is gone: a new project with a new one
             project = f"kill-{round_}"
             c = server.client(server.create_project(project))
@@ -368,7 +369,9 @@ def test_kill_9_mid_erasure_leaves_all_or_nothing(start_ratchet: Any, tmp_path: 
             thread.join()
             took = time.monotonic() - started
         else:
-            time.sleep(delay := rng.uniform(0, 1.5 * took))
+            # Odd rounds aim at the recording transaction, even ones at the batches after it.
+            low, high = (0.0, 0.3 * took) if round_ % 2 else (0.3 * took, 1.3 * took)
+            time.sleep(delay := rng.uniform(low, high))
             server.kill()
             thread.join()
             server.start()
@@ -381,11 +384,15 @@ def test_kill_9_mid_erasure_leaves_all_or_nothing(start_ratchet: Any, tmp_path: 
     print(f"erasure of {VICTIM_LOGS} logs took {took:.2f} s; (kill after s, answer, state): {outcomes}")
 
 
-def test_files_a_committed_deletion_left_are_deleted_at_start(start_ratchet: Any, tmp_path: Path) -> None:
-    """`kill -9` between an erasure's commit and its file deletions: the next start finishes them
-    (and never deletes outside the data directory)."""
+def test_a_recorded_deletion_cut_short_is_finished_at_start(start_ratchet: Any, tmp_path: Path) -> None:
+    """`kill -9` after a deletion's commit point, before its files and rows were gone: the next
+    start finishes it before serving (and never deletes outside the data directory)."""
     data_dir = tmp_path / "pending"
-    start_ratchet(data_dir=data_dir).stop()
+    server = start_ratchet(data_dir=data_dir)
+    c = server.client(server.create_project("cut"))
+    logs = [person_log(f"c-{i}", PERSON if i % 2 else "ann", f"{SECRET} {i}") for i in range(30)]
+    assert c.post("/v1/logs", json={"logs": logs}).status_code == 202
+    server.stop()
     left = data_dir / "runs" / "run-x" / "snapshot"
     left.mkdir(parents=True)
     (left / "train.parquet").write_bytes(SECRET.encode())
@@ -397,6 +404,20 @@ def test_files_a_committed_deletion_left_are_deleted_at_start(start_ratchet: Any
             "INSERT INTO pending_deletions VALUES (?, 'erasure', now())",
             [[str(left.resolve())], [str(outside)]],
         )
+        cur.execute(
+            "INSERT INTO erasure_jobs VALUES ('job-1', 'cut', 'end_user', ?, now())",
+            [f'{{"end_user": "{PERSON}"}}'],
+        )
     db.close()
-    start_ratchet(data_dir=data_dir).stop()
+    server = start_ratchet(data_dir=data_dir)
     assert not left.exists() and outside.read_text() == "keep"
+    c = server.client(server.create_project("other"))
+    admin = server.client()
+    assert admin.get("/v1/projects/cut/stats").json()["logs"] == 15
+    assert admin.get("/v1/logs/c-1", params={"project": "cut"}).status_code == 404
+    server.stop()
+    db = Database(data_dir / "ratchet.duckdb")
+    with db.reading() as cur:
+        assert cur.execute("SELECT count(*) FROM erasure_jobs").fetchone() == (0,)
+        assert cur.execute("SELECT count(*) FROM pending_deletions").fetchone() == (0,)
+    db.close()

@@ -36,6 +36,7 @@ EXPECTED_TABLES = {
     "eval_reports": ["run_id", "project", "candidate", "incumbent", "promote", "created_at", "report", "markdown"],
     "rollouts": ["project", "champion", "previous", "candidate", "fraction", "canary_started_at", "updated_at"],
     "pending_deletions": ["path", "reason", "created_at"],
+    "erasure_jobs": ["id", "project", "kind", "params", "created_at"],
 }  # fmt: skip
 
 

@@ -190,11 +190,11 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     erasure_batch_rows: Annotated[
         int,
         _doc(
-            "Rows a deletion removes per transaction: each commit holds ingest for ~0.3 ms per row "
-            "at 1M logs (DuckDB index upkeep), so smaller batches keep ingest's tail short."
+            "Logs (with their feedback) a deletion removes per transaction: each commit holds ingest "
+            "for ~0.3 ms per row at 1M logs (DuckDB index upkeep), so small batches keep its tail short."
         ),
         msgspec.Meta(ge=1),
-    ] = 200
+    ] = 100
     key_use_flush_seconds: Annotated[
         float, _doc("How often the last-use time of API keys is written to the database."), msgspec.Meta(gt=0)
     ] = 60.0

@@ -8,11 +8,12 @@ deletion is decided and runs to its end: the caller deletes the files and runs t
 start-up after `kill -9` finishes both before serving (`unfinished_jobs`, `pending_deletions`).
 So a deletion is all or nothing.
 
-The rows themselves go in transactions of `batch_rows` rows. One transaction would be simpler,
-but DuckDB (2.0) takes ~0.3 ms per deleted row at commit on a 1M-row table with a VARCHAR primary
-key (index maintenance reads each deleted row's key back from compressed storage: 10,000 rows
-commit in 3-4 s, 500,000 in 160 s; an integer key or an in-memory table commits in ~0.1 s), and
-every other commit, ingest's included, waits meanwhile. In batches, ingest commits between them.
+The rows themselves go in transactions of `batch_rows` logs with their feedback. One transaction
+would be simpler, but DuckDB (2.0) takes ~0.3 ms per deleted row at commit on a 1M-row table with
+a VARCHAR primary key (the index upkeep reads each deleted row's key back from compressed storage:
+10,000 rows commit in 3-4 s, 500,000 in 160 s; with an integer key, or in memory, 10,000 commit in
+~0.1 s), and every other commit, ingest's included, waits meanwhile. In batches, ingest commits
+between them.
 
 Which snapshots hold the data is read from the snapshot files themselves (their `log_id` and
 `end_user` columns), so a snapshot that a row was copied into is found whatever the row's state
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -64,12 +65,18 @@ class Erased:
 
 @dataclass
 class _Selection:
-    """The rows one deletion removes, as SQL over a project (`$project` and named params)."""
+    """The rows one deletion removes, as SQL over a project (`$project` and named params): the
+    logs, all feedback to delete (on those logs, and `own_feedback`: the rest, such as what the
+    erased person said about others' answers), and the rows of a snapshot file that hold any of it."""
 
     logs: str  # WHERE clause on logs
-    feedback: str  # WHERE clause on feedback
+    own_feedback: str  # WHERE clause on feedback, besides the feedback on the selected logs
     params: dict[str, Any]
-    snapshot_rows: str | None = None  # WHERE clause on a snapshot file's rows
+    snapshot_rows: str | None = None
+
+    @property
+    def feedback(self) -> str:
+        return f"({self.own_feedback}) OR (project = $project AND log_id IN (SELECT id FROM logs WHERE {self.logs}))"
 
 
 def _selection(kind: str, project: str, params: dict[str, Any]) -> _Selection:
@@ -79,20 +86,16 @@ def _selection(kind: str, project: str, params: dict[str, Any]) -> _Selection:
         return _Selection("project = $project AND id = $log_id", "project = $project AND log_id = $log_id", p,
                           "log_id = $log_id")  # fmt: skip
     if kind == "end_user":
-        logs = "SELECT id FROM logs WHERE project = $project AND end_user = $end_user"
         return _Selection(
             "project = $project AND end_user = $end_user",
-            f"project = $project AND (end_user = $end_user OR log_id IN ({logs}))",
+            "project = $project AND end_user = $end_user",
             p,
-            f"end_user = $end_user OR log_id IN ({logs})",
+            "end_user = $end_user OR log_id IN (SELECT id FROM logs WHERE project = $project AND end_user = $end_user)",
         )
     if kind == "retention":
         p["cutoff"] = datetime.fromisoformat(params["cutoff"])
-        old = "SELECT id FROM logs WHERE project = $project AND received_at < $cutoff"
         return _Selection(
-            "project = $project AND received_at < $cutoff",
-            f"project = $project AND (received_at < $cutoff OR log_id IN ({old}))",
-            p,
+            "project = $project AND received_at < $cutoff", "project = $project AND received_at < $cutoff", p
         )
     if kind == "project":
         return _Selection("project = $project", "project = $project", p)
@@ -185,20 +188,41 @@ class Erasures:
     # --- running a recorded deletion
 
     def finish(self, job: str) -> None:
-        """Delete the job's rows, `batch_rows` per transaction (feedback first: the end-user
-        selection of feedback reads the logs), then the job. Resumes where a killed one stopped."""
+        """Delete the job's rows in transactions of `batch_rows` logs with the feedback on them,
+        then the rest of its feedback `batch_rows` at a time, then the job. Resumes where a killed
+        one stopped. Each batch finds its rows again by the job's predicate: row ids would not do,
+        as a checkpoint between two batches may renumber rows."""
         with self._db.reading() as cur:
             row = cur.execute("SELECT kind, project, params FROM erasure_jobs WHERE id = ?", [job]).fetchone()
         if row is None:
             return
         kind, project, params = row
         sel = _selection(kind, project, json.loads(params))
-        for table, where in (("feedback", sel.feedback), ("logs", sel.logs)):
-            sql = f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {where} LIMIT {int(self.batch_rows)})"
-            while self._batch(sql, _used(sel.params, where)) >= self.batch_rows:
-                pass
+        n = int(self.batch_rows)
+        while self._batch(lambda cur: self._delete_logs(cur, sel, n)) >= n:
+            pass
+        own = f"DELETE FROM feedback WHERE rowid IN (SELECT rowid FROM feedback WHERE {sel.own_feedback} LIMIT {n})"
+        while self._batch(lambda cur: int(cur.execute(own, _used(sel.params, own)).fetchone()[0])) >= n:
+            pass
         with self._db.transaction() as cur:
             cur.execute("DELETE FROM erasure_jobs WHERE id = ?", [job])
+
+    @staticmethod
+    def _delete_logs(cur: duckdb.DuckDBPyConnection, sel: _Selection, n: int) -> int:
+        """Delete up to `n` of the selected logs and the feedback on them; how many logs."""
+        ids = [
+            i
+            for (i,) in cur.execute(
+                f"SELECT id FROM logs WHERE {sel.logs} LIMIT {n}", _used(sel.params, sel.logs)
+            ).fetchall()
+        ]
+        if ids:
+            project = sel.params["project"]
+            cur.execute(
+                "DELETE FROM feedback WHERE project = ? AND log_id IN (SELECT unnest(?))", [project, ids]
+            )
+            cur.execute("DELETE FROM logs WHERE project = ? AND id IN (SELECT unnest(?))", [project, ids])
+        return len(ids)
 
     def unfinished_jobs(self) -> list[str]:
         with self._db.reading() as cur:
@@ -217,11 +241,12 @@ class Erasures:
         with self._db.transaction() as cur:
             cur.executemany("DELETE FROM pending_deletions WHERE path = ?", [[p] for p in paths])
 
-    def _batch(self, sql: str, params: dict[str, Any]) -> int:
+    def _batch(self, work: Callable[[duckdb.DuckDBPyConnection], int]) -> int:
+        """Run one batch in its own transaction, again if a concurrent write to its rows aborts it."""
         for attempt in range(_ATTEMPTS):
             try:
                 with self._db.transaction() as cur:
-                    return int(cur.execute(sql, params).fetchone()[0])
+                    return work(cur)
             except duckdb.TransactionException:
                 if attempt == _ATTEMPTS - 1:
                     raise StoreUnavailable(

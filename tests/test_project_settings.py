@@ -109,11 +109,13 @@ def test_two_projects_canary_at_their_own_fraction(
         "RATCHET_VLLM__BASE_MODEL": str(tiny_model_dir),
     }
     server = RatchetProcess(tmp_path / "data", env=env).start()
-    admin = server.client()
+    admin = server.client(timeout=180)
     try:
         fractions = {"fa": 0.5, "fb": None}
         for project, fraction in fractions.items():
             server.create_project(project)
+            wait_for(lambda p=project: admin.get(f"/v1/projects/{p}/rollout").json()["champion"] == f"{p}@v0",
+                     240, f"{project}@v0")  # fmt: skip
             if fraction is not None:
                 assert (
                     admin.patch(

@@ -63,7 +63,7 @@ def revoke_key(runtime: Runtime, principal: Principal, key_id: str) -> KeyOut:
     key = _find(runtime, principal, key_id)
     _check_grant(principal, key.scopes)
     now = utcnow()
-    if "admin" in key.scopes and runtime.settings.admin_key is None:
+    if "admin" in key.scopes and not runtime.settings.admin_key:
         others = [
             k for k in runtime.keys.stored() if "admin" in k.scopes and k.active(now) and k.id != key.id
         ]

@@ -8,6 +8,7 @@ by what an operator creates; user, prompt, log and run ids never become labels.
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.metrics import MetricWrapperBase
 
 # Write latency on this machine: a commit is ~0.4-3 ms, a checkpoint can stall for seconds.
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -180,6 +181,21 @@ class Metrics:
         if child is None:
             child = self._http_children[key] = self.http_request_seconds.labels(*key)
         child.observe(seconds)
+
+    def forget_project(self, project: str) -> None:
+        """Remove every series labelled with a deleted project."""
+        for metric in vars(self).values():
+            names = getattr(metric, "_labelnames", ())
+            if not isinstance(metric, MetricWrapperBase) or "project" not in names:
+                continue
+            series = {
+                tuple(sample.labels[n] for n in names)
+                for family in metric.collect()
+                for sample in family.samples
+                if sample.labels.get("project") == project
+            }
+            for values in series:
+                metric.remove(*values)
 
     def init_project(self, project: str) -> None:
         """Create a project's label sets so dashboards show zeros before the first event."""

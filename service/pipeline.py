@@ -106,12 +106,12 @@ class Pipeline:
         return run
 
     async def check_signal(self, now: datetime) -> list[str]:
-        """Start a run for every idle project whose new signal crossed the thresholds."""
-        t = self.rt.settings.training
+        """Start a run for every idle project whose new signal crossed its thresholds."""
         started = []
         for project in sorted(self.rt.projects):
             if self.rt.runs.list(project, active_only=True):
                 continue
+            t = self.rt.project_settings.effective(project).training
             stats = self.rt.queries.project_stats(project)
             thumbs = stats.thumbs_up + stats.thumbs_down
             minority = min(stats.thumbs_up, stats.thumbs_down) / thumbs if thumbs else 0.0
@@ -167,16 +167,20 @@ class Pipeline:
 
     async def _snapshot(self, run: RunRecord, run_dir: Path) -> Path:
         out = run_dir / "snapshot"
-        manifest = await asyncio.to_thread(
-            export_snapshot, self.rt.db, run.project, out, self.rt.settings.snapshot, now=utcnow()
-        )
+
+        def cut() -> Any:
+            with self.rt.data_lock(run.project):  # never beside an erasure of the same project
+                return export_snapshot(self.rt.db, run.project, out, self.rt.settings.snapshot, now=utcnow())
+
+        manifest = await asyncio.to_thread(cut)
         self.rt.runs.update(run.id, utcnow(), stats={"snapshot": msgspec.to_builtins(manifest.stats)})
-        if manifest.stats.train_rows < self.rt.settings.training.min_train_rows:
-            raise RunFailed(too_little_signal(manifest.stats, self.rt.settings.training.min_train_rows))
+        min_rows = self.rt.project_settings.effective(run.project).training.min_train_rows
+        if manifest.stats.train_rows < min_rows:
+            raise RunFailed(too_little_signal(manifest.stats, min_rows))
         return out
 
     async def _train(self, run: RunRecord, run_dir: Path, snapshot: Path) -> str:
-        settings = self.rt.settings
+        settings = self.rt.project_settings.effective(run.project)
         if not settings.vllm.base_model:
             raise RunFailed("no base model configured: set vllm.base_model (RATCHET_VLLM__BASE_MODEL)")
         await self.rt.rollouts.ensure_base_version(run.project, run.id)
@@ -328,6 +332,24 @@ class Pipeline:
             for run in self.rt.runs.list(project, limit=10_000)[keep:]:
                 if run.state not in ACTIVE:
                     shutil.rmtree(self.rt.settings.runs_dir / run.id, ignore_errors=True)
+
+    async def abort(self, run_id: str, reason: str) -> bool:
+        """Stop a run that has not reached its canary (its trainer is stopped) and fail it with
+        `reason`; the adapter it registered, if any, is marked failed. False if it was not going."""
+        task = self._tasks.get(run_id)
+        run = self.rt.runs.get(run_id)
+        if task is None or run.state not in ACTIVE or run.state == "canary":
+            return False
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        run = self.rt.runs.get(run_id)
+        adapter = run.stats.get("adapter")
+        rollout = self.rt.rollouts.current(run.project)
+        if adapter and adapter not in (rollout.candidate, rollout.champion):
+            self.rt.serving.set_adapter_state(adapter, "failed", utcnow())
+        if run.state in ACTIVE:
+            self._finish(run, "failed", error=reason)
+        return True
 
     async def aclose(self) -> None:
         for task in list(self._tasks.values()):

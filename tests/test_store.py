@@ -18,7 +18,10 @@ from tests.fixtures.rows import completion_log
 EXPECTED_TABLES = {
     "schema_migrations": ["version", "name", "applied_at"],
     "projects": ["name", "base_model", "created_at", "settings"],
-    "api_keys": ["id", "project", "sha256", "created_at", "revoked_at"],
+    "api_keys": [
+        "id", "project", "sha256", "created_at", "revoked_at", "scopes", "name", "last_used_at", "expires_at",
+        "rotated_from",
+    ],
     "logs": [
         "project", "id", "created_at", "received_at", "source", "adapter", "request", "response",
         "latency_ms", "prompt_tokens", "completion_tokens", "end_user", "metadata", "endpoint", "messages",
@@ -30,12 +33,14 @@ EXPECTED_TABLES = {
     ],
     "adapters": [
         "project", "version", "served_name", "path", "parent_version", "method", "snapshot_sha256",
-        "state", "created_at", "updated_at", "manifest", "fingerprint",
+        "state", "created_at", "updated_at", "manifest", "fingerprint", "erased_data",
     ],
     "runs": ["id", "project", "trigger", "state", "started_at", "updated_at", "finished_at", "error", "stats"],
     "events": ["at", "project", "run_id", "kind", "detail"],
     "eval_reports": ["run_id", "project", "candidate", "incumbent", "promote", "created_at", "report", "markdown"],
     "rollouts": ["project", "champion", "previous", "candidate", "fraction", "canary_started_at", "updated_at"],
+    "pending_deletions": ["path", "reason", "created_at"],
+    "erasure_jobs": ["id", "project", "kind", "params", "created_at"],
 }  # fmt: skip
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from litestar import MediaType, Request, Response, post
 from litestar.response import Stream
 
-from service.api.deps import scoped_project
+from service.api.deps import needs, scoped_project
 from service.domain import Principal
 from service.errors import InvalidInput
 from service.gateway import Endpoint, GatewayStream, parse_request
@@ -30,13 +30,23 @@ async def _forward(
     return Response(result.body, media_type=MediaType.JSON, headers=headers)
 
 
-@post("/v1/chat/completions", status_code=200, summary="Chat completion through the project's adapter")
+@post(
+    "/v1/chat/completions",
+    status_code=200,
+    summary="Chat completion through the project's adapter",
+    opt=needs("ingest"),
+)
 async def chat_completions(request: Request[Any, Any, Any], principal: Principal, runtime: Runtime) -> Any:
     """OpenAI chat completions (streaming or not). The response `id` is the log id for feedback."""
     return await _forward(request, principal, runtime, "chat")
 
 
-@post("/v1/completions", status_code=200, summary="Text completion through the project's adapter")
+@post(
+    "/v1/completions",
+    status_code=200,
+    summary="Text completion through the project's adapter",
+    opt=needs("ingest"),
+)
 async def completions(request: Request[Any, Any, Any], principal: Principal, runtime: Runtime) -> Any:
     """OpenAI completions (streaming or not). The response `id` is the log id for feedback."""
     return await _forward(request, principal, runtime, "completions")

@@ -111,7 +111,11 @@ def test_openai_traffic_from_capture_to_training(
     for log_id, row in rows.items():
         twin = copy_rows[log_id]
         assert (twin.prompt, twin.completion, twin.tools, twin.problem, twin.rating) == (
-            row.prompt, row.completion, row.tools, row.problem, row.rating
+            row.prompt,
+            row.completion,
+            row.tools,
+            row.problem,
+            row.rating,
         ), log_id
     n2 = rows[f"conf-{[c.name for c in CORPUS].index('n = 2, feedback on the second choice'):02d}"]
     assert n2.completion.content == "Mango."

@@ -21,6 +21,7 @@ import msgspec
 
 from service.config import Settings, SettingsError
 from service.errors import RatchetError
+from trainer.tiny_model import FAMILY_NAMES
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -266,10 +267,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
-    """Build the offline tiny Llama + tokenizer for tests and the demo. Example: `ratchet tiny-model ./models/tiny`"""
+    """Build an offline tiny model + tokenizer for tests and the demo: the pre-trained Llama, or a
+    random-weight model of another family with a chat template that behaves like the family's.
+    Example: `ratchet tiny-model ./models/tiny-qwen3 --family qwen3`"""
     import subprocess
 
-    return subprocess.run([sys.executable, "-m", "trainer", "tiny-model", args.dir]).returncode
+    command = [sys.executable, "-m", "trainer", "tiny-model", args.dir, "--family", args.family]
+    return subprocess.run(command).returncode
 
 
 def _pct(rate: float | None) -> str:
@@ -366,7 +370,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--incumbent", required=True)
     ev.add_argument("--holdout", required=True)
     ev.add_argument("--vllm-url")
-    add("tiny-model", cmd_tiny_model).add_argument("dir")
+    tiny = add("tiny-model", cmd_tiny_model)
+    tiny.add_argument("dir")
+    tiny.add_argument(
+        "--family", choices=FAMILY_NAMES, default="llama", help="architecture and chat template"
+    )
     return parser
 
 

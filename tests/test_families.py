@@ -286,3 +286,90 @@ def test_an_adapter_trained_with_other_layer_names_is_refused(family_model, tmp_
         InvalidAdapter, match=r"adapts \['q_proj'\] \(2 modules, e.g. model.layers.0.self_attn.q_proj\)"
     ):
         check_adapter_dir(adapter, root=tmp_path / "a", max_rank=16, base_model=str(base))
+
+
+# -- messages prepared as vLLM prepares them, and rows the template cannot render as served ------
+
+
+def test_messages_are_prepared_as_vllm_prepares_them():
+    from trainer.chat_messages import UnservableMessages, as_served, content_format
+    from trainer.tiny_families import GEMMA_TEMPLATE, QWEN2_TEMPLATE
+
+    assert content_format(QWEN2_TEMPLATE) == "string" and content_format(GEMMA_TEMPLATE) == "openai"
+    parts = {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}
+    developer = {"role": "developer", "content": "be brief.", "name": "ops", "extra": 1}
+    call = {
+        "role": "assistant",
+        "content": None,
+        "refusal": None,
+        "tool_calls": [{"id": "x", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}],
+    }
+    messages, tools = as_served(
+        [SYSTEM, developer, parts, call, {**A1, "reasoning": "r", "reasoning_content": "dropped"}],
+        QWEN2_TEMPLATE,
+        [{"type": "function", "function": {"parameters": {}, "name": "f"}}],
+    )
+    assert messages == [
+        {"role": "system", "content": "be brief.\n\nbe brief."},  # developer -> system, merged first
+        {"role": "user", "content": "a\nb"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"id": "x", "type": "function", "function": {"name": "f", "arguments": {"a": 1}}}],
+        },
+        {"role": "assistant", "content": "it is paris.", "reasoning": "r", "reasoning_content": "r"},
+    ]
+    assert tools == [{"type": "function", "function": {"name": "f", "description": None, "parameters": {}}}]
+    assert call["tool_calls"][0]["function"]["arguments"] == '{"a": 1}'  # the input is left alone
+    gemma, _ = as_served(
+        [SYSTEM, parts, {"role": "tool", "content": [{"type": "text", "text": "t"}]}], GEMMA_TEMPLATE
+    )
+    assert gemma == [
+        {"role": "system", "content": [{"type": "text", "text": "be brief."}]},
+        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+        {"role": "tool", "content": "t"},
+    ]
+    bad_arguments = {
+        **call,
+        "tool_calls": [
+            {"function": {"name": "f", "arguments": "[1, 2"}},
+        ],
+    }
+    assert as_served([bad_arguments], QWEN2_TEMPLATE)[0][0]["tool_calls"][0]["function"]["arguments"] == {}
+    assert "tool_calls" not in as_served([{**call, "tool_calls": []}], QWEN2_TEMPLATE)[0][0]
+    with pytest.raises(UnservableMessages, match="not text"):
+        as_served(
+            [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], QWEN2_TEMPLATE
+        )
+
+
+@pytest.mark.parametrize(
+    ("family", "set_aside"),
+    [
+        ("llama", {}),
+        ("qwen2", {}),
+        ("qwen3", {}),
+        ("gemma", {"template_refused": 1}),
+        ("phi3", {}),
+        ("mistral", {"template_refused": 1, "prompt_not_prefix": 2}),
+    ],
+)
+def test_rows_the_template_cannot_render_as_served_are_set_aside(family_model, family, set_aside):
+    from trainer.chat_messages import prepare_rows
+
+    answer = [{"role": "assistant", "content": "it is paris."}]
+    rows = [
+        {"prompt": [Q1], "completion": answer},
+        {"prompt": [SYSTEM, Q1], "completion": answer, "label": True},
+        {"prompt": [Q2, Q1], "chosen": answer, "rejected": [{"role": "assistant", "content": "no."}]},
+        {"prompt": [{"role": "developer", "content": "be brief."}, Q1], "completion": answer},
+    ]
+    kept, counted = prepare_rows(rows, tokenizer(family_model, family))
+    assert counted == set_aside
+    assert len(kept) == len(rows) - sum(set_aside.values())
+    # Plain messages pass unchanged, except where the template wants content parts (Gemma's).
+    parts = family == "gemma"
+    assert kept[0]["prompt"][0]["content"] == (
+        [{"type": "text", "text": Q1["content"]}] if parts else Q1["content"]
+    )
+    assert all(m["role"] != "developer" for row in kept for m in row["prompt"])

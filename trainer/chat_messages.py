@@ -187,3 +187,67 @@ def _tool(tool: Mapping[str, Any]) -> dict[str, Any]:
     if tool.get("defer_loading") is not None:
         out["defer_loading"] = tool["defer_loading"]
     return out
+
+
+ANSWER_KEYS = ("completion", "chosen", "rejected")
+
+QUARANTINE_REASONS = {
+    "unservable": "vLLM would refuse the messages (a non-text part, a tool call that is no function call)",
+    "template_refused": "the chat template raises on the messages (e.g. roles that do not alternate)",
+    "prompt_not_prefix": "the prompt renders differently once the answer follows it (e.g. Mistral drops "
+    "the system prompt), so training would see a context serving never shows",
+}
+"""Why `prepare_rows` sets a row aside, by the key it is counted under."""
+
+
+def prepare_rows(rows: Sequence[Mapping[str, Any]], tokenizer: Any) -> tuple[list[dict], dict[str, int]]:
+    """TRL conversational rows (`prompt` plus `completion`, or `chosen` and `rejected`, optional
+    `tools`) with their messages prepared `as_served` for the tokenizer's chat template, and the
+    count of rows set aside by reason (`QUARANTINE_REASONS`; only non-zero counts).
+
+    A row is kept only if the template renders its prompt (with the generation prompt, as vLLM
+    serves it) as an exact prefix of the prompt followed by each answer: that is the context TRL
+    trains the answer on. Rendering a row costs about a millisecond per answer.
+    """
+    from jinja2 import TemplateError
+
+    template = tokenizer.chat_template
+    kept: list[dict] = []
+    set_aside: dict[str, int] = {}
+    for row in rows:
+        try:
+            prepared = _prepared_row(row, template)
+            reason = _render_problem(prepared, tokenizer)
+        except UnservableMessages:
+            reason = "unservable"
+        except TemplateError:
+            reason = "template_refused"
+        if reason is None:
+            kept.append(prepared)
+        else:
+            set_aside[reason] = set_aside.get(reason, 0) + 1
+    return kept, set_aside
+
+
+def _prepared_row(row: Mapping[str, Any], template: str) -> dict[str, Any]:
+    prepared = dict(row)
+    prepared["prompt"], tools = as_served(row["prompt"], template, row.get("tools"))
+    if tools is not None:
+        prepared["tools"] = tools
+    for key in ANSWER_KEYS:
+        if key in row:
+            prepared[key] = as_served(row[key], template)[0]
+    return prepared
+
+
+def _render_problem(row: Mapping[str, Any], tokenizer: Any) -> str | None:
+    tools = row.get("tools")
+    prompt = tokenizer.apply_chat_template(
+        row["prompt"], tools=tools, add_generation_prompt=True, tokenize=False
+    )
+    for key in ANSWER_KEYS:
+        if key in row:
+            full = tokenizer.apply_chat_template([*row["prompt"], *row[key]], tools=tools, tokenize=False)
+            if not full.startswith(prompt):
+                return "prompt_not_prefix"
+    return None

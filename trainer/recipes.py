@@ -25,8 +25,10 @@ from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrainer
 
+from trainer.chat_messages import prepare_rows
 from trainer.dataset import Examples
-from trainer.errors import BaseModelError
+from trainer.errors import BaseModelError, NotEnoughSignalError
+from trainer.lora_targets import resolve_target_modules
 from trainer.progress import Progress
 from trainer.spec import RunSpec
 
@@ -124,27 +126,17 @@ def _trl_args(job: Job, hp: dict) -> dict:
 def _lora(spec: RunSpec, model) -> LoraConfig | None:
     """A fresh adapter's shape, or None when continuing a parent (it keeps its own shape).
 
-    "all-linear" is resolved here to the sorted short names of the model's linear layers (not the
-    output head): PEFT would write every full module path, in set order, into adapter_config.json,
-    which makes the file differ from run to run; short names are what vLLM expects anyway.
+    The targets are resolved for the model's architecture (`trainer.lora_targets`): "all-linear"
+    becomes the sorted short names of the linear layers vLLM can apply LoRA to (Phi-3's fused
+    `qkv_proj`, Llama's `q_proj`...); named ones must be such layers, else `LoraTargetError`.
     """
     if spec.parent_adapter:
         return None
-    targets = list(spec.lora.target_modules)
-    if targets == ["all-linear"]:
-        head = model.get_output_embeddings()
-        targets = sorted(
-            {
-                name.rsplit(".", 1)[-1]
-                for name, m in model.named_modules()
-                if isinstance(m, torch.nn.Linear) and m is not head
-            }
-        )
     return LoraConfig(
         r=spec.lora.r,
         lora_alpha=spec.lora.alpha,
         lora_dropout=spec.lora.dropout,
-        target_modules=targets,
+        target_modules=resolve_target_modules(model, spec.lora.target_modules),
         task_type="CAUSAL_LM",
     )
 
@@ -167,11 +159,19 @@ def load_model(spec: RunSpec):
     return model, tokenizer
 
 
-def _dataset(rows: list[dict], seed: int) -> Dataset:
+def _dataset(rows: list[dict], seed: int, tokenizer) -> tuple[Dataset, dict[str, int]]:
+    """The rows as a shuffled dataset, their messages prepared as vLLM serves them, and the count
+    of rows set aside because the chat template would not render them as served
+    (`trainer.chat_messages.prepare_rows`)."""
     datasets.disable_progress_bars()  # one bar per preprocessing pass only clutters the run's log
+    kept, set_aside = prepare_rows(rows, tokenizer)
+    if not kept:
+        raise NotEnoughSignalError(
+            f"all {len(rows)} rows were set aside by the chat template check: {set_aside}"
+        )
     # Shuffled here, once, with the run's seed: KTO samples sequentially, so the input order is
     # the batch order, and it must not be "all thumbs-up first".
-    return Dataset.from_list(rows).shuffle(seed=seed)
+    return Dataset.from_list(kept).shuffle(seed=seed), set_aside
 
 
 def _save_adapter(trainer, save_dir: Path) -> None:
@@ -209,7 +209,7 @@ def _metrics(trainer, result) -> dict:
 def train_sft(job: Job, hp: dict) -> dict:
     """Supervised fine-tuning on liked and corrected answers (loss on the answer tokens only)."""
     model, tokenizer = load_model(job.spec)
-    dataset = _dataset(job.examples.sft, job.spec.seed)
+    dataset, set_aside = _dataset(job.examples.sft, job.spec.seed, tokenizer)
     config = SFTConfig(**_trl_args(job, hp))
     trainer = SFTTrainer(
         model=model,
@@ -221,7 +221,7 @@ def train_sft(job: Job, hp: dict) -> dict:
     )
     result = trainer.train()
     _save_adapter(trainer, job.save_dir)
-    return _metrics(trainer, result)
+    return _metrics(trainer, result) | {"set_aside": set_aside}
 
 
 def train_dpo(job: Job, hp: dict) -> dict:
@@ -229,7 +229,7 @@ def train_dpo(job: Job, hp: dict) -> dict:
     answering (plain DPO collapsed the regression set in training.md). The reference is the base
     model, or the parent adapter when continuing (TRL keeps a frozen copy of it)."""
     model, tokenizer = load_model(job.spec)
-    dataset = _dataset(job.examples.dpo, job.spec.seed)
+    dataset, set_aside = _dataset(job.examples.dpo, job.spec.seed, tokenizer)
     config = DPOConfig(**_trl_args(job, hp), beta=hp["beta"], loss_type=hp["loss_type"])
     trainer = DPOTrainer(
         model=model,
@@ -241,13 +241,13 @@ def train_dpo(job: Job, hp: dict) -> dict:
     )
     result = trainer.train()
     _save_adapter(trainer, job.save_dir)
-    return _metrics(trainer, result)
+    return _metrics(trainer, result) | {"set_aside": set_aside}
 
 
 def train_kto(job: Job, hp: dict) -> dict:
     """KTO on single thumbs (liked / disliked answers), so unpaired feedback is not wasted."""
     model, tokenizer = load_model(job.spec)
-    dataset = _dataset(job.examples.kto, job.spec.seed)
+    dataset, set_aside = _dataset(job.examples.kto, job.spec.seed, tokenizer)
     config = KTOConfig(**_trl_args(job, hp), beta=hp["beta"], desirable_weight=hp["desirable_weight"])
     trainer = KTOTrainer(
         model=model,
@@ -259,7 +259,7 @@ def train_kto(job: Job, hp: dict) -> dict:
     )
     result = trainer.train()
     _save_adapter(trainer, job.save_dir)
-    return _metrics(trainer, result)
+    return _metrics(trainer, result) | {"set_aside": set_aside}
 
 
 RECIPES: dict[str, Callable[[Job, dict], dict]] = {"sft": train_sft, "dpo": train_dpo, "kto": train_kto}

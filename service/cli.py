@@ -267,9 +267,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
-    """Build an offline tiny model + tokenizer for tests and the demo: the pre-trained Llama, or a
-    random-weight model of another family with a chat template that behaves like the family's.
-    Example: `ratchet tiny-model ./models/tiny-qwen3 --family qwen3`"""
+    """Build an offline tiny model (`--family` llama, qwen2, qwen3, gemma, mistral or phi3) for tests and the demo. Example: `ratchet tiny-model ./models/tiny-qwen3 --family qwen3`
+
+    Llama is pre-trained on the tiny world; the other families are pre-trained only briefly and
+    have a chat template that behaves like the family's published one."""
     import subprocess
 
     command = [sys.executable, "-m", "trainer", "tiny-model", args.dir, "--family", args.family]

@@ -65,7 +65,7 @@ def test_every_family_builds_with_its_own_architecture(family_model, family):
     if family != "llama":
         expected = getattr(transformers, FAMILIES[family].config_class).model_type
         assert config["model_type"] == expected
-        assert info["pretrain_steps"] == 0
+        assert info["pretrain_steps"] == 40
     assert config.get("head_dim", config["hidden_size"] // config["num_attention_heads"]) == 32
     tok = tokenizer(family_model, family)
     # Control tokens are single special tokens: never split, never merged with text.
@@ -315,7 +315,7 @@ def test_messages_are_prepared_as_vllm_prepares_them():
         {
             "role": "assistant",
             "content": "",
-            "tool_calls": [{"id": "x", "type": "function", "function": {"name": "f", "arguments": {"a": 1}}}],
+            "tool_calls": [{"id": "x", "function": {"arguments": {"a": 1}, "name": "f"}, "type": "function"}],
         },
         {"role": "assistant", "content": "it is paris.", "reasoning": "r", "reasoning_content": "r"},
     ]

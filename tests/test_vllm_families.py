@@ -7,9 +7,9 @@ started again afterwards). Each family's server is spawned before its adapters t
 uses the core vLLM's start-up leaves free. Llama, the session's own tiny model, is covered the
 same way by tests/test_trainer_vllm.py, test_deploy_manager_vllm.py and test_vllm_runtime_lora.py.
 
-Training here is deliberately tiny (`STEPS` steps of batch 8 per method on random-weight models):
-the point is that each family's adapters train, load and change what is served, not that they
-learn the tiny world (the pre-trained Llama shows that).
+Training here is deliberately tiny (`STEPS` steps of batch 8 per method, at a learning rate high
+enough to move a briefly pre-trained model): the point is that each family's adapters train, load
+and change what is served, not that they learn the tiny world (the pre-trained Llama shows that).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from trainer.tiny_families import FAMILIES
 pytestmark = pytest.mark.slow
 
 STEPS = 8
+LEARNING_RATE = 3e-3
 METHODS = ("sft", "dpo", "kto")
 START_TIMEOUT_S = 600.0  # a loaded 2-core box has taken 4-5 min to start one
 HELD_OUT = [q.messages for q in tiny_world.all_questions("holdout", kinds=("upper",))[::12]]
@@ -73,7 +74,8 @@ def served(
                     "output_dir": str(work / "adapters" / f"{family}@v{version}"),
                     "method": method,
                     "seed": 0,
-                    "optim": {"max_steps": STEPS, "batch_size": 8},
+                    "optim": {"max_steps": STEPS, "batch_size": 8, "learning_rate": LEARNING_RATE},
+                    "min_examples": 8,
                 }
             )
             runs[method] = events[-1]

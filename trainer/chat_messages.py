@@ -11,6 +11,9 @@ not hand them to the chat template as they came. It:
   a `reasoning_content` key sent by the client included;
 - parses each tool call's JSON `arguments` string into a dict (templates render it with
   `tojson`), an unparsable or non-object one into {}, and drops an empty `tool_calls` list;
+  each call keeps only `id`, `function`, `type`, and its function `arguments` then `name`, in
+  that order (the order of the OpenAI types it validates them with), which a template that
+  prints `tool_call.function | tojson` (Mistral's) shows;
 - turns `developer` messages into `system` ones (then merges all system messages into one at
   the front) when the template never mentions "developer";
 - normalises each tool to `{"type": "function", "function": {"name", "description",
@@ -156,21 +159,24 @@ def _parse_tool_arguments(message: dict[str, Any]) -> None:
     if not calls:
         del message["tool_calls"]
         return
-    for call in calls:
+    for i, call in enumerate(calls):
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict) or call.get("type", "function") != "function":
             raise UnservableMessages(f"tool call {call!r} is not a function call; only those can be served")
         arguments = function.get("arguments")
-        if not arguments:
-            function["arguments"] = {}
-        elif isinstance(arguments, str):
+        if isinstance(arguments, str) and arguments:
             try:
-                parsed = json.loads(arguments)
+                arguments = json.loads(arguments)
             except json.JSONDecodeError:
-                parsed = None
-            function["arguments"] = parsed if isinstance(parsed, dict) else {}
-        elif not isinstance(arguments, dict):
-            function["arguments"] = {}
+                arguments = None
+        served_function = {"arguments": arguments if isinstance(arguments, dict) else {}}
+        if "name" in function:
+            served_function["name"] = function["name"]
+        calls[i] = {
+            k: served_function if k == "function" else call[k]
+            for k in ("id", "function", "type")
+            if k in call
+        }
 
 
 def _tool(tool: Mapping[str, Any]) -> dict[str, Any]:

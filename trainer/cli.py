@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
         "--pretrain-steps",
         type=int,
         default=None,
-        help="pre-training steps (default 400 for llama, 0 = random weights for the other families)",
+        help="pre-training steps (default 400 for llama, 40 for the other families; 0 = random weights)",
     )
     tiny.add_argument("--seed", type=int, default=0, help="seed for tokenizer, weights and corpus")
     null = commands.add_parser("null-adapter", help="write a LoRA adapter whose outputs equal the base's")

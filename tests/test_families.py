@@ -373,3 +373,19 @@ def test_rows_the_template_cannot_render_as_served_are_set_aside(family_model, f
         [{"type": "text", "text": Q1["content"]}] if parts else Q1["content"]
     )
     assert all(m["role"] != "developer" for row in kept for m in row["prompt"])
+
+
+@pytest.mark.slow
+def test_a_run_naming_layers_the_architecture_lacks_fails_with_the_ones_it_has(tmp_path, family_model):
+    from tests.fixtures.training import build_snapshot
+    from tests.test_trainer_inputs import fails
+
+    spec = {
+        "run_id": "phi",
+        "base_model": str(family_model("phi3")),
+        "snapshot_dir": str(build_snapshot(tmp_path / "snap", n_train=120, n_holdout=20)),
+        "output_dir": str(tmp_path / "out" / "phi@v1"),
+        "lora": {"target_modules": ["q_proj", "v_proj"]},
+    }
+    message = "Phi3ForCausalLM has no linear layer named ['q_proj', 'v_proj']; its adaptable layers are"
+    fails(tmp_path, spec, message, kind="LoraTargetError")

@@ -8,8 +8,11 @@ uses the core vLLM's start-up leaves free. Llama, the session's own tiny model, 
 same way by tests/test_trainer_vllm.py, test_deploy_manager_vllm.py and test_vllm_runtime_lora.py.
 
 Training here is deliberately tiny (`STEPS` steps of batch 8 per method, at a learning rate high
-enough to move a briefly pre-trained model): the point is that each family's adapters train, load
-and change what is served, not that they learn the tiny world (the pre-trained Llama shows that).
+enough to move a briefly pre-trained model in so few steps): the point is that each family's
+adapters train, load and change what is served, not that they learn the tiny world well (the
+pre-trained Llama shows that). With transformers, these adapters changed all 9 held-out answers
+of every family, mostly to the uppercase users asked for (8 steps at 3e-3 left SFT answers of
+Gemma, Phi-3 and Qwen3 unchanged).
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ from trainer.tiny_families import FAMILIES
 
 pytestmark = pytest.mark.slow
 
-STEPS = 8
-LEARNING_RATE = 3e-3
+STEPS = 20
+LEARNING_RATE = 1e-2
 METHODS = ("sft", "dpo", "kto")
 START_TIMEOUT_S = 600.0  # a loaded 2-core box has taken 4-5 min to start one
 HELD_OUT = [q.messages for q in tiny_world.all_questions("holdout", kinds=("upper",))[::12]]
@@ -62,7 +65,8 @@ def served(
     server = VLLMServer(base, work / "vllm.log", model_name="tiny")
     server.spawn()
     try:
-        snapshot = conversation_snapshot(work / "snapshot", n_train=160, n_holdout=16)
+        # Every disliked answer corrected: SFT gets the uppercase answers users asked for, too.
+        snapshot = conversation_snapshot(work / "snapshot", n_train=160, n_holdout=16, correction_rate=1.0)
         adapters = {"v0": write_null_adapter(base, work / "adapters" / f"{family}@v0")}
         runs = {}
         for version, method in enumerate(METHODS, start=1):
@@ -145,5 +149,6 @@ def test_version_0_and_trained_adapters_serve_and_change_answers(family, served,
     print(f"{family}: v0 {answers['v0'][:2]} | " + " | ".join(f"{m} {answers[m][:2]}" for m in METHODS))
     assert answers["v0"] == base  # version 0 is the base, as an adapter
     for method in METHODS:
-        assert answers[method] != answers["v0"], method
+        changed = sum(a != b for a, b in zip(answers[method], answers["v0"], strict=True))
+        assert changed >= len(HELD_OUT) // 2, (method, changed)
         assert len(reports[method].fingerprint.answers) == len(reports["v0"].fingerprint.answers) > 0

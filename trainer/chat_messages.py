@@ -24,7 +24,12 @@ message, text parts or tool calls would be rendered differently in training than
 make the template raise). `as_served` is this preparation, for the training side. The content
 format test is a simplification of vLLM's (any loop over a `content` value counts).
 
-Pure Python (jinja2 only): it runs before torch is imported.
+`prepare_rows` applies it to TRL's rows and sets aside, counting them, the rows that still could
+not be trained as served: the template raises on them (vLLM would answer 400), or their prompt
+renders differently once the answer follows it (Mistral's template drops the system prompt then),
+so TRL would train the answer on a context serving never shows.
+
+Pure Python (jinja2 only; `prepare_rows` is handed the tokenizer): it runs before torch is imported.
 """
 
 from __future__ import annotations

@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.server",
     "tests.fixtures.training",
     "tests.fixtures.families",
+    "tests.fixtures.conformance",
 ]

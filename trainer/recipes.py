@@ -20,14 +20,13 @@ from pathlib import Path
 
 import datasets
 import torch
-from datasets import Dataset
+from datasets import Dataset, Features, Json, List, Value
 from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrainer
 
-from trainer.chat_messages import prepare_rows
-from trainer.dataset import Examples
-from trainer.errors import BaseModelError, NotEnoughSignalError
+from trainer.dataset import Example, Examples
+from trainer.errors import BaseModelError
 from trainer.lora_targets import resolve_target_modules
 from trainer.progress import Progress
 from trainer.spec import RunSpec
@@ -63,16 +62,21 @@ class Job:
     callbacks: list[TrainerCallback]
 
 
-def hyperparameters(spec: RunSpec, method: str, examples: Examples) -> dict:
-    """The resolved settings a method trains with (spec values, then per-method defaults)."""
+def hyperparameters(spec: RunSpec, method: str, examples: Examples, limit: int) -> dict:
+    """The resolved settings a method trains with (spec values, then per-method defaults).
+
+    `max_length` is the longest fitted example of the method (TRL truncates nothing: the prompts
+    were fitted into `limit`, `max_length_limit`, by `trainer.tokens`)."""
     optim = spec.optim
+    lengths = [e.length for e in examples.of(method)]
     hp = {
         "learning_rate": optim.learning_rate or DEFAULT_LEARNING_RATE[method],
         "max_steps": optim.max_steps,
         "epochs": optim.epochs if optim.max_steps is None else None,
         "batch_size": optim.batch_size,
         "gradient_accumulation_steps": optim.gradient_accumulation_steps,
-        "max_length": optim.max_length,
+        "max_length": max(lengths, default=limit),
+        "max_length_limit": limit,
         "warmup_steps": optim.warmup_steps,
         "lr_scheduler": optim.lr_scheduler,
         "weight_decay": optim.weight_decay,
@@ -141,11 +145,19 @@ def _lora(spec: RunSpec, model) -> LoraConfig | None:
     )
 
 
+def load_tokenizer(spec: RunSpec):
+    """The base model's tokenizer (and chat template), from local files only. Raises BaseModelError."""
+    try:
+        return AutoTokenizer.from_pretrained(spec.base_model, local_files_only=True)
+    except Exception as exc:
+        raise BaseModelError(f"cannot load the tokenizer of base model {spec.base_model}: {exc}") from exc
+
+
 def load_model(spec: RunSpec):
     """The base model in float32 and its tokenizer, from local files only; with the parent adapter
     loaded trainable when the spec continues one. Raises BaseModelError when they cannot be loaded."""
+    tokenizer = load_tokenizer(spec)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(spec.base_model, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(
             spec.base_model, local_files_only=True, dtype=torch.float32
         )
@@ -159,19 +171,23 @@ def load_model(spec: RunSpec):
     return model, tokenizer
 
 
-def _dataset(rows: list[dict], seed: int, tokenizer) -> tuple[Dataset, dict[str, int]]:
-    """The rows as a shuffled dataset, their messages prepared as vLLM serves them, and the count
-    of rows set aside because the chat template would not render them as served
-    (`trainer.chat_messages.prepare_rows`)."""
+def _dataset(examples: list[Example], seed: int) -> Dataset:
+    """The fitted examples as a TRL dataset: conversational (messages) or standard (text).
+
+    Each message is stored as a JSON object (`datasets.Json`): Arrow would otherwise merge every
+    row's messages into one struct type, padding a tool call's arguments with every other call's
+    keys as nulls. `tools` is JSON text, which TRL decodes before `apply_chat_template`."""
     datasets.disable_progress_bars()  # one bar per preprocessing pass only clutters the run's log
-    kept, set_aside = prepare_rows(rows, tokenizer)
-    if not kept:
-        raise NotEnoughSignalError(
-            f"all {len(rows)} rows were set aside by the chat template check: {set_aside}"
-        )
+    rows = [e.trl for e in examples]
+    columns = {name: Value("string") for name in rows[0] if name != "label"}
+    if isinstance(rows[0]["prompt"], list):
+        columns = {name: List(Json()) for name in columns}
+        columns["tools"] = Value("string")
+    if "label" in rows[0]:
+        columns["label"] = Value("bool")
     # Shuffled here, once, with the run's seed: KTO samples sequentially, so the input order is
     # the batch order, and it must not be "all thumbs-up first".
-    return Dataset.from_list(kept).shuffle(seed=seed), set_aside
+    return Dataset.from_list(rows, features=Features(columns)).shuffle(seed=seed)
 
 
 def _save_adapter(trainer, save_dir: Path) -> None:
@@ -202,6 +218,9 @@ def _metrics(trainer, result) -> dict:
         "train_runtime_s": result.metrics.get("train_runtime"),
         "train_samples_per_second": result.metrics.get("train_samples_per_second"),
         "epochs": result.metrics.get("epoch"),
+        # What TRL kept after its own preprocessing: equal to the examples counted in the manifest
+        # (fitting left nothing for TRL to drop or truncate).
+        "examples_trained": len(trainer.train_dataset),
         "last_log": {k: v for k, v in last.items() if isinstance(v, int | float)},
     }
 
@@ -209,7 +228,7 @@ def _metrics(trainer, result) -> dict:
 def train_sft(job: Job, hp: dict) -> dict:
     """Supervised fine-tuning on liked and corrected answers (loss on the answer tokens only)."""
     model, tokenizer = load_model(job.spec)
-    dataset, set_aside = _dataset(job.examples.sft, job.spec.seed, tokenizer)
+    dataset = _dataset(job.examples.sft, job.spec.seed)
     config = SFTConfig(**_trl_args(job, hp))
     trainer = SFTTrainer(
         model=model,
@@ -221,7 +240,7 @@ def train_sft(job: Job, hp: dict) -> dict:
     )
     result = trainer.train()
     _save_adapter(trainer, job.save_dir)
-    return _metrics(trainer, result) | {"set_aside": set_aside}
+    return _metrics(trainer, result)
 
 
 def train_dpo(job: Job, hp: dict) -> dict:
@@ -229,7 +248,7 @@ def train_dpo(job: Job, hp: dict) -> dict:
     answering (plain DPO collapsed the regression set in training.md). The reference is the base
     model, or the parent adapter when continuing (TRL keeps a frozen copy of it)."""
     model, tokenizer = load_model(job.spec)
-    dataset, set_aside = _dataset(job.examples.dpo, job.spec.seed, tokenizer)
+    dataset = _dataset(job.examples.dpo, job.spec.seed)
     config = DPOConfig(**_trl_args(job, hp), beta=hp["beta"], loss_type=hp["loss_type"])
     trainer = DPOTrainer(
         model=model,
@@ -241,13 +260,13 @@ def train_dpo(job: Job, hp: dict) -> dict:
     )
     result = trainer.train()
     _save_adapter(trainer, job.save_dir)
-    return _metrics(trainer, result) | {"set_aside": set_aside}
+    return _metrics(trainer, result)
 
 
 def train_kto(job: Job, hp: dict) -> dict:
     """KTO on single thumbs (liked / disliked answers), so unpaired feedback is not wasted."""
     model, tokenizer = load_model(job.spec)
-    dataset, set_aside = _dataset(job.examples.kto, job.spec.seed, tokenizer)
+    dataset = _dataset(job.examples.kto, job.spec.seed)
     config = KTOConfig(**_trl_args(job, hp), beta=hp["beta"], desirable_weight=hp["desirable_weight"])
     trainer = KTOTrainer(
         model=model,
@@ -259,7 +278,7 @@ def train_kto(job: Job, hp: dict) -> dict:
     )
     result = trainer.train()
     _save_adapter(trainer, job.save_dir)
-    return _metrics(trainer, result) | {"set_aside": set_aside}
+    return _metrics(trainer, result)
 
 
 RECIPES: dict[str, Callable[[Job, dict], dict]] = {"sft": train_sft, "dpo": train_dpo, "kto": train_kto}

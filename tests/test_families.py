@@ -8,37 +8,26 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 
+import msgspec
 import pytest
 from jinja2.exceptions import TemplateError
 
 from deploy.adapter_dir import InvalidAdapter, check_adapter_dir
+from tests.fixtures.families import A1, Q1, Q2, RESULT, SYSTEM, TOOLS
+from tests.fixtures.families import CALL as FIXTURE_CALL
 from trainer.lora_targets import LoraTargetError
 from trainer.tiny_families import FAMILIES
 from trainer.tiny_model import FAMILY_NAMES
 
-SYSTEM = {"role": "system", "content": "be brief."}
-Q1 = {"role": "user", "content": "what is the capital of france?"}
-A1 = {"role": "assistant", "content": "it is paris."}
-Q2 = {"role": "user", "content": "what colour is grass?"}
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "lookup",
-            "description": "look a fact up.",
-            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
-        },
-    }
-]
+# The fixture's call with its arguments as a dict: templates are handed that (vLLM parses them).
 CALL = {
-    "role": "assistant",
-    "content": None,
+    **FIXTURE_CALL,
     "tool_calls": [
-        {"id": "abcdefghi", "type": "function", "function": {"name": "lookup", "arguments": {"q": "france"}}}
+        {**FIXTURE_CALL["tool_calls"][0], "function": {"name": "lookup", "arguments": {"q": "france"}}}
     ],
 }
-RESULT = {"role": "tool", "tool_call_id": "abcdefghi", "content": "paris"}
 
 
 def tokenizer(family_model, family: str):
@@ -292,7 +281,8 @@ def test_an_adapter_trained_with_other_layer_names_is_refused(family_model, tmp_
 
 
 def test_messages_are_prepared_as_vllm_prepares_them():
-    from trainer.chat_messages import UnservableMessages, as_served, content_format
+    from formats.log import Message, normalize
+    from formats.rendering import RenderError, content_format, template_messages, template_tools
     from trainer.tiny_families import GEMMA_TEMPLATE, QWEN2_TEMPLATE
 
     assert content_format(QWEN2_TEMPLATE) == "string" and content_format(GEMMA_TEMPLATE) == "openai"
@@ -304,75 +294,102 @@ def test_messages_are_prepared_as_vllm_prepares_them():
         "refusal": None,
         "tool_calls": [{"id": "x", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}],
     }
-    messages, tools = as_served(
-        [SYSTEM, developer, parts, call, {**A1, "reasoning": "r", "reasoning_content": "dropped"}],
-        QWEN2_TEMPLATE,
-        [{"type": "function", "function": {"parameters": {}, "name": "f"}}],
-    )
-    assert messages == [
+    request = {
+        "messages": [SYSTEM, developer, parts, call, {**A1, "reasoning_content": "dropped"}],
+        "tools": [{"type": "function", "function": {"parameters": {}, "name": "f"}}],
+    }
+    log = normalize(json.dumps(request).encode(), json.dumps({"choices": [{"message": A1}]}).encode())
+    assert template_messages(log.messages, QWEN2_TEMPLATE) == [
         {"role": "system", "content": "be brief.\n\nbe brief."},  # developer -> system, merged first
         {"role": "user", "content": "a\nb"},
-        {
-            "role": "assistant",
-            "content": "",
-            "tool_calls": [{"id": "x", "function": {"arguments": {"a": 1}, "name": "f"}, "type": "function"}],
-        },
-        {"role": "assistant", "content": "it is paris.", "reasoning": "r", "reasoning_content": "r"},
+        # vLLM's key order (Mistral's template prints it): id, function (arguments, name), type.
+        {"role": "assistant", "content": "", "tool_calls": [{"id": "x", "function": {"arguments": {"a": 1}, "name": "f"}, "type": "function"}]},
+        {"role": "assistant", "content": "it is paris."},
+    ]  # fmt: skip
+    assert template_tools(log.tools) == [
+        {"type": "function", "function": {"name": "f", "description": None, "parameters": {}}}
     ]
-    assert tools == [{"type": "function", "function": {"name": "f", "description": None, "parameters": {}}}]
-    assert call["tool_calls"][0]["function"]["arguments"] == '{"a": 1}'  # the input is left alone
-    gemma, _ = as_served(
-        [SYSTEM, parts, {"role": "tool", "content": [{"type": "text", "text": "t"}]}], GEMMA_TEMPLATE
+    # A template that loops over contents gets lists of text parts; a tool result stays a string.
+    gemma = template_messages(
+        [Message(role="system", content="be brief."), *log.messages[2:3], Message(role="tool", content="t")],
+        GEMMA_TEMPLATE,
     )
     assert gemma == [
         {"role": "system", "content": [{"type": "text", "text": "be brief."}]},
-        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+        {"role": "user", "content": [{"type": "text", "text": "a\nb"}]},  # joined at capture
         {"role": "tool", "content": "t"},
     ]
-    bad_arguments = {
-        **call,
-        "tool_calls": [
-            {"function": {"name": "f", "arguments": "[1, 2"}},
-        ],
-    }
-    assert as_served([bad_arguments], QWEN2_TEMPLATE)[0][0]["tool_calls"][0]["function"]["arguments"] == {}
-    assert "tool_calls" not in as_served([{**call, "tool_calls": []}], QWEN2_TEMPLATE)[0][0]
-    with pytest.raises(UnservableMessages, match="not text"):
-        as_served(
-            [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], QWEN2_TEMPLATE
-        )
+    bad = msgspec.convert(
+        {**call, "tool_calls": [{"id": "y", "function": {"name": "f", "arguments": "[1, 2"}}]}, Message
+    )
+    assert template_messages([bad], QWEN2_TEMPLATE)[0]["tool_calls"] == [
+        {"id": "y", "function": {"arguments": {}, "name": "f"}}  # no `type` sent, none given
+    ]
+    custom = msgspec.convert(
+        {**call, "tool_calls": [{"id": "z", "type": "custom", "custom": {"name": "g"}}]}, Message
+    )
+    with pytest.raises(RenderError, match="only function calls render"):
+        template_messages([custom], QWEN2_TEMPLATE)
+
+
+def test_content_format_detection_agrees_with_vllms():
+    from vllm.renderers.hf import _detect_content_format
+
+    from formats.rendering import content_format
+    from tests.fixtures.conformance import TOOL_TEMPLATE
+    from trainer.tiny_families import FAMILIES
+    from trainer.tiny_model import CHAT_TEMPLATE
+
+    templates = [CHAT_TEMPLATE, TOOL_TEMPLATE, *(f.chat_template for f in FAMILIES.values())]
+    templates += [
+        "{% for m in messages[1:] %}{% for p in m['content'] | list %}{{ p.text }}{% endfor %}{% endfor %}",
+        "{% set loop_messages = messages %}{% for m in loop_messages %}{% for p in m.content %}x{% endfor %}{% endfor %}",
+        "{% for m in messages %}{% for c in m.tool_calls %}{{ c.id }}{% endfor %}{{ m.content }}{% endfor %}",
+        "{% for m in messages %}{% set content = m.content %}{% for p in content %}x{% endfor %}{% endfor %}",
+    ]  # fmt: skip
+    for template in templates:
+        assert content_format(template) == _detect_content_format(template, default="string"), template
 
 
 @pytest.mark.parametrize(
-    ("family", "set_aside"),
+    ("family", "dropped"),
     [
         ("llama", {}),
         ("qwen2", {}),
         ("qwen3", {}),
-        ("gemma", {"template_refused": 1}),
+        ("gemma", {"template_error": 1}),
         ("phi3", {}),
-        ("mistral", {"template_refused": 1, "prompt_not_prefix": 2}),
+        ("mistral", {"template_error": 1, "prompt_not_prefix": 2}),
     ],
 )
-def test_rows_the_template_cannot_render_as_served_are_set_aside(family_model, family, set_aside):
-    from trainer.chat_messages import prepare_rows
+def test_examples_the_template_cannot_render_as_served_are_dropped_and_counted(family_model, family, dropped):
+    from formats.log import Message
+    from trainer.dataset import Example, Examples
+    from trainer.tokens import Renderer, fit_examples
 
-    answer = [{"role": "assistant", "content": "it is paris."}]
-    rows = [
-        {"prompt": [Q1], "completion": answer},
-        {"prompt": [SYSTEM, Q1], "completion": answer, "label": True},
-        {"prompt": [Q2, Q1], "chosen": answer, "rejected": [{"role": "assistant", "content": "no."}]},
-        {"prompt": [{"role": "developer", "content": "be brief."}, Q1], "completion": answer},
-    ]
-    kept, counted = prepare_rows(rows, tokenizer(family_model, family))
-    assert counted == set_aside
-    assert len(kept) == len(rows) - sum(set_aside.values())
+    def messages(*dicts):
+        return msgspec.convert(list(dicts), list[Message])
+
+    answer, wrong = Message(role="assistant", content=A1["content"]), Message(role="assistant", content="no.")
+    developer = {"role": "developer", "content": "be brief."}
+    examples = Examples(
+        sft=[Example("1", messages(Q1), None, {"completion": answer})],
+        kto=[
+            Example("2", messages(SYSTEM, Q1), None, {"completion": answer}, label=True),
+            Example("4", messages(developer, Q1), None, {"completion": answer}, label=True),
+        ],
+        dpo=[Example("3", messages(Q2, Q1), None, {"chosen": answer, "rejected": wrong})],
+    )
+    fitted = fit_examples(examples, Renderer(tokenizer(family_model, family)), limit=512)
+    counted = sum((fitted.dropped[kind] for kind in ("sft", "dpo", "kto")), Counter())
+    assert counted == Counter(dropped)
+    assert len(fitted.sft) + len(fitted.dpo) + len(fitted.kto) == 4 - sum(dropped.values())
     # Plain messages pass unchanged, except where the template wants content parts (Gemma's).
     parts = family == "gemma"
-    assert kept[0]["prompt"][0]["content"] == (
+    assert fitted.sft[0].trl["prompt"][0]["content"] == (
         [{"type": "text", "text": Q1["content"]}] if parts else Q1["content"]
     )
-    assert all(m["role"] != "developer" for row in kept for m in row["prompt"])
+    assert all(m["role"] != "developer" for e in fitted.kto for m in e.trl["prompt"])
 
 
 @pytest.mark.slow

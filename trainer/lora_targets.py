@@ -15,6 +15,8 @@ For an architecture not listed, every linear layer but the output head is assume
 against the base model's weights before anything is loaded.
 
 - `resolve_target_modules(model, ["all-linear"])`: every servable linear layer (trained adapters).
+- `base_target_modules(base_model_dir, requested)`: the same for a model directory, read on the
+  meta device (no weights): the trainer checks a run's targets with it before training starts.
 - `default_target_modules(model)`: PEFT's per-model-type default where vLLM can serve it (q/v
   projections), else all servable linear layers (Phi-3): the smallest sensible adapter, for
   version 0 (a null adapter) and random test adapters.
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from trainer.errors import SpecError
+from trainer.errors import BaseModelError, SpecError
 
 ALL_LINEAR = "all-linear"
 
@@ -106,3 +108,22 @@ def default_target_modules(model) -> list[str]:
     if peft_default and set(peft_default) <= servable:
         return sorted(peft_default)
     return resolve_target_modules(model, [ALL_LINEAR])
+
+
+def meta_model(base_model):
+    """The base model's architecture on the meta device, from its config alone (no weights read).
+    Raises `BaseModelError` when the config names no architecture transformers can build."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(base_model, local_files_only=True)
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config)
+    except Exception as exc:
+        raise BaseModelError(f"cannot build the architecture of base model {base_model}: {exc}") from exc
+
+
+def base_target_modules(base_model, requested: Sequence[str]) -> list[str]:
+    """`resolve_target_modules` for the model in directory `base_model`. Raises `LoraTargetError`."""
+    return resolve_target_modules(meta_model(base_model), requested)

@@ -87,13 +87,10 @@ def _target_shapes(
     """The resolved target names, and `{module path: (in_features, out_features)}` for the base's
     Linear layers they name."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
 
-    from trainer.lora_targets import default_target_modules, resolve_target_modules
+    from trainer.lora_targets import default_target_modules, meta_model, resolve_target_modules
 
-    config = AutoConfig.from_pretrained(base_model)
-    with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(config)
+    skeleton = meta_model(base_model)
     if target_modules is None:
         targets = default_target_modules(skeleton)
     else:

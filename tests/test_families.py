@@ -234,6 +234,37 @@ def test_an_adapter_for_layers_the_base_lacks_is_refused_before_loading(family_m
     assert check_adapter_dir(phi, root=root, max_rank=16, base_model=str(family_model("phi3"))).rank == 8
 
 
+def test_the_service_refuses_an_adapter_trained_on_another_base_before_any_replica_sees_it(
+    family_model, tmp_path
+):
+    """The production wiring (`service.app.build_runtime`): the replicas' URL is a closed port, so
+    only a refusal before contacting them gives this error."""
+    import asyncio
+
+    from deploy.adapters import AdapterLoadFailed
+    from service.app import build_runtime
+    from service.config import Settings, VllmSettings
+    from trainer.null_adapter import write_null_adapter
+
+    vllm = VllmSettings(urls=("http://127.0.0.1:9",), base_model=str(family_model("llama")))
+    runtime = build_runtime(Settings(data_dir=str(tmp_path / "data"), vllm=vllm))
+    adapter = write_null_adapter(family_model("qwen2"), runtime.settings.adapters_dir / "p" / "v1")
+
+    async def load() -> None:
+        try:
+            await runtime.manager.load("p@v1", adapter)
+        finally:
+            await runtime.manager.aclose()
+
+    try:
+        with pytest.raises(
+            AdapterLoadFailed, match=r"trained on base model .*tiny-qwen2.*but the servers run"
+        ):
+            asyncio.run(load())
+    finally:
+        runtime.db.close()
+
+
 @pytest.mark.parametrize(
     ("config", "message"),
     [

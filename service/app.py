@@ -25,6 +25,7 @@ from service.auth import KeyRing, mint_key
 from service.capture import Capture, utcnow
 from service.config import Settings
 from service.gateway import Gateway
+from service.loop_lag import LoopLagProbe
 from service.metrics import Metrics
 from service.pipeline import Pipeline
 from service.rollouts import Rollouts, bring_up_serving
@@ -151,6 +152,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
         runtime.writer.start()
         for run_id in pipeline.recover():
             log.warning("run %s was interrupted by the restart and is marked failed", run_id)
+        probe = LoopLagProbe(runtime.metrics)
+        probe.start()
         scheduler = build_scheduler(runtime, pipeline)
         startup = asyncio.get_running_loop().create_task(bring_up_serving(runtime))
         if settings.scheduler_enabled:
@@ -161,6 +164,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
             if scheduler.running:
                 scheduler.shutdown(wait=False)
             startup.cancel()
+            await probe.aclose()
             await pipeline.aclose()
             await runtime.gateway.aclose()  # logs still in flight go to the writer first
             await runtime.manager.aclose()

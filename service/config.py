@@ -74,10 +74,18 @@ class TrainingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     min_minority_share: Annotated[
         float,
         _doc(
-            "Share of the rarer thumb (up or down) among all thumbs needed: one-sided signal teaches little."
+            "Share of the rarer thumb (up or down) among the new thumbs needed: one-sided signal teaches little."
         ),
         msgspec.Meta(ge=0, lt=0.5),
     ] = 0.05
+    run_cooldown_seconds: Annotated[
+        float,
+        _doc(
+            "After a run ends, the new-signal check waits this long before starting another "
+            "(a bulk import would otherwise start one run after the other)."
+        ),
+        msgspec.Meta(ge=0),
+    ] = 300.0
     min_train_rows: Annotated[
         int, _doc("Fewest snapshot training rows a run proceeds with."), msgspec.Meta(ge=1)
     ] = 32

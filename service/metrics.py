@@ -76,6 +76,13 @@ class Metrics:
             buckets=_LAG_BUCKETS,
             registry=r,
         )
+        self.event_loop_blocked = Histogram(
+            "ratchet_event_loop_blocked_seconds",
+            "The part of each event-loop lag not spent waiting for a CPU: the loop held by the process itself "
+            "(a blocking call, or the GIL held by another thread).",
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
         self.event_loop_lag_max = Gauge(
             "ratchet_event_loop_lag_max_seconds",
             "Longest event-loop stall since the service started.",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -36,7 +37,7 @@ def build_scheduler(runtime: Runtime, pipeline: Pipeline) -> AsyncIOScheduler:
     )
 
     async def prune() -> None:
-        pipeline.prune()
+        await asyncio.to_thread(pipeline.prune)  # deletes directories: off the event loop
 
     jobs: list[tuple[str, Callable[[], Awaitable[Any]], Any]] = [
         ("signal-check", lambda: pipeline.check_signal(utcnow()), {"trigger": "interval", "seconds": t.signal_check_seconds}),

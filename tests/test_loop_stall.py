@@ -16,7 +16,7 @@ import msgspec
 
 from tests.fixtures.server import RatchetProcess
 
-LOGS = 150_000
+LOGS = 100_000
 STALL_S = 0.05
 
 
@@ -37,7 +37,10 @@ def load(server: RatchetProcess, key: str, n: int, batch: int = 1000) -> None:
                 for i in ids if i % 5 < 3
             ]  # fmt: skip
             headers = {"content-type": "application/json"}
-            assert api.post("/v1/logs", content=msgspec.json.encode({"logs": logs}), headers=headers).status_code == 202
+            assert (
+                api.post("/v1/logs", content=msgspec.json.encode({"logs": logs}), headers=headers).status_code
+                == 202
+            )
             r = api.post("/v1/feedback", content=msgspec.json.encode({"feedback": feedback}), headers=headers)
             assert r.status_code == 202
 
@@ -45,9 +48,11 @@ def load(server: RatchetProcess, key: str, n: int, batch: int = 1000) -> None:
 def stalls_over(server: RatchetProcess, seconds: float) -> tuple[float, float]:
     """(probe wake-ups so far, of which later than `seconds`), from the server's /metrics."""
     text = httpx.get(f"{server.url}/metrics", timeout=30).text
-    count = float(re.search(r"^ratchet_event_loop_lag_seconds_count (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
+    count = float(re.search(r"^ratchet_event_loop_blocked_seconds_count (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
     within = float(
-        re.search(rf'^ratchet_event_loop_lag_seconds_bucket{{le="{seconds}"}} (\S+)$', text, re.M).group(1)  # type: ignore[union-attr]
+        re.search(rf'^ratchet_event_loop_blocked_seconds_bucket{{le="{seconds}"}} (\S+)$', text, re.M).group(
+            1
+        )  # type: ignore[union-attr]
     )
     return count, count - within
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 from datetime import datetime
 from pathlib import Path
@@ -26,7 +27,7 @@ async def create_project(data: ProjectIn, principal: Principal, runtime: Runtime
 
     Its version 0 (the base model as a zero adapter) starts loading in the background."""
     require_admin(principal)
-    created = projects.create_project(runtime, data)
+    created = await asyncio.to_thread(projects.create_project, runtime, data)
     projects.serve_base_version_soon(runtime, data.name)
     return created
 

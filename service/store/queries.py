@@ -12,7 +12,7 @@ import duckdb
 import msgspec
 
 from service.auth import StoredKey
-from service.domain import AdapterStats, FeedbackOut, LogOut, Project, ProjectStats
+from service.domain import AdapterStats, FeedbackOut, LogOut, NewSignal, Project, ProjectStats
 from service.errors import Conflict, NotFound
 from service.store.db import Database
 
@@ -96,22 +96,40 @@ class Queries:
         )  # fmt: skip
 
     # --- stats
-    def project_stats(self, project: str) -> ProjectStats:
-        """Counts by kind, thumbs-up rate overall and per adapter, new signal since the last run."""
-        self.get_project(project)
+    def count_new_signal(self, project: str, since: datetime | None) -> NewSignal:
+        """Feedback received after `since`, by kind. Costs O(rows since), not O(history): rows
+        arrive in `received_at` order, so DuckDB skips every row group whose maximum is older."""
         with self._db.reading() as cur:
-            (logs,) = cur.execute("SELECT count(*) FROM logs WHERE project = ?", [project]).fetchone()
+            row = cur.execute(
+                "SELECT count(*) FILTER (rating IS NOT NULL), count(*) FILTER (rating = 1),"
+                " count(*) FILTER (rating = -1), count(*) FILTER (correction IS NOT NULL)"
+                " FROM feedback WHERE project = ? AND received_at > ?",
+                [project, since or datetime.min],
+            ).fetchone()
+        return NewSignal(since, *row)
+
+    def last_run_start(self, project: str) -> datetime | None:
+        with self._db.reading() as cur:
             (last_run,) = cur.execute(
                 "SELECT max(started_at) FROM runs WHERE project = ?", [project]
             ).fetchone()
+        return last_run  # type: ignore[no-any-return]
+
+    def project_stats(self, project: str) -> ProjectStats:
+        """Counts by kind, thumbs-up rate overall and per adapter, new signal since the last run.
+
+        A full pass over the project's history (about a second per million logs): call it off the
+        event loop."""
+        self.get_project(project)
+        new = self.count_new_signal(project, self.last_run_start(project))
+        with self._db.reading() as cur:
+            (logs,) = cur.execute("SELECT count(*) FROM logs WHERE project = ?", [project]).fetchone()
             fb = cur.execute(
                 "SELECT count(*), count(DISTINCT log_id) FILTER (rating IS NOT NULL),"
                 " count(*) FILTER (rating = 1), count(*) FILTER (rating = -1),"
-                " count(*) FILTER (correction IS NOT NULL),"
-                " count(*) FILTER (rating IS NOT NULL AND received_at > ?),"
-                " count(*) FILTER (correction IS NOT NULL AND received_at > ?)"
+                " count(*) FILTER (correction IS NOT NULL)"
                 " FROM feedback WHERE project = ?",
-                [last_run or datetime.min, last_run or datetime.min, project],
+                [project],
             ).fetchone()
             by_adapter = cur.execute(
                 "SELECT l.adapter, count(DISTINCT l.id), count(f.rating),"
@@ -120,7 +138,7 @@ class Queries:
                 " WHERE l.project = ? GROUP BY l.adapter ORDER BY l.adapter NULLS FIRST",
                 [project],
             ).fetchall()
-        feedback, rated, up, down, corrections, new_rated, new_corr = fb
+        feedback, rated, up, down, corrections = fb
         return ProjectStats(
             project=project,
             logs=logs,
@@ -130,9 +148,9 @@ class Queries:
             thumbs_down=down,
             corrections=corrections,
             thumbs_up_rate=_rate(up, down),
-            new_rated_since_last_run=new_rated,
-            new_corrections_since_last_run=new_corr,
-            last_run_at=last_run,
+            new_rated_since_last_run=new.rated,
+            new_corrections_since_last_run=new.corrections,
+            last_run_at=new.since,
             by_adapter=[AdapterStats(a, n, r, u, d, _rate(u, d)) for a, n, r, u, d in by_adapter],
         )
 

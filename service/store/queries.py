@@ -16,6 +16,26 @@ from service.domain import AdapterStats, FeedbackOut, LogOut, NewSignal, Project
 from service.errors import Conflict, NotFound
 from service.store.db import Database
 
+# Point reads through the single-column indexes on logs.id and feedback.log_id (migration 010).
+# DuckDB plans an index scan only when the indexed column is the scan's one filter, so the project
+# is filtered after a materialized CTE: `project = ? AND id = ?` in one WHERE is a full scan.
+LOG_BY_ID = """
+WITH hit AS MATERIALIZED (
+    SELECT id, project, created_at, source, adapter, request, response, end_user, latency_ms,
+           prompt_tokens, completion_tokens, metadata
+    FROM logs WHERE id = $1
+)
+SELECT * FROM hit WHERE project = $2
+"""
+FEEDBACK_BY_LOG_ID = """
+WITH hit AS MATERIALIZED (
+    SELECT id, log_id, end_user, created_at, rating, score, correction, comment, project
+    FROM feedback WHERE log_id = $1
+)
+SELECT id, log_id, end_user, created_at, rating, score, correction, comment FROM hit
+WHERE project = $2 ORDER BY created_at
+"""
+
 
 def _json(value: str | None) -> Any:
     return None if value is None else msgspec.json.decode(value)
@@ -77,18 +97,10 @@ class Queries:
     def get_log(self, project: str, log_id: str) -> LogOut:
         """A log with its current feedback rows; `NotFound` if the project has no such log."""
         with self._db.reading() as cur:
-            row = cur.execute(
-                "SELECT id, project, created_at, source, adapter, request, response, end_user, latency_ms,"
-                " prompt_tokens, completion_tokens, metadata FROM logs WHERE project = ? AND id = ?",
-                [project, log_id],
-            ).fetchone()
+            row = cur.execute(LOG_BY_ID, [log_id, project]).fetchone()
             if row is None:
                 raise NotFound(f"no log {log_id!r} in project {project!r}")
-            feedback = cur.execute(
-                "SELECT id, log_id, end_user, created_at, rating, score, correction, comment FROM feedback"
-                " WHERE project = ? AND log_id = ? ORDER BY created_at",
-                [project, log_id],
-            ).fetchall()
+            feedback = cur.execute(FEEDBACK_BY_LOG_ID, [log_id, project]).fetchall()
         (id_, proj, created, source, adapter, req, resp, user, latency, pt, ct, meta) = row
         return LogOut(
             id_, proj, created, source, adapter, _json(req), _json(resp), user, latency, pt, ct, _json(meta),

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from litestar import Litestar
 from litestar.di import Provide
@@ -31,7 +32,7 @@ from service.pipeline import Pipeline
 from service.rollouts import Rollouts, bring_up_serving
 from service.runtime import Runtime
 from service.scheduler import build_scheduler
-from service.store.db import Database
+from service.store.db import Database, default_memory_limit_mib
 from service.store.queries import Queries
 from service.store.runs import Runs
 from service.store.serving import Serving
@@ -65,7 +66,12 @@ def tune_interpreter_for_serving() -> None:
 def build_runtime(settings: Settings, metrics: Metrics | None = None) -> Runtime:
     """Open the store and build the in-memory views. The writer is started by the app."""
     metrics = metrics or Metrics()
-    db = Database(settings.db_path, checkpoint_wal_mib=settings.writer.checkpoint_wal_mib)
+    db = Database(
+        settings.db_path,
+        checkpoint_wal_mib=settings.writer.checkpoint_wal_mib,
+        memory_limit_mib=settings.database.memory_limit_mib or default_memory_limit_mib(),
+        temp_directory=Path(settings.database.temp_directory or Path(settings.data_dir) / "tmp"),
+    )
     queries = Queries(db)
     writer = GroupCommitWriter(
         db,

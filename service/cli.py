@@ -23,6 +23,7 @@ from service.config import Settings, SettingsError
 from service.errors import RatchetError
 
 Handler = Callable[[argparse.Namespace], int]
+SHUTDOWN_GRACE_S = 5
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -56,6 +57,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=settings.port,
         log_level="warning",
         access_log=False,
+        # At SIGTERM, requests still running (a long export) get this long before they are cut
+        # off: the process then exits within ~10 s (Database.close interrupts their queries).
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
     )
     return 0
 

@@ -41,6 +41,22 @@ class WriterSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     ] = 64
 
 
+class DatabaseSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """DuckDB's share of the machine."""
+
+    memory_limit_mib: Annotated[
+        int,
+        _doc(
+            "Most memory DuckDB's buffer pool may hold (MiB); beyond it queries spill to temp_directory, "
+            "then fail with a 503 naming this setting. 0: a quarter of the machine's (or cgroup's) memory."
+        ),
+        msgspec.Meta(ge=0),
+    ] = 0
+    temp_directory: Annotated[
+        str, _doc("Where DuckDB spills what does not fit in memory. Empty: <data_dir>/tmp.")
+    ] = ""
+
+
 class SnapshotSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """How a training snapshot is cut from the feedback data."""
 
@@ -168,6 +184,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     ] = 1024 * 1024
     max_batch_items: Annotated[int, _doc("Most items in one batch request."), msgspec.Meta(ge=1)] = 1000
     writer: WriterSettings = WriterSettings()
+    database: DatabaseSettings = DatabaseSettings()
     snapshot: SnapshotSettings = SnapshotSettings()
     vllm: VllmSettings = VllmSettings()
     canary_fraction: Annotated[

@@ -12,37 +12,12 @@ import threading
 import time
 
 import httpx
-import msgspec
 
+from tests.fixtures.logs import load_chat_logs
 from tests.fixtures.server import RatchetProcess
 
 LOGS = 100_000
 STALL_S = 0.05
-
-
-def load(server: RatchetProcess, key: str, n: int, batch: int = 1000) -> None:
-    """`n` short chat logs through the batch API, 60% of them rated (5% corrected)."""
-    with server.client(key, timeout=120) as api:
-        for start in range(0, n, batch):
-            ids = range(start, min(start + batch, n))
-            logs = [
-                {"id": f"l{i}", "end_user": f"u{i % 40}", "created_at": f"2026-11-01T00:00:{i % 60:02d}Z",
-                 "request": {"messages": [{"role": "user", "content": f"question {i}"}]},
-                 "response": {"choices": [{"message": {"role": "assistant", "content": f"answer {i}"}}]}}
-                for i in ids
-            ]  # fmt: skip
-            feedback = [
-                {"log_id": f"l{i}", "end_user": f"u{i % 40}", "rating": 1 if i % 3 else -1,
-                 **({"correction": f"better {i}"} if i % 20 == 0 else {})}
-                for i in ids if i % 5 < 3
-            ]  # fmt: skip
-            headers = {"content-type": "application/json"}
-            assert (
-                api.post("/v1/logs", content=msgspec.json.encode({"logs": logs}), headers=headers).status_code
-                == 202
-            )
-            r = api.post("/v1/feedback", content=msgspec.json.encode({"feedback": feedback}), headers=headers)
-            assert r.status_code == 202
 
 
 def stalls_over(server: RatchetProcess, seconds: float) -> tuple[float, float]:
@@ -60,7 +35,7 @@ def stalls_over(server: RatchetProcess, seconds: float) -> tuple[float, float]:
 def test_heavy_reads_and_scheduler_jobs_never_stall_the_event_loop(start_ratchet) -> None:  # type: ignore[no-untyped-def]
     loader = start_ratchet(env={"RATCHET_SCHEDULER_ENABLED": "false"})
     key = loader.create_project("big")
-    load(loader, key, LOGS)
+    load_chat_logs(loader, key, LOGS)
     loader.stop()
     server = start_ratchet(
         data_dir=loader.data_dir,

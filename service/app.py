@@ -72,6 +72,7 @@ def build_runtime(settings: Settings, metrics: Metrics | None = None) -> Runtime
         memory_limit_mib=settings.database.memory_limit_mib or default_memory_limit_mib(),
         temp_directory=Path(settings.database.temp_directory or Path(settings.data_dir) / "tmp"),
     )
+    metrics.wal_bytes.set_function(db.wal_bytes)
     queries = Queries(db)
     writer = GroupCommitWriter(
         db,

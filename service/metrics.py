@@ -56,6 +56,13 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.write_checkpoints_deferred = Counter(
+            "ratchet_write_checkpoints_deferred_total",
+            "Checkpoints the writer put off because a read that overlapped feedback updates was still open "
+            "(DuckDB refuses them; the WAL grows until the read ends).",
+            registry=r,
+        )
+        self.wal_bytes = Gauge("ratchet_wal_bytes", "Size of DuckDB's write-ahead log.", registry=r)
         self.writer_queue_rows = Gauge(
             "ratchet_writer_queue_rows", "Rows waiting for the group-commit writer.", registry=r
         )

@@ -291,15 +291,38 @@ def during(server: RatchetProcess, key: str, rate: float, sampler: Sampler, op: 
     poster.start()
     time.sleep(2)
     sampler.reset()
+    loop_before = {h: histogram(server, h) for h in LOOP_HISTOGRAMS}
     t0 = time.perf_counter()
     op()
     t1 = time.perf_counter()
     time.sleep(1)
     stop.set()
     poster.join()
+    loop = {
+        h: _highest_bucket(_minus(histogram(server, h), loop_before[h])) if loop_before[h] else None
+        for h in LOOP_HISTOGRAMS
+    }
     inside = sorted(d for at, d in posts if t0 <= at <= t1)
     return {"seconds": t1 - t0, "p50": _q(inside, 0.5), "p99": _q(inside, 0.99), "max": max(inside, default=0.0),
-            "n": len(inside), "rss": sampler.rss}  # fmt: skip
+            "n": len(inside), "rss": sampler.rss, "loop": loop}  # fmt: skip
+
+
+LOOP_HISTOGRAMS = ("ratchet_event_loop_lag_seconds", "ratchet_event_loop_blocked_seconds")
+
+
+def histogram(server: RatchetProcess, name: str) -> list[tuple[float, float]]:
+    """A histogram's cumulative buckets from /metrics (empty where the server has none)."""
+    return _buckets(httpx.get(f"{server.url}/metrics", timeout=60).text, name)
+
+
+def _buckets(text: str, name: str) -> list[tuple[float, float]]:
+    return [
+        (float(le), float(v)) for le, v in re.findall(rf'^{name}_bucket{{le="([^"]+)"}} (\S+)$', text, re.M)
+    ]
+
+
+def _minus(after: list[tuple[float, float]], before: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    return [(le, a - b) for (le, a), (_, b) in zip(after, before, strict=True)]
 
 
 def metrics(server: RatchetProcess) -> dict[str, float]:
@@ -311,10 +334,7 @@ def metrics(server: RatchetProcess) -> dict[str, float]:
         if m:
             found[name] = float(m.group(1))
     for hist in ("ratchet_event_loop_blocked_seconds", "ratchet_write_checkpoint_seconds"):
-        buckets = [
-            (float(le), float(v))
-            for le, v in re.findall(rf'^{hist}_bucket{{le="([^"]+)"}} (\S+)$', text, re.M)
-        ]
+        buckets = _buckets(text, hist)
         if buckets:
             found[f"{hist}_max_le"] = _highest_bucket(buckets)
     return found
@@ -452,8 +472,10 @@ def print_table(rows: list[Any]) -> None:
     row("batch request p50 / p99", [f"{r[1]['batch_p50']:.2f} / {r[1]['batch_p99']:.2f} s" for r in rows])
     row("writer checkpoints during that load: count, mean pause", [f"{r[2]:.0f}, {r[3]:.2f} s" for r in rows])
     for op in ("idle", "stats", "export", "signal check", "snapshot"):
-        row(f"single-log POST p50 / p99 / max during {op} (op time)",
-            [f"{o['p50'] * 1e3:.0f} / {o['p99'] * 1e3:.0f} / {o['max'] * 1e3:.0f} ms ({o['seconds']:.1f} s)"
+        row(f"single-log POST p50 / p99 / max during {op} (op time; loop lag / blocked, bucket bounds)",
+            [f"{o['p50'] * 1e3:.0f} / {o['p99'] * 1e3:.0f} / {o['max'] * 1e3:.0f} ms ({o['seconds']:.1f} s; "
+             + " / ".join(f"<= {o['loop'][h] * 1e3:.0f} ms" if o["loop"].get(h) is not None else "-"
+                          for h in LOOP_HISTOGRAMS) + ")"
              for o in (r[4][op] for r in rows)])  # fmt: skip
     row(
         "snapshot stage (run stats), peak server RSS",

@@ -10,6 +10,7 @@ from pathlib import Path
 from service.app import build_runtime
 from service.config import Settings, WriterSettings
 from tests.fixtures.logs import load_chat_logs
+from tests.fixtures.rows import feedback_row
 from tests.fixtures.server import wait_for
 
 
@@ -57,7 +58,9 @@ def test_the_writer_never_waits_behind_a_long_read_and_checkpoints_once_it_ends(
 
     def upsert(rating: int) -> None:
         rows = [
-            ("p", f"l{i}", "u", f"f{i}", now, now, rating, None, "a correction " * 20, None, None)
+            feedback_row(
+                "p", f"l{i}", now, end_user="u", fid=f"f{i}", rating=rating, correction="a correction " * 20
+            )
             for i in range(3000)
         ]
         asyncio.run(runtime.writer.write("feedback", rows))

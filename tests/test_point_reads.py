@@ -12,9 +12,9 @@ import pytest
 from service.app import build_runtime
 from service.capture import Capture
 from service.config import Settings
-from service.domain import LogIn
 from service.errors import NotFound
 from service.store.queries import FEEDBACK_BY_LOG_ID, LOG_BY_ID
+from tests.fixtures.rows import completion_log, feedback_row
 
 NOW = datetime(2026, 11, 1)
 
@@ -26,12 +26,11 @@ def test_a_log_and_its_feedback_are_read_through_an_index_and_stay_in_their_proj
     async def fill() -> None:
         for project in ("a", "b"):  # the same ids in two projects
             logs = [
-                Capture.log_row(project, LogIn(id=f"l{i}", request={"prompt": f"{project} {i}"},
-                                               response={"choices": [{"text": "x"}]}), f"l{i}", NOW, "api")
+                Capture.log_row(project, completion_log(f"l{i}", f"{project} {i}", "x"), f"l{i}", NOW, "api")
                 for i in range(5000)
             ]  # fmt: skip
             await runtime.writer.write("logs", logs)
-            feedback = [(project, f"l{i}", f"u{i % 7}", f"f{i}", NOW, NOW, 1, None, None, None, None)
+            feedback = [feedback_row(project, f"l{i}", NOW, end_user=f"u{i % 7}", fid=f"f{i}", rating=1)
                         for i in range(5000)]  # fmt: skip
             await runtime.writer.write("feedback", feedback)
 

@@ -9,8 +9,10 @@ from pathlib import Path
 from service.app import build_runtime
 from service.config import Settings, TrainingSettings
 from service.domain import NewSignal
+from service.store.rows import FeedbackRow
 from service.store.runs import RunRecord
 from service.trigger import decide_run
+from tests.fixtures.rows import feedback_row
 
 POLICY = TrainingSettings(min_new_ratings=200, min_new_corrections=5, min_minority_share=0.1,
                           run_cooldown_seconds=600)  # fmt: skip
@@ -60,10 +62,11 @@ def test_new_signal_counts_only_feedback_received_after_the_cutoff(tmp_path: Pat
 
     def feedback(
         log: str, user: str, at: datetime, rating: int | None, correction: str | None = None
-    ) -> tuple:  # type: ignore[type-arg]
-        return ("p", log, user, f"f-{log}-{user}-{at:%H%M}", at, at, rating, None, correction, None, None)
+    ) -> FeedbackRow:
+        return feedback_row("p", log, at, end_user=user, fid=f"f-{log}-{user}-{at:%H%M}", rating=rating,
+                            correction=correction)  # fmt: skip
 
-    async def write(rows: list[tuple]) -> None:  # type: ignore[type-arg]
+    async def write(rows: list[FeedbackRow]) -> None:
         await runtime.writer.write("feedback", rows)
 
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from datetime import datetime
 from typing import Literal
 
@@ -73,8 +74,10 @@ def export(
     rows = LogExport(
         runtime.db, project, fmt, since=_naive_utc(since), until=_naive_utc(until), scrubber=scrubber
     )
+    chunks = iter(rows)
+    first = next(chunks, b"")  # a first batch over the memory limit is still a 503, not a cut stream
     return Stream(
-        rows,
+        itertools.chain((first,), chunks),
         media_type=MEDIA_TYPES[fmt],
         headers={
             "content-disposition": f'attachment; filename="{project}.{fmt}"',

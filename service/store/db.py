@@ -160,7 +160,7 @@ class Database:
         than the memory limit."""
         cur = self.cursor()
         try:
-            with self._out_of_memory_named():
+            with self.memory_errors():
                 yield cur
         finally:
             cur.close()
@@ -170,7 +170,7 @@ class Database:
         """A cursor inside BEGIN/COMMIT; rolled back if the block raises."""
         cur = self.cursor()
         try:
-            with self._out_of_memory_named():
+            with self.memory_errors():
                 cur.execute("BEGIN")
                 try:
                     yield cur
@@ -182,7 +182,8 @@ class Database:
             cur.close()
 
     @contextmanager
-    def _out_of_memory_named(self) -> Iterator[None]:
+    def memory_errors(self) -> Iterator[None]:
+        """DuckDB's out-of-memory error as `StoreOutOfMemory`, naming the limit and the setting."""
         try:
             yield
         except duckdb.OutOfMemoryException as exc:

@@ -105,6 +105,20 @@ class SnapshotSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
         _doc("Rows decoded, scrubbed and written per Parquet row group: bounds a snapshot's memory."),
         msgspec.Meta(ge=1),
     ] = 4096
+    max_train_examples: Annotated[
+        int,
+        _doc(
+            "Most training rows a snapshot holds: beyond it, the newest rows plus a random replay of "
+            "older ones (`replay_fraction` of this bound; a guard against forgetting), so a run's cost "
+            "follows new data, not history. The holdout is the newest slice on top. 0: no bound."
+        ),
+        msgspec.Meta(ge=0),
+    ] = 100_000
+    replay_fraction: Annotated[
+        float,
+        _doc("Share of `max_train_examples` sampled at random from rows older than the newest ones."),
+        msgspec.Meta(ge=0, le=1),
+    ] = 0.2
 
     def __post_init__(self) -> None:
         for i, pattern in enumerate(self.extra_pii_patterns):

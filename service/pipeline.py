@@ -55,6 +55,7 @@ def too_little_signal(stats: SnapshotStats, needed: int) -> str:
             (stats.dropped_duplicates, "duplicates"),
             (stats.dropped_user_cap, f"over the per-user cap of {stats.user_cap}"),
             (stats.dropped_prompt_in_holdout, "sharing a prompt with the holdout"),
+            (stats.dropped_history, "older than the newest rows (snapshot.max_train_examples)"),
         )
         if n
     ]

@@ -15,7 +15,9 @@ measures a real `ratchet serve` on it:
 Logs are realistic chat: one of 12 system prompts, 1-3 user turns (earlier assistant turns
 included), text drawn from 4,000 generated sentences plus names and numbers (~1.6 KB of JSON),
 40 end users, ~60% rated (62% up), ~5% corrected. Client and server share the machine: compare
-figures from the same run. Snapshot and export RSS are the server's peak VmRSS during them.
+figures from the same run; after the table of figures comes one of ratios against baselines from
+this run (the first size, or idle at the same size). Snapshot and export RSS are the server's peak
+VmRSS during them.
 
     .venv/bin/python bench/scale.py 100000 1000000 [--http 100000] [--data /tmp/ratchet-scale]
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import math
 import os
 import random
 import re
@@ -500,6 +503,47 @@ def print_table(rows: list[Any]) -> None:
             for r in rows
         ],
     )
+    print("\n".join(out), flush=True)
+    print_ratios(rows)
+
+
+def print_ratios(rows: list[Any]) -> None:
+    """The same figures as ratios against baselines measured in this run: the first size for what
+    should not grow with the data, the same size at idle for what an operation adds. Timings on a
+    shared machine drift between runs; these ratios are what to compare."""
+    first = rows[0]
+    out = [
+        "",
+        f"Ratios (baseline: {first[0] / 1e6:g}M logs, or idle at the same size)",
+        "",
+        "| | " + " | ".join(f"{r[0] / 1e6:g}M logs" for r in rows) + " | goal |",
+        "|---" * (len(rows) + 2) + "|",
+    ]
+
+    def row(label: str, values: list[float | None], goal: str) -> None:
+        cells = ["-" if v is None or math.isnan(v) else f"{v:.2f}x" for v in values]
+        out.append(f"| {label} | " + " | ".join(cells) + f" | {goal} |")
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return None if a is None or not b else a / b
+
+    base_ingest = statistics.mean(first[1]["rates"])
+    row(
+        "ingest logs/s / first size's",
+        [ratio(statistics.mean(r[1]["rates"]), base_ingest) for r in rows],
+        ">= 0.85x",
+    )
+    for op in ("stats", "export", "signal check", "snapshot"):
+        row(f"single-log POST p99 during {op} / idle p99", [ratio(r[4][op]["p99"], r[4]["idle"]["p99"]) for r in rows],
+            "<= 50 ms absolute")  # fmt: skip
+    for op in ("snapshot", "export"):
+        row(f"peak server RSS during {op} / idle RSS", [ratio(r[4][op]["rss"], r[4]["idle"]["rss"]) for r in rows],
+            "flat across sizes")  # fmt: skip
+    row("snapshot stage time / first size's", [ratio(r[4].get("snapshot_stage_s"), first[4].get("snapshot_stage_s"))
+                                              for r in rows], "grows with new data, not history")  # fmt: skip
+    row("GET /v1/logs/{id} p50 / first size's", [ratio(r[4]["get_log_p50"], first[4]["get_log_p50"]) for r in rows],
+        "flat (<= 10 ms absolute)")  # fmt: skip
+    row("stop time / first size's", [ratio(r[7], first[7]) for r in rows], "<= 10 s absolute")
     print("\n".join(out), flush=True)
 
 

@@ -20,6 +20,7 @@ this run (the first size, or idle at the same size). Snapshot and export RSS are
 VmRSS during them.
 
     .venv/bin/python bench/scale.py 100000 1000000 [--http 100000] [--data /tmp/ratchet-scale]
+                                   [--max-train-examples 20000]
 
 Goals at 10M logs (issue 14): loop stall <= 50 ms; single-log POST p99 <= 50 ms during every
 background operation; snapshot RSS <= 2 GB; export RSS <= 1 GB; point read <= 10 ms; stop <=
@@ -412,12 +413,20 @@ def main() -> None:
         "--data", type=Path, default=Path("/tmp/ratchet-scale"), help="data directory (wiped)"
     )
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--max-train-examples",
+        type=int,
+        default=None,
+        help="snapshot.max_train_examples for the server (default: the setting's default)",
+    )
     args = parser.parse_args()
     shutil.rmtree(args.data, ignore_errors=True)
     args.data.mkdir(parents=True)
     texts, done, rows = Texts(args.seed), 0, []
     env = {"RATCHET_TRAINING__SIGNAL_CHECK_SECONDS": "5",
            "RATCHET_TRAINING__MIN_NEW_RATINGS": "1000000000"}  # the check runs its count, never starts a run  # fmt: skip
+    if args.max_train_examples is not None:
+        env["RATCHET_SNAPSHOT__MAX_TRAIN_EXAMPLES"] = str(args.max_train_examples)
     for size in args.sizes:
         print(f"== {size:,} logs  (load average {os.getloadavg()[0]:.1f})", flush=True)
         http_from = max(done, size - args.http)

@@ -95,6 +95,8 @@ def build_runtime(settings: Settings, metrics: Metrics | None = None) -> Runtime
         max_loras=settings.vllm.max_loras,
         max_rank=settings.vllm.max_lora_rank,
         base_served_name=settings.vllm.base_served_name,
+        # Adapters must have been trained on the base the replicas serve (deploy.adapter_dir).
+        base_model=settings.vllm.base_model or None,
     )
     routing: dict[str, Rollout] = {}
     project_settings = ProjectSettingsBook(settings, queries.project_settings())

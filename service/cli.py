@@ -21,6 +21,7 @@ import msgspec
 
 from service.config import Settings, SettingsError
 from service.errors import RatchetError
+from trainer.tiny_model import FAMILY_NAMES
 
 Handler = Callable[[argparse.Namespace], int]
 SHUTDOWN_GRACE_S = 5
@@ -414,10 +415,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
-    """Build the offline tiny Llama + tokenizer for tests and the demo. Example: `ratchet tiny-model ./models/tiny`"""
+    """Build an offline tiny model (`--family` llama, qwen2, qwen3, gemma, mistral or phi3) for tests and the demo. Example: `ratchet tiny-model ./models/tiny-qwen3 --family qwen3`
+
+    Llama is pre-trained on the tiny world; the other families are pre-trained only briefly and
+    have a chat template that behaves like the family's published one."""
     import subprocess
 
-    return subprocess.run([sys.executable, "-m", "trainer", "tiny-model", args.dir]).returncode
+    command = [sys.executable, "-m", "trainer", "tiny-model", args.dir, "--family", args.family]
+    return subprocess.run(command).returncode
 
 
 def _pct(rate: float | None) -> str:
@@ -551,7 +556,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--incumbent", required=True)
     ev.add_argument("--holdout", required=True)
     ev.add_argument("--vllm-url")
-    add("tiny-model", cmd_tiny_model).add_argument("dir")
+    tiny = add("tiny-model", cmd_tiny_model)
+    tiny.add_argument("dir")
+    tiny.add_argument(
+        "--family", choices=FAMILY_NAMES, default="llama", help="architecture and chat template"
+    )
     return parser
 
 

@@ -4,7 +4,9 @@
 2. starts vLLM-CPU with runtime LoRA (or uses `--vllm-url`) and `ratchet serve` beside it;
 3. creates project `demo` and declares its offline gate: the rules "uppercase when asked" and
    "polite when asked" (primary) and a golden set of facts (guard: no regression);
-4. runs simulated users through the gateway with the `openai` client. Their hidden preference:
+4. runs simulated users through the gateway with the `openai` client, sending what real apps send:
+   a system prompt of about 300 tokens on every request, earlier turns of the conversation in
+   some, content parts in some (`tiny_world.app_messages`). Their hidden preference:
    exactly-right answers, in uppercase when they asked for it, opened with "sure, " when they asked
    for a polite one (the base model ignores both instructions). They start asking for polite
    answers once the first training run is under way (the app grows a feature), so there are two
@@ -140,6 +142,12 @@ def _offline_env() -> dict[str, str]:
     return env
 
 
+# The instruction ends the question (a line of the prompt's text); the system prompt mentions both
+# instructions too, mid-sentence, and must not count as asking.
+UPPER_ASKED = r"(?im)(uppercase|capital letters|uppercase letters)\.$"
+POLITE_ASKED = r"(?im)polite(ly)?\.$"
+
+
 def write_gate_config(project_dir: Path, seed: int) -> None:
     """The demo project's offline gate: the instruction rules decide, a golden set of facts guards."""
     project_dir.mkdir(parents=True, exist_ok=True)
@@ -151,9 +159,9 @@ def write_gate_config(project_dir: Path, seed: int) -> None:
     config = {
         "rules": {
             "role": "primary",
-            "rules": [{"name": "uppercase-when-asked", "when_prompt_matches": "(?i)uppercase",
+            "rules": [{"name": "uppercase-when-asked", "when_prompt_matches": UPPER_ASKED,
                        "must_match": r"^[^a-z]*[A-Z][^a-z]*$"},
-                      {"name": "polite-when-asked", "when_prompt_matches": "(?i)polite",
+                      {"name": "polite-when-asked", "when_prompt_matches": POLITE_ASKED,
                        "must_match": r"^sure, "}],
         },
         "golden": {"path": str(golden.resolve()), "role": "guard", "tolerance": 0.1},
@@ -187,10 +195,11 @@ class Users:
         while not self.stop.is_set():
             question = rng.choice(self.questions if self.polite.is_set() else self.first_questions)
             user = f"user-{rng.randrange(self.options.users)}"
+            messages = tiny_world.app_messages(question, rng)
             try:
                 raw = self.client.chat.completions.with_raw_response.create(
                     model=PROJECT,
-                    messages=question.messages,
+                    messages=messages,  # type: ignore[arg-type]
                     max_tokens=8,
                     temperature=0,
                     user=user,  # type: ignore[arg-type]
@@ -202,11 +211,11 @@ class Users:
                 continue
             self.sent += 1
             text = answer.choices[0].message.content or ""
-            liked = tiny_world.user_likes(question.messages, text)
+            liked = tiny_world.user_likes(messages, text)
             self._count(raw.headers.get("x-ratchet-adapter", "?"), question.kind, liked)
             feedback: dict[str, Any] = {"log_id": answer.id, "end_user": user, "rating": 1 if liked else -1}
             if not liked and rng.random() < self.options.correction_rate:
-                feedback["correction"] = tiny_world.correct_answer(question.messages)
+                feedback["correction"] = tiny_world.correct_answer(messages)
             self.http.post("/v1/feedback", json=feedback)
 
     def _count(self, adapter: str, kind: str, liked: bool) -> None:

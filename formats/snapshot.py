@@ -100,6 +100,8 @@ class SnapshotStats(Struct, kw_only=True):
     """`time`: the newest rows are the holdout; `prompt_groups`: whole prompts are held out (when
     repeating prompts would otherwise drop most training rows)."""
     dropped_prompt_in_holdout: int = 0
+    dropped_history: int = 0
+    """Older rows beyond `max_train_examples` that the replay sample did not take."""
     train_rows: int = 0
     holdout_rows: int = 0
 

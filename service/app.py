@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from litestar import Litestar
 from litestar.di import Provide
@@ -29,13 +30,14 @@ from service.config import Settings
 from service.erasure import finish_interrupted
 from service.gateway import Gateway
 from service.keys import flush_key_use
+from service.loop_lag import LoopLagProbe
 from service.metrics import Metrics
 from service.pipeline import Pipeline
 from service.project_settings import ProjectSettingsBook
 from service.rollouts import Rollouts, bring_up_serving
 from service.runtime import Runtime
 from service.scheduler import build_scheduler
-from service.store.db import Database
+from service.store.db import Database, default_memory_limit_mib
 from service.store.erasure import Erasures
 from service.store.queries import Queries
 from service.store.runs import Runs
@@ -70,7 +72,13 @@ def tune_interpreter_for_serving() -> None:
 def build_runtime(settings: Settings, metrics: Metrics | None = None) -> Runtime:
     """Open the store and build the in-memory views. The writer is started by the app."""
     metrics = metrics or Metrics()
-    db = Database(settings.db_path, checkpoint_wal_mib=settings.writer.checkpoint_wal_mib)
+    db = Database(
+        settings.db_path,
+        checkpoint_wal_mib=settings.writer.checkpoint_wal_mib,
+        memory_limit_mib=settings.database.memory_limit_mib or default_memory_limit_mib(),
+        temp_directory=Path(settings.database.temp_directory or Path(settings.data_dir) / "tmp"),
+    )
+    metrics.wal_bytes.set_function(db.wal_bytes)
     queries = Queries(db)
     writer = GroupCommitWriter(
         db,
@@ -164,6 +172,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
             log.warning("finished %d deletions interrupted by the restart", finished)
         for run_id in pipeline.recover():
             log.warning("run %s was interrupted by the restart and is marked failed", run_id)
+        probe = LoopLagProbe(runtime.metrics)
+        probe.start()
         scheduler = build_scheduler(runtime, pipeline)
         startup = asyncio.get_running_loop().create_task(bring_up_serving(runtime))
         if settings.scheduler_enabled:
@@ -174,6 +184,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
             if scheduler.running:
                 scheduler.shutdown(wait=False)
             startup.cancel()
+            await probe.aclose()
             await pipeline.aclose()
             await runtime.gateway.aclose()  # logs still in flight go to the writer first
             try:

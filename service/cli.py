@@ -24,6 +24,7 @@ from service.errors import RatchetError
 from trainer.tiny_model import FAMILY_NAMES
 
 Handler = Callable[[argparse.Namespace], int]
+SHUTDOWN_GRACE_S = 5
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -57,6 +58,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=settings.port,
         log_level="warning",
         access_log=False,
+        # At SIGTERM, requests still running (a long export) get this long before they are cut
+        # off: the process then exits within ~10 s (Database.close interrupts their queries).
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
     )
     return 0
 

@@ -43,6 +43,22 @@ class WriterSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     ] = 64
 
 
+class DatabaseSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """DuckDB's share of the machine."""
+
+    memory_limit_mib: Annotated[
+        int,
+        _doc(
+            "Most memory DuckDB's buffer pool may hold (MiB); beyond it queries spill to temp_directory, "
+            "then fail with a 503 naming this setting. 0: a quarter of the machine's (or cgroup's) memory."
+        ),
+        msgspec.Meta(ge=0),
+    ] = 0
+    temp_directory: Annotated[
+        str, _doc("Where DuckDB spills what does not fit in memory. Empty: <data_dir>/tmp.")
+    ] = ""
+
+
 class SnapshotSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """How a training snapshot is cut from the feedback data."""
 
@@ -89,6 +105,20 @@ class SnapshotSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
         _doc("Rows decoded, scrubbed and written per Parquet row group: bounds a snapshot's memory."),
         msgspec.Meta(ge=1),
     ] = 4096
+    max_train_examples: Annotated[
+        int,
+        _doc(
+            "Most training rows a snapshot holds: beyond it, the newest rows plus a random replay of "
+            "older ones (`replay_fraction` of this bound; a guard against forgetting), so a run's cost "
+            "follows new data, not history. The holdout is the newest slice on top. 0: no bound."
+        ),
+        msgspec.Meta(ge=0),
+    ] = 100_000
+    replay_fraction: Annotated[
+        float,
+        _doc("Share of `max_train_examples` sampled at random from rows older than the newest ones."),
+        msgspec.Meta(ge=0, le=1),
+    ] = 0.2
 
     def __post_init__(self) -> None:
         for i, pattern in enumerate(self.extra_pii_patterns):
@@ -112,10 +142,18 @@ class TrainingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     min_minority_share: Annotated[
         float,
         _doc(
-            "Share of the rarer thumb (up or down) among all thumbs needed: one-sided signal teaches little."
+            "Share of the rarer thumb (up or down) among the new thumbs needed: one-sided signal teaches little."
         ),
         msgspec.Meta(ge=0, lt=0.5),
     ] = 0.05
+    run_cooldown_seconds: Annotated[
+        float,
+        _doc(
+            "After a run ends, the new-signal check waits this long before starting another "
+            "(a bulk import would otherwise start one run after the other)."
+        ),
+        msgspec.Meta(ge=0),
+    ] = 300.0
     min_train_rows: Annotated[
         int, _doc("Fewest snapshot training rows a run proceeds with."), msgspec.Meta(ge=1)
     ] = 32
@@ -220,6 +258,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     ] = 1024 * 1024
     max_batch_items: Annotated[int, _doc("Most items in one batch request."), msgspec.Meta(ge=1)] = 1000
     writer: WriterSettings = WriterSettings()
+    database: DatabaseSettings = DatabaseSettings()
     snapshot: SnapshotSettings = SnapshotSettings()
     vllm: VllmSettings = VllmSettings()
     canary_fraction: Annotated[

@@ -184,6 +184,22 @@ class AdapterStats(Struct):
     thumbs_up_rate: float | None
 
 
+class NewSignal(Struct, frozen=True):
+    """Feedback received after `since` (None: ever), by kind. A changed thumb counts again."""
+
+    since: datetime | None
+    rated: int
+    up: int
+    down: int
+    corrections: int
+
+    @property
+    def minority_share(self) -> float:
+        """Share of the rarer thumb among the new thumbs (0 without any)."""
+        thumbs = self.up + self.down
+        return min(self.up, self.down) / thumbs if thumbs else 0.0
+
+
 class ProjectStats(Struct):
     """Counts for a project and the new signal since its last training run."""
 

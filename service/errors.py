@@ -51,6 +51,10 @@ class StoreUnavailable(RatchetError):
     """The database cannot be written (disk full, file locked by another process, closed)."""
 
 
+class StoreOutOfMemory(StoreUnavailable):
+    """A query needed more memory than `database.memory_limit_mib` allows, even spilling to disk."""
+
+
 class UpstreamUnavailable(RatchetError):
     """vLLM (or another model endpoint) cannot be reached or answered with a server error."""
 

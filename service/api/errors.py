@@ -22,6 +22,7 @@ STATUS: dict[type[errors.RatchetError], tuple[int, str]] = {
     errors.NotFound: (404, "not_found"),
     errors.Conflict: (409, "conflict"),
     errors.WriterSaturated: (429, "writer_saturated"),
+    errors.StoreOutOfMemory: (503, "store_out_of_memory"),  # before its base class
     errors.StoreUnavailable: (503, "store_unavailable"),
     errors.UpstreamRejected: (400, "upstream_rejected"),
     errors.UpstreamUnavailable: (503, "upstream_unavailable"),

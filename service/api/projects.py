@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from datetime import datetime
 from typing import Literal
 
@@ -23,7 +25,7 @@ async def create_project(data: ProjectIn, principal: Principal, runtime: Runtime
     """Create a project and return its first API key. The key is shown only in this answer.
 
     Its version 0 (the base model as a zero adapter) starts loading in the background."""
-    created = projects.create_project(runtime, data)
+    created = await asyncio.to_thread(projects.create_project, runtime, data)
     projects.serve_base_version_soon(runtime, data.name)
     return created
 
@@ -72,8 +74,10 @@ def export(
     rows = LogExport(
         runtime.db, project, fmt, since=_naive_utc(since), until=_naive_utc(until), scrubber=scrubber
     )
+    chunks = iter(rows)
+    first = next(chunks, b"")  # a first batch over the memory limit is still a 503, not a cut stream
     return Stream(
-        rows,
+        itertools.chain((first,), chunks),
         media_type=MEDIA_TYPES[fmt],
         headers={
             "content-disposition": f'attachment; filename="{project}.{fmt}"',

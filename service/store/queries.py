@@ -12,7 +12,7 @@ import duckdb
 import msgspec
 
 from service.auth import StoredKey
-from service.domain import AdapterStats, FeedbackOut, LogOut, Project, ProjectStats
+from service.domain import AdapterStats, FeedbackOut, LogOut, NewSignal, Project, ProjectStats
 from service.errors import Conflict, NotFound
 from service.store.db import Database
 from service.store.serving import Event, Serving
@@ -25,6 +25,27 @@ _KEY_COLUMNS = (
 def _key(row: tuple[Any, ...]) -> StoredKey:
     fields = dict(zip(_KEY_COLUMNS.split(", "), row, strict=True))
     return StoredKey(**{**fields, "scopes": tuple(fields["scopes"] or ())})
+
+
+# Point reads through the single-column indexes on logs.id and feedback.log_id (migration 010).
+# DuckDB plans an index scan only when the indexed column is the scan's one filter, so the project
+# is filtered after a materialized CTE: `project = ? AND id = ?` in one WHERE is a full scan.
+LOG_BY_ID = """
+WITH hit AS MATERIALIZED (
+    SELECT id, project, created_at, source, adapter, request, response, end_user, latency_ms,
+           prompt_tokens, completion_tokens, metadata
+    FROM logs WHERE id = $1
+)
+SELECT * FROM hit WHERE project = $2
+"""
+FEEDBACK_BY_LOG_ID = """
+WITH hit AS MATERIALIZED (
+    SELECT id, log_id, end_user, created_at, rating, score, correction, comment, choice, project
+    FROM feedback WHERE log_id = $1
+)
+SELECT id, log_id, end_user, created_at, rating, score, correction, comment, choice FROM hit
+WHERE project = $2 ORDER BY created_at
+"""
 
 
 def _json(value: str | None) -> Any:
@@ -139,18 +160,10 @@ class Queries:
     def get_log(self, project: str, log_id: str) -> LogOut:
         """A log with its current feedback rows; `NotFound` if the project has no such log."""
         with self._db.reading() as cur:
-            row = cur.execute(
-                "SELECT id, project, created_at, source, adapter, request, response, end_user, latency_ms,"
-                " prompt_tokens, completion_tokens, metadata FROM logs WHERE project = ? AND id = ?",
-                [project, log_id],
-            ).fetchone()
+            row = cur.execute(LOG_BY_ID, [log_id, project]).fetchone()
             if row is None:
                 raise NotFound(f"no log {log_id!r} in project {project!r}")
-            feedback = cur.execute(
-                "SELECT id, log_id, end_user, created_at, rating, score, correction, comment, choice FROM feedback"
-                " WHERE project = ? AND log_id = ? ORDER BY created_at",
-                [project, log_id],
-            ).fetchall()
+            feedback = cur.execute(FEEDBACK_BY_LOG_ID, [log_id, project]).fetchall()
         (id_, proj, created, source, adapter, req, resp, user, latency, pt, ct, meta) = row
         return LogOut(
             id_, proj, created, source, adapter, _json(req), _json(resp), user, latency, pt, ct, _json(meta),
@@ -158,22 +171,40 @@ class Queries:
         )  # fmt: skip
 
     # --- stats
-    def project_stats(self, project: str) -> ProjectStats:
-        """Counts by kind, thumbs-up rate overall and per adapter, new signal since the last run."""
-        self.get_project(project)
+    def count_new_signal(self, project: str, since: datetime | None) -> NewSignal:
+        """Feedback received after `since`, by kind. Costs O(rows since), not O(history): rows
+        arrive in `received_at` order, so DuckDB skips every row group whose maximum is older."""
         with self._db.reading() as cur:
-            (logs,) = cur.execute("SELECT count(*) FROM logs WHERE project = ?", [project]).fetchone()
+            row = cur.execute(
+                "SELECT count(*) FILTER (rating IS NOT NULL), count(*) FILTER (rating = 1),"
+                " count(*) FILTER (rating = -1), count(*) FILTER (correction IS NOT NULL)"
+                " FROM feedback WHERE project = ? AND received_at > ?",
+                [project, since or datetime.min],
+            ).fetchone()
+        return NewSignal(since, *row)
+
+    def last_run_start(self, project: str) -> datetime | None:
+        with self._db.reading() as cur:
             (last_run,) = cur.execute(
                 "SELECT max(started_at) FROM runs WHERE project = ?", [project]
             ).fetchone()
+        return last_run  # type: ignore[no-any-return]
+
+    def project_stats(self, project: str) -> ProjectStats:
+        """Counts by kind, thumbs-up rate overall and per adapter, new signal since the last run.
+
+        A full pass over the project's history (about a second per million logs): call it off the
+        event loop."""
+        self.get_project(project)
+        new = self.count_new_signal(project, self.last_run_start(project))
+        with self._db.reading() as cur:
+            (logs,) = cur.execute("SELECT count(*) FROM logs WHERE project = ?", [project]).fetchone()
             fb = cur.execute(
                 "SELECT count(*), count(DISTINCT log_id) FILTER (rating IS NOT NULL),"
                 " count(*) FILTER (rating = 1), count(*) FILTER (rating = -1),"
-                " count(*) FILTER (correction IS NOT NULL),"
-                " count(*) FILTER (rating IS NOT NULL AND received_at > ?),"
-                " count(*) FILTER (correction IS NOT NULL AND received_at > ?)"
+                " count(*) FILTER (correction IS NOT NULL)"
                 " FROM feedback WHERE project = ?",
-                [last_run or datetime.min, last_run or datetime.min, project],
+                [project],
             ).fetchone()
             by_adapter = cur.execute(
                 "SELECT l.adapter, count(DISTINCT l.id), count(f.rating),"
@@ -182,7 +213,7 @@ class Queries:
                 " WHERE l.project = ? GROUP BY l.adapter ORDER BY l.adapter NULLS FIRST",
                 [project],
             ).fetchall()
-        feedback, rated, up, down, corrections, new_rated, new_corr = fb
+        feedback, rated, up, down, corrections = fb
         return ProjectStats(
             project=project,
             logs=logs,
@@ -192,9 +223,9 @@ class Queries:
             thumbs_down=down,
             corrections=corrections,
             thumbs_up_rate=_rate(up, down),
-            new_rated_since_last_run=new_rated,
-            new_corrections_since_last_run=new_corr,
-            last_run_at=last_run,
+            new_rated_since_last_run=new.rated,
+            new_corrections_since_last_run=new.corrections,
+            last_run_at=new.since,
             by_adapter=[AdapterStats(a, n, r, u, d, _rate(u, d)) for a, n, r, u, d in by_adapter],
         )
 

@@ -9,6 +9,9 @@ The one place where data is cleaned before training (DESIGN.md, Contracts):
    hash of the answers and the chosen choice): a thousand fake users posting the same thumb count
    once;
 3. cap each end user's share, keeping their newest rows (a user spamming thumbs cannot steer);
+   then bound the whole: beyond `max_train_examples` training rows (plus the holdout's share),
+   keep the newest rows and a random replay of older ones (`replay_fraction`), so a run's cost
+   follows new data, not history, while older behaviour is still rehearsed;
 4. split: by time, the newest `holdout_fraction` is the holdout and training rows whose prompt
    also appears in the holdout are dropped, so the gate never scores a prompt the model trained
    on. When that would drop most training rows because prompts repeat (an app with a few fixed
@@ -155,16 +158,18 @@ def _select(
         "SELECT count(*) FROM snap_joined WHERE quarantine IS NULL AND dup_rank = 1"
     ).fetchone()
     cap = max(settings.min_user_cap, math.floor(settings.max_user_share * deduped))
-    kept = _cap_per_user(cur, cap)
+    capped = _cap_per_user(cur, cap)
+    kept = _bound(cur, capped, settings, seed=str(params["until"]))
     split, dropped_in_holdout = _split(cur, kept, settings.holdout_fraction)
     return SnapshotStats(
         joined_rows=joined,
         quarantined=quarantined,
         dropped_duplicates=joined - sum(quarantined.values()) - deduped,
         user_cap=cap,
-        dropped_user_cap=deduped - kept,
+        dropped_user_cap=deduped - capped,
         split=split,
         dropped_prompt_in_holdout=dropped_in_holdout,
+        dropped_history=capped - kept,
     )
 
 
@@ -187,6 +192,37 @@ def _cap_per_user(cur: duckdb.DuckDBPyConnection, cap: int) -> int:
     )
     cur.execute("DROP TABLE snap_joined")
     return int(cur.execute("SELECT count(*) FROM snap_kept").fetchone()[0])
+
+
+def _bound(cur: duckdb.DuckDBPyConnection, kept: int, settings: SnapshotSettings, *, seed: str) -> int:
+    """Step 3b: when `snap_kept` holds more rows than `max_train_examples` plus the holdout's
+    share, keep its newest rows and a sample of `replay_fraction * max_train_examples` older ones
+    (random, seeded by the snapshot's end so each run rehearses different old rows; the same cut
+    gives the same sample), renumbering `seq`. Returns how many rows are left.
+
+    The newest rows number at least the holdout, so the time split still holds out the newest."""
+    bound = settings.max_train_examples
+    if not bound:
+        return kept
+    total = math.ceil(bound / (1 - settings.holdout_fraction))
+    if kept <= total:
+        return kept
+    replay = math.floor(settings.replay_fraction * bound)
+    cur.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE snap_bounded AS
+        SELECT * EXCLUDE (seq), row_number() OVER (ORDER BY created_at, log_id, feedback_user) AS seq
+        FROM (
+            SELECT * FROM snap_kept WHERE seq > $old
+            UNION ALL
+            (SELECT * FROM snap_kept WHERE seq <= $old ORDER BY hash(log_id, feedback_user, $seed) LIMIT $replay)
+        )
+        """,
+        {"old": kept - (total - replay), "replay": replay, "seed": seed},
+    )
+    cur.execute("DROP TABLE snap_kept")
+    cur.execute("ALTER TABLE snap_bounded RENAME TO snap_kept")
+    return total
 
 
 def _split(cur: duckdb.DuckDBPyConnection, kept: int, holdout_fraction: float) -> tuple[Any, int]:

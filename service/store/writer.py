@@ -263,7 +263,11 @@ class GroupCommitWriter:
         started = time.perf_counter()
         try:
             cur.execute("CHECKPOINT")
-        except duckdb.Error as exc:  # e.g. another transaction is open: try after the next flush
+        except duckdb.Error as exc:
+            # DuckDB refuses (at once, it does not wait) while a read that began before one of our
+            # feedback upserts (an UPDATE) is still open; plain inserts do not block it. Try again
+            # after the next flush: the writer never waits behind a read.
+            self._metrics.write_checkpoints_deferred.inc()
             log.debug("checkpoint deferred: %s", exc)
             return
         self._metrics.write_checkpoint_seconds.observe(time.perf_counter() - started)

@@ -67,6 +67,30 @@ def test_migrations_build_the_exact_schema_and_rerun_changes_nothing(tmp_path: P
         assert cur.execute("SELECT count(*) FROM schema_migrations").fetchone() == (len(migrations()),)
 
 
+def test_a_migration_that_landed_below_the_highest_applied_one_is_still_applied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Branches land migrations out of number order: a database that ran 010 before 007 existed
+    gets 007 at its next start."""
+    import duckdb
+
+    Database(tmp_path / "r.duckdb").close()
+    missing = migrations()[-2][0]
+    with duckdb.connect(str(tmp_path / "r.duckdb")) as con:
+        con.execute("DELETE FROM schema_migrations WHERE version = ?", [missing])
+    # Its SQL already ran on this file; what counts is that the runner applies it again.
+    monkeypatch.setattr(
+        "service.store.db.migrations",
+        lambda: [(v, n, "SELECT 1" if v == missing else sql) for v, n, sql in migrations()],
+    )
+    again = Database(tmp_path / "r.duckdb")
+    with again.reading() as cur:
+        applied = [
+            v for (v,) in cur.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
+        ]
+    assert applied == [v for v, _, _ in migrations()] and again.schema_version == migrations()[-1][0]
+
+
 def test_a_second_process_cannot_open_the_file(tmp_path: Path) -> None:
     import subprocess
     import sys

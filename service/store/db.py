@@ -115,7 +115,7 @@ class Database:
         self.schema_version = self.migrate()
 
     def migrate(self) -> int:
-        """Apply every migration newer than the recorded schema version; return the version.
+        """Apply every shipped migration not yet recorded, in number order; return the highest version.
 
         Each migration (its SQL, then its data step if it has one) commits whole or not at all."""
         con = self._con
@@ -123,9 +123,12 @@ class Database:
             "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name VARCHAR NOT NULL,"
             " applied_at TIMESTAMP NOT NULL DEFAULT now())"
         )
-        (current,) = con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+        # Every shipped version not yet recorded, not only those above the highest: branches land
+        # migrations out of number order (010 was applied before 007 existed on some databases).
+        applied = {v for (v,) in con.execute("SELECT version FROM schema_migrations").fetchall()}
+        current = max(applied, default=0)
         for version, name, sql in migrations():
-            if version <= current:
+            if version in applied:
                 continue
             con.execute("BEGIN")
             try:
@@ -137,7 +140,7 @@ class Database:
             except Exception:
                 con.execute("ROLLBACK")
                 raise
-            current = version
+            current = max(current, version)
         return current
 
     def wal_bytes(self) -> int:

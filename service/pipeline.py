@@ -170,7 +170,14 @@ class Pipeline:
 
         def cut() -> Any:
             with self.rt.data_lock(run.project):  # never beside an erasure of the same project
-                return export_snapshot(self.rt.db, run.project, out, self.rt.settings.snapshot, now=utcnow())
+                return export_snapshot(
+                    self.rt.db,
+                    run.project,
+                    out,
+                    self.rt.settings.snapshot,
+                    now=utcnow(),
+                    feedback=self.rt.settings.feedback,
+                )
 
         manifest = await asyncio.to_thread(cut)
         self.rt.runs.update(run.id, utcnow(), stats={"snapshot": msgspec.to_builtins(manifest.stats)})

@@ -5,14 +5,14 @@ High-rate writes (logs, feedback) go through the group-commit writer instead.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import duckdb
 import msgspec
 
 from service.auth import StoredKey
-from service.domain import AdapterStats, FeedbackOut, LogOut, Project, ProjectStats
+from service.domain import AdapterStats, FeedbackOut, ImplicitStats, LogOut, Project, ProjectStats
 from service.errors import Conflict, NotFound
 from service.store.db import Database
 from service.store.serving import Event, Serving
@@ -147,8 +147,9 @@ class Queries:
             if row is None:
                 raise NotFound(f"no log {log_id!r} in project {project!r}")
             feedback = cur.execute(
-                "SELECT id, log_id, end_user, created_at, rating, score, correction, comment, choice FROM feedback"
-                " WHERE project = ? AND log_id = ? ORDER BY created_at",
+                "SELECT id, log_id, end_user, created_at, rating, score, correction, comment, choice,"
+                " regenerated, regenerated_log_id, edited, copied, events, received_at FROM feedback"
+                " WHERE project = ? AND log_id = ? ORDER BY received_at, end_user",
                 [project, log_id],
             ).fetchall()
         (id_, proj, created, source, adapter, req, resp, user, latency, pt, ct, meta) = row
@@ -157,23 +158,59 @@ class Queries:
             [FeedbackOut(f[0], f[1], f[2] or None, *f[3:]) for f in feedback],
         )  # fmt: skip
 
+    def find_feedback(self, project: str, feedback_id: str) -> tuple[str, str]:
+        """(log id, end user) of the feedback row an item id belongs to (the row's own id or any
+        of its last items'); `NotFound` if the project has none."""
+        with self._db.reading() as cur:
+            row = cur.execute(
+                "SELECT log_id, end_user FROM feedback WHERE project = $p"
+                " AND (id = $id OR list_contains(item_ids, $id)) ORDER BY received_at DESC LIMIT 1",
+                {"p": project, "id": feedback_id},
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"no feedback {feedback_id!r} in project {project!r}")
+        return row[0], row[1]
+
     # --- stats
-    def project_stats(self, project: str) -> ProjectStats:
-        """Counts by kind, thumbs-up rate overall and per adapter, new signal since the last run."""
+    def project_stats(self, project: str, *, orphan_hours: float = 24.0) -> ProjectStats:
+        """Counts by kind, thumbs-up rate overall and per adapter, new signal since the last run.
+
+        Feedback counts only once its log exists: feedback for a log id not (yet) stored is an
+        orphan, counted apart (`stale_orphans`: received more than `orphan_hours` ago). New signal
+        is judged by server receive times, never a client's timestamp: a rating is new if it last
+        changed, or its log arrived, after the last run started."""
         self.get_project(project)
+        now = datetime.now(UTC).replace(tzinfo=None)
         with self._db.reading() as cur:
             (logs,) = cur.execute("SELECT count(*) FROM logs WHERE project = ?", [project]).fetchone()
             (last_run,) = cur.execute(
                 "SELECT max(started_at) FROM runs WHERE project = ?", [project]
             ).fetchone()
             fb = cur.execute(
-                "SELECT count(*), count(DISTINCT log_id) FILTER (rating IS NOT NULL),"
-                " count(*) FILTER (rating = 1), count(*) FILTER (rating = -1),"
-                " count(*) FILTER (correction IS NOT NULL),"
-                " count(*) FILTER (rating IS NOT NULL AND received_at > ?),"
-                " count(*) FILTER (correction IS NOT NULL AND received_at > ?)"
-                " FROM feedback WHERE project = ?",
-                [last_run or datetime.min, last_run or datetime.min, project],
+                """
+                SELECT count(*) FILTER (l.id IS NOT NULL),
+                    count(DISTINCT f.log_id) FILTER (l.id IS NOT NULL AND f.rating IS NOT NULL),
+                    count(*) FILTER (l.id IS NOT NULL AND f.rating = 1),
+                    count(*) FILTER (l.id IS NOT NULL AND f.rating = -1),
+                    count(*) FILTER (l.id IS NOT NULL AND f.correction IS NOT NULL),
+                    count(*) FILTER (l.id IS NOT NULL AND f.rating IS NOT NULL
+                                     AND greatest(f.rating_at, l.received_at) > $since),
+                    count(*) FILTER (l.id IS NOT NULL AND f.correction IS NOT NULL
+                                     AND greatest(f.correction_at, l.received_at) > $since),
+                    count(*) FILTER (l.id IS NOT NULL AND f.regenerated),
+                    count(*) FILTER (l.id IS NOT NULL AND f.edited IS NOT NULL),
+                    count(*) FILTER (l.id IS NOT NULL AND f.copied),
+                    count(*) FILTER (l.id IS NOT NULL AND len(f.events) > 0),
+                    count(*) FILTER (l.id IS NULL),
+                    count(*) FILTER (l.id IS NULL AND f.received_at < $stale)
+                FROM feedback f LEFT JOIN logs l ON l.project = f.project AND l.id = f.log_id
+                WHERE f.project = $project
+                """,
+                {
+                    "project": project,
+                    "since": last_run or datetime.min,
+                    "stale": now - timedelta(hours=orphan_hours),
+                },
             ).fetchone()
             by_adapter = cur.execute(
                 "SELECT l.adapter, count(DISTINCT l.id), count(f.rating),"
@@ -182,7 +219,8 @@ class Queries:
                 " WHERE l.project = ? GROUP BY l.adapter ORDER BY l.adapter NULLS FIRST",
                 [project],
             ).fetchall()
-        feedback, rated, up, down, corrections, new_rated, new_corr = fb
+        (feedback, rated, up, down, corrections, new_rated, new_corr, regenerated, edited, copied, events,
+         orphans, stale) = fb  # fmt: skip
         return ProjectStats(
             project=project,
             logs=logs,
@@ -196,6 +234,9 @@ class Queries:
             new_corrections_since_last_run=new_corr,
             last_run_at=last_run,
             by_adapter=[AdapterStats(a, n, r, u, d, _rate(u, d)) for a, n, r, u, d in by_adapter],
+            implicit=ImplicitStats(regenerated=regenerated, edited=edited, copied=copied, events=events),
+            orphan_feedback=orphans,
+            stale_orphans=stale,
         )
 
 

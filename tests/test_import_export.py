@@ -84,7 +84,8 @@ def test_import_100k_lines_resumes_after_a_kill_and_stores_each_once(
         in out
     )
     with ratchet_server.client(key) as c:
-        assert c.get("/v1/projects/bulk/stats").json()["new_rated_since_last_run"] == new_rated
+        # (A run the scheduler starts meanwhile may lower it; a re-count would raise it.)
+        assert c.get("/v1/projects/bulk/stats").json()["new_rated_since_last_run"] <= new_rated
     out, _ = run(ratchet_server, key, "stats", "--project", "bulk")
     assert f"project bulk: {LINES} logs" in out
     with ratchet_server.client(key) as c:

@@ -53,13 +53,19 @@ class SnapshotRow(Struct, kw_only=True, omit_defaults=True):
     correction: str | None = None
     end_user: str | None = None
     adapter: str | None = None
+    weight: float = 1.0
+    """How much this row's signal counts: 1.0 for explicit feedback (a rating, score or
+    correction); for a rating or correction that only implicit feedback gave, its configured weight
+    (a regenerate is a weak thumbs-down, a copy a weak thumbs-up, an edit a correction)."""
+    signals: list[str] | None = None
+    """The implicit feedback on this answer: `regenerated`, `edited`, `copied`, `event:<name>`."""
 
     @property
     def is_chat(self) -> bool:
         return isinstance(self.prompt, list)
 
 
-_JSON_COLUMNS = ("prompt", "completion", "tools", "tool_choice", "response_format")
+_JSON_COLUMNS = ("prompt", "completion", "tools", "tool_choice", "response_format", "signals")
 ARROW_SCHEMA = pa.schema(
     [
         ("log_id", pa.string()),
@@ -76,6 +82,8 @@ ARROW_SCHEMA = pa.schema(
         ("correction", pa.string()),
         ("end_user", pa.string()),
         ("adapter", pa.string()),
+        ("weight", pa.float64()),
+        ("signals", pa.string()),
     ]
 )
 """The Parquet schema of both files: `SnapshotRow`'s fields, structured ones as JSON text."""
@@ -102,6 +110,9 @@ class SnapshotStats(Struct, kw_only=True):
     dropped_prompt_in_holdout: int = 0
     dropped_history: int = 0
     """Older rows beyond `max_train_examples` that the replay sample did not take."""
+    largest_user_share: float = 0.0
+    """The largest share of the snapshot's rows one end user supplied (rows without an end user
+    count as one user), after the cap: at most `max_user_share` unless `min_user_cap` allows more."""
     train_rows: int = 0
     holdout_rows: int = 0
 
@@ -165,6 +176,8 @@ def row_from_record(record: dict[str, Any]) -> SnapshotRow:
         correction=record.get("correction"),
         end_user=record.get("end_user"),
         adapter=record.get("adapter"),
+        weight=1.0 if record.get("weight") is None else record["weight"],
+        signals=json_or_none("signals"),
     )
 
 

@@ -202,6 +202,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
         route_handlers=[
             capture.post_logs,
             capture.post_feedback,
+            capture.withdraw_feedback,
             projects.create_project,
             projects.list_projects,
             projects.project_stats,

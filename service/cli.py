@@ -219,7 +219,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    """Import OpenAI chat-format JSONL (resumable, idempotent).
+    """Import OpenAI chat-format JSONL (resumable, idempotent; bad lines skipped and named by line number).
 
     Example: `ratchet import chats.jsonl --project support-bot`
     """
@@ -228,13 +228,23 @@ def cmd_import(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not path.is_file():
         raise RatchetError(f"{path}: no such file")
-    report = import_file(_client(args), args.project, path, batch_lines=args.batch, restart=args.restart)
+    report = import_file(
+        _client(args),
+        args.project,
+        path,
+        batch_lines=args.batch,
+        restart=args.restart,
+        stop_on_error=args.stop_on_error,
+    )
+    for lineno, problem in report.bad_lines:
+        print(f"{path}:{lineno}: skipped: {problem.removeprefix(f'line {lineno}: ')}", file=sys.stderr)
     print(
         f"imported {report.lines} lines: {report.logs_accepted} new logs, {report.logs_duplicate} already there, "
-        f"{report.feedback} feedback"
+        f"{report.feedback} feedback ({report.feedback_duplicate} unchanged)"
+        + (f", {len(report.bad_lines)} bad lines skipped" if report.bad_lines else "")
         + (f" (resumed at line {report.resumed_at})" if report.resumed_at else "")
     )
-    return 0
+    return 1 if report.bad_lines else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -515,6 +525,11 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--project", help="needed with an admin key; implied by a project key")
     imp.add_argument("--batch", type=int, default=500, help="lines per request (default 500)")
     imp.add_argument("--restart", action="store_true", help="ignore saved progress and start at line 1")
+    imp.add_argument(
+        "--stop-on-error",
+        action="store_true",
+        help="stop at the first bad line (progress up to it is saved) instead of skipping it",
+    )
 
     exp = add("export", cmd_export)
     exp.add_argument("--project", required=True)

@@ -130,6 +130,51 @@ class SnapshotSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
                 ) from exc
 
 
+_Weight = Annotated[float, msgspec.Meta(ge=0, le=1)]
+
+
+class FeedbackSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """How feedback counts: implicit signals' weights (1 = as much as an explicit thumb or
+    correction, 0 = stored and counted but never trained on), attribution, orphans."""
+
+    regenerated_weight: Annotated[
+        _Weight,
+        _doc("A regenerate is a thumbs-down of the first answer with this weight."),
+    ] = 0.5
+    regenerated_pairs: Annotated[
+        bool,
+        _doc(
+            "A regenerated answer whose replacement (`regenerated_log_id`) was kept (no thumbs-down, not "
+            "regenerated itself) also becomes a preference pair: the replacement is the answer preferred."
+        ),
+    ] = True
+    edited_weight: Annotated[
+        _Weight, _doc("An edit is a correction (the edited text is the answer wanted) with this weight.")
+    ] = 1.0
+    copied_weight: Annotated[_Weight, _doc("A copy is a thumbs-up with this weight.")] = 0.25
+    event_weights: Annotated[
+        dict[str, Annotated[float, msgspec.Meta(ge=-1, le=1)]],
+        _doc(
+            "Weights of app events by name, in [-1, 1]: positive counts as a thumbs-up, negative as a "
+            'thumbs-down (e.g. {"shared": 0.5}). Events not listed are stored and counted, never trained on.'
+        ),
+    ] = {}
+    attributing_keys: Annotated[
+        tuple[str, ...],
+        _doc(
+            "Ids of keys whose feedback may name an end user other than the log's (a backend relaying "
+            "its users' feedback). Others' feedback counts as the log's end user for the poisoning cap."
+        ),
+    ] = ()
+    orphan_report_hours: Annotated[
+        float,
+        _doc(
+            "Feedback whose log has not arrived after this many hours is reported in stats as a stale orphan."
+        ),
+        msgspec.Meta(gt=0),
+    ] = 24.0
+
+
 class TrainingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """When runs start, and how the trainer is told to train."""
 
@@ -260,6 +305,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     writer: WriterSettings = WriterSettings()
     database: DatabaseSettings = DatabaseSettings()
     snapshot: SnapshotSettings = SnapshotSettings()
+    feedback: FeedbackSettings = FeedbackSettings()
     vllm: VllmSettings = VllmSettings()
     canary_fraction: Annotated[
         float,

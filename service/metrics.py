@@ -20,6 +20,7 @@ _RUN_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
 INGEST_KINDS = ("log", "feedback")
 INGEST_OUTCOMES = ("accepted", "duplicate", "rejected", "throttled")
 RATINGS = ("up", "down", "none")
+IMPLICIT_KINDS = ("regenerated", "edited", "copied", "event")
 RUN_STAGES = ("snapshot", "training", "evaluating", "canary")
 RUN_OUTCOMES = ("promoted", "rejected", "rolled_back", "failed")
 GATE_DECISIONS = ("promote", "reject")
@@ -94,6 +95,12 @@ class Metrics:
         self.event_loop_lag_max = Gauge(
             "ratchet_event_loop_lag_max_seconds",
             "Longest event-loop stall since the service started.",
+            registry=r,
+        )
+        self.implicit_feedback = Counter(
+            "ratchet_implicit_feedback_total",
+            "Implicit feedback accepted, by project and kind (regenerated, edited, copied, event).",
+            ["project", "kind"],
             registry=r,
         )
         # --- HTTP
@@ -236,3 +243,5 @@ class Metrics:
             self.run_stage_seconds.labels(project, stage)
         self.canary_fraction.labels(project)
         self.gateway_logs_unreadable.labels(project)
+        for kind in IMPLICIT_KINDS:
+            self.implicit_feedback.labels(project, kind)

@@ -176,7 +176,14 @@ class Pipeline:
 
         def cut() -> Any:
             with self.rt.data_lock(run.project):  # never beside an erasure of the same project
-                return export_snapshot(self.rt.db, run.project, out, self.rt.settings.snapshot, now=utcnow())
+                return export_snapshot(
+                    self.rt.db,
+                    run.project,
+                    out,
+                    self.rt.settings.snapshot,
+                    now=utcnow(),
+                    feedback=self.rt.settings.feedback,
+                )
 
         manifest = await asyncio.to_thread(cut)
         await self._update(run.id, stats={"snapshot": msgspec.to_builtins(manifest.stats)})

@@ -195,8 +195,9 @@ class Rollouts:
         if r.candidate is None or r.canary_started_at is None:
             return None
         since = datetime.fromtimestamp(r.canary_started_at, UTC).replace(tzinfo=None)
-        canary = self.serving.arm_counts(project, r.candidate, since)
-        champion = self.serving.arm_counts(project, r.champion, since)
+        weights = self.settings.feedback
+        canary = self.serving.arm_counts(project, r.candidate, since, weights)
+        champion = self.serving.arm_counts(project, r.champion, since, weights)
         decision = decide(
             canary,
             champion,

@@ -34,8 +34,15 @@ def _send_until_dead(
                 if c.post("/v1/logs", json=body).status_code == 202:
                     acked.extend(ids)
                     fb = {"log_id": ids[0], "rating": 1, "end_user": prefix}
-                    if c.post("/v1/feedback", json=fb).status_code == 202:
+                    r = c.post("/v1/feedback", json=fb)
+                    if r.status_code == 202:
                         acked.append(f"fb:{ids[0]}")
+                        # Now and then the user takes the thumb back: a withdrawal is a write too.
+                        if n % 3 == 0:
+                            fid = r.json()["results"][0]["id"]
+                            acked.append(f"try:{ids[0]}")  # unacknowledged: may or may not be done
+                            if c.delete(f"/v1/feedback/{fid}").status_code == 200:
+                                acked.append(f"wd:{ids[0]}")
             except httpx.TransportError:
                 return  # the server is gone; nothing more can be acknowledged
 
@@ -62,8 +69,10 @@ def test_acknowledged_events_survive_kill_9(
             t.join()
         server = start_ratchet(data_dir=data_dir)
 
-    log_ids = [a for a in acked if not a.startswith("fb:")]
-    feedback_for = {a.removeprefix("fb:") for a in acked if a.startswith("fb:")}
+    log_ids = [a for a in acked if not a.startswith(("fb:", "wd:", "try:"))]
+    withdrawn = {a.removeprefix("wd:") for a in acked if a.startswith("wd:")}
+    tried = {a.removeprefix("try:") for a in acked if a.startswith("try:")}
+    feedback_for = {a.removeprefix("fb:") for a in acked if a.startswith("fb:")} - tried
     assert len(log_ids) > 200, "too little traffic reached the server to prove anything"
     with server.client(key) as c:
         r = c.get("/v1/projects/durable/export", params={"format": "jsonl"})
@@ -74,3 +83,5 @@ def test_acknowledged_events_survive_kill_9(
     assert not missing, f"{len(missing)} acknowledged logs lost, e.g. {sorted(missing)[:3]}"
     rated = {row["id"] for row in rows if row["rating"] == 1}
     assert feedback_for <= rated, f"acknowledged feedback lost for {sorted(feedback_for - rated)[:3]}"
+    assert withdrawn, "no withdrawal reached the server to prove anything"
+    assert not withdrawn & rated, f"acknowledged withdrawals lost for {sorted(withdrawn & rated)[:3]}"

@@ -225,11 +225,20 @@ def _runtime(tmp_path: Path, **settings: Any) -> Runtime:
 def _write(runtime: Runtime, user: str, n: int, received: datetime, prefix: str) -> None:
     logs, feedback = [], []
     for i in range(n):
-        item = rows.chat_log(f"{prefix}-{i}", [{"role": "user", "content": f"{prefix} {user} q{i}"}], f"a{i}",
-                             end_user=user)  # fmt: skip
+        item = rows.chat_log(
+            f"{prefix}-{i}", [{"role": "user", "content": f"{prefix} {user} q{i}"}], f"a{i}", end_user=user
+        )
         logs.append(Capture.log_row("p", item, f"{prefix}-{i}", received, "api"))
-        feedback.append(rows.feedback_row("p", f"{prefix}-{i}", received, end_user=user, fid=f"f-{prefix}-{i}",
-                                          rating=1 if i % 2 else -1))  # fmt: skip
+        feedback.append(
+            rows.feedback_row(
+                "p",
+                f"{prefix}-{i}",
+                received,
+                end_user=user,
+                fid=f"f-{prefix}-{i}",
+                rating=1 if i % 2 else -1,
+            )
+        )
     runtime.writer.write_sync("logs", logs)
     runtime.writer.write_sync("feedback", feedback)
 

@@ -157,9 +157,7 @@ def test_the_online_gate_applies_each_projects_own_policy(tmp_path: Path) -> Non
                 item = completion_log(log_id, "q", "a", adapter=f"{project}@{arm}")
                 logs.append(Capture.log_row(project, item, log_id, started, "api"))
                 rating = 1 if i % up_every == 0 else -1
-                feedback.append(
-                    feedback_row(project, log_id, started, end_user=f"u{i}", fid=f"f-{log_id}", rating=rating)
-                )
+                feedback.append(feedback_row(project, log_id, started, end_user=f"u{i}", rating=rating))
         runtime.rollouts.routing[project] = Rollout(
             project=project, champion=f"{project}@v1", candidate=f"{project}@v2", fraction=0.2,
             canary_started_at=started.replace(tzinfo=UTC).timestamp() - 1,

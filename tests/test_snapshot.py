@@ -352,9 +352,13 @@ def test_one_user_cannot_supply_more_than_their_share(db: Database, feed: Feed, 
     for i in range(60):
         feed.add(f"quiet {i}", f"answer {i}", user=f"q{i % 20}")
     manifest = snapshot(db, feed, tmp_path / "snap")
-    assert manifest.stats.user_cap == 32  # 20% of 160
-    assert sum(r.end_user == "loud" for r in rows(tmp_path / "snap")) == 32
-    assert manifest.stats.dropped_user_cap == 68
+    # 20% of what is kept, not of what came in: 32 of 160 would have left "loud" 32 of 92 rows
+    # (35%). 15 of 75 is 20%.
+    assert manifest.stats.user_cap == 15
+    kept = rows(tmp_path / "snap")
+    assert sum(r.end_user == "loud" for r in kept) == 15
+    assert manifest.stats.dropped_user_cap == 85
+    assert manifest.stats.largest_user_share == 15 / len(kept) == 0.2
 
 
 def test_a_prompt_in_the_holdout_is_not_trained_on(db: Database, feed: Feed, tmp_path: Path) -> None:
@@ -424,7 +428,7 @@ def test_the_training_set_is_the_newest_rows_plus_a_replay_of_older_ones(
 ) -> None:
     """Beyond `max_train_examples`, a snapshot holds the newest rows and a random sample of older
     ones: its size follows the bound, not the history; the holdout is still the newest slice."""
-    ids = [feed.add(f"question {i}", f"answer {i}", user=None) for i in range(300)]
+    ids = [feed.add(f"question {i}", f"answer {i}", user=f"u{i}") for i in range(300)]
     settings = SnapshotSettings(
         holdout_fraction=0.2, max_train_examples=80, replay_fraction=0.25, scrub_pii=False
     )

@@ -7,12 +7,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from service.app import build_runtime
+from service.capture import Capture
 from service.config import Settings, TrainingSettings
 from service.domain import NewSignal
 from service.store.rows import FeedbackRow
 from service.store.runs import RunRecord
 from service.trigger import decide_run
-from tests.fixtures.rows import feedback_row
+from tests.fixtures.rows import completion_log, feedback_row
 
 POLICY = TrainingSettings(min_new_ratings=200, min_new_corrections=5, min_minority_share=0.1,
                           run_cooldown_seconds=600)  # fmt: skip
@@ -56,7 +57,7 @@ def test_a_bulk_import_starts_one_run_then_waits_for_it_and_its_cooldown() -> No
     assert not decide_run(T0 + timedelta(minutes=16), quiet, ended, POLICY).start
 
 
-def test_new_signal_counts_only_feedback_received_after_the_cutoff(tmp_path: Path) -> None:
+def test_new_signal_counts_only_feedback_received_after_the_cutoff_on_logs_that_exist(tmp_path: Path) -> None:
     runtime = build_runtime(Settings(data_dir=str(tmp_path)))
     runtime.writer.start()
 
@@ -69,8 +70,14 @@ def test_new_signal_counts_only_feedback_received_after_the_cutoff(tmp_path: Pat
     async def write(rows: list[FeedbackRow]) -> None:
         await runtime.writer.write("feedback", rows)
 
+    def logs(ids: list[str], at: datetime) -> None:
+        runtime.writer.write_sync(
+            "logs", [Capture.log_row("p", completion_log(i, "q", "a"), i, at, "api") for i in ids]
+        )
+
     try:
         old = T0 - timedelta(hours=1)
+        logs([f"l{i}" for i in range(50)] + ["l100", "l101", "l102"], old)
         asyncio.run(write([feedback(f"l{i}", "u", old, 1) for i in range(50)]))
         asyncio.run(write([feedback("l100", "u", T0 + timedelta(minutes=1), -1, "better"),
                            feedback("l101", "u", T0 + timedelta(minutes=2), 1),
@@ -82,6 +89,16 @@ def test_new_signal_counts_only_feedback_received_after_the_cutoff(tmp_path: Pat
         )
         assert runtime.queries.count_new_signal("p", None).rated == 53
         assert runtime.queries.count_new_signal("q", None) == NewSignal(None, 0, 0, 0, 0)
+        # Feedback for a log that has not arrived waits: it counts once the log is stored, even
+        # when the feedback itself came before the cutoff (issue 13: orphans are not signal).
+        asyncio.run(
+            write([feedback("late", "w", old, 1), feedback("late2", "w", T0 + timedelta(minutes=5), 1)])
+        )
+        assert runtime.queries.count_new_signal("p", T0).rated == 4
+        logs(["late", "late2"], T0 + timedelta(minutes=6))
+        assert runtime.queries.count_new_signal("p", T0) == NewSignal(
+            T0, rated=6, up=4, down=2, corrections=2
+        )
     finally:
         runtime.writer.stop()
         runtime.db.close()

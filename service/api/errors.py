@@ -65,7 +65,11 @@ def domain_error(exc: errors.RatchetError) -> tuple[int, ErrorBody, dict[str, st
         if isinstance(exc, errors.WriterSaturated)
         else {}
     )
-    return status, ErrorBody(code, exc.message, getattr(exc, "field", None)), headers
+    return (
+        status,
+        ErrorBody(code, exc.message, getattr(exc, "field", None), getattr(exc, "detail", None)),
+        headers,
+    )
 
 
 def decode_error(exc: msgspec.MsgspecError) -> ErrorBody:

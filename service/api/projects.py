@@ -40,7 +40,9 @@ def list_projects(principal: Principal, runtime: Runtime) -> list[Project]:
 @get("/v1/projects/{name:str}/stats", summary="Project statistics", sync_to_thread=True, opt=needs("read"))
 def project_stats(name: str, principal: Principal, runtime: Runtime) -> ProjectStats:
     """Counts by kind, thumbs-up rate overall and per adapter version, new signal since the last run."""
-    return runtime.queries.project_stats(scoped_project(principal, runtime, name))
+    return runtime.queries.project_stats(
+        scoped_project(principal, runtime, name), orphan_hours=runtime.settings.feedback.orphan_report_hours
+    )
 
 
 @get(

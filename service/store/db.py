@@ -61,6 +61,8 @@ def rowid_ranges(cur: duckdb.DuckDBPyConnection, table: str, batch_rows: int) ->
             {"batch": batch_rows},
         ).fetchall()
     ]
+    if not starts:  # nothing chosen (a snapshot without signal)
+        return []
     return list(zip(starts, [*starts[1:], 2**62], strict=True))
 
 

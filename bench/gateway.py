@@ -241,6 +241,19 @@ def run_streams(system: System, seconds: float, connections: int) -> dict[str, f
     return json.loads(done.stdout)  # type: ignore[no-any-return]
 
 
+def _rows_per_commit(system: System) -> float:
+    """The mean rows per group commit of a `ratchet serve` so far, from its /metrics."""
+    text = httpx.get(system.url.rsplit("/v1/", 1)[0] + "/metrics", timeout=10).text
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("ratchet_write_batch_rows_sum", "ratchet_write_batch_rows_count"):
+            values[name] = float(value)
+    return values.get("ratchet_write_batch_rows_sum", 0.0) / max(
+        values.get("ratchet_write_batch_rows_count", 0.0), 1
+    )
+
+
 def _cpu(pid: int | None) -> float:
     return tree_cpu_seconds(pid) if pid else 0.0
 
@@ -251,6 +264,7 @@ def peers(args: argparse.Namespace) -> None:
     stack = Peers(work, args.baseline)
     load_before = os.getloadavg()[0]
     profile: str | None = None
+    commits: dict[str, float] = {}
     try:
         standin_pid, systems = stack.start()
         print(f"peers up; warming up ({len(systems)} systems) ...", flush=True)
@@ -264,6 +278,7 @@ def peers(args: argparse.Namespace) -> None:
             print(
                 f"round {round_ + 1}/{args.rounds} done (load average {os.getloadavg()[0]:.1f})", flush=True
             )
+        commits = {s.name: _rows_per_commit(s) for s in systems if s.name.startswith("ratchet")}
         if args.profile:
             ratchet = next(s for s in systems if s.name == "ratchet")
             assert ratchet.pid is not None
@@ -277,6 +292,8 @@ def peers(args: argparse.Namespace) -> None:
     finally:
         stack.stop()
     report(systems, args, load_before)
+    print("group commits over the run (durable log writes): " + ", ".join(
+        f"{name} {rows:.1f} rows per commit" for name, rows in commits.items()))  # fmt: skip
     if profile:
         print(profile)
     if args.keep:

@@ -184,8 +184,8 @@ class AiohttpUpstream:
     connection's socket for readability twice per request (encode/httpcore #928, #1035), which
     was ~40% of the gateway's CPU at 32 connections; aiohttp takes an idle connection off a list
     and learns of a connection the replica closed from the event loop. Idle connections are
-    dropped after `_KEEPALIVE_S`, before vLLM's uvicorn drops them (5 s), so a request is never
-    written into a connection the replica is closing. Timeouts: connecting 3 s, and
+    dropped after `_KEEPALIVE_S`, before vLLM's uvicorn drops them (5 s), so that a request is not
+    written into a connection the replica is closing. URLs are parsed (yarl) once, at start. Timeouts: connecting 3 s, and
     `vllm.timeout_seconds` for the head and between two pieces of the body (a long stream that
     keeps coming is not cut)."""
 

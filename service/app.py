@@ -85,6 +85,7 @@ def build_runtime(settings: Settings, metrics: Metrics | None = None) -> Runtime
         metrics,
         max_batch_rows=settings.writer.max_batch_rows,
         max_queue_rows=settings.writer.max_queue_rows,
+        linger_seconds=settings.writer.linger_ms / 1000,
     )
     capture = Capture(writer, metrics, max_batch_items=settings.max_batch_items)
     serving = Serving(db)

@@ -218,6 +218,7 @@ class Capture:
         self._max_batch_items = max_batch_items
         # Which adapter answered a recent log, so feedback metrics carry the version without a read.
         self._adapters: OrderedDict[tuple[str, str], str | None] = OrderedDict()
+        self._accepted_logs = metrics.ingest_outcomes["log", "accepted"]
 
     def check_size(self, items: Sequence[Any]) -> None:
         if len(items) > self._max_batch_items:
@@ -247,11 +248,15 @@ class Capture:
             rows.append(row)
         return await self._write("logs", "log", rows, results)
 
-    async def write_log_rows(self, rows: Sequence[LogRow]) -> CaptureResult:
-        """Durably store rows already built from parsed bodies (the gateway's): no validation, no
-        re-encoding. Duplicates of an existing id are no-ops; raises `WriterSaturated`."""
-        results = [ItemResult(i, "accepted", row.id) for i, row in enumerate(rows)]
-        return await self._write("logs", "log", list(rows), results)
+    def submit_log_row(self, row: LogRow) -> None:
+        """Queue a row built from a parsed body (the gateway's, after its answer) for a group
+        commit within the writer's linger, without waiting for it. Raises `WriterSaturated`."""
+        self._writer.submit("logs", (row,))
+        self._accepted_logs.inc()
+
+    async def flush(self) -> None:
+        """Wait until every row submitted so far is committed (or its commit failed)."""
+        await self._writer.write("logs", ())
 
     @staticmethod
     def log_row(project: str, item: LogIn, log_id: str, now: datetime, source: str) -> LogRow:

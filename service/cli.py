@@ -34,7 +34,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """
     import uvicorn
 
-    from service.api.fastpath import IngestFastPath
+    from service.api.fastpath import FastPath
     from service.app import build_runtime, create_app, ensure_admin_key, tune_interpreter_for_serving
 
     settings = _settings(args)
@@ -53,7 +53,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("ratchet: auth is DISABLED (loopback only): every caller is admin", flush=True)
     tune_interpreter_for_serving()
     uvicorn.run(
-        IngestFastPath(app, runtime),
+        FastPath(app, runtime),
         host=settings.host,
         port=settings.port,
         log_level="warning",

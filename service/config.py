@@ -41,6 +41,15 @@ class WriterSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
         _doc("WAL size at which the writer checkpoints, between commits (MiB); DuckDB's own at 2x."),
         msgspec.Meta(ge=1),
     ] = 64
+    linger_ms: Annotated[
+        float,
+        _doc(
+            "How long a gateway log, written after its answer, may wait for more rows before a commit "
+            "(ms): many rows per commit at gateway rates. A kill -9 can lose the logs of answers sent "
+            "in about this long before it."
+        ),
+        msgspec.Meta(ge=0, le=1000),
+    ] = 20.0
 
 
 class DatabaseSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -122,6 +122,9 @@ def finish_interrupted(runtime: Runtime) -> int:
 async def _erase(
     runtime: Runtime, kind: Any, project: str, why: str, record: Callable[[datetime], Erased]
 ) -> ErasureOut:
+    # The logs of answers the gateway already gave may still linger before their commit: commit
+    # them first, so that the erasure reaches them.
+    await runtime.gateway.drain()
     lock = runtime.data_lock(project)
     await asyncio.to_thread(lock.acquire)
     try:

@@ -1,7 +1,7 @@
 """The ingest fast path answers exactly as the Litestar routes do, and hands them what it does not take.
 
 Two stores, the same requests: one app is Litestar alone, the other is Litestar behind
-`IngestFastPath` (what `ratchet serve` runs). Every answer must match byte for byte, for
+`FastPath` (what `ratchet serve` runs). Every answer must match byte for byte, for
 successes, partial successes and every error the two ingest routes can give.
 """
 
@@ -16,7 +16,7 @@ import httpx
 import msgspec
 import pytest
 
-from service.api.fastpath import IngestFastPath
+from service.api.fastpath import FastPath
 from service.app import build_runtime, create_app
 from service.config import Settings, WriterSettings
 from service.domain import ProjectIn
@@ -99,7 +99,7 @@ async def apps(tmp_path: Path) -> AsyncIterator[tuple[tuple[Any, str], tuple[Any
     plain_rt, plain_key = _runtime(tmp_path / "plain")
     fast_rt, fast_key = _runtime(tmp_path / "fast")
     counting = _Counting(create_app(fast_rt.settings, fast_rt))
-    fast = IngestFastPath(counting, fast_rt)
+    fast = FastPath(counting, fast_rt)
     plain = create_app(plain_rt.settings, plain_rt)
     for rt in (plain_rt, fast_rt):
         rt.writer.start()

@@ -368,7 +368,14 @@ def _result(http: httpx.Client, promoted: list[str], seconds: float) -> DemoResu
         versions.append(
             VersionRow(a["adapter"] or "none", a["logs"], rated, up, a["thumbs_up_rate"], low, high)
         )
-    runs = http.get("/v1/runs", params={"project": PROJECT, "limit": 100}).json()
+    # The promotion event is written before its run's record reaches `promoted`: give the record a
+    # moment to catch up, so the table shows each promoted run's final state.
+    for _ in range(30):
+        runs = http.get("/v1/runs", params={"project": PROJECT, "limit": 100}).json()
+        settled = {r["stats"].get("adapter") for r in runs if r["state"] == "promoted"}
+        if set(promoted) <= settled:
+            break
+        time.sleep(1)
     events = http.get(f"/v1/projects/{PROJECT}/events", params={"limit": 1000}).json()
     return DemoResult(promoted, versions, list(reversed(runs)), seconds, events)
 

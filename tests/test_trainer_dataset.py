@@ -223,3 +223,21 @@ def test_tool_calls_in_the_prompt_or_the_answer_need_a_tool_rendering_template()
     tool_answer = Message(role="assistant", tool_calls=[call])
     ex = build_examples([row(0, "weather in paris?", tool_answer, rating=1), row(1, "hi", "hello", rating=1)])
     assert [e.uses_tool_calls for e in ex.sft] == [True, False]
+
+
+def test_implicit_rows_take_part_in_proportion_to_their_weight_and_the_seed_fixes_which():
+    """Issue 13: a regenerate (weight 0.3 here) counts in about 30% of such rows; explicit rows
+    (weight 1) always count; the same seed draws the same rows, another seed others."""
+    explicit = [row(i, f"q{i}", f"a{i}", rating=1) for i in range(200)]
+    implicit = [
+        row(1000 + i, f"r{i}", f"b{i}", rating=-1, weight=0.3, signals=["regenerated"]) for i in range(2000)
+    ]
+    ex = build_examples(explicit + implicit, seed=7)
+    assert ex.thumbs_up == 200
+    drawn = ex.thumbs_down
+    assert 0.25 < drawn / 2000 < 0.35, drawn
+    assert ex.counts()["excluded"] == {"weight_not_drawn": 2000 - drawn}
+    again = build_examples(list(reversed(explicit + implicit)), seed=7)
+    assert {e.log_id for e in again.kto} == {e.log_id for e in ex.kto}
+    other = build_examples(explicit + implicit, seed=8)
+    assert {e.log_id for e in other.kto} != {e.log_id for e in ex.kto}

@@ -11,6 +11,12 @@ What each kind of feedback becomes:
   same prompt and tools          least once, never quadratically many
 - `score` alone               -> ignored (no agreed scale yet); counted in `ignored`
 
+A row's `weight` (below 1 only for signal that implicit feedback alone gave: a regenerate, a copy,
+an app event; issue 13) is the chance it takes part: the row is drawn once per run, from the run's
+seed and the row's identity, so a regenerate of weight 0.3 counts in about 30% of such rows and the
+same seed draws the same rows. Sampling rather than a weighted loss keeps every TRL trainer as it is
+and gives the same expected gradient. Rows not drawn are counted in `excluded` as `weight_not_drawn`.
+
 Training data is honest: an answer with a `problem` (cut by `length`, filtered, interrupted,
 ended by an upstream error) or an empty one (no text, no tool call) is never a positive target (no
 SFT row, no desirable KTO row, never DPO's chosen), though it may be a rejected one; thumbs-up on
@@ -28,6 +34,7 @@ template, fits them into the token budget and drops (counting) what cannot be tr
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -179,16 +186,26 @@ def _exclusion(row: SnapshotRow, has_chat: bool) -> str | None:
     return "completions_in_chat_snapshot" if has_chat else None
 
 
-def build_examples(rows: list[SnapshotRow], *, unreadable: int = 0) -> Examples:
+def is_drawn(row: SnapshotRow, seed: int) -> bool:
+    """Whether a row of weight w < 1 takes part in the run of `seed` (probability w; weights >= 1
+    always do). Deterministic in (seed, log id, end user, choice), independent of row order."""
+    if row.weight >= 1:
+        return True
+    digest = hashlib.blake2b(f"{seed}\0{row.log_id}\0{row.end_user}\0{row.choice}".encode(), digest_size=8)
+    return int.from_bytes(digest.digest()) / 2**64 < row.weight
+
+
+def build_examples(rows: list[SnapshotRow], *, unreadable: int = 0, seed: int = 0) -> Examples:
     """All SFT, DPO and KTO examples the rows support, in a deterministic order (time, then log id).
-    `unreadable`: rows the snapshot reader already left out, counted under that reason."""
+    `unreadable`: rows the snapshot reader already left out, counted under that reason. `seed`: the
+    run's seed, which draws the rows of weight below 1 (see the module docstring)."""
     examples = Examples()
     if unreadable:
         examples.excluded["unreadable"] = unreadable
     has_chat = any(isinstance(r.prompt, list) for r in rows)
     usable = []
     for row in rows:
-        reason = _exclusion(row, has_chat)
+        reason = _exclusion(row, has_chat) or (None if is_drawn(row, seed) else "weight_not_drawn")
         if reason is None:
             usable.append(row)
         else:

@@ -63,7 +63,7 @@ def run(spec: RunSpec, progress: Progress) -> Path:
     started = time.monotonic()
     check_paths(spec)
     snapshot = read_snapshot(spec.snapshot_dir)
-    built = build_examples(snapshot.train, unreadable=snapshot.unreadable)
+    built = build_examples(snapshot.train, unreadable=snapshot.unreadable, seed=spec.seed)
     # Too little signal even before measuring in tokens: fail now, before the heavy imports.
     choose_method(built, spec.method, spec.min_examples, spec.auto_min_pair_share)
 

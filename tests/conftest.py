@@ -8,3 +8,9 @@ pytest_plugins = [
     "tests.fixtures.families",
     "tests.fixtures.conformance",
 ]
+
+
+def pytest_collection_modifyitems(items: list) -> None:  # type: ignore[type-arg]
+    """Tests marked `own_vllm` stop the shared vLLM server to run their own (two would not fit
+    beside each other on 2 cores): running them last spares restarting it (~50 s) afterwards."""
+    items.sort(key=lambda item: item.get_closest_marker("own_vllm") is not None)

@@ -33,7 +33,7 @@ from tests.fixtures.vllm import VLLMServer, VLLMStartError, sole_server
 from trainer import tiny_world
 from trainer.tiny_families import FAMILIES
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.own_vllm]
 
 STEPS = 20
 LEARNING_RATE = 1e-2

@@ -44,3 +44,13 @@ class LogLine(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=Tr
     score: float | None = None
     correction: str | None = None
     comment: str | None = None
+    regenerated: bool | None = None
+    """Implicit feedback (issue 13): the user asked for another answer; `regenerated_log_id`
+    names the new one's log when known."""
+    regenerated_log_id: str | None = None
+    edited_text: str | None = None
+    """Implicit feedback: the answer as the user edited it before using it."""
+    copied: bool | None = None
+    """Implicit feedback: the user copied the answer."""
+    events: list[str] | None = None
+    """Implicit feedback: the names of the app's own events on the answer (`kind: event`)."""

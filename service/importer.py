@@ -2,7 +2,8 @@
 
 A line is a `formats.logfile.LogLine` — exactly what `ratchet export --format jsonl` writes:
 OpenAI chat `messages` ending in the assistant's answer (text or tool calls), `tools`, the log's
-fields and the feedback's (`rating` +1/-1, `score`, `correction`, `comment`). A line without an
+fields and the feedback's (`rating` +1/-1, `score`, `correction`, `comment`, and the implicit
+`regenerated`, `edited_text`, `copied`, `events`: one feedback item each). A line without an
 `id` gets one from its content, so importing a file twice stores it once (and its feedback is a
 duplicate the second time: no new signal). Progress (the byte offset acknowledged so far) is kept
 beside the file, so an interrupted import resumes there.
@@ -36,8 +37,9 @@ _decode_line = msgspec.json.Decoder(LogLine)
 _encode = msgspec.json.encode
 
 
-def parse_line(raw: bytes, lineno: int) -> tuple[LogIn, FeedbackIn | None]:
-    """A log (and its feedback, if the line carries any); `InvalidInput` naming the line."""
+def parse_line(raw: bytes, lineno: int) -> tuple[LogIn, list[FeedbackIn]]:
+    """A log and the feedback items the line carries (explicit fields in one, then one per implicit
+    kind, as an app would have sent them); `InvalidInput` naming the line."""
     try:
         line = _decode_line.decode(raw)
     except msgspec.MsgspecError as exc:
@@ -94,12 +96,22 @@ def parse_line(raw: bytes, lineno: int) -> tuple[LogIn, FeedbackIn | None]:
         for name in ("rating", "score", "correction", "comment")
         if (value := getattr(line, name)) is not None  # absent in the file: left as it is
     }
-    if not given:
-        return log, None
-    feedback = FeedbackIn(log_id=log_id, end_user=line.end_user, created_at=line.created_at, **given)
-    checked_fb = decode_item(_encode(feedback), FeedbackIn)
-    if isinstance(checked_fb, Rejected):
-        raise InvalidInput(f"{where}: {checked_fb.field}: {checked_fb.message}", where)
+    items: list[dict[str, Any]] = [given] if given else []
+    if line.regenerated:
+        regenerated = {"regenerated_log_id": line.regenerated_log_id} if line.regenerated_log_id else {}
+        items.append({"kind": "regenerated", **regenerated})
+    if line.edited_text is not None:
+        items.append({"kind": "edited", "edited_text": line.edited_text})
+    if line.copied:
+        items.append({"kind": "copied"})
+    items += [{"kind": "event", "event": name} for name in line.events or ()]
+    feedback = []
+    for fields in items:
+        item = FeedbackIn(log_id=log_id, end_user=line.end_user, created_at=line.created_at, **fields)
+        checked_fb = decode_item(_encode(item), FeedbackIn)
+        if isinstance(checked_fb, Rejected):
+            raise InvalidInput(f"{where}: {checked_fb.field}: {checked_fb.message}", where)
+        feedback.append(item)
     return log, feedback
 
 
@@ -152,7 +164,7 @@ def import_file(
             offset, start_line = saved["offset"], saved["line"]
     report = ImportReport(resumed_at=start_line)
     params = {"project": project} if project else {}
-    batch: list[tuple[int, LogIn, FeedbackIn | None]] = []
+    batch: list[tuple[int, LogIn, list[FeedbackIn]]] = []
 
     def flush(end: int, last_line: int) -> None:
         if batch:
@@ -196,7 +208,7 @@ def import_file(
 def _send_batch(
     client: RatchetClient,
     params: dict[str, str],
-    batch: list[tuple[int, LogIn, FeedbackIn | None]],
+    batch: list[tuple[int, LogIn, list[FeedbackIn]]],
     report: ImportReport,
 ) -> None:
     """Send one batch's logs, then its feedback; what the server rejects is reported by line."""
@@ -204,7 +216,7 @@ def _send_batch(
     report.logs_accepted += result["accepted"]
     report.logs_duplicate += result["duplicates"]
     _note_rejected(result, [n for n, _, _ in batch], report)
-    with_feedback = [(n, fb) for n, _, fb in batch if fb is not None]
+    with_feedback = [(n, fb) for n, _, items in batch for fb in items]
     if with_feedback:
         result = _send(client, "/v1/feedback", {"feedback": [fb for _, fb in with_feedback]}, params)
         report.feedback += result["accepted"]

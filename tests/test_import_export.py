@@ -16,6 +16,7 @@ from tests.fixtures.server import RatchetProcess
 from tests.test_snapshot import CALL, WEATHER_TOOL
 
 LINES = 100_000
+IMPLICIT = {"regenerated", "regenerated_log_id", "edited_text", "copied", "events"}
 
 
 def ratchet(server: RatchetProcess, key: str, *args: str) -> subprocess.Popen[str]:
@@ -36,7 +37,9 @@ def run(server: RatchetProcess, key: str, *args: str) -> tuple[str, str]:
     return out, err
 
 
-def write_chats(path: Path, n: int) -> None:
+def write_chats(path: Path, n: int, *, implicit: bool = False) -> None:
+    """`n` chats, a third rated, a tenth corrected; `implicit`: with regenerates, copies, edits and
+    app events on some of them too (issue 13)."""
     with open(path, "w") as fh:
         for i in range(n):
             line = {
@@ -51,6 +54,14 @@ def write_chats(path: Path, n: int) -> None:
                 line["rating"] = 1 if i % 2 else -1
             if i % 10 == 0:
                 line["correction"] = f"{i + 1}"
+            if implicit and i % 7 == 0:
+                line |= {"regenerated": True, "regenerated_log_id": f"next-{i}"}
+            if implicit and i % 11 == 0:
+                line["copied"] = True
+            if implicit and i % 13 == 0:
+                line["edited_text"] = f"It is {i + 1}, edited."
+            if implicit and i % 17 == 0:
+                line["events"] = ["shared", "pinned"]
             fh.write(json.dumps(line) + "\n")
 
 
@@ -142,7 +153,7 @@ def test_export_round_trips_through_import(ratchet_server: RatchetProcess, tmp_p
     src_key = ratchet_server.create_project("roundtrip-a")
     dst_key = ratchet_server.create_project("roundtrip-b")
     chats = tmp_path / "chats.jsonl"
-    write_chats(chats, 500)
+    write_chats(chats, 500, implicit=True)
     run(ratchet_server, src_key, "import", str(chats))
 
     exported = tmp_path / "a.jsonl"
@@ -157,6 +168,12 @@ def test_export_round_trips_through_import(ratchet_server: RatchetProcess, tmp_p
     zero = next(r for r in rows if r["messages"][0]["content"] == "What is 0 plus one?")
     assert zero["messages"][-1] == {"role": "assistant", "content": "It is 1."}
     assert (zero["rating"], zero["correction"], zero["end_user"]) == (-1, "1", "u0")
+    # i = 0 had every implicit kind; i = 7 a regenerate only (issue 13: implicit kinds round-trip).
+    assert (zero["regenerated"], zero["regenerated_log_id"], zero["copied"]) == (True, "next-0", True)
+    assert (zero["edited_text"], sorted(zero["events"])) == ("It is 1, edited.", ["pinned", "shared"])
+    seven = next(r for r in rows if r["messages"][0]["content"] == "What is 7 plus one?")
+    assert {k for k in seven if k in IMPLICIT} == {"regenerated", "regenerated_log_id"}
+    assert sum("copied" in r for r in rows) == len(range(0, 500, 11))
 
     window = tmp_path / "w.parquet"
     args = (

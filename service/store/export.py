@@ -6,14 +6,16 @@ feedback's fields, so `ratchet export` output feeds `ratchet import`:
     {"messages": [...the prompt, then the answer as the last assistant message, tool calls and
      all], "tools": [...], "tool_choice": ..., "response_format": ..., "finish_reason": "length",
      "id": ..., "created_at": "2026-11-01T12:00:00Z", "adapter": ..., "end_user": ...,
-     "metadata": {...}, "rating": 1, "score": ..., "correction": ..., "comment": ...}
+     "metadata": {...}, "rating": 1, "score": ..., "correction": ..., "comment": ...,
+     "regenerated": true, "regenerated_log_id": ..., "edited_text": ..., "copied": true,
+     "events": ["shared"]}
 
 Everything comes from the typed columns capture wrote (`formats.log`); only a log whose prompt held
 media (`media_prompt`) takes its messages from the raw request, so the media parts are not lost.
 A log with several end users' feedback gives a line per feedback row, each with the answer that
 feedback names (`choice`); a log without feedback gives one line with its first answer. Fields
 without a value are left out; `finish_reason` only when it is not `stop`. A Parquet row has the
-same fields, structured ones as JSON text.
+same fields, structured ones as JSON text (`events`: a list of strings).
 
 `LogExport` chooses the rows first (one narrow query in a read transaction: row ids and the
 feedback's fields, never the logs' text), so the row count is known before the first byte; then
@@ -21,7 +23,7 @@ it reads the logs' text range by range of row ids and yields the encoded bytes, 
 at a time (`rowid_ranges`): memory follows the batch, whatever the history. A log the shape
 module could not read (`shape_error`) has no typed columns and is not exported (counted in
 `skipped`). With a `Scrubber`, PII is redacted in every message, tool call, answer, correction
-and comment, exactly as in snapshots.
+comment and edited text, exactly as in snapshots.
 """
 
 from __future__ import annotations
@@ -70,6 +72,11 @@ PARQUET_SCHEMA = pa.schema(
         ("score", pa.float64()),
         ("correction", pa.string()),
         ("comment", pa.string()),
+        ("regenerated", pa.bool_()),
+        ("regenerated_log_id", pa.string()),
+        ("edited_text", pa.string()),
+        ("copied", pa.bool_()),
+        ("events", pa.list_(pa.string())),
     ]
 )
 _JSON_FIELDS = ("messages", "prompt", "tools", "tool_choice", "response_format", "metadata")
@@ -80,13 +87,15 @@ _CHOOSE = """
 CREATE OR REPLACE TEMP TABLE export_rows AS
 SELECT l.rowid AS log_rowid, l.answers IS NULL AS unreadable, f.end_user AS feedback_user,
        coalesce(f.choice, 0) AS choice, f.rating, f.score, f.correction, f.comment,
+       f.regenerated, f.regenerated_log_id, f.edited, f.copied, f.events,
        nullif(coalesce(nullif(f.end_user, ''), l.end_user), '') AS end_user
 FROM logs l LEFT JOIN feedback f ON f.project = l.project AND f.log_id = l.id
 WHERE l.project = $project AND l.created_at >= $since AND l.created_at < $until
 ORDER BY log_rowid  -- stored in row id order, each range below reads only its own part of the table
 """
 _READ = """
-SELECT k.choice, k.rating, k.score, k.correction, k.comment, k.end_user,
+SELECT k.choice, k.rating, k.score, k.correction, k.comment,
+       k.regenerated, k.regenerated_log_id, k.edited, k.copied, k.events, k.end_user,
        l.id, l.created_at, l.adapter, l.metadata, l.endpoint, l.messages, l.tools, l.tool_choice,
        l.response_format, l.answers,
        CASE WHEN l.quarantine IN ('media_prompt', 'token_prompt') THEN l.request END,
@@ -219,7 +228,8 @@ class LogExport:
 
 
 def _line(record: tuple[Any, ...], scrubber: Scrubber | None) -> LogLine | None:
-    (choice, rating, score, correction, comment, end_user, log_id, created_at, adapter, metadata, endpoint,
+    (choice, rating, score, correction, comment, regenerated, regenerated_log_id, edited, copied, events,
+     end_user, log_id, created_at, adapter, metadata, endpoint,
      messages, tools, tool_choice, response_format, answers, raw_request, error) = record  # fmt: skip
     answer = next((a for a in _decode_answers(answers) if a.index == choice), None)
     if answer is None:
@@ -251,6 +261,7 @@ def _line(record: tuple[Any, ...], scrubber: Scrubber | None) -> LogLine | None:
     if scrubber is not None:
         correction = scrubber.scrub(correction) if correction else correction
         comment = scrubber.scrub(comment) if comment else comment
+        edited = scrubber.scrub(edited) if edited else edited
     return LogLine(
         messages=messages_out,
         prompt=prompt_out,
@@ -269,6 +280,11 @@ def _line(record: tuple[Any, ...], scrubber: Scrubber | None) -> LogLine | None:
         score=score,
         correction=correction,
         comment=comment,
+        regenerated=regenerated or None,
+        regenerated_log_id=regenerated_log_id,
+        edited_text=edited,
+        copied=copied or None,
+        events=events or None,
     )
 
 

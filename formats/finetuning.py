@@ -117,7 +117,8 @@ def _answer(messages: list[dict[str, Any]], where: str) -> None:
     last = messages[-1]
     if last.get("role") != "assistant" or (not last.get("content") and not last.get("tool_calls")):
         raise FineTuningError(
-            "the last message must be the assistant's answer (text or tool calls)", f"{where}[{len(messages) - 1}]"
+            "the last message must be the assistant's answer (text or tool calls)",
+            f"{where}[{len(messages) - 1}]",
         )
 
 
@@ -157,7 +158,11 @@ def preference_line(raw: bytes) -> LogLine:
         )
     messages = [*row.input.messages, row.non_preferred_output[0]]
     _answer(messages, "input.messages")
-    extra = {} if row.input.parallel_tool_calls is None else {"parallel_tool_calls": row.input.parallel_tool_calls}
+    extra = (
+        {}
+        if row.input.parallel_tool_calls is None
+        else {"parallel_tool_calls": row.input.parallel_tool_calls}
+    )
     return LogLine(
         messages=messages,
         tools=row.input.tools,

@@ -213,7 +213,9 @@ class LogExport:
         if self.fmt in _ROWS:
             to_row = _ROWS[self.fmt]
             for lo, hi in rowid_ranges(cur, "export_rows", self.batch_rows):
-                rows = [to_row(line) for line in self._lines(cur.execute(_READ, {"lo": lo, "hi": hi}).fetchall())]
+                rows = [
+                    to_row(line) for line in self._lines(cur.execute(_READ, {"lo": lo, "hi": hi}).fetchall())
+                ]
                 self.unrepresentable += sum(row is None for row in rows)
                 if any(rows):
                     yield b"".join(_encode(row) + b"\n" for row in rows if row is not None)

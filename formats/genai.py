@@ -55,6 +55,7 @@ MESSAGE_EVENTS = {
 CHOICE_EVENT = "gen_ai.choice"
 EVALUATION_EVENT = "gen_ai.evaluation.result"
 USER_ATTRIBUTES = ("user.id", "enduser.id", "llm.user")
+_ROLES = {"model": "assistant"}  # Gemini's name for the assistant, kept by some instrumentations
 # semconv's finish reasons are singular where OpenAI's are plural
 _FINISH_REASONS = {"tool_call": "tool_calls"}
 
@@ -138,7 +139,12 @@ def read_span(span: Span) -> SpanChat | None:
             "a GenAI inference span without message content: turn content capture on "
             "(OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT)"
         )
-    messages, choices, tools = read(span)
+    try:
+        messages, choices, tools = read(span)
+    except (AttributeError, TypeError, KeyError, ValueError) as exc:  # attributes of the wrong shape
+        raise SpanError(
+            f"the span's {dialect} content attributes are malformed ({type(exc).__name__}: {exc})"
+        ) from None
     if not messages:
         raise SpanError("the span records no input messages: turn content capture on")
     if not choices:
@@ -234,7 +240,7 @@ def _semconv(span: Span) -> Read:
 
 def _from_parts(m: dict[str, Any]) -> list[dict[str, Any]]:
     """One semconv message as OpenAI messages: tool-call responses become one `tool` message each."""
-    role = m.get("role") or "user"
+    role = _ROLES.get(m.get("role"), m.get("role")) or "user"
     parts = m.get("parts") or []
     responses = [p for p in parts if p.get("type") == "tool_call_response"]
     if responses:

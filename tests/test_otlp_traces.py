@@ -9,12 +9,15 @@ tests/test_otlp_openai.py.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
@@ -494,3 +497,43 @@ def test_another_projects_key_cannot_read_the_logs(project: tuple[Any, str]) -> 
         assert (
             c.post("/v1/traces", content=b"", headers={"Content-Type": "application/json"}).status_code == 401
         )
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                ["role", "parts", "type", "content", "id", "name", "arguments", "finish_reason", "response"]
+            ),
+            inner,
+            max_size=4,
+        )
+    ),
+    max_leaves=12,
+)
+_keys = st.sampled_from(
+    ["gen_ai.input.messages", "gen_ai.output.messages", "gen_ai.system_instructions", "gen_ai.tool.definitions",
+     "gen_ai.prompt.0.role", "gen_ai.prompt.0.content", "gen_ai.completion.0.tool_calls.0.name",
+     "llm.input_messages.0.message.role", "llm.output_messages.0.message.contents.0.message_content.text",
+     "llm.tools.0.tool.json_schema", "gen_ai.response.id", "output.value", "gen_ai.usage.input_tokens"]
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    attrs=st.dictionaries(_keys, _json_values.map(json.dumps) | _json_values, max_size=6),
+    operation=st.sampled_from([None, "chat"]),
+)
+def test_any_attribute_values_read_or_say_why(attrs: dict[str, Any], operation: str | None) -> None:
+    """Whatever an instrumentation puts in the attributes, reading a span returns a pair or raises
+    `SpanError` (a 200 with a partial success), never anything else (a 500)."""
+    if operation:
+        attrs["gen_ai.operation.name"] = operation
+    span = otlp.Span(
+        trace_id="0" * 32, span_id="1" * 16, parent_span_id="", name="s", start_time_unix_nano=1,
+        end_time_unix_nano=2, attributes=attrs, events=[], links=[], resource={},
+    )  # fmt: skip
+    with contextlib.suppress(genai.SpanError):
+        genai.read_span(span)

@@ -537,3 +537,19 @@ def test_any_attribute_values_read_or_say_why(attrs: dict[str, Any], operation: 
     )  # fmt: skip
     with contextlib.suppress(genai.SpanError):
         genai.read_span(span)
+
+
+def test_gzip_that_inflates_past_the_limit_is_refused() -> None:
+    bomb = gzip.compress(b"\0" * 1_000_000)
+    assert otlp.decompress(bomb, "gzip", 1_000_000) == b"\0" * 1_000_000
+    with pytest.raises(otlp.PayloadError, match="inflates to more than"):
+        otlp.decompress(bomb, "gzip", 999_999)
+
+
+def test_an_admin_key_names_the_project_by_resource_attribute(project: tuple[Any, str]) -> None:
+    server, _ = project
+    provider, memory = recording_provider(**{"ratchet.project": "otel-app"})
+    semconv_span(provider.get_tracer("t"), "chatcmpl-admin-1")
+    assert exporter(server, server.admin_key).export(memory.get_finished_spans()) is SpanExportResult.SUCCESS
+    with server.client() as c:
+        assert c.get("/v1/logs/chatcmpl-admin-1", params={"project": "otel-app"}).status_code == 200

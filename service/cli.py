@@ -240,10 +240,11 @@ def cmd_import(args: argparse.Namespace) -> int:
     for lineno, problem in report.bad_lines:
         print(f"{path}:{lineno}: skipped: {problem.removeprefix(f'line {lineno}: ')}", file=sys.stderr)
     print(
-        f"imported {report.lines} lines ({report.format}): {report.logs_accepted} new logs, {report.logs_duplicate} already there, "
+        f"imported {report.lines} lines: {report.logs_accepted} new logs, {report.logs_duplicate} already there, "
         f"{report.feedback} feedback ({report.feedback_duplicate} unchanged)"
         + (f", {len(report.bad_lines)} bad lines skipped" if report.bad_lines else "")
         + (f" (resumed at line {report.resumed_at})" if report.resumed_at else "")
+        + f"; format {report.format}"
     )
     return 1 if report.bad_lines else 0
 

@@ -50,7 +50,7 @@ def test_chat_file_imports_by_line_resumes_is_idempotent_and_round_trips(
     proc = ratchet(ratchet_server, key, "import", str(path), "--batch", "40")
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 1  # bad lines were skipped
-    assert "(openai-chat)" in out and f"resumed at line {bad[0] - 1}" in out
+    assert "format openai-chat" in out and f"resumed at line {bad[0] - 1}" in out
     assert skipped_lines(err, path) == bad
     assert "weight` is 0 or 1" in err and "only assistant messages carry a `weight`" in err
     # everything once: a third import (from the start) stores nothing new
@@ -74,7 +74,7 @@ def test_preference_file_is_logs_with_preferences_and_round_trips(
     bad = write_with_bad_lines(path, rows, PREFERENCE_BAD, every=61)
     proc = ratchet(ratchet_server, key, "import", str(path))
     out, err = proc.communicate(timeout=300)
-    assert "(openai-preference)" in out and "200 new logs" in out and "200 feedback" in out
+    assert "format openai-preference" in out and "200 new logs" in out and "200 feedback" in out
     assert skipped_lines(err, path) == bad
     assert "tool calls cannot be one" in err
     with ratchet_server.client(key) as c:

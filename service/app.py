@@ -20,7 +20,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from deploy.adapters import AdapterManager
 from deploy.rollout import Rollout
-from service.api import adapters, capture, erasure, gateway, health, keys, projects, runs
+from service.api import adapters, capture, erasure, gateway, health, keys, projects, runs, scores, traces
 from service.api import settings as project_settings_api
 from service.api.deps import SCOPE_OPT, provide_principal, provide_runtime
 from service.api.errors import EXCEPTION_HANDLERS
@@ -204,6 +204,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
             capture.post_logs,
             capture.post_feedback,
             capture.withdraw_feedback,
+            traces.post_traces,
+            scores.create_score,
+            scores.remove_score,
             projects.create_project,
             projects.list_projects,
             projects.project_stats,

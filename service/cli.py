@@ -219,9 +219,9 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    """Import OpenAI chat-format JSONL (resumable, idempotent; bad lines skipped and named by line number).
+    """Import JSONL: Ratchet's own lines or OpenAI fine-tuning files (resumable, idempotent; bad lines skipped and named by line number).
 
-    Example: `ratchet import chats.jsonl --project support-bot`
+    Example: `ratchet import train.jsonl --project support-bot --format openai-chat`
     """
     from service.importer import import_file
 
@@ -235,6 +235,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         batch_lines=args.batch,
         restart=args.restart,
         stop_on_error=args.stop_on_error,
+        fmt=args.format,
     )
     for lineno, problem in report.bad_lines:
         print(f"{path}:{lineno}: skipped: {problem.removeprefix(f'line {lineno}: ')}", file=sys.stderr)
@@ -243,12 +244,13 @@ def cmd_import(args: argparse.Namespace) -> int:
         f"{report.feedback} feedback ({report.feedback_duplicate} unchanged)"
         + (f", {len(report.bad_lines)} bad lines skipped" if report.bad_lines else "")
         + (f" (resumed at line {report.resumed_at})" if report.resumed_at else "")
+        + f"; format {report.format}"
     )
     return 1 if report.bad_lines else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Export a project's logs with feedback as JSONL (import format) or Parquet; `--scrub` redacts PII.
+    """Export a project's logs with feedback as JSONL (import format), Parquet or OpenAI fine-tuning JSONL; `--scrub` redacts PII.
 
     Example: `ratchet export --project support-bot --format parquet --since 2026-11-01 -o nov.parquet`
     """
@@ -262,7 +264,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     }
     if args.scrub:
         params["scrub"] = "true"
-    out = Path(args.output or f"{args.project}.{args.format}")
+    out = Path(args.output or f"{args.project}.{'parquet' if args.format == 'parquet' else 'jsonl'}")
     tmp = out.with_name(f".{out.name}.part")
     lines = 0
     try:
@@ -523,6 +525,14 @@ def build_parser() -> argparse.ArgumentParser:
     imp = add("import", cmd_import)
     imp.add_argument("file")
     imp.add_argument("--project", help="needed with an admin key; implied by a project key")
+    imp.add_argument(
+        "--format",
+        choices=("auto", "ratchet", "openai-chat", "openai-preference"),
+        default="auto",
+        help="ratchet: `ratchet export`'s lines; openai-chat / openai-preference: OpenAI fine-tuning files "
+        "(chat rows are liked unless the answer has weight 0; a preference row is its non-preferred answer "
+        "corrected by the preferred one); auto (default): from the first line where unambiguous, else ratchet",
+    )
     imp.add_argument("--batch", type=int, default=500, help="lines per request (default 500)")
     imp.add_argument("--restart", action="store_true", help="ignore saved progress and start at line 1")
     imp.add_argument(
@@ -533,7 +543,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     exp = add("export", cmd_export)
     exp.add_argument("--project", required=True)
-    exp.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl")
+    exp.add_argument(
+        "--format",
+        choices=("jsonl", "parquet", "openai-chat", "openai-preference"),
+        default="jsonl",
+        help="jsonl (the import format, default), parquet, or an OpenAI fine-tuning file: openai-chat "
+        "(every chat log, answer weight 1 if liked or corrected, else 0), openai-preference (corrected logs)",
+    )
     exp.add_argument("--since", type=datetime.fromisoformat, help="ISO date/time, inclusive")
     exp.add_argument("--until", type=datetime.fromisoformat, help="ISO date/time, exclusive")
     exp.add_argument("-o", "--output", help="file to write (default PROJECT.FORMAT)")

@@ -34,6 +34,11 @@ class InvalidInput(RatchetError):
         self.detail = detail
 
 
+class MalformedPayload(InvalidInput):
+    """A body in a foreign wire format (OTLP) that cannot be read at all: wrong content type or
+    encoding, corrupt compression, not the expected message. OTLP answers these with 400."""
+
+
 class Unauthenticated(RatchetError):
     """No API key, or one Ratchet does not know."""
 

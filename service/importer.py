@@ -1,6 +1,11 @@
-"""`ratchet import`: OpenAI chat-format JSONL into logs and feedback, resumable and idempotent.
+"""`ratchet import`: JSONL files into logs and feedback, resumable and idempotent.
 
-A line is a `formats.logfile.LogLine` — exactly what `ratchet export --format jsonl` writes:
+Three formats (`FORMATS`): Ratchet's own lines (`ratchet`), and OpenAI fine-tuning files, chat
+(`openai-chat`) and preference (`openai-preference`), each row read into Ratchet's line by
+`formats.finetuning` first. `auto` picks from the first line where that is unambiguous
+(`formats.finetuning.detect`), else Ratchet's own.
+
+A Ratchet line is a `formats.logfile.LogLine` — exactly what `ratchet export --format jsonl` writes:
 OpenAI chat `messages` ending in the assistant's answer (text or tool calls), `tools`, the log's
 fields and the feedback's (`rating` +1/-1, `score`, `correction`, `comment`, and the implicit
 `regenerated`, `edited_text`, `copied`, `events`: one feedback item each). A line without an
@@ -27,6 +32,7 @@ from typing import Any
 import msgspec
 from tqdm import tqdm
 
+from formats.finetuning import FineTuningError, chat_line, detect, preference_line
 from formats.logfile import LogLine
 from service.capture import Rejected, check_log, decode_item
 from service.client import RatchetClient
@@ -35,15 +41,34 @@ from service.errors import InvalidInput, WriterSaturated
 
 _decode_line = msgspec.json.Decoder(LogLine)
 _encode = msgspec.json.encode
+FORMATS = ("auto", "ratchet", "openai-chat", "openai-preference")
+_READERS = {"openai-chat": chat_line, "openai-preference": preference_line}
 
 
-def parse_line(raw: bytes, lineno: int) -> tuple[LogIn, list[FeedbackIn]]:
-    """A log and the feedback items the line carries (explicit fields in one, then one per implicit
-    kind, as an app would have sent them); `InvalidInput` naming the line."""
+def detect_format(path: Path) -> str:
+    """The format of a file from its first non-blank line (`formats.finetuning.detect`), else
+    Ratchet's own."""
+    with open(path, "rb") as fh:
+        first = next((raw for raw in fh if raw.strip()), b"")
+    return detect(first) or "ratchet"
+
+
+def read_line(raw: bytes, lineno: int, fmt: str = "ratchet") -> LogLine:
+    """One line of a file in `fmt` as Ratchet's line; `InvalidInput` naming the line."""
     try:
-        line = _decode_line.decode(raw)
+        if fmt in _READERS:
+            return _READERS[fmt](raw)
+        return _decode_line.decode(raw)
+    except FineTuningError as exc:
+        raise InvalidInput(f"line {lineno}: {exc}", f"line {lineno}") from exc
     except msgspec.MsgspecError as exc:
         raise InvalidInput(f"line {lineno}: {exc}", f"line {lineno}") from exc
+
+
+def parse_line(raw: bytes, lineno: int, fmt: str = "ratchet") -> tuple[LogIn, list[FeedbackIn]]:
+    """A log and the feedback items the line carries (explicit fields in one, then one per implicit
+    kind, as an app would have sent them); `InvalidInput` naming the line."""
+    line = read_line(raw, lineno, fmt)
     where = f"line {lineno}"
     request: dict[str, Any]
     if line.prompt is not None:
@@ -125,6 +150,7 @@ class ImportReport:
     resumed_at: int = 0
     bad_lines: list[tuple[int, str]] = field(default_factory=list)
     """(line number in the file, what is wrong), for every line skipped."""
+    format: str = "ratchet"
 
 
 def _progress_path(path: Path) -> Path:
@@ -150,6 +176,7 @@ def import_file(
     batch_lines: int = 500,
     restart: bool = False,
     stop_on_error: bool = False,
+    fmt: str = "auto",
 ) -> ImportReport:
     """Send every line of `path` to the server in batches; resume after the last acknowledged
     batch. Bad lines are skipped and listed in the report (`stop_on_error`: raise `InvalidInput`
@@ -162,7 +189,9 @@ def import_file(
         saved = msgspec.json.decode(progress_file.read_bytes())
         if saved.get("signature") == signature:
             offset, start_line = saved["offset"], saved["line"]
-    report = ImportReport(resumed_at=start_line)
+    if fmt not in FORMATS:
+        raise InvalidInput(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}", "format")
+    report = ImportReport(resumed_at=start_line, format=detect_format(path) if fmt == "auto" else fmt)
     params = {"project": project} if project else {}
     batch: list[tuple[int, LogIn, list[FeedbackIn]]] = []
 
@@ -183,7 +212,7 @@ def import_file(
         last_end, last_line = offset, start_line
         for lineno, raw, start, end in _lines(fh, offset, start_line):
             try:
-                log, feedback = parse_line(raw, lineno)
+                log, feedback = parse_line(raw, lineno, report.format)
             except InvalidInput as exc:
                 if stop_on_error:
                     flush(start, lineno - 1)

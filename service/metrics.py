@@ -20,6 +20,10 @@ _RUN_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
 INGEST_KINDS = ("log", "feedback")
 INGEST_OUTCOMES = ("accepted", "duplicate", "rejected", "throttled")
 RATINGS = ("up", "down", "none")
+OTLP_SPAN_OUTCOMES = ("logged", "duplicate", "rejected", "dropped")
+"""What `POST /v1/traces` did with a span: a GenAI inference stored as a new log, one already
+stored, one it could not read (rejected, in the OTLP partial success), or a span of another kind
+(acknowledged and dropped)."""
 IMPLICIT_KINDS = ("regenerated", "edited", "copied", "event")
 RUN_STAGES = ("snapshot", "training", "evaluating", "canary")
 RUN_OUTCOMES = ("promoted", "rejected", "rolled_back", "failed")
@@ -103,6 +107,14 @@ class Metrics:
             ["project", "kind"],
             registry=r,
         )
+        self.otlp_spans = Counter(
+            "ratchet_otlp_spans_total",
+            "Spans received on POST /v1/traces, by outcome (logged, duplicate, rejected, dropped: not a GenAI inference).",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in OTLP_SPAN_OUTCOMES:
+            self.otlp_spans.labels(outcome)
         # --- HTTP
         self.http_request_seconds = Histogram(
             "ratchet_http_request_seconds",

@@ -122,6 +122,17 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("DELETE", "/v1/feedback/{feedback_id}"): Route(
         "ingest", 200, lambda w: ("DELETE", f"/v1/feedback/{w.fresh_feedback()}", {"params": {"project": A}})
     ),
+    ("POST", "/v1/traces"): Route(
+        "ingest", 200,
+        lambda w: ("POST", "/v1/traces", {"params": {"project": A}, "json": {"resourceSpans": []}}),
+    ),
+    ("POST", "/api/public/scores"): Route(
+        "ingest", 200,
+        lambda w: ("POST", "/api/public/scores", {"params": {"project": A}, "json": {"traceId": "log-1", "name": "q", "value": 0.5}}),
+    ),
+    ("DELETE", "/api/public/scores/{score_id}"): Route(
+        "ingest", 204, lambda w: ("DELETE", f"/api/public/scores/{w.fresh_feedback()}", {"params": {"project": A}})
+    ),
     ("POST", "/v1/chat/completions"): Route("ingest", 503, _chat),  # no vLLM behind this server
     ("POST", "/v1/completions"): Route(
         "ingest", 503, lambda w: ("POST", "/v1/completions", {"json": {"model": A, "prompt": "hi"}})

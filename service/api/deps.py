@@ -8,6 +8,8 @@ route that takes a principal without naming a scope.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Iterable
 from typing import Any
 
@@ -50,15 +52,26 @@ def authenticate(runtime: Runtime, headers: Iterable[tuple[bytes, bytes]], scope
 
 def _presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     # Read from the raw ASGI headers: Litestar's parsed `Headers` cost more than the key check.
+    # HTTP Basic (Langfuse's SDKs send public:secret) presents the password as the key.
     api_key = None
     for name, value in headers:
         if name == b"authorization":
             scheme, _, token = value.decode("latin-1").partition(" ")
             if scheme.lower() == "bearer":
                 return token.strip()
+            if scheme.lower() == "basic":
+                return _basic_password(token.strip())
         elif name == b"x-api-key":
             api_key = value.decode("latin-1")
     return api_key
+
+
+def _basic_password(token: str) -> str | None:
+    try:
+        user, _, password = base64.b64decode(token, validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return password or user or None
 
 
 def scoped_project(principal: Principal, runtime: Runtime, requested: str | None) -> str:

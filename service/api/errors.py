@@ -16,6 +16,7 @@ log = logging.getLogger("ratchet.api")
 
 # exception class -> (status, stable code)
 STATUS: dict[type[errors.RatchetError], tuple[int, str]] = {
+    errors.MalformedPayload: (400, "bad_payload"),  # before its base class
     errors.InvalidInput: (422, "invalid_input"),
     errors.Unauthenticated: (401, "unauthenticated"),
     errors.Forbidden: (403, "forbidden"),

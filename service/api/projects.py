@@ -63,13 +63,16 @@ def export(
     name: str,
     principal: Principal,
     runtime: Runtime,
-    fmt: Literal["jsonl", "parquet"] = Parameter(query="format", default="jsonl"),
+    fmt: Literal["jsonl", "parquet", "openai-chat", "openai-preference"] = Parameter(
+        query="format", default="jsonl"
+    ),
     since: datetime | None = None,
     until: datetime | None = None,
     scrub: bool = False,
 ) -> Stream:
-    """The project's logs in [since, until) with their feedback, streamed: JSONL (the import format)
-    or Parquet. `scrub=true` redacts PII as snapshots do. Header `x-ratchet-rows`: the rows chosen
+    """The project's logs in [since, until) with their feedback, streamed: JSONL (the import format),
+    Parquet, or an OpenAI fine-tuning file (`openai-chat`: every chat log, the answer weighted 1
+    when liked or corrected, else 0; `openai-preference`: corrected logs, the correction preferred). `scrub=true` redacts PII as snapshots do. Header `x-ratchet-rows`: the rows chosen
     (a log the shape module could not read is left out, counted in `x-ratchet-skipped`)."""
     project = scoped_project(principal, runtime, name)
     scrubber = scrubber_for(runtime.settings.snapshot) if scrub else None
@@ -82,7 +85,7 @@ def export(
         itertools.chain((first,), chunks),
         media_type=MEDIA_TYPES[fmt],
         headers={
-            "content-disposition": f'attachment; filename="{project}.{fmt}"',
+            "content-disposition": f'attachment; filename="{project}.{"parquet" if fmt == "parquet" else "jsonl"}"',
             "x-ratchet-rows": str(rows.rows),
             "x-ratchet-skipped": str(rows.skipped),
         },

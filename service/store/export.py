@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from formats.chat import Tool
+from formats.finetuning import chat_row, preference_row
 from formats.log import Answer, Message
 from formats.logfile import LogLine
 from service.errors import StoreOutOfMemory
@@ -49,8 +50,17 @@ from service.store.db import Database, rowid_ranges
 
 log = logging.getLogger("ratchet.export")
 
-ExportFormat = Literal["jsonl", "parquet"]
-MEDIA_TYPES: dict[str, str] = {"jsonl": "application/x-ndjson", "parquet": "application/vnd.apache.parquet"}
+ExportFormat = Literal["jsonl", "parquet", "openai-chat", "openai-preference"]
+MEDIA_TYPES: dict[str, str] = {
+    "jsonl": "application/x-ndjson",
+    "parquet": "application/vnd.apache.parquet",
+    "openai-chat": "application/x-ndjson",
+    "openai-preference": "application/x-ndjson",
+}
+_ROWS = {"openai-chat": chat_row, "openai-preference": preference_row}
+"""OpenAI fine-tuning files (`formats.finetuning`): a line that cannot be a row of the format (a
+completions log; for preference, one without a correction) is left out, counted in
+`unrepresentable`."""
 
 
 PARQUET_SCHEMA = pa.schema(
@@ -153,6 +163,7 @@ class LogExport:
         self.scrubber = scrubber
         self.batch_rows = batch_rows
         self.unanswerable = 0
+        self.unrepresentable = 0
         self._db = db
         self._cur: duckdb.DuckDBPyConnection | None = db.cursor()
         try:
@@ -188,12 +199,14 @@ class LogExport:
             raise ExportFailed(f"export failed part-way: {exc}") from exc
         finally:
             self.close()
-        if self.skipped or self.unanswerable:
+        if self.skipped or self.unanswerable or self.unrepresentable:
             log.warning(
-                "export left out %d log(s) the shape module could not read and %d row(s) whose feedback "
-                "names a choice the response lacks",
+                "export left out %d log(s) the shape module could not read, %d row(s) whose feedback "
+                "names a choice the response lacks and %d row(s) the %s format cannot hold",
                 self.skipped,
                 self.unanswerable,
+                self.unrepresentable,
+                self.fmt,
             )
 
     def _bytes(self) -> Iterator[bytes]:
@@ -205,6 +218,16 @@ class LogExport:
                 lines = self._lines(cur.execute(_READ, {"lo": lo, "hi": hi}).fetchall())
                 if lines:
                     yield b"".join(_encode(line) + b"\n" for line in lines)
+            return
+        if self.fmt in _ROWS:
+            to_row = _ROWS[self.fmt]
+            for lo, hi in rowid_ranges(cur, "export_rows", self.batch_rows):
+                rows = [
+                    to_row(line) for line in self._lines(cur.execute(_READ, {"lo": lo, "hi": hi}).fetchall())
+                ]
+                self.unrepresentable += sum(row is None for row in rows)
+                if any(rows):
+                    yield b"".join(_encode(row) + b"\n" for row in rows if row is not None)
             return
         sink = _Sink()
         writer = pq.ParquetWriter(sink, PARQUET_SCHEMA, compression="zstd")
@@ -364,4 +387,4 @@ def export_logs(
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, dest)
-    return export.rows - export.unanswerable
+    return export.rows - export.unanswerable - export.unrepresentable

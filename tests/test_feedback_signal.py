@@ -292,3 +292,23 @@ def test_the_online_gate_counts_the_gateways_upstream_failures_per_adapter(tmp_p
         writer.stop()
         db.close()
 
+
+def test_feedback_metrics_name_the_answering_version_after_a_restart(start_ratchet: Any) -> None:
+    """The version comes from the stored log when this process has not seen it; the base model is
+    `base` here as in the gateway's metrics."""
+    server = start_ratchet()
+    api = server.client(server.create_project("vm"))
+    logs = [log("v-1", adapter="vm@v2"), log("v-2", adapter="base"), log("v-3")]
+    taken(api.post("/v1/logs", json={"logs": logs}))
+    server.stop()
+    server.start()
+    feedback = [
+        {"log_id": "v-1", "rating": 1},
+        {"log_id": "v-2", "rating": -1},
+        {"log_id": "v-3", "rating": 1},
+    ]
+    taken(api.post("/v1/feedback", json={"feedback": feedback}))
+    metrics = httpx.get(f"{server.url}/metrics").text
+    for adapter, rating in (("v2", "up"), ("base", "down"), ("none", "up")):
+        series = f'ratchet_feedback_total{{adapter="{adapter}",project="vm",rating="{rating}"}} 1.0'
+        assert series in metrics, [line for line in metrics.splitlines() if "feedback_total{" in line]

@@ -227,6 +227,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
             runs.list_runs,
             runs.get_run,
             runs.get_report,
+            runs.cancel_run,
             keys.create_project_key,
             keys.create_key,
             keys.list_keys,

@@ -22,7 +22,7 @@ INGEST_OUTCOMES = ("accepted", "duplicate", "rejected", "throttled")
 RATINGS = ("up", "down", "none")
 IMPLICIT_KINDS = ("regenerated", "edited", "copied", "event")
 RUN_STAGES = ("snapshot", "training", "evaluating", "canary")
-RUN_OUTCOMES = ("promoted", "rejected", "rolled_back", "failed")
+RUN_OUTCOMES = ("promoted", "rejected", "rolled_back", "failed", "cancelled")
 GATE_DECISIONS = ("promote", "reject")
 ONLINE_DECISIONS = ("promote", "rollback", "continue")
 
@@ -141,7 +141,7 @@ class Metrics:
         # --- runs and evaluation
         self.runs = Counter(
             "ratchet_runs_total",
-            "Finished training runs by project and outcome (promoted, rejected, rolled_back, failed).",
+            "Finished training runs by project and outcome (promoted, rejected, rolled_back, failed, cancelled).",
             ["project", "outcome"],
             registry=r,
         )
@@ -182,7 +182,7 @@ class Metrics:
         )
         self.online_decisions = Counter(
             "ratchet_online_decisions_total",
-            "Online gate outcomes by project and decision (promote, rollback).",
+            "Online gate outcomes by project and decision (promote, rollback); manual promotions and rollbacks are not counted.",
             ["project", "decision"],
             registry=r,
         )

@@ -1,5 +1,5 @@
 """The run state machine: snapshot -> training -> evaluating -> canary -> promoted | rejected |
-rolled_back | failed. One run per project at a time; every transition is an event and a metric.
+rolled_back | failed | cancelled. One run per project at a time; every transition is an event and a metric.
 
 `rejected` is a gate that said no (the candidate is marked rejected); an evaluation that could not
 give a verdict (vLLM or the judge down, a golden file missing) is `failed` with the reason, and
@@ -32,9 +32,9 @@ import msgspec
 from evals import EvalConfig, EvalError, GenerationConfig, GoldenConfig, JudgeConfig, RulesConfig, arun
 from formats.snapshot import SnapshotStats
 from service.capture import utcnow
-from service.errors import InvalidInput, RatchetError
+from service.errors import Conflict, InvalidInput, RatchetError
 from service.runtime import Runtime
-from service.store.runs import ACTIVE, RunRecord
+from service.store.runs import ACTIVE, RunRecord, RunState
 from service.store.snapshot import export_snapshot
 from service.trigger import RunDecision, decide_run
 
@@ -240,6 +240,7 @@ class Pipeline:
             done: dict[str, Any] | None = None
             error: str | None = None
             last_write = 0.0
+            step: dict[str, Any] | None = None  # the last step event not yet written
             try:
                 async with asyncio.timeout(self.rt.settings.training.timeout_seconds):
                     assert proc.stdout is not None
@@ -249,14 +250,18 @@ class Pipeline:
                         except msgspec.DecodeError:
                             continue
                         kind = event.get("event") if isinstance(event, dict) else None
-                        if kind == "step" and time.monotonic() - last_write > 1.0:
-                            last_write = time.monotonic()
-                            await self._update(run.id, stats={"progress": event})
+                        if kind == "step":
+                            step = event
+                            if time.monotonic() - last_write > 1.0:
+                                last_write, step = time.monotonic(), None
+                                await self._update(run.id, stats={"progress": event})
                         elif kind == "done":
                             done = event
                         elif kind == "error":
                             error = str(event.get("message"))
                     await proc.wait()
+                if step is not None:  # the last step, so a finished run shows where training ended
+                    await self._update(run.id, stats={"progress": step})
             except TimeoutError:
                 await _stop(proc)
                 raise RunFailed(
@@ -321,7 +326,7 @@ class Pipeline:
             online = {"online": msgspec.to_builtins(decision)}
             reason = f"{decision.reason}: {decision.detail}"  # the bounded code first, e.g. `error_rate: ...`
             if decision.outcome == "promote":
-                await self.rt.rollouts.promote(project, reason=reason, run_id=run_id)
+                await self.rt.rollouts.promote(project, reason=reason, run_id=run_id, gate=True)
                 if run:
                     await self._update(run.id, stats=online)
                     await self._finish(run, "promoted")
@@ -361,9 +366,23 @@ class Pipeline:
                 if run.state not in ACTIVE:
                     shutil.rmtree(self.rt.settings.runs_dir / run.id, ignore_errors=True)
 
-    async def abort(self, run_id: str, reason: str) -> bool:
-        """Stop a run that has not reached its canary (its trainer is stopped) and fail it with
-        `reason`; the adapter it registered, if any, is marked failed. False if it was not going."""
+    async def cancel(self, run_id: str) -> RunRecord:
+        """Stop a run before its canary at an operator's request: its trainer gets SIGTERM, it
+        ends `cancelled`, serving is untouched. `Conflict` naming the state for a run that has
+        finished or is in canary (that one ends by rolling its adapter back), `NotFound`."""
+        run = await asyncio.to_thread(self.rt.runs.get, run_id)
+        if run.state == "canary":
+            adapter = run.stats.get("adapter")
+            raise Conflict(f"run {run_id} is in canary: end it with `ratchet adapters rollback {adapter}`")
+        if run.state not in ACTIVE or not await self.abort(run_id, "cancelled on request", state="cancelled"):
+            run = await asyncio.to_thread(self.rt.runs.get, run_id)
+            raise Conflict(f"run {run_id} has already finished: {run.state}")
+        return await asyncio.to_thread(self.rt.runs.get, run_id)
+
+    async def abort(self, run_id: str, reason: str, state: RunState = "failed") -> bool:
+        """Stop a run that has not reached its canary (its trainer is stopped) and end it in
+        `state` (failed) with `reason`; the adapter it registered, if any, is marked failed.
+        False if it was not going."""
         task = self._tasks.get(run_id)
         run = await asyncio.to_thread(self.rt.runs.get, run_id)
         if task is None or run.state not in ACTIVE or run.state == "canary":
@@ -376,7 +395,7 @@ class Pipeline:
         if adapter and adapter not in (rollout.candidate, rollout.champion):
             await asyncio.to_thread(self.rt.serving.set_adapter_state, adapter, "failed", utcnow())
         if run.state in ACTIVE:
-            await self._finish(run, "failed", error=reason)
+            await self._finish(run, state, error=reason)
         return True
 
     async def aclose(self) -> None:
@@ -384,7 +403,7 @@ class Pipeline:
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
-    async def _finish(self, run: RunRecord, state: str, error: str | None = None) -> None:
+    async def _finish(self, run: RunRecord, state: RunState, error: str | None = None) -> None:
         current = (await asyncio.to_thread(self.rt.runs.get, run.id)).state
         await self._update(run.id, state=state, error=error)
         self._set_active(run.project, current, None)

@@ -74,8 +74,36 @@ def test_a_canary_whose_answers_fail_upstream_is_rolled_back_for_its_error_rate(
         user += 1
     assert statuses.get(503, 0) >= 5 and statuses.get(200, 0) > 0, statuses  # both arms were asked
 
+    # A second registration while this canary runs is refused, and leaves no record behind.
+    shutil.copytree(random_adapters.random[1], target.with_name("ext2"))
+    before = api.get("/v1/adapters").json()
+    r = admin.post(
+        "/v1/projects/guard/adapters", json={"path": str(target.with_name("ext2")), "canary": True}
+    )
+    assert (r.status_code, r.json()["code"]) == (409, "conflict") and canary in r.json()["message"], r.text
+    assert api.get("/v1/adapters").json() == before
     events = api.get("/v1/projects/guard/events").json()
     rolled = [e for e in events if e["kind"] == "rolled_back" and e["detail"]["adapter"] == canary]
     assert len(rolled) == 1, events
     assert rolled[0]["detail"]["reason"].startswith("error_rate: canary upstream error rate 1.000"), rolled
     assert all(ask(f"after-{i}").status_code == 200 for i in range(10))  # only the champion serves now
+    assert decisions(server) == {"promote": 0, "rollback": 1}
+
+    # A person's promotion and rollback are not the online gate's decisions.
+    r = admin.post(
+        "/v1/projects/guard/adapters", json={"path": str(target.with_name("ext2")), "canary": True}
+    )
+    assert r.status_code == 201, r.text
+    assert admin.post(f"/v1/adapters/{r.json()['served_name']}/promote").status_code == 200
+    assert admin.post(f"/v1/adapters/{r.json()['served_name']}/rollback").status_code == 200
+    assert decisions(server) == {"promote": 0, "rollback": 1}
+
+
+def decisions(server: RatchetProcess) -> dict[str, float]:
+    """`ratchet_online_decisions_total` of the project, by decision."""
+    found = {}
+    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
+        for decision in ("promote", "rollback"):
+            if line.startswith(f'ratchet_online_decisions_total{{decision="{decision}",project="guard"}} '):
+                found[decision] = float(line.rsplit(" ", 1)[1])
+    return found

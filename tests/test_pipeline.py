@@ -143,6 +143,8 @@ def test_kill_during_training_then_a_run_no_better_is_rejected(loop_server: Ratc
     )  # fmt: skip
     assert done["state"] == "rejected", done
     assert done["stats"]["eval"]["promote"] is False
+    progress = done["stats"]["progress"]  # where training ended, not the last step written in passing
+    assert progress["step"] == progress["total_steps"], progress
     assert api.get("/v1/projects/loop/rollout").json()["champion"] == "loop@v0"
     heading = api.get(f"/v1/runs/{second}/report").text.splitlines()[0]
     assert heading.endswith("— **DO NOT PROMOTE**"), heading  # the gate's own verdict, not a failure
@@ -164,6 +166,37 @@ def test_kill_during_training_then_a_run_no_better_is_rejected(loop_server: Ratc
     assert metric(server, "ratchet_gate_decisions_total", project="loop", decision="reject") == 1
     assert api.get("/v1/projects/loop/rollout").json()["champion"] == "loop@v0"
     assert ask().status_code == 200
+
+    # A run cancelled while it trains: its trainer is stopped, serving is untouched.
+    fourth = api.post("/v1/projects/loop/runs").json()["id"]
+    wait_for(lambda: trainer_running(fourth), 120, "run 4's trainer to start")
+    r = api.post(f"/v1/runs/{fourth}/cancel")
+    assert (r.status_code, r.json()["state"]) == (200, "cancelled"), r.text
+    assert not trainer_running(fourth)
+    assert not (server.data_dir / "adapters" / "loop" / fourth).exists()
+    assert api.get(f"/v1/runs/{fourth}").json()["state"] == "cancelled"
+    assert metric(server, "ratchet_runs_total", project="loop", outcome="cancelled") == 1
+    r = api.post(f"/v1/runs/{fourth}/cancel")
+    assert r.status_code == 409 and "cancelled" in r.json()["message"], r.text
+    r = api.post(f"/v1/runs/{second}/cancel")
+    assert r.status_code == 409 and "rejected" in r.json()["message"], r.text
+    assert api.get("/v1/projects/loop/rollout").json()["champion"] == "loop@v0"
+    assert ask().status_code == 200
+
+
+def trainer_running(run_id: str) -> bool:
+    """Whether a `python -m trainer run .../<run_id>/spec.json` process is alive."""
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"trainer" in cmdline and any(f"/{run_id}/spec.json".encode() in part for part in cmdline):
+            try:
+                return (proc / "stat").read_text().split(") ")[1][0] != "Z"
+            except OSError:
+                continue
+    return False
 
 
 FINISHED = ("promoted", "rejected", "rolled_back", "failed", "cancelled")

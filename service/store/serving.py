@@ -92,6 +92,13 @@ class Serving:
             if event:
                 self._insert_event(cur, event)
 
+    def remove_adapter(self, served_name: str, event: Event) -> None:
+        """Forget a version that was recorded but refused before anything loaded it (its canary
+        could not start): no adapter record is left behind; `event` says why (the audit keeps it)."""
+        with self._db.transaction() as cur:
+            cur.execute("DELETE FROM adapters WHERE served_name = ?", [served_name])
+            self._insert_event(cur, event)
+
     def set_adapter_state(
         self, served_name: str, state: str, now: datetime, event: Event | None = None
     ) -> None:

@@ -25,14 +25,14 @@ from deploy.online_gate import GateDecision, decide
 from deploy.rollout import Rollout, RolloutConflict, Transition
 from service.capture import utcnow
 from service.config import Settings
-from service.errors import Conflict, InvalidInput, StoreUnavailable
+from service.errors import AdapterLoadFailed, Conflict, InvalidInput
 from service.metrics import Metrics
 from service.store.serving import AdapterRecord, Event, Serving
 
 log = logging.getLogger("ratchet.rollouts")
 
 
-class AdapterLoadError(StoreUnavailable):
+class AdapterLoadError(AdapterLoadFailed):
     """An adapter could not be loaded on the replicas; the champion keeps serving."""
 
 

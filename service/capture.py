@@ -7,10 +7,12 @@ A log is normalised here, once (`formats.log.normalize`), into the typed columns
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -22,10 +24,11 @@ from formats.log import NormalizedLog, normalize
 from service.domain import CaptureResult, FeedbackBatchIn, FeedbackIn, ItemResult, LogBatchIn, LogIn
 from service.errors import InvalidInput, WriterSaturated
 from service.metrics import Metrics
-from service.store.rows import WITHDRAW, FeedbackRow, LogRow, normalized_columns
+from service.store.rows import WITHDRAW, FeedbackRow, LogRow, UpstreamFailureRow, normalized_columns
 from service.store.writer import GroupCommitWriter
 
 _encode = msgspec.json.encode
+log = logging.getLogger("ratchet.capture")
 
 
 def utcnow() -> datetime:
@@ -43,10 +46,14 @@ def new_log_id() -> str:
     return f"log-{uuid.uuid4().hex}"
 
 
-def adapter_label(project: str, adapter: str | None) -> str:
-    """A bounded metric label for an adapter name: `v3`, `none`, or `other` for anything else."""
+def adapter_label(project: str, adapter: str | None, base_served_name: str | None = None) -> str:
+    """The one bounded metric label for the version that answered, in every metric that has one:
+    `v3` for `project@v3`, `base` for the base model (`base_served_name`), `none` when no
+    version is known, `other` for anything else."""
     if adapter is None:
         return "none"
+    if adapter == base_served_name:
+        return "base"
     match = re.fullmatch(rf"{re.escape(project)}@(v\d+)", adapter)
     return match.group(1) if match else "other"
 
@@ -212,10 +219,23 @@ def feedback_patch(
 class Capture:
     """Writes logs and feedback for a project through the group-commit writer."""
 
-    def __init__(self, writer: GroupCommitWriter, metrics: Metrics, *, max_batch_items: int) -> None:
+    def __init__(
+        self,
+        writer: GroupCommitWriter,
+        metrics: Metrics,
+        *,
+        max_batch_items: int,
+        base_served_name: str | None = None,
+        adapters_of: Callable[[str, list[str]], dict[str, str | None]] | None = None,
+    ) -> None:
+        """`adapters_of(project, log_ids)`: the stored logs' adapters (a read, run in a thread),
+        for feedback on logs this process has not seen (written before a restart); without it
+        their feedback is counted as `adapter="none"`."""
         self._writer = writer
         self._metrics = metrics
         self._max_batch_items = max_batch_items
+        self._base_served_name = base_served_name
+        self._adapters_of = adapters_of
         # Which adapter answered a recent log, so feedback metrics carry the version without a read.
         self._adapters: OrderedDict[tuple[str, str], str | None] = OrderedDict()
         self._accepted_logs = metrics.ingest_outcomes["log", "accepted"]
@@ -253,6 +273,21 @@ class Capture:
         commit within the writer's linger, without waiting for it. Raises `WriterSaturated`."""
         self._writer.submit("logs", (row,))
         self._accepted_logs.inc()
+
+    def submit_upstream_failure(
+        self, project: str, adapter: str, reason: str, log_id: str | None = None
+    ) -> None:
+        """Queue the record of a gateway request vLLM failed or refused, charged to `adapter` (what
+        the online gate's error-rate guard counts), like a gateway log: committed within the
+        writer's linger, nobody waits. A saturated writer drops it (logged): a request must not
+        fail twice."""
+        row = UpstreamFailureRow(project, f"uf-{uuid.uuid4().hex}", utcnow(), adapter, reason, log_id)
+        try:
+            self._writer.submit("upstream_failures", (row,))
+        except WriterSaturated:
+            log.warning(
+                "upstream failure of %s on %s not recorded: the writer is saturated", project, adapter
+            )
 
     async def flush(self) -> None:
         """Wait until every row submitted so far is committed (or its commit failed)."""
@@ -293,10 +328,16 @@ class Capture:
             rows.append(feedback_patch(project, item, fid, now, attributed=may_attribute))
             taken.append(item)
         result = await self._write("feedback", "feedback", rows, results)
-        for item, res in zip(taken, (r for r in results if r.status != "rejected"), strict=True):
-            if res.status != "accepted":
-                continue
-            adapter = adapter_label(project, self._adapters.get((project, item.log_id)))
+        counted = [
+            item
+            for item, res in zip(taken, (r for r in results if r.status != "rejected"), strict=True)
+            if res.status == "accepted"
+        ]
+        await self._recall_adapters(project, [item.log_id for item in counted])
+        for item in counted:
+            adapter = adapter_label(
+                project, self._adapters.get((project, item.log_id)), self._base_served_name
+            )
             if item.rating is not UNSET or item.kind is UNSET:
                 rating = {1: "up", -1: "down"}.get(item.rating or 0, "none")  # type: ignore[arg-type]
                 self._metrics.feedback.labels(project, adapter, rating).inc()
@@ -311,6 +352,15 @@ class Capture:
                             None, None, None, None, None, 0, [WITHDRAW], [])  # fmt: skip
         (changed,) = await self._writer.write("feedback", [patch])
         return changed
+
+    async def _recall_adapters(self, project: str, log_ids: list[str]) -> None:
+        """Read from the store which adapter answered the logs not in the cache (logs written
+        before a restart, or long ago), off the event loop; remember those found."""
+        missing = list(dict.fromkeys(i for i in log_ids if (project, i) not in self._adapters))
+        if not missing or self._adapters_of is None:
+            return
+        for log_id, adapter in (await asyncio.to_thread(self._adapters_of, project, missing)).items():
+            self.remember_adapter(project, log_id, adapter)
 
     def remember_adapter(self, project: str, log_id: str, adapter: str | None) -> None:
         self._adapters[(project, log_id)] = adapter

@@ -361,6 +361,13 @@ def cmd_runs(args: argparse.Namespace) -> int:
         time.sleep(2)
 
 
+def cmd_runs_cancel(args: argparse.Namespace) -> int:
+    """Cancel a run before its canary: its trainer is stopped, serving is untouched. Example: `ratchet runs cancel run-20261130-101500-ab12`"""
+    run = _client(args).request("POST", f"/v1/runs/{args.run_id}/cancel")
+    print(f"run {run['id']} of {run['project']}: {run['state']}")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Serving version per project and live thumbs-up rate per adapter version. Example: `ratchet status`"""
     client = _client(args)
@@ -569,6 +576,8 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--project")
     runs.add_argument("--follow", action="store_true", help="refresh every 2 s until interrupted")
     runs.add_argument("--limit", type=int, default=10)
+    run_actions = runs.add_subparsers(dest="action", required=False, metavar="ACTION")
+    add("cancel", cmd_runs_cancel, run_actions).add_argument("run_id")
     add("status", cmd_status)
 
     adapters = sub.add_parser("adapters", help="adapter versions").add_subparsers(

@@ -22,9 +22,17 @@ _BY_CODE: dict[int, type[errors.RatchetError]] = {
     504: errors.UpstreamTimeout,
 }
 
+# Error codes whose class the status alone does not tell (`service/api/errors.py` sets them).
+_BY_ERROR_CODE: dict[str | None, type[errors.RatchetError]] = {
+    "adapter_load_failed": errors.AdapterLoadFailed,
+    "store_unavailable": errors.StoreUnavailable,
+    "store_out_of_memory": errors.StoreOutOfMemory,
+}
+
 
 class RatchetClient:
-    """Calls a running Ratchet server; error answers become the matching domain exception."""
+    """Calls a running Ratchet server; error answers become the matching domain exception, and
+    a server that cannot be reached `ServerUnreachable`."""
 
     def __init__(self, url: str, key: str | None, timeout: float = 60.0) -> None:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -37,7 +45,7 @@ class RatchetClient:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise errors.StoreUnavailable(
+            raise errors.ServerUnreachable(
                 f"cannot reach Ratchet at {self.http.base_url}: {exc}. Is `ratchet serve` running?"
             ) from exc
         raise_for_error(response)
@@ -61,7 +69,9 @@ def raise_for_error(response: httpx.Response) -> None:
         message = body.get("message") or str(body)
     except ValueError:
         message = response.text[:500]
-    cls = _BY_CODE.get(response.status_code, errors.RatchetError)
+    cls = _BY_ERROR_CODE.get(body.get("code") if isinstance(body, dict) else None) or _BY_CODE.get(
+        response.status_code, errors.RatchetError
+    )
     if cls is errors.WriterSaturated:
         raise errors.WriterSaturated(message, float(response.headers.get("retry-after", "1")))
     if cls is errors.InvalidInput:

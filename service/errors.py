@@ -63,6 +63,15 @@ class StoreOutOfMemory(StoreUnavailable):
     """A query needed more memory than `database.memory_limit_mib` allows, even spilling to disk."""
 
 
+class AdapterLoadFailed(RatchetError):
+    """An adapter could not be loaded on the vLLM replicas (refused by a check or by vLLM, no room,
+    replicas unreachable); the champion keeps serving."""
+
+
+class ServerUnreachable(RatchetError):
+    """The CLI cannot reach the Ratchet server (not running, wrong `--url`)."""
+
+
 class UpstreamUnavailable(RatchetError):
     """vLLM (or another model endpoint) cannot be reached or answered with a server error."""
 

@@ -389,15 +389,16 @@ class Gateway:
         return _Call(project, request, log_id, chosen.served_name, lease, time.perf_counter(), label)
 
     def _label(self, project: str, served_name: str) -> str:
-        return (
-            "base"
-            if served_name == self.settings.vllm.base_served_name
-            else adapter_label(project, served_name)
-        )
+        return adapter_label(project, served_name, self.settings.vllm.base_served_name)
 
     def _fail(self, call: _Call, reason: str) -> None:
+        """The request failed upstream: count it, and record it against its adapter for the
+        online gate's error-rate guard. A missing adapter (a replica that restarted) is retried
+        on another route and is the replica's state, not the version's: counted, not recorded."""
         call.lease.release()
         self.metrics.gateway_upstream_errors.labels(call.project, call.label, reason).inc()
+        if reason != "adapter_missing":
+            self.capture.submit_upstream_failure(call.project, call.served_name, reason)
 
     async def _answer(self, call: _Call, reply: UpstreamReply) -> bytes:
         """vLLM's body with `id` and `model` swapped; the log is read from it in the background."""
@@ -510,6 +511,7 @@ class Gateway:
         if answer is not None and answer.error is not None:
             reason = call.failure or "stream_error"
             self.metrics.gateway_upstream_errors.labels(call.project, call.label, reason).inc()
+            self.capture.submit_upstream_failure(call.project, call.served_name, reason, call.log_id)
         usage = answer.usage if answer is not None else None
         prompt_tokens = _tokens(usage.prompt_tokens if usage else None)
         completion_tokens = _tokens(usage.completion_tokens if usage else None)

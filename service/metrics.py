@@ -26,7 +26,7 @@ stored, one it could not read (rejected, in the OTLP partial success), or a span
 (acknowledged and dropped)."""
 IMPLICIT_KINDS = ("regenerated", "edited", "copied", "event")
 RUN_STAGES = ("snapshot", "training", "evaluating", "canary")
-RUN_OUTCOMES = ("promoted", "rejected", "rolled_back", "failed")
+RUN_OUTCOMES = ("promoted", "rejected", "rolled_back", "failed", "cancelled")
 GATE_DECISIONS = ("promote", "reject")
 ONLINE_DECISIONS = ("promote", "rollback", "continue")
 
@@ -79,7 +79,7 @@ class Metrics:
         )
         self.feedback = Counter(
             "ratchet_feedback_total",
-            "Feedback accepted, by project, adapter version that produced the answer, and rating.",
+            "Feedback accepted, by project, adapter version that produced the answer (v3, base, none), and rating.",
             ["project", "adapter", "rating"],
             registry=r,
         )
@@ -153,7 +153,7 @@ class Metrics:
         # --- runs and evaluation
         self.runs = Counter(
             "ratchet_runs_total",
-            "Finished training runs by project and outcome (promoted, rejected, rolled_back, failed).",
+            "Finished training runs by project and outcome (promoted, rejected, rolled_back, failed, cancelled).",
             ["project", "outcome"],
             registry=r,
         )
@@ -194,7 +194,7 @@ class Metrics:
         )
         self.online_decisions = Counter(
             "ratchet_online_decisions_total",
-            "Online gate outcomes by project and decision (promote, rollback).",
+            "Online gate outcomes by project and decision (promote, rollback); manual promotions and rollbacks are not counted.",
             ["project", "decision"],
             registry=r,
         )

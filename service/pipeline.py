@@ -1,5 +1,9 @@
 """The run state machine: snapshot -> training -> evaluating -> canary -> promoted | rejected |
-rolled_back | failed. One run per project at a time; every transition is an event and a metric.
+rolled_back | failed | cancelled. One run per project at a time; every transition is an event and a metric.
+
+`rejected` is a gate that said no (the candidate is marked rejected); an evaluation that could not
+give a verdict (vLLM or the judge down, a golden file missing) is `failed` with the reason, and
+its candidate stays a `candidate`, for a retry.
 
 The trainer runs as a subprocess (`python -m trainer run SPEC.json`) whose JSON progress lines
 update the run as they come. A crash, timeout or bad output of the trainer fails the run with
@@ -25,12 +29,12 @@ from typing import Any
 
 import msgspec
 
-from evals import EvalConfig, GenerationConfig, GoldenConfig, JudgeConfig, RulesConfig, arun
+from evals import EvalConfig, EvalError, GenerationConfig, GoldenConfig, JudgeConfig, RulesConfig, arun
 from formats.snapshot import SnapshotStats
 from service.capture import utcnow
-from service.errors import InvalidInput, RatchetError
+from service.errors import Conflict, InvalidInput, RatchetError
 from service.runtime import Runtime
-from service.store.runs import ACTIVE, RunRecord
+from service.store.runs import ACTIVE, RunRecord, RunState
 from service.store.snapshot import export_snapshot
 from service.trigger import RunDecision, decide_run
 
@@ -236,6 +240,7 @@ class Pipeline:
             done: dict[str, Any] | None = None
             error: str | None = None
             last_write = 0.0
+            step: dict[str, Any] | None = None  # the last step event not yet written
             try:
                 async with asyncio.timeout(self.rt.settings.training.timeout_seconds):
                     assert proc.stdout is not None
@@ -245,14 +250,18 @@ class Pipeline:
                         except msgspec.DecodeError:
                             continue
                         kind = event.get("event") if isinstance(event, dict) else None
-                        if kind == "step" and time.monotonic() - last_write > 1.0:
-                            last_write = time.monotonic()
-                            await self._update(run.id, stats={"progress": event})
+                        if kind == "step":
+                            step = event
+                            if time.monotonic() - last_write > 1.0:
+                                last_write, step = time.monotonic(), None
+                                await self._update(run.id, stats={"progress": event})
                         elif kind == "done":
                             done = event
                         elif kind == "error":
                             error = str(event.get("message"))
                     await proc.wait()
+                if step is not None:  # the last step, so a finished run shows where training ended
+                    await self._update(run.id, stats={"progress": step})
             except TimeoutError:
                 await _stop(proc)
                 raise RunFailed(
@@ -278,11 +287,20 @@ class Pipeline:
             generation=project_cfg.generation, min_samples=project_cfg.min_samples, level=project_cfg.level,
             max_examples=settings.training.eval_max_examples, seed=0,
         )  # fmt: skip
-        report = await arun(config)
+        try:
+            report = await arun(config)
+        except EvalError as exc:  # unusable inputs (a golden file that is not there), before any model
+            raise RunFailed(
+                f"evaluation failed: {exc}; the candidate {candidate} is kept for a retry"
+            ) from exc
         markdown = report.to_markdown()
         (run_dir / "eval_report.md").write_text(markdown)
         await asyncio.to_thread(self.rt.runs.save_report, run.id, run.project, candidate, incumbent,
                                 report.promote, report.to_json(), markdown, utcnow())  # fmt: skip
+        if report.status == "failed":  # vLLM or the judge failed: no verdict, not a gate that said no
+            raise RunFailed(
+                f"evaluation failed: {report.error}; the candidate {candidate} is kept for a retry"
+            )
         for result in report.results:
             if result.stats is not None:
                 self.rt.metrics.eval_score.labels(run.project, result.name).set(result.stats.mean)
@@ -306,14 +324,15 @@ class Pipeline:
             run = next((r for r in active if r.state == "canary"), None)
             run_id = run.id if run else None
             online = {"online": msgspec.to_builtins(decision)}
+            reason = f"{decision.reason}: {decision.detail}"  # the bounded code first, e.g. `error_rate: ...`
             if decision.outcome == "promote":
-                await self.rt.rollouts.promote(project, reason=decision.detail, run_id=run_id)
+                await self.rt.rollouts.promote(project, reason=reason, run_id=run_id, gate=True)
                 if run:
                     await self._update(run.id, stats=online)
                     await self._finish(run, "promoted")
             else:
                 await self.rt.rollouts.rollback(
-                    project, adapter=rollout.candidate, reason=decision.detail, run_id=run_id
+                    project, adapter=rollout.candidate, reason=reason, run_id=run_id, gate=True
                 )
                 if run:
                     await self._update(run.id, stats=online)
@@ -347,9 +366,25 @@ class Pipeline:
                 if run.state not in ACTIVE:
                     shutil.rmtree(self.rt.settings.runs_dir / run.id, ignore_errors=True)
 
-    async def abort(self, run_id: str, reason: str) -> bool:
-        """Stop a run that has not reached its canary (its trainer is stopped) and fail it with
-        `reason`; the adapter it registered, if any, is marked failed. False if it was not going."""
+    async def cancel(self, run_id: str) -> RunRecord:
+        """Stop a run before its canary at an operator's request: its trainer gets SIGTERM, it
+        ends `cancelled`, serving is untouched. `Conflict` naming the state for a run that has
+        finished or is in canary (that one ends by rolling its adapter back), `NotFound`."""
+        run = await asyncio.to_thread(self.rt.runs.get, run_id)
+        if run.state == "canary":
+            adapter = run.stats.get("adapter")
+            raise Conflict(f"run {run_id} is in canary: end it with `ratchet adapters rollback {adapter}`")
+        if run.state in ACTIVE and await self.abort(run_id, "cancelled on request", state="cancelled"):
+            return await asyncio.to_thread(self.rt.runs.get, run_id)
+        run = await asyncio.to_thread(self.rt.runs.get, run_id)
+        if run.state in ACTIVE:  # not driven by this process (it is about to be failed by recovery)
+            raise Conflict(f"run {run_id} is {run.state} but not running in this server")
+        raise Conflict(f"run {run_id} has already finished: {run.state}")
+
+    async def abort(self, run_id: str, reason: str, state: RunState = "failed") -> bool:
+        """Stop a run that has not reached its canary (its trainer is stopped) and end it in
+        `state` (failed) with `reason`; the adapter it registered, if any, is marked failed.
+        False if it was not going."""
         task = self._tasks.get(run_id)
         run = await asyncio.to_thread(self.rt.runs.get, run_id)
         if task is None or run.state not in ACTIVE or run.state == "canary":
@@ -362,7 +397,7 @@ class Pipeline:
         if adapter and adapter not in (rollout.candidate, rollout.champion):
             await asyncio.to_thread(self.rt.serving.set_adapter_state, adapter, "failed", utcnow())
         if run.state in ACTIVE:
-            await self._finish(run, "failed", error=reason)
+            await self._finish(run, state, error=reason)
         return True
 
     async def aclose(self) -> None:
@@ -370,7 +405,7 @@ class Pipeline:
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
-    async def _finish(self, run: RunRecord, state: str, error: str | None = None) -> None:
+    async def _finish(self, run: RunRecord, state: RunState, error: str | None = None) -> None:
         current = (await asyncio.to_thread(self.rt.runs.get, run.id)).state
         await self._update(run.id, state=state, error=error)
         self._set_active(run.project, current, None)

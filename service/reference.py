@@ -41,16 +41,17 @@ def _cli_rows(parser: argparse.ArgumentParser, prefix: str = "ratchet") -> list[
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
-                if any(isinstance(a, argparse._SubParsersAction) for a in sub._actions):
-                    rows += _cli_rows(sub, f"{prefix} {name}")
-                else:
+                actions = [a for a in sub._actions if isinstance(a, argparse._SubParsersAction)]
+                if not actions or not actions[0].required:  # a command of its own (`ratchet runs`)
                     usage = " ".join(
                         a.option_strings[0] if a.option_strings else a.dest.upper()
                         for a in sub._actions
-                        if a.dest != "help" and (a.required or not a.option_strings)
+                        if a.dest != "help" and a not in actions and (a.required or not a.option_strings)
                     )
                     summary = (sub.description or "").strip().splitlines()[0]
                     rows.append(f"| `{prefix} {name}{' ' + usage if usage else ''}` | {summary} |")
+                if actions:
+                    rows += _cli_rows(sub, f"{prefix} {name}")
     return rows
 
 

@@ -25,14 +25,14 @@ from deploy.online_gate import GateDecision, decide
 from deploy.rollout import Rollout, RolloutConflict, Transition
 from service.capture import utcnow
 from service.config import Settings
-from service.errors import Conflict, InvalidInput, StoreUnavailable
+from service.errors import AdapterLoadFailed, Conflict, InvalidInput
 from service.metrics import Metrics
 from service.store.serving import AdapterRecord, Event, Serving
 
 log = logging.getLogger("ratchet.rollouts")
 
 
-class AdapterLoadError(StoreUnavailable):
+class AdapterLoadError(AdapterLoadFailed):
     """An adapter could not be loaded on the replicas; the champion keeps serving."""
 
 
@@ -174,18 +174,43 @@ class Rollouts:
         )
         return await self.apply(t, run_id)
 
+    def check_canary(self, project: str) -> None:
+        """`Conflict` if a new version could not start a canary now (one is running): checked
+        before a registration records anything."""
+        candidate = self.current(project).candidate
+        if candidate is not None:
+            raise Conflict(f"{project}: {candidate} is in canary already; promote or roll it back first")
+
     async def promote(
-        self, project: str, adapter: str | None = None, reason: str = "manual", run_id: str | None = None
+        self,
+        project: str,
+        adapter: str | None = None,
+        reason: str = "manual",
+        run_id: str | None = None,
+        *,
+        gate: bool = False,
     ) -> Transition:
+        """`gate`: the online gate decided it (counted in `ratchet_online_decisions_total`)."""
         return await self.apply(
-            self._plan(policy.promote, self.current(project), reason=reason, adapter=adapter), run_id
+            self._plan(policy.promote, self.current(project), reason=reason, adapter=adapter),
+            run_id,
+            gate=gate,
         )
 
     async def rollback(
-        self, project: str, adapter: str | None = None, reason: str = "manual", run_id: str | None = None
+        self,
+        project: str,
+        adapter: str | None = None,
+        reason: str = "manual",
+        run_id: str | None = None,
+        *,
+        gate: bool = False,
     ) -> Transition:
+        """`gate`: the online gate decided it (counted in `ratchet_online_decisions_total`)."""
         return await self.apply(
-            self._plan(policy.rollback, self.current(project), reason=reason, adapter=adapter), run_id
+            self._plan(policy.rollback, self.current(project), reason=reason, adapter=adapter),
+            run_id,
+            gate=gate,
         )
 
     def online_verdict(self, project: str, now: float) -> GateDecision | None:
@@ -208,7 +233,7 @@ class Rollouts:
         self.metrics.online_statistic.labels(project).set(decision.statistic)
         return decision
 
-    async def apply(self, t: Transition, run_id: str | None = None) -> Transition:
+    async def apply(self, t: Transition, run_id: str | None = None, *, gate: bool = False) -> Transition:
         """Make `t` happen: load what must serve, switch routing and record, then drain and unload."""
         async with self._lock:
             for name in t.load:
@@ -219,7 +244,7 @@ class Rollouts:
                         failed = policy.fail_load(t.before, name, now=time.time(), reason=str(exc))
                         await self._record(failed, run_id)
                         raise
-            await self._record(t, run_id)
+            await self._record(t, run_id, gate=gate)
             for name in t.unload:
                 try:
                     await self.manager.unload(name)
@@ -319,7 +344,7 @@ class Rollouts:
         except RolloutConflict as exc:
             raise Conflict(str(exc)) from exc
 
-    async def _record(self, t: Transition, run_id: str | None) -> None:
+    async def _record(self, t: Transition, run_id: str | None, *, gate: bool = False) -> None:
         now = utcnow()
         detail = {"adapter": t.adapter, "reason": t.reason, "champion": t.after.champion,
                   "candidate": t.after.candidate, "fraction": t.after.fraction}  # fmt: skip
@@ -327,7 +352,7 @@ class Rollouts:
         await asyncio.to_thread(self.serving.save_rollout, t.after, t.changes, event, now)
         self.routing[t.project] = t.after
         self._export(t.after)
-        if t.kind in ("promoted", "rolled_back", "champion_rolled_back"):
+        if gate and t.kind in ("promoted", "rolled_back", "champion_rolled_back"):
             self.metrics.online_decisions.labels(
                 t.project, "promote" if t.kind == "promoted" else "rollback"
             ).inc()

@@ -258,3 +258,57 @@ def test_the_online_gate_counts_implicit_votes_by_their_weights(tmp_path: Path) 
     finally:
         writer.stop()
         db.close()
+
+
+def test_the_online_gate_counts_the_gateways_upstream_failures_per_adapter(tmp_path: Path) -> None:
+    """Failures recorded through capture (as the gateway does) are what `arm_counts` gives the
+    error-rate guard: per adapter, since the canary started; a failure without a log is one more
+    request, a broken stream (it has its log) is not."""
+    from service.capture import utcnow
+
+    db = Database(tmp_path / "r.duckdb")
+    writer = GroupCommitWriter(db, Metrics(), max_batch_rows=1000, max_queue_rows=10_000)
+    writer.start()
+    capture = Capture(writer, Metrics(), max_batch_items=100)
+    try:
+        since = utcnow()
+        logs = [
+            Capture.log_row("p", chat_log(f"g-{i}", [{"role": "user", "content": f"q{i}"}], "a", adapter="p@v2"),
+                            f"g-{i}", since, "gateway")
+            for i in range(4)
+        ]  # fmt: skip
+        writer.write_sync("logs", logs)
+        for reason in ("status", "timeout", "rejected"):
+            capture.submit_upstream_failure("p", "p@v2", reason)
+        capture.submit_upstream_failure("p", "p@v2", "stream_error", log_id="g-0")
+        capture.submit_upstream_failure("p", "p@v1", "status")
+        capture.submit_upstream_failure("q", "q@v2", "status")
+        writer.write_sync("logs", [])  # after the submitted rows: they are committed
+        canary = Serving(db).arm_counts("p", "p@v2", since)
+        assert (canary.requests, canary.upstream_errors) == (4 + 3, 4)
+        champion = Serving(db).arm_counts("p", "p@v1", since)
+        assert (champion.requests, champion.upstream_errors) == (1, 1)
+    finally:
+        writer.stop()
+        db.close()
+
+
+def test_feedback_metrics_name_the_answering_version_after_a_restart(start_ratchet: Any) -> None:
+    """The version comes from the stored log when this process has not seen it; the base model is
+    `base` here as in the gateway's metrics."""
+    server = start_ratchet()
+    api = server.client(server.create_project("vm"))
+    logs = [log("v-1", adapter="vm@v2"), log("v-2", adapter="base"), log("v-3")]
+    taken(api.post("/v1/logs", json={"logs": logs}))
+    server.stop()
+    server.start()
+    feedback = [
+        {"log_id": "v-1", "rating": 1},
+        {"log_id": "v-2", "rating": -1},
+        {"log_id": "v-3", "rating": 1},
+    ]
+    taken(api.post("/v1/feedback", json={"feedback": feedback}))
+    metrics = httpx.get(f"{server.url}/metrics").text
+    for adapter, rating in (("v2", "up"), ("base", "down"), ("none", "up")):
+        series = f'ratchet_feedback_total{{adapter="{adapter}",project="vm",rating="{rating}"}} 1.0'
+        assert series in metrics, [line for line in metrics.splitlines() if "feedback_total{" in line]

@@ -83,7 +83,9 @@ class World:
     def wait_for_idle_runs(self) -> None:
         def idle() -> bool:
             runs = self.admin.get("/v1/runs", params={"project": A}).json()
-            return all(r["state"] in ("failed", "rejected", "promoted", "rolled_back") for r in runs)
+            return all(
+                r["state"] in ("failed", "rejected", "promoted", "rolled_back", "cancelled") for r in runs
+            )
 
         wait_for(idle, 30, "project A's runs to end")
 
@@ -173,6 +175,8 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "/v1/runs"): Route("read", 200, lambda w: ("GET", "/v1/runs", {"params": {"project": A}})),
     ("GET", "/v1/runs/{run_id}"): Route("read", 200, lambda w: ("GET", f"/v1/runs/{w.run_id}", {})),
     ("GET", "/v1/runs/{run_id}/report"): Route("read", 404, lambda w: ("GET", f"/v1/runs/{w.run_id}/report", {})),
+    # The run has finished (failed): a caller allowed to cancel learns that (409), others 403/404.
+    ("POST", "/v1/runs/{run_id}/cancel"): Route("manage", 409, lambda w: ("POST", f"/v1/runs/{w.run_id}/cancel", {})),
     ("GET", "/v1/adapters"): Route("read", 200, lambda w: ("GET", "/v1/adapters", {"params": {"project": A}})),
     ("POST", "/v1/projects/{name}/adapters"): Route(
         "admin", 422, lambda w: ("POST", f"/v1/projects/{A}/adapters", {"json": {"path": "nowhere", "canary": False}})

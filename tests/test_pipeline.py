@@ -80,14 +80,16 @@ def _project(name: str) -> Any:
     return Project(name, "", now), mint_key(name, now)[1]
 
 
+RULES = {"role": "primary", "rules": [{"name": "upper", "when_prompt_matches": "(?i)uppercase",
+                                       "must_match": "^[^a-z]*[A-Z][^a-z]*$"}]}  # fmt: skip
+
+
 @pytest.fixture
 def loop_server(tmp_path: Path, vllm_server: Any, tiny_model_dir: Path) -> Iterator[RatchetProcess]:
     data = tmp_path / "data"
     project_dir = data / "projects" / "loop"
     project_dir.mkdir(parents=True)
-    rules = {"role": "primary", "rules": [{"name": "upper", "when_prompt_matches": "(?i)uppercase",
-                                           "must_match": "^[^a-z]*[A-Z][^a-z]*$"}]}  # fmt: skip
-    (project_dir / "eval.json").write_bytes(msgspec.json.encode({"rules": rules, "min_samples": 5}))
+    (project_dir / "eval.json").write_bytes(msgspec.json.encode({"rules": RULES, "min_samples": 5}))
     env = {
         "RATCHET_VLLM__URLS": f'["{vllm_server.base_url}"]',
         "RATCHET_VLLM__BASE_SERVED_NAME": vllm_server.model_name,
@@ -143,9 +145,77 @@ def test_kill_during_training_then_a_run_no_better_is_rejected(loop_server: Ratc
     )  # fmt: skip
     assert done["state"] == "rejected", done
     assert done["stats"]["eval"]["promote"] is False
+    progress = done["stats"]["progress"]  # where training ended, not the last step written in passing
+    assert progress["step"] == progress["total_steps"], progress
     assert api.get("/v1/projects/loop/rollout").json()["champion"] == "loop@v0"
-    assert (
-        "Decision" in api.get(f"/v1/runs/{second}/report").text
-        or "decision" in api.get(f"/v1/runs/{second}/report").text.lower()
-    )
+    heading = api.get(f"/v1/runs/{second}/report").text.splitlines()[0]
+    assert heading.endswith("— **DO NOT PROMOTE**"), heading  # the gate's own verdict, not a failure
+    assert adapter_state(api, done["stats"]["adapter"]) == "rejected"
     assert ask().status_code == 200
+
+    # An evaluation that cannot give a verdict fails the run; it is not a "no". Here vLLM refuses
+    # every generation (more tokens than the model allows). (A judge that is down is not asked
+    # when both versions answer alike, as an adapter trained 2 steps may: no failure to show.)
+    (server.data_dir / "projects" / "loop" / "eval.json").write_bytes(
+        msgspec.json.encode({"rules": RULES, "min_samples": 5, "generation": {"max_tokens": 1_000_000}})
+    )
+    third = api.post("/v1/projects/loop/runs").json()["id"]
+    failed = wait_for(
+        lambda: (r := api.get(f"/v1/runs/{third}").json())["state"] in FINISHED and r, 600, "run 3"
+    )
+    assert failed["state"] == "failed", failed
+    assert failed["error"].startswith("evaluation failed: vLLM at ") and "answered 400" in failed["error"], (
+        failed
+    )
+    assert adapter_state(api, failed["stats"]["adapter"]) == "candidate"  # kept for a retry
+    assert metric(server, "ratchet_runs_total", project="loop", outcome="failed") == 1
+    assert metric(server, "ratchet_runs_total", project="loop", outcome="rejected") == 1
+    assert metric(server, "ratchet_gate_decisions_total", project="loop", decision="reject") == 1
+    assert api.get("/v1/projects/loop/rollout").json()["champion"] == "loop@v0"
+    assert ask().status_code == 200
+
+    # A run cancelled while it trains: its trainer is stopped, serving is untouched.
+    fourth = api.post("/v1/projects/loop/runs").json()["id"]
+    wait_for(lambda: trainer_running(fourth), 120, "run 4's trainer to start")
+    r = api.post(f"/v1/runs/{fourth}/cancel")
+    assert (r.status_code, r.json()["state"]) == (200, "cancelled"), r.text
+    assert not trainer_running(fourth)
+    assert not (server.data_dir / "adapters" / "loop" / fourth).exists()
+    assert api.get(f"/v1/runs/{fourth}").json()["state"] == "cancelled"
+    assert metric(server, "ratchet_runs_total", project="loop", outcome="cancelled") == 1
+    r = api.post(f"/v1/runs/{fourth}/cancel")
+    assert r.status_code == 409 and "cancelled" in r.json()["message"], r.text
+    r = api.post(f"/v1/runs/{second}/cancel")
+    assert r.status_code == 409 and "rejected" in r.json()["message"], r.text
+    assert api.get("/v1/projects/loop/rollout").json()["champion"] == "loop@v0"
+    assert ask().status_code == 200
+
+
+def trainer_running(run_id: str) -> bool:
+    """Whether a `python -m trainer run .../<run_id>/spec.json` process is alive."""
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"trainer" in cmdline and any(f"/{run_id}/spec.json".encode() in part for part in cmdline):
+            try:
+                return (proc / "stat").read_text().split(") ")[1][0] != "Z"
+            except OSError:
+                continue
+    return False
+
+
+FINISHED = ("promoted", "rejected", "rolled_back", "failed", "cancelled")
+
+
+def adapter_state(api: httpx.Client, served_name: str) -> str:
+    return next(a["state"] for a in api.get("/v1/adapters").json() if a["served_name"] == served_name)
+
+
+def metric(server: RatchetProcess, name: str, **labels: str) -> float:
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
+        if line.startswith(f"{name}{{{wanted}}} "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {name}{{{wanted}}} in /metrics")

@@ -10,8 +10,9 @@ from litestar import get, post
 
 from deploy.names import InvalidServedName, parse_served_name
 from service.api.deps import needs, scoped_project
+from service.capture import utcnow
 from service.domain import Principal
-from service.errors import InvalidInput
+from service.errors import Conflict, InvalidInput
 from service.runtime import Runtime
 from service.store.serving import AdapterRecord, Event
 
@@ -71,12 +72,20 @@ async def register_adapter(
     name: str, data: AdapterIn, principal: Principal, runtime: Runtime
 ) -> AdapterRecord:
     """Record a PEFT adapter directory under the adapters root as the next version; by default
-    also load it and start its canary."""
+    also load it and start its canary. 409, recording nothing, while another canary runs."""
     project = scoped_project(principal, runtime, name)
+    if data.canary:
+        runtime.rollouts.check_canary(project)  # refused before anything is recorded
     await runtime.rollouts.ensure_base_version(project)
     record = await asyncio.to_thread(runtime.rollouts.register, project, Path(data.path), method=data.method)
     if data.canary:
-        await runtime.rollouts.start_canary(project, record.served_name)
+        try:
+            await runtime.rollouts.start_canary(project, record.served_name)
+        except Conflict as exc:  # another registration's canary started meanwhile: leave no orphan
+            detail = {"adapter": record.served_name, "reason": exc.message}
+            event = Event(utcnow(), project, None, "adapter_registration_refused", detail)
+            await asyncio.to_thread(runtime.serving.remove_adapter, record.served_name, event)
+            raise
     return await asyncio.to_thread(runtime.serving.adapter, record.served_name)
 
 

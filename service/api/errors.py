@@ -25,6 +25,7 @@ STATUS: dict[type[errors.RatchetError], tuple[int, str]] = {
     errors.WriterSaturated: (429, "writer_saturated"),
     errors.StoreOutOfMemory: (503, "store_out_of_memory"),  # before its base class
     errors.StoreUnavailable: (503, "store_unavailable"),
+    errors.AdapterLoadFailed: (502, "adapter_load_failed"),
     errors.UpstreamRejected: (400, "upstream_rejected"),
     errors.UpstreamUnavailable: (503, "upstream_unavailable"),
     errors.UpstreamTimeout: (504, "upstream_timeout"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from litestar import get, post
 
 from service.api.deps import needs, scoped_project
@@ -41,6 +43,15 @@ def _visible(run_id: str, principal: Principal, runtime: Runtime) -> RunRecord:
 def get_run(run_id: str, principal: Principal, runtime: Runtime) -> RunRecord:
     """Its state, stage durations, training progress, snapshot and eval statistics."""
     return _visible(run_id, principal, runtime)
+
+
+@post("/v1/runs/{run_id:str}/cancel", status_code=200, summary="Cancel a run", opt=needs("manage"))
+async def cancel_run(run_id: str, principal: Principal, runtime: Runtime) -> RunRecord:
+    """Stop a run before its canary: its trainer gets SIGTERM, it ends `cancelled`, serving is
+    untouched. 409 naming the state for a run that has finished or is in canary."""
+    assert runtime.pipeline is not None
+    await asyncio.to_thread(_visible, run_id, principal, runtime)
+    return await runtime.pipeline.cancel(run_id)  # type: ignore[no-any-return]
 
 
 @get(

@@ -38,6 +38,10 @@ WITH hit AS MATERIALIZED (
 )
 SELECT * FROM hit WHERE project = $2
 """
+ADAPTER_BY_LOG_ID = """
+WITH hit AS MATERIALIZED (SELECT adapter, project FROM logs WHERE id = $1)
+SELECT adapter FROM hit WHERE project = $2
+"""
 FEEDBACK_BY_LOG_ID = """
 WITH hit AS MATERIALIZED (
     SELECT id, log_id, end_user, created_at, rating, score, correction, comment, choice, regenerated,
@@ -171,6 +175,17 @@ class Queries:
             id_, proj, created, source, adapter, _json(req), _json(resp), user, latency, pt, ct, _json(meta),
             [FeedbackOut(f[0], f[1], f[2] or None, *f[3:]) for f in feedback],
         )  # fmt: skip
+
+    def log_adapters(self, project: str, log_ids: list[str]) -> dict[str, str | None]:
+        """The adapter that answered each of these logs of the project (None: the app named
+        none), by log id; logs not stored are left out. One point read per id."""
+        found: dict[str, str | None] = {}
+        with self._db.reading() as cur:
+            for log_id in log_ids:
+                row = cur.execute(ADAPTER_BY_LOG_ID, [log_id, project]).fetchone()
+                if row is not None:
+                    found[log_id] = row[0]
+        return found
 
     def find_feedback(self, project: str, feedback_id: str) -> tuple[str, str]:
         """(log id, end user) of the feedback row an item id belongs to (the row's own id or any

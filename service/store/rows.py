@@ -77,6 +77,19 @@ class FeedbackRow(NamedTuple):
     attributed: bool = False
 
 
+class UpstreamFailureRow(NamedTuple):
+    """One row of `upstream_failures`: a gateway request that vLLM failed or refused, charged to
+    the adapter version it was routed to (`reason` as in `ratchet_gateway_upstream_errors_total`);
+    `log_id` is the request's log when it still has one (a stream that broke after it began)."""
+
+    project: str
+    id: str
+    failed_at: datetime
+    adapter: str
+    reason: str
+    log_id: str | None = None
+
+
 FEEDBACK_FIELDS = (
     "rating", "score", "correction", "comment", "metadata", "choice", "regenerated",
     "regenerated_log_id", "edited", "copied", "events",
@@ -109,7 +122,12 @@ FEEDBACK_SCHEMA = pa.schema(
         ("copied", pa.bool_()), ("events", _TEXTS), ("attributed", pa.bool_()),
     ]
 )  # fmt: skip
+UPSTREAM_FAILURE_SCHEMA = pa.schema(
+    [("project", pa.string()), ("id", pa.string()), ("failed_at", _TIME), ("adapter", pa.string()),
+     ("reason", pa.string()), ("log_id", pa.string())]
+)  # fmt: skip
 assert LOG_SCHEMA.names == list(LogRow._fields)
+assert UPSTREAM_FAILURE_SCHEMA.names == list(UpstreamFailureRow._fields)
 assert FEEDBACK_SCHEMA.names == list(FeedbackRow._fields)
 
 

@@ -12,7 +12,16 @@ from service.store.db import Database
 from service.store.serving import Event, Serving
 
 RunState = Literal[
-    "pending", "snapshot", "training", "evaluating", "canary", "promoted", "rejected", "rolled_back", "failed"
+    "pending",
+    "snapshot",
+    "training",
+    "evaluating",
+    "canary",
+    "promoted",
+    "rejected",
+    "rolled_back",
+    "failed",
+    "cancelled",
 ]
 ACTIVE: tuple[RunState, ...] = ("pending", "snapshot", "training", "evaluating", "canary")
 _COLUMNS = "id, project, trigger, state, started_at, updated_at, finished_at, error, stats"

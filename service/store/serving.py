@@ -92,6 +92,13 @@ class Serving:
             if event:
                 self._insert_event(cur, event)
 
+    def remove_adapter(self, served_name: str, event: Event) -> None:
+        """Forget a version that was recorded but refused before anything loaded it (its canary
+        could not start): no adapter record is left behind; `event` says why (the audit keeps it)."""
+        with self._db.transaction() as cur:
+            cur.execute("DELETE FROM adapters WHERE served_name = ?", [served_name])
+            self._insert_event(cur, event)
+
     def set_adapter_state(
         self, served_name: str, state: str, now: datetime, event: Event | None = None
     ) -> None:
@@ -171,7 +178,8 @@ class Serving:
         self, project: str, served_name: str, since: datetime, weights: FeedbackSettings | None = None
     ) -> ArmCounts:
         """Live numbers of one adapter since `since` (server receive time): thumbs on its answers,
-        requests, p95 latency. A verdict without a thumb counts by its implicit feedback: a
+        requests (answered, and failed without an answer), upstream failures among them (the
+        gateway's, `upstream_failures`), p95 latency of the answered. A verdict without a thumb counts by its implicit feedback: a
         regenerate as a thumbs-down of `weights.regenerated_weight`, a copy as a thumbs-up of
         `copied_weight`, app events by `event_weights`; these fractions are summed per arm and
         rounded to whole votes for the test."""
@@ -200,15 +208,21 @@ class Serving:
                 f" WHERE l.project = ${n + 1} AND l.adapter = ${n + 2} AND l.received_at >= ${n + 3}",
                 params,
             ).fetchone()
-            requests, p95_ms = cur.execute(
+            answered, p95_ms = cur.execute(
                 "SELECT count(*), quantile_cont(latency_ms, 0.95) FROM logs"
                 " WHERE project = ? AND adapter = ? AND received_at >= ?",
+                [project, served_name, since],
+            ).fetchone()
+            errors, unanswered = cur.execute(
+                "SELECT count(*), count(*) FILTER (log_id IS NULL) FROM upstream_failures"
+                " WHERE project = ? AND adapter = ? AND failed_at >= ?",
                 [project, served_name, since],
             ).fetchone()
         return ArmCounts(
             up=up + round(implicit_up),
             down=down + round(implicit_down),
-            requests=requests,
+            requests=answered + unanswered,
+            upstream_errors=errors,
             latency_p95_seconds=None if p95_ms is None else p95_ms / 1000,
         )
 

@@ -27,15 +27,24 @@ import pyarrow as pa
 from service.errors import StoreUnavailable, WriterSaturated
 from service.metrics import Metrics
 from service.store.db import Database
-from service.store.rows import FEEDBACK_FIELDS, FEEDBACK_SCHEMA, LOG_SCHEMA, WITHDRAW, FeedbackRow, LogRow
+from service.store.rows import (
+    FEEDBACK_FIELDS,
+    FEEDBACK_SCHEMA,
+    LOG_SCHEMA,
+    UPSTREAM_FAILURE_SCHEMA,
+    WITHDRAW,
+    FeedbackRow,
+    LogRow,
+    UpstreamFailureRow,
+)
 
 log = logging.getLogger("ratchet.writer")
 
-Table = Literal["logs", "feedback"]
-Row = LogRow | FeedbackRow
+Table = Literal["logs", "feedback", "upstream_failures"]
+Row = LogRow | FeedbackRow | UpstreamFailureRow
 
-_SCHEMAS = {"logs": LOG_SCHEMA, "feedback": FEEDBACK_SCHEMA}
-_KEY_WIDTH = {"logs": 2, "feedback": 3}  # leading columns that form the primary key
+_SCHEMAS = {"logs": LOG_SCHEMA, "feedback": FEEDBACK_SCHEMA, "upstream_failures": UPSTREAM_FAILURE_SCHEMA}
+_KEY_WIDTH = {"logs": 2, "feedback": 3, "upstream_failures": 2}  # leading columns that form the key
 _LOG_COLUMNS = ", ".join(LOG_SCHEMA.names)
 _FEEDBACK_COLUMNS = ", ".join(FEEDBACK_SCHEMA.names)
 _KEPT_IDS = 16  # item ids a feedback row remembers: a retry of one of them is a no-op
@@ -93,6 +102,9 @@ _PREPARED = {
     # A retried or repeated id is a no-op; RETURNING tells which rows were new.
     "insert_new_logs": f"INSERT INTO logs ({_LOG_COLUMNS}) SELECT {_LOG_COLUMNS} FROM pending_logs"
     " ON CONFLICT DO NOTHING RETURNING project, id",
+    # Failures have unique generated ids and no constraint: a plain INSERT, on either path.
+    "insert_upstream_failures": f"INSERT INTO upstream_failures ({', '.join(UPSTREAM_FAILURE_SCHEMA.names)})"
+    f" SELECT {', '.join(UPSTREAM_FAILURE_SCHEMA.names)} FROM pending_upstream_failures",
     # A feedback item updates only the fields it carries; RETURNING tells which rows changed.
     "merge_feedback": _merged_feedback_sql(),
 }
@@ -194,6 +206,9 @@ class _Batch:
                     ]
                     for op in self.ops
                 }
+            if self.table == "upstream_failures":
+                cur.execute("EXECUTE insert_upstream_failures")
+                return self._outcomes(None)
             if not seen_before:
                 cur.execute("EXECUTE insert_logs")
                 return self._outcomes(None)

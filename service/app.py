@@ -37,8 +37,8 @@ from service.project_settings import ProjectSettingsBook
 from service.rollouts import Rollouts, bring_up_serving
 from service.runtime import Runtime
 from service.scheduler import build_scheduler
-from service.store.db import Database, default_memory_limit_mib
 from service.store.archive import Archive
+from service.store.db import Database, default_memory_limit_mib
 from service.store.erasure import Erasures
 from service.store.queries import Queries
 from service.store.runs import Runs

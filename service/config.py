@@ -91,7 +91,9 @@ class ArchiveSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
         float, _doc("How often the archive job looks for logs to move."), msgspec.Meta(gt=0)
     ] = 3600.0
     file_rows: Annotated[
-        int, _doc("Most logs in one Parquet file (a day with more gets several)."), msgspec.Meta(ge=1, lt=2**32)
+        int,
+        _doc("Most logs in one Parquet file (a day with more gets several)."),
+        msgspec.Meta(ge=1, lt=2**32),
     ] = 100_000
     delete_batch_rows: Annotated[
         int,

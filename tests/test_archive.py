@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +92,12 @@ def test_snapshot_and_export_read_archived_logs_as_they_read_hot_ones(db: Databa
 
     assert snapshot_rows(db, tmp_path / "s3", archive) == before_snapshot
     assert export_lines(db, archive) == before_export
-    files = sorted(p.relative_to(tmp_path / "lake").as_posix() for p in (tmp_path / "lake").rglob("*.parquet"))
-    assert files and all(re.fullmatch(r"project=p/day=2026-11-0[12]/\d{12}-[0-9a-f]{8}\.parquet", f) for f in files)
+    files = sorted(
+        p.relative_to(tmp_path / "lake").as_posix() for p in (tmp_path / "lake").rglob("*.parquet")
+    )
+    assert files and all(
+        re.fullmatch(r"project=p/day=2026-11-0[12]/\d{12}-[0-9a-f]{8}\.parquet", f) for f in files
+    )
     # The standard lake layout: a plain DuckDB reads it as one table, partitioned by project and day.
     lake = duckdb.sql(
         f"SELECT project, count(*), count(DISTINCT id) FROM read_parquet('{tmp_path}/lake/**/*.parquet',"
@@ -104,7 +108,9 @@ def test_snapshot_and_export_read_archived_logs_as_they_read_hot_ones(db: Databa
     assert export_lines(db, None) == []
 
 
-def test_a_move_killed_before_its_commit_is_undone_and_after_it_finished(db: Database, tmp_path: Path) -> None:
+def test_a_move_killed_before_its_commit_is_undone_and_after_it_finished(
+    db: Database, tmp_path: Path
+) -> None:
     fill(db, 30)
     archive = Archive(db, str(tmp_path / "lake"), file_rows=100, delete_batch_rows=4)
     day = archive.days_before("p", NOW)[0]
@@ -234,7 +240,9 @@ def count_everywhere(data_dir: Path) -> tuple[int, int, int]:
 
 
 @pytest.mark.parametrize("kill_when", ["written", "listed"])
-def test_kill_9_during_a_move_loses_nothing_and_counts_nothing_twice(start_ratchet: Any, tmp_path: Path, kill_when: str) -> None:
+def test_kill_9_during_a_move_loses_nothing_and_counts_nothing_twice(
+    start_ratchet: Any, tmp_path: Path, kill_when: str
+) -> None:
     """A move of 3,000 logs whose deletes go one row per transaction (seconds), killed when its
     first file is being written (`.tmp`) or has appeared (the commit follows at once)."""
     data = tmp_path / "data"
@@ -242,7 +250,10 @@ def test_kill_9_during_a_move_loses_nothing_and_counts_nothing_twice(start_ratch
     server = start_ratchet(env=quiet, data_dir=data)
     c = server.client(server.create_project("big"))
     for start in range(0, 3000, 1000):
-        batch = [person_log(f"l-{i}", f"u{i % 7}", f"question {i} " + "x" * 400) for i in range(start, start + 1000)]
+        batch = [
+            person_log(f"l-{i}", f"u{i % 7}", f"question {i} " + "x" * 400)
+            for i in range(start, start + 1000)
+        ]
         assert c.post("/v1/logs", json={"logs": batch}).status_code == 202
     server.stop()
 
@@ -256,6 +267,7 @@ def test_kill_9_during_a_move_loses_nothing_and_counts_nothing_twice(start_ratch
     assert distinct == 3000 and hot + listed >= 3000  # before recovery: every log somewhere
 
     server = start_ratchet(env=quiet, data_dir=data)
+    assert "archive moves interrupted by the restart" in server.log_tail(100_000)
     c = server.client()
     assert c.get("/v1/projects/big/stats").json()["logs"] == 3000
     export = c.get("/v1/projects/big/export")
@@ -264,5 +276,7 @@ def test_kill_9_during_a_move_loses_nothing_and_counts_nothing_twice(start_ratch
     server.stop()
     hot, listed, distinct = count_everywhere(data)
     assert (hot + listed, distinct) == (3000, 3000)  # after recovery: each log in exactly one place
-    stored = {p.relative_to(data / "archive").as_posix() for p in (data / "archive").rglob("*") if p.is_file()}
+    stored = {
+        p.relative_to(data / "archive").as_posix() for p in (data / "archive").rglob("*") if p.is_file()
+    }
     assert len(stored) == listed // 1000 if listed else not stored  # no orphan or half file left

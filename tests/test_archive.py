@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -261,7 +262,10 @@ def test_kill_9_during_a_move_loses_nothing_and_counts_nothing_twice(
               "RATCHET_ARCHIVE__DELETE_BATCH_ROWS": "1"}  # fmt: skip
     server = start_ratchet(env=moving, data_dir=data)
     pattern = "*.parquet.tmp" if kill_when == "written" else "*.parquet"
-    wait_for(lambda: list((data / "archive").rglob(pattern)), 60, f"a {pattern} file")
+    deadline = time.monotonic() + 60
+    while not list((data / "archive").rglob(pattern)):  # polled tightly: a .tmp lives ~0.1 s
+        assert time.monotonic() < deadline, f"no {pattern} file appeared"
+        time.sleep(0.002)
     server.kill()
     hot, listed, distinct = count_everywhere(data)
     assert distinct == 3000 and hot + listed >= 3000  # before recovery: every log somewhere

@@ -135,7 +135,7 @@ class Archive:
         files = self.files(cur, project)
         if not files:
             return None
-        # JSON columns stay text (DuckDB's JSON is VARCHAR underneath; a cast would parse every value).
+        # JSON columns are text in the files; the union with the table makes them JSON again.
         columns = ", ".join(LOG_SCHEMA.names)
         parts = []
         if done := [f for f in files if f.state == "done"]:

@@ -25,6 +25,7 @@ from formats.snapshot import iter_rows
 from service.config import SnapshotSettings
 from service.store.archive import Archive
 from service.store.db import Database
+from service.store.erasure import Erasures
 from service.store.export import LogExport
 from service.store.snapshot import export_snapshot
 from tests.fixtures.server import RatchetProcess, wait_for
@@ -140,6 +141,37 @@ def test_a_move_killed_before_its_commit_is_undone_and_after_it_finished(
         assert [f.state for f in archive.files(cur)] == ["done"]
     assert export_lines(db, archive) == expected
     assert hot_logs(db) == 30 - file.rows
+
+
+def test_erasure_and_retention_rewrite_the_archive_files(db: Database, tmp_path: Path) -> None:
+    fill(db)  # 60 logs from 2026-11-01 00:00, 22 minutes apart; end users u0-u3
+    archive = Archive(db, str(tmp_path / "lake"), file_rows=25, delete_batch_rows=7)
+    assert archive_all(archive) == 60 and hot_logs(db) == 0
+    erasures = Erasures(db, tmp_path / "runs", 10, archive)
+
+    erased = erasures.erase_end_user("p", "u1", NOW, "test")
+    assert (erased.logs, erased.feedback) == (15, 15)
+    erasures.finish(erased.job)
+    lines = export_lines(db, archive)
+    assert len(lines) == 45 and not any('"u1"' in line for line in lines)
+    assert "'u1'" not in archived_text(tmp_path / "lake") and "'u2'" in archived_text(tmp_path / "lake")
+
+    cutoff = datetime(2026, 11, 1, 10)
+    expired = erasures.expire("p", cutoff, NOW)
+    assert 0 < expired.logs < 45
+    erasures.finish(expired.job)
+    with db.reading() as cur:
+        archive.shadow_logs(cur, "p")
+        logs, oldest = cur.execute("SELECT count(*), min(received_at) FROM logs").fetchone()
+        (feedback,) = cur.execute("SELECT count(*) FROM feedback").fetchone()
+    assert (logs, feedback) == (45 - expired.logs, 45 - expired.logs) and oldest >= cutoff
+    with db.reading() as cur:
+        listed = archive.files(cur)
+    assert sum(f.rows for f in listed) == logs
+    stored = sorted(
+        p.relative_to(tmp_path / "lake").as_posix() for p in (tmp_path / "lake").rglob("*.parquet*")
+    )
+    assert stored == sorted(f.path for f in listed)  # the old versions of rewritten files are gone
 
 
 def metric(server: RatchetProcess, name: str) -> float:

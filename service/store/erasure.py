@@ -15,6 +15,10 @@ a VARCHAR primary key (the index upkeep reads each deleted row's key back from c
 ~0.1 s), and every other commit, ingest's included, waits meanwhile. In batches, ingest commits
 between them.
 
+Archived logs (`service/store/archive.py`) are counted and found in the recording transaction like
+the others (`logs` there includes the archive); the job first rewrites every archive file holding a
+selected log without it (after deleting the feedback on those logs), then deletes from the tables.
+
 Which snapshots hold the data is read from the snapshot files themselves (their `log_id` and
 `end_user` columns), so a snapshot that a row was copied into is found whatever the row's state
 today. The erased person's id is written nowhere lasting: events and adapter marks carry counts,

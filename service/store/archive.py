@@ -24,6 +24,9 @@ A move (`move_day`) is crash-safe without ever counting a log twice or losing on
    no longer holds, so each log is seen exactly once at every instant;
 4. mark the file 'done'. A start-up finishes the deletes of a file still 'moving' (`recover`).
 
+Known limit: a log id sent again after its log was archived is stored again (the writer's
+duplicate check sees only the table), so such a re-send is counted twice.
+
 Readers see hot and archived logs as one relation: `shadow_logs` creates, on a cursor, a
 temporary view named `logs` (it shadows the table for that cursor only) that unions the table
 with the files the manifest lists, in the cursor's own transaction; its `rowid` column is the

@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -63,6 +64,8 @@ _JSON = [f.name for f in LOG_SCHEMA if f.type == pa.json_()]
 _FILE_COLUMNS = [n for n in LOG_SCHEMA.names if n != "project"]  # project is the partition
 _HIVE = "hive_partitioning = true, hive_types = {'project': 'VARCHAR', 'day': 'DATE'}"
 _ATTEMPTS = 5
+_PARTITION = re.compile(r"project=[^/]+(/day=[^/]+)?")
+_LAYOUT = re.compile(r"project=[a-z0-9][a-z0-9\-]*/day=\d{4}-\d{2}-\d{2}/\d{12}-[0-9a-f]{8}\.parquet(\.tmp)?")
 _BATCH_ROWS = 8192  # rows per Arrow batch streamed into a file (and per Parquet row group)
 
 
@@ -384,17 +387,19 @@ class Archive:
             self.fs.rm(f"{self.root}/{rel}")
 
     def _stored(self) -> list[str]:
-        """Every file under the root, relative to it."""
+        """The archive's files under the root (relative to it): only names of its own layout, so a
+        root pointed at a directory holding anything else never loses that."""
         if not self.fs.exists(self.root):
             return []
-        return sorted(p[len(self.root) + 1 :] for p in self.fs.find(self.root))
+        found = (p[len(self.root) + 1 :] for p in self.fs.find(self.root))
+        return sorted(p for p in found if _LAYOUT.fullmatch(p))
 
     def _prune_dirs(self) -> None:
         """Remove empty partition directories (an erased project's name must not linger)."""
         if not self.local:
             return  # object stores have no directories
         for dirpath, _, _ in sorted(os.walk(self.root), key=lambda w: -len(w[0])):
-            if dirpath != self.root:
+            if _PARTITION.fullmatch(os.path.relpath(dirpath, self.root)):
                 with contextlib.suppress(OSError):
                     os.rmdir(dirpath)
 

@@ -236,8 +236,8 @@ class Queries:
                     " (SELECT 1 FROM logs l WHERE l.project = f.project AND l.id = f.log_id)",
                     {"p": project, "since": since_at},
                 ).fetchall()
-                if self._archive is not None
-                else []
+                if self._archive is not None and self._archive.files(cur, project)
+                else []  # nothing archived: no second pass
             )
         counts = list(row)
         archived = self._archive.received_at(project, [u[0] for u in unmatched]) if unmatched else {}

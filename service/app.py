@@ -37,6 +37,7 @@ from service.project_settings import ProjectSettingsBook
 from service.rollouts import Rollouts, bring_up_serving
 from service.runtime import Runtime
 from service.scheduler import build_scheduler
+from service.store.archive import Archive
 from service.store.db import Database, default_memory_limit_mib
 from service.store.erasure import Erasures
 from service.store.queries import Queries
@@ -79,7 +80,13 @@ def build_runtime(settings: Settings, metrics: Metrics | None = None) -> Runtime
         temp_directory=Path(settings.database.temp_directory or Path(settings.data_dir) / "tmp"),
     )
     metrics.wal_bytes.set_function(db.wal_bytes)
-    queries = Queries(db)
+    archive = Archive(
+        db,
+        settings.archive_url,
+        file_rows=settings.archive.file_rows,
+        delete_batch_rows=settings.archive.delete_batch_rows,
+    )
+    queries = Queries(db, archive)
     writer = GroupCommitWriter(
         db,
         metrics,
@@ -120,9 +127,10 @@ def build_runtime(settings: Settings, metrics: Metrics | None = None) -> Runtime
         gateway=Gateway(settings, manager, capture, metrics, routing),
         rollouts=Rollouts(settings, serving, manager, routing, metrics, project_settings.effective),
         runs=Runs(db, serving),
-        erasures=Erasures(db, settings.runs_dir, settings.erasure_batch_rows),
+        erasures=Erasures(db, settings.runs_dir, settings.erasure_batch_rows, archive),
         project_settings=project_settings,
         projects={p.name for p in queries.list_projects()},
+        archive=archive,
     )
     for name in runtime.projects:
         metrics.init_project(name)
@@ -175,6 +183,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         runtime.writer.start()
+        if runtime.archive is not None and (recovered := runtime.archive.recover()):
+            log.warning("finished or undid %d archive moves interrupted by the restart", recovered)
         if finished := finish_interrupted(runtime):
             log.warning("finished %d deletions interrupted by the restart", finished)
         for run_id in pipeline.recover():

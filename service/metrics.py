@@ -77,6 +77,26 @@ class Metrics:
             "Group-commit transactions that failed and were rolled back.",
             registry=r,
         )
+        # --- archive (the lake tier)
+        self.archive_rows = Counter(
+            "ratchet_archive_rows_total",
+            "Logs moved from the DuckDB file to the Parquet archive.",
+            registry=r,
+        )
+        self.archive_files = Counter(
+            "ratchet_archive_files_total", "Parquet files the archive job wrote.", registry=r
+        )
+        self.archive_seconds = Histogram(
+            "ratchet_archive_seconds",
+            "Duration of one archive job run (all projects).",
+            buckets=(*_LATENCY_BUCKETS, 30.0, 60.0, 300.0, 900.0, 3600.0),
+            registry=r,
+        )
+        self.archive_errors = Counter(
+            "ratchet_archive_errors_total",
+            "Archive job runs of a project that failed (retried next run).",
+            registry=r,
+        )
         self.feedback = Counter(
             "ratchet_feedback_total",
             "Feedback accepted, by project, adapter version that produced the answer (v3, base, none), and rating.",

@@ -187,6 +187,7 @@ class Pipeline:
                     self.rt.settings.snapshot,
                     now=utcnow(),
                     feedback=self.rt.settings.feedback,
+                    archive=self.rt.archive,
                 )
 
         manifest = await asyncio.to_thread(cut)

@@ -14,6 +14,7 @@ from service.gateway import Gateway
 from service.metrics import Metrics
 from service.project_settings import ProjectSettingsBook
 from service.rollouts import Rollouts
+from service.store.archive import Archive
 from service.store.db import Database
 from service.store.erasure import Erasures
 from service.store.queries import Queries
@@ -41,6 +42,8 @@ class Runtime:
     erasures: Erasures
     project_settings: ProjectSettingsBook
     projects: set[str] = field(default_factory=set)
+    archive: Archive | None = None
+    """The Parquet lake of old logs (None: only in tests that build a runtime by hand)."""
     serving_up: bool = False
     """Every project's serving adapters were loaded once since start (readiness waits for it)."""
     # service.pipeline.Pipeline, set by create_app (that module imports this one). Typed Any because

@@ -11,6 +11,7 @@ from typing import Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
+from service.archive import archive_old_logs
 from service.capture import utcnow
 from service.erasure import apply_retention
 from service.keys import flush_key_use
@@ -32,7 +33,7 @@ def _logged(name: str, job: Callable[[], Awaitable[Any]]) -> Callable[[], Awaita
 
 
 def build_scheduler(runtime: Runtime, pipeline: Pipeline) -> AsyncIOScheduler:
-    """The jobs: new-signal check, optional cron runs, canary monitor, reconcile, retention."""
+    """The jobs: new-signal check, optional cron runs, canary monitor, reconcile, retention, archive."""
     t = runtime.settings.training
     scheduler = AsyncIOScheduler(
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30}
@@ -52,6 +53,9 @@ def build_scheduler(runtime: Runtime, pipeline: Pipeline) -> AsyncIOScheduler:
         ("key-use", lambda: asyncio.to_thread(flush_key_use, runtime),
          {"trigger": "interval", "seconds": runtime.settings.key_use_flush_seconds}),
     ]  # fmt: skip
+    if runtime.settings.archive.after_days is not None:
+        jobs.append(("archive", lambda: asyncio.to_thread(archive_old_logs, runtime, utcnow()),
+                     {"trigger": "interval", "seconds": runtime.settings.archive.interval_seconds}))  # fmt: skip
     if t.cron:
         jobs.append(("scheduled-run", pipeline.scheduled, {"trigger": CronTrigger.from_crontab(t.cron)}))
     for job_id, job, trigger in jobs:

@@ -44,6 +44,7 @@ EXPECTED_TABLES = {
     "pending_deletions": ["path", "reason", "created_at"],
     "erasure_jobs": ["id", "project", "kind", "params", "created_at"],
     "upstream_failures": ["project", "id", "failed_at", "adapter", "reason", "log_id"],
+    "archive_files": ["path", "project", "day", "rows", "first_key", "state", "created_at"],
 }  # fmt: skip
 
 

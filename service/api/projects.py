@@ -77,7 +77,13 @@ def export(
     project = scoped_project(principal, runtime, name)
     scrubber = scrubber_for(runtime.settings.snapshot) if scrub else None
     rows = LogExport(
-        runtime.db, project, fmt, since=_naive_utc(since), until=_naive_utc(until), scrubber=scrubber
+        runtime.db,
+        project,
+        fmt,
+        since=_naive_utc(since),
+        until=_naive_utc(until),
+        scrubber=scrubber,
+        archive=runtime.archive,
     )
     chunks = iter(rows)
     first = next(chunks, b"")  # a first batch over the memory limit is still a 503, not a cut stream

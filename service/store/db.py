@@ -145,6 +145,11 @@ class Database:
             current = max(current, version)
         return current
 
+    def register_filesystem(self, filesystem: object) -> None:
+        """Let DuckDB read paths of an fsspec filesystem (the archive on an object store)."""
+        with self._lock:
+            self._con.register_filesystem(filesystem)
+
     def wal_bytes(self) -> int:
         """Size of the write-ahead log (0 when there is none, e.g. right after a checkpoint)."""
         try:

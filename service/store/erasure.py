@@ -15,6 +15,10 @@ a VARCHAR primary key (the index upkeep reads each deleted row's key back from c
 ~0.1 s), and every other commit, ingest's included, waits meanwhile. In batches, ingest commits
 between them.
 
+Archived logs (`service/store/archive.py`) are counted and found in the recording transaction like
+the others (`logs` there includes the archive); the job first rewrites every archive file holding a
+selected log without it (after deleting the feedback on those logs), then deletes from the tables.
+
 Which snapshots hold the data is read from the snapshot files themselves (their `log_id` and
 `end_user` columns), so a snapshot that a row was copied into is found whatever the row's state
 today. The erased person's id is written nowhere lasting: events and adapter marks carry counts,
@@ -35,6 +39,7 @@ import duckdb
 import msgspec
 
 from service.errors import NotFound, StoreUnavailable
+from service.store.archive import Archive
 from service.store.db import Database
 from service.store.serving import Event, Serving
 
@@ -105,10 +110,19 @@ def _selection(kind: str, project: str, params: dict[str, Any]) -> _Selection:
 class Erasures:
     """Deletes logs, end users, projects and expired data; lists and clears what is left to do."""
 
-    def __init__(self, db: Database, runs_dir: Path, batch_rows: int = 200) -> None:
+    def __init__(
+        self, db: Database, runs_dir: Path, batch_rows: int = 200, archive: Archive | None = None
+    ) -> None:
         self._db = db
         self._runs_dir = runs_dir
         self.batch_rows = batch_rows
+        self._archive = archive
+
+    def _see_archive(self, cur: duckdb.DuckDBPyConnection, project: str) -> None:
+        """In a recording transaction: `logs` (read only there) includes the archived logs, so the
+        counts and the snapshot hits cover them."""
+        if self._archive is not None:
+            self._archive.shadow_logs(cur, project)
 
     # --- recording a deletion (its commit point)
 
@@ -134,6 +148,7 @@ class Erasures:
         for attempt in range(_ATTEMPTS):
             try:
                 with self._db.transaction() as cur:
+                    self._see_archive(cur, project)
                     erased = self._count(cur, sel)
                     old_runs = [
                         r for (r,) in cur.execute(
@@ -167,6 +182,7 @@ class Erasures:
         with self._db.transaction() as cur:
             if cur.execute("SELECT 1 FROM projects WHERE name = ?", [project]).fetchone() is None:
                 raise NotFound(f"project {project!r} does not exist")
+            self._see_archive(cur, project)
             erased = self._count(cur, _selection("project", project, {}))
             runs = [r for (r,) in cur.execute("SELECT id FROM runs WHERE project = ?", [project]).fetchall()]
             erased.eval_reports = self._delete_reports(cur, runs)
@@ -199,6 +215,18 @@ class Erasures:
         kind, project, params = row
         sel = _selection(kind, project, json.loads(params))
         n = int(self.batch_rows)
+        if self._archive is not None:  # archived logs first: their files are rewritten without them
+
+            def delete_feedback(ids: list[str]) -> None:
+                for start in range(0, len(ids), n):
+                    self._batch(
+                        lambda cur, chunk=ids[start : start + n]: _deleted(
+                            cur, "DELETE FROM feedback WHERE project = ? AND log_id IN (SELECT unnest(?))",
+                            [project, chunk],
+                        )
+                    )  # fmt: skip
+
+            self._archive.purge(project, sel.logs, _used(sel.params, sel.logs), delete_feedback)
         while self._batch(lambda cur: self._delete_logs(cur, sel, n)) >= n:
             pass
         own = f"DELETE FROM feedback WHERE rowid IN (SELECT rowid FROM feedback WHERE {sel.own_feedback} LIMIT {n})"
@@ -271,6 +299,7 @@ class Erasures:
         for attempt in range(_ATTEMPTS):
             try:
                 with self._db.transaction() as cur:
+                    self._see_archive(cur, project)
                     erased = self._record_in(cur, project, sel, now)
                     if if_nothing and not (erased.logs or erased.feedback or erased.snapshot_runs):
                         raise if_nothing
@@ -413,6 +442,11 @@ class Erasures:
                 "INSERT INTO pending_deletions (path, reason, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                 [[p, reason, now] for p in paths],
             )
+
+
+def _deleted(cur: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> int:
+    (n,) = cur.execute(sql, params).fetchone()
+    return int(n)
 
 
 def _used(params: dict[str, Any], sql: str) -> dict[str, Any]:

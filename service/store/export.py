@@ -46,6 +46,7 @@ from formats.log import Answer, Message
 from formats.logfile import LogLine
 from service.errors import StoreOutOfMemory
 from service.pii import Scrubber
+from service.store.archive import Archive
 from service.store.db import Database, rowid_ranges
 
 log = logging.getLogger("ratchet.export")
@@ -158,6 +159,7 @@ class LogExport:
         until: datetime | None = None,
         scrubber: Scrubber | None = None,
         batch_rows: int = 2048,
+        archive: Archive | None = None,
     ) -> None:
         self.fmt = fmt
         self.scrubber = scrubber
@@ -169,6 +171,8 @@ class LogExport:
         try:
             with db.memory_errors():
                 self._cur.execute("BEGIN TRANSACTION")
+                if archive is not None:  # archived logs too: `logs` is then table + archive
+                    archive.shadow_logs(self._cur, project)
                 params = {"project": project, "since": since or datetime.min, "until": until or datetime.max}
                 self._cur.execute(_CHOOSE, params)
                 total, skipped = self._cur.execute(
@@ -376,11 +380,12 @@ def export_logs(
     until: datetime | None = None,
     *,
     scrubber: Scrubber | None = None,
+    archive: Archive | None = None,
 ) -> int:
     """Write the export to `dest` (a temporary sibling, fsync, rename: `dest` never holds a half
     file); return the rows written."""
     tmp = dest.with_name(f".{dest.name}.tmp")
-    export = LogExport(db, project, fmt, since=since, until=until, scrubber=scrubber)
+    export = LogExport(db, project, fmt, since=since, until=until, scrubber=scrubber, archive=archive)
     with open(tmp, "wb") as fh:
         for chunk in export:
             fh.write(chunk)

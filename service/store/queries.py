@@ -14,6 +14,7 @@ import msgspec
 from service.auth import StoredKey
 from service.domain import AdapterStats, FeedbackOut, ImplicitStats, LogOut, NewSignal, Project, ProjectStats
 from service.errors import Conflict, NotFound
+from service.store.archive import Archive
 from service.store.db import Database
 from service.store.serving import Event, Serving
 
@@ -30,10 +31,13 @@ def _key(row: tuple[Any, ...]) -> StoredKey:
 # Point reads through the single-column indexes on logs.id and feedback.log_id (migration 010).
 # DuckDB plans an index scan only when the indexed column is the scan's one filter, so the project
 # is filtered after a materialized CTE: `project = ? AND id = ?` in one WHERE is a full scan.
-LOG_BY_ID = """
+_LOG_COLUMNS = (
+    "id, project, created_at, source, adapter, request, response, end_user, latency_ms, prompt_tokens,"
+    " completion_tokens, metadata"
+)
+LOG_BY_ID = f"""
 WITH hit AS MATERIALIZED (
-    SELECT id, project, created_at, source, adapter, request, response, end_user, latency_ms,
-           prompt_tokens, completion_tokens, metadata
+    SELECT {_LOG_COLUMNS}
     FROM logs WHERE id = $1
 )
 SELECT * FROM hit WHERE project = $2
@@ -61,8 +65,9 @@ def _json(value: str | None) -> Any:
 class Queries:
     """Projects, keys, logs and stats."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, archive: Archive | None = None) -> None:
         self._db = db
+        self._archive = archive
 
     # --- projects
     def create_project(self, project: Project, key: StoredKey) -> None:
@@ -164,11 +169,16 @@ class Queries:
 
     # --- logs
     def get_log(self, project: str, log_id: str) -> LogOut:
-        """A log with its current feedback rows; `NotFound` if the project has no such log."""
+        """A log with its current feedback rows; `NotFound` if the project has no such log.
+        The DuckDB file is looked in first (an index), then the archive (a scan of its ids)."""
         with self._db.reading() as cur:
             row = cur.execute(LOG_BY_ID, [log_id, project]).fetchone()
-            if row is None:
-                raise NotFound(f"no log {log_id!r} in project {project!r}")
+        if row is None and self._archive is not None:
+            # Looked up after the table: a log deleted from it by a move is listed in the archive.
+            row = self._archive.get_log(project, log_id, _LOG_COLUMNS)
+        if row is None:
+            raise NotFound(f"no log {log_id!r} in project {project!r}")
+        with self._db.reading() as cur:
             feedback = cur.execute(FEEDBACK_BY_LOG_ID, [log_id, project]).fetchall()
         (id_, proj, created, source, adapter, req, resp, user, latency, pt, ct, meta) = row
         return LogOut(
@@ -206,7 +216,14 @@ class Queries:
         server receive times: a later comment does not make an old thumb new, and feedback that
         came before its log counts when the log arrives. Costs O(rows since), not O(history):
         rows arrive in `received_at` order, so DuckDB skips every row group whose maximum is
-        older, on both sides of the union."""
+        older, on both sides of the union.
+
+        Feedback on an archived log (late feedback, `service/store/archive.py`) counts too: the new
+        feedback rows whose log is not in the DuckDB file are looked up in the archive, which costs a
+        scan of the archive's ids only while there are such rows (late feedback, orphans). Logs
+        archived after `since` with feedback from before it (a project without a run for longer than
+        `archive.after_days`) are not counted as new."""
+        since_at = since or datetime.min
         with self._db.reading() as cur:
             row = cur.execute(
                 """
@@ -225,9 +242,31 @@ class Queries:
                     count(*) FILTER (correction IS NOT NULL AND greatest(correction_at, log_at) > $since)
                 FROM pairs
                 """,
-                {"p": project, "since": since or datetime.min},
+                {"p": project, "since": since_at},
             ).fetchone()
-        return NewSignal(since, *row)
+            unmatched = (
+                cur.execute(
+                    "SELECT log_id, rating, correction, rating_at, correction_at FROM feedback f"
+                    " WHERE project = $p AND received_at > $since AND NOT EXISTS"
+                    " (SELECT 1 FROM logs l WHERE l.project = f.project AND l.id = f.log_id)",
+                    {"p": project, "since": since_at},
+                ).fetchall()
+                if self._archive is not None and self._archive.files(cur, project)
+                else []  # nothing archived: no second pass
+            )
+        counts = list(row)
+        archived = self._archive.received_at(project, [u[0] for u in unmatched]) if unmatched else {}
+        for log_id, rating, correction, rating_at, correction_at in unmatched:
+            if log_id not in archived:
+                continue  # an orphan: its log has not arrived
+            log_at = archived[log_id]
+            if rating is not None and max(rating_at or log_at, log_at) > since_at:
+                counts[0] += 1
+                counts[1] += rating == 1
+                counts[2] += rating == -1
+            if correction is not None and max(correction_at or log_at, log_at) > since_at:
+                counts[3] += 1
+        return NewSignal(since, *counts)
 
     def last_run_start(self, project: str) -> datetime | None:
         with self._db.reading() as cur:
@@ -247,6 +286,9 @@ class Queries:
         self.get_project(project)
         new = self.count_new_signal(project, self.last_run_start(project))
         with self._db.reading() as cur:
+            cur.execute("BEGIN TRANSACTION")  # the archive's files and the table as of one moment
+            if self._archive is not None:
+                self._archive.shadow_logs(cur, project)
             (logs,) = cur.execute("SELECT count(*) FROM logs WHERE project = ?", [project]).fetchone()
             fb = cur.execute(
                 """
@@ -276,6 +318,7 @@ class Queries:
                 " WHERE l.project = ? GROUP BY l.adapter ORDER BY l.adapter NULLS FIRST",
                 [project],
             ).fetchall()
+            cur.execute("ROLLBACK")  # read only; drops the view
         (feedback, rated, up, down, corrections, regenerated, edited, copied, events, orphans, stale) = fb
         return ProjectStats(
             project=project,

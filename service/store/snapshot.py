@@ -59,6 +59,7 @@ from formats.snapshot import (
 )
 from service.config import FeedbackSettings, SnapshotSettings
 from service.pii import Scrubber, scrubber_for
+from service.store.archive import Archive
 from service.store.db import Database, rowid_ranges
 
 # Step 1, narrow: the keys of every signal-carrying (log, feedback) pair, with what dedup, the
@@ -139,11 +140,13 @@ def export_snapshot(
     until: datetime | None = None,
     scrubber: Scrubber | None = None,
     feedback: FeedbackSettings | None = None,
+    archive: Archive | None = None,
 ) -> SnapshotManifest:
     """Write the project's cleaned feedback on logs of [since, until) to `out_dir` (replacing it;
     a log's time is its `created_at`, capped at when the server received it); return the manifest. Implicit feedback is weighed by `feedback` (default: the defaults).
     PII is scrubbed with `scrubber`, or the settings' shared one when `settings.scrub_pii`
-    (`service.pii.PiiSetupError` if it cannot be built)."""
+    (`service.pii.PiiSetupError` if it cannot be built). With `archive`, archived logs are read
+    too (`logs` below is then the table and the archive as one relation)."""
     feedback = feedback or FeedbackSettings()
     if scrubber is None and settings.scrub_pii:
         scrubber = scrubber_for(settings)
@@ -162,6 +165,8 @@ def export_snapshot(
     cur = db.cursor()
     try:
         cur.execute("BEGIN TRANSACTION")
+        if archive is not None:
+            archive.shadow_logs(cur, project)
         cur.execute("CREATE OR REPLACE TEMP TABLE snap_event_weights (name VARCHAR, weight DOUBLE)")
         if feedback.event_weights:
             cur.executemany(

@@ -301,6 +301,33 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_adapters_download(args: argparse.Namespace) -> int:
+    """Download an adapter version's PEFT files, manifest and eval report as a tar.gz.
+
+    Example: `ratchet adapters download support-bot@v3 -o support-bot-v3.tar.gz`
+    """
+    import httpx
+
+    out = Path(args.output or f"{args.name.replace('@', '-')}.tar.gz")
+    tmp = out.with_name(f".{out.name}.part")
+    try:
+        with (
+            _client(args).stream("GET", f"/v1/adapters/{args.name}/download") as response,
+            open(tmp, "wb") as fh,
+        ):
+            for chunk in response.iter_bytes():
+                fh.write(chunk)
+    except httpx.HTTPError as exc:
+        tmp.unlink(missing_ok=True)
+        raise RatchetError(f"the download was cut short ({exc}); nothing was written to {out}") from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, out)
+    print(f"wrote {args.name} to {out} ({out.stat().st_size} bytes)")
+    return 0
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     """Show a project's counts and thumbs-up rate per adapter. Example: `ratchet stats --project support-bot`"""
     stats = _client(args).request("GET", f"/v1/projects/{args.project}/stats")
@@ -597,6 +624,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("list", cmd_adapters_list, adapters).add_argument("--project")
     add("promote", cmd_adapters_promote, adapters).add_argument("name")
     add("rollback", cmd_adapters_rollback, adapters).add_argument("name")
+    download = add("download", cmd_adapters_download, adapters)
+    download.add_argument("name", help="the version, e.g. support-bot@v3")
+    download.add_argument("-o", "--output", help="file to write (default PROJECT-vN.tar.gz)")
     rollout = sub.add_parser("rollout", help="what a project serves").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )

@@ -222,7 +222,7 @@ class ImportReport:
     feedback_bad_lines: list[tuple[int, str]] = field(default_factory=list)
     """(line number in the feedback file, what is wrong), for every line of it skipped."""
     feedback_unmatched: int = 0
-    """Feedback-file items that named no row of the file read (this run)."""
+    """Feedback-file items that named no row of the file (not counted when the import resumed)."""
 
 
 def _progress_path(path: Path) -> Path:
@@ -308,7 +308,8 @@ def import_file(
         flush(last_end, last_line)
         bar.update(last_end - bar.n)
     progress_file.unlink(missing_ok=True)
-    report.feedback_unmatched = joins.unmatched() if joins else 0
+    # a resumed import did not read the rows before its start: their feedback went with them
+    report.feedback_unmatched = joins.unmatched() if joins and not report.resumed_at else 0
     return report
 
 

@@ -96,12 +96,19 @@ def test_langsmith_runs_with_feedback(ratchet_server: RatchetProcess, tmp_path: 
     bad = write_with_bad_lines(path, rows, vendors.LANGSMITH_BAD, every=97)
     bad_feedback = write_with_bad_lines(feedback_path, feedback, vendors.FEEDBACK_BAD, every=41)
     assert detect_format(path) == "langsmith"
+    # stop at the first bad run: the runs before it are stored with their feedback, progress saved
+    proc = ratchet(
+        ratchet_server, key, "import", str(path), "--feedback", str(feedback_path), "--stop-on-error"
+    )
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and f":{bad[0]}:" in err and "APIConnectionError" in err
     out, err = imported(ratchet_server, key, str(path), "--feedback", str(feedback_path), "--batch", "50")
+    assert f"resumed at line {bad[0] - 1}" in out and "format langsmith" in out, out
+    assert "matched no row" not in out  # the feedback of the runs before went with them
     assert (
-        "format langsmith" in out and "200 new logs" in out and "200 rows not model calls skipped" in out
-    ), out
-    assert skipped_lines(err, path) == bad and skipped_lines(err, feedback_path) == bad_feedback
-    assert "APIConnectionError" in err and "WeirdMessage" in err
+        skipped_lines(err, path) == bad and skipped_lines(err, feedback_path) == bad_feedback
+    )  # resumed at bad[0]
+    assert "WeirdMessage" in err
     got = stored(ratchet_server, key, "ls", tmp_path)
     assert {i: view(got[i]) for i in expected} == expected
     with ratchet_server.client(key) as c:

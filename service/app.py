@@ -236,6 +236,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
             adapters.list_events,
             adapters.promote,
             adapters.rollback,
+            adapters.download_adapter,
             runs.start_run,
             runs.list_runs,
             runs.get_run,

@@ -219,15 +219,17 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    """Import JSONL: Ratchet's own lines or OpenAI fine-tuning files (resumable, idempotent; bad lines skipped and named by line number).
+    """Import JSONL: Ratchet's own lines, OpenAI fine-tuning files, or Langfuse, Helicone, LangSmith and OpenPipe exports (resumable, idempotent; bad lines skipped and named by line number).
 
-    Example: `ratchet import train.jsonl --project support-bot --format openai-chat`
+    Example: `ratchet import runs.jsonl --feedback feedback.jsonl --project support-bot --format langsmith`
     """
     from service.importer import import_file
 
     path = Path(args.file)
-    if not path.is_file():
-        raise RatchetError(f"{path}: no such file")
+    feedback = Path(args.feedback) if args.feedback else None
+    for given in (path, feedback):
+        if given is not None and not given.is_file():
+            raise RatchetError(f"{given}: no such file")
     report = import_file(
         _client(args),
         args.project,
@@ -236,17 +238,26 @@ def cmd_import(args: argparse.Namespace) -> int:
         restart=args.restart,
         stop_on_error=args.stop_on_error,
         fmt=args.format,
+        feedback_path=feedback,
     )
     for lineno, problem in report.bad_lines:
         print(f"{path}:{lineno}: skipped: {problem.removeprefix(f'line {lineno}: ')}", file=sys.stderr)
+    for lineno, problem in report.feedback_bad_lines:
+        print(f"{feedback}:{lineno}: skipped: {problem}", file=sys.stderr)
     print(
         f"imported {report.lines} lines: {report.logs_accepted} new logs, {report.logs_duplicate} already there, "
         f"{report.feedback} feedback ({report.feedback_duplicate} unchanged)"
         + (f", {len(report.bad_lines)} bad lines skipped" if report.bad_lines else "")
         + (f" (resumed at line {report.resumed_at})" if report.resumed_at else "")
         + f"; format {report.format}"
+        + (f"; {report.not_inference} rows not model calls skipped" if report.not_inference else "")
+        + (
+            f"; {report.feedback_unmatched} feedback items matched no row"
+            if report.feedback_unmatched
+            else ""
+        )
     )
-    return 1 if report.bad_lines else 0
+    return 1 if report.bad_lines or report.feedback_bad_lines else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -287,6 +298,33 @@ def cmd_export(args: argparse.Namespace) -> int:
     os.replace(tmp, out)
     left_out = chosen - rows + skipped
     print(f"wrote {rows} rows to {out}" + (f" ({left_out} left out: see the server log)" if left_out else ""))
+    return 0
+
+
+def cmd_adapters_download(args: argparse.Namespace) -> int:
+    """Download an adapter version's PEFT files, manifest and eval report as a tar.gz.
+
+    Example: `ratchet adapters download support-bot@v3 -o support-bot-v3.tar.gz`
+    """
+    import httpx
+
+    out = Path(args.output or f"{args.name.replace('@', '-')}.tar.gz")
+    tmp = out.with_name(f".{out.name}.part")
+    try:
+        with (
+            _client(args).stream("GET", f"/v1/adapters/{args.name}/download") as response,
+            open(tmp, "wb") as fh,
+        ):
+            for chunk in response.iter_bytes():
+                fh.write(chunk)
+    except httpx.HTTPError as exc:
+        tmp.unlink(missing_ok=True)
+        raise RatchetError(f"the download was cut short ({exc}); nothing was written to {out}") from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, out)
+    print(f"wrote {args.name} to {out} ({out.stat().st_size} bytes)")
     return 0
 
 
@@ -534,11 +572,20 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--project", help="needed with an admin key; implied by a project key")
     imp.add_argument(
         "--format",
-        choices=("auto", "ratchet", "openai-chat", "openai-preference"),
+        choices=("auto", "ratchet", "openai-chat", "openai-preference", "langfuse", "helicone", "langsmith",
+                 "openpipe"),
         default="auto",
         help="ratchet: `ratchet export`'s lines; openai-chat / openai-preference: OpenAI fine-tuning files "
         "(chat rows are liked unless the answer has weight 0; a preference row is its non-preferred answer "
-        "corrected by the preferred one); auto (default): from the first line where unambiguous, else ratchet",
+        "corrected by the preferred one); langfuse: GENERATION observations; helicone: the request export "
+        "(with bodies); langsmith: runs (llm runs); openpipe: dataset rows (a rejected_message is a "
+        "preference); auto (default): from the first line where unambiguous, else ratchet",
+    )  # fmt: skip
+    imp.add_argument(
+        "--feedback",
+        metavar="FILE",
+        help="the vendor's feedback, joined to the rows by its ids: Langfuse scores (GET /api/public/scores "
+        "rows) or LangSmith feedback (list_feedback rows)",
     )
     imp.add_argument("--batch", type=int, default=500, help="lines per request (default 500)")
     imp.add_argument("--restart", action="store_true", help="ignore saved progress and start at line 1")
@@ -586,6 +633,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("list", cmd_adapters_list, adapters).add_argument("--project")
     add("promote", cmd_adapters_promote, adapters).add_argument("name")
     add("rollback", cmd_adapters_rollback, adapters).add_argument("name")
+    download = add("download", cmd_adapters_download, adapters)
+    download.add_argument("name", help="the version, e.g. support-bot@v3")
+    download.add_argument("-o", "--output", help="file to write (default PROJECT-vN.tar.gz)")
     rollout = sub.add_parser("rollout", help="what a project serves").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )

@@ -1,9 +1,14 @@
 """`ratchet import`: JSONL files into logs and feedback, resumable and idempotent.
 
-Three formats (`FORMATS`): Ratchet's own lines (`ratchet`), and OpenAI fine-tuning files, chat
-(`openai-chat`) and preference (`openai-preference`), each row read into Ratchet's line by
-`formats.finetuning` first. `auto` picks from the first line where that is unambiguous
-(`formats.finetuning.detect`), else Ratchet's own.
+Formats (`FORMATS`): Ratchet's own lines (`ratchet`); OpenAI fine-tuning files, chat
+(`openai-chat`) and preference (`openai-preference`), read by `formats.finetuning`; and the exports
+of the tools teams are leaving: `langfuse` (GENERATION observations, `formats.langfuse_export`),
+`helicone` (request export, `formats.helicone`), `langsmith` (runs, `formats.langsmith`) and
+`openpipe` (dataset rows, `formats.openpipe`). Each reads a row into Ratchet's line first. `auto`
+picks from the first line where that is unambiguous, else Ratchet's own. Langfuse scores and
+LangSmith feedback come as a second file (`feedback_path`), read whole first and joined to the rows
+by the vendor's ids; a row that is no model call (a Langfuse SPAN, a LangSmith chain run) is
+skipped and counted, not a bad line.
 
 A Ratchet line is a `formats.logfile.LogLine` — exactly what `ratchet export --format jsonl` writes:
 OpenAI chat `messages` ending in the assistant's answer (text or tool calls), `tools`, the log's
@@ -24,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,8 +37,10 @@ from typing import Any
 import msgspec
 from tqdm import tqdm
 
+from formats import helicone, langfuse_export, langsmith, openpipe
 from formats.finetuning import FineTuningError, chat_line, detect, preference_line
 from formats.logfile import LogLine
+from formats.vendor import ExportRow, FeedbackRef, NotInference, VendorError, decode_object, log_id
 from service.capture import Rejected, check_log, decode_item
 from service.client import RatchetClient
 from service.domain import FeedbackIn, LogIn
@@ -41,34 +48,85 @@ from service.errors import InvalidInput, WriterSaturated
 
 _decode_line = msgspec.json.Decoder(LogLine)
 _encode = msgspec.json.encode
-FORMATS = ("auto", "ratchet", "openai-chat", "openai-preference")
-_READERS = {"openai-chat": chat_line, "openai-preference": preference_line}
+FORMATS = (
+    "auto",
+    "ratchet",
+    "openai-chat",
+    "openai-preference",
+    "langfuse",
+    "helicone",
+    "langsmith",
+    "openpipe",
+)
+_READERS: dict[str, Callable[[bytes], LogLine | ExportRow]] = {
+    "openai-chat": chat_line,
+    "openai-preference": preference_line,
+    "langfuse": langfuse_export.read_row,
+    "helicone": helicone.read_row,
+    "langsmith": langsmith.read_row,
+    "openpipe": openpipe.read_row,
+}
+_VENDORS = {"langfuse": langfuse_export, "helicone": helicone, "langsmith": langsmith, "openpipe": openpipe}
+FEEDBACK_READERS: dict[str, Callable[[bytes], list[FeedbackRef]]] = {
+    "langfuse": langfuse_export.read_scores,
+    "langsmith": langsmith.read_feedback,
+}
+"""Formats whose feedback comes as a second file (Langfuse scores, LangSmith feedback)."""
 
 
 def detect_format(path: Path) -> str:
-    """The format of a file from its first non-blank line (`formats.finetuning.detect`), else
-    Ratchet's own."""
+    """The format of a file from its first non-blank line (`formats.finetuning.detect`, then each
+    vendor's `detect`), else Ratchet's own."""
     with open(path, "rb") as fh:
         first = next((raw for raw in fh if raw.strip()), b"")
-    return detect(first) or "ratchet"
+    if found := detect(first):
+        return found
+    try:
+        row = decode_object(first)
+    except VendorError:
+        return "ratchet"
+    return next((name for name, module in _VENDORS.items() if module.detect(row)), "ratchet")
 
 
-def read_line(raw: bytes, lineno: int, fmt: str = "ratchet") -> LogLine:
-    """One line of a file in `fmt` as Ratchet's line; `InvalidInput` naming the line."""
+def read_line(raw: bytes, lineno: int, fmt: str = "ratchet") -> ExportRow:
+    """One line of a file in `fmt` as Ratchet's line (with any further feedback items and join
+    keys); `InvalidInput` naming the line, `NotInference` for a row that is no model call."""
     try:
         if fmt in _READERS:
-            return _READERS[fmt](raw)
-        return _decode_line.decode(raw)
-    except FineTuningError as exc:
+            read = _READERS[fmt](raw)
+            return read if isinstance(read, ExportRow) else ExportRow(read)
+        return ExportRow(_decode_line.decode(raw))
+    except (FineTuningError, VendorError) as exc:
         raise InvalidInput(f"line {lineno}: {exc}", f"line {lineno}") from exc
     except msgspec.MsgspecError as exc:
         raise InvalidInput(f"line {lineno}: {exc}", f"line {lineno}") from exc
 
 
-def parse_line(raw: bytes, lineno: int, fmt: str = "ratchet") -> tuple[LogIn, list[FeedbackIn]]:
+class Joins:
+    """A feedback file's items by the row key they join (`ExportRow.join_keys`), noting which
+    keys some row took."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, list[dict[str, Any]]] = {}
+        self.taken: set[str] = set()
+
+    def take(self, keys: tuple[str, ...]) -> list[dict[str, Any]]:
+        found = [k for k in keys if k in self.items]
+        self.taken.update(found)
+        return [item for k in found for item in self.items[k]]
+
+    def unmatched(self) -> int:
+        return sum(len(items) for k, items in self.items.items() if k not in self.taken)
+
+
+def parse_line(
+    raw: bytes, lineno: int, fmt: str = "ratchet", joins: Joins | None = None
+) -> tuple[LogIn, list[FeedbackIn]]:
     """A log and the feedback items the line carries (explicit fields in one, then one per implicit
-    kind, as an app would have sent them); `InvalidInput` naming the line."""
-    line = read_line(raw, lineno, fmt)
+    kind, as an app would have sent them, then the reader's further items and those `joins` holds
+    for the row); `InvalidInput` naming the line, `NotInference` for a row that is no model call."""
+    row = read_line(raw, lineno, fmt)
+    line = row.line
     where = f"line {lineno}"
     request: dict[str, Any]
     if line.prompt is not None:
@@ -100,12 +158,12 @@ def parse_line(raw: bytes, lineno: int, fmt: str = "ratchet") -> tuple[LogIn, li
                 request[name] = getattr(line, name)
         finish = line.finish_reason or ("tool_calls" if answer.get("tool_calls") else "stop")
         choice = {"index": 0, "message": answer, "finish_reason": finish}
-    log_id = line.id or f"imp-{hashlib.sha256(raw.strip()).hexdigest()[:32]}"
+    row_id = line.id or f"imp-{hashlib.sha256(raw.strip()).hexdigest()[:32]}"
     response: dict[str, Any] = {"choices": [choice]}
     if line.error is not None:
         response["error"] = {"message": line.error}
     log = LogIn(
-        id=log_id,
+        id=row_id,
         request=msgspec.Raw(_encode(request)),
         response=msgspec.Raw(_encode(response)),
         created_at=line.created_at,
@@ -130,14 +188,22 @@ def parse_line(raw: bytes, lineno: int, fmt: str = "ratchet") -> tuple[LogIn, li
     if line.copied:
         items.append({"kind": "copied"})
     items += [{"kind": "event", "event": name} for name in line.events or ()]
+    items += list(row.feedback)
+    # a joined item gets an id of its own per row: a trace-level score joins several generations
+    joined = joins.take(row.join_keys) if joins else []
+    items += [{**j, "id": _joined_id(j["id"], row_id)} if "id" in j else j for j in joined]
     feedback = []
     for fields in items:
-        item = FeedbackIn(log_id=log_id, end_user=line.end_user, created_at=line.created_at, **fields)
-        checked_fb = decode_item(_encode(item), FeedbackIn)
+        item = {"log_id": row_id, "end_user": line.end_user, "created_at": line.created_at, **fields}
+        checked_fb = decode_item(_encode({k: v for k, v in item.items() if v is not None}), FeedbackIn)
         if isinstance(checked_fb, Rejected):
             raise InvalidInput(f"{where}: {checked_fb.field}: {checked_fb.message}", where)
-        feedback.append(item)
+        feedback.append(checked_fb)
     return log, feedback
+
+
+def _joined_id(item_id: str, row_id: str) -> str:
+    return log_id(f"{item_id}.{row_id}", "fb")
 
 
 @dataclass
@@ -151,6 +217,12 @@ class ImportReport:
     bad_lines: list[tuple[int, str]] = field(default_factory=list)
     """(line number in the file, what is wrong), for every line skipped."""
     format: str = "ratchet"
+    not_inference: int = 0
+    """Rows skipped as no model call (Langfuse SPAN / EVENT observations, LangSmith chain runs)."""
+    feedback_bad_lines: list[tuple[int, str]] = field(default_factory=list)
+    """(line number in the feedback file, what is wrong), for every line of it skipped."""
+    feedback_unmatched: int = 0
+    """Feedback-file items that named no row of the file (not counted when the import resumed)."""
 
 
 def _progress_path(path: Path) -> Path:
@@ -177,10 +249,12 @@ def import_file(
     restart: bool = False,
     stop_on_error: bool = False,
     fmt: str = "auto",
+    feedback_path: Path | None = None,
 ) -> ImportReport:
     """Send every line of `path` to the server in batches; resume after the last acknowledged
     batch. Bad lines are skipped and listed in the report (`stop_on_error`: raise `InvalidInput`
-    naming the first one, after saving the progress up to it)."""
+    naming the first one, after saving the progress up to it). `feedback_path`: the vendor's
+    feedback file (`FEEDBACK_READERS`), joined to the rows; its bad lines are reported too."""
     progress_file = _progress_path(path)
     stat = path.stat()
     signature = f"{stat.st_size}:{stat.st_mtime_ns}"
@@ -192,6 +266,7 @@ def import_file(
     if fmt not in FORMATS:
         raise InvalidInput(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}", "format")
     report = ImportReport(resumed_at=start_line, format=detect_format(path) if fmt == "auto" else fmt)
+    joins = _read_feedback_file(feedback_path, report) if feedback_path else None
     params = {"project": project} if project else {}
     batch: list[tuple[int, LogIn, list[FeedbackIn]]] = []
 
@@ -212,7 +287,9 @@ def import_file(
         last_end, last_line = offset, start_line
         for lineno, raw, start, end in _lines(fh, offset, start_line):
             try:
-                log, feedback = parse_line(raw, lineno, report.format)
+                log, feedback = parse_line(raw, lineno, report.format, joins)
+            except NotInference:
+                report.not_inference += 1
             except InvalidInput as exc:
                 if stop_on_error:
                     flush(start, lineno - 1)
@@ -231,7 +308,31 @@ def import_file(
         flush(last_end, last_line)
         bar.update(last_end - bar.n)
     progress_file.unlink(missing_ok=True)
+    # a resumed import did not read the rows before its start: their feedback went with them
+    report.feedback_unmatched = joins.unmatched() if joins and not report.resumed_at else 0
     return report
+
+
+def _read_feedback_file(path: Path, report: ImportReport) -> Joins:
+    """A feedback file's items by the row key they join; bad lines noted in the report."""
+    reader = FEEDBACK_READERS.get(report.format)
+    if reader is None:
+        raise InvalidInput(
+            f"format {report.format} takes no feedback file (only {', '.join(FEEDBACK_READERS)})", "feedback"
+        )
+    joins = Joins()
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            try:
+                refs = reader(raw)
+            except VendorError as exc:
+                report.feedback_bad_lines.append((lineno, str(exc)))
+                continue
+            for ref in refs:
+                joins.items.setdefault(ref.key, []).append(ref.item)
+    return joins
 
 
 def _send_batch(

@@ -188,6 +188,9 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("POST", "/v1/adapters/{name}/rollback"): Route(
         "manage", 409, lambda w: ("POST", f"/v1/adapters/{A}@v7/rollback", {})
     ),
+    # Once the key is let through: no such version (404); tests/test_adapter_download.py checks that
+    # another project's read key gets 404 for a version that exists.
+    ("GET", "/v1/adapters/{name}/download"): Route("read", 404, lambda w: ("GET", f"/v1/adapters/{A}@v7/download", {})),
     ("GET", "/healthz"): Route("public", 200, lambda w: ("GET", "/healthz", {})),
     ("GET", "/readyz"): Route("public", 503, lambda w: ("GET", "/readyz", {})),  # no vLLM
     ("GET", "/metrics"): Route("metrics", 200, lambda w: ("GET", "/metrics", {})),

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import msgspec
 from litestar import get, post
+from litestar.response import Stream
 
 from deploy.names import InvalidServedName, parse_served_name
+from service.adapter_archive import adapter_files, archive_chunks, archive_name
 from service.api.deps import needs, scoped_project
 from service.capture import utcnow
 from service.domain import Principal
@@ -123,3 +125,26 @@ async def rollback(name: str, principal: Principal, runtime: Runtime) -> Transit
     """Take the canary (or the champion, returning the previous one) out of serving and unload it."""
     t = await runtime.rollouts.rollback(_project_of(name, principal, runtime), adapter=name, reason="manual")
     return TransitionOut(t.kind, t.adapter, t.reason, _rollout_out(t.after))
+
+
+@get(
+    "/v1/adapters/{name:str}/download",
+    summary="Download an adapter version (PEFT files, manifest, eval report)",
+    sync_to_thread=True,
+    opt=needs("read"),
+    media_type="application/gzip",
+)
+def download_adapter(name: str, principal: Principal, runtime: Runtime) -> Stream:
+    """`project@vN` as a streamed tar.gz: one directory that `peft.PeftModel.from_pretrained`
+    loads (adapter_config.json, the weights, the trainer's manifest.json), with `ratchet.json`
+    (the version's record) and the offline gate's report when it was evaluated
+    (`service.adapter_archive`). 404 for another project's version or one without files here."""
+    _project_of(name, principal, runtime)
+    record = runtime.serving.adapter(name)
+    files = adapter_files(record)
+    report = runtime.runs.report_for_adapter(record.served_name)
+    return Stream(
+        archive_chunks(record, files, report),
+        media_type="application/gzip",
+        headers={"content-disposition": f'attachment; filename="{archive_name(record)}.tar.gz"'},
+    )

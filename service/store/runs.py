@@ -48,6 +48,13 @@ def _run(row: tuple[Any, ...]) -> RunRecord:
     )
 
 
+class EvalReportText(msgspec.Struct):
+    """An evaluation report as stored: JSON for machines, Markdown for people."""
+
+    json: str
+    markdown: str
+
+
 class Runs:
     """Reads and writes runs; every state change is also an event."""
 
@@ -132,6 +139,16 @@ class Runs:
                 "INSERT OR REPLACE INTO eval_reports VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [run_id, project, candidate, incumbent, promote, now, report.decode(), markdown],
             )
+
+    def report_for_adapter(self, served_name: str) -> EvalReportText | None:
+        """The newest evaluation report whose candidate was this adapter version, if any."""
+        with self._db.reading() as cur:
+            row = cur.execute(
+                "SELECT CAST(report AS VARCHAR), markdown FROM eval_reports WHERE candidate = ?"
+                " ORDER BY created_at DESC LIMIT 1",
+                [served_name],
+            ).fetchone()
+        return None if row is None else EvalReportText(json=str(row[0]), markdown=str(row[1]))
 
     def report_markdown(self, run_id: str) -> str:
         with self._db.reading() as cur:

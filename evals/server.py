@@ -10,11 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
 from evals.errors import ServerError
+
+
+class ChatAnswer(NamedTuple):
+    """A generated answer and why generation stopped ("stop", "length" = cut at max_tokens, ...)."""
+
+    text: str
+    finish_reason: str | None
 
 
 def error_message(response: httpx.Response) -> str:
@@ -125,6 +132,22 @@ class ModelServer:
         seed: int | None = None,
     ) -> str:
         """The answer `model` generates for `messages`."""
+        answer = await self.chat_answer(
+            model, messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed
+        )
+        return answer.text
+
+    async def chat_answer(
+        self,
+        model: str,
+        messages: list[dict[str, Any]],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> ChatAnswer:
+        """The answer `model` generates for `messages`, with the server's finish reason."""
         body: dict[str, Any] = {
             "model": model,
             "messages": messages,
@@ -136,8 +159,11 @@ class ModelServer:
             body["seed"] = seed
         data = await self._post("/v1/chat/completions", body, f"chat completion for {model!r}")
         try:
-            return data["choices"][0]["message"]["content"] or ""
-        except (KeyError, IndexError, TypeError) as exc:
+            choice = data["choices"][0]
+            return ChatAnswer(
+                text=choice["message"]["content"] or "", finish_reason=choice.get("finish_reason")
+            )
+        except (KeyError, IndexError, TypeError, AttributeError) as exc:
             raise ServerError(
                 f"vLLM at {self.url}: chat completion for {model!r} has no answer: {data!r:.200}"
             ) from exc

@@ -211,8 +211,8 @@ class GenerationConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
 class FeedbackGateConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Evidence built from the holdout's own feedback, for projects with no hand-written answer key.
 
-    - corrections as references (primary): is the candidate's answer closer (chrF) to what users
-      wrote than the incumbent's?
+    - corrections (and liked answers) as references (primary): is the candidate's answer closer
+      (chrF) to what users wrote or liked than the incumbent's?
     - a learned judge (primary, once calibrated): the reward model trained beside the adapter.
     - an LLM judge, if configured, decides only once calibrated on the same feedback.
     - guards: forgetting (liked answers: by similarity, and by a calibrated judge) and degenerate
@@ -224,7 +224,9 @@ class FeedbackGateConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     enabled: Annotated[bool, _doc("Build evidence from the holdout's feedback; false turns it all off.")] = (
         True
     )
-    corrections: Annotated[bool, _doc("Score answers against held-out corrections (primary).")] = True
+    corrections: Annotated[
+        bool, _doc("Score answers against held-out corrections and liked answers as references (primary).")
+    ] = True
     forgetting: Annotated[
         bool, _doc("Guard the held-out prompts whose logged answer users liked against getting worse.")
     ] = True
@@ -242,11 +244,6 @@ class FeedbackGateConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     reward_timeout_s: Annotated[
         float, _doc("Longest the reward model's scoring process may run (seconds)."), msgspec.Meta(gt=0)
     ] = 900.0
-    min_examples: Annotated[
-        int,
-        _doc("Held-out prompts with a correction (or a liked answer) a scorer needs to decide (or guard)."),
-        msgspec.Meta(ge=1),
-    ] = 30
     forgetting_tolerance: Annotated[
         float,
         _doc("Largest tolerated drop on liked prompts (chrF/100, or the judge's [-1, 1] preference)."),

@@ -1,12 +1,14 @@
 """The gate built from the holdout's own feedback: which scorers, in which roles.
 
-    corrections               primary  chrF to held-out corrections (>= min_examples prompts)
+    references                primary  chrF to held-out corrections and liked answers
     learned_judge             primary  the reward model, once calibrated on held-out thumbs
-    forgetting_liked          guard    chrF to liked answers on liked prompts
     forgetting_learned_judge  guard    the calibrated reward model on liked prompts
     forgetting_judge          guard    the calibrated LLM judge on liked prompts (if one is configured)
+    forgetting_liked          guard    chrF to liked answers on liked prompts, when no judge above
+                                       is calibrated (reported either way)
     degenerate_answers        guard    empty / truncated / looping answers, rate vs the incumbent
 
+A scorer needs `min_samples` held-out prompts (the evaluation's own minimum) to decide or guard.
 Every scorer that lacks the data or calibration to decide is a diagnostic that says why; with
 none able to decide, nothing is promoted. An LLM judge configured beside it is calibrated on the
 same feedback by the runner (`PairwiseJudge(feedback=...)`).
@@ -31,6 +33,7 @@ def build_feedback_scorers(
     config: FeedbackGateConfig,
     feedback: Sequence[FeedbackExample],
     *,
+    min_samples: int = 30,
     reward_model: RewardModel | None = None,
     judge: PairwiseJudge | None = None,
 ) -> list[Scorer]:
@@ -46,11 +49,7 @@ def build_feedback_scorers(
     if config.corrections:
         scorers.append(
             ReferenceSimilarity(
-                by_key,
-                references="corrections",
-                name="corrections",
-                role="primary",
-                min_examples=config.min_examples,
+                by_key, references="endorsed", name="references", role="primary", min_examples=min_samples
             )
         )
     learned = None
@@ -58,6 +57,12 @@ def build_feedback_scorers(
         learned = LearnedJudge(reward_model, feedback, calibration=config.calibration)
         scorers.append(learned)
     if config.forgetting:
+        judge_guards = [
+            ForgettingGuard(inner, by_key, tolerance=config.forgetting_tolerance, min_examples=min_samples)
+            for inner in (learned, judge)
+            if inner is not None
+        ]
+        scorers += judge_guards
         scorers.append(
             ReferenceSimilarity(
                 by_key,
@@ -65,16 +70,10 @@ def build_feedback_scorers(
                 name="forgetting_liked",
                 role="guard",
                 tolerance=config.forgetting_tolerance,
-                min_examples=config.min_examples,
+                min_examples=min_samples,
+                defer_to=judge_guards,
             )
         )
-        for inner in (learned, judge):
-            if inner is not None:
-                scorers.append(
-                    ForgettingGuard(
-                        inner, by_key, tolerance=config.forgetting_tolerance, min_examples=config.min_examples
-                    )
-                )
     if config.degenerate:
         scorers.append(DegenerateAnswers(tolerance=config.degenerate_tolerance))
     return scorers

@@ -81,7 +81,9 @@ def build_scorers(
                 command=feedback_cfg.reward_command,
                 timeout_s=feedback_cfg.reward_timeout_s,
             )
-        scorers += build_feedback_scorers(feedback_cfg, feedback, reward_model=reward_model, judge=judge)
+        scorers += build_feedback_scorers(
+            feedback_cfg, feedback, min_samples=config.min_samples, reward_model=reward_model, judge=judge
+        )
     if config.preference_agreement and config.holdout is not None:
         scorers.append(PreferenceAgreement(candidate=config.candidate, incumbent=config.incumbent))
     return scorers

@@ -343,11 +343,12 @@ class RewardScorer:
     """A loaded reward model: `score(items)` -> one float per item (higher = users would like it more)."""
 
     def __init__(self, directory: str | Path, *, base_model: str | None = None) -> None:
+        self.manifest = read_manifest(directory)  # before the heavy imports: a wrong directory fails fast
+
         import torch
         from peft import PeftModel
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        self.manifest = read_manifest(directory)
         base = base_model or self.manifest["base_model"]
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
@@ -410,6 +411,7 @@ def score_file(
 ) -> int:
     """Score every item of `input_path`, write `{"id", "score"}` lines to `output_path` (all at once,
     by rename) in input order; returns the number scored."""
+    read_manifest(directory)
     items = read_items(input_path)
     scorer = RewardScorer(directory)
     scores = scorer.score(items, batch_size=batch_size)

@@ -36,6 +36,7 @@ class ForgettingGuard:
         self.name = name or f"forgetting_{judge.name}"
         self.kind = judge.kind
         self._liked = {key for key, ex in feedback.items() if ex.liked}
+        self._keys: dict[str, str] = {}
         self.role: Role = "diagnostic"
         self.calibration = None
         self.eligibility = "not eligible: the judge is not calibrated yet"
@@ -57,7 +58,9 @@ class ForgettingGuard:
             )
 
     def applies_to(self, example: EvalExample) -> bool:
-        return self.judge.applies_to(example) and prompt_key(example.messages) in self._liked
+        if example.id not in self._keys:
+            self._keys[example.id] = prompt_key(example.messages)
+        return self.judge.applies_to(example) and self._keys[example.id] in self._liked
 
     async def score(self, example: EvalExample, answers: AnswerPair, server: Any) -> ExampleScore | None:
         return await self.judge.score(example, answers, server)

@@ -50,6 +50,7 @@ class LearnedJudge:
         self._rewards: dict[tuple[str, str], float] = {}
         self._lock = asyncio.Lock()
         self._prepared = False
+        self._keys: dict[str, str] = {}
 
     @property
     def calibrated(self) -> bool:
@@ -73,6 +74,7 @@ class LearnedJudge:
                     want(ex.messages, answer)
             for ex, pair in zip(examples, answers, strict=True):
                 if ex.source == "holdout":
+                    self._keys[ex.id] = prompt_key(ex.messages)
                     want(ex.messages, pair.candidate)
                     want(ex.messages, pair.incumbent)
             try:
@@ -90,10 +92,10 @@ class LearnedJudge:
                 self.role = self._role_when_calibrated
 
     def applies_to(self, example: EvalExample) -> bool:
-        return example.source == "holdout" and bool(self._rewards)
+        return example.source == "holdout" and bool(self._rewards) and example.id in self._keys
 
     async def score(self, example: EvalExample, answers: AnswerPair, server: object) -> ExampleScore:
-        key = prompt_key(example.messages)
+        key = self._keys[example.id]
         cand, inc = self._rewards[(key, answers.candidate)], self._rewards[(key, answers.incumbent)]
         diff = 0.0 if answers.candidate == answers.incumbent else 2 / (1 + math.exp(-(cand - inc))) - 1
         return ExampleScore(

@@ -151,6 +151,17 @@ def calibrate_scores(
 Verdict = Literal["A", "B", "TIE"]
 
 
+def agreement_and_kappa(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Observed agreement and Cohen's kappa of each k x k confusion matrix in `confusion` (shape
+    (m, k, k)); kappa 0 where chance agreement is 1 (one category only)."""
+    n = confusion.sum(axis=(1, 2))
+    observed = np.trace(confusion, axis1=1, axis2=2) / n
+    expected = (confusion.sum(axis=2) * confusion.sum(axis=1)).sum(axis=1) / n**2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kappa = np.where(expected < 1, (observed - expected) / np.where(expected < 1, 1 - expected, 1), 0.0)
+    return observed, kappa
+
+
 def calibrate_verdicts(
     truth: Sequence[Literal["A", "B"]],
     verdicts: Sequence[Verdict],
@@ -174,22 +185,21 @@ def calibrate_verdicts(
             why="not calibrated: the holdout has no preference pairs (corrections, or liked and disliked answers to one prompt)",
         )  # fmt: skip
     labels = ["A", "B", "TIE"]
-
-    def kappa_of(tt: np.ndarray, vv: np.ndarray) -> float:
-        k = cohen_kappa_score(tt, vv, labels=labels)
-        return 0.0 if np.isnan(k) else float(k)  # one category only: no agreement beyond chance
-
+    kappa = float(cohen_kappa_score(t, v, labels=labels))
+    kappa = 0.0 if np.isnan(kappa) else kappa  # one category only: no agreement beyond chance
     agreement = float((t == v).mean())
-    kappa = kappa_of(t, v)
-    groups = [np.flatnonzero(ids == g) for g in dict.fromkeys(ids.tolist())]
+    # Bootstrap over pairs: each pair's 3x3 confusion counts, summed over resampled pairs; kappa of
+    # each resample from its confusion matrix (the formula cohen_kappa_score computes above).
+    code = {label: i for i, label in enumerate(labels)}
+    cells = np.array([code[a] * 3 + code[b] for a, b in zip(t, v, strict=True)])
+    _, group = np.unique(ids, return_inverse=True)
+    per_pair = np.zeros((pairs, 9))
+    np.add.at(per_pair, (group, cells), 1)
     rng = np.random.default_rng(config.seed)
-    agree_bs, kappa_bs = np.empty(config.resamples), np.empty(config.resamples)
-    for i in range(config.resamples):
-        rows = np.concatenate([groups[j] for j in rng.integers(0, len(groups), size=len(groups))])
-        agree_bs[i] = (t[rows] == v[rows]).mean()
-        kappa_bs[i] = kappa_of(t[rows], v[rows])
-    a_low, a_high = _interval(agree_bs, config.level)
-    k_low, k_high = _interval(kappa_bs, config.level)
+    confusion = per_pair[rng.integers(0, pairs, size=(config.resamples, pairs))].sum(axis=1).reshape(-1, 3, 3)
+    observed, kappas = agreement_and_kappa(confusion)
+    a_low, a_high = _interval(observed, config.level)
+    k_low, k_high = _interval(kappas, config.level)
     figures = (
         f"agreement {agreement:.2f} [{a_low:.2f}, {a_high:.2f}], Cohen's kappa {kappa:.2f} "
         f"[{config.level:.0%} CI {k_low:.2f}, {k_high:.2f}] on {pairs} held-out pairs ({len(t)} verdicts, {ties} ties)"

@@ -15,16 +15,18 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 from evals import EvalConfig, JudgeConfig, Report, run
 from evals.calibration import (
     AgreementCalibration,
     AucCalibration,
     CalibrationConfig,
+    agreement_and_kappa,
     calibrate_scores,
     calibrate_verdicts,
 )
@@ -145,6 +147,14 @@ def test_a_position_biased_judge_agrees_half_the_time_and_has_kappa_zero():
     ids = [i // 2 for i in range(80)]
     biased = calibrate_verdicts(truth, ["A"] * 80, ids)
     assert biased.agreement == 0.5 and biased.kappa == 0.0 and not biased.eligible
+    noisy = ["B" if i % 5 == 0 else x for i, x in enumerate(truth)]
+    mixed = calibrate_verdicts(truth, noisy, ids)
+    confusion = np.zeros((1, 3, 3))
+    for a, b in zip(truth, noisy, strict=True):
+        confusion[0, "AB".index(a), "AB".index(b)] += 1
+    _, kappa = agreement_and_kappa(confusion)  # what the interval's resamples are computed with
+    assert kappa[0] == pytest.approx(cohen_kappa_score(truth, noisy)) == pytest.approx(mixed.kappa)
+    assert mixed.kappa_low < mixed.kappa < mixed.kappa_high
     faithful = calibrate_verdicts(truth, truth, ids)
     assert faithful.kappa == 1.0 and faithful.eligible and faithful.pairs == 40
     few = calibrate_verdicts(truth[:20], truth[:20], ids[:20], CalibrationConfig(min_pairs=30))

@@ -248,6 +248,6 @@ def test_a_forgetting_adapter_is_rejected_by_the_forgetting_guards():
     for outcome in outcomes:
         assert not outcome.decision.promote
         assert blocked_by(outcome) & {"forgetting_liked", "forgetting_learned_judge"}
-    primaries_ok = sum(all(r.ok for r in o.decision.reasons if r.role == "primary") for o in outcomes)
-    print(f"forgetting adapter: the primary scorers alone would have promoted it in {primaries_ok}/20 runs")
-    assert primaries_ok >= 10
+    judged_better = primary_passed(outcomes, "learned_judge")
+    print(f"forgetting adapter: the learned judge found it better overall in {judged_better}/20 runs")
+    assert judged_better >= 15

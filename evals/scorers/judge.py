@@ -113,35 +113,38 @@ class PairwiseJudge:
         """Whether the judge may decide: calibrated on held-out pairs, or not asked to be."""
         return self._feedback is None or (self.calibration is not None and self.calibration.eligible)
 
-    def _refused(self, response: httpx.Response) -> list[str]:
-        """The optional parameters a 400 answer names (the endpoint does not accept them)."""
+    @staticmethod
+    def _refused(response: httpx.Response, body: dict[str, Any]) -> list[str]:
+        """The optional parameters of `body` a 400 answer names (the endpoint does not accept them)."""
         if response.status_code != 400:
             return []
         message = error_message(response)
-        return [k for k in self._optional if re.search(rf"\b{re.escape(k)}\b", message)]
+        optional = [k for k in body if k not in ("model", "messages")]
+        return [k for k in optional if re.search(rf"\b{re.escape(k)}\b", message)]
 
     def _leave_out(self, refused: list[str], message: str) -> None:
         """Stop sending `refused`; a refused max_tokens moves to max_completion_tokens when the
         endpoint asks for that (OpenAI's newer models do)."""
         for key in refused:
             value = self._optional.pop(key, None)
-            if key == "max_tokens" and "max_completion_tokens" in message:
+            if key == "max_tokens" and "max_completion_tokens" in message and value is not None:
                 self._optional["max_completion_tokens"] = value
             if key not in self.dropped:
                 self.dropped.append(key)
 
     async def _ask(self, prompt: str) -> str:
         where = f"judge {self.config.model!r} at {self.config.url}"
-        refusals = 0
+        refused_here: set[str] = set()
         attempt = 0
         while True:
             last = attempt == self.config.retries
-            body = {
-                "model": self.config.model,
-                "messages": [{"role": "user", "content": prompt}],
-                **self._optional,
-            }
             async with self._limit:
+                # Built once a slot is free: a parameter refused meanwhile is not sent again.
+                body = {
+                    "model": self.config.model,
+                    "messages": [{"role": "user", "content": prompt}],
+                    **self._optional,
+                }
                 try:
                     response = await self._client.post("/chat/completions", json=body)
                 except httpx.TransportError as exc:
@@ -153,8 +156,10 @@ class PairwiseJudge:
                     return str(response.json()["choices"][0]["message"]["content"] or "")
                 except (ValueError, KeyError, IndexError, TypeError) as exc:
                     raise JudgeError(f"{where} answered no chat completion: {response.text[:200]!r}") from exc
-            if response is not None and refusals == 0 and (refused := self._refused(response)):
-                refusals += 1  # once: leave out what the endpoint names and ask again (no retry spent)
+            refused = self._refused(response, body) if response is not None else []
+            if refused and not refused_here.issuperset(refused):
+                # Once per parameter: leave out what the endpoint names and ask again (no retry spent).
+                refused_here.update(refused)
                 self._leave_out(refused, error_message(response))
                 continue
             if response is not None and (response.status_code not in _RETRY_STATUS or last):

@@ -67,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     score.add_argument("--output", required=True, help='JSONL written: one {"id", "score"} per input line')
     score.add_argument("--batch-size", type=int, default=16, help="answers per forward pass (16)")
+    score.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: fastest on a shared CPU box)"
+    )
     return parser
 
 
@@ -107,7 +110,9 @@ def _score(args: argparse.Namespace, progress: Progress) -> None:
     from trainer.reward import score_file
 
     started = time.monotonic()
-    count = score_file(args.reward_model, args.input, args.output, batch_size=args.batch_size)
+    count = score_file(
+        args.reward_model, args.input, args.output, batch_size=args.batch_size, threads=args.threads
+    )
     progress.emit("done", scored=count, output=args.output, wall_time_s=round(time.monotonic() - started, 3))
 
 

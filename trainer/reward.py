@@ -342,10 +342,14 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
 class RewardScorer:
     """A loaded reward model: `score(items)` -> one float per item (higher = users would like it more)."""
 
-    def __init__(self, directory: str | Path, *, base_model: str | None = None) -> None:
+    def __init__(self, directory: str | Path, *, base_model: str | None = None, threads: int = 1) -> None:
         self.manifest = read_manifest(directory)  # before the heavy imports: a wrong directory fails fast
 
         import torch
+
+        # One thread, as for training (shared/notes/training.md): on a busy 2-core box two threads
+        # scored 200 answers in 68 s instead of 5 s, and loading took 67 s.
+        torch.set_num_threads(threads)
         from peft import PeftModel
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -407,13 +411,18 @@ def read_items(path: str | Path) -> list[ScoreItem]:
 
 
 def score_file(
-    directory: str | Path, input_path: str | Path, output_path: str | Path, *, batch_size: int = 16
+    directory: str | Path,
+    input_path: str | Path,
+    output_path: str | Path,
+    *,
+    batch_size: int = 16,
+    threads: int = 1,
 ) -> int:
     """Score every item of `input_path`, write `{"id", "score"}` lines to `output_path` (all at once,
     by rename) in input order; returns the number scored."""
     read_manifest(directory)
     items = read_items(input_path)
-    scorer = RewardScorer(directory)
+    scorer = RewardScorer(directory, threads=threads)
     scores = scorer.score(items, batch_size=batch_size)
     out = Path(output_path)
     tmp = out.with_name(f".{out.name}.tmp")

@@ -38,8 +38,9 @@ COPY service/ service/
 COPY trainer/ trainer/
 COPY evals/ evals/
 COPY deploy/ deploy/
+COPY formats/ formats/
 RUN pip install --no-deps . \
- && python -c "import service, trainer, evals, deploy" \
+ && python -c "import service, trainer, evals, deploy, formats" \
  && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
 
 # --- runtime ----------------------------------------------------------------------------------

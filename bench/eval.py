@@ -29,18 +29,21 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
+import msgspec
 import openai
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from evals import EvalConfig, GenerationConfig, RulesConfig, RuleSpec, run
 from evals.evalset import EvalExample
 from evals.scorers.rules import rule_applies, rule_failure
 from evals.server import server_root
+from formats.log import Message
+from formats.rendering import openai_message
+from formats.snapshot import SnapshotRow, iter_rows, rows_to_table
 from trainer import tiny_world
 
 RULES = RulesConfig(
@@ -58,19 +61,17 @@ RULES = RulesConfig(
 def write_holdout(path: Path, n: int) -> Path:
     """A holdout of `n` distinct held-out prompts of the tiny world (no feedback needed here)."""
     questions = tiny_world.all_questions("holdout")[:n]
-    t0 = datetime(2026, 11, 20, tzinfo=UTC)
+    t0 = datetime(2026, 11, 20)
     rows = [
-        {
-            "log_id": f"bench-{i}",
-            "prompt_messages": json.dumps(q.messages),
-            "completion": q.fact,
-            "rating": None,
-            "correction": None,
-            "created_at": t0 + timedelta(seconds=i),
-        }
+        SnapshotRow(
+            log_id=f"bench-{i}",
+            prompt=msgspec.convert(q.messages, list[Message]),
+            completion=Message(role="assistant", content=q.fact),
+            created_at=t0 + timedelta(seconds=i),
+        )
         for i, q in enumerate(questions)
     ]
-    pq.write_table(pa.Table.from_pylist(rows), path)
+    pq.write_table(rows_to_table(rows), path)
     return path
 
 
@@ -100,8 +101,9 @@ def run_bare(url: str, candidate: str, incumbent: str, holdout: Path, max_tokens
     """Examples scored per second by a plain loop with the openai client (same requests, same rule)."""
     client = openai.OpenAI(base_url=server_root(url) + "/v1", api_key="bench", max_retries=0)
     t0 = time.perf_counter()
-    table = pq.read_table(holdout).to_pylist()
-    prompts = list(dict.fromkeys(row["prompt_messages"] for row in table))
+    prompts = list(
+        dict.fromkeys(json.dumps([openai_message(m) for m in row.prompt]) for row in iter_rows(holdout))
+    )
     passed = 0
     for raw in prompts:
         messages = json.loads(raw)
@@ -149,7 +151,7 @@ def tiny_vllm(cache: Path):
     env.pop("VLLM_CPU_KVCACHE_SPACE", None)
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model)]
     cmd += ["--served-model-name", "tiny", "--enable-lora", "--max-lora-rank", "8", "--max-loras", "2"]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--max-model-len", "256", "--dtype", "float32"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--max-model-len", "512", "--dtype", "float32"]
     cmd += ["--enforce-eager", "--kv-cache-memory-bytes", str(64 * 2**20)]
     log = open(cache / "vllm.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)

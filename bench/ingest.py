@@ -29,6 +29,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.load import run_wrk  # noqa: E402
+from bench.tools import ensure_command  # noqa: E402
 from tests.fixtures.server import RatchetProcess, free_port  # noqa: E402
 
 ANSWER = "The capital of France is Paris. " * 40  # ~1.3 KB
@@ -61,28 +63,20 @@ end
 
 
 def wrk(url: str, key: str, seconds: int, connections: int, batch: int = 0) -> dict[str, float]:
-    script = Path(tempfile.mkstemp(suffix=".lua")[1])
-    script.write_text(
-        LUA
-        % {"batch": batch, "question": QUESTION, "answer": ANSWER, "key": key, "run": uuid.uuid4().hex[:8]}
-    )
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    script.unlink()
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-        "p50_ms": _ms(re.search(r"50%\s+([\d.]+\w+)", out).group(1)),  # type: ignore[union-attr]
-        "p99_ms": _ms(re.search(r"99%\s+([\d.]+\w+)", out).group(1)),  # type: ignore[union-attr]
-        "errors": float(non2xx.group(1)) if non2xx else 0.0,
+    script = LUA % {
+        "batch": batch,
+        "question": QUESTION,
+        "answer": ANSWER,
+        "key": key,
+        "run": uuid.uuid4().hex[:8],
     }
-
-
-def _ms(value: str) -> float:
-    number, unit = re.match(r"([\d.]+)(\w+)", value).groups()  # type: ignore[union-attr]
-    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+    result = run_wrk(url, script, seconds=seconds, connections=connections)
+    return {
+        "rps": result.rps,
+        "p50_ms": result.p50_ms,
+        "p99_ms": result.p99_ms,
+        "errors": float(result.errors),
+    }
 
 
 def read_after_ack(server: RatchetProcess, key: str, trials: int = 200) -> list[float]:
@@ -111,6 +105,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--batch", type=int, default=200, help="logs per batch request")
     args = parser.parse_args()
+    ensure_command("wrk", "wrk")
 
     load_before = os.getloadavg()[0]
     port = free_port()

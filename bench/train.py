@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from tests.fixtures.training import build_snapshot  # noqa: E402
 from trainer.dataset import build_examples  # noqa: E402
 from trainer.snapshot import read_snapshot  # noqa: E402
+from trainer.tokens import Renderer, fit_examples  # noqa: E402
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
@@ -117,6 +118,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="ratchet-bench-train-") as tmp_name:
         tmp = Path(tmp_name)
+        from transformers import AutoTokenizer
+
         if args.model:
             model = Path(args.model).resolve()
         else:
@@ -124,7 +127,10 @@ def main() -> None:
 
             model = build_tiny_model(tmp / "tiny")
         snapshot = build_snapshot(tmp / "snap")
-        examples = build_examples(read_snapshot(snapshot).train)
+        # The rows the trainer hands TRL: built, rendered and fitted as the trainer does.
+        renderer = Renderer(AutoTokenizer.from_pretrained(model, local_files_only=True))
+        examples = fit_examples(build_examples(read_snapshot(snapshot).train), renderer, 512)
+        rows = [{k: v for k, v in e.trl.items() if k != "tools"} for e in examples.of(args.method)]
 
         results: dict[str, list[tuple[float, float, int, float]]] = {"trainer": [], "bare": []}
         for i in range(args.repeats):
@@ -156,7 +162,7 @@ def main() -> None:
                         "method": manifest["method"],
                         "hyperparameters": manifest["hyperparameters"],
                         "target_modules": manifest["lora"]["target_modules"],
-                        "rows": getattr(examples, args.method),
+                        "rows": rows,
                     }
                 )
             )

@@ -2,23 +2,32 @@
 
 Built once per evaluation and frozen into the report, so a decision can be re-read later
 against exactly the examples it was made on.
+
+The holdout is a snapshot's `holdout.parquet` (`formats.snapshot`, schema_version 2): each
+example keeps the request's `tools`, `tool_choice` and `response_format`, so the prompt is
+replayed as users sent it. Messages are kept as a client sends them (`formats.rendering`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
-import pyarrow.parquet as pq
 
 from evals.config import MatchMode, RuleSpec
 from evals.errors import EvalInputError
+from formats.chat import ChatMessage, Content, content_text
+from formats.log import Message
+from formats.rendering import openai_message, openai_tools
+from formats.snapshot import SnapshotFormatError, SnapshotRow, iter_rows
 
-HOLDOUT_COLUMNS = ("log_id", "prompt_messages", "completion", "rating", "correction", "created_at")
+log = logging.getLogger(__name__)
 
 
 class EvalExample(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -37,11 +46,20 @@ class EvalExample(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     match: MatchMode = "exact"
     checks: list[RuleSpec] = []
     log_ids: list[str] = []
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+
+    @property
+    def key(self) -> str:
+        """The prompt's identity: equal for two examples with the same messages and request
+        (`prompt_key`); how scorers find the held-out feedback of the example they are handed."""
+        return prompt_key(self.messages, self.tools, self.tool_choice, self.response_format)
 
     @property
     def prompt_text(self) -> str:
         """Every message's text, one per line: what rules' `when_prompt_matches` looks at."""
-        return "\n".join(content_text(m.get("content")) for m in self.messages)
+        return "\n".join(message_text(m) for m in self.messages)
 
 
 class GoldenLine(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -55,25 +73,62 @@ class GoldenLine(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     checks: list[RuleSpec] = []
 
 
-def content_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # OpenAI content parts
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return ""
+def message_text(message: dict[str, Any]) -> str:
+    """A message's text as a text model reads it (`formats.chat.content_text`: text parts joined
+    by newlines); "" for content that is not OpenAI content."""
+    try:
+        return content_text(msgspec.convert(message.get("content"), Content))
+    except msgspec.ValidationError:
+        return ""
 
 
-def _canonical(messages: list[dict[str, Any]]) -> str:
-    return json.dumps(messages, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def _parse_messages(raw: Any, where: str) -> list[dict[str, Any]]:
-    messages = json.loads(raw) if isinstance(raw, str) else raw
-    if not (
-        isinstance(messages, list) and messages and all(isinstance(m, dict) and "role" in m for m in messages)
-    ):
-        raise EvalInputError(f"{where}: prompt_messages is not a non-empty list of chat messages")
+def prompt_key(
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None = None,
+    tool_choice: str | dict[str, Any] | None = None,
+    response_format: dict[str, Any] | None = None,
+) -> str:
+    """Canonical JSON of a prompt as it is replayed (messages and the request's tools, tool_choice
+    and response_format): equal prompts, equal keys. The holdout is grouped by it."""
+    request = {"tools": tools, "tool_choice": tool_choice, "response_format": response_format}
+    return _canonical([messages, request])
+
+
+def _check_messages(messages: Any, where: str) -> list[dict[str, Any]]:
+    """Chat messages checked against the OpenAI shape (`formats.chat.ChatMessage`)."""
+    if not isinstance(messages, list) or not messages:
+        raise EvalInputError(f"{where}: messages is not a non-empty list of chat messages")
+    try:
+        msgspec.convert(messages, list[ChatMessage])
+    except msgspec.ValidationError as exc:
+        raise EvalInputError(f"{where}: not OpenAI chat messages: {exc}") from exc
     return messages
+
+
+def _answer_text(message: Message) -> str | None:
+    """The answer's text as the text scorers compare it; None for an answer without text (a tool
+    call only): it can be neither preferred nor rejected by text."""
+    text = message.content or ""
+    return text if text.strip() else None
+
+
+def _add_evidence(group: dict[str, Any], row: SnapshotRow) -> None:
+    """What the row says users preferred and rejected for its prompt."""
+    answer = _answer_text(row.completion)
+    correction = row.correction if row.correction and row.correction.strip() else None
+    if correction is not None:
+        group["preferred"].append(correction)
+        if answer is not None and answer != correction:
+            group["rejected"].append(answer)
+    elif row.rating is not None and row.rating > 0:
+        if answer is not None and row.problem is None:  # a cut or empty answer is never preferred
+            group["preferred"].append(answer)
+    elif row.rating is not None and row.rating < 0 and answer is not None:
+        group["rejected"].append(answer)
 
 
 def _unique(items: list[str]) -> list[str]:
@@ -81,50 +136,41 @@ def _unique(items: list[str]) -> list[str]:
 
 
 def load_holdout(path: str | Path, *, max_examples: int = 1000, seed: int = 0) -> list[EvalExample]:
-    """One example per distinct prompt of a snapshot's holdout.parquet.
+    """One example per distinct prompt (messages, tools, tool_choice, response_format) of a
+    snapshot's holdout.parquet.
 
     Preferred answers: thumbs-up completions and corrections; rejected: thumbs-down completions
-    and the completions users corrected. An answer both preferred and rejected (users disagree)
-    is dropped from both. Examples are ordered by their first log's time; beyond `max_examples`
-    a seeded sample is kept (in the same order).
+    and the completions users corrected. An answer with a `problem` (cut by length, interrupted,
+    ...) is never preferred, and an answer without text (a tool call only) is neither. An answer
+    both preferred and rejected (users disagree) is dropped from both. Examples are ordered by
+    their first log's time; beyond `max_examples` a seeded sample is kept (in the same order).
+
+    Raises EvalInputError when the file cannot be read; a row that does not decode, and a
+    completions prompt (not replayable as chat), are skipped and logged.
     """
-    try:
-        table = pq.read_table(path)
-    except (OSError, ValueError) as exc:
-        raise EvalInputError(f"holdout {path}: cannot read Parquet: {exc}") from exc
-    missing = [c for c in HOLDOUT_COLUMNS if c not in table.column_names]
-    if missing:
-        raise EvalInputError(f"holdout {path}: missing column(s) {', '.join(missing)}")
     groups: dict[str, dict[str, Any]] = {}
-    for i, row in enumerate(table.select(list(HOLDOUT_COLUMNS)).to_pylist()):
-        where = f"holdout {path} row {i} (log {row['log_id']})"
-        try:
-            messages = _parse_messages(row["prompt_messages"], where)
-        except json.JSONDecodeError as exc:
-            raise EvalInputError(f"{where}: prompt_messages is not JSON: {exc}") from exc
+    skipped: Counter[str] = Counter()
+    for row in _holdout_rows(Path(path), skipped):
+        if not isinstance(row.prompt, list) or not row.prompt:
+            skipped["completions_or_empty_prompt"] += 1
+            continue
+        messages = [openai_message(m) for m in row.prompt]
+        request = {
+            "tools": openai_tools(row.tools),
+            "tool_choice": row.tool_choice,
+            "response_format": row.response_format,
+        }
         group = groups.setdefault(
-            _canonical(messages),
-            {
-                "messages": messages,
-                "preferred": [],
-                "rejected": [],
-                "log_ids": [],
-                "first": row["created_at"],
-            },
+            prompt_key(messages, **request),
+            {"messages": messages, **request, "preferred": [], "rejected": [], "log_ids": [], "first": None},
         )
-        group["log_ids"].append(row["log_id"])
-        if row["created_at"] is not None and (group["first"] is None or row["created_at"] < group["first"]):
-            group["first"] = row["created_at"]
-        completion, correction, rating = row["completion"], row["correction"], row["rating"]
-        if correction:
-            group["preferred"].append(correction)
-            if completion and completion != correction:
-                group["rejected"].append(completion)
-        elif rating is not None and rating > 0:
-            group["preferred"].append(completion)
-        elif rating is not None and rating < 0:
-            group["rejected"].append(completion)
-    ordered = sorted(groups.items(), key=lambda kv: (kv[1]["first"] is None, kv[1]["first"] or 0, kv[0]))
+        group["log_ids"].append(row.log_id)
+        if group["first"] is None or row.created_at < group["first"]:
+            group["first"] = row.created_at
+        _add_evidence(group, row)
+    if skipped:
+        log.warning("holdout %s: skipped %s", path, dict(skipped))
+    ordered = sorted(groups.items(), key=lambda kv: (kv[1]["first"], kv[0]))
     if len(ordered) > max_examples:
         keep = set(random.Random(f"evals-holdout:{seed}").sample(range(len(ordered)), max_examples))
         ordered = [item for i, item in enumerate(ordered) if i in keep]
@@ -140,9 +186,23 @@ def load_holdout(path: str | Path, *, max_examples: int = 1000, seed: int = 0) -
                 preferred=[a for a in preferred if a not in both],
                 rejected=[a for a in rejected if a not in both],
                 log_ids=_unique(g["log_ids"]),
+                tools=g["tools"],
+                tool_choice=g["tool_choice"],
+                response_format=g["response_format"],
             )
         )
     return examples
+
+
+def _holdout_rows(path: Path, skipped: Counter[str]) -> list[SnapshotRow]:
+    def skip(log_id: str | None, exc: Exception) -> None:
+        skipped["unreadable"] += 1
+        log.warning("holdout %s: log %s skipped, it does not decode: %s", path, log_id, exc)
+
+    try:
+        return list(iter_rows(path, on_error=skip))
+    except SnapshotFormatError as exc:
+        raise EvalInputError(f"holdout {path}: {exc}") from exc
 
 
 def load_golden(path: str | Path) -> list[EvalExample]:
@@ -174,7 +234,7 @@ def load_golden(path: str | Path) -> list[EvalExample]:
             EvalExample(
                 id=example_id,
                 source="golden",
-                messages=_parse_messages(messages, where),
+                messages=_check_messages(messages, where),
                 reference=line.reference,
                 match=line.match,
                 checks=line.checks,

@@ -1,37 +1,71 @@
 """The holdout's own feedback, per prompt: what the feedback-derived evidence is built from.
 
-The narrow input is `HeldOutRating`: a prompt (a list of chat-message dicts), the answer users
-were served (a string), its thumb (+1, -1 or None) and a correction (or None). Whatever reads the
-snapshot hands these over (`read_holdout_ratings` reads today's holdout.parquet columns); nothing
-here depends on how the snapshot stores them.
+The narrow input is `HeldOutRating`: a prompt as it is replayed (chat-message dicts as a client
+sends them, and the request's tools, tool_choice and response_format), the text of the answer
+users were served, its thumb (+1, -1 or None), a correction (or None) and the answer's problem
+(or None). `read_holdout_ratings` reads them from a snapshot's holdout.parquet
+(`formats.snapshot`, schema_version 2); nothing else here depends on how the snapshot stores them.
+
+Honest evidence, as for training (`formats.log.AnswerProblem`):
+
+- an answer with a `problem` (cut by length, filtered, interrupted, ended by an upstream error,
+  empty) is never liked: not a reference, not the preferred side of a pair, not a positive rating
+  in the calibration; a thumbs-down on it counts as any other;
+- an answer that only calls tools has no text to compare (`HeldOutRating.answer` is None): it is
+  in no text evidence (liked, disliked, pairs, calibration ratings); a correction of it is still a
+  reference, the text the user wanted.
 
 `group_feedback` turns ratings into one `FeedbackExample` per distinct prompt, keyed by
-`prompt_key(messages)`, the same canonical JSON the eval set groups holdout prompts by, so a
-scorer finds the feedback of the `EvalExample` it is handed.
+`evals.evalset.prompt_key`, the key the eval set groups holdout prompts by, so a scorer finds the
+feedback of the `EvalExample` it is handed (`EvalExample.key`).
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Sequence
+import logging
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import msgspec
-import pyarrow.parquet as pq
 
 from evals.errors import EvalInputError
+from evals.evalset import prompt_key
+from formats.rendering import openai_message, openai_tools
+from formats.snapshot import SnapshotFormatError, iter_rows
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "FeedbackExample",
+    "HeldOutRating",
+    "RatedPair",
+    "group_feedback",
+    "prompt_key",
+    "read_holdout_ratings",
+]
 
 
 class HeldOutRating(msgspec.Struct, frozen=True, kw_only=True):
     """One held-out answer and what its user said of it."""
 
     messages: list[dict[str, Any]]
-    answer: str
+    answer: str | None
+    """The answer's text; None for an answer that only calls tools (no text to compare)."""
     rating: int | None = None
     """+1 thumbs-up, -1 thumbs-down, None unrated."""
     correction: str | None = None
+    problem: str | None = None
+    """Why the answer may never count as liked (`formats.log.AnswerProblem`), or None."""
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
     log_id: str = ""
+
+    @property
+    def key(self) -> str:
+        return prompt_key(self.messages, self.tools, self.tool_choice, self.response_format)
 
 
 class RatedPair(msgspec.Struct, frozen=True, kw_only=True):
@@ -49,17 +83,14 @@ class FeedbackExample(msgspec.Struct, frozen=True, kw_only=True):
 
     key: str
     messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None = None
     liked: list[str] = []
     disliked: list[str] = []
     corrections: list[str] = []
     pairs: list[RatedPair] = []
     ratings: list[tuple[str, int]] = []
-    """Every thumb as (answer, +1/-1), one per rating (the calibration's unit)."""
-
-
-def prompt_key(messages: Sequence[dict[str, Any]]) -> str:
-    """Canonical JSON of a conversation: equal prompts, equal keys."""
-    return json.dumps(list(messages), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """Every thumb on a text answer as (answer, +1/-1), one per rating (the calibration's unit);
+    a thumbs-up on an answer with a problem is left out (never liked)."""
 
 
 def _unique(items: Iterable[str]) -> list[str]:
@@ -67,19 +98,21 @@ def _unique(items: Iterable[str]) -> list[str]:
 
 
 def group_feedback(ratings: Iterable[HeldOutRating]) -> list[FeedbackExample]:
-    """One `FeedbackExample` per distinct prompt, in first-seen order.
+    """One `FeedbackExample` per distinct prompt, in first-seen order (module docstring for what
+    counts).
 
     A correction that is empty or equals the answer corrects nothing; a real one is a reference
-    answer and a pair (correction over the corrected answer). Same-prompt liked and disliked
-    answers make thumbs pairs, each answer used at least once, never quadratically many.
+    answer and, when the corrected answer has text, a pair (correction over it). Same-prompt liked
+    and disliked answers make thumbs pairs, each answer used at least once, never quadratically many.
     """
     groups: dict[str, dict[str, Any]] = {}
     for r in ratings:
-        key = prompt_key(r.messages)
+        key = r.key
         g = groups.setdefault(
             key,
             {
                 "messages": r.messages,
+                "tools": r.tools,
                 "liked": [],
                 "disliked": [],
                 "corrections": [],
@@ -87,13 +120,22 @@ def group_feedback(ratings: Iterable[HeldOutRating]) -> list[FeedbackExample]:
                 "ratings": [],
             },
         )
-        correction = r.correction if r.correction and r.correction.strip() != r.answer.strip() else None
+        text = r.answer if r.answer is not None and r.answer.strip() else None
+        empty_text = r.answer is not None and text is None  # an empty answer: text "", never liked
+        correction = r.correction if r.correction and r.correction.strip() != (text or "").strip() else None
         if correction is not None:
             g["corrections"].append(correction)
-            g["pairs"].append(RatedPair(preferred=correction, other=r.answer, origin="correction"))
-        if r.rating in (1, -1):
-            g["ratings"].append((r.answer, int(r.rating)))
-            (g["liked"] if r.rating == 1 else g["disliked"]).append(r.answer)
+            if r.answer is not None:
+                g["pairs"].append(RatedPair(preferred=correction, other=r.answer, origin="correction"))
+        if r.answer is None:
+            continue  # a tool call only: no text evidence
+        if r.rating == 1 and r.problem is None and not empty_text:
+            g["ratings"].append((r.answer, 1))
+            g["liked"].append(r.answer)
+        elif r.rating == -1:
+            g["ratings"].append((r.answer, -1))
+            if text is not None:
+                g["disliked"].append(r.answer)
     examples = []
     for key, g in groups.items():
         liked, disliked = _unique(g["liked"]), _unique(g["disliked"])
@@ -110,6 +152,7 @@ def group_feedback(ratings: Iterable[HeldOutRating]) -> list[FeedbackExample]:
             FeedbackExample(
                 key=key,
                 messages=g["messages"],
+                tools=g["tools"],
                 liked=liked,
                 disliked=disliked,
                 corrections=_unique(g["corrections"]),
@@ -120,35 +163,40 @@ def group_feedback(ratings: Iterable[HeldOutRating]) -> list[FeedbackExample]:
     return examples
 
 
-# Today's holdout.parquet columns (see evals.evalset.HOLDOUT_COLUMNS); the snapshot format is
-# changing (tool calls, the answer as a message): this reader is the one place to follow it.
-_COLUMNS = ("log_id", "prompt_messages", "completion", "rating", "correction")
-
-
 def read_holdout_ratings(path: str | Path) -> list[HeldOutRating]:
-    """Every row of a snapshot's holdout.parquet as a `HeldOutRating`; `EvalInputError` names the
-    file and row when it cannot be read."""
-    try:
-        table = pq.read_table(path, columns=list(_COLUMNS))
-    except (OSError, ValueError, KeyError) as exc:
-        raise EvalInputError(
-            f"holdout {path}: cannot read the feedback columns {', '.join(_COLUMNS)}: {exc}"
-        ) from exc
+    """Every chat row of a snapshot's holdout.parquet as a `HeldOutRating`, the prompt as the eval
+    set replays it (`formats.rendering.openai_message`/`openai_tools`). `EvalInputError` when the
+    file cannot be read; a row that does not decode, and a completions prompt (not replayable as
+    chat, as in `evals.evalset.load_holdout`), are skipped and logged."""
+    skipped: Counter[str] = Counter()
+
+    def skip(log_id: str | None, exc: Exception) -> None:
+        skipped["unreadable"] += 1
+        log.warning("holdout %s: log %s skipped, it does not decode: %s", path, log_id, exc)
+
     out = []
-    for i, row in enumerate(table.to_pylist()):
-        try:
-            messages = json.loads(row["prompt_messages"])
-        except (TypeError, ValueError) as exc:
-            raise EvalInputError(f"holdout {path} row {i}: prompt_messages is not JSON: {exc}") from exc
-        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-            raise EvalInputError(f"holdout {path} row {i}: prompt_messages is not a list of chat messages")
-        out.append(
-            HeldOutRating(
-                messages=messages,
-                answer=row["completion"] or "",
-                rating=row["rating"],
-                correction=row["correction"],
-                log_id=row["log_id"] or "",
+    try:
+        for row in iter_rows(Path(path), on_error=skip):
+            if not isinstance(row.prompt, list) or not row.prompt:
+                skipped["completions_or_empty_prompt"] += 1
+                continue
+            message = row.completion
+            tool_call_only = not (message.content or "").strip() and bool(message.tool_calls)
+            out.append(
+                HeldOutRating(
+                    messages=[openai_message(m) for m in row.prompt],
+                    tools=openai_tools(row.tools),
+                    tool_choice=row.tool_choice,
+                    response_format=row.response_format,
+                    answer=None if tool_call_only else (message.content or ""),
+                    rating=row.rating,
+                    correction=row.correction,
+                    problem=row.problem,
+                    log_id=row.log_id,
+                )
             )
-        )
+    except SnapshotFormatError as exc:
+        raise EvalInputError(f"holdout {path}: {exc}") from exc
+    if skipped:
+        log.warning("holdout %s: skipped %s", path, dict(skipped))
     return out

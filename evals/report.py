@@ -13,7 +13,7 @@ import msgspec
 from evals.calibration import Calibration
 from evals.config import EvalConfig, Role
 from evals.decision import Decision
-from evals.evalset import EvalExample, content_text
+from evals.evalset import EvalExample, message_text
 from evals.scorers.base import AnswerPair, ExampleScore, Kind
 from evals.statistics import PairedStats
 
@@ -166,7 +166,7 @@ class Report(msgspec.Struct, frozen=True, kw_only=True):
     def _pair_lines(self, scorer: str, score: ExampleScore) -> list[str]:
         example = next((e for e in self.eval_set if e.id == score.example_id), None)
         answers = next((a for a in self.answers if a.example_id == score.example_id), None)
-        prompt = content_text(example.messages[-1].get("content")) if example else "?"
+        prompt = message_text(example.messages[-1]) if example else "?"
         lines = [
             f"**{score.example_id}** — {scorer}: {score.difference:+.2f}"
             + (f" ({score.detail})" if score.detail else "")

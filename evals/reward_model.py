@@ -22,14 +22,28 @@ from typing import Any, Protocol
 import msgspec
 
 from evals.errors import RewardModelError
+from formats.chat import Tool
+from formats.log import Message
+from formats.reward import ScoreItem, ScoreLine
+
+RewardItem = ScoreItem
+"""One answer to score (`formats.reward.ScoreItem`): the conversation before it and its text."""
 
 
-class RewardItem(msgspec.Struct, frozen=True, kw_only=True):
-    """One answer to score: `messages` is the conversation before it (chat-message dicts)."""
-
-    id: str
-    messages: list[dict[str, Any]]
-    answer: str
+def reward_item(
+    item_id: str, messages: list[dict[str, Any]], answer: str, tools: list[dict[str, Any]] | None = None
+) -> RewardItem:
+    """A `RewardItem` from the eval set's messages and tools (as a client sends them); raises
+    `RewardModelError` for messages that are not OpenAI chat messages."""
+    try:
+        return RewardItem(
+            id=item_id,
+            messages=msgspec.convert(messages, list[Message]),
+            answer=answer,
+            tools=None if tools is None else msgspec.convert(tools, list[Tool]),
+        )
+    except msgspec.ValidationError as exc:
+        raise RewardModelError(f"cannot score an answer to these messages: {exc}") from exc
 
 
 class RewardModel(Protocol):
@@ -38,11 +52,6 @@ class RewardModel(Protocol):
     description: str
 
     async def score(self, items: Sequence[RewardItem]) -> list[float]: ...
-
-
-class _Score(msgspec.Struct):
-    id: str
-    score: float
 
 
 class TrainerRewardModel:
@@ -89,7 +98,7 @@ class TrainerRewardModel:
                 )
             try:
                 scores = msgspec.json.decode(
-                    b"[" + b",".join(dst.read_bytes().splitlines()) + b"]", type=list[_Score]
+                    b"[" + b",".join(dst.read_bytes().splitlines()) + b"]", type=list[ScoreLine]
                 )
             except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
                 raise RewardModelError(

@@ -123,6 +123,9 @@ async def generate_answers(
             temperature=g.temperature,
             top_p=g.top_p,
             seed=seed,
+            tools=example.tools,
+            tool_choice=example.tool_choice,
+            response_format=example.response_format,
         )
 
     texts = await _all(

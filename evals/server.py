@@ -130,10 +130,23 @@ class ModelServer:
         temperature: float = 0.0,
         top_p: float = 1.0,
         seed: int | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: str | dict[str, Any] | None = None,
+        response_format: dict[str, Any] | None = None,
     ) -> str:
-        """The answer `model` generates for `messages`."""
+        """The text `model` generates for `messages`, replayed with the request's `tools`,
+        `tool_choice` and `response_format` when it had them ("" for an answer that only calls
+        tools: the scorers compare text)."""
         answer = await self.chat_answer(
-            model, messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed
+            model,
+            messages,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            tools=tools,
+            tool_choice=tool_choice,
+            response_format=response_format,
         )
         return answer.text
 
@@ -146,8 +159,11 @@ class ModelServer:
         temperature: float = 0.0,
         top_p: float = 1.0,
         seed: int | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: str | dict[str, Any] | None = None,
+        response_format: dict[str, Any] | None = None,
     ) -> ChatAnswer:
-        """The answer `model` generates for `messages`, with the server's finish reason."""
+        """The answer `model` generates for `messages` (as `chat`), with the server's finish reason."""
         body: dict[str, Any] = {
             "model": model,
             "messages": messages,
@@ -157,6 +173,8 @@ class ModelServer:
         }
         if seed is not None:
             body["seed"] = seed
+        extras = {"tools": tools, "tool_choice": tool_choice, "response_format": response_format}
+        body |= {k: v for k, v in extras.items() if v is not None}
         data = await self._post("/v1/chat/completions", body, f"chat completion for {model!r}")
         try:
             choice = data["choices"][0]
@@ -171,22 +189,27 @@ class ModelServer:
     async def _tokenize(self, body: dict[str, Any]) -> list[int]:
         return list((await self._post("/tokenize", body, "tokenize"))["tokens"])
 
-    async def answer_tokens(self, messages: list[dict[str, Any]], answer: str) -> tuple[list[int], int]:
+    async def answer_tokens(
+        self, messages: list[dict[str, Any]], answer: str, tools: list[dict[str, Any]] | None = None
+    ) -> tuple[list[int], int]:
         """Token ids of the chat-templated conversation ending in `answer`, and where the answer starts.
 
-        Rendered by the server's chat template, the answer's turn closed as the template closes it
-        (end-of-turn tokens count, as in TRL's completions); the prompt's tokens are cached.
+        Rendered by the server's chat template (with the request's `tools`, which the template may
+        render into the prompt), the answer's turn closed as the template closes it (end-of-turn
+        tokens count, as in TRL's completions); the prompt's tokens are cached.
         """
-        key = json.dumps(messages, sort_keys=True)
+        extra = {} if tools is None else {"tools": tools}
+        key = json.dumps([messages, tools], sort_keys=True)
         if key not in self._prompt_tokens:
             self._prompt_tokens[key] = await self._tokenize(
-                {"messages": messages, "add_generation_prompt": True}
+                {"messages": messages, "add_generation_prompt": True, **extra}
             )
         prompt = self._prompt_tokens[key]
         full = await self._tokenize(
             {
                 "messages": [*messages, {"role": "assistant", "content": answer}],
                 "add_generation_prompt": False,
+                **extra,
             }
         )
         if full[: len(prompt)] == prompt and len(full) > len(prompt):

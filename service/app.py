@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import logging
 import sys
 import time
@@ -18,19 +19,24 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from deploy.adapters import AdapterManager
 from deploy.rollout import Rollout
-from service.api import adapters, capture, gateway, health, projects, runs
-from service.api.deps import provide_principal, provide_runtime
+from service.api import adapters, capture, erasure, gateway, health, keys, projects, runs
+from service.api import settings as project_settings_api
+from service.api.deps import SCOPE_OPT, provide_principal, provide_runtime
 from service.api.errors import EXCEPTION_HANDLERS
 from service.auth import KeyRing, mint_key
 from service.capture import Capture, utcnow
 from service.config import Settings
+from service.erasure import finish_interrupted
 from service.gateway import Gateway
+from service.keys import flush_key_use
 from service.metrics import Metrics
 from service.pipeline import Pipeline
+from service.project_settings import ProjectSettingsBook
 from service.rollouts import Rollouts, bring_up_serving
 from service.runtime import Runtime
 from service.scheduler import build_scheduler
 from service.store.db import Database
+from service.store.erasure import Erasures
 from service.store.queries import Queries
 from service.store.runs import Runs
 from service.store.serving import Serving
@@ -83,6 +89,7 @@ def build_runtime(settings: Settings, metrics: Metrics | None = None) -> Runtime
         base_served_name=settings.vllm.base_served_name,
     )
     routing: dict[str, Rollout] = {}
+    project_settings = ProjectSettingsBook(settings, queries.project_settings())
     runtime = Runtime(
         settings=settings,
         db=db,
@@ -94,8 +101,10 @@ def build_runtime(settings: Settings, metrics: Metrics | None = None) -> Runtime
         serving=serving,
         manager=manager,
         gateway=Gateway(settings, manager, capture, metrics, routing),
-        rollouts=Rollouts(settings, serving, manager, routing, metrics),
+        rollouts=Rollouts(settings, serving, manager, routing, metrics, project_settings.effective),
         runs=Runs(db, serving),
+        erasures=Erasures(db, settings.runs_dir, settings.erasure_batch_rows),
+        project_settings=project_settings,
         projects={p.name for p in queries.list_projects()},
     )
     for name in runtime.projects:
@@ -107,7 +116,7 @@ def ensure_admin_key(runtime: Runtime) -> str | None:
     """At first start with no admin key configured, mint one; return it to show once."""
     if runtime.settings.auth_disabled or runtime.keys.has_admin():
         return None
-    secret, key = mint_key(None, utcnow())
+    secret, key = mint_key(None, utcnow(), name="generated admin")
     runtime.queries.add_key(key)
     runtime.keys.add(key)
     return secret
@@ -149,6 +158,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         runtime.writer.start()
+        if finished := finish_interrupted(runtime):
+            log.warning("finished %d deletions interrupted by the restart", finished)
         for run_id in pipeline.recover():
             log.warning("run %s was interrupted by the restart and is marked failed", run_id)
         scheduler = build_scheduler(runtime, pipeline)
@@ -163,6 +174,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
             startup.cancel()
             await pipeline.aclose()
             await runtime.gateway.aclose()  # logs still in flight go to the writer first
+            try:
+                flush_key_use(runtime)
+            except Exception:
+                log.exception("could not record when API keys were last used")
             await runtime.manager.aclose()
             runtime.writer.stop()
             runtime.db.close()
@@ -176,7 +191,6 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
             capture.post_feedback,
             projects.create_project,
             projects.list_projects,
-            projects.create_key,
             projects.project_stats,
             projects.get_log,
             projects.export,
@@ -192,6 +206,16 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
             runs.list_runs,
             runs.get_run,
             runs.get_report,
+            keys.create_project_key,
+            keys.create_key,
+            keys.list_keys,
+            keys.revoke_key,
+            keys.rotate_key,
+            erasure.delete_log,
+            erasure.erase_end_user,
+            erasure.delete_project,
+            project_settings_api.get_settings,
+            project_settings_api.patch_settings,
             health.healthz,
             health.readyz,
             health.metrics,
@@ -215,4 +239,15 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
         debug=False,
     )
     app.state.runtime = runtime
+    _check_every_route_names_its_scope(app)
     return app
+
+
+def _check_every_route_names_its_scope(app: Litestar) -> None:
+    """A route that takes a `principal` must say which scope it needs (`opt=needs(...)`)."""
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", ()):
+            if "principal" in inspect.signature(handler.fn).parameters and SCOPE_OPT not in handler.opt:
+                raise RuntimeError(
+                    f"route {route.path} takes a principal but names no scope: add opt=needs(...)"
+                )

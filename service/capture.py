@@ -2,6 +2,7 @@
 
 Each item of a batch is validated on its own: a bad item is reported `rejected` with the
 reason while the others are written (partial success is a 2xx that lists what was rejected).
+A log is normalised here, once (`formats.log.normalize`), into the typed columns training reads.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ from typing import Any
 
 import msgspec
 
+from formats.chat import ShapeError
+from formats.log import NormalizedLog, normalize
 from service.domain import CaptureResult, FeedbackBatchIn, FeedbackIn, ItemResult, LogBatchIn, LogIn
 from service.errors import InvalidInput, WriterSaturated
 from service.metrics import Metrics
+from service.store.rows import FeedbackRow, LogRow, normalized_columns
 from service.store.writer import GroupCommitWriter
 
 _encode = msgspec.json.encode
@@ -44,32 +48,6 @@ def adapter_label(project: str, adapter: str | None) -> str:
         return "none"
     match = re.fullmatch(rf"{re.escape(project)}@(v\d+)", adapter)
     return match.group(1) if match else "other"
-
-
-def check_openai_pair(request: dict[str, Any], response: dict[str, Any]) -> None:
-    """Raise `InvalidInput` unless request/response look like an OpenAI (chat) completion."""
-    messages = request.get("messages")
-    if messages is not None:
-        if not isinstance(messages, list) or not messages:
-            raise InvalidInput(
-                "request.messages must be a non-empty list of chat messages", "request.messages"
-            )
-        for i, m in enumerate(messages):
-            if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-                raise InvalidInput(f"request.messages[{i}] needs a string `role`", f"request.messages[{i}]")
-    elif not isinstance(request.get("prompt"), str):
-        raise InvalidInput("request needs `messages` (chat) or a string `prompt` (completions)", "request")
-    choices = response.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        raise InvalidInput("response needs a non-empty `choices` list", "response.choices")
-    first = choices[0]
-    message = first.get("message")
-    text = message.get("content") if isinstance(message, dict) else first.get("text")
-    if not isinstance(text, str):
-        raise InvalidInput(
-            "response.choices[0] needs `message.content` (chat) or `text` (completions) as a string",
-            "response.choices[0]",
-        )
 
 
 def decode_logs(body: bytes) -> list[LogIn]:
@@ -124,23 +102,34 @@ class Capture:
         now = utcnow()
         rows, results = [], []
         for i, item in enumerate(items):
+            log_id = item.id or new_log_id()
             try:
-                check_openai_pair(item.request, item.response)
-            except InvalidInput as exc:
+                row = self.log_row(project, item, log_id, now, source)
+            except ShapeError as exc:
                 results.append(ItemResult(i, "rejected", item.id, f"{exc.field}: {exc.message}"))
                 continue
-            log_id = item.id or new_log_id()
             results.append(ItemResult(i, "accepted", log_id))
-            rows.append(self.log_row(project, item, log_id, now, source))
+            rows.append(row)
         return await self._write("logs", "log", rows, results)
 
+    async def write_log_rows(self, rows: Sequence[LogRow]) -> CaptureResult:
+        """Durably store rows already built from parsed bodies (the gateway's): no validation, no
+        re-encoding. Duplicates of an existing id are no-ops; raises `WriterSaturated`."""
+        results = [ItemResult(i, "accepted", row.id) for i, row in enumerate(rows)]
+        return await self._write("logs", "log", list(rows), results)
+
     @staticmethod
-    def log_row(project: str, item: LogIn, log_id: str, now: datetime, source: str) -> tuple[Any, ...]:
-        return (
+    def log_row(project: str, item: LogIn, log_id: str, now: datetime, source: str) -> LogRow:
+        """The row for a log posted to the API; raises `ShapeError` if its bodies are not an
+        OpenAI chat or completions request/response."""
+        request, response = bytes(item.request), bytes(item.response)
+        interrupted = bool(item.metadata and item.metadata.get("interrupted") is True)
+        normalized = normalize(request, response, end_user=item.end_user, interrupted=interrupted)
+        return log_row(
             project, log_id, to_utc(item.created_at, now), now, source, item.adapter,
-            _encode(item.request).decode(), _encode(item.response).decode(), item.latency_ms,
-            item.prompt_tokens, item.completion_tokens, item.end_user,
-            None if item.metadata is None else _encode(item.metadata).decode(),
+            request.decode(), response.decode(), normalized, latency_ms=item.latency_ms,
+            prompt_tokens=item.prompt_tokens, completion_tokens=item.completion_tokens,
+            metadata=item.metadata,
         )  # fmt: skip
 
     async def write_feedback(self, project: str, items: Sequence[FeedbackIn]) -> CaptureResult:
@@ -164,10 +153,10 @@ class Capture:
             fid = item.id or f"fb-{uuid.uuid4().hex}"
             results.append(ItemResult(i, "accepted", fid))
             rows.append(
-                (
+                FeedbackRow(
                     project, item.log_id, item.end_user or "", fid, to_utc(item.created_at, now), now,
                     item.rating, item.score, item.correction, item.comment,
-                    None if item.metadata is None else _encode(item.metadata).decode(),
+                    None if item.metadata is None else _encode(item.metadata).decode(), item.choice or 0,
                 )
             )  # fmt: skip
         result = await self._write("feedback", "feedback", rows, results)
@@ -184,7 +173,7 @@ class Capture:
             self._adapters.popitem(last=False)
 
     async def _write(
-        self, table: str, kind: str, rows: list[tuple[Any, ...]], results: list[ItemResult]
+        self, table: str, kind: str, rows: list[Any], results: list[ItemResult]
     ) -> CaptureResult:
         try:
             stored = iter(await self._writer.write(table, rows) if rows else [])  # type: ignore[arg-type]
@@ -201,5 +190,32 @@ class Capture:
                 self._metrics.ingest_outcomes[kind, status].inc(n)
         if table == "logs":
             for row in rows:
-                self.remember_adapter(row[0], row[1], row[5])
+                self.remember_adapter(row.project, row.id, row.adapter)
         return CaptureResult(counts["accepted"], counts["duplicate"], counts["rejected"], results)
+
+
+def log_row(
+    project: str,
+    log_id: str,
+    created_at: datetime,
+    received_at: datetime,
+    source: str,
+    adapter: str | None,
+    request: str,
+    response: str,
+    normalized: NormalizedLog | None,
+    *,
+    end_user: str | None = None,
+    latency_ms: float | None = None,
+    prompt_tokens: int | None = None,
+    completion_tokens: int | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> LogRow:
+    """A `logs` row from raw bodies (JSON text) and their normalisation. `normalized` None: the
+    shape module could not read them (a gateway answer is stored all the same, quarantined);
+    `end_user` is then the one the caller knows."""
+    return LogRow(
+        project, log_id, created_at, received_at, source, adapter, request, response, latency_ms,
+        prompt_tokens, completion_tokens, normalized.end_user if normalized else end_user,
+        None if metadata is None else _encode(metadata).decode(), *normalized_columns(normalized),
+    )  # fmt: skip

@@ -81,10 +81,136 @@ def cmd_projects_list(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
-    """Create another API key for a project. Example: `ratchet keys create --project support-bot`"""
-    created = _client(args).request("POST", f"/v1/projects/{args.project}/keys")
-    print(f"API key {created['key_id']} for {created['project']} (shown once, keep it): {created['api_key']}")
+    """Create an API key with the scopes it needs (shown once).
+
+    Example: `ratchet keys create --project support-bot --scope ingest --name web-widget`
+    """
+    if bool(args.project) == args.all_projects:
+        raise RatchetError("give --project NAME, or --all-projects (admin keys only)")
+    body = {
+        "scopes": args.scope,
+        "name": args.name,
+        "project": args.project,
+        "all_projects": args.all_projects,
+    }
+    created = _client(args).request("POST", "/v1/keys", json={k: v for k, v in body.items() if v})
+    where = created["project"] or "all projects"
+    print(f"API key {created['key_id']} for {where}, scopes {', '.join(created['scopes'])}")
+    print(f"(shown once, keep it): {created['api_key']}")
     return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    """List API keys: scopes, last use, revocation (never a secret). Example: `ratchet keys list --project support-bot`"""
+    params = {"project": args.project} if args.project else {}
+    print(f"{'key':<14}{'project':<16}{'scopes':<22}{'name':<16}{'last used':<22}state")
+    for k in _client(args).request("GET", "/v1/keys", params=params):
+        state = "active" if k["active"] else ("revoked" if k["revoked_at"] else "expired")
+        if k["active"] and k["expires_at"]:
+            state = f"active until {k['expires_at'][:19]}"
+        print(
+            f"{k['id']:<14}{k['project'] or '*':<16}{','.join(k['scopes']):<22}{k['name'] or '-':<16}"
+            f"{(k['last_used_at'] or 'never')[:19]:<22}{state}"
+        )
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    """Revoke an API key at once. Example: `ratchet keys revoke 3f9a0c12be44`"""
+    k = _client(args).request("POST", f"/v1/keys/{args.key_id}/revoke")
+    print(f"key {k['id']} revoked at {k['revoked_at']}")
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    """Replace a key by a new one with the same scopes; the old one works for --grace more seconds.
+
+    Example: `ratchet keys rotate 3f9a0c12be44 --grace 3600`
+    """
+    r = _client(args).request("POST", f"/v1/keys/{args.key_id}/rotate", json={"grace_seconds": args.grace})
+    new = r["key"]
+    print(
+        f"API key {new['key_id']} replaces {r['replaced_key_id']} (which stops at {r['replaced_key_expires_at']})"
+    )
+    print(f"(shown once, keep it): {new['api_key']}")
+    return 0
+
+
+def cmd_projects_delete(args: argparse.Namespace) -> int:
+    """Delete a project and everything of it (admin; cannot be undone).
+
+    Example: `ratchet projects delete old-bot --yes`
+    """
+    if not args.yes:
+        raise RatchetError(f"deleting {args.name} deletes all its data, keys and adapters: add --yes")
+    _print_erasure(_client(args).request("DELETE", f"/v1/projects/{args.name}"))
+    return 0
+
+
+def cmd_end_users_erase(args: argparse.Namespace) -> int:
+    """Erase every log and feedback of one end user, and the snapshots holding them.
+
+    Example: `ratchet end-users erase u-7 --project support-bot`
+    """
+    _print_erasure(_client(args).request("DELETE", f"/v1/projects/{args.project}/end-users/{args.end_user}"))
+    return 0
+
+
+def cmd_logs_delete(args: argparse.Namespace) -> int:
+    """Delete one log with its feedback, and the snapshots holding it. Example: `ratchet logs delete req-42`"""
+    params = {"project": args.project} if args.project else {}
+    _print_erasure(_client(args).request("DELETE", f"/v1/logs/{args.log_id}", params=params))
+    return 0
+
+
+def _print_erasure(e: dict[str, Any]) -> None:
+    print(f"deleted {e['logs_deleted']} logs, {e['feedback_deleted']} feedback, "
+          f"{len(e['snapshots_deleted'])} snapshots, {e['eval_reports_deleted']} eval reports")  # fmt: skip
+    for name in e["adapters_trained_on_it"]:
+        print(f"  trained on it (marked): {name}")
+    for name in e["adapters_possibly_trained_on_it"]:
+        print(f"  possibly trained on it (marked): {name}")
+    for run in e["runs_stopped"]:
+        print(f"  run stopped: {run}")
+
+
+def cmd_settings_show(args: argparse.Namespace) -> int:
+    """Show a project's settings in effect and what it overrides. Example: `ratchet settings show --project demo`"""
+    s = _client(args).request("GET", f"/v1/projects/{args.project}/settings")
+    for name, value in _flatten(s["effective"]).items():
+        mark = " (project)" if name in _flatten(s["overrides"]) else ""
+        print(f"{name:<40}{msgspec.json.encode(value).decode()}{mark}")
+    return 0
+
+
+def cmd_settings_set(args: argparse.Namespace) -> int:
+    """Override project settings (`null` returns one to the global default).
+
+    Example: `ratchet settings set --project demo training.min_new_ratings=50 canary_fraction=0.1`
+    """
+    patch: dict[str, Any] = {}
+    for item in args.values:
+        name, sep, raw = item.partition("=")
+        if not sep:
+            raise RatchetError(f"{item!r}: write NAME=VALUE, e.g. training.min_new_ratings=50")
+        try:
+            value = msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            value = raw  # a bare string, e.g. method=dpo
+        *sections, leaf = name.split(".")
+        node = patch
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[leaf] = value
+    _client(args).request("PATCH", f"/v1/projects/{args.project}/settings", json=patch)
+    return cmd_settings_show(args)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -107,25 +233,43 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Export a project's logs with feedback as JSONL (import format) or Parquet.
+    """Export a project's logs with feedback as JSONL (import format) or Parquet; `--scrub` redacts PII.
 
     Example: `ratchet export --project support-bot --format parquet --since 2026-11-01 -o nov.parquet`
     """
-    params = {
+    import httpx
+    import pyarrow.parquet as pq
+    from tqdm import tqdm
+
+    params: dict[str, str] = {
         "format": args.format,
         **{k: getattr(args, k).isoformat() for k in ("since", "until") if getattr(args, k)},
     }
+    if args.scrub:
+        params["scrub"] = "true"
     out = Path(args.output or f"{args.project}.{args.format}")
     tmp = out.with_name(f".{out.name}.part")
-    with (
-        _client(args).stream("GET", f"/v1/projects/{args.project}/export", params=params) as response,
-        open(tmp, "wb") as fh,
-    ):
-        for chunk in response.iter_bytes():
-            fh.write(chunk)
-        rows = response.headers.get("x-ratchet-rows", "?")
+    lines = 0
+    try:
+        with (
+            _client(args).stream("GET", f"/v1/projects/{args.project}/export", params=params) as response,
+            open(tmp, "wb") as fh,
+            tqdm(unit="B", unit_scale=True, desc=f"export {args.project}") as bar,
+        ):
+            for chunk in response.iter_bytes():
+                fh.write(chunk)
+                lines += chunk.count(b"\n")
+                bar.update(len(chunk))
+            chosen, skipped = (
+                int(response.headers.get(h, "0")) for h in ("x-ratchet-rows", "x-ratchet-skipped")
+            )
+    except httpx.HTTPError as exc:
+        tmp.unlink(missing_ok=True)
+        raise RatchetError(f"the export was cut short ({exc}); nothing was written to {out}") from exc
+    rows = pq.ParquetFile(tmp).metadata.num_rows if args.format == "parquet" else lines
     os.replace(tmp, out)
-    print(f"wrote {rows} rows to {out}")
+    left_out = chosen - rows + skipped
+    print(f"wrote {rows} rows to {out}" + (f" ({left_out} left out: see the server log)" if left_out else ""))
     return 0
 
 
@@ -315,11 +459,47 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     create.add_argument("--base-model", default="")
     add("list", cmd_projects_list, projects)
+    delete = add("delete", cmd_projects_delete, projects)
+    delete.add_argument("name")
+    delete.add_argument("--yes", action="store_true", help="really delete it")
 
     keys = sub.add_parser("keys", help="API keys").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )
-    add("create", cmd_keys_create, keys).add_argument("--project", required=True)
+    key_create = add("create", cmd_keys_create, keys)
+    key_create.add_argument("--project", help="the project the key is for")
+    key_create.add_argument(
+        "--all-projects", action="store_true", help="a key for every project (admin only)"
+    )
+    key_create.add_argument(
+        "--scope", action="append", choices=("ingest", "read", "manage", "admin"),
+        help="repeat for several (default: ingest)",
+    )  # fmt: skip
+    key_create.add_argument("--name", help="a label to recognise the key by")
+    add("list", cmd_keys_list, keys).add_argument("--project")
+    add("revoke", cmd_keys_revoke, keys).add_argument("key_id")
+    rotate = add("rotate", cmd_keys_rotate, keys)
+    rotate.add_argument("key_id")
+    rotate.add_argument("--grace", type=int, default=0, help="seconds the old key keeps working (default 0)")
+
+    end_users = sub.add_parser("end-users", help="end users' data").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    erase = add("erase", cmd_end_users_erase, end_users)
+    erase.add_argument("end_user")
+    erase.add_argument("--project", required=True)
+    logs = sub.add_parser("logs", help="logs").add_subparsers(dest="action", required=True, metavar="ACTION")
+    log_delete = add("delete", cmd_logs_delete, logs)
+    log_delete.add_argument("log_id")
+    log_delete.add_argument("--project", help="needed with an all-projects key")
+
+    settings = sub.add_parser("settings", help="per-project settings").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    add("show", cmd_settings_show, settings).add_argument("--project", required=True)
+    set_ = add("set", cmd_settings_set, settings)
+    set_.add_argument("--project", required=True)
+    set_.add_argument("values", nargs="+", metavar="NAME=VALUE")
 
     imp = add("import", cmd_import)
     imp.add_argument("file")
@@ -333,6 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--since", type=datetime.fromisoformat, help="ISO date/time, inclusive")
     exp.add_argument("--until", type=datetime.fromisoformat, help="ISO date/time, exclusive")
     exp.add_argument("-o", "--output", help="file to write (default PROJECT.FORMAT)")
+    exp.add_argument("--scrub", action="store_true", help="redact PII as snapshots do")
 
     add("stats", cmd_stats).add_argument("--project", required=True)
 

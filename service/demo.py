@@ -243,7 +243,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
             vllm = procs.start(
                 [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
                  "--served-model-name", "tiny", "--enable-lora", "--max-lora-rank", "16", "--max-loras", "4",
-                 "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "256", "--dtype", "float32",
+                 "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "512", "--dtype", "float32",
                  "--enforce-eager", "--kv-cache-memory-bytes", str(64 * 1024 * 1024)],
                 env, data / "vllm.log",
             )  # fmt: skip

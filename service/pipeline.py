@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 
 from evals import EvalConfig, GenerationConfig, GoldenConfig, JudgeConfig, RulesConfig, arun
+from formats.snapshot import SnapshotStats
 from service.capture import utcnow
 from service.errors import InvalidInput, RatchetError
 from service.runtime import Runtime
@@ -33,6 +34,36 @@ log = logging.getLogger("ratchet.pipeline")
 
 class RunFailed(RatchetError):
     """A stage could not complete; the run fails with this message."""
+
+
+def too_little_signal(stats: SnapshotStats, needed: int) -> str:
+    """Why a snapshot left too few training rows, with the numbers of every step that removed some."""
+    steps = []
+    if stats.quarantined:
+        reasons = ", ".join(
+            f"{n} {reason}" for reason, n in sorted(stats.quarantined.items(), key=lambda kv: -kv[1])
+        )
+        steps.append(f"{sum(stats.quarantined.values())} quarantined ({reasons})")
+    steps += [
+        f"{n} {what}"
+        for n, what in (
+            (stats.dropped_duplicates, "duplicates"),
+            (stats.dropped_user_cap, f"over the per-user cap of {stats.user_cap}"),
+            (stats.dropped_prompt_in_holdout, "sharing a prompt with the holdout"),
+        )
+        if n
+    ]
+    split = "by time" if stats.split == "time" else "by prompt (whole prompts held out)"
+    if stats.joined_rows == 0:
+        cause = "no rated, scored or corrected logs in the window"
+    elif steps:
+        cause = "removed: " + "; ".join(steps)
+    else:
+        cause = "nothing was removed: the project needs more feedback"
+    return (
+        f"too little signal: {stats.train_rows} training rows, {needed} needed "
+        f"({stats.joined_rows} rows with feedback; {cause}; {stats.holdout_rows} held out, split {split})"
+    )
 
 
 class ProjectEvalConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -75,12 +106,12 @@ class Pipeline:
         return run
 
     async def check_signal(self, now: datetime) -> list[str]:
-        """Start a run for every idle project whose new signal crossed the thresholds."""
-        t = self.rt.settings.training
+        """Start a run for every idle project whose new signal crossed its thresholds."""
         started = []
         for project in sorted(self.rt.projects):
             if self.rt.runs.list(project, active_only=True):
                 continue
+            t = self.rt.project_settings.effective(project).training
             stats = self.rt.queries.project_stats(project)
             thumbs = stats.thumbs_up + stats.thumbs_down
             minority = min(stats.thumbs_up, stats.thumbs_down) / thumbs if thumbs else 0.0
@@ -136,19 +167,20 @@ class Pipeline:
 
     async def _snapshot(self, run: RunRecord, run_dir: Path) -> Path:
         out = run_dir / "snapshot"
-        manifest = await asyncio.to_thread(
-            export_snapshot, self.rt.db, run.project, out, self.rt.settings.snapshot, now=utcnow()
-        )
+
+        def cut() -> Any:
+            with self.rt.data_lock(run.project):  # never beside an erasure of the same project
+                return export_snapshot(self.rt.db, run.project, out, self.rt.settings.snapshot, now=utcnow())
+
+        manifest = await asyncio.to_thread(cut)
         self.rt.runs.update(run.id, utcnow(), stats={"snapshot": msgspec.to_builtins(manifest.stats)})
-        if manifest.stats.train_rows < self.rt.settings.training.min_train_rows:
-            raise RunFailed(
-                f"too little signal: {manifest.stats.train_rows} training rows after cleaning, "
-                f"{self.rt.settings.training.min_train_rows} needed"
-            )
+        min_rows = self.rt.project_settings.effective(run.project).training.min_train_rows
+        if manifest.stats.train_rows < min_rows:
+            raise RunFailed(too_little_signal(manifest.stats, min_rows))
         return out
 
     async def _train(self, run: RunRecord, run_dir: Path, snapshot: Path) -> str:
-        settings = self.rt.settings
+        settings = self.rt.project_settings.effective(run.project)
         if not settings.vllm.base_model:
             raise RunFailed("no base model configured: set vllm.base_model (RATCHET_VLLM__BASE_MODEL)")
         await self.rt.rollouts.ensure_base_version(run.project, run.id)
@@ -164,6 +196,8 @@ class Pipeline:
                 "parent_adapter": parent.path if parent and parent.version > 0 else None,
                 "parent_version": champion, "min_examples": settings.training.min_train_rows,
                 "lora": {"r": min(8, settings.vllm.max_lora_rank)},
+                "optim": {"max_length": min(settings.training.max_length,
+                                            settings.vllm.max_model_len or settings.training.max_length)},
             },
             settings.training.spec_overrides,
         )  # fmt: skip
@@ -298,6 +332,24 @@ class Pipeline:
             for run in self.rt.runs.list(project, limit=10_000)[keep:]:
                 if run.state not in ACTIVE:
                     shutil.rmtree(self.rt.settings.runs_dir / run.id, ignore_errors=True)
+
+    async def abort(self, run_id: str, reason: str) -> bool:
+        """Stop a run that has not reached its canary (its trainer is stopped) and fail it with
+        `reason`; the adapter it registered, if any, is marked failed. False if it was not going."""
+        task = self._tasks.get(run_id)
+        run = self.rt.runs.get(run_id)
+        if task is None or run.state not in ACTIVE or run.state == "canary":
+            return False
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        run = self.rt.runs.get(run_id)
+        adapter = run.stats.get("adapter")
+        rollout = self.rt.rollouts.current(run.project)
+        if adapter and adapter not in (rollout.candidate, rollout.champion):
+            self.rt.serving.set_adapter_state(adapter, "failed", utcnow())
+        if run.state in ACTIVE:
+            self._finish(run, "failed", error=reason)
+        return True
 
     async def aclose(self) -> None:
         for task in list(self._tasks.values()):

@@ -1,13 +1,13 @@
-"""Projects and their API keys."""
+"""Projects: create one with its owner key (ingest, read, manage), serve its version 0."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 
-from service.auth import mint_key
+from service.auth import OWNER_SCOPES, mint_key
 from service.capture import utcnow
-from service.domain import KeyCreated, Project, ProjectCreated, ProjectIn
+from service.domain import Project, ProjectCreated, ProjectIn
 from service.runtime import Runtime
 
 log = logging.getLogger("ratchet.projects")
@@ -17,22 +17,12 @@ def create_project(runtime: Runtime, data: ProjectIn) -> ProjectCreated:
     """Create a project and its first key (shown once). `Conflict` if the name is taken."""
     now = utcnow()
     project = Project(data.name, data.base_model, now)
-    secret, key = mint_key(data.name, now)
+    secret, key = mint_key(data.name, now, OWNER_SCOPES, name="owner")
     runtime.queries.create_project(project, key)
     runtime.keys.add(key)
     runtime.projects.add(data.name)
     runtime.metrics.init_project(data.name)
     return ProjectCreated(project, secret)
-
-
-def create_key(runtime: Runtime, project: str | None) -> KeyCreated:
-    """A new key for `project` (or an admin key when None), shown once."""
-    if project is not None:
-        runtime.queries.get_project(project)
-    secret, key = mint_key(project, utcnow())
-    runtime.queries.add_key(key)
-    runtime.keys.add(key)
-    return KeyCreated(project, key.id, secret)
 
 
 _background: set[asyncio.Task[None]] = set()

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import sys
 import time
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,8 +45,11 @@ class Rollouts:
         manager: AdapterManager,
         routing: dict[str, Rollout],
         metrics: Metrics,
+        settings_for: Callable[[str], Settings] | None = None,
     ) -> None:
         self.settings = settings
+        # A project's settings in effect (canary fraction, online gate); the global ones by default.
+        self.settings_for = settings_for or (lambda _project: settings)
         self.serving = serving
         self.manager = manager
         self.routing = routing
@@ -162,7 +166,7 @@ class Rollouts:
             policy.start_canary,
             self.current(project),
             candidate,
-            fraction=self.settings.canary_fraction,
+            fraction=self.settings_for(project).canary_fraction,
             reason="offline gate passed",
         )
         return await self.apply(t, run_id)
@@ -190,7 +194,11 @@ class Rollouts:
         canary = self.serving.arm_counts(project, r.candidate, since)
         champion = self.serving.arm_counts(project, r.champion, since)
         decision = decide(
-            canary, champion, started_at=r.canary_started_at, now=now, policy=self.settings.online_gate
+            canary,
+            champion,
+            started_at=r.canary_started_at,
+            now=now,
+            policy=self.settings_for(project).online_gate,
         )
         self.metrics.online_statistic.labels(project).set(decision.statistic)
         return decision
@@ -213,6 +221,28 @@ class Rollouts:
                 except Exception as exc:  # it stays loaded; reconcile reports it, routing never uses it
                     log.warning("could not unload %s: %s", name, exc)
             return t
+
+    async def forget(self, project: str, names: Iterable[str] = ()) -> list[str]:
+        """Stop serving a project: take it out of routing, then unload every version of it the
+        manager has loaded and `names` (versions a replica may hold from before a restart).
+        Returns what was unloaded; a replica that cannot be reached keeps its copy until
+        `make_room` needs the slot (no project routes to it)."""
+        async with self._lock:
+            rollout = self.routing.pop(project, None)
+            loaded = {s.served_name for s in self.manager.status() if _project_of(s.served_name) == project}
+            wanted = {
+                *loaded,
+                *names,
+                *((rollout.champion, rollout.previous, rollout.candidate) if rollout else ()),
+            }
+            unloaded = []
+            for name in sorted(n for n in wanted if n and _project_of(n) == project):
+                try:
+                    await self.manager.unload(name)
+                    unloaded.append(name)
+                except Exception as exc:
+                    log.warning("could not unload %s of deleted project %s: %s", name, project, exc)
+            return unloaded
 
     async def reconcile(self) -> None:
         """Re-load on every replica what the database says is serving (replicas lose runtime adapters
@@ -302,6 +332,13 @@ class Rollouts:
             self.metrics.serving_version.labels(r.project).set(parse_served_name(r.champion).version)
         except ValueError:
             self.metrics.serving_version.labels(r.project).set(0)
+
+
+def _project_of(name: str) -> str | None:
+    try:
+        return parse_served_name(name).project
+    except ValueError:
+        return None
 
 
 async def bring_up_serving(runtime: Any) -> None:

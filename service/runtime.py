@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,8 +12,10 @@ from service.capture import Capture
 from service.config import Settings
 from service.gateway import Gateway
 from service.metrics import Metrics
+from service.project_settings import ProjectSettingsBook
 from service.rollouts import Rollouts
 from service.store.db import Database
+from service.store.erasure import Erasures
 from service.store.queries import Queries
 from service.store.runs import Runs
 from service.store.serving import Serving
@@ -35,9 +38,18 @@ class Runtime:
     gateway: Gateway
     rollouts: Rollouts
     runs: Runs
+    erasures: Erasures
+    project_settings: ProjectSettingsBook
     projects: set[str] = field(default_factory=set)
     serving_up: bool = False
     """Every project's serving adapters were loaded once since start (readiness waits for it)."""
     # service.pipeline.Pipeline, set by create_app (that module imports this one). Typed Any because
     # Litestar resolves this dataclass's annotations at request time.
     pipeline: Any = None
+    # threading.Lock values, typed Any for the same reason.
+    data_locks: dict[str, Any] = field(default_factory=dict)
+
+    def data_lock(self, project: str) -> threading.Lock:
+        """Held while a snapshot of the project is cut and while its data is deleted, so that no
+        snapshot copies rows an erasure is removing."""
+        return self.data_locks.setdefault(project, threading.Lock())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -11,6 +12,8 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from service.capture import utcnow
+from service.erasure import apply_retention
+from service.keys import flush_key_use
 from service.pipeline import Pipeline
 from service.rollouts import bring_up_serving
 from service.runtime import Runtime
@@ -44,6 +47,10 @@ def build_scheduler(runtime: Runtime, pipeline: Pipeline) -> AsyncIOScheduler:
          {"trigger": "interval", "seconds": t.canary_check_seconds}),
         ("reconcile", lambda: bring_up_serving(runtime), {"trigger": "interval", "seconds": t.reconcile_seconds}),
         ("retention", prune, {"trigger": "interval", "hours": 1}),
+        ("data-retention", lambda: asyncio.to_thread(apply_retention, runtime, utcnow()),
+         {"trigger": "interval", "hours": 1}),
+        ("key-use", lambda: asyncio.to_thread(flush_key_use, runtime),
+         {"trigger": "interval", "seconds": runtime.settings.key_use_flush_seconds}),
     ]  # fmt: skip
     if t.cron:
         jobs.append(("scheduled-run", pipeline.scheduled, {"trigger": CronTrigger.from_crontab(t.cron)}))

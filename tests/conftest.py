@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.vllm",
     "tests.fixtures.server",
     "tests.fixtures.training",
+    "tests.fixtures.conformance",
 ]

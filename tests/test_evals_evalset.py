@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -11,28 +11,38 @@ import pytest
 
 from evals import EvalInputError, load_golden, load_holdout, paired_bootstrap
 from evals.decision import Evidence, decide
+from formats.log import Message
+from formats.snapshot import SnapshotRow, rows_to_table
 
-T0 = datetime(2026, 11, 20, tzinfo=UTC)
+T0 = datetime(2026, 11, 20)
 
 
 def holdout_row(
-    i: int, prompt: str, completion: str, rating: int | None, correction: str | None = None
-) -> dict:
-    return {
-        "log_id": f"log-{i}",
-        "prompt_messages": json.dumps([{"role": "user", "content": prompt}]),
-        "completion": completion,
-        "rating": rating,
-        "score": None,
-        "correction": correction,
-        "end_user": "u",
-        "created_at": T0 + timedelta(minutes=i),
-        "adapter": "p@v0",
-    }
+    i: int,
+    prompt: str,
+    completion: str | Message,
+    rating: int | None,
+    correction: str | None = None,
+    **fields,
+) -> SnapshotRow:
+    return SnapshotRow(
+        log_id=f"log-{i}",
+        prompt=[Message(role="user", content=prompt)],
+        completion=completion
+        if isinstance(completion, Message)
+        else Message(role="assistant", content=completion),
+        rating=rating,
+        correction=correction,
+        end_user="u",
+        created_at=T0 + timedelta(minutes=i),
+        adapter="p@v0",
+        **fields,
+    )
 
 
 def write_holdout(path, rows):
-    pq.write_table(pa.Table.from_pylist(rows), path)
+    """A holdout.parquet as the snapshot writes it (formats.snapshot, schema_version 2)."""
+    pq.write_table(rows_to_table(rows), path)
     return path
 
 
@@ -74,16 +84,88 @@ def test_holdout_is_sampled_with_a_seed_beyond_max_examples(tmp_path):
     assert a != load_holdout(path, max_examples=10, seed=2)
 
 
-def test_holdout_errors_say_what_is_wrong(tmp_path):
-    with pytest.raises(EvalInputError, match="cannot read Parquet"):
+def test_holdout_errors_say_what_is_wrong_and_a_bad_row_costs_only_itself(tmp_path):
+    with pytest.raises(EvalInputError, match="not a readable Parquet file"):
         load_holdout(tmp_path / "missing.parquet")
-    rows = [holdout_row(0, "q", "a", 1)]
-    del rows[0]["correction"]
-    with pytest.raises(EvalInputError, match="missing column"):
-        load_holdout(write_holdout(tmp_path / "a.parquet", rows))
-    bad = holdout_row(0, "q", "a", 1) | {"prompt_messages": "not json"}
-    with pytest.raises(EvalInputError, match=r"row 0 .*not JSON"):
-        load_holdout(write_holdout(tmp_path / "b.parquet", [bad]))
+    table = rows_to_table([holdout_row(0, "q", "a", 1), holdout_row(1, "r", "b", 1)])
+    pq.write_table(table.drop_columns(["completion"]), tmp_path / "a.parquet")
+    with pytest.raises(EvalInputError, match="lacks column"):
+        load_holdout(tmp_path / "a.parquet")
+    prompts = table.column("prompt").to_pylist()
+    prompts[0] = "not json"
+    table = table.set_column(table.schema.get_field_index("prompt"), "prompt", pa.array(prompts))
+    pq.write_table(table, tmp_path / "b.parquet")
+    assert [e.messages for e in load_holdout(tmp_path / "b.parquet")] == [[{"role": "user", "content": "r"}]]
+
+
+def test_holdout_replays_the_request_tools_and_is_honest_about_answers(tmp_path):
+    from formats.chat import FunctionCall, FunctionDefinition, Tool, ToolCall
+
+    weather = [Tool(function=FunctionDefinition(name="get_weather", parameters={"type": "object"}))]
+    call = ToolCall(id="c1", function=FunctionCall(name="get_weather", arguments='{"city": "Paris"}'))
+    fmt = {"type": "json_object"}
+    completion_row = SnapshotRow(
+        log_id="log-completion",
+        prompt="Once upon a time",
+        completion=Message(role="assistant", content=" a fox."),
+        created_at=T0,
+        rating=1,
+    )
+    path = write_holdout(
+        tmp_path / "holdout.parquet",
+        [
+            holdout_row(0, "weather?", Message(role="assistant", tool_calls=[call]), 1, tools=weather),
+            holdout_row(1, "weather?", "It is sunny.", -1, tools=weather, tool_choice="auto"),
+            holdout_row(2, "weather?", "Sunny", 1, tools=weather, tool_choice="auto"),
+            holdout_row(3, "json please", '{"a": 1', 1, problem="length", response_format=fmt),
+            holdout_row(4, "json please", '{"a": 2}', -1, response_format=fmt),
+            holdout_row(5, "weather?", "no tools here", 1),  # the same messages without tools: another prompt
+            completion_row,
+        ],
+    )
+    examples = load_holdout(path)
+    assert len(examples) == 4  # the completions prompt cannot be replayed as chat
+    tool_only, auto, json_prompt, plain = examples
+    assert tool_only.tools == [
+        {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    ]
+    assert (tool_only.tool_choice, tool_only.preferred, tool_only.rejected) == (None, [], [])  # no text
+    assert (auto.tool_choice, auto.preferred, auto.rejected) == ("auto", ["Sunny"], ["It is sunny."])
+    # A thumbs-up on an answer cut by max_tokens is no evidence of what users want.
+    assert json_prompt.response_format == fmt and json_prompt.preferred == []
+    assert json_prompt.rejected == ['{"a": 2}']
+    assert (plain.tools, plain.preferred) == (None, ["no tools here"])
+
+
+def test_holdout_messages_are_sent_as_a_client_sends_them(tmp_path):
+    from formats.chat import FunctionCall, ToolCall
+
+    call = ToolCall(id="c1", function=FunctionCall(name="get_weather", arguments={"city": "Paris"}))
+    row = holdout_row(0, "weather?", "Sunny", 1)
+    row.prompt = [
+        Message(role="developer", content="Be brief."),
+        Message(role="user", content="weather?", name="jane"),
+        Message(role="assistant", tool_calls=[call]),
+        Message(role="tool", content="18C", tool_call_id="c1"),
+    ]
+    (example,) = load_holdout(write_holdout(tmp_path / "h.parquet", [row]))
+    assert example.messages == [
+        {"role": "developer", "content": "Be brief."},
+        {"role": "user", "content": "weather?", "name": "jane"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "content": "18C", "tool_call_id": "c1"},
+    ]
+    assert example.prompt_text == "Be brief.\nweather?\n\n18C"
 
 
 def test_golden_jsonl(tmp_path):

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
@@ -37,8 +37,11 @@ from evals.reward_model import TrainerRewardModel
 from evals.scorers.base import AnswerPair
 from evals.scorers.degenerate import defect
 from evals.scorers.reference import ReferenceSimilarity
+from formats.chat import FunctionCall, Tool, ToolCall
+from formats.log import Message
+from formats.snapshot import SnapshotRow, rows_to_table
 from tests.fixtures.evals import OpenAIStub, chat_reply, model_server
-from tests.fixtures.training import SNAPSHOT_SCHEMA, simulate_feedback
+from tests.fixtures.training import dicts_of, messages_of, simulate_feedback
 from trainer import tiny_world
 
 
@@ -70,7 +73,7 @@ def test_group_feedback_makes_pairs_and_drops_answers_users_disagree_on():
 
 
 def write_holdout(path, rows) -> str:
-    pq.write_table(pa.Table.from_pylist(rows, schema=SNAPSHOT_SCHEMA), path)
+    pq.write_table(rows_to_table(rows), path)
     return str(path)
 
 
@@ -86,7 +89,51 @@ def test_feedback_is_found_for_every_holdout_example(holdout):
     """Scorers find an eval example's feedback by its prompt: the keys must agree with the eval set's."""
     keys = {ex.key for ex in group_feedback(read_holdout_ratings(holdout))}
     examples = load_holdout(holdout)
-    assert examples and {prompt_key(e.messages) for e in examples} == keys
+    assert examples and {e.key for e in examples} == keys
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}},
+}
+
+
+def test_holdout_feedback_is_honest_about_cut_answers_and_tool_calls(tmp_path):
+    """Schema-2 rows: a thumbs-up on a cut answer is never liked; an answer that only calls a tool
+    is no text evidence (its correction still is a reference); the same messages with and without
+    tools are two prompts, as in the eval set."""
+    q = messages_of(user("what is the weather in paris?"))
+    t0 = datetime(2026, 11, 20)
+    call = Message(
+        role="assistant",
+        tool_calls=[
+            ToolCall(id="c1", type="function", function=FunctionCall(name="get_weather", arguments="{}"))
+        ],
+    )
+
+    def row(i: int, completion: Message, **fields: Any) -> SnapshotRow:
+        return SnapshotRow(
+            log_id=f"l{i}", prompt=q, completion=completion, created_at=t0 + timedelta(minutes=i), **fields
+        )
+
+    text = lambda s: Message(role="assistant", content=s)  # noqa: E731
+    rows = [
+        row(0, text("it is sunny in"), rating=1, problem="length"),
+        row(1, text("it is sunny."), rating=1),
+        row(2, text("no idea."), rating=-1),
+        row(3, text(""), rating=1, problem="empty"),
+        row(4, call, rating=1, tools=[msgspec.convert(WEATHER_TOOL, Tool)]),
+        row(5, call, rating=-1, correction="18C and cloudy.", tools=[msgspec.convert(WEATHER_TOOL, Tool)]),
+    ]
+    path = write_holdout(tmp_path / "holdout.parquet", rows)
+    ratings = read_holdout_ratings(path)
+    assert [r.answer for r in ratings][4:] == [None, None] and ratings[0].problem == "length"
+    plain, with_tools = group_feedback(ratings)
+    assert plain.liked == ["it is sunny."] and plain.disliked == ["no idea."]
+    assert sorted(plain.ratings) == [("it is sunny.", 1), ("no idea.", -1)]  # cut and empty: never liked
+    assert with_tools.liked == [] and with_tools.ratings == [] and with_tools.pairs == []
+    assert with_tools.corrections == ["18C and cloudy."] and with_tools.tools == [WEATHER_TOOL]
+    assert {e.key for e in load_holdout(path)} == {plain.key, with_tools.key}
 
 
 def test_reference_similarity_prefers_the_answer_closer_to_what_users_wrote():
@@ -218,7 +265,9 @@ class LikesRightAnswers:
     description = "stand-in reward model"
 
     async def score(self, items):
-        return [float(tiny_world.user_likes(i.messages, i.answer)) + 0.01 * len(i.answer) for i in items]
+        return [
+            float(tiny_world.user_likes(dicts_of(i.messages), i.answer)) + 0.01 * len(i.answer) for i in items
+        ]
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ from evals.calibration import CalibrationConfig
 from evals.config import EvalConfig, FeedbackGateConfig
 from evals.decision import Decision, decide
 from evals.evalset import EvalExample
-from evals.feedback import HeldOutRating, group_feedback, prompt_key
+from evals.feedback import HeldOutRating, group_feedback
 from evals.feedback_gate import build_feedback_scorers
 from evals.reward_model import RewardItem
 from evals.runner import evidence_of, score_with
@@ -112,12 +112,12 @@ class SimulatedRewardModel:
     description = "simulated reward model"
 
     def __init__(self, prompts: Sequence[Prompt]) -> None:
-        self.right = {prompt_key(p.messages): p.right for p in prompts}
+        self.right = {p.messages[-1]["content"]: p.right for p in prompts}
 
     async def score(self, items: Sequence[RewardItem]) -> list[float]:
         out = []
         for item in items:
-            key = prompt_key(item.messages)
+            key = item.messages[-1].content
             noise = (
                 int.from_bytes(hashlib.sha256(f"{key}|{item.answer}".encode()).digest()[:4], "big") / 2**32
             )

@@ -11,9 +11,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -29,6 +28,8 @@ from evals import (
     run,
 )
 from evals.__main__ import main
+from formats.log import Message
+from formats.snapshot import SnapshotRow, rows_to_table
 from tests.fixtures.evals import OpenAIStub, closed_port_url, first_answer_judge, judge, model_server
 
 N = 40
@@ -36,25 +37,22 @@ N = 40
 
 @pytest.fixture(scope="module")
 def holdout(tmp_path_factory):
-    t0 = datetime(2026, 11, 20, tzinfo=UTC)
+    t0 = datetime(2026, 11, 20)
     rows = [
-        {
-            "log_id": f"log-{i}",
-            "prompt_messages": json.dumps(
-                [{"role": "user", "content": f"name thing {i}. answer in uppercase."}]
-            ),
-            "completion": f"thing{i}",
-            "rating": -1,
-            "score": None,
-            "correction": f"THING{i}",
-            "end_user": "u",
-            "created_at": t0 + timedelta(minutes=i),
-            "adapter": "p@v0",
-        }
+        SnapshotRow(
+            log_id=f"log-{i}",
+            prompt=[Message(role="user", content=f"name thing {i}. answer in uppercase.")],
+            completion=Message(role="assistant", content=f"thing{i}"),
+            rating=-1,
+            correction=f"THING{i}",
+            end_user="u",
+            created_at=t0 + timedelta(minutes=i),
+            adapter="p@v0",
+        )
         for i in range(N)
     ]
     path = tmp_path_factory.mktemp("holdout") / "holdout.parquet"
-    pq.write_table(pa.Table.from_pylist(rows), path)
+    pq.write_table(rows_to_table(rows), path)
     return path
 
 
@@ -242,7 +240,7 @@ def test_no_primary_scorer_means_no_promotion(vllm, holdout):
 def test_bad_inputs_raise_before_any_model_is_called(tmp_path):
     with pytest.raises(EvalInputError, match="nothing to evaluate"):
         EvalConfig(vllm_url="http://127.0.0.1:9", candidate="a", incumbent="b")
-    with pytest.raises(EvalInputError, match="cannot read Parquet"):
+    with pytest.raises(EvalInputError, match="not a readable Parquet file"):
         run(
             EvalConfig(
                 vllm_url="http://127.0.0.1:9", candidate="a", incumbent="b", holdout=str(tmp_path / "none")
@@ -280,3 +278,43 @@ def test_the_cli_writes_the_report_and_exits_by_the_decision(vllm, holdout, tmp_
     assert Report.from_json(out.read_bytes()).decision.promote
     assert main([*base[3:], "--candidate", "p@v1", "--incumbent", "p@v2"]) == 1
     assert main([*base[3:], "--candidate", "p@v2", "--incumbent", "p@v1", "--judge-url", "http://x"]) == 2
+
+
+def test_holdout_prompts_are_replayed_with_the_requests_tools_tool_choice_and_response_format(tmp_path):
+    from formats.chat import FunctionDefinition, Tool
+
+    weather = [Tool(function=FunctionDefinition(name="get_weather", parameters={"type": "object"}))]
+    rows = [
+        SnapshotRow(
+            log_id=f"log-{i}",
+            prompt=[Message(role="user", content=f"name thing {i}. answer in uppercase.")],
+            completion=Message(role="assistant", content=f"thing{i}"),
+            rating=-1,
+            correction=f"THING{i}",
+            created_at=datetime(2026, 11, 20) + timedelta(minutes=i),
+            tools=weather if i % 2 else None,
+            tool_choice="auto" if i % 2 else None,
+            response_format={"type": "json_object"} if i % 3 == 0 else None,
+        )
+        for i in range(6)
+    ]
+    holdout = tmp_path / "holdout.parquet"
+    pq.write_table(rows_to_table(rows), holdout)
+    with OpenAIStub(model_server(ANSWERS)) as server:
+        report = run(config(server, holdout, min_samples=1), scorers=[UserPreference(likes_upper)])
+    assert report.status == "ok"
+    sent = {
+        body["messages"][0]["content"].split()[2].rstrip("."): body
+        for path, body in server.calls
+        if path == "/v1/chat/completions"
+    }
+    assert len(sent) == 6
+    for i in range(6):
+        body = sent[str(i)]
+        assert body.get("tools") == (
+            [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+            if i % 2
+            else None
+        )
+        assert body.get("tool_choice") == ("auto" if i % 2 else None)
+        assert body.get("response_format") == ({"type": "json_object"} if i % 3 == 0 else None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from tests.fixtures.server import RatchetProcess
+from tests.test_snapshot import CALL, WEATHER_TOOL
 
 LINES = 100_000
 
@@ -120,3 +122,58 @@ def test_export_round_trips_through_import(ratchet_server: RatchetProcess, tmp_p
     table = pq.read_table(window)
     days = {d.day for d in table.column("created_at").to_pylist()} if table.num_rows else set()
     assert table.num_rows == len([i for i in range(500) if 2 <= 1 + i % 28 < 4]) and days <= {2, 3}
+
+
+def test_export_carries_tools_the_chosen_answer_and_scrubs_on_request(
+    ratchet_server: RatchetProcess, tmp_path: Path
+) -> None:
+    """Export reads the typed columns: tool calls, tool results and `tools` are on the line, the
+    answer is the one the feedback names, and `scrub=true` redacts PII in decoded strings (the
+    lines stay valid JSON). Both formats stream, and both parse."""
+    key = ratchet_server.create_project("export-shapes")
+    tool_turns = [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "Weather in Paris? I am jane.doe@example.com"}],
+        },
+        {"role": "assistant", "content": None, "tool_calls": [CALL]},
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"report": "18C", "by": "+44 20 7946 0958"}'},
+    ]
+    two = [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+           for i, text in enumerate(["alpha", "beta"])]  # fmt: skip
+    logs = [
+        {"id": "tools", "request": {"messages": tool_turns, "tools": [WEATHER_TOOL]},
+         "response": {"choices": [{"index": 0, "message": {"role": "assistant", "content": "18C."}, "finish_reason": "stop"}]}},
+        {"id": "n2", "request": {"messages": [{"role": "user", "content": "pick"}], "n": 2}, "response": {"choices": two}},
+        {"id": "cut", "request": {"messages": [{"role": "user", "content": "long?"}]},
+         "response": {"choices": [{"index": 0, "message": {"role": "assistant", "content": "It was"}, "finish_reason": "length"}]}},
+    ]  # fmt: skip
+    feedback = [
+        {"log_id": "n2", "end_user": "u1", "rating": 1, "choice": 1},
+        {"log_id": "tools", "end_user": "u2", "rating": -1, "correction": "Mail jane.doe@example.com: 18C"},
+    ]
+    with ratchet_server.client(key) as c:
+        assert c.post("/v1/logs", json={"logs": logs}).status_code == 202
+        assert c.post("/v1/feedback", json={"feedback": feedback}).status_code == 202
+        plain = c.get("/v1/projects/export-shapes/export")
+        scrubbed = c.get("/v1/projects/export-shapes/export", params={"scrub": "true"})
+        parquet = c.get("/v1/projects/export-shapes/export", params={"format": "parquet", "scrub": "true"})
+    assert plain.headers["x-ratchet-rows"] == scrubbed.headers["x-ratchet-rows"] == "3"
+    assert plain.headers["transfer-encoding"] == "chunked"  # streamed, not spooled
+    lines = {line["id"]: line for line in map(json.loads, plain.text.splitlines())}
+    tools = lines["tools"]
+    assert tools["tools"] == [WEATHER_TOOL]
+    assert tools["messages"][1]["tool_calls"] == [CALL] and tools["messages"][2]["tool_call_id"] == "call_1"
+    assert tools["messages"][-1] == {"role": "assistant", "content": "18C."}
+    assert (tools["rating"], tools["end_user"]) == (-1, "u2")
+    assert lines["n2"]["messages"][-1]["content"] == "beta", "the answer the feedback named (choice 1)"
+    assert lines["cut"]["finish_reason"] == "length" and "rating" not in lines["cut"]
+
+    clean = {line["id"]: line for line in map(json.loads, scrubbed.text.splitlines())}
+    assert "jane.doe@example.com" not in scrubbed.text and "7946" not in scrubbed.text
+    assert clean["tools"]["messages"][0]["content"] == "Weather in Paris? I am [REDACTED]"
+    assert json.loads(clean["tools"]["messages"][2]["content"]) == {"report": "18C", "by": "[REDACTED]"}
+    assert clean["tools"]["correction"] == "Mail [REDACTED]: 18C"
+    table = pq.read_table(io.BytesIO(parquet.content))
+    assert table.num_rows == 3 and "jane.doe" not in json.dumps(table.to_pylist(), default=str)
+    assert all(json.loads(m)[-1]["role"] == "assistant" for m in table.column("messages").to_pylist())

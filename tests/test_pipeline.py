@@ -15,8 +15,8 @@ import pytest
 from service.app import build_runtime
 from service.capture import Capture
 from service.config import Settings, TrainingSettings
-from service.domain import LogIn
 from service.pipeline import Pipeline
+from tests.fixtures.rows import chat_log, feedback_row
 from tests.fixtures.server import RatchetProcess, wait_for
 from trainer import tiny_world
 
@@ -25,11 +25,12 @@ def rated_rows(project: str, n: int, up_share: float) -> tuple[list[tuple[Any, .
     now = datetime(2026, 11, 1)
     logs, feedback = [], []
     for i, q in enumerate(tiny_world.sample_questions("train", n, seed=3)):
-        log = LogIn(id=f"l{i}", request={"messages": q.messages},
-                    response={"choices": [{"message": {"role": "assistant", "content": q.fact}}]})  # fmt: skip
+        log = chat_log(f"l{i}", q.messages, q.fact)
         logs.append(Capture.log_row(project, log, f"l{i}", now, "api"))
         rating = 1 if i < n * up_share else -1
-        feedback.append((project, f"l{i}", f"u{i % 30}", f"f{i}", now, now, rating, None, None, None, None))
+        feedback.append(
+            feedback_row(project, f"l{i}", now, end_user=f"u{i % 30}", fid=f"f{i}", rating=rating)
+        )
     return logs, feedback
 
 

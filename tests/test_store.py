@@ -7,31 +7,40 @@ from pathlib import Path
 
 import pytest
 
+from service.capture import Capture
 from service.errors import WriterSaturated
 from service.metrics import Metrics
 from service.store.db import Database, migrations
+from service.store.rows import LogRow
 from service.store.writer import GroupCommitWriter
+from tests.fixtures.rows import completion_log
 
 EXPECTED_TABLES = {
     "schema_migrations": ["version", "name", "applied_at"],
     "projects": ["name", "base_model", "created_at", "settings"],
-    "api_keys": ["id", "project", "sha256", "created_at", "revoked_at"],
+    "api_keys": [
+        "id", "project", "sha256", "created_at", "revoked_at", "scopes", "name", "last_used_at", "expires_at",
+        "rotated_from",
+    ],
     "logs": [
         "project", "id", "created_at", "received_at", "source", "adapter", "request", "response",
-        "latency_ms", "prompt_tokens", "completion_tokens", "end_user", "metadata",
+        "latency_ms", "prompt_tokens", "completion_tokens", "end_user", "metadata", "endpoint", "messages",
+        "tools", "tool_choice", "response_format", "answers", "prompt_sha256", "quarantine",
     ],
     "feedback": [
         "project", "log_id", "end_user", "id", "created_at", "received_at", "rating", "score",
-        "correction", "comment", "metadata",
+        "correction", "comment", "metadata", "choice",
     ],
     "adapters": [
         "project", "version", "served_name", "path", "parent_version", "method", "snapshot_sha256",
-        "state", "created_at", "updated_at", "manifest", "fingerprint",
+        "state", "created_at", "updated_at", "manifest", "fingerprint", "erased_data",
     ],
     "runs": ["id", "project", "trigger", "state", "started_at", "updated_at", "finished_at", "error", "stats"],
     "events": ["at", "project", "run_id", "kind", "detail"],
     "eval_reports": ["run_id", "project", "candidate", "incumbent", "promote", "created_at", "report", "markdown"],
     "rollouts": ["project", "champion", "previous", "candidate", "fraction", "canary_started_at", "updated_at"],
+    "pending_deletions": ["path", "reason", "created_at"],
+    "erasure_jobs": ["id", "project", "kind", "params", "created_at"],
 }  # fmt: skip
 
 
@@ -68,10 +77,8 @@ def test_a_second_process_cannot_open_the_file(tmp_path: Path) -> None:
     assert r.returncode != 0 and "StoreUnavailable" in r.stderr and "another `ratchet serve`" in r.stderr
 
 
-def log_row(project: str, log_id: str) -> tuple:
-    now = datetime(2026, 11, 1)
-    return (project, log_id, now, now, "api", None, '{"prompt":"p"}', '{"choices":[{"text":"t"}]}',
-            None, None, None, None, None)  # fmt: skip
+def log_row(project: str, log_id: str, prompt: str = "p") -> LogRow:
+    return Capture.log_row(project, completion_log(log_id, prompt, "t"), log_id, datetime(2026, 11, 1), "api")
 
 
 def test_writer_reports_new_and_duplicate_rows_across_requests(tmp_path: Path) -> None:
@@ -103,9 +110,9 @@ def test_writer_checkpoints_between_flushes_once_the_wal_is_large(tmp_path: Path
     metrics = Metrics()
     writer = GroupCommitWriter(db, metrics, max_batch_rows=100, max_queue_rows=1000)
     writer.start()
-    big = '{"prompt":"' + "x" * 20_000 + '"}'
+    big = "x" * 20_000
     for i in range(100):  # ~2 MB of WAL, written 10 rows per request
-        rows = [(*log_row("a", f"{i}-{j}")[:6], big, *log_row("a", "")[7:]) for j in range(10)]
+        rows = [log_row("a", f"{i}-{j}", big) for j in range(10)]
         assert writer.write_sync("logs", rows) == [True] * 10
     writer.stop()
     checkpoints = metrics.registry.get_sample_value("ratchet_write_checkpoint_seconds_count")

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from formats.snapshot import SnapshotFile, file_sha256, snapshot_sha256
 from tests.fixtures.training import build_snapshot, write_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,13 +84,13 @@ def test_missing_manifest(tmp_path, setup):
 
 def test_manifest_not_json(tmp_path, setup):
     (Path(setup["snapshot_dir"]) / "manifest.json").write_text("{not json")
-    fails(tmp_path, setup, "manifest.json is not valid JSON", kind="SnapshotError")
+    fails(tmp_path, setup, "manifest.json is not a JSON object", kind="SnapshotError")
 
 
 def test_manifest_of_another_schema_version(tmp_path, setup):
     path, m = manifest(setup)
-    path.write_text(json.dumps({**m, "schema_version": 2}))
-    fails(tmp_path, setup, "schema_version 2; this trainer reads 1", kind="SnapshotError")
+    path.write_text(json.dumps({**m, "schema_version": 1}))
+    fails(tmp_path, setup, "schema_version 1; this reader reads 2", kind="SnapshotError")
 
 
 def test_missing_parquet_file(tmp_path, setup):
@@ -107,41 +108,45 @@ def test_changed_file_fails_its_sha256(tmp_path, setup):
 def test_row_count_differs_from_manifest(tmp_path, setup):
     path, m = manifest(setup)
     m["files"]["train.parquet"]["rows"] += 1
-    m.pop("sha256")
     path.write_text(json.dumps(m))
     fails(tmp_path, setup, "train.parquet has 120 rows; the manifest says 121", kind="SnapshotError")
 
 
 def rewrite_train(setup: dict, table: pa.Table) -> None:
     """Replace train.parquet and re-sign the manifest, so only the content is wrong."""
-    import hashlib
-
     train = Path(setup["snapshot_dir"]) / "train.parquet"
     pq.write_table(table, train)
     path, m = manifest(setup)
-    m["files"]["train.parquet"] = {
-        "rows": table.num_rows,
-        "sha256": hashlib.sha256(train.read_bytes()).hexdigest(),
-    }
-    m.pop("sha256")
+    m["files"]["train.parquet"] = {"rows": table.num_rows, "sha256": file_sha256(train)}
+    files = {name: SnapshotFile(**entry) for name, entry in m["files"].items()}
+    m["sha256"] = snapshot_sha256(files)
     path.write_text(json.dumps(m))
 
 
 def test_missing_columns(tmp_path, setup):
     table = pq.read_table(Path(setup["snapshot_dir"]) / "train.parquet")
-    rewrite_train(setup, table.drop_columns(["correction", "rating"]))
-    fails(tmp_path, setup, "lacks column(s) rating, correction", kind="SnapshotError")
+    rewrite_train(setup, table.drop_columns(["prompt", "completion"]))
+    fails(tmp_path, setup, "lacks column(s) prompt, completion", kind="SnapshotError")
 
 
-def test_prompt_messages_not_a_message_list(tmp_path, setup):
+def test_rows_that_do_not_decode_are_left_out_and_counted_not_fatal(tmp_path, setup):
+    """One bad row never costs the others: it is left out, and the counts say so."""
     table = pq.read_table(Path(setup["snapshot_dir"]) / "train.parquet")
-    prompts = table.column("prompt_messages").to_pylist()
-    prompts[3] = '"just a string"'
-    table = table.set_column(
-        table.schema.get_field_index("prompt_messages"), "prompt_messages", pa.array(prompts)
-    )
+    prompts = table.column("prompt").to_pylist()
+    prompts[3] = '[{"role": "user", "content": ["not", "text"]}]'
+    prompts[4] = "not json"
+    ratings = table.column("rating").to_pylist()
+    ratings[5] = 3
+    table = table.set_column(table.schema.get_field_index("prompt"), "prompt", pa.array(prompts))
+    table = table.set_column(table.schema.get_field_index("rating"), "rating", pa.array(ratings, pa.int8()))
     rewrite_train(setup, table)
-    fails(tmp_path, setup, "prompt_messages is not a JSON list of chat messages", kind="SnapshotError")
+    # The run reads on; what it says when the signal is too small shows what was left out.
+    fails(
+        tmp_path,
+        {**setup, "min_examples": 10_000},
+        "left out: bad_rating 1, unreadable 2",
+        kind="NotEnoughSignalError",
+    )
 
 
 def test_missing_base_model_dir(tmp_path, setup):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from datetime import datetime
 from pathlib import Path
 
 import msgspec
@@ -20,14 +21,17 @@ from evals.calibration import CalibrationConfig
 from evals.config import EvalConfig
 from evals.evalset import EvalExample
 from evals.feedback import group_feedback, read_holdout_ratings
-from evals.reward_model import RewardItem, TrainerRewardModel
+from evals.reward_model import TrainerRewardModel, reward_item
 from evals.runner import score_with
 from evals.scorers.base import AnswerPair
 from evals.scorers.learned import LearnedJudge
-from tests.fixtures.training import TRAINED_SPEC, build_snapshot, train_in_process
+from formats.chat import FunctionCall, ToolCall
+from formats.log import Message
+from formats.snapshot import SnapshotRow
+from tests.fixtures.training import TRAINED_SPEC, build_snapshot, messages_of, train_in_process
 from trainer import tiny_world
 from trainer.progress import Progress
-from trainer.reward import REWARD_SCHEMA_VERSION, build_pairs, rated_answers
+from trainer.reward import REWARD_SCHEMA_VERSION, build_pairs, rated_answers, tokenized_pairs
 from trainer.run import _train_reward_model
 from trainer.snapshot import read_snapshot
 from trainer.spec import RunSpec
@@ -109,9 +113,7 @@ def test_the_score_command_refuses_a_directory_that_is_no_reward_model(run_with_
     adapter, _, _ = run_with_reward_model
     model = TrainerRewardModel(adapter)  # an adapter directory: a manifest, but not of a reward model
     with pytest.raises(Exception, match="not a reward model manifest"):
-        asyncio.run(
-            model.score([RewardItem(id="1", messages=[{"role": "user", "content": "hi"}], answer="x")])
-        )
+        asyncio.run(model.score([reward_item("1", [{"role": "user", "content": "hi"}], "x")]))
 
 
 def test_pairs_from_feedback_and_too_little_signal_skips_only_the_reward_model(tmp_path, tiny_model_dir):
@@ -119,6 +121,7 @@ def test_pairs_from_feedback_and_too_little_signal_skips_only_the_reward_model(t
     snapshot = read_snapshot(small)
     pairs = build_pairs(rated_answers(snapshot.train))
     assert pairs.corrections + pairs.same_prompt + pairs.cross_prompt == len(pairs.pairs)
+    assert all(not chosen.answer.tool_calls for chosen, _ in pairs.pairs)
     assert len(pairs.pairs) >= max(pairs.thumbs_up, pairs.thumbs_down)  # every thumb used at least once
     spec = msgspec.convert(
         {"run_id": "r", "base_model": str(tiny_model_dir), "snapshot_dir": str(small), "output_dir": str(tmp_path / "a"),
@@ -128,3 +131,39 @@ def test_pairs_from_feedback_and_too_little_signal_skips_only_the_reward_model(t
     outcome = _train_reward_model(spec, snapshot, Progress(io.StringIO()))
     assert "too little signal for a reward model" in outcome["skipped"]
     assert not (tmp_path / "rm").exists()
+
+
+def test_honest_pairs_cut_answers_are_never_liked_and_tool_calls_need_a_template_that_renders_them(
+    tiny_model_dir,
+):
+    """A thumbs-up on an answer cut by length is not liked (counted); a completions row is left
+    out; a pair with a tool call is left out when the base model's template cannot render tools."""
+    from transformers import AutoTokenizer
+
+    from trainer.tokens import Renderer
+
+    t0 = datetime(2026, 11, 1)
+    q = messages_of([{"role": "user", "content": "what is the capital of peru?"}])
+    call = Message(
+        role="assistant",
+        tool_calls=[ToolCall(id="c1", type="function", function=FunctionCall(name="lookup", arguments="{}"))],
+    )
+    rows = [
+        SnapshotRow(log_id="a", prompt=q, completion=Message(role="assistant", content="lima"), created_at=t0, rating=1),
+        SnapshotRow(log_id="b", prompt=q, completion=Message(role="assistant", content="li"), created_at=t0, rating=1, problem="length"),
+        SnapshotRow(log_id="c", prompt=q, completion=Message(role="assistant", content="rome"), created_at=t0, rating=-1),
+        SnapshotRow(log_id="d", prompt="capital of peru:", completion=Message(role="assistant", content="x"), created_at=t0, rating=1),
+        SnapshotRow(log_id="e", prompt=q, completion=call, created_at=t0, rating=-1, correction="LIMA"),
+    ]  # fmt: skip
+    rated = rated_answers(rows)
+    assert rated.left_out == {"completions_prompt": 1, "not_liked_length": 1}
+    pairs = build_pairs(rated)
+    assert (pairs.thumbs_up, pairs.thumbs_down, pairs.corrections) == (1, 2, 1)
+    chosen = {c.answer.content for c, _ in pairs.pairs}
+    assert "li" not in chosen and chosen <= {"lima", "LIMA"}
+    renderer = Renderer(AutoTokenizer.from_pretrained(tiny_model_dir, local_files_only=True))
+    rows_ids = tokenized_pairs(pairs, renderer, max_length=16)
+    expected_left_out = 0 if renderer.renders_tools else 2  # the correction pair and lima-over-call
+    assert pairs.left_out.get("tool_calls_not_rendered", 0) == expected_left_out
+    assert len(rows_ids) == len(pairs.pairs) - expected_left_out
+    assert all(len(r["chosen_ids"]) <= 16 and len(r["rejected_ids"]) <= 16 for r in rows_ids)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from formats.log import Message
 from service.store.db import Database
 from service.store.snapshot import export_snapshot
 from tests.test_snapshot import NOW, SETTINGS, Feed  # the service's writer, as its own tests drive it
@@ -33,13 +34,18 @@ def test_trainer_reads_the_service_export(tmp_path: Path) -> None:
         == manifest.sha256
         == json.loads((tmp_path / "snap" / "manifest.json").read_text())["sha256"]
     )
-    assert (len(snapshot.train), len(snapshot.holdout)) == (
+    assert (len(snapshot.train), snapshot.holdout_rows, snapshot.unreadable) == (
         manifest.stats.train_rows,
         manifest.stats.holdout_rows,
+        0,
     )
     first = snapshot.train[0]
-    assert first.prompt == [{"role": "user", "content": "question 0?"}]
-    assert (first.completion, first.rating, first.adapter) == ("answer 0", -1, "p@v1")
+    assert first.prompt == [Message(role="user", content="question 0?")]
+    assert (first.completion, first.rating, first.adapter) == (
+        Message(role="assistant", content="answer 0"),
+        -1,
+        "p@v1",
+    )
 
     examples = build_examples(snapshot.train)
     counts = examples.counts()

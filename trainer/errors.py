@@ -29,3 +29,8 @@ class OutputExistsError(TrainerError):
 
 class NotEnoughSignalError(TrainerError):
     """The snapshot holds too few examples for the requested (or any) method."""
+
+
+class NoTrainableTokensError(NotEnoughSignalError):
+    """Every example of the method was left out when fitted into the token budget: zero answer
+    tokens would be trained on."""

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import datasets
 import torch
-from datasets import Dataset
+from datasets import Dataset, Features, Json, List, Value
 from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrainer
 
-from trainer.dataset import Examples
+from trainer.dataset import Example, Examples
 from trainer.errors import BaseModelError
 from trainer.progress import Progress
 from trainer.spec import RunSpec
@@ -61,16 +61,21 @@ class Job:
     callbacks: list[TrainerCallback]
 
 
-def hyperparameters(spec: RunSpec, method: str, examples: Examples) -> dict:
-    """The resolved settings a method trains with (spec values, then per-method defaults)."""
+def hyperparameters(spec: RunSpec, method: str, examples: Examples, limit: int) -> dict:
+    """The resolved settings a method trains with (spec values, then per-method defaults).
+
+    `max_length` is the longest fitted example of the method (TRL truncates nothing: the prompts
+    were fitted into `limit`, `max_length_limit`, by `trainer.tokens`)."""
     optim = spec.optim
+    lengths = [e.length for e in examples.of(method)]
     hp = {
         "learning_rate": optim.learning_rate or DEFAULT_LEARNING_RATE[method],
         "max_steps": optim.max_steps,
         "epochs": optim.epochs if optim.max_steps is None else None,
         "batch_size": optim.batch_size,
         "gradient_accumulation_steps": optim.gradient_accumulation_steps,
-        "max_length": optim.max_length,
+        "max_length": max(lengths, default=limit),
+        "max_length_limit": limit,
         "warmup_steps": optim.warmup_steps,
         "lr_scheduler": optim.lr_scheduler,
         "weight_decay": optim.weight_decay,
@@ -149,11 +154,19 @@ def _lora(spec: RunSpec, model) -> LoraConfig | None:
     )
 
 
+def load_tokenizer(spec: RunSpec):
+    """The base model's tokenizer (and chat template), from local files only. Raises BaseModelError."""
+    try:
+        return AutoTokenizer.from_pretrained(spec.base_model, local_files_only=True)
+    except Exception as exc:
+        raise BaseModelError(f"cannot load the tokenizer of base model {spec.base_model}: {exc}") from exc
+
+
 def load_model(spec: RunSpec):
     """The base model in float32 and its tokenizer, from local files only; with the parent adapter
     loaded trainable when the spec continues one. Raises BaseModelError when they cannot be loaded."""
+    tokenizer = load_tokenizer(spec)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(spec.base_model, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(
             spec.base_model, local_files_only=True, dtype=torch.float32
         )
@@ -167,11 +180,23 @@ def load_model(spec: RunSpec):
     return model, tokenizer
 
 
-def _dataset(rows: list[dict], seed: int) -> Dataset:
+def _dataset(examples: list[Example], seed: int) -> Dataset:
+    """The fitted examples as a TRL dataset: conversational (messages) or standard (text).
+
+    Each message is stored as a JSON object (`datasets.Json`): Arrow would otherwise merge every
+    row's messages into one struct type, padding a tool call's arguments with every other call's
+    keys as nulls. `tools` is JSON text, which TRL decodes before `apply_chat_template`."""
     datasets.disable_progress_bars()  # one bar per preprocessing pass only clutters the run's log
+    rows = [e.trl for e in examples]
+    columns = {name: Value("string") for name in rows[0] if name != "label"}
+    if isinstance(rows[0]["prompt"], list):
+        columns = {name: List(Json()) for name in columns}
+        columns["tools"] = Value("string")
+    if "label" in rows[0]:
+        columns["label"] = Value("bool")
     # Shuffled here, once, with the run's seed: KTO samples sequentially, so the input order is
     # the batch order, and it must not be "all thumbs-up first".
-    return Dataset.from_list(rows).shuffle(seed=seed)
+    return Dataset.from_list(rows, features=Features(columns)).shuffle(seed=seed)
 
 
 def _save_adapter(trainer, save_dir: Path) -> None:
@@ -202,6 +227,9 @@ def _metrics(trainer, result) -> dict:
         "train_runtime_s": result.metrics.get("train_runtime"),
         "train_samples_per_second": result.metrics.get("train_samples_per_second"),
         "epochs": result.metrics.get("epoch"),
+        # What TRL kept after its own preprocessing: equal to the examples counted in the manifest
+        # (fitting left nothing for TRL to drop or truncate).
+        "examples_trained": len(trainer.train_dataset),
         "last_log": {k: v for k, v in last.items() if isinstance(v, int | float)},
     }
 

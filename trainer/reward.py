@@ -8,21 +8,34 @@ with the holdout's own thumbs; that calibration is computed in evals, not here.
 Which pairs the feedback gives (`build_pairs`), every thumb used at least once:
 
 - a correction                -> (prompt + correction) preferred over (prompt + the original answer)
-- a thumbs-down answer        -> paired with a thumbs-up answer to the same prompt when there is one,
-                                 else with a thumbs-up answer to another prompt (cycled, seeded)
+- a thumbs-down answer        -> paired with a thumbs-up answer to the same prompt (and tools) when
+                                 there is one, else with a thumbs-up answer to another prompt
+                                 (cycled, seeded)
 - thumbs-up answers left over -> paired with thumbs-down answers the same way
+
+Training data is honest here as for the adapter (`trainer.dataset.answer_problem`): an answer cut
+by length, interrupted, ended by an upstream error, or empty is never a liked answer, though it
+may be a rejected one. Completions rows (a prompt that is text, not chat) are left out and counted:
+the reward model judges chat answers.
 
 Pairs across prompts are what make the scalar an absolute "would users like this answer" score:
 the pairwise logistic loss over (liked, disliked) pairs is the usual surrogate of the AUC the gate
 calibrates it by; same-prompt pairs alone are rare in thumbs data (15% in shared/notes/training.md).
 
+Rendering: each side of a pair is the conversation with its answer as the last assistant message,
+messages and tools prepared as vLLM prepares them (`formats.rendering`, through
+`trainer.tokens.Renderer`), tokenized by the chat template, and handed to RewardTrainer as token ids.
+A conversation longer than `max_length` keeps its last `max_length` tokens (the head reads the last
+token, so the answer's end stays). A pair with a tool call is left out (`tool_calls_not_rendered`)
+when the base model's template cannot render tool calls; one the template refuses is left out too
+(`template_error`). Scoring renders and cuts the same way.
+
 The directory it writes appears all at once (temporary sibling, fsync, rename) and holds the PEFT
 files (LoRA + the head, saved as `modules_to_save`) and `manifest.json` with `"kind":
 "reward_model"` and `schema_version` (`REWARD_SCHEMA_VERSION`), which `score_answers` checks.
 
-Scoring (`python -m trainer score DIR --input items.jsonl --output scores.jsonl`) renders each
-conversation with the chat template exactly as RewardTrainer did in training (the answer as the
-last assistant message) and returns one float per answer: higher means users would like it more.
+Scoring (`python -m trainer score DIR --input items.jsonl --output scores.jsonl`, the files of
+`formats.reward`) returns one float per answer: higher means users would like it more.
 """
 
 from __future__ import annotations
@@ -33,18 +46,22 @@ import random
 import re
 import shutil
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from formats.chat import Tool
+from formats.log import Message
+from formats.reward import ScoreItem, ScoreLine
+from formats.snapshot import SnapshotRow
+from trainer.dataset import answer_problem
 from trainer.errors import BaseModelError, NotEnoughSignalError, OutputExistsError, TrainerError
 from trainer.progress import Progress
-from trainer.snapshot import FeedbackRow
 from trainer.spec import RewardModelSpec, RunSpec
 
 REWARD_SCHEMA_VERSION = 1
@@ -58,32 +75,79 @@ class RewardModelError(TrainerError):
 
 @dataclass(frozen=True)
 class RatedAnswer:
-    """One answer with what its user said about it: the narrow input of `build_pairs`."""
+    """One answer with what its user said about it: the narrow input of `build_pairs`. `liked` and
+    `disliked` already apply the honesty rule (an answer with a problem is never liked)."""
 
-    prompt: list[dict[str, Any]]
-    answer: str
-    rating: int | None
+    prompt: list[Message]
+    tools: list[Tool] | None
+    answer: Message
+    liked: bool
+    disliked: bool
     correction: str | None
 
 
-def rated_answers(rows: Sequence[FeedbackRow]) -> list[RatedAnswer]:
-    """The snapshot rows as `RatedAnswer`s, in time order (the one place that reads `FeedbackRow`)."""
-    ordered = sorted(rows, key=lambda r: (r.created_at, r.log_id))
-    return [RatedAnswer(r.prompt, r.completion, r.rating, r.correction) for r in ordered]
+@dataclass
+class RatedAnswers:
+    """The rows' rated answers, and the rows left out by reason."""
+
+    answers: list[RatedAnswer]
+    left_out: Counter[str] = field(default_factory=Counter)
+
+
+def rated_answers(rows: Sequence[SnapshotRow]) -> RatedAnswers:
+    """The snapshot rows as `RatedAnswer`s, in time order (the one place that reads `SnapshotRow`
+    for the reward model). Left out, counted: completions rows (`completions_prompt`), rows with
+    no thumb and no correction (`unrated`); thumbs-up on an answer with a problem count as
+    `not_liked_<problem>` (the row stays, for its correction)."""
+    out = RatedAnswers(answers=[])
+    for row in sorted(rows, key=lambda r: (r.created_at, r.log_id)):
+        if not isinstance(row.prompt, list) or not row.prompt:
+            out.left_out["completions_prompt"] += 1
+            continue
+        text = (row.completion.content or "").strip()
+        correction = row.correction if row.correction and row.correction.strip() != text else None
+        if row.rating not in (1, -1) and correction is None:
+            out.left_out["unrated"] += 1
+            continue
+        problem = answer_problem(row)
+        if row.rating == 1 and problem is not None:
+            out.left_out[f"not_liked_{problem}"] += 1
+        out.answers.append(
+            RatedAnswer(
+                prompt=row.prompt,
+                tools=row.tools,
+                answer=row.completion,
+                liked=row.rating == 1 and problem is None,
+                disliked=row.rating == -1,
+                correction=correction,
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side of a preference pair: a conversation and the answer to it."""
+
+    prompt: list[Message]
+    tools: list[Tool] | None
+    answer: Message
 
 
 @dataclass
 class RewardPairs:
-    """Preference pairs in TRL's conversational implicit-prompt format, with counts by origin."""
+    """Preference pairs (chosen, rejected), with counts by origin."""
 
-    pairs: list[dict[str, list[dict[str, Any]]]]
+    pairs: list[tuple[Side, Side]]
     corrections: int = 0
     same_prompt: int = 0
     cross_prompt: int = 0
     thumbs_up: int = 0
     thumbs_down: int = 0
+    left_out: Counter[str] = field(default_factory=Counter)
+    """Rows (before pairing) and pairs (when rendering) left out, by reason."""
 
-    def counts(self) -> dict[str, int]:
+    def counts(self) -> dict[str, Any]:
         return {
             "pairs": len(self.pairs),
             "correction_pairs": self.corrections,
@@ -91,38 +155,48 @@ class RewardPairs:
             "cross_prompt_pairs": self.cross_prompt,
             "thumbs_up": self.thumbs_up,
             "thumbs_down": self.thumbs_down,
+            "left_out": dict(sorted(self.left_out.items())),
         }
 
 
-def _conversation(prompt: list[dict[str, Any]], answer: str) -> list[dict[str, Any]]:
-    return [*prompt, {"role": "assistant", "content": answer}]
+_encode = msgspec.json.encode
 
 
-def build_pairs(rated: Sequence[RatedAnswer], *, seed: int = 0) -> RewardPairs:
+def _side(r: RatedAnswer, answer: Message | None = None) -> Side:
+    return Side(prompt=r.prompt, tools=r.tools, answer=answer or r.answer)
+
+
+def _same(a: Message, b: Message) -> bool:
+    return (a.content or "").strip() == (b.content or "").strip() and _encode(a.tool_calls) == _encode(
+        b.tool_calls
+    )
+
+
+def build_pairs(rated: RatedAnswers | Sequence[RatedAnswer], *, seed: int = 0) -> RewardPairs:
     """Preference pairs from thumbs and corrections (module docstring); deterministic for a seed.
 
-    An empty or unchanged correction corrects nothing; an answer liked by one user and disliked by
-    another to the same prompt is not paired with itself.
+    An answer liked by one user and disliked by another to the same prompt is not paired with itself.
     """
+    answers = rated.answers if isinstance(rated, RatedAnswers) else list(rated)
     out = RewardPairs(pairs=[])
+    if isinstance(rated, RatedAnswers):
+        out.left_out.update(rated.left_out)
     liked: list[RatedAnswer] = []
     disliked: list[RatedAnswer] = []
-    for r in rated:
-        correction = r.correction if r.correction and r.correction.strip() != r.answer.strip() else None
-        if correction is not None:
-            out.pairs.append(
-                {"chosen": _conversation(r.prompt, correction), "rejected": _conversation(r.prompt, r.answer)}
-            )
+    for r in answers:
+        if r.correction is not None:
+            wanted = Message(role="assistant", content=r.correction)
+            out.pairs.append((_side(r, wanted), _side(r)))
             out.corrections += 1
-        if r.rating == 1:
+        if r.liked:
             liked.append(r)
-        elif r.rating == -1:
+        elif r.disliked:
             disliked.append(r)
     out.thumbs_up, out.thumbs_down = len(liked), len(disliked)
     if not liked or not disliked:
         return out
-    key = lambda r: json.dumps(r.prompt, sort_keys=True)  # noqa: E731
-    liked_by_prompt: dict[str, list[RatedAnswer]] = defaultdict(list)
+    key = lambda r: _encode([r.prompt, r.tools])  # noqa: E731
+    liked_by_prompt: dict[bytes, list[RatedAnswer]] = defaultdict(list)
     for r in liked:
         liked_by_prompt[key(r)].append(r)
     rng = random.Random(f"reward-pairs:{seed}")
@@ -130,10 +204,10 @@ def build_pairs(rated: Sequence[RatedAnswer], *, seed: int = 0) -> RewardPairs:
     rng.shuffle(pool)
     used: set[int] = set()
     cursor = 0
-    same_cursor: dict[str, int] = defaultdict(int)
+    same_cursor: dict[bytes, int] = defaultdict(int)
     for down in disliked:
         k = key(down)
-        same = [u for u in liked_by_prompt.get(k, []) if u.answer.strip() != down.answer.strip()]
+        same = [u for u in liked_by_prompt.get(k, []) if not _same(u.answer, down.answer)]
         if same:
             up = same[same_cursor[k] % len(same)]
             same_cursor[k] += 1
@@ -143,22 +217,41 @@ def build_pairs(rated: Sequence[RatedAnswer], *, seed: int = 0) -> RewardPairs:
             cursor += 1
             out.cross_prompt += 1
         used.add(id(up))
-        out.pairs.append(
-            {
-                "chosen": _conversation(up.prompt, up.answer),
-                "rejected": _conversation(down.prompt, down.answer),
-            }
-        )
+        out.pairs.append((_side(up), _side(down)))
     for up in (u for u in liked if id(u) not in used):
         down = disliked[rng.randrange(len(disliked))]
         out.cross_prompt += 1
-        out.pairs.append(
-            {
-                "chosen": _conversation(up.prompt, up.answer),
-                "rejected": _conversation(down.prompt, down.answer),
-            }
-        )
+        out.pairs.append((_side(up), _side(down)))
     return out
+
+
+def side_ids(renderer: Any, side: Side, max_length: int) -> list[int]:
+    """Token ids of a conversation and its answer, cut to its last `max_length` tokens (module
+    docstring). Raises what the template or `formats.rendering` raise for one it cannot render."""
+    return renderer.conversation_ids(side.prompt, side.tools, side.answer)[-max_length:]
+
+
+def tokenized_pairs(pairs: RewardPairs, renderer: Any, max_length: int) -> list[dict[str, list[int]]]:
+    """The pairs as RewardTrainer's pre-tokenized rows (`chosen_ids`, `rejected_ids`); pairs that
+    cannot be rendered are left out and counted in `pairs.left_out`."""
+    rows = []
+    for chosen, rejected in pairs.pairs:
+        uses_tools = any(
+            m.tool_calls or m.role == "tool" for s in (chosen, rejected) for m in (*s.prompt, s.answer)
+        )
+        if uses_tools and not renderer.renders_tools:
+            pairs.left_out["tool_calls_not_rendered"] += 1
+            continue
+        try:
+            rows.append(
+                {
+                    "chosen_ids": side_ids(renderer, chosen, max_length),
+                    "rejected_ids": side_ids(renderer, rejected, max_length),
+                }
+            )
+        except Exception:  # RenderError, jinja's TemplateError: this pair only
+            pairs.left_out["template_error"] += 1
+    return rows
 
 
 def _step_events(progress: Progress):
@@ -175,7 +268,7 @@ def _step_events(progress: Progress):
 
 
 def train_reward_model(
-    spec: RunSpec, rows: Sequence[FeedbackRow], *, snapshot_sha256: str, progress: Progress
+    spec: RunSpec, rows: Sequence[SnapshotRow], *, snapshot_sha256: str, progress: Progress
 ) -> Path:
     """Train the reward model `spec.reward_model` describes on `rows` (the training split) and
     publish its directory. Raises `NotEnoughSignalError` (fewer than `min_pairs` pairs: nothing
@@ -188,25 +281,22 @@ def train_reward_model(
         raise OutputExistsError(f"reward model directory {out} already exists; pick a new one")
     pairs = build_pairs(rated_answers(rows), seed=spec.seed)
     if len(pairs.pairs) < rspec.min_pairs:
-        raise NotEnoughSignalError(
-            f"too little signal for a reward model: {len(pairs.pairs)} preference pairs "
-            f"({pairs.thumbs_up} thumbs-up, {pairs.thumbs_down} thumbs-down, {pairs.corrections} corrections), "
-            f"need {rspec.min_pairs}"
-        )
+        raise NotEnoughSignalError(_too_little(pairs, len(pairs.pairs), rspec.min_pairs))
 
     import torch
     from datasets import Dataset, disable_progress_bars
     from peft import LoraConfig
-    from transformers import AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
+    from trainer.recipes import load_tokenizer
     from trainer.run import _fsync_dir, _fsync_tree, is_main_process
+    from trainer.tokens import Renderer
 
     disable_progress_bars()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(spec.base_model, local_files_only=True)
-    except Exception as exc:
-        raise BaseModelError(f"cannot load the tokenizer of {spec.base_model}: {exc}") from exc
+    tokenizer = load_tokenizer(spec)
+    rows_ids = tokenized_pairs(pairs, Renderer(tokenizer), rspec.max_length)
+    if len(rows_ids) < rspec.min_pairs:
+        raise NotEnoughSignalError(_too_little(pairs, len(rows_ids), rspec.min_pairs))
     hp = _hyperparameters(spec, rspec)
     partial = out.parent / f".{out.name}.partial-{re.sub(r'[^A-Za-z0-9._-]', '_', spec.run_id)}"
     main = is_main_process()
@@ -238,7 +328,7 @@ def train_reward_model(
         trainer = RewardTrainer(
             model=spec.base_model,
             args=config,
-            train_dataset=Dataset.from_list(pairs.pairs).shuffle(seed=spec.seed),
+            train_dataset=Dataset.from_list(rows_ids).shuffle(seed=spec.seed),
             processing_class=tokenizer,
             peft_config=LoraConfig(
                 r=spec.lora.r,
@@ -265,7 +355,7 @@ def train_reward_model(
                 "base_model": spec.base_model,
                 "snapshot_sha256": snapshot_sha256,
                 "trained_on": "train split only; the holdout is left for calibration",
-                "examples": pairs.counts(),
+                "examples": {**pairs.counts(), "trained_pairs": len(rows_ids)},
                 "hyperparameters": hp,
                 "max_length": rspec.max_length,
                 "pad_token_id": tokenizer.pad_token_id,
@@ -293,6 +383,15 @@ def train_reward_model(
     return out
 
 
+def _too_little(pairs: RewardPairs, usable: int, needed: int) -> str:
+    left_out = ", ".join(f"{reason} {n}" for reason, n in sorted(pairs.left_out.items()))
+    return (
+        f"too little signal for a reward model: {usable} usable preference pairs "
+        f"({pairs.thumbs_up} thumbs-up, {pairs.thumbs_down} thumbs-down, {pairs.corrections} corrections"
+        f"{'; left out: ' + left_out if left_out else ''}), need {needed}"
+    )
+
+
 def _hyperparameters(spec: RunSpec, rspec: RewardModelSpec) -> dict[str, Any]:
     return {
         "learning_rate": rspec.learning_rate,
@@ -311,14 +410,6 @@ def _target_modules(spec: RunSpec) -> list[str] | str:
 
 
 # --- scoring
-
-
-class ScoreItem(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """One line of the scoring input: a conversation and the answer to score."""
-
-    id: str
-    messages: list[dict[str, Any]]
-    answer: str
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
@@ -366,13 +457,17 @@ class RewardScorer:
         self.pad_token_id = pad
         self.max_length = int(self.manifest["max_length"])
         self.model = PeftModel.from_pretrained(model, str(directory)).eval()
+        from trainer.tokens import Renderer
+
+        self.renderer = Renderer(self.tokenizer)
         self._torch = torch
 
     def _ids(self, item: ScoreItem) -> list[int]:
-        ids = self.tokenizer.apply_chat_template(
-            _conversation(item.messages, item.answer), tokenize=True, return_dict=True
-        )["input_ids"]
-        return list(ids[-self.max_length :])  # the head reads the last token: keep the answer's end
+        answer = Message(role="assistant", content=item.answer)
+        try:
+            return side_ids(self.renderer, Side(item.messages, item.tools, answer), self.max_length)
+        except Exception as exc:  # RenderError, TemplateError: this item cannot be rendered at all
+            raise RewardModelError(f"scoring item {item.id!r} cannot be rendered: {exc}") from exc
 
     def score(self, items: Sequence[ScoreItem], *, batch_size: int = 16) -> list[float]:
         torch = self._torch
@@ -393,7 +488,7 @@ class RewardScorer:
 
 
 def read_items(path: str | Path) -> list[ScoreItem]:
-    """Scoring input: JSONL, one `ScoreItem` per line; `RewardModelError` names the bad line."""
+    """Scoring input: JSONL, one `formats.reward.ScoreItem` per line; `RewardModelError` names the bad line."""
     decoder = msgspec.json.Decoder(ScoreItem)
     items = []
     try:
@@ -428,6 +523,6 @@ def score_file(
     tmp = out.with_name(f".{out.name}.tmp")
     with tmp.open("wb") as f:
         for item, value in zip(items, scores, strict=True):
-            f.write(msgspec.json.encode({"id": item.id, "score": value}) + b"\n")
+            f.write(msgspec.json.encode(ScoreLine(id=item.id, score=value)) + b"\n")
     os.replace(tmp, out)
     return len(items)

@@ -1,9 +1,11 @@
 """One training run, from SPEC.json to an adapter directory that appears all at once.
 
 Order of work: check every input (spec, base model, parent, snapshot, enough signal) before the
-heavy libraries are imported, so a bad run fails in about a second; then train in a hidden
-sibling `.<name>.partial-<run_id>` of the output directory, write `manifest.json`, fsync and
-`os.replace` it into place. A failed run removes its partial directory: no half-written adapter
+heavy libraries are imported, so a bad run fails in about a second; then render and fit the
+examples with the base model's tokenizer (`trainer.tokens`: what cannot train is dropped and
+counted, and a run left with no answer tokens fails saying so) and choose the method on what
+remains; then train in a hidden sibling `.<name>.partial-<run_id>` of the output directory, write
+`manifest.json`, fsync and `os.replace` it into place. A failed run removes its partial directory: no half-written adapter
 ever sits where the service looks for one.
 
 Multi-GPU: every process runs this same function under `accelerate launch`; only the main one
@@ -21,13 +23,14 @@ import re
 import shutil
 import sys
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
-from trainer.dataset import build_examples, choose_method
-from trainer.errors import BaseModelError, NotEnoughSignalError, OutputExistsError
+from trainer.dataset import KINDS, Examples, build_examples, choose_method
+from trainer.errors import BaseModelError, NotEnoughSignalError, NoTrainableTokensError, OutputExistsError
 from trainer.progress import Progress
-from trainer.snapshot import read_snapshot
+from trainer.snapshot import Snapshot, read_snapshot
 from trainer.spec import RunSpec
 
 ADAPTER_SCHEMA_VERSION = 1
@@ -61,16 +64,25 @@ def run(spec: RunSpec, progress: Progress) -> Path:
     started = time.monotonic()
     check_paths(spec)
     snapshot = read_snapshot(spec.snapshot_dir)
-    examples = build_examples(snapshot.train)
-    choice = choose_method(examples, spec.method, spec.min_examples, spec.auto_min_pair_share)
+    built = build_examples(snapshot.train, unreadable=snapshot.unreadable)
+    # Too little signal even before measuring in tokens: fail now, before the heavy imports.
+    choose_method(built, spec.method, spec.min_examples, spec.auto_min_pair_share)
 
     # Inputs are good: now pay for importing torch and TRL.
     import torch
 
-    from trainer.recipes import RECIPES, Job, StepEvents, hyperparameters
+    from trainer.recipes import RECIPES, Job, StepEvents, hyperparameters, load_tokenizer
+    from trainer.tokens import Renderer, fit_examples, model_context
+
+    tokenizer = load_tokenizer(spec)
+    context = model_context(spec.base_model, tokenizer)
+    limit = min(spec.optim.max_length, context) if context else spec.optim.max_length
+    examples = fit_examples(built, Renderer(tokenizer), limit)
+    check_trainable(built, examples, spec.method, limit, context)
+    choice = choose_method(examples, spec.method, spec.min_examples, spec.auto_min_pair_share)
 
     torch.set_num_threads(spec.torch_threads)
-    hp = hyperparameters(spec, choice.method, examples)
+    hp = hyperparameters(spec, choice.method, examples, limit)
     out = Path(spec.output_dir)
     partial = out.parent / f".{out.name}.partial-{re.sub(r'[^A-Za-z0-9._-]', '_', spec.run_id)}"
     main = is_main_process()
@@ -85,6 +97,7 @@ def run(spec: RunSpec, progress: Progress) -> Path:
         examples=choice.examples,
         total_steps=spec.optim.max_steps,
         counts=examples.counts(),
+        max_length=hp["max_length"],
     )
     try:
         job = Job(spec=spec, examples=examples, save_dir=partial, callbacks=[StepEvents(progress)])
@@ -108,8 +121,11 @@ def run(spec: RunSpec, progress: Progress) -> Path:
                 "snapshot_sha256": snapshot.sha256,
                 "snapshot": {
                     "dir": str(snapshot.path),
-                    "files": {name: entry["sha256"] for name, entry in snapshot.manifest["files"].items()},
-                    "rows": {"train": len(snapshot.train), "holdout": len(snapshot.holdout)},
+                    "files": {name: entry.sha256 for name, entry in snapshot.manifest.files.items()},
+                    "rows": {
+                        "train": len(snapshot.train) + snapshot.unreadable,
+                        "holdout": snapshot.holdout_rows,
+                    },
                 },
                 "examples": examples.counts(),
                 "hyperparameters": hp,
@@ -142,7 +158,7 @@ def run(spec: RunSpec, progress: Progress) -> Path:
     return out
 
 
-def _train_reward_model(spec: RunSpec, snapshot, progress: Progress) -> dict:
+def _train_reward_model(spec: RunSpec, snapshot: Snapshot, progress: Progress) -> dict:
     """Train the reward model beside the adapter; too little signal for one is reported, not fatal
     (the adapter is good without it: the gate then decides on other evidence)."""
     from trainer.reward import train_reward_model
@@ -156,6 +172,29 @@ def _train_reward_model(spec: RunSpec, snapshot, progress: Progress) -> dict:
     except NotEnoughSignalError as exc:
         return {"skipped": str(exc)}
     return {"dir": str(path), "wall_time_s": round(time.monotonic() - started, 3)}
+
+
+def check_trainable(built: Examples, fitted: Examples, method: str, limit: int, context: int | None) -> None:
+    """Raise NoTrainableTokensError when fitting left nothing to train on: no example of the
+    requested method (any method for `auto`) kept, although the snapshot had some."""
+    kinds = KINDS if method == "auto" else (method,)
+    if any(fitted.of(k) for k in kinds) or not any(built.of(k) for k in kinds):
+        return
+    before = sum(len(built.of(k)) for k in kinds)
+    reasons: Counter[str] = Counter()
+    for k in kinds:
+        reasons.update(fitted.dropped.get(k, {}))
+    why = ", ".join(f"{reason} {n}" for reason, n in reasons.most_common())
+    budget = "optim.max_length"
+    if context is not None:
+        budget = f"the lesser of optim.max_length and the model's context ({context})"
+    raise NoTrainableTokensError(
+        f"no trainable answer tokens: all {before} {'/'.join(k.upper() for k in kinds)} examples were left "
+        f"out when fitted into {limit} tokens, {budget} ({why}). too_long means the answer does not fit "
+        "even with the prompt's oldest turns and its system message cut: raise optim.max_length (up to "
+        "the model's context) or send shorter prompts; tool_calls_not_rendered means the base model's "
+        "chat template cannot render tool calls"
+    )
 
 
 def _lora_shape(adapter_dir: Path) -> dict:

@@ -79,8 +79,14 @@ class OptimSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
         int, _doc("Micro-batches summed into one optimiser step."), msgspec.Meta(ge=1)
     ] = 1
     max_length: Annotated[
-        int, _doc("Longest tokenised prompt + answer; longer examples are truncated."), msgspec.Meta(ge=8)
-    ] = 256
+        int,
+        _doc(
+            "Most tokens of prompt + answer an example may have (the base model's context bounds it too). "
+            "Training uses the longest example's length up to this; a longer prompt loses its oldest "
+            "turns (then its system message), and an answer that still does not fit is dropped and counted."
+        ),
+        msgspec.Meta(ge=8),
+    ] = 2048
     warmup_steps: Annotated[
         float, _doc("Linear warm-up: steps, or a fraction of all steps when below 1."), msgspec.Meta(ge=0)
     ] = 0

@@ -46,7 +46,9 @@ class PreferenceAgreement:
     ) -> ExampleScore | None:
         pairs = self._pairs(example)
         texts = list(dict.fromkeys(a for pair in pairs for a in pair))
-        tokens = await asyncio.gather(*(server.answer_tokens(example.messages, t) for t in texts))
+        tokens = await asyncio.gather(
+            *(server.answer_tokens(example.messages, t, example.tools) for t in texts)
+        )
         by_text = dict(zip(texts, tokens, strict=True))
 
         async def logprobs(model: str) -> dict[str, float]:

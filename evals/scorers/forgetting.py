@@ -14,7 +14,7 @@ from typing import Any
 
 from evals.config import Role
 from evals.evalset import EvalExample
-from evals.feedback import FeedbackExample, prompt_key
+from evals.feedback import FeedbackExample
 from evals.scorers.base import AnswerPair, ExampleScore
 
 
@@ -59,7 +59,7 @@ class ForgettingGuard:
 
     def applies_to(self, example: EvalExample) -> bool:
         if example.id not in self._keys:
-            self._keys[example.id] = prompt_key(example.messages)
+            self._keys[example.id] = example.key
         return self.judge.applies_to(example) and self._keys[example.id] in self._liked
 
     async def score(self, example: EvalExample, answers: AnswerPair, server: Any) -> ExampleScore | None:

@@ -28,7 +28,7 @@ import httpx
 from evals.calibration import DEFAULT_CALIBRATION, AgreementCalibration, CalibrationConfig, calibrate_verdicts
 from evals.config import JudgeConfig, Role
 from evals.errors import JudgeError, ScorerError
-from evals.evalset import EvalExample, content_text
+from evals.evalset import EvalExample, message_text
 from evals.feedback import FeedbackExample
 from evals.scorers.base import AnswerPair, ExampleScore, Kind
 from evals.server import ModelServer, error_message
@@ -45,8 +45,18 @@ def parse_verdict(text: str) -> Verdict | None:
 
 
 def render_conversation(messages: list[dict[str, Any]]) -> str:
-    """The conversation as the judge reads it: one 'role: text' paragraph per message."""
-    return "\n\n".join(f"{m.get('role', 'user')}: {content_text(m.get('content'))}" for m in messages)
+    """The conversation as the judge reads it: one 'role: text' paragraph per message, tool calls
+    as `name(arguments)`."""
+    return "\n\n".join(f"{m.get('role', 'user')}: {_message_line(m)}" for m in messages)
+
+
+def _message_line(message: dict[str, Any]) -> str:
+    calls = [
+        f"{c['function'].get('name', '?')}({c['function'].get('arguments', '')})"
+        for c in message.get("tool_calls") or []
+        if isinstance(c, dict) and isinstance(c.get("function"), dict)
+    ]
+    return " ".join([message_text(message), *(f"[calls {call}]" for call in calls)]).strip()
 
 
 class PairwiseJudge:

@@ -20,8 +20,8 @@ from evals.calibration import DEFAULT_CALIBRATION, AucCalibration, CalibrationCo
 from evals.config import Role
 from evals.errors import RewardModelError
 from evals.evalset import EvalExample
-from evals.feedback import FeedbackExample, prompt_key
-from evals.reward_model import RewardItem, RewardModel
+from evals.feedback import FeedbackExample
+from evals.reward_model import RewardItem, RewardModel, reward_item
 from evals.scorers.base import AnswerPair, ExampleScore, Kind
 
 
@@ -64,26 +64,26 @@ class LearnedJudge:
             self._prepared = True
             wanted: dict[tuple[str, str], RewardItem] = {}
 
-            def want(messages: list, answer: str) -> None:
-                key = (prompt_key(messages), answer)
-                if key not in wanted:
-                    wanted[key] = RewardItem(id=str(len(wanted)), messages=messages, answer=answer)
+            def want(key: str, messages: list, tools: list | None, answer: str) -> None:
+                if (key, answer) not in wanted:
+                    wanted[key, answer] = reward_item(str(len(wanted)), messages, answer, tools)
 
-            for ex in self.feedback:
-                for answer, _ in ex.ratings:
-                    want(ex.messages, answer)
-            for ex, pair in zip(examples, answers, strict=True):
-                if ex.source == "holdout":
-                    self._keys[ex.id] = prompt_key(ex.messages)
-                    want(ex.messages, pair.candidate)
-                    want(ex.messages, pair.incumbent)
             try:
+                for ex in self.feedback:
+                    for answer, _ in ex.ratings:
+                        want(ex.key, ex.messages, ex.tools, answer)
+                for ex, pair in zip(examples, answers, strict=True):
+                    if ex.source == "holdout":
+                        self._keys[ex.id] = ex.key
+                        want(ex.key, ex.messages, ex.tools, pair.candidate)
+                        want(ex.key, ex.messages, ex.tools, pair.incumbent)
                 values = await self.model.score(list(wanted.values()))
             except RewardModelError as exc:
+                self._keys.clear()
                 self.eligibility = f"not eligible: {exc}"
                 return
             self._rewards = dict(zip(wanted, values, strict=True))
-            rated = [(prompt_key(ex.messages), a, r) for ex in self.feedback for a, r in ex.ratings]
+            rated = [(ex.key, a, r) for ex in self.feedback for a, r in ex.ratings]
             self.calibration = calibrate_scores(
                 [self._rewards[(k, a)] for k, a, _ in rated], [r > 0 for _, _, r in rated], self.config
             )

@@ -46,7 +46,7 @@ from typing import Any, ClassVar, Literal
 
 from evals.config import Role
 from evals.evalset import EvalExample
-from evals.feedback import FeedbackExample, prompt_key
+from evals.feedback import FeedbackExample
 from evals.scorers.base import AnswerPair, ExampleScore, Kind
 
 References = Literal["endorsed", "corrections", "liked"]
@@ -112,7 +112,7 @@ class ReferenceSimilarity:
 
     def _key(self, example: EvalExample) -> str:
         if example.id not in self._keys:
-            self._keys[example.id] = prompt_key(example.messages)
+            self._keys[example.id] = example.key
         return self._keys[example.id]
 
     def applies_to(self, example: EvalExample) -> bool:

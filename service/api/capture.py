@@ -12,7 +12,7 @@ from typing import Any
 
 from litestar import Request, post
 
-from service.api.deps import scoped_project
+from service.api.deps import needs, scoped_project
 from service.api.openapi import FeedbackOperation, LogsOperation
 from service.capture import decode_feedback, decode_logs
 from service.domain import CaptureResult, Principal
@@ -45,7 +45,13 @@ async def capture_feedback(
     return _reject_if_nothing_taken(await runtime.capture.write_feedback(name, decode_feedback(body)))
 
 
-@post("/v1/logs", status_code=202, operation_class=LogsOperation, summary="Store inference logs")
+@post(
+    "/v1/logs",
+    status_code=202,
+    operation_class=LogsOperation,
+    summary="Store inference logs",
+    opt=needs("ingest"),
+)
 async def post_logs(
     request: Request[Any, Any, Any], principal: Principal, runtime: Runtime, project: str | None = None
 ) -> CaptureResult:
@@ -53,7 +59,13 @@ async def post_logs(
     return await capture_logs(runtime, principal, project, await request.body())
 
 
-@post("/v1/feedback", status_code=202, operation_class=FeedbackOperation, summary="Store user feedback")
+@post(
+    "/v1/feedback",
+    status_code=202,
+    operation_class=FeedbackOperation,
+    summary="Store user feedback",
+    opt=needs("ingest"),
+)
 async def post_feedback(
     request: Request[Any, Any, Any], principal: Principal, runtime: Runtime, project: str | None = None
 ) -> CaptureResult:

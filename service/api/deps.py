@@ -1,4 +1,10 @@
-"""Request-scoped dependencies: who is calling, and which project they may touch."""
+"""Request-scoped dependencies: who is calling, what they may do, which project they may touch.
+
+Every route that takes a `principal` names the scope it needs in its handler's `opt`
+(`opt=needs("read")`); `provide_principal` authenticates the key and checks that scope before the
+handler runs, through the same `authenticate` the ingest fast path calls. `create_app` refuses a
+route that takes a principal without naming a scope.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +14,18 @@ from typing import Any
 from litestar import Request
 from litestar.datastructures import State
 
+from service.auth import ADMIN_SCOPES, Scope, authorize
 from service.domain import Principal
-from service.errors import Forbidden, InvalidInput, NotFound
+from service.errors import InvalidInput, NotFound
 from service.runtime import Runtime
 
-_DEV_PRINCIPAL = Principal("auth-disabled", None)
+_DEV_PRINCIPAL = Principal("auth-disabled", None, frozenset(ADMIN_SCOPES))
+SCOPE_OPT = "scope"
+
+
+def needs(scope: Scope) -> dict[str, Any]:
+    """A route handler's `opt` naming the scope its caller needs."""
+    return {SCOPE_OPT: scope}
 
 
 def provide_runtime(state: State) -> Runtime:
@@ -20,15 +33,19 @@ def provide_runtime(state: State) -> Runtime:
 
 
 def provide_principal(request: Request[Any, Any, Any], runtime: Runtime) -> Principal:
-    """Authenticate the `Authorization: Bearer <key>` header (or `x-api-key`)."""
-    return authenticate(runtime, request.scope["headers"])
+    """Authenticate the `Authorization: Bearer <key>` header (or `x-api-key`) and check the
+    route's scope."""
+    return authenticate(runtime, request.scope["headers"], request.route_handler.opt[SCOPE_OPT])
 
 
-def authenticate(runtime: Runtime, headers: Iterable[tuple[bytes, bytes]]) -> Principal:
-    """The principal for an ASGI scope's raw headers; raises `Unauthenticated`."""
+def authenticate(runtime: Runtime, headers: Iterable[tuple[bytes, bytes]], scope: Scope) -> Principal:
+    """The principal for an ASGI scope's raw headers, allowed `scope`: raises `Unauthenticated`
+    (no, unknown, revoked or expired key) or `Forbidden` (the key lacks the scope)."""
     if runtime.settings.auth_disabled:
         return _DEV_PRINCIPAL
-    return runtime.keys.authenticate(_presented_key(headers))
+    principal = runtime.keys.authenticate(_presented_key(headers))
+    authorize(principal, scope)
+    return principal
 
 
 def _presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
@@ -44,11 +61,6 @@ def _presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     return api_key
 
 
-def require_admin(principal: Principal) -> None:
-    if not principal.is_admin:
-        raise Forbidden("this needs an admin key; project keys can only use their own project's data")
-
-
 def scoped_project(principal: Principal, runtime: Runtime, requested: str | None) -> str:
     """The project this request acts on. A project key only ever sees its own project.
 
@@ -60,7 +72,7 @@ def scoped_project(principal: Principal, runtime: Runtime, requested: str | None
             raise NotFound(f"project {requested!r} does not exist")
         return principal.project
     if requested is None:
-        raise InvalidInput("an admin key must name the project: add ?project=NAME", "project")
+        raise InvalidInput("a key for all projects must name the project: add ?project=NAME", "project")
     if requested not in runtime.projects:
         raise NotFound(f"project {requested!r} does not exist: create it with `ratchet projects create`")
     return requested

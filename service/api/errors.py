@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import msgspec
@@ -71,7 +72,13 @@ def decode_error(exc: msgspec.MsgspecError) -> ErrorBody:
     # msgspec names the path of the bad field: "Expected `int`, got `str` - at `$.rating`".
     message = str(exc)
     field = message.rsplit("at `", 1)[1].rstrip("`") if "at `$" in message else None
+    unknown = _UNKNOWN_FIELD.search(message)
+    if unknown:  # "Object contains unknown field `x`" names the object, not the field
+        field = f"{field or '$'}.{unknown.group(1)}"
     return ErrorBody("invalid_input", f"invalid request body: {message}", field)
+
+
+_UNKNOWN_FIELD = re.compile(r"Object contains unknown field `([^`]*)`")
 
 
 def handle_domain(_: Request[Any, Any, Any], exc: errors.RatchetError) -> Response[ErrorBody]:
@@ -87,6 +94,9 @@ def handle_validation(_: Request[Any, Any, Any], exc: ValidationException) -> Re
     parts = [f"{e.get('message')} ({e.get('key')})" if isinstance(e, dict) else str(e) for e in extra or []]
     message = "; ".join(parts) or exc.detail
     field = next((e.get("key") for e in extra or [] if isinstance(e, dict) and e.get("key")), None)
+    unknown = _UNKNOWN_FIELD.search(message)
+    if unknown:  # Litestar names the body ("data") or the object holding the unknown field
+        field = unknown.group(1) if field in (None, "data") else f"{field}.{unknown.group(1)}"
     return error_response(422, ErrorBody("invalid_input", f"invalid request: {message}", field))
 
 

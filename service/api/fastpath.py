@@ -56,7 +56,9 @@ class IngestFastPath:
             return  # the client left before sending its body: nobody to answer
         headers: dict[str, str] = {}
         try:
-            result = await route(self.runtime, authenticate(self.runtime, scope["headers"]), None, body)
+            result = await route(
+                self.runtime, authenticate(self.runtime, scope["headers"], "ingest"), None, body
+            )
             status, payload = 202, _encode(result)
         except RatchetError as exc:
             status, error, headers = domain_error(exc)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
-from litestar import MediaType, Response, get
+from litestar import MediaType, Request, Response, get
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from service.api.deps import authenticate
+from service.errors import Forbidden
 from service.runtime import Runtime
 
 
@@ -40,6 +44,14 @@ async def readyz(runtime: Runtime) -> Response[Health]:
 
 
 @get("/metrics", summary="Prometheus metrics", media_type=MediaType.TEXT, sync_to_thread=True)
-def metrics(runtime: Runtime) -> Response[bytes]:
-    """Prometheus text exposition of every `ratchet_*` metric."""
+def metrics(request: Request[Any, Any, Any], runtime: Runtime) -> Response[bytes]:
+    """Prometheus text exposition of every `ratchet_*` metric. With `metrics_require_key`, only
+    for an all-projects key with the `read` scope: the series name every project."""
+    if runtime.settings.metrics_require_key:
+        principal = authenticate(runtime, request.scope["headers"], "read")
+        if principal.project is not None:
+            raise Forbidden(
+                "/metrics names every project: use a key for all projects "
+                "(`ratchet keys create --all-projects --scope read`)"
+            )
     return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)

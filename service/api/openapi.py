@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody
 
+from formats.chat import ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest
 from service.domain import FeedbackBatchIn, FeedbackIn, LogBatchIn, LogIn
 
 
@@ -27,8 +28,22 @@ def _inline(node: Any, defs: dict[str, Any]) -> Any:
     return node
 
 
+def _openai_bodies() -> dict[str, Any]:
+    """The published shapes of a log's `request` and `response`: the OpenAI chat or completions
+    bodies of `formats.chat` (which also validates them; unknown fields are allowed there)."""
+    structs = (ChatCompletionRequest, CompletionRequest, ChatCompletion, Completion)
+    schemas, defs = msgspec.json.schema_components(structs, ref_template="#/$defs/{name}")
+    chat_req, completion_req, chat_resp, completion_resp = (_inline(s, defs) for s in schemas)
+    return {
+        "request": {"oneOf": [chat_req, completion_req], "description": "The OpenAI request body as sent."},
+        "response": {"oneOf": [chat_resp, completion_resp], "description": "The OpenAI response body."},
+    }
+
+
 def _one_or_batch(one: type, batch: type, what: str) -> type[Operation]:
     schemas, defs = msgspec.json.schema_components((one, batch), ref_template="#/$defs/{name}")
+    if one is LogIn:
+        defs["LogIn"]["properties"].update(_openai_bodies())
     schema = {"oneOf": [_inline(s, defs) for s in schemas]}
 
     @dataclass

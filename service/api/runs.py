@@ -4,26 +4,28 @@ from __future__ import annotations
 
 from litestar import get, post
 
-from service.api.deps import scoped_project
+from service.api.deps import needs, scoped_project
 from service.domain import Principal
 from service.errors import NotFound
 from service.runtime import Runtime
 from service.store.runs import RunRecord
 
 
-@post("/v1/projects/{name:str}/runs", status_code=202, summary="Start a training run now")
+@post(
+    "/v1/projects/{name:str}/runs", status_code=202, summary="Start a training run now", opt=needs("manage")
+)
 async def start_run(name: str, principal: Principal, runtime: Runtime) -> RunRecord:
     """Snapshot, train, evaluate and (if it wins) canary a new adapter. 409 while a run is active."""
     assert runtime.pipeline is not None
     return runtime.pipeline.start(scoped_project(principal, runtime, name), "manual")
 
 
-@get("/v1/runs", summary="List runs", sync_to_thread=True)
+@get("/v1/runs", summary="List runs", sync_to_thread=True, opt=needs("read"))
 def list_runs(
     principal: Principal, runtime: Runtime, project: str | None = None, limit: int = 50
 ) -> list[RunRecord]:
     """Newest first; a project key sees its own project's runs."""
-    if principal.is_admin and project is None:
+    if principal.project is None and project is None:
         return runtime.runs.list(limit=min(max(limit, 1), 1000))
     return runtime.runs.list(scoped_project(principal, runtime, project), limit=min(max(limit, 1), 1000))
 
@@ -35,7 +37,7 @@ def _visible(run_id: str, principal: Principal, runtime: Runtime) -> RunRecord:
     return run
 
 
-@get("/v1/runs/{run_id:str}", summary="One run", sync_to_thread=True)
+@get("/v1/runs/{run_id:str}", summary="One run", sync_to_thread=True, opt=needs("read"))
 def get_run(run_id: str, principal: Principal, runtime: Runtime) -> RunRecord:
     """Its state, stage durations, training progress, snapshot and eval statistics."""
     return _visible(run_id, principal, runtime)
@@ -46,6 +48,7 @@ def get_run(run_id: str, principal: Principal, runtime: Runtime) -> RunRecord:
     summary="The run's eval report",
     media_type="text/markdown; charset=utf-8",
     sync_to_thread=True,
+    opt=needs("read"),
 )
 def get_report(run_id: str, principal: Principal, runtime: Runtime) -> str:
     """The offline gate's report as Markdown: per-scorer tables, intervals, decision, examples."""

@@ -12,6 +12,7 @@ from pathlib import Path
 import duckdb
 
 from service.errors import StoreUnavailable
+from service.store.backfill import DATA_STEPS
 
 _MIGRATION = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 
@@ -20,6 +21,24 @@ def sql_string(text: str) -> str:
     """`text` escaped for use inside a single-quoted SQL literal (paths and patterns DuckDB
     cannot take as parameters, e.g. COPY targets)."""
     return text.replace("'", "''")
+
+
+def rowid_ranges(cur: duckdb.DuckDBPyConnection, table: str, batch_rows: int) -> list[tuple[int, int]]:
+    """Ranges [lo, hi) of `logs` row ids that split `table` (a temporary table of chosen rows with a
+    `log_rowid` column) into batches of about `batch_rows`; a log's rows never straddle two.
+
+    Reading `logs` one range at a time, joined on `rowid`, reads each log's text once, in storage
+    order, with memory bounded by the batch: DuckDB turns a rowid range into a range scan, and a
+    sort of one batch stays small (a single ORDER BY over all rows would hold all their text)."""
+    starts = [
+        row[0]
+        for row in cur.execute(
+            f"SELECT DISTINCT min(log_rowid) FROM (SELECT log_rowid, (row_number() OVER (ORDER BY log_rowid) - 1)"
+            f" // $batch AS chunk FROM {table}) GROUP BY chunk ORDER BY 1",
+            {"batch": batch_rows},
+        ).fetchall()
+    ]
+    return list(zip(starts, [*starts[1:], 2**62], strict=True))
 
 
 def migrations() -> list[tuple[int, str, str]]:
@@ -58,7 +77,9 @@ class Database:
         self.schema_version = self.migrate()
 
     def migrate(self) -> int:
-        """Apply every migration newer than the recorded schema version; return the version."""
+        """Apply every migration newer than the recorded schema version; return the version.
+
+        Each migration (its SQL, then its data step if it has one) commits whole or not at all."""
         con = self._con
         con.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name VARCHAR NOT NULL,"
@@ -71,6 +92,8 @@ class Database:
             con.execute("BEGIN")
             try:
                 con.execute(sql)
+                if version in DATA_STEPS:
+                    DATA_STEPS[version](con)
                 con.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name])
                 con.execute("COMMIT")
             except Exception:

@@ -1,43 +1,303 @@
-"""Export a project's logs with their feedback: JSONL in the import format, or Parquet.
+"""Export a project's logs with their feedback, streamed: JSONL in the import format, or Parquet.
 
-The JSONL lines are OpenAI chat format (`messages` ending in the assistant's answer) plus the
-feedback fields, so `ratchet export` output feeds `ratchet import` unchanged.
+A JSONL line is a conversation as OpenAI fine-tuning files write it, plus the log's and the
+feedback's fields, so `ratchet export` output feeds `ratchet import`:
+
+    {"messages": [...the prompt, then the answer as the last assistant message, tool calls and
+     all], "tools": [...], "tool_choice": ..., "response_format": ..., "finish_reason": "length",
+     "id": ..., "created_at": "2026-11-01T12:00:00Z", "adapter": ..., "end_user": ...,
+     "metadata": {...}, "rating": 1, "score": ..., "correction": ..., "comment": ...}
+
+Everything comes from the typed columns capture wrote (`formats.log`); only a log whose prompt held
+media (`media_prompt`) takes its messages from the raw request, so the media parts are not lost.
+A log with several end users' feedback gives a line per feedback row, each with the answer that
+feedback names (`choice`); a log without feedback gives one line with its first answer. Fields
+without a value are left out; `finish_reason` only when it is not `stop`. A Parquet row has the
+same fields, structured ones as JSON text.
+
+`LogExport` chooses the rows first (one narrow query in a read transaction: row ids and the
+feedback's fields, never the logs' text), so the row count is known before the first byte; then
+it reads the logs' text range by range of row ids and yields the encoded bytes, `batch_rows` rows
+at a time (`rowid_ranges`): memory follows the batch, whatever the history. A log the shape
+module could not read (`shape_error`) has no typed columns and is not exported (counted in
+`skipped`). With a `Scrubber`, PII is redacted in every message, tool call, answer, correction
+and comment, exactly as in snapshots.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from datetime import datetime
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from service.store.db import Database, sql_string
+import duckdb
+import msgspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from formats.chat import Tool
+from formats.log import Answer, Message
+from formats.logfile import LogLine
+from service.pii import Scrubber
+from service.store.db import Database, rowid_ranges
+
+log = logging.getLogger("ratchet.export")
 
 ExportFormat = Literal["jsonl", "parquet"]
+MEDIA_TYPES: dict[str, str] = {"jsonl": "application/x-ndjson", "parquet": "application/vnd.apache.parquet"}
 
-# One row per log; a log with several end users' feedback repeats once per feedback row.
-# `messages` appends the answer to the request's messages (or wraps a completions `prompt`).
-EXPORT_SQL = """
-SELECT
-    l.id AS id,
-    CASE WHEN json_type(l.request, '$.messages') = 'ARRAY'
-         THEN (l.request->'$.messages')::JSON[]
-         ELSE [json_object('role', 'user', 'content', l.request->>'$.prompt')] END
-      || [json_object('role', 'assistant', 'content',
-            coalesce(l.response->>'$.choices[0].message.content', l.response->>'$.choices[0].text'))]
-      AS messages,
-    {created_at} AS created_at,
-    l.adapter AS adapter,
-    nullif(coalesce(f.end_user, l.end_user), '') AS end_user,
-    f.rating AS rating,
-    f.score AS score,
-    f.correction AS correction,
-    f.comment AS comment
-FROM logs l
-LEFT JOIN feedback f ON f.project = l.project AND f.log_id = l.id
+
+PARQUET_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("created_at", pa.timestamp("us")),
+        ("messages", pa.string()),
+        ("tools", pa.string()),
+        ("tool_choice", pa.string()),
+        ("response_format", pa.string()),
+        ("finish_reason", pa.string()),
+        ("error", pa.string()),
+        ("adapter", pa.string()),
+        ("end_user", pa.string()),
+        ("metadata", pa.string()),
+        ("rating", pa.int8()),
+        ("score", pa.float64()),
+        ("correction", pa.string()),
+        ("comment", pa.string()),
+    ]
+)
+_JSON_FIELDS = ("messages", "tools", "tool_choice", "response_format", "metadata")
+
+# One row per (log, feedback row), or per log without feedback; shape_error logs (no typed
+# columns) are left out and counted.
+_CHOOSE = """
+CREATE OR REPLACE TEMP TABLE export_rows AS
+SELECT l.rowid AS log_rowid, l.answers IS NULL AS unreadable, f.end_user AS feedback_user,
+       coalesce(f.choice, 0) AS choice, f.rating, f.score, f.correction, f.comment,
+       nullif(coalesce(nullif(f.end_user, ''), l.end_user), '') AS end_user
+FROM logs l LEFT JOIN feedback f ON f.project = l.project AND f.log_id = l.id
 WHERE l.project = $project AND l.created_at >= $since AND l.created_at < $until
-ORDER BY l.created_at, l.id
+ORDER BY log_rowid  -- stored in row id order, each range below reads only its own part of the table
 """
+_READ = """
+SELECT k.choice, k.rating, k.score, k.correction, k.comment, k.end_user,
+       l.id, l.created_at, l.adapter, l.metadata, l.endpoint, l.messages, l.tools, l.tool_choice,
+       l.response_format, l.answers, CASE WHEN l.quarantine = 'media_prompt' THEN l.request END,
+       l.response->>'$.error.message'  -- a stream's error event, kept so an import keeps the answer's problem
+FROM export_rows k JOIN logs l ON l.rowid = k.log_rowid
+WHERE NOT k.unreadable AND k.log_rowid >= $lo AND k.log_rowid < $hi AND l.rowid >= $lo AND l.rowid < $hi
+ORDER BY k.log_rowid, k.feedback_user NULLS FIRST
+"""
+
+
+class _RawMessages(msgspec.Struct):
+    messages: list[dict[str, Any]]
+
+
+_decode_messages = msgspec.json.Decoder(list[Message]).decode
+_decode_answers = msgspec.json.Decoder(list[Answer]).decode
+_decode_tools = msgspec.json.Decoder(list[Tool]).decode
+_decode_raw_messages = msgspec.json.Decoder(_RawMessages).decode
+_decode_any = msgspec.json.Decoder().decode
+_encode = msgspec.json.encode
+_builtins = msgspec.to_builtins
+
+
+class ExportFailed(RuntimeError):
+    """Reading or encoding failed part-way through an export (the response is cut short).
+
+    Not a ValueError: Litestar's stream wrapper takes a ValueError for the end of the stream and
+    would send a truncated export as if it were whole."""
+
+
+class LogExport:
+    """An export of one project's logs in [since, until): the rows are chosen when it is built
+    (`rows`: how many, `skipped`: shape_error logs left out), and iterating it yields the file's
+    bytes in pieces. Iterate it once; it holds a read transaction until then (or `close`)."""
+
+    def __init__(
+        self,
+        db: Database,
+        project: str,
+        fmt: ExportFormat,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        scrubber: Scrubber | None = None,
+        batch_rows: int = 2048,
+    ) -> None:
+        self.fmt = fmt
+        self.scrubber = scrubber
+        self.batch_rows = batch_rows
+        self.unanswerable = 0
+        self._cur: duckdb.DuckDBPyConnection | None = db.cursor()
+        try:
+            self._cur.execute("BEGIN TRANSACTION")
+            params = {"project": project, "since": since or datetime.min, "until": until or datetime.max}
+            self._cur.execute(_CHOOSE, params)
+            total, skipped = self._cur.execute(
+                "SELECT count(*), count(*) FILTER (WHERE unreadable) FROM export_rows"
+            ).fetchone()
+        except BaseException:
+            self.close()
+            raise
+        self.rows = int(total - skipped)
+        self.skipped = int(skipped)
+
+    def close(self) -> None:
+        if self._cur is not None:
+            cur, self._cur = self._cur, None
+            try:
+                cur.execute("ROLLBACK")
+            finally:
+                cur.close()
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self._bytes()
+        except GeneratorExit:
+            raise
+        except Exception as exc:
+            log.exception("export failed part-way")
+            raise ExportFailed(f"export failed part-way: {exc}") from exc
+        finally:
+            self.close()
+        if self.skipped or self.unanswerable:
+            log.warning(
+                "export left out %d log(s) the shape module could not read and %d row(s) whose feedback "
+                "names a choice the response lacks",
+                self.skipped,
+                self.unanswerable,
+            )
+
+    def _bytes(self) -> Iterator[bytes]:
+        if self._cur is None:
+            raise ExportFailed("this export was closed or already read")
+        cur = self._cur
+        if self.fmt == "jsonl":
+            for lo, hi in rowid_ranges(cur, "export_rows", self.batch_rows):
+                lines = self._lines(cur.execute(_READ, {"lo": lo, "hi": hi}).fetchall())
+                if lines:
+                    yield b"".join(_encode(line) + b"\n" for line in lines)
+            return
+        sink = _Sink()
+        writer = pq.ParquetWriter(sink, PARQUET_SCHEMA, compression="zstd")
+        for lo, hi in rowid_ranges(cur, "export_rows", self.batch_rows):
+            lines = self._lines(cur.execute(_READ, {"lo": lo, "hi": hi}).fetchall())
+            if lines:
+                writer.write_table(_table(lines))
+                yield sink.drain()
+        writer.close()
+        yield sink.drain()
+
+    def _lines(self, records: list[tuple[Any, ...]]) -> list[LogLine]:
+        lines = []
+        for record in records:
+            line = _line(record, self.scrubber)
+            if line is None:
+                self.unanswerable += 1
+            else:
+                lines.append(line)
+        return lines
+
+
+def _line(record: tuple[Any, ...], scrubber: Scrubber | None) -> LogLine | None:
+    (choice, rating, score, correction, comment, end_user, log_id, created_at, adapter, metadata, endpoint,
+     messages, tools, tool_choice, response_format, answers, media_request, error) = record  # fmt: skip
+    answer = next((a for a in _decode_answers(answers) if a.index == choice), None)
+    if answer is None:
+        return None
+    completion = answer.message
+    prompt: list[Any]
+    if media_request is not None:
+        prompt = _decode_raw_messages(media_request).messages
+    elif endpoint == "chat":
+        prompt = _decode_messages(messages)
+    else:
+        prompt = [Message(role="user", content=answer.prompt)]
+    if scrubber is not None:
+        prompt = [
+            scrubber.scrub_message(m) if isinstance(m, Message) else _scrub_raw(scrubber, m) for m in prompt
+        ]
+        completion = scrubber.scrub_message(completion)
+        correction = scrubber.scrub(correction) if correction else correction
+        comment = scrubber.scrub(comment) if comment else comment
+    return LogLine(
+        messages=[m if isinstance(m, dict) else _builtins(m) for m in (*prompt, completion)],
+        tools=_decode_tools(tools) if tools is not None else None,
+        tool_choice=_decode_any(tool_choice) if tool_choice is not None else None,
+        response_format=_decode_any(response_format) if response_format is not None else None,
+        finish_reason=answer.finish_reason if answer.finish_reason != "stop" else None,
+        error=error if answer.problem == "upstream_error" else None,
+        id=log_id,
+        created_at=created_at.replace(tzinfo=UTC),  # stored naive UTC; written with its `Z`
+        adapter=adapter,
+        end_user=end_user,
+        metadata=_decode_any(metadata) if metadata is not None else None,
+        rating=rating,
+        score=score,
+        correction=correction,
+        comment=comment,
+    )
+
+
+def _scrub_raw(scrubber: Scrubber, message: dict[str, Any]) -> dict[str, Any]:
+    """A media prompt's message as sent, with its text scrubbed (media payloads left as they are)."""
+    content = message.get("content")
+    if isinstance(content, str):
+        content = scrubber.scrub(content)
+    elif isinstance(content, list):
+        content = [
+            {**part, "text": scrubber.scrub(part["text"])}
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+            else part
+            for part in content
+        ]
+    return {**message, "content": content}
+
+
+def _table(lines: list[LogLine]) -> pa.Table:
+    columns: dict[str, list[Any]] = {name: [] for name in PARQUET_SCHEMA.names}
+    for line in lines:
+        for name in PARQUET_SCHEMA.names:
+            value = getattr(line, name)
+            if name == "created_at":
+                value = value.replace(tzinfo=None)
+            elif name in _JSON_FIELDS and value is not None:
+                value = _encode(value).decode()
+            columns[name].append(value)
+    return pa.Table.from_pydict(columns, schema=PARQUET_SCHEMA)
+
+
+class _Sink:
+    """A write-only file for ParquetWriter whose bytes are taken out after each row group."""
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+        self._pos = 0
+        self.closed = False
+
+    def write(self, data: Any) -> int:
+        chunk = bytes(data)
+        self._chunks.append(chunk)
+        self._pos += len(chunk)
+        return len(chunk)
+
+    def tell(self) -> int:
+        return self._pos
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    def drain(self) -> bytes:
+        data, self._chunks = b"".join(self._chunks), []
+        return data
 
 
 def export_logs(
@@ -47,24 +307,17 @@ def export_logs(
     fmt: ExportFormat,
     since: datetime | None = None,
     until: datetime | None = None,
+    *,
+    scrubber: Scrubber | None = None,
 ) -> int:
-    """Write the project's logs in [since, until) to `dest`; returns the row count.
-
-    Written to a temporary sibling and renamed, so `dest` never holds a half-written file.
-    """
+    """Write the export to `dest` (a temporary sibling, fsync, rename: `dest` never holds a half
+    file); return the rows written."""
     tmp = dest.with_name(f".{dest.name}.tmp")
-    params = {"project": project, "since": since or datetime.min, "until": until or datetime.max}
-    if fmt == "jsonl":  # explicit UTC ISO-8601, as the importer reads it
-        sql, options = (
-            EXPORT_SQL.format(created_at="strftime(l.created_at, '%Y-%m-%dT%H:%M:%S.%fZ')"),
-            "FORMAT JSON",
-        )
-    else:
-        sql, options = EXPORT_SQL.format(created_at="l.created_at"), "FORMAT PARQUET, COMPRESSION ZSTD"
-    with db.reading() as cur:
-        cur.execute(f"COPY ({sql}) TO '{sql_string(str(tmp))}' ({options})", params)
-        (rows,) = cur.execute(f"SELECT count(*) FROM ({sql})", params).fetchone()
-    with open(tmp, "rb+") as fh:
+    export = LogExport(db, project, fmt, since=since, until=until, scrubber=scrubber)
+    with open(tmp, "wb") as fh:
+        for chunk in export:
+            fh.write(chunk)
+        fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, dest)
-    return int(rows)
+    return export.rows - export.unanswerable

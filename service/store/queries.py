@@ -15,6 +15,16 @@ from service.auth import StoredKey
 from service.domain import AdapterStats, FeedbackOut, LogOut, Project, ProjectStats
 from service.errors import Conflict, NotFound
 from service.store.db import Database
+from service.store.serving import Event, Serving
+
+_KEY_COLUMNS = (
+    "id, project, sha256, created_at, revoked_at, scopes, name, last_used_at, expires_at, rotated_from"
+)
+
+
+def _key(row: tuple[Any, ...]) -> StoredKey:
+    fields = dict(zip(_KEY_COLUMNS.split(", "), row, strict=True))
+    return StoredKey(**{**fields, "scopes": tuple(fields["scopes"] or ())})
 
 
 def _json(value: str | None) -> Any:
@@ -56,22 +66,74 @@ class Queries:
             rows = cur.execute("SELECT name, base_model, created_at FROM projects ORDER BY name").fetchall()
         return [Project(*r) for r in rows]
 
+    def project_settings(self) -> dict[str, tuple[dict[str, Any], str]]:
+        """Every project's settings overrides and base model."""
+        with self._db.reading() as cur:
+            rows = cur.execute("SELECT name, settings, base_model FROM projects").fetchall()
+        return {name: (_json(settings) or {}, base_model or "") for name, settings, base_model in rows}
+
+    def save_project_settings(
+        self, project: str, overrides: dict[str, Any], base_model: str, event: Event
+    ) -> None:
+        """Store a project's overrides and base model with the event recording the change."""
+        with self._db.transaction() as cur:
+            cur.execute(
+                "UPDATE projects SET settings = ?, base_model = ? WHERE name = ?",
+                [msgspec.json.encode(overrides).decode(), base_model, project],
+            )
+            Serving._insert_event(cur, event)
+
     # --- keys
-    def add_key(self, key: StoredKey) -> None:
+    def add_key(self, key: StoredKey, event: Event | None = None) -> None:
+        """Store a new key (and the event that records it) in one transaction."""
         with self._db.transaction() as cur:
             self._insert_key(cur, key)
+            if event:
+                Serving._insert_event(cur, event)
 
     @staticmethod
     def _insert_key(cur: duckdb.DuckDBPyConnection, key: StoredKey) -> None:
         cur.execute(
-            "INSERT INTO api_keys (id, project, sha256, created_at) VALUES (?, ?, ?, ?)",
-            [key.id, key.project, key.sha256, key.created_at],
-        )
+            f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [key.id, key.project, key.sha256, key.created_at, key.revoked_at, list(key.scopes), key.name,
+             key.last_used_at, key.expires_at, key.rotated_from],
+        )  # fmt: skip
 
     def list_keys(self) -> list[StoredKey]:
+        """Every key, revoked ones included (the key ring and the listing start from here)."""
         with self._db.reading() as cur:
-            rows = cur.execute("SELECT id, project, sha256, created_at, revoked_at FROM api_keys").fetchall()
-        return [StoredKey(*r) for r in rows]
+            rows = cur.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at, id").fetchall()
+        return [_key(r) for r in rows]
+
+    def revoke_key(self, key_id: str, now: datetime, event: Event) -> None:
+        with self._db.transaction() as cur:
+            cur.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", [now, key_id]
+            )
+            Serving._insert_event(cur, event)
+
+    def rotate_key(
+        self, old_id: str, new: StoredKey, old_expires_at: datetime, revoke_now: bool, event: Event
+    ) -> None:
+        """Store the replacement key and end the old one (now, or at `old_expires_at`), atomically."""
+        with self._db.transaction() as cur:
+            self._insert_key(cur, new)
+            cur.execute(
+                "UPDATE api_keys SET expires_at = ?, revoked_at = CASE WHEN ? THEN ? ELSE revoked_at END"
+                " WHERE id = ?",
+                [old_expires_at, revoke_now, old_expires_at, old_id],
+            )
+            Serving._insert_event(cur, event)
+
+    def record_key_use(self, used: dict[str, datetime]) -> None:
+        """Write when keys were last used (kept in memory between calls), in one transaction."""
+        if not used:
+            return
+        with self._db.transaction() as cur:
+            cur.executemany(
+                "UPDATE api_keys SET last_used_at = greatest(coalesce(last_used_at, ?), ?) WHERE id = ?",
+                [[at, at, key_id] for key_id, at in used.items()],
+            )
 
     # --- logs
     def get_log(self, project: str, log_id: str) -> LogOut:
@@ -85,7 +147,7 @@ class Queries:
             if row is None:
                 raise NotFound(f"no log {log_id!r} in project {project!r}")
             feedback = cur.execute(
-                "SELECT id, log_id, end_user, created_at, rating, score, correction, comment FROM feedback"
+                "SELECT id, log_id, end_user, created_at, rating, score, correction, comment, choice FROM feedback"
                 " WHERE project = ? AND log_id = ? ORDER BY created_at",
                 [project, log_id],
             ).fetchall()

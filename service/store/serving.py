@@ -34,6 +34,8 @@ class AdapterRecord(msgspec.Struct, kw_only=True):
     updated_at: datetime
     manifest: dict[str, Any] = {}
     fingerprint: list[str] | None = None
+    erased_data: list[dict[str, Any]] = []
+    """Marks left by deletions of data this adapter was (or may have been) trained on."""
 
 
 class Event(msgspec.Struct):
@@ -53,11 +55,12 @@ _ADAPTER_COLUMNS = (
 
 
 def _adapter(row: tuple[Any, ...]) -> AdapterRecord:
-    *head, manifest, fingerprint = row
+    *head, manifest, fingerprint, erased = row
     return AdapterRecord(
         **dict(zip(_ADAPTER_COLUMNS.split(", ")[:-2], head, strict=True)),
         manifest=msgspec.json.decode(manifest) if manifest else {},
         fingerprint=msgspec.json.decode(fingerprint) if fingerprint else None,
+        erased_data=msgspec.json.decode(erased) if erased else [],
     )
 
 
@@ -110,14 +113,15 @@ class Serving:
         where, params = ("WHERE project = ?", [project]) if project else ("", [])
         with self._db.reading() as cur:
             rows = cur.execute(
-                f"SELECT {_ADAPTER_COLUMNS} FROM adapters {where} ORDER BY project, version", params
+                f"SELECT {_ADAPTER_COLUMNS}, erased_data FROM adapters {where} ORDER BY project, version",
+                params,
             ).fetchall()
         return [_adapter(r) for r in rows]
 
     def adapter(self, served_name: str) -> AdapterRecord:
         with self._db.reading() as cur:
             row = cur.execute(
-                f"SELECT {_ADAPTER_COLUMNS} FROM adapters WHERE served_name = ?", [served_name]
+                f"SELECT {_ADAPTER_COLUMNS}, erased_data FROM adapters WHERE served_name = ?", [served_name]
             ).fetchone()
         if row is None:
             raise NotFound(f"no adapter {served_name!r}: see `ratchet adapters list`")

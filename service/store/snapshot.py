@@ -1,98 +1,98 @@
-"""Cut a training snapshot: `train.parquet`, `holdout.parquet` and `manifest.json`.
+"""Cut a training snapshot: `train.parquet`, `holdout.parquet` and `manifest.json` (the contract is
+`formats.snapshot`: one `SnapshotRow` per (log, feedback) pair, schema version 2).
 
 The one place where data is cleaned before training (DESIGN.md, Contracts):
-1. join logs with their current feedback (a row per (log, feedback) that carries a signal);
-2. scrub PII (e-mail, phone, card numbers, key-like strings, configured patterns);
-3. drop identical examples (same prompt, answer, rating and correction): a thousand fake users
-   posting the same thumb count once;
-4. cap each end user's share, keeping their newest rows (a user spamming thumbs cannot steer);
-5. split by time: the newest `holdout_fraction` is the holdout; training rows whose prompt also
-   appears in the holdout are dropped, so the gate never scores a prompt the model trained on.
+1. select every (log, current feedback) pair in [since, until) that carries a signal (a rating,
+   score or correction); a log capture quarantined (`logs.quarantine`: media prompt, token
+   prompt, legacy function call, shape error) is counted by reason and set aside;
+2. drop identical examples (same prompt, answer, rating and correction, by `prompt_sha256` and a
+   hash of the answers and the chosen choice): a thousand fake users posting the same thumb count
+   once;
+3. cap each end user's share, keeping their newest rows (a user spamming thumbs cannot steer);
+4. split: by time, the newest `holdout_fraction` is the holdout and training rows whose prompt
+   also appears in the holdout are dropped, so the gate never scores a prompt the model trained
+   on. When that would drop most training rows because prompts repeat (an app with a few fixed
+   prompts), whole prompts are held out instead, newest first (`stats.split = "prompt_groups"`);
+5. stream the selected rows' text, decode it with the shared shape Structs (`formats.log`), set
+   aside (quarantine) a row that cannot become an example (unreadable JSON, a feedback `choice`
+   the response lacks), scrub PII from every decoded string (`service.pii`), and write Parquet row
+   groups.
 
-The directory appears all at once (temporary sibling, fsync, rename).
+Steps 1-4 run in SQL on narrow columns (row ids, end users, times, hashes: never text); step 5
+reads the logs' text once, in storage order, `batch_rows` at a time, so memory follows the batch
+size, not the history. Everything runs in one read transaction: the rows selected are the rows
+read. The directory appears all at once (temporary sibling, fsync, rename).
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import shutil
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
+import duckdb
 import msgspec
+import pyarrow.parquet as pq
 
+from formats.chat import Tool
+from formats.log import Answer, Message
+from formats.snapshot import (
+    ARROW_SCHEMA,
+    FILES,
+    MANIFEST,
+    SNAPSHOT_SCHEMA_VERSION,
+    SnapshotFile,
+    SnapshotManifest,
+    SnapshotRow,
+    SnapshotStats,
+    file_sha256,
+    rows_to_table,
+    snapshot_sha256,
+)
 from service.config import SnapshotSettings
-from service.store.db import Database, sql_string
+from service.pii import Scrubber, scrubber_for
+from service.store.db import Database, rowid_ranges
 
-SCHEMA_VERSION = 1
-REDACTED = "[REDACTED]"
-# RE2 syntax (DuckDB). Order matters: cards before phones, both digit runs.
-PII_PATTERNS: dict[str, str] = {
-    "email": r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}",
-    "card": r"\b(?:\d[ \-]?){12,15}\d\b",
-    "phone": r"(?:\+\d{1,3}[\s.\-]?)?\(?\b\d{3}\)?[\s.\-]?\d{3}[\s.\-]?\d{4}\b",
-    "api_key": r"\b(?:sk|rk|pk|api|key|token|ghp|xox[abp])[_\-][A-Za-z0-9_\-]{16,}|\bAKIA[0-9A-Z]{16}\b|\b[A-Fa-f0-9]{32,}\b",
-}
-
-# prompt_messages: the request's chat messages (a completions `prompt` becomes one user message).
-_JOINED = """
-SELECT
-    l.id AS log_id,
-    CASE WHEN json_type(l.request, '$.messages') = 'ARRAY' THEN (l.request->'$.messages')::VARCHAR
-         ELSE json_array(json_object('role', 'user', 'content', l.request->>'$.prompt'))::VARCHAR END
-      AS prompt_messages,
-    coalesce(l.response->>'$.choices[0].message.content', l.response->>'$.choices[0].text') AS completion,
-    f.rating::TINYINT AS rating,
-    f.score AS score,
-    f.correction AS correction,
-    nullif(coalesce(nullif(f.end_user, ''), l.end_user), '') AS end_user,
-    l.created_at AS created_at,
-    l.adapter AS adapter
-FROM logs l
-JOIN feedback f ON f.project = l.project AND f.log_id = l.id
-WHERE l.project = $project AND l.created_at >= $since AND l.created_at < $until
-  AND (f.rating IS NOT NULL OR f.score IS NOT NULL OR f.correction IS NOT NULL)
+# Step 1, narrow: the keys of every signal-carrying (log, feedback) pair, with what dedup, the
+# cap and the split need. `dup_rank` 1 is the newest of identical examples.
+_SELECT = """
+CREATE OR REPLACE TEMP TABLE snap_joined AS
+SELECT *, row_number() OVER (
+        PARTITION BY quarantine IS NULL, prompt_key, answer_key, rating, correction
+        ORDER BY created_at DESC, log_id, feedback_user) AS dup_rank
+FROM (
+    SELECT l.rowid AS log_rowid, l.id AS log_id, f.end_user AS feedback_user, f.choice AS choice,
+        f.rating AS rating, f.score AS score, f.correction AS correction,
+        nullif(coalesce(nullif(f.end_user, ''), l.end_user), '') AS end_user,
+        l.created_at AS created_at,
+        hash(l.prompt_sha256) AS prompt_key,
+        hash(l.answers, f.choice) AS answer_key,
+        CASE WHEN l.quarantine IS NOT NULL THEN l.quarantine
+             WHEN l.answers IS NULL THEN 'not_normalized' END AS quarantine
+    FROM logs l JOIN feedback f ON f.project = l.project AND f.log_id = l.id
+    WHERE l.project = $project AND l.created_at >= $since AND l.created_at < $until
+      AND (f.rating IS NOT NULL OR f.score IS NOT NULL OR f.correction IS NOT NULL)
+)
 """
-COLUMNS = "log_id, prompt_messages, completion, rating, score, correction, end_user, created_at, adapter"
 
+# Step 5, one range of log row ids: the text of the selected rows, in storage order.
+_READ = """
+SELECT s.is_holdout, s.log_id, s.choice, s.rating, s.score, s.correction, s.end_user,
+       l.endpoint, l.messages, l.tools, l.tool_choice, l.response_format, l.answers, l.created_at, l.adapter
+FROM snap_split s JOIN logs l ON l.rowid = s.log_rowid
+WHERE s.log_rowid >= $lo AND s.log_rowid < $hi AND l.rowid >= $lo AND l.rowid < $hi
+ORDER BY s.log_rowid, s.feedback_user
+"""
 
-class SnapshotFile(msgspec.Struct):
-    rows: int
-    sha256: str
-
-
-class SnapshotStats(msgspec.Struct):
-    """What the cleaning kept and dropped, and why."""
-
-    joined_rows: int
-    pii_scrubbed_rows: int
-    dropped_duplicates: int
-    user_cap: int
-    dropped_user_cap: int
-    dropped_prompt_in_holdout: int
-    train_rows: int
-    holdout_rows: int
-
-
-class SnapshotManifest(msgspec.Struct):
-    """`manifest.json` of a snapshot directory; the trainer checks files against it."""
-
-    schema_version: int
-    project: str
-    created_at: datetime
-    since: datetime | None
-    until: datetime | None
-    files: dict[str, SnapshotFile]
-    sha256: str
-    stats: SnapshotStats
-
-
-def _scrub(expr: str, patterns: list[str]) -> str:
-    for pattern in patterns:
-        expr = f"regexp_replace({expr}, '{sql_string(pattern)}', '{REDACTED}', 'g')"
-    return expr
+_decode_messages = msgspec.json.Decoder(list[Message]).decode
+_decode_answers = msgspec.json.Decoder(list[Answer]).decode
+_decode_tools = msgspec.json.Decoder(list[Tool]).decode
+_decode_any = msgspec.json.Decoder().decode
 
 
 def export_snapshot(
@@ -104,89 +104,36 @@ def export_snapshot(
     now: datetime,
     since: datetime | None = None,
     until: datetime | None = None,
+    scrubber: Scrubber | None = None,
 ) -> SnapshotManifest:
-    """Write the project's cleaned feedback in [since, until) to `out_dir`; return its manifest."""
-    patterns = [*PII_PATTERNS.values(), *settings.extra_pii_patterns]
+    """Write the project's cleaned feedback in [since, until) to `out_dir` (replacing it); return
+    the manifest. PII is scrubbed with `scrubber`, or the settings' shared one when
+    `settings.scrub_pii` (`service.pii.PiiSetupError` if it cannot be built)."""
+    if scrubber is None and settings.scrub_pii:
+        scrubber = scrubber_for(settings)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     params = {"project": project, "since": since or datetime.min, "until": until or now}
     cur = db.cursor()
     try:
-        texts = ("prompt_messages", "completion", "correction")
-        scrubbed = ", ".join(
-            f"{_scrub(c, patterns)} AS {c}" if c in texts else c for c in COLUMNS.split(", ")
-        )
-        changed = " OR ".join(f"{_scrub(c, patterns)} IS DISTINCT FROM {c}" for c in texts)
-        cur.execute(
-            f"CREATE OR REPLACE TEMP TABLE snap_clean AS SELECT {scrubbed}, ({changed}) AS had_pii FROM ({_JOINED})",
-            params,
-        )
-        joined = _count(cur, "snap_clean")
-        (pii,) = cur.execute("SELECT count(*) FROM snap_clean WHERE had_pii").fetchone()
-        cur.execute(
-            "CREATE OR REPLACE TEMP TABLE snap_dedup AS SELECT * FROM snap_clean QUALIFY row_number() OVER"
-            " (PARTITION BY prompt_messages, completion, rating, correction ORDER BY created_at DESC, log_id) = 1"
-        )
-        deduped = _count(cur, "snap_dedup")
-        cap = max(settings.min_user_cap, math.floor(settings.max_user_share * deduped))
-        # Rows without an end user are not capped: nothing says they come from one person.
-        cur.execute(
-            "CREATE OR REPLACE TEMP TABLE snap_capped AS SELECT * FROM snap_dedup QUALIFY end_user IS NULL"
-            " OR row_number() OVER (PARTITION BY end_user ORDER BY created_at DESC, log_id) <= $cap",
-            {"cap": cap},
-        )
-        capped = _count(cur, "snap_capped")
-        n_holdout = math.ceil(settings.holdout_fraction * capped) if capped else 0
-        cur.execute(
-            "CREATE OR REPLACE TEMP TABLE snap_split AS SELECT *, row_number() OVER"
-            " (ORDER BY created_at, log_id) > $first_holdout AS is_holdout FROM snap_capped",
-            {"first_holdout": capped - n_holdout},
-        )
-        cur.execute(
-            "CREATE OR REPLACE TEMP TABLE snap_train AS SELECT * EXCLUDE (is_holdout) FROM snap_split"
-            " WHERE NOT is_holdout AND prompt_messages NOT IN"
-            " (SELECT prompt_messages FROM snap_split WHERE is_holdout)"
-        )
-        files = {}
-        for name, where in (
-            ("train.parquet", "snap_train"),
-            ("holdout.parquet", "snap_split WHERE is_holdout"),
-        ):
-            path = tmp / name
-            cur.execute(
-                f"COPY (SELECT {COLUMNS} FROM {where} ORDER BY created_at, log_id) TO '{sql_string(str(path))}'"
-                " (FORMAT PARQUET, COMPRESSION ZSTD)"
-            )
-            files[name] = SnapshotFile(
-                rows=cur.execute(f"SELECT count(*) FROM '{sql_string(str(path))}'").fetchone()[0],
-                sha256=_sha256(path),
-            )
-        for table in ("snap_clean", "snap_dedup", "snap_capped", "snap_split", "snap_train"):
-            cur.execute(f"DROP TABLE IF EXISTS {table}")
+        cur.execute("BEGIN TRANSACTION")
+        stats = _select(cur, params, settings)
+        files = _write(cur, tmp, stats, settings.batch_rows, scrubber)
+        cur.execute("ROLLBACK")  # read only; drops the temporary tables
     finally:
         cur.close()
-    train_rows = files["train.parquet"].rows
     manifest = SnapshotManifest(
-        schema_version=SCHEMA_VERSION,
+        schema_version=SNAPSHOT_SCHEMA_VERSION,
         project=project,
         created_at=now,
+        files=files,
+        sha256=snapshot_sha256(files),
+        stats=stats,
         since=since,
         until=until or now,
-        files=files,
-        sha256=hashlib.sha256("".join(f.sha256 for f in files.values()).encode()).hexdigest(),
-        stats=SnapshotStats(
-            joined_rows=joined,
-            pii_scrubbed_rows=pii,
-            dropped_duplicates=joined - deduped,
-            user_cap=cap,
-            dropped_user_cap=deduped - capped,
-            dropped_prompt_in_holdout=capped - n_holdout - train_rows,
-            train_rows=train_rows,
-            holdout_rows=files["holdout.parquet"].rows,
-        ),
     )
-    (tmp / "manifest.json").write_bytes(msgspec.json.format(msgspec.json.encode(manifest)))
+    (tmp / MANIFEST).write_bytes(msgspec.json.format(msgspec.json.encode(manifest)))
     _fsync_dir_files(tmp)
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -194,16 +141,211 @@ def export_snapshot(
     return manifest
 
 
-def _count(cur: object, table: str) -> int:
-    return int(cur.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # type: ignore[attr-defined]
+def _select(
+    cur: duckdb.DuckDBPyConnection, params: dict[str, Any], settings: SnapshotSettings
+) -> SnapshotStats:
+    """Steps 1-4: leave the chosen rows in `snap_split` (ordered by log row id); return the counts."""
+    cur.execute(_SELECT, params)
+    by_reason = cur.execute(
+        "SELECT quarantine, count(*) FROM snap_joined GROUP BY quarantine ORDER BY quarantine NULLS FIRST"
+    ).fetchall()
+    joined = sum(n for _, n in by_reason)
+    quarantined = {reason: n for reason, n in by_reason if reason is not None}
+    (deduped,) = cur.execute(
+        "SELECT count(*) FROM snap_joined WHERE quarantine IS NULL AND dup_rank = 1"
+    ).fetchone()
+    cap = max(settings.min_user_cap, math.floor(settings.max_user_share * deduped))
+    kept = _cap_per_user(cur, cap)
+    split, dropped_in_holdout = _split(cur, kept, settings.holdout_fraction)
+    return SnapshotStats(
+        joined_rows=joined,
+        quarantined=quarantined,
+        dropped_duplicates=joined - sum(quarantined.values()) - deduped,
+        user_cap=cap,
+        dropped_user_cap=deduped - kept,
+        split=split,
+        dropped_prompt_in_holdout=dropped_in_holdout,
+    )
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _cap_per_user(cur: duckdb.DuckDBPyConnection, cap: int) -> int:
+    """Step 3: `snap_kept` holds the deduplicated rows, each end user's newest `cap` at most, with
+    `seq` numbering them oldest first. Returns how many. Rows without an end user are not capped:
+    nothing says they come from one person."""
+    cur.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE snap_kept AS
+        SELECT * EXCLUDE (dup_rank, quarantine, answer_key),
+               row_number() OVER (ORDER BY created_at, log_id, feedback_user) AS seq
+        FROM (
+            SELECT * FROM snap_joined WHERE quarantine IS NULL AND dup_rank = 1
+            QUALIFY end_user IS NULL
+                OR row_number() OVER (PARTITION BY end_user ORDER BY created_at DESC, log_id, feedback_user) <= $cap
+        )
+        """,
+        {"cap": cap},
+    )
+    cur.execute("DROP TABLE snap_joined")
+    return int(cur.execute("SELECT count(*) FROM snap_kept").fetchone()[0])
+
+
+def _split(cur: duckdb.DuckDBPyConnection, kept: int, holdout_fraction: float) -> tuple[Any, int]:
+    """Step 4: `snap_split` holds the rows that go to a file, `is_holdout` saying which. Returns the
+    kind of split and the training rows dropped because their prompt is in the holdout."""
+    n_holdout = math.ceil(holdout_fraction * kept) if kept else 0
+    first = kept - n_holdout  # rows seq <= first are training candidates of the time split
+    (dropped,) = cur.execute(
+        "SELECT count(*) FROM snap_kept WHERE seq <= $first"
+        " AND prompt_key IN (SELECT prompt_key FROM snap_kept WHERE seq > $first)",
+        {"first": first},
+    ).fetchone()
+    held_prompts = """
+        WITH g AS (SELECT prompt_key, count(*) AS n, max(seq) AS newest FROM snap_kept GROUP BY prompt_key),
+        r AS (SELECT prompt_key,
+                     coalesce(sum(n) OVER (ORDER BY newest DESC ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)
+                       AS before,
+                     row_number() OVER (ORDER BY newest DESC) AS rank, count(*) OVER () AS groups
+              FROM g)
+        SELECT prompt_key FROM r WHERE before < $n_holdout AND rank < groups"""
+    if 2 * dropped > first:  # the time split would drop most training rows: prompts repeat
+        (held_rows,) = cur.execute(
+            f"SELECT count(*) FROM snap_kept WHERE prompt_key IN ({held_prompts})", {"n_holdout": n_holdout}
+        ).fetchone()
+        if held_rows and kept - held_rows > first - dropped:  # one prompt alone cannot be held out
+            cur.execute(f"CREATE OR REPLACE TEMP TABLE snap_held AS {held_prompts}", {"n_holdout": n_holdout})
+            _keep(cur, "prompt_key IN (SELECT prompt_key FROM snap_held)", "TRUE", {})
+            return "prompt_groups", 0
+    _keep(
+        cur,
+        "seq > $first",
+        "seq > $first OR prompt_key NOT IN (SELECT prompt_key FROM snap_kept WHERE seq > $first)",
+        {"first": first},
+    )
+    return "time", int(dropped)
+
+
+def _keep(cur: duckdb.DuckDBPyConnection, holdout: str, keep: str, params: dict[str, Any]) -> None:
+    cur.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE snap_split AS
+        SELECT log_rowid, log_id, feedback_user, choice, rating, score, correction, end_user,
+               ({holdout}) AS is_holdout
+        FROM snap_kept WHERE {keep}
+        ORDER BY log_rowid, feedback_user
+        """,
+        params,
+    )
+
+
+@dataclass
+class _Files:
+    """The two Parquet writers of a snapshot and what went into them."""
+
+    directory: Path
+    writers: dict[str, pq.ParquetWriter] = field(default_factory=dict)
+    rows: Counter[str] = field(default_factory=Counter)
+
+    def write(self, name: str, rows: list[SnapshotRow]) -> None:
+        if not rows:
+            return
+        if name not in self.writers:
+            self.writers[name] = pq.ParquetWriter(self.directory / name, ARROW_SCHEMA, compression="zstd")
+        self.writers[name].write_table(rows_to_table(rows))
+        self.rows[name] += len(rows)
+
+    def abort(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
+
+    def close(self) -> dict[str, SnapshotFile]:
+        files = {}
+        for name in FILES:
+            if name not in self.writers:  # an empty file still has the schema
+                self.writers[name] = pq.ParquetWriter(self.directory / name, ARROW_SCHEMA, compression="zstd")
+            self.writers[name].close()
+            files[name] = SnapshotFile(rows=self.rows[name], sha256=file_sha256(self.directory / name))
+        return files
+
+
+def _write(
+    cur: duckdb.DuckDBPyConnection,
+    directory: Path,
+    stats: SnapshotStats,
+    batch_rows: int,
+    scrubber: Scrubber | None,
+) -> dict[str, SnapshotFile]:
+    """Step 5: stream the rows of `snap_split` into the two files; count quarantine and PII in `stats`."""
+    files = _Files(directory)
+    quarantined: Counter[str] = Counter(stats.quarantined)
+    try:
+        for lo, hi in rowid_ranges(cur, "snap_split", batch_rows):
+            batch: dict[str, list[SnapshotRow]] = {name: [] for name in FILES}
+            for record in cur.execute(_READ, {"lo": lo, "hi": hi}).fetchall():
+                made = _example(record, scrubber)
+                if isinstance(made, str):
+                    quarantined[made] += 1
+                    continue
+                row, scrubbed = made
+                stats.pii_scrubbed_rows += scrubbed
+                batch[FILES[1] if record[0] else FILES[0]].append(row)
+            for name, rows in batch.items():
+                files.write(name, rows)
+    except BaseException:
+        files.abort()
+        raise
+    result = files.close()
+    stats.quarantined = dict(sorted(quarantined.items()))
+    stats.train_rows = result[FILES[0]].rows
+    stats.holdout_rows = result[FILES[1]].rows
+    return result
+
+
+def _example(record: tuple[Any, ...], scrubber: Scrubber | None) -> tuple[SnapshotRow, bool] | str:
+    """One selected row as a training example (and whether scrubbing changed it), or the reason it
+    cannot be one."""
+    (_, log_id, choice, rating, score, correction, end_user, endpoint, messages, tools, tool_choice,
+     response_format, answers, created_at, adapter) = record  # fmt: skip
+    try:
+        answer = next((a for a in _decode_answers(answers) if a.index == choice), None)
+        if answer is None:
+            return "no_such_choice"
+        prompt: list[Message] | str | None = (
+            _decode_messages(messages) if endpoint == "chat" and messages is not None else answer.prompt
+        )
+        decoded_tools = _decode_tools(tools) if tools is not None else None
+        decoded_choice = _decode_any(tool_choice) if tool_choice is not None else None
+        decoded_format = _decode_any(response_format) if response_format is not None else None
+    except msgspec.MsgspecError:
+        return "unreadable_json"
+    if prompt is None:
+        return "no_prompt_text"
+    completion = answer.message
+    scrubbed = False
+    if scrubber is not None:
+        clean_prompt = scrubber.scrub(prompt) if isinstance(prompt, str) else scrubber.scrub_messages(prompt)
+        clean_completion = scrubber.scrub_message(completion)
+        clean_correction = scrubber.scrub(correction) if correction else correction
+        scrubbed = (
+            clean_prompt != prompt or clean_completion is not completion or clean_correction != correction
+        )
+        prompt, completion, correction = clean_prompt, clean_completion, clean_correction
+    row = SnapshotRow(
+        log_id=log_id,
+        prompt=prompt,
+        completion=completion,
+        created_at=created_at,
+        tools=decoded_tools or None,
+        tool_choice=decoded_choice,
+        response_format=decoded_format,
+        problem=answer.problem,
+        choice=choice,
+        rating=rating,
+        score=score,
+        correction=correction,
+        end_user=end_user,
+        adapter=adapter,
+    )
+    return row, scrubbed
 
 
 def _fsync_dir_files(directory: Path) -> None:

@@ -1,0 +1,41 @@
+"""Ratchet's own log file: what `ratchet export --format jsonl` writes and `ratchet import` reads.
+
+One JSON object per line: the conversation as OpenAI fine-tuning files write it (`messages`, the
+answer last, tool calls and all; `tools`), then the log's and its feedback's fields. A file
+exported from one Ratchet imports into another unchanged, answer problems included: an answer cut
+by length keeps its `finish_reason`, a stopped stream its `metadata.interrupted`, and one ended by
+an upstream error event its `error`, so none of them can turn into a positive example on the way.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from msgspec import Struct
+
+from formats.chat import Tool
+
+
+class LogLine(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    """One line. `messages` are OpenAI chat messages (media parts kept as sent); the last is the
+    assistant's answer (text or tool calls). Fields without a value are left out."""
+
+    messages: list[dict[str, Any]]
+    tools: list[Tool] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    finish_reason: str | None = None
+    """The answer's finish reason when it is not `stop` (`length`, `tool_calls`, ...)."""
+    error: str | None = None
+    """The message of the upstream error event that ended the answer, if one did."""
+    id: str | None = None
+    created_at: datetime | None = None
+    """UTC; exports write it with a `Z`."""
+    adapter: str | None = None
+    end_user: str | None = None
+    metadata: dict[str, Any] | None = None
+    rating: Literal[1, -1] | None = None
+    score: float | None = None
+    correction: str | None = None
+    comment: str | None = None

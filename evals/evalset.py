@@ -212,36 +212,47 @@ def load_golden(path: str | Path) -> list[EvalExample]:
     except OSError as exc:
         raise EvalInputError(f"golden set {path}: {exc}") from exc
     decoder = msgspec.json.Decoder(GoldenLine)
-    examples, seen = [], set()
+    numbered = []
     for number, text in enumerate(lines, start=1):
         if not text.strip():
             continue
-        where = f"golden set {path} line {number}"
         try:
-            line = decoder.decode(text)
+            numbered.append((number, decoder.decode(text)))
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise EvalInputError(f"{where}: {exc}") from exc
+            raise EvalInputError(f"golden set {path} line {number}: {exc}") from exc
+    return golden_examples(numbered, f"golden set {path}", unit="line")
+
+
+def golden_examples(
+    lines: list[tuple[int, GoldenLine]], where: str, *, unit: str = "example"
+) -> list[EvalExample]:
+    """Golden lines (each with its number) as eval examples, checked: exactly one of `prompt` and
+    `messages`, a `reference` or `checks`, OpenAI chat messages, unique ids. `EvalInputError`
+    names the line (`unit` and number) at fault; an empty set is an error too."""
+    examples, seen = [], set()
+    for number, line in lines:
+        at = f"{where} {unit} {number}"
         if (line.prompt is None) == (line.messages is None):
-            raise EvalInputError(f"{where}: give exactly one of 'prompt' or 'messages'")
+            raise EvalInputError(f"{at}: give exactly one of 'prompt' or 'messages'")
         if line.reference is None and not line.checks:
-            raise EvalInputError(f"{where}: give a 'reference', 'checks', or both")
+            raise EvalInputError(f"{at}: give a 'reference', 'checks', or both")
         messages = [{"role": "user", "content": line.prompt}] if line.prompt is not None else line.messages
         example_id = line.id or f"g-{number}"
         if example_id in seen:
-            raise EvalInputError(f"{where}: duplicate id {example_id!r}")
+            raise EvalInputError(f"{at}: duplicate id {example_id!r}")
         seen.add(example_id)
         examples.append(
             EvalExample(
                 id=example_id,
                 source="golden",
-                messages=_check_messages(messages, where),
+                messages=_check_messages(messages, at),
                 reference=line.reference,
                 match=line.match,
                 checks=line.checks,
             )
         )
     if not examples:
-        raise EvalInputError(f"golden set {path} holds no examples")
+        raise EvalInputError(f"{where} holds no examples")
     return examples
 
 

@@ -16,6 +16,7 @@ from service.project_settings import ProjectSettingsBook
 from service.rollouts import Rollouts
 from service.store.db import Database
 from service.store.erasure import Erasures
+from service.store.gate_configs import GateConfigs
 from service.store.queries import Queries
 from service.store.runs import Runs
 from service.store.serving import Serving
@@ -40,6 +41,7 @@ class Runtime:
     runs: Runs
     erasures: Erasures
     project_settings: ProjectSettingsBook
+    gate_configs: GateConfigs
     projects: set[str] = field(default_factory=set)
     serving_up: bool = False
     """Every project's serving adapters were loaded once since start (readiness waits for it)."""

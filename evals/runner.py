@@ -29,7 +29,7 @@ from evals.scorers.golden import GoldenScorer
 from evals.scorers.judge import PairwiseJudge
 from evals.scorers.rules import RuleScorer
 from evals.server import ChatAnswer, ModelServer
-from evals.statistics import paired_bootstrap
+from evals.statistics import PairedStats, paired_bootstrap
 
 T = TypeVar("T")
 
@@ -201,10 +201,22 @@ async def score_with(
         incumbent_mean=sum(inc) / len(inc) if inc else None,
         notes=notes,
         scores=scores,
-        eligibility=getattr(scorer, "eligibility", None),
+        eligibility=getattr(scorer, "eligibility", None)
+        or declared_eligibility(scorer, stats, config.min_samples),
         calibration=getattr(scorer, "calibration", None),
         summary=summary,
     )
+
+
+def declared_eligibility(scorer: Scorer, stats: PairedStats | None, min_samples: int) -> str:
+    """Why a scorer that does not judge its own eligibility (rules, golden set, a programmatic
+    scorer, preference agreement) may or may not decide: its declared role and its sample size."""
+    n = stats.n if stats is not None else 0
+    if scorer.role == "diagnostic":
+        return f"reported only: declared diagnostic ({n} examples)"
+    if scorer.role == "primary" and n < min_samples:
+        return f"not eligible: declared primary, {n} examples scored, {min_samples} needed"
+    return f"eligible: declared {scorer.role} ({n} examples)"
 
 
 def evidence_of(results: Sequence[ScorerResult]) -> list[Evidence]:

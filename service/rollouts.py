@@ -191,15 +191,10 @@ class Rollouts:
         if r.candidate is None or r.canary_started_at is None:
             return None
         since = datetime.fromtimestamp(r.canary_started_at, UTC).replace(tzinfo=None)
-        canary = self.serving.arm_counts(project, r.candidate, since)
-        champion = self.serving.arm_counts(project, r.champion, since)
-        decision = decide(
-            canary,
-            champion,
-            started_at=r.canary_started_at,
-            now=now,
-            policy=self.settings_for(project).online_gate,
-        )
+        policy = self.settings_for(project).online_gate
+        canary = self.serving.arm_counts(project, r.candidate, since, per_user=policy.max_ratings_per_user)
+        champion = self.serving.arm_counts(project, r.champion, since, per_user=policy.max_ratings_per_user)
+        decision = decide(canary, champion, started_at=r.canary_started_at, now=now, policy=policy)
         self.metrics.online_statistic.labels(project).set(decision.statistic)
         return decision
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import msgspec
 import pytest
 
 from service.app import build_runtime
@@ -83,11 +82,6 @@ def _project(name: str) -> Any:
 @pytest.fixture
 def loop_server(tmp_path: Path, vllm_server: Any, tiny_model_dir: Path) -> Iterator[RatchetProcess]:
     data = tmp_path / "data"
-    project_dir = data / "projects" / "loop"
-    project_dir.mkdir(parents=True)
-    rules = {"role": "primary", "rules": [{"name": "upper", "when_prompt_matches": "(?i)uppercase",
-                                           "must_match": "^[^a-z]*[A-Z][^a-z]*$"}]}  # fmt: skip
-    (project_dir / "eval.json").write_bytes(msgspec.json.encode({"rules": rules, "min_samples": 5}))
     env = {
         "RATCHET_VLLM__URLS": f'["{vllm_server.base_url}"]',
         "RATCHET_VLLM__BASE_SERVED_NAME": vllm_server.model_name,
@@ -106,6 +100,9 @@ def test_kill_during_training_then_a_run_no_better_is_rejected(loop_server: Ratc
     server = loop_server.start()
     key = server.create_project("loop")
     api = server.client(key)
+    rules = {"role": "primary", "rules": [{"name": "upper", "when_prompt_matches": "(?i)uppercase",
+                                           "must_match": "^[^a-z]*[A-Z][^a-z]*$"}]}  # fmt: skip
+    assert api.put("/v1/projects/loop/gate", json={"rules": rules, "min_samples": 5}).json()["version"] == 1
     logs, feedback = [], []
     for i, q in enumerate(tiny_world.sample_questions("train", 120, seed=5, upper_fraction=0.5)):
         answer = q.fact  # the base's habit: plain case; users wanted uppercase when they asked
@@ -144,8 +141,26 @@ def test_kill_during_training_then_a_run_no_better_is_rejected(loop_server: Ratc
     assert done["state"] == "rejected", done
     assert done["stats"]["eval"]["promote"] is False
     assert api.get("/v1/projects/loop/rollout").json()["champion"] == "loop@v0"
-    assert (
-        "Decision" in api.get(f"/v1/runs/{second}/report").text
-        or "decision" in api.get(f"/v1/runs/{second}/report").text.lower()
-    )
+    assert "## Decision" in api.get(f"/v1/runs/{second}/report").text
+    # The hand-written rules joined by the feedback evidence; each scorer says whether it could decide.
+    gate = done["stats"]["eval"]
+    assert gate["gate_config_version"] == 1 and gate["evidence"].startswith("rules (primary), joined by")
+    assert {"upper", "references", "degenerate_answers"} <= gate["scorers"].keys(), gate
+    assert all(s["eligibility"] for s in gate["scorers"].values()), gate
+    report = api.get(f"/v1/runs/{second}/report.json").json()
+    assert [r["name"] for r in report["results"]] == list(gate["scorers"])
+    # The reward model trained in the trainer process beside the adapter, and judged on the holdout.
+    reward = done["stats"]["training"]["reward_model"]
+    assert "wall_time_s" in reward or "skipped" in reward, reward
+    print("adapter", done["stats"]["training"]["adapter_wall_time_s"], "s; reward model", reward)
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'ratchet_gate_scorer_eligible{project="loop",scorer="references"}' in metrics
+    if "wall_time_s" in reward:
+        assert "learned_judge" in gate["scorers"], gate
+        calibration = gate["scorers"]["learned_judge"]["calibration"]
+        if calibration is not None and calibration["auc"] is not None:
+            assert (
+                'ratchet_gate_judge_calibration{project="loop",scorer="learned_judge",measure="auc"}'
+                in metrics
+            )
     assert ask().status_code == 200

@@ -166,14 +166,20 @@ class Serving:
                 )
             self._insert_event(cur, event)
 
-    def arm_counts(self, project: str, served_name: str, since: datetime) -> ArmCounts:
-        """Live numbers of one adapter since `since`: thumbs on its answers, requests, p95 latency."""
+    def arm_counts(
+        self, project: str, served_name: str, since: datetime, *, per_user: int | None = None
+    ) -> ArmCounts:
+        """Live numbers of one adapter since `since`: thumbs on its answers (each end user's first
+        `per_user` thumbs at most; an anonymous thumb is its own user), requests, p95 latency."""
         with self._db.reading() as cur:
             up, down = cur.execute(
-                "SELECT count(*) FILTER (f.rating = 1), count(*) FILTER (f.rating = -1) FROM logs l"
+                "SELECT count(*) FILTER (rating = 1), count(*) FILTER (rating = -1) FROM ("
+                " SELECT f.rating, row_number() OVER (PARTITION BY CASE WHEN f.end_user = '' THEN f.id"
+                "  ELSE f.end_user END ORDER BY f.created_at, f.id) AS nth FROM logs l"
                 " JOIN feedback f ON f.project = l.project AND f.log_id = l.id"
-                " WHERE l.project = ? AND l.adapter = ? AND l.created_at >= ?",
-                [project, served_name, since],
+                " WHERE l.project = ? AND l.adapter = ? AND l.created_at >= ? AND f.rating IS NOT NULL"
+                ") WHERE nth <= ?",
+                [project, served_name, since, per_user if per_user is not None else 2**62],
             ).fetchone()
             requests, p95_ms = cur.execute(
                 "SELECT count(*), quantile_cont(latency_ms, 0.95) FROM logs"

@@ -96,6 +96,9 @@ class SnapshotStats(Struct, kw_only=True):
     dropped_duplicates: int = 0
     user_cap: int = 0
     dropped_user_cap: int = 0
+    """Rows over `user_cap` in the snapshot, plus holdout rows over `holdout_user_cap`."""
+    holdout_user_cap: int = 0
+    """Most holdout rows one end user may supply (the holdout is capped on its own size too)."""
     split: Literal["time", "prompt_groups"] = "time"
     """`time`: the newest rows are the holdout; `prompt_groups`: whole prompts are held out (when
     repeating prompts would otherwise drop most training rows)."""

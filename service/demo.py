@@ -258,14 +258,15 @@ def run_demo(options: DemoOptions) -> DemoResult:
             "RATCHET_VLLM__URLS": f'["{vllm_url}"]', "RATCHET_VLLM__BASE_SERVED_NAME": "tiny",
             "RATCHET_VLLM__BASE_MODEL": str(model),
             "RATCHET_CANARY_FRACTION": "0.5",
-            "RATCHET_TRAINING__MIN_NEW_RATINGS": "250", "RATCHET_TRAINING__MIN_TRAIN_ROWS": "32",
+            "RATCHET_TRAINING__MIN_NEW_RATINGS": "600", "RATCHET_TRAINING__MIN_TRAIN_ROWS": "32",
             "RATCHET_TRAINING__SIGNAL_CHECK_SECONDS": "5", "RATCHET_TRAINING__CANARY_CHECK_SECONDS": "5",
             "RATCHET_TRAINING__RECONCILE_SECONDS": "30", "RATCHET_TRAINING__CONTINUE_FROM_CHAMPION": "true",
             "RATCHET_TRAINING__EVAL_MAX_EXAMPLES": "120",
             "RATCHET_TRAINING__SPEC_OVERRIDES": '{"optim": {"max_steps": 60}}',
             "RATCHET_ONLINE_GATE__MIN_RATINGS": "40", "RATCHET_ONLINE_GATE__MIN_LIFT": "0.1",
             "RATCHET_ONLINE_GATE__GUARD_MIN_REQUESTS": "40", "RATCHET_ONLINE_GATE__MAX_RATINGS": "600",
-            "RATCHET_ONLINE_GATE__MAX_RATINGS_PER_USER": "10", "RATCHET_SNAPSHOT__MAX_USER_SHARE": "0.1",
+            "RATCHET_ONLINE_GATE__MAX_RATINGS_PER_USER": "10", "RATCHET_SNAPSHOT__MAX_USER_SHARE": "0.05",
+            "RATCHET_SNAPSHOT__MIN_USER_CAP": "5",
         }  # fmt: skip
         say(f"[3/4] starting Ratchet on {url} (data in {ratchet_dir}) ...")
         server = procs.start([sys.executable, "-m", "service.cli", "serve"], env, data / "ratchet.log")
@@ -274,6 +275,12 @@ def run_demo(options: DemoOptions) -> DemoResult:
         created = admin_http.post("/v1/projects", json={"name": PROJECT, "base_model": str(model)})
         key = created.json()["api_key"] if created.status_code == 201 else admin_http.post(
             f"/v1/projects/{PROJECT}/keys").json()["api_key"]  # fmt: skip
+        # The users' own noise (about 5% of thumbs flipped, a flooder under the per-user cap) makes
+        # some "liked" held-out answers wrong ones; a candidate that gets those right looks worse on
+        # them by similarity. The forgetting guard tolerates that much (a project setting, no key).
+        admin_http.patch(
+            f"/v1/projects/{PROJECT}/settings", json={"feedback_gate": {"forgetting_tolerance": 0.15}}
+        ).raise_for_status()
         _wait_serving(admin_http)
 
         say(f"[4/4] {options.users} simulated users are talking to project {PROJECT!r} through the gateway")

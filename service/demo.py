@@ -47,7 +47,7 @@ FLOODER = "user-flood"
 @dataclass
 class DemoOptions:
     data_dir: Path = Path("./data/demo")
-    minutes: float = 15.0
+    minutes: float = 25.0
     promotions: int = 2
     users: int = 40
     concurrency: int = 4
@@ -275,12 +275,6 @@ def run_demo(options: DemoOptions) -> DemoResult:
         created = admin_http.post("/v1/projects", json={"name": PROJECT, "base_model": str(model)})
         key = created.json()["api_key"] if created.status_code == 201 else admin_http.post(
             f"/v1/projects/{PROJECT}/keys").json()["api_key"]  # fmt: skip
-        # The users' own noise (about 5% of thumbs flipped, a flooder under the per-user cap) makes
-        # some "liked" held-out answers wrong ones; a candidate that gets those right looks worse on
-        # them by similarity. The forgetting guard tolerates that much (a project setting, no key).
-        admin_http.patch(
-            f"/v1/projects/{PROJECT}/settings", json={"feedback_gate": {"forgetting_tolerance": 0.15}}
-        ).raise_for_status()
         _wait_serving(admin_http)
 
         say(f"[4/4] {options.users} simulated users are talking to project {PROJECT!r} through the gateway")

@@ -151,6 +151,13 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "/v1/runs"): Route("read", 200, lambda w: ("GET", "/v1/runs", {"params": {"project": A}})),
     ("GET", "/v1/runs/{run_id}"): Route("read", 200, lambda w: ("GET", f"/v1/runs/{w.run_id}", {})),
     ("GET", "/v1/runs/{run_id}/report"): Route("read", 404, lambda w: ("GET", f"/v1/runs/{w.run_id}/report", {})),
+    ("GET", "/v1/runs/{run_id}/report.json"): Route(
+        "read", 404, lambda w: ("GET", f"/v1/runs/{w.run_id}/report.json", {})
+    ),
+    ("GET", "/v1/projects/{name}/gate"): Route("read", 200, lambda w: ("GET", f"/v1/projects/{A}/gate", {})),
+    ("PUT", "/v1/projects/{name}/gate"): Route(
+        "manage", 200, lambda w: ("PUT", f"/v1/projects/{A}/gate", {"json": {"min_samples": 20}})
+    ),
     ("GET", "/v1/adapters"): Route("read", 200, lambda w: ("GET", "/v1/adapters", {"params": {"project": A}})),
     ("POST", "/v1/projects/{name}/adapters"): Route(
         "admin", 422, lambda w: ("POST", f"/v1/projects/{A}/adapters", {"json": {"path": "nowhere", "canary": False}})

@@ -145,7 +145,7 @@ def test_kill_during_training_then_a_run_no_better_is_rejected(loop_server: Ratc
     # The hand-written rules joined by the feedback evidence; each scorer says whether it could decide.
     gate = done["stats"]["eval"]
     assert gate["gate_config_version"] == 1 and gate["evidence"].startswith("rules (primary), joined by")
-    assert {"upper", "references", "degenerate_answers"} <= gate["scorers"].keys(), gate
+    assert {"rules", "references", "degenerate_answers"} <= gate["scorers"].keys(), gate
     assert all(s["eligibility"] for s in gate["scorers"].values()), gate
     report = api.get(f"/v1/runs/{second}/report.json").json()
     assert [r["name"] for r in report["results"]] == list(gate["scorers"])

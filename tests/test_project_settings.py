@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 from tests.fixtures.models import SyntheticAdapters
+from tests.fixtures.rows import feedback_row
 from tests.fixtures.server import RatchetProcess, wait_for
 from tests.test_api_capture import chat_log
 
@@ -155,24 +157,14 @@ def test_the_online_gate_applies_each_projects_own_policy(tmp_path: Path) -> Non
             for i in range(30):
                 log_id = f"{project}-{arm}-{i}"
                 item = LogIn(
-                    request={"prompt": "q"}, response={"choices": [{"text": "a"}]}, adapter=f"{project}@{arm}"
+                    request=msgspec.Raw(b'{"prompt": "q"}'),
+                    response=msgspec.Raw(b'{"choices": [{"text": "a"}]}'),
+                    adapter=f"{project}@{arm}",
                 )
                 logs.append(Capture.log_row(project, item, log_id, started, "api"))
                 rating = 1 if i % up_every == 0 else -1
                 feedback.append(
-                    (
-                        project,
-                        log_id,
-                        f"u{i}",
-                        f"f-{log_id}",
-                        started,
-                        started,
-                        rating,
-                        None,
-                        None,
-                        None,
-                        None,
-                    )
+                    feedback_row(project, log_id, started, end_user=f"u{i}", fid=f"f-{log_id}", rating=rating)
                 )
         runtime.rollouts.routing[project] = Rollout(
             project=project, champion=f"{project}@v1", candidate=f"{project}@v2", fraction=0.2,

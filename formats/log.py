@@ -153,7 +153,9 @@ def normalize(
     )
 
 
-def _message(m: ChatMessage) -> Message:
+def text_message(m: ChatMessage) -> Message:
+    """`m` as a text model is trained on it: content parts flattened (`content_text`), a refusal as
+    the text of an assistant turn that has no other."""
     text = content_text(m.content)
     if m.role == "assistant" and not text and m.refusal:
         text = m.refusal
@@ -189,7 +191,7 @@ def normalize_chat(
     An `error` in the response (a stream that ended in an error event) marks every answer."""
     check_request(request)
     error = response.error.message if response.error is not None else None
-    messages = [_message(m) for m in request.messages]
+    messages = [text_message(m) for m in request.messages]
     quarantine: Any = None
     if any(media_types(m.content) for m in request.messages):
         quarantine = "media_prompt"
@@ -199,7 +201,7 @@ def normalize_chat(
         quarantine = "legacy_function_call"
     answers = []
     for choice in sorted(response.choices, key=lambda c: c.index):
-        message = _message(choice.message)
+        message = text_message(choice.message)
         message.role = "assistant"
         answers.append(
             Answer(

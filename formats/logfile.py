@@ -1,7 +1,8 @@
 """Ratchet's own log file: what `ratchet export --format jsonl` writes and `ratchet import` reads.
 
-One JSON object per line: the conversation as OpenAI fine-tuning files write it (`messages`, the
-answer last, tool calls and all; `tools`), then the log's and its feedback's fields. A file
+One JSON object per line: a chat log as OpenAI fine-tuning files write it (`messages`, the answer
+last, tool calls and all; `tools`), or a completions log as OpenAI's legacy fine-tuning files did
+(`prompt` as sent, `completion` the answer's text), then the log's and its feedback's fields. A file
 exported from one Ratchet imports into another unchanged, answer problems included: an answer cut
 by length keeps its `finish_reason`, a stopped stream its `metadata.interrupted`, and one ended by
 an upstream error event its `error`, so none of them can turn into a positive example on the way.
@@ -18,10 +19,14 @@ from formats.chat import Tool
 
 
 class LogLine(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
-    """One line. `messages` are OpenAI chat messages (media parts kept as sent); the last is the
-    assistant's answer (text or tool calls). Fields without a value are left out."""
+    """One line: `messages` (OpenAI chat messages, media parts kept as sent; the last is the
+    assistant's answer, text or tool calls) for a chat log, or `prompt` and `completion` for a
+    completions log. Fields without a value are left out."""
 
-    messages: list[dict[str, Any]]
+    messages: list[dict[str, Any]] | None = None
+    prompt: str | list[Any] | None = None
+    """A completions request's `prompt` as sent (text, or token ids)."""
+    completion: str | None = None
     tools: list[Tool] | None = None
     tool_choice: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None

@@ -6,7 +6,9 @@
    no eval.json. The offline gate builds its evidence from the users' held-out feedback alone
    (corrections and liked answers as references, a reward model trained beside each adapter once
    it agrees with the held-out thumbs, guards against forgetting and degenerate answers);
-4. runs simulated users through the gateway with the `openai` client. Their hidden preference:
+4. runs simulated users through the gateway with the `openai` client, sending what real apps send:
+   a system prompt of about 300 tokens on every request, earlier turns of the conversation in
+   some, content parts in some (`tiny_world.app_messages`). Their hidden preference:
    exactly-right answers, in uppercase when they asked for it, opened with "sure, " when they asked
    for a polite one (the base model ignores both instructions). They start asking for polite
    answers once the first training run is under way (the app grows a feature), so there are two
@@ -179,10 +181,11 @@ class Users:
             question = rng.choice(self.questions if self.polite.is_set() else self.first_questions)
             flooder = rng.random() < o.flood_share
             user = FLOODER if flooder else f"user-{rng.randrange(o.users)}"
+            messages = tiny_world.app_messages(question, rng)
             try:
                 raw = self.client.chat.completions.with_raw_response.create(
                     model=PROJECT,
-                    messages=question.messages,
+                    messages=messages,  # type: ignore[arg-type]
                     max_tokens=8,
                     temperature=0,
                     user=user,  # type: ignore[arg-type]
@@ -194,7 +197,7 @@ class Users:
                 continue
             self.sent += 1
             text = answer.choices[0].message.content or ""
-            liked = tiny_world.user_likes(question.messages, text)
+            liked = tiny_world.user_likes(messages, text)
             feedback: dict[str, Any] = {"log_id": answer.id, "end_user": user}
             if flooder:
                 feedback["rating"] = -1 if liked else 1
@@ -205,7 +208,7 @@ class Users:
                 thumb = liked if rng.random() >= o.noise else rng.random() < 0.5
                 feedback["rating"] = 1 if thumb else -1
                 if not thumb and rng.random() < o.correction_rate:
-                    feedback["correction"] = tiny_world.correct_answer(question.messages)
+                    feedback["correction"] = tiny_world.correct_answer(messages)
             self.http.post("/v1/feedback", json=feedback)
 
     def _count(self, adapter: str, kind: str, liked: bool) -> None:

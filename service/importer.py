@@ -35,21 +35,39 @@ def parse_line(raw: bytes, lineno: int) -> tuple[LogIn, FeedbackIn | None]:
         line = _decode_line.decode(raw)
     except msgspec.MsgspecError as exc:
         raise InvalidInput(f"line {lineno}: {exc}", f"line {lineno}") from exc
-    if len(line.messages) < 2:
-        raise InvalidInput(f"line {lineno}: `messages` needs the prompt and the answer", f"line {lineno}")
-    answer = line.messages[-1]
-    if answer.get("role") != "assistant" or (answer.get("content") is None and not answer.get("tool_calls")):
-        raise InvalidInput(
-            f"line {lineno}: the last message must be the assistant's answer (text or tool calls)",
-            f"line {lineno}",
-        )
+    where = f"line {lineno}"
+    request: dict[str, Any]
+    if line.prompt is not None:
+        if line.messages is not None or line.completion is None:
+            raise InvalidInput(
+                f"{where}: a completions line has `prompt` and `completion`, no `messages`", where
+            )
+        request = {"prompt": line.prompt}
+        choice: dict[str, Any] = {
+            "index": 0,
+            "text": line.completion,
+            "finish_reason": line.finish_reason or "stop",
+        }
+    else:
+        if not line.messages or len(line.messages) < 2:
+            raise InvalidInput(
+                f"{where}: `messages` needs the prompt and the answer (or give `prompt`)", where
+            )
+        answer = line.messages[-1]
+        if answer.get("role") != "assistant" or (
+            answer.get("content") is None and not answer.get("tool_calls")
+        ):
+            raise InvalidInput(
+                f"{where}: the last message must be the assistant's answer (text or tool calls)", where
+            )
+        request = {"messages": line.messages[:-1]}
+        for name in ("tools", "tool_choice", "response_format"):
+            if getattr(line, name) is not None:
+                request[name] = getattr(line, name)
+        finish = line.finish_reason or ("tool_calls" if answer.get("tool_calls") else "stop")
+        choice = {"index": 0, "message": answer, "finish_reason": finish}
     log_id = line.id or f"imp-{hashlib.sha256(raw.strip()).hexdigest()[:32]}"
-    request: dict[str, Any] = {"messages": line.messages[:-1]}
-    for name in ("tools", "tool_choice", "response_format"):
-        if getattr(line, name) is not None:
-            request[name] = getattr(line, name)
-    finish = line.finish_reason or ("tool_calls" if answer.get("tool_calls") else "stop")
-    response: dict[str, Any] = {"choices": [{"index": 0, "message": answer, "finish_reason": finish}]}
+    response: dict[str, Any] = {"choices": [choice]}
     if line.error is not None:
         response["error"] = {"message": line.error}
     log = LogIn(

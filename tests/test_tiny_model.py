@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -85,6 +86,24 @@ def test_correct_answer_and_user_rule():
         assert tiny_world.user_likes(q.messages, q.answer)
 
 
+def test_app_messages_are_what_real_apps_send_and_read_back_as_the_question():
+    rng = random.Random(0)
+    questions = tiny_world.sample_questions("train", 400, seed=2, upper_fraction=0.3, polite_fraction=0.3)
+    prompts = [tiny_world.app_messages(q, rng) for q in questions]
+    for q, prompt in zip(questions, prompts, strict=True):
+        assert prompt[0] == {"role": "system", "content": tiny_world.SYSTEM_PROMPT}
+        assert tiny_world.parse_question(prompt) == q
+        assert tiny_world.user_likes(prompt, q.answer) and tiny_world.correct_answer(prompt) == q.answer
+        if len(prompt) == 4:  # an earlier turn: a plain question of the same family, answered right
+            earlier = tiny_world.parse_question(prompt[1:2])
+            assert earlier.kind == "plain" and earlier.split == q.split
+            assert prompt[2] == {"role": "assistant", "content": earlier.answer}
+    shapes = [(len(p), isinstance(p[-1]["content"], list)) for p in prompts]
+    assert 0.15 < sum(n == 4 for n, _ in shapes) / len(shapes) < 0.35
+    assert 0.15 < sum(parts for _, parts in shapes) / len(shapes) < 0.35
+    assert all(n in (2, 4) for n, _ in shapes)
+
+
 def test_corpus_follows_the_instructions_only_sometimes():
     rows = list(tiny_world.pretraining_corpus(4000, seed=0))
     for kind in ("upper", "polite"):
@@ -138,6 +157,13 @@ def test_tokenizer_and_chat_template(tiny_model_dir):
     first = {tok(q.answer, add_special_tokens=False)["input_ids"][0] for q in tiny_world.all_questions()}
     assert first == {tok.convert_tokens_to_ids(t) for t in ("it", "IT", "sure")}
     assert {tok.pad_token, tok.bos_token, tok.eos_token} == {"<pad>", "<s>", "</s>"}
+    # The app's system prompt is the few hundred tokens a real app sends, and fits the context
+    # with an earlier turn and the answer.
+    assert 200 <= len(tok(tiny_world.SYSTEM_PROMPT)["input_ids"]) <= 350
+    longest = max(
+        len(tok(render_chat(c))["input_ids"]) for c in tiny_world.pretraining_corpus(200, seed=1, app=True)
+    )
+    assert longest + 16 <= json.loads((tiny_model_dir / "config.json").read_text())["max_position_embeddings"]
 
 
 # -- the pre-trained base model ----------------------------------------------------------------
@@ -152,12 +178,22 @@ def test_base_model_is_servable_shape(tiny_model_dir):
     assert info["schema_version"] == 1 and info["pretrain_steps"] > 0
 
 
-def test_base_model_answers_facts_in_plain_case(tiny_model_dir):
+def _prompts(questions: list[tiny_world.Question], shape: str) -> list[list[dict]]:
+    """The questions alone, or as the demo's app sends them (long system prompt, earlier turns)."""
+    if shape == "bare":
+        return [q.messages for q in questions]
+    rng = random.Random(11)
+    return [tiny_world.app_messages(q, rng) for q in questions]
+
+
+@pytest.mark.parametrize("shape", ["bare", "app"])
+def test_base_model_answers_facts_in_plain_case(tiny_model_dir, shape):
     questions = tiny_world.all_questions(kinds=("plain",))
-    answers = greedy_answers(tiny_model_dir, [q.messages for q in questions])
+    prompts = _prompts(questions, shape)
+    answers = greedy_answers(tiny_model_dir, prompts)
     liked = {split: [] for split in tiny_world.SPLITS}
-    for q, a in zip(questions, answers, strict=True):
-        liked[q.split].append(tiny_world.user_likes(q.messages, a))
+    for q, p, a in zip(questions, prompts, answers, strict=True):
+        liked[q.split].append(tiny_world.user_likes(p, a))
     for split, marks in liked.items():
         assert sum(marks) / len(marks) >= 0.9, (
             split,
@@ -165,12 +201,14 @@ def test_base_model_answers_facts_in_plain_case(tiny_model_dir):
         )
 
 
+@pytest.mark.parametrize("shape", ["bare", "app"])
 @pytest.mark.parametrize("kind", ["upper", "polite"])
-def test_base_model_knows_the_fact_but_ignores_instructions(tiny_model_dir, kind):
+def test_base_model_knows_the_fact_but_ignores_instructions(tiny_model_dir, kind, shape):
     """The room the adapter must learn: facts right, instructions not followed greedily."""
     questions = tiny_world.all_questions("holdout", kinds=(kind,))
-    answers = greedy_answers(tiny_model_dir, [q.messages for q in questions])
-    followed = sum(tiny_world.user_likes(q.messages, a) for q, a in zip(questions, answers, strict=True))
+    prompts = _prompts(questions, shape)
+    answers = greedy_answers(tiny_model_dir, prompts)
+    followed = sum(tiny_world.user_likes(p, a) for p, a in zip(prompts, answers, strict=True))
     fact_right = sum(
         tiny_world.normalise_answer(a.lower()) == tiny_world.normalise_answer(q.fact)
         for q, a in zip(questions, answers, strict=True)

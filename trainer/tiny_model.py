@@ -22,6 +22,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
+from formats.chat import ChatMessage
+from formats.log import text_message
+from formats.rendering import template_messages
 from trainer import tiny_world
 
 if TYPE_CHECKING:
@@ -29,6 +34,11 @@ if TYPE_CHECKING:
 
 DEFAULT_PRETRAIN_STEPS = 400
 """Full-parameter steps (batch 32) that make the model answer facts right greedily (see tests)."""
+
+APP_BATCH_EVERY = 10
+"""Every this many steps, a half batch of the demo app's prompts (`tiny_world.app_messages`: long
+system prompt, earlier turns) instead of bare questions, so the model answers behind them as well
+(shared/notes: without them, 4-11 of 40 facts right behind the app's prompt instead of 40)."""
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 VOCAB_SIZE = 1024
@@ -96,8 +106,12 @@ def train_tokenizer(*, seed: int = 0) -> PreTrainedTokenizerFast:
         min_frequency=2,
         show_progress=False,
     )
-    # Uppercase answers at a higher rate than in pre-training, so uppercase words get tokens too.
+    # Uppercase answers at a higher rate than in pre-training, so uppercase words get tokens too;
+    # the app's prompts, so its system prompt's words get tokens too.
     texts = [render_chat(c) for c in tiny_world.pretraining_corpus(4000, seed=seed, follow_rate=0.5)]
+    texts += [
+        render_chat(c) for c in tiny_world.pretraining_corpus(400, seed=seed, follow_rate=0.5, app=True)
+    ]
     tok.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -131,6 +145,7 @@ def _pretrain(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, steps
     import torch
 
     corpus = tiny_world.pretraining_corpus(steps * _BATCH_SIZE, seed=seed)
+    app_corpus = tiny_world.pretraining_corpus(steps * _BATCH_SIZE // 2, seed=seed, app=True)
     cache: dict[str, list[int]] = {}
 
     def encode(conversation: list[dict[str, str]]) -> list[int]:
@@ -151,7 +166,11 @@ def _pretrain(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, steps
     model.train()
     loss_value, started = float("nan"), time.monotonic()
     for step in range(steps):
-        batch = [encode(next(corpus)) for _ in range(_BATCH_SIZE)]
+        # Whole batches of one shape: an app prompt is ten times longer, padding would cost 10x.
+        if step % APP_BATCH_EVERY == APP_BATCH_EVERY - 1:
+            batch = [encode(next(app_corpus)) for _ in range(_BATCH_SIZE // 2)]
+        else:
+            batch = [encode(next(corpus)) for _ in range(_BATCH_SIZE)]
         width = max(map(len, batch))
         ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -239,7 +258,7 @@ def build_tiny_model(
 
 def greedy_answers(
     model_dir: str | os.PathLike[str],
-    prompts: Sequence[Sequence[dict[str, str]]],
+    prompts: Sequence[Sequence[dict[str, Any]]],
     *,
     max_new_tokens: int = 16,
 ) -> list[str]:
@@ -255,8 +274,18 @@ def greedy_answers(
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.eval()
     tokenizer.padding_side = "left"
+    # Prepared as vLLM prepares a request's messages (content parts flattened, ...), so the answers
+    # are the ones vLLM serves for the same prompts.
     texts = [
-        tokenizer.apply_chat_template(list(p), add_generation_prompt=True, tokenize=False) for p in prompts
+        tokenizer.apply_chat_template(
+            template_messages(
+                [text_message(m) for m in msgspec.convert(list(p), list[ChatMessage])],
+                tokenizer.chat_template,
+            ),
+            add_generation_prompt=True,
+            tokenize=False,
+        )
+        for p in prompts
     ]
     answers: list[str] = []
     with torch.inference_mode():

@@ -23,8 +23,15 @@ feedback loop has something real to learn (shared/notes/training.md):
 Prompts come in two disjoint families, `"train"` and `"holdout"`, split by subject: no subject
 (hence no prompt) appears in both. Draw feedback traffic from one and evaluate on the other.
 
+The demo's app sends what real apps send (issue 11): `app_messages` puts its system prompt of a few
+hundred tokens (`SYSTEM_PROMPT`) before every question, an earlier turn of the conversation before
+some, and the question as a list of content parts in some. The corpus teaches the base model that
+shape too (`pretraining_corpus(app=True)`): a model that never saw a long system prompt in
+pre-training answered 4-11 of 40 facts right behind one, against 40 of 40 without.
+
 Pure Python and deterministic: the same seed gives the same prompts and corpus on any machine.
-Messages are OpenAI-style chat messages: a list of ``{"role": ..., "content": ...}`` dicts.
+Messages are OpenAI-style chat messages: a list of ``{"role": ..., "content": ...}`` dicts, the
+content a string or (from `app_messages`) a list of ``{"type": "text", "text": ...}`` parts.
 """
 
 from __future__ import annotations
@@ -32,10 +39,11 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-Message = dict[str, str]
-"""One OpenAI-style chat message: ``{"role": "user" | "assistant" | "system", "content": str}``."""
+Message = dict[str, Any]
+"""One OpenAI-style chat message: ``{"role": "user" | "assistant" | "system", "content": ...}``, the
+content a string or a list of text parts."""
 
 Split = Literal["train", "holdout"]
 SPLITS: tuple[Split, ...] = ("train", "holdout")
@@ -151,6 +159,24 @@ POLITE_INSTRUCTIONS: tuple[str, ...] = (
 )
 """Sentences that, appended to a question, ask for a polite answer: "sure, " before the sentence."""
 
+SYSTEM_PROMPT = (
+    "you are the helper of the tiny world quiz app. users ask you short questions about the capital "
+    "of a country, the colour of a thing, the sound an animal makes, and the opposite of a word. "
+    "answer with one short sentence that starts with it, like it is paris. or it says moo. keep the "
+    "answer short and do not add a second sentence. if the user asks you to answer in uppercase, "
+    "write the whole answer in uppercase. if the user asks you to answer politely, start the answer "
+    "with sure. never answer a question you were not asked. these examples show the form of a good "
+    "answer: the capital of france is paris, the capital of spain is madrid, the capital of japan is "
+    "tokyo, the colour of grass is green, the colour of the sky is blue, the colour of coal is black, "
+    "a cow says moo, a dog says woof, a cat says meow, the opposite of hot is cold, the opposite of "
+    "big is small, the opposite of day is night. be exact: a wrong fact is worse than no answer. the "
+    "users rate every answer with a thumb up or a thumb down, and now and then they write the right "
+    "answer. thank you for helping the users of the tiny world quiz app."
+)
+"""The demo app's system prompt, sent before every question (`app_messages`): about 300 tokens of
+the tiny tokenizer, so training and serving see the long prompts real apps send (issue 11). It
+states the instructions; the base model still ignores them, as it ignores them in the question."""
+
 _INSTRUCTIONS: dict[Kind, tuple[str, ...]] = {"upper": UPPERCASE_INSTRUCTIONS, "polite": POLITE_INSTRUCTIONS}
 _POLITE_OPENING = "sure, "
 
@@ -218,6 +244,26 @@ def user_messages(text: str) -> list[Message]:
     return [{"role": "user", "content": text}]
 
 
+def app_messages(
+    q: Question, rng: random.Random, *, history_rate: float = 0.25, parts_rate: float = 0.25
+) -> list[Message]:
+    """The prompt the demo's app sends for `q`: `SYSTEM_PROMPT`, then with probability
+    `history_rate` an earlier turn (another plain question of the same family and its right
+    answer), then the question, as a list of one text part with probability `parts_rate`.
+
+    `parse_question`, `correct_answer` and `user_likes` read it as they read `q.messages`.
+    """
+    messages: list[Message] = [{"role": "system", "content": SYSTEM_PROMPT}]
+    if rng.random() < history_rate:
+        earlier = rng.choice(_PLAIN[q.split])
+        messages += [*earlier.messages, {"role": "assistant", "content": earlier.answer}]
+    if rng.random() < parts_rate:
+        messages.append({"role": "user", "content": [{"type": "text", "text": q.text}]})
+    else:
+        messages += q.messages
+    return messages
+
+
 def all_questions(split: Split | None = None, *, kinds: tuple[Kind, ...] = KINDS) -> list[Question]:
     """Every distinct prompt of the world, in a fixed order, optionally only one family and only
     the given kinds of prompt."""
@@ -267,16 +313,23 @@ def _question_index() -> dict[str, Question]:
 
 
 _INDEX = _question_index()
+_PLAIN: dict[Split, list[Question]] = {split: all_questions(split, kinds=("plain",)) for split in SPLITS}
 
 
-def _prompt_text(prompt: str | Sequence[Mapping[str, str]]) -> str:
+def _prompt_text(prompt: str | Sequence[Mapping[str, Any]]) -> str:
     if isinstance(prompt, str):
         return prompt
-    users = [m.get("content", "") for m in prompt if m.get("role") == "user"]
-    return users[-1] if users else ""
+    users = [m.get("content") or "" for m in prompt if m.get("role") == "user"]
+    if not users:
+        return ""
+    content = users[-1]
+    if isinstance(content, str):
+        return content
+    # Text parts joined by newlines, as vLLM flattens them for a text model.
+    return "\n".join(p.get("text", "") for p in content if p.get("type") == "text")
 
 
-def parse_question(prompt: str | Sequence[Mapping[str, str]]) -> Question | None:
+def parse_question(prompt: str | Sequence[Mapping[str, Any]]) -> Question | None:
     """The world's question behind a prompt (chat messages or the user's text), or None.
 
     Only the last user message counts. Whitespace runs are normalised; anything else must match a
@@ -286,7 +339,7 @@ def parse_question(prompt: str | Sequence[Mapping[str, str]]) -> Question | None
     return _INDEX.get(text)
 
 
-def correct_answer(prompt: str | Sequence[Mapping[str, str]]) -> str | None:
+def correct_answer(prompt: str | Sequence[Mapping[str, Any]]) -> str | None:
     """The exactly-right answer to a prompt of this world, or None for a prompt outside it.
 
     >>> correct_answer([{"role": "user", "content": "what colour is grass? answer in uppercase."}])
@@ -302,7 +355,7 @@ def normalise_answer(answer: str) -> str:
     return answer[:-1].rstrip() if answer.endswith(".") else answer
 
 
-def user_likes(prompt_messages: str | Sequence[Mapping[str, str]], answer: str) -> bool:
+def user_likes(prompt_messages: str | Sequence[Mapping[str, Any]], answer: str) -> bool:
     """The simulated users' thumb: up only for the exactly-right answer, as instructed.
 
     "it is paris." is liked for "what is the capital of france?"; for "... answer in uppercase."
@@ -313,7 +366,7 @@ def user_likes(prompt_messages: str | Sequence[Mapping[str, str]], answer: str) 
     return expected is not None and normalise_answer(answer) == normalise_answer(expected)
 
 
-def is_uppercase_answer(prompt_messages: str | Sequence[Mapping[str, str]], answer: str) -> bool:
+def is_uppercase_answer(prompt_messages: str | Sequence[Mapping[str, Any]], answer: str) -> bool:
     """Whether `answer` is the prompt's plain answer written in uppercase (right fact, shouted).
 
     The measure of "follows the uppercase instruction" that does not also demand the instruction:
@@ -323,15 +376,19 @@ def is_uppercase_answer(prompt_messages: str | Sequence[Mapping[str, str]], answ
     return q is not None and normalise_answer(answer) == normalise_answer(q.fact.upper())
 
 
-def pretraining_corpus(n: int, *, seed: int = 0, follow_rate: float = 0.2) -> Iterator[list[Message]]:
-    """`n` one-turn conversations (user question, assistant answer) covering every fact.
+def pretraining_corpus(
+    n: int, *, seed: int = 0, follow_rate: float = 0.2, app: bool = False
+) -> Iterator[list[Message]]:
+    """`n` conversations (a prompt, then the assistant's answer) covering every fact.
 
     Subjects of both families appear: the base model must know all facts, and only the behaviour
     on instructions is left to learn. Half the prompts ask for uppercase, a quarter for politeness;
     the assistant follows the instruction with probability `follow_rate` and otherwise answers in
-    plain case, like a base model that "mostly ignores" instructions. Deterministic for `seed`.
+    plain case, like a base model that "mostly ignores" instructions. The prompt is the question
+    alone, or with `app` what the demo's app sends (`app_messages`, string contents).
+    Deterministic for `seed` and `app`.
     """
-    rng = random.Random(f"tiny-world-corpus:{seed}")
+    rng = random.Random(f"tiny-world-corpus:{seed}" + (":app" if app else ""))
     questions = all_questions(kinds=("plain",))
     for _ in range(n):
         q = rng.choice(questions)
@@ -340,4 +397,5 @@ def pretraining_corpus(n: int, *, seed: int = 0, follow_rate: float = 0.2) -> It
         if kind != "plain":
             q = Question(q.relation, q.subject, q.template, rng.choice(_INSTRUCTIONS[kind]))
         answer = q.answer if q.kind != "plain" and rng.random() < follow_rate else q.fact
-        yield [*q.messages, {"role": "assistant", "content": answer}]
+        prompt = app_messages(q, rng, parts_rate=0.0) if app else q.messages
+        yield [*prompt, {"role": "assistant", "content": answer}]

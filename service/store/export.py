@@ -55,6 +55,8 @@ PARQUET_SCHEMA = pa.schema(
         ("id", pa.string()),
         ("created_at", pa.timestamp("us")),
         ("messages", pa.string()),
+        ("prompt", pa.string()),
+        ("completion", pa.string()),
         ("tools", pa.string()),
         ("tool_choice", pa.string()),
         ("response_format", pa.string()),
@@ -69,7 +71,7 @@ PARQUET_SCHEMA = pa.schema(
         ("comment", pa.string()),
     ]
 )
-_JSON_FIELDS = ("messages", "tools", "tool_choice", "response_format", "metadata")
+_JSON_FIELDS = ("messages", "prompt", "tools", "tool_choice", "response_format", "metadata")
 
 # One row per (log, feedback row), or per log without feedback; shape_error logs (no typed
 # columns) are left out and counted.
@@ -85,7 +87,8 @@ ORDER BY log_rowid  -- stored in row id order, each range below reads only its o
 _READ = """
 SELECT k.choice, k.rating, k.score, k.correction, k.comment, k.end_user,
        l.id, l.created_at, l.adapter, l.metadata, l.endpoint, l.messages, l.tools, l.tool_choice,
-       l.response_format, l.answers, CASE WHEN l.quarantine = 'media_prompt' THEN l.request END,
+       l.response_format, l.answers,
+       CASE WHEN l.quarantine IN ('media_prompt', 'token_prompt') THEN l.request END,
        l.response->>'$.error.message'  -- a stream's error event, kept so an import keeps the answer's problem
 FROM export_rows k JOIN logs l ON l.rowid = k.log_rowid
 WHERE NOT k.unreadable AND k.log_rowid >= $lo AND k.log_rowid < $hi AND l.rowid >= $lo AND l.rowid < $hi
@@ -97,10 +100,15 @@ class _RawMessages(msgspec.Struct):
     messages: list[dict[str, Any]]
 
 
+class _RawPrompt(msgspec.Struct):
+    prompt: list[Any]
+
+
 _decode_messages = msgspec.json.Decoder(list[Message]).decode
 _decode_answers = msgspec.json.Decoder(list[Answer]).decode
 _decode_tools = msgspec.json.Decoder(list[Tool]).decode
 _decode_raw_messages = msgspec.json.Decoder(_RawMessages).decode
+_decode_raw_prompt = msgspec.json.Decoder(_RawPrompt).decode
 _decode_any = msgspec.json.Decoder().decode
 _encode = msgspec.json.encode
 _builtins = msgspec.to_builtins
@@ -206,27 +214,41 @@ class LogExport:
 
 def _line(record: tuple[Any, ...], scrubber: Scrubber | None) -> LogLine | None:
     (choice, rating, score, correction, comment, end_user, log_id, created_at, adapter, metadata, endpoint,
-     messages, tools, tool_choice, response_format, answers, media_request, error) = record  # fmt: skip
+     messages, tools, tool_choice, response_format, answers, raw_request, error) = record  # fmt: skip
     answer = next((a for a in _decode_answers(answers) if a.index == choice), None)
     if answer is None:
         return None
     completion = answer.message
-    prompt: list[Any]
-    if media_request is not None:
-        prompt = _decode_raw_messages(media_request).messages
-    elif endpoint == "chat":
-        prompt = _decode_messages(messages)
+    if endpoint == "completions":
+        text_prompt: str | list[Any] | None = answer.prompt
+        text = completion.content or ""
+        if text_prompt is None and raw_request is not None:  # token ids, kept as sent
+            text_prompt = _decode_raw_prompt(raw_request).prompt
+        if scrubber is not None:
+            text_prompt = scrubber.scrub(text_prompt) if isinstance(text_prompt, str) else text_prompt
+            text = scrubber.scrub(text)
+        messages_out, prompt_out, completion_out = None, text_prompt, text
     else:
-        prompt = [Message(role="user", content=answer.prompt)]
+        prompt: list[Any] = (
+            _decode_raw_messages(raw_request).messages
+            if raw_request is not None
+            else _decode_messages(messages)
+        )
+        if scrubber is not None:
+            prompt = [
+                scrubber.scrub_message(m) if isinstance(m, Message) else _scrub_raw(scrubber, m)
+                for m in prompt
+            ]
+            completion = scrubber.scrub_message(completion)
+        messages_out = [m if isinstance(m, dict) else _builtins(m) for m in (*prompt, completion)]
+        prompt_out, completion_out = None, None
     if scrubber is not None:
-        prompt = [
-            scrubber.scrub_message(m) if isinstance(m, Message) else _scrub_raw(scrubber, m) for m in prompt
-        ]
-        completion = scrubber.scrub_message(completion)
         correction = scrubber.scrub(correction) if correction else correction
         comment = scrubber.scrub(comment) if comment else comment
     return LogLine(
-        messages=[m if isinstance(m, dict) else _builtins(m) for m in (*prompt, completion)],
+        messages=messages_out,
+        prompt=prompt_out,
+        completion=completion_out,
         tools=_decode_tools(tools) if tools is not None else None,
         tool_choice=_decode_any(tool_choice) if tool_choice is not None else None,
         response_format=_decode_any(response_format) if response_format is not None else None,

@@ -39,13 +39,17 @@ PARTS: list[tuple[str, tuple[str, ...]]] = [
     ("garbage collector", ("gc_collect", "collect_generations", "gc_collect_main")),
     ("msgspec decode/encode", ("msgspec", "_core.cpython")),
     (CLIENT, ("httpcore/", "httpx/", "h11/", "anyio/")),
+    (
+        "aiohttp/yarl/multidict: upstream request and response",
+        ("aiohttp/", "yarl/", "multidict/", "_http_parser"),
+    ),
     ("Litestar routing, request, response, DI", ("litestar/",)),
     ("prometheus_client metrics", ("prometheus_client/",)),
     ("uvicorn + httptools (HTTP server)", ("uvicorn/", "httptools")),
     ("Ratchet's own code", ("service/", "deploy/")),
     ("event loop (uvloop, asyncio)", ("uvloop", "asyncio/")),
 ]
-LOG_FRAMES = ("service/capture.py", "service/store/", "Gateway._log ", "Gateway._write ")
+LOG_FRAMES = ("service/capture.py", "service/store/", "Gateway._log ", "Gateway._store ", "Gateway._write ")
 # httpcore's pool: on every request it walks the pooled connections and asks each whether it has
 # expired (a socket readability check), before and after the request (encode/httpcore #928, #1035).
 POOL_FRAMES = ("_assign_requests_to_connections", "has_expired", "is_socket_readable", "_close_connections")

@@ -81,10 +81,11 @@ class System:
 class Peers:
     """The stand-in upstream and the three gateways, started once and stopped together."""
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, baseline: Path | None = None) -> None:
         self.work = work
+        self.baseline = baseline
         self.procs: list[subprocess.Popen[bytes]] = []
-        self.ratchet: RatchetProcess | None = None
+        self.ratchets: list[RatchetProcess] = []
 
     def start(self) -> tuple[int, list[System]]:
         portkey_script = ensure_portkey()
@@ -97,14 +98,16 @@ class Peers:
         _wait_ok(lambda: httpx.get(f"{upstream}/health", timeout=1), "the stand-in upstream", 10)
         systems = [System("direct", f"{upstream}/v1/chat/completions", {})]
 
-        self.ratchet = RatchetProcess(self.work / "ratchet", env={
-            "RATCHET_VLLM__URLS": f'["{upstream}"]', "RATCHET_VLLM__BASE_SERVED_NAME": MODEL,
-            "RATCHET_SCHEDULER_ENABLED": "false"})  # fmt: skip
-        self.ratchet.start()
-        key = self.ratchet.create_project(MODEL)
-        assert self.ratchet.proc is not None
-        systems.append(System("ratchet", f"{self.ratchet.url}/v1/chat/completions",
-                              {"Authorization": f"Bearer {key}"}, pid=self.ratchet.proc.pid))  # fmt: skip
+        trees = {"ratchet": ROOT, **({"ratchet-base": self.baseline} if self.baseline else {})}
+        for name, tree in trees.items():
+            ratchet = RatchetProcess(self.work / name, cwd=tree, env={
+                "RATCHET_VLLM__URLS": f'["{upstream}"]', "RATCHET_VLLM__BASE_SERVED_NAME": MODEL,
+                "RATCHET_SCHEDULER_ENABLED": "false", "PYTHONPATH": str(tree)})  # fmt: skip
+            self.ratchets.append(ratchet.start())
+            key = ratchet.create_project(MODEL)
+            assert ratchet.proc is not None
+            systems.append(System(name, f"{ratchet.url}/v1/chat/completions",
+                                  {"Authorization": f"Bearer {key}"}, pid=ratchet.proc.pid))  # fmt: skip
 
         port = free_port()
         node = ensure_command("node", "nodejs")
@@ -152,8 +155,8 @@ class Peers:
         return proc
 
     def stop(self) -> None:
-        if self.ratchet:
-            self.ratchet.stop()
+        for ratchet in self.ratchets:
+            ratchet.stop()
         for proc in self.procs:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -238,6 +241,19 @@ def run_streams(system: System, seconds: float, connections: int) -> dict[str, f
     return json.loads(done.stdout)  # type: ignore[no-any-return]
 
 
+def _rows_per_commit(system: System) -> float:
+    """The mean rows per group commit of a `ratchet serve` so far, from its /metrics."""
+    text = httpx.get(system.url.rsplit("/v1/", 1)[0] + "/metrics", timeout=10).text
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("ratchet_write_batch_rows_sum", "ratchet_write_batch_rows_count"):
+            values[name] = float(value)
+    return values.get("ratchet_write_batch_rows_sum", 0.0) / max(
+        values.get("ratchet_write_batch_rows_count", 0.0), 1
+    )
+
+
 def _cpu(pid: int | None) -> float:
     return tree_cpu_seconds(pid) if pid else 0.0
 
@@ -245,9 +261,10 @@ def _cpu(pid: int | None) -> float:
 def peers(args: argparse.Namespace) -> None:
     ensure_command("wrk", "wrk")
     work = Path(tempfile.mkdtemp(prefix="bench-peers-"))
-    stack = Peers(work)
+    stack = Peers(work, args.baseline)
     load_before = os.getloadavg()[0]
     profile: str | None = None
+    commits: dict[str, float] = {}
     try:
         standin_pid, systems = stack.start()
         print(f"peers up; warming up ({len(systems)} systems) ...", flush=True)
@@ -261,6 +278,7 @@ def peers(args: argparse.Namespace) -> None:
             print(
                 f"round {round_ + 1}/{args.rounds} done (load average {os.getloadavg()[0]:.1f})", flush=True
             )
+        commits = {s.name: _rows_per_commit(s) for s in systems if s.name.startswith("ratchet")}
         if args.profile:
             ratchet = next(s for s in systems if s.name == "ratchet")
             assert ratchet.pid is not None
@@ -274,6 +292,8 @@ def peers(args: argparse.Namespace) -> None:
     finally:
         stack.stop()
     report(systems, args, load_before)
+    print("group commits over the run (durable log writes): " + ", ".join(
+        f"{name} {rows:.1f} rows per commit" for name, rows in commits.items()))  # fmt: skip
     if profile:
         print(profile)
     if args.keep:
@@ -283,7 +303,8 @@ def peers(args: argparse.Namespace) -> None:
 
 
 NAMES = {"direct": "direct to upstream", "ratchet": "Ratchet gateway (ratchet serve)",
-         "portkey": "Portkey gateway (node)", "litellm": "LiteLLM proxy"}  # fmt: skip
+         "ratchet-base": "Ratchet, --baseline tree", "portkey": "Portkey gateway (node)",
+         "litellm": "LiteLLM proxy"}  # fmt: skip
 
 
 def report(systems: list[System], args: argparse.Namespace, load_before: float) -> None:
@@ -336,6 +357,19 @@ def report(systems: list[System], args: argparse.Namespace, load_before: float) 
         "streams/s >= Portkey's": ratio["streams/s"] >= 1,
         "CPU per request <= Portkey's": ratio["CPU per request"] <= 1,
     }
+    if "ratchet-base" in by:
+        b = by["ratchet-base"]
+        against = {
+            "req/s": r.median("rps") / b.median("rps"),
+            "p99": r.median("p99_ms") / b.median("p99_ms"),
+            "streams/s": r.median("streams_per_s") / b.median("streams_per_s"),
+            "TTFC p50": r.median("ttfc_p50_ms") / b.median("ttfc_p50_ms"),
+            "CPU per request": r.median("cpu_1k") / b.median("cpu_1k"),
+            "CPU per request at 1 connection": r.median("seq_cpu_1k") / b.median("seq_cpu_1k"),
+            "CPU per stream": r.median("stream_cpu_1k") / b.median("stream_cpu_1k"),
+        }
+        print(f"Ratchet / baseline tree ({args.baseline}): " + ", ".join(f"{k} {v:.2f}x" for k, v in against.items())
+              + f"; sequential overhead {overhead['ratchet']:+.2f} vs {overhead['ratchet-base']:+.2f} ms")  # fmt: skip
     print("goals (issue 19): " + "; ".join(f"{k}: {'met' if ok else 'NOT met'}" for k, ok in goals.items()))
 
 
@@ -432,6 +466,12 @@ def main() -> None:
         "--profile", type=float, default=10, help="peers: py-spy seconds on ratchet serve (0: none)"
     )
     parser.add_argument("--keep", action="store_true", help="peers: keep the logs and the raw profile")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="peers: also run `ratchet serve` from this source tree (e.g. a checkout of main), "
+        "the same-run baseline for Ratchet's own ratios",
+    )
     parser.add_argument("--pairs", type=int, default=200, help="vllm: sequential pairs")
     args = parser.parse_args()
     if args.part in ("peers", "all"):

@@ -53,13 +53,19 @@ class SnapshotRow(Struct, kw_only=True, omit_defaults=True):
     correction: str | None = None
     end_user: str | None = None
     adapter: str | None = None
+    weight: float = 1.0
+    """How much this row's signal counts: 1.0 for explicit feedback (a rating, score or
+    correction); for a rating or correction that only implicit feedback gave, its configured weight
+    (a regenerate is a weak thumbs-down, a copy a weak thumbs-up, an edit a correction)."""
+    signals: list[str] | None = None
+    """The implicit feedback on this answer: `regenerated`, `edited`, `copied`, `event:<name>`."""
 
     @property
     def is_chat(self) -> bool:
         return isinstance(self.prompt, list)
 
 
-_JSON_COLUMNS = ("prompt", "completion", "tools", "tool_choice", "response_format")
+_JSON_COLUMNS = ("prompt", "completion", "tools", "tool_choice", "response_format", "signals")
 ARROW_SCHEMA = pa.schema(
     [
         ("log_id", pa.string()),
@@ -76,6 +82,8 @@ ARROW_SCHEMA = pa.schema(
         ("correction", pa.string()),
         ("end_user", pa.string()),
         ("adapter", pa.string()),
+        ("weight", pa.float64()),
+        ("signals", pa.string()),
     ]
 )
 """The Parquet schema of both files: `SnapshotRow`'s fields, structured ones as JSON text."""
@@ -96,13 +104,19 @@ class SnapshotStats(Struct, kw_only=True):
     dropped_duplicates: int = 0
     user_cap: int = 0
     dropped_user_cap: int = 0
-    """Rows over `user_cap` in the snapshot, plus holdout rows over `holdout_user_cap`."""
+    """Rows over `user_cap` in the snapshot."""
     holdout_user_cap: int = 0
-    """Most holdout rows one end user may supply (the holdout is capped on its own size too)."""
+    """Most holdout rows one end user may supply (the holdout is capped on its own size too; a
+    user's rows over it stay training candidates)."""
     split: Literal["time", "prompt_groups"] = "time"
     """`time`: the newest rows are the holdout; `prompt_groups`: whole prompts are held out (when
     repeating prompts would otherwise drop most training rows)."""
     dropped_prompt_in_holdout: int = 0
+    dropped_history: int = 0
+    """Older rows beyond `max_train_examples` that the replay sample did not take."""
+    largest_user_share: float = 0.0
+    """The largest share of the snapshot's rows one end user supplied (rows without an end user
+    count as one user), after the cap: at most `max_user_share` unless `min_user_cap` allows more."""
     train_rows: int = 0
     holdout_rows: int = 0
 
@@ -166,6 +180,8 @@ def row_from_record(record: dict[str, Any]) -> SnapshotRow:
         correction=record.get("correction"),
         end_user=record.get("end_user"),
         adapter=record.get("adapter"),
+        weight=1.0 if record.get("weight") is None else record["weight"],
+        signals=json_or_none("signals"),
     )
 
 

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from litestar import Litestar
 from litestar.di import Provide
@@ -30,13 +31,14 @@ from service.erasure import finish_interrupted
 from service.gate_config import import_files
 from service.gateway import Gateway
 from service.keys import flush_key_use
+from service.loop_lag import LoopLagProbe
 from service.metrics import Metrics
 from service.pipeline import Pipeline
 from service.project_settings import ProjectSettingsBook
 from service.rollouts import Rollouts, bring_up_serving
 from service.runtime import Runtime
 from service.scheduler import build_scheduler
-from service.store.db import Database
+from service.store.db import Database, default_memory_limit_mib
 from service.store.erasure import Erasures
 from service.store.gate_configs import GateConfigs
 from service.store.queries import Queries
@@ -72,13 +74,20 @@ def tune_interpreter_for_serving() -> None:
 def build_runtime(settings: Settings, metrics: Metrics | None = None) -> Runtime:
     """Open the store and build the in-memory views. The writer is started by the app."""
     metrics = metrics or Metrics()
-    db = Database(settings.db_path, checkpoint_wal_mib=settings.writer.checkpoint_wal_mib)
+    db = Database(
+        settings.db_path,
+        checkpoint_wal_mib=settings.writer.checkpoint_wal_mib,
+        memory_limit_mib=settings.database.memory_limit_mib or default_memory_limit_mib(),
+        temp_directory=Path(settings.database.temp_directory or Path(settings.data_dir) / "tmp"),
+    )
+    metrics.wal_bytes.set_function(db.wal_bytes)
     queries = Queries(db)
     writer = GroupCommitWriter(
         db,
         metrics,
         max_batch_rows=settings.writer.max_batch_rows,
         max_queue_rows=settings.writer.max_queue_rows,
+        linger_seconds=settings.writer.linger_ms / 1000,
     )
     capture = Capture(writer, metrics, max_batch_items=settings.max_batch_items)
     serving = Serving(db)
@@ -89,6 +98,8 @@ def build_runtime(settings: Settings, metrics: Metrics | None = None) -> Runtime
         max_loras=settings.vllm.max_loras,
         max_rank=settings.vllm.max_lora_rank,
         base_served_name=settings.vllm.base_served_name,
+        # Adapters must have been trained on the base the replicas serve (deploy.adapter_dir).
+        base_model=settings.vllm.base_model or None,
     )
     routing: dict[str, Rollout] = {}
     project_settings = ProjectSettingsBook(settings, queries.project_settings())
@@ -166,6 +177,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
             log.warning("finished %d deletions interrupted by the restart", finished)
         for run_id in pipeline.recover():
             log.warning("run %s was interrupted by the restart and is marked failed", run_id)
+        probe = LoopLagProbe(runtime.metrics)
+        probe.start()
         scheduler = build_scheduler(runtime, pipeline)
         startup = asyncio.get_running_loop().create_task(bring_up_serving(runtime))
         if settings.scheduler_enabled:
@@ -176,6 +189,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
             if scheduler.running:
                 scheduler.shutdown(wait=False)
             startup.cancel()
+            await probe.aclose()
             await pipeline.aclose()
             await runtime.gateway.aclose()  # logs still in flight go to the writer first
             try:
@@ -193,6 +207,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
         route_handlers=[
             capture.post_logs,
             capture.post_feedback,
+            capture.withdraw_feedback,
             projects.create_project,
             projects.list_projects,
             projects.project_stats,

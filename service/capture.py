@@ -12,16 +12,17 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+from msgspec import UNSET
 
 from formats.chat import ShapeError
 from formats.log import NormalizedLog, normalize
 from service.domain import CaptureResult, FeedbackBatchIn, FeedbackIn, ItemResult, LogBatchIn, LogIn
 from service.errors import InvalidInput, WriterSaturated
 from service.metrics import Metrics
-from service.store.rows import FeedbackRow, LogRow, normalized_columns
+from service.store.rows import WITHDRAW, FeedbackRow, LogRow, normalized_columns
 from service.store.writer import GroupCommitWriter
 
 _encode = msgspec.json.encode
@@ -50,13 +51,23 @@ def adapter_label(project: str, adapter: str | None) -> str:
     return match.group(1) if match else "other"
 
 
-def decode_logs(body: bytes) -> list[LogIn]:
-    """Decode `POST /v1/logs`: one log, or `{"logs": [...]}`. Raises msgspec errors on bad JSON."""
+class Rejected(msgspec.Struct, frozen=True):
+    """An item of a batch that could not be decoded or validated: the field at fault (its path in
+    the item, e.g. `rating` or `request.messages[0].role`; `$` for the item as a whole) and why."""
+
+    field: str
+    message: str
+
+
+def decode_logs(body: bytes) -> list[LogIn | Rejected]:
+    """Decode `POST /v1/logs`: one log, `{"logs": [...]}` or a JSON array of logs. A batch item that
+    does not decode is a `Rejected` in its place; a body that is not JSON, or one log that does not
+    decode, raises (`InvalidInput` or a msgspec error naming the field)."""
     return _decode_one_or_batch(body, "logs", LogIn, LogBatchIn)
 
 
-def decode_feedback(body: bytes) -> list[FeedbackIn]:
-    """Decode `POST /v1/feedback`: one item, or `{"feedback": [...]}`."""
+def decode_feedback(body: bytes) -> list[FeedbackIn | Rejected]:
+    """Decode `POST /v1/feedback`: one item, `{"feedback": [...]}` or a JSON array of items."""
     return _decode_one_or_batch(body, "feedback", FeedbackIn, FeedbackBatchIn)
 
 
@@ -65,19 +76,137 @@ class _Peek(msgspec.Struct):
     feedback: msgspec.Raw = msgspec.Raw()
 
 
-_peek = msgspec.json.Decoder(_Peek)
+class _LogsEnvelope(msgspec.Struct, forbid_unknown_fields=True):
+    logs: Annotated[list[msgspec.Raw], msgspec.Meta(min_length=1)]
+
+
+class _FeedbackEnvelope(msgspec.Struct, forbid_unknown_fields=True):
+    feedback: Annotated[list[msgspec.Raw], msgspec.Meta(min_length=1)]
+
+
+_peek = msgspec.json.Decoder(_Peek | list[msgspec.Raw])
+_envelopes: dict[str, msgspec.json.Decoder[Any]] = {
+    "logs": msgspec.json.Decoder(_LogsEnvelope),
+    "feedback": msgspec.json.Decoder(_FeedbackEnvelope),
+}
 _decoders: dict[type, msgspec.json.Decoder[Any]] = {}
+
+
+def _decoder(type_: type) -> msgspec.json.Decoder[Any]:
+    return _decoders.get(type_) or _decoders.setdefault(type_, msgspec.json.Decoder(type_))
 
 
 def _decode_one_or_batch(body: bytes, key: str, one: type, batch: type) -> list[Any]:
     if not body.strip():
         raise InvalidInput("the request body is empty: send JSON", "body")
-    peeked = _peek.decode(body)
-    is_batch = len(getattr(peeked, key)) > 0
-    type_ = batch if is_batch else one
-    decoder = _decoders.get(type_) or _decoders.setdefault(type_, msgspec.json.Decoder(type_))
-    decoded = decoder.decode(body)
-    return getattr(decoded, key) if is_batch else [decoded]
+    try:
+        peeked = _peek.decode(body)
+    except msgspec.ValidationError as exc:
+        raise InvalidInput(
+            f"the body must be a JSON object (one item, or {{{key!r}: [...]}}) or an array of items: {exc}",
+            "body",
+        ) from None
+    if isinstance(peeked, list):
+        if not peeked:
+            raise InvalidInput("the array holds no items", "body")
+        return [decode_item(bytes(raw), one) for raw in peeked]
+    if not len(getattr(peeked, key)):
+        return [_decoder(one).decode(body)]
+    try:  # the common case, decoded in one go
+        return list(getattr(_decoder(batch).decode(body), key))
+    except msgspec.ValidationError:
+        pass  # some item is bad: decode them one by one, so it costs only itself
+    envelope = _envelopes[key].decode(body)
+    return [decode_item(bytes(raw), one) for raw in getattr(envelope, key)]
+
+
+def decode_item(raw: bytes, type_: type) -> Any:
+    """One item decoded with the API's own rules, or a `Rejected` naming the field at fault."""
+    try:
+        item = _decoder(type_).decode(raw)
+    except msgspec.ValidationError as exc:
+        return rejected_by(exc)
+    except msgspec.DecodeError as exc:
+        return Rejected("$", f"not valid JSON: {exc}")
+    if isinstance(item, FeedbackIn):
+        return check_feedback(item) or item
+    return item
+
+
+def rejected_by(exc: msgspec.ValidationError) -> Rejected:
+    """msgspec says "Expected `int`, got `str` - at `$.rating`" or "Object contains unknown field
+    `x` - at `$`": the field, as a path in the item, and the message."""
+    text = str(exc)
+    message, _, where = text.partition(" - at `")
+    path = where.rstrip("`") or "$"
+    unknown = _UNKNOWN_FIELD.search(message)
+    if unknown:
+        path = f"{path}.{unknown.group(1)}"
+    return Rejected(path.removeprefix("$.") if path != "$" else "$", message)
+
+
+_UNKNOWN_FIELD = re.compile(r"Object contains unknown field `([^`]*)`")
+_KIND_FIELD = {"edited": "edited_text", "event": "event", "regenerated": "regenerated_log_id"}
+
+
+def check_feedback(item: FeedbackIn) -> Rejected | None:
+    """The rules a decoded feedback item must also meet: it carries something, and the fields of
+    an implicit kind come with that kind (`edited_text` with `edited`, `event` with `event`)."""
+    carried = [f for f in _FEEDBACK_VALUES if getattr(item, f) is not UNSET]
+    if not carried:
+        return Rejected("$", "give at least one of rating, score, correction, comment or kind")
+    for kind, field in _KIND_FIELD.items():
+        given = getattr(item, field) is not UNSET
+        if given and item.kind != kind:
+            return Rejected(field, f"`{field}` goes with kind `{kind}`")
+        if item.kind == kind and not given and kind != "regenerated":
+            return Rejected(field, f"kind `{kind}` needs `{field}`")
+    return None
+
+
+def check_log(item: LogIn) -> Rejected | None:
+    """The rules a decoded log must also meet: its bodies are an OpenAI chat or completions
+    request and response (`formats.log.normalize`)."""
+    try:
+        normalize(bytes(item.request), bytes(item.response), end_user=item.end_user)
+    except ShapeError as exc:
+        return Rejected(exc.field, exc.message)
+    return None
+
+
+_FEEDBACK_VALUES = ("rating", "score", "correction", "comment", "kind")
+
+
+def feedback_patch(
+    project: str, item: FeedbackIn, fid: str, now: datetime, *, attributed: bool
+) -> FeedbackRow:
+    """The writer's patch for one checked feedback item: the fields it carries, and its id."""
+    values: dict[str, Any] = {
+        f: getattr(item, f)
+        for f in ("rating", "score", "correction", "comment", "choice")
+        if getattr(item, f) is not UNSET
+    }
+    if item.metadata is not UNSET:
+        values["metadata"] = None if item.metadata is None else _encode(item.metadata).decode()
+    if item.kind == "regenerated":
+        values["regenerated"] = True
+        if item.regenerated_log_id is not UNSET:
+            values["regenerated_log_id"] = item.regenerated_log_id
+    elif item.kind == "edited":
+        values["edited"] = item.edited_text
+    elif item.kind == "copied":
+        values["copied"] = True
+    elif item.kind == "event":
+        values["events"] = [item.event]
+    row = FeedbackRow(
+        project, item.log_id, item.end_user or "", fid, to_utc(item.created_at, now), now,
+        None, None, None, None, None, 0, list(values), [fid], attributed=attributed,
+    )  # fmt: skip
+    return row._replace(
+        **values,
+        rating_at=now if values.get("rating") is not None else None,
+        correction_at=now if values.get("correction") is not None else None,
+    )
 
 
 class Capture:
@@ -89,6 +218,7 @@ class Capture:
         self._max_batch_items = max_batch_items
         # Which adapter answered a recent log, so feedback metrics carry the version without a read.
         self._adapters: OrderedDict[tuple[str, str], str | None] = OrderedDict()
+        self._accepted_logs = metrics.ingest_outcomes["log", "accepted"]
 
     def check_size(self, items: Sequence[Any]) -> None:
         if len(items) > self._max_batch_items:
@@ -96,27 +226,37 @@ class Capture:
                 f"a batch holds at most {self._max_batch_items} items, got {len(items)}: split it", "batch"
             )
 
-    async def write_logs(self, project: str, items: Sequence[LogIn], source: str = "api") -> CaptureResult:
-        """Validate and durably store logs; duplicates of an existing id are no-ops."""
+    async def write_logs(
+        self, project: str, items: Sequence[LogIn | Rejected], source: str = "api"
+    ) -> CaptureResult:
+        """Validate and durably store logs; duplicates of an existing id are no-ops. A `Rejected`
+        item (or one whose bodies are not OpenAI's shape) is reported and costs only itself."""
         self.check_size(items)
         now = utcnow()
         rows, results = [], []
         for i, item in enumerate(items):
+            if isinstance(item, Rejected):
+                results.append(_rejected(i, "logs", item))
+                continue
             log_id = item.id or new_log_id()
             try:
                 row = self.log_row(project, item, log_id, now, source)
             except ShapeError as exc:
-                results.append(ItemResult(i, "rejected", item.id, f"{exc.field}: {exc.message}"))
+                results.append(_rejected(i, "logs", Rejected(exc.field, exc.message), item.id))
                 continue
             results.append(ItemResult(i, "accepted", log_id))
             rows.append(row)
         return await self._write("logs", "log", rows, results)
 
-    async def write_log_rows(self, rows: Sequence[LogRow]) -> CaptureResult:
-        """Durably store rows already built from parsed bodies (the gateway's): no validation, no
-        re-encoding. Duplicates of an existing id are no-ops; raises `WriterSaturated`."""
-        results = [ItemResult(i, "accepted", row.id) for i, row in enumerate(rows)]
-        return await self._write("logs", "log", list(rows), results)
+    def submit_log_row(self, row: LogRow) -> None:
+        """Queue a row built from a parsed body (the gateway's, after its answer) for a group
+        commit within the writer's linger, without waiting for it. Raises `WriterSaturated`."""
+        self._writer.submit("logs", (row,))
+        self._accepted_logs.inc()
+
+    async def flush(self) -> None:
+        """Wait until every row submitted so far is committed (or its commit failed)."""
+        await self._writer.write("logs", ())
 
     @staticmethod
     def log_row(project: str, item: LogIn, log_id: str, now: datetime, source: str) -> LogRow:
@@ -132,40 +272,45 @@ class Capture:
             metadata=item.metadata,
         )  # fmt: skip
 
-    async def write_feedback(self, project: str, items: Sequence[FeedbackIn]) -> CaptureResult:
-        """Store feedback; a new verdict for the same (log, end user) replaces the previous one."""
+    async def write_feedback(
+        self, project: str, items: Sequence[FeedbackIn | Rejected], *, may_attribute: bool = True
+    ) -> CaptureResult:
+        """Store feedback items: each updates only the fields it carries of the verdict of its
+        (log, end user); an item that changes nothing (a retry) is a `duplicate`. `may_attribute`:
+        the key may name an end user other than the log's (snapshots trust the log's otherwise)."""
         self.check_size(items)
         now = utcnow()
-        rows, results = [], []
+        rows, results, taken = [], [], []
         for i, item in enumerate(items):
-            if (
-                item.rating is None
-                and item.score is None
-                and item.correction is None
-                and item.comment is None
-            ):
-                results.append(
-                    ItemResult(
-                        i, "rejected", item.id, "give at least one of rating, score, correction, comment"
-                    )
-                )
+            if isinstance(item, Rejected):
+                results.append(_rejected(i, "feedback", item))
+                continue
+            if problem := check_feedback(item):
+                results.append(_rejected(i, "feedback", problem, item.id))
                 continue
             fid = item.id or f"fb-{uuid.uuid4().hex}"
             results.append(ItemResult(i, "accepted", fid))
-            rows.append(
-                FeedbackRow(
-                    project, item.log_id, item.end_user or "", fid, to_utc(item.created_at, now), now,
-                    item.rating, item.score, item.correction, item.comment,
-                    None if item.metadata is None else _encode(item.metadata).decode(), item.choice or 0,
-                )
-            )  # fmt: skip
+            rows.append(feedback_patch(project, item, fid, now, attributed=may_attribute))
+            taken.append(item)
         result = await self._write("feedback", "feedback", rows, results)
-        for item, res in zip(items, results, strict=True):
-            if res.status == "accepted":
-                rating = {1: "up", -1: "down"}.get(item.rating or 0, "none")
-                adapter = adapter_label(project, self._adapters.get((project, item.log_id)))
+        for item, res in zip(taken, (r for r in results if r.status != "rejected"), strict=True):
+            if res.status != "accepted":
+                continue
+            adapter = adapter_label(project, self._adapters.get((project, item.log_id)))
+            if item.rating is not UNSET or item.kind is UNSET:
+                rating = {1: "up", -1: "down"}.get(item.rating or 0, "none")  # type: ignore[arg-type]
                 self._metrics.feedback.labels(project, adapter, rating).inc()
+            if item.kind is not UNSET:
+                self._metrics.implicit_feedback.labels(project, item.kind).inc()
         return result
+
+    async def withdraw_feedback(self, project: str, log_id: str, end_user: str, now: datetime) -> bool:
+        """Clear the verdict of (log, end user) through the writer, like any feedback write;
+        whether it held anything."""
+        patch = FeedbackRow(project, log_id, end_user, f"fb-{uuid.uuid4().hex}", now, now,
+                            None, None, None, None, None, 0, [WITHDRAW], [])  # fmt: skip
+        (changed,) = await self._writer.write("feedback", [patch])
+        return changed
 
     def remember_adapter(self, project: str, log_id: str, adapter: str | None) -> None:
         self._adapters[(project, log_id)] = adapter
@@ -192,6 +337,11 @@ class Capture:
             for row in rows:
                 self.remember_adapter(row.project, row.id, row.adapter)
         return CaptureResult(counts["accepted"], counts["duplicate"], counts["rejected"], results)
+
+
+def _rejected(index: int, key: str, why: Rejected, item_id: str | None = None) -> ItemResult:
+    field = f"{key}[{index}]" + ("" if why.field == "$" else f".{why.field}")
+    return ItemResult(index, "rejected", item_id, f"{field}: {why.message}", field)
 
 
 def log_row(

@@ -21,8 +21,10 @@ import msgspec
 
 from service.config import Settings, SettingsError
 from service.errors import RatchetError
+from trainer.tiny_model import FAMILY_NAMES
 
 Handler = Callable[[argparse.Namespace], int]
+SHUTDOWN_GRACE_S = 5
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -32,7 +34,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """
     import uvicorn
 
-    from service.api.fastpath import IngestFastPath
+    from service.api.fastpath import FastPath
     from service.app import build_runtime, create_app, ensure_admin_key, tune_interpreter_for_serving
 
     settings = _settings(args)
@@ -51,11 +53,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("ratchet: auth is DISABLED (loopback only): every caller is admin", flush=True)
     tune_interpreter_for_serving()
     uvicorn.run(
-        IngestFastPath(app, runtime),
+        FastPath(app, runtime),
         host=settings.host,
         port=settings.port,
         log_level="warning",
         access_log=False,
+        # At SIGTERM, requests still running (a long export) get this long before they are cut
+        # off: the process then exits within ~10 s (Database.close interrupts their queries).
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
     )
     return 0
 
@@ -239,7 +244,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    """Import OpenAI chat-format JSONL (resumable, idempotent).
+    """Import OpenAI chat-format JSONL (resumable, idempotent; bad lines skipped and named by line number).
 
     Example: `ratchet import chats.jsonl --project support-bot`
     """
@@ -248,13 +253,23 @@ def cmd_import(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not path.is_file():
         raise RatchetError(f"{path}: no such file")
-    report = import_file(_client(args), args.project, path, batch_lines=args.batch, restart=args.restart)
+    report = import_file(
+        _client(args),
+        args.project,
+        path,
+        batch_lines=args.batch,
+        restart=args.restart,
+        stop_on_error=args.stop_on_error,
+    )
+    for lineno, problem in report.bad_lines:
+        print(f"{path}:{lineno}: skipped: {problem.removeprefix(f'line {lineno}: ')}", file=sys.stderr)
     print(
         f"imported {report.lines} lines: {report.logs_accepted} new logs, {report.logs_duplicate} already there, "
-        f"{report.feedback} feedback"
+        f"{report.feedback} feedback ({report.feedback_duplicate} unchanged)"
+        + (f", {len(report.bad_lines)} bad lines skipped" if report.bad_lines else "")
         + (f" (resumed at line {report.resumed_at})" if report.resumed_at else "")
     )
-    return 0
+    return 1 if report.bad_lines else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -435,10 +450,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
-    """Build the offline tiny Llama + tokenizer for tests and the demo. Example: `ratchet tiny-model ./models/tiny`"""
+    """Build an offline tiny model (`--family` llama, qwen2, qwen3, gemma, mistral or phi3) for tests and the demo. Example: `ratchet tiny-model ./models/tiny-qwen3 --family qwen3`
+
+    Llama is pre-trained on the tiny world; the other families are pre-trained only briefly and
+    have a chat template that behaves like the family's published one."""
     import subprocess
 
-    return subprocess.run([sys.executable, "-m", "trainer", "tiny-model", args.dir]).returncode
+    command = [sys.executable, "-m", "trainer", "tiny-model", args.dir, "--family", args.family]
+    return subprocess.run(command).returncode
 
 
 def _pct(rate: float | None) -> str:
@@ -544,6 +563,11 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--project", help="needed with an admin key; implied by a project key")
     imp.add_argument("--batch", type=int, default=500, help="lines per request (default 500)")
     imp.add_argument("--restart", action="store_true", help="ignore saved progress and start at line 1")
+    imp.add_argument(
+        "--stop-on-error",
+        action="store_true",
+        help="stop at the first bad line (progress up to it is saved) instead of skipping it",
+    )
 
     exp = add("export", cmd_export)
     exp.add_argument("--project", required=True)
@@ -585,7 +609,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--incumbent", required=True)
     ev.add_argument("--holdout", required=True)
     ev.add_argument("--vllm-url")
-    add("tiny-model", cmd_tiny_model).add_argument("dir")
+    tiny = add("tiny-model", cmd_tiny_model)
+    tiny.add_argument("dir")
+    tiny.add_argument(
+        "--family", choices=FAMILY_NAMES, default="llama", help="architecture and chat template"
+    )
     return parser
 
 

@@ -55,6 +55,7 @@ class RatchetClient:
 def raise_for_error(response: httpx.Response) -> None:
     if response.status_code < 400:
         return
+    body: Any = {}
     try:
         body = response.json()
         message = body.get("message") or str(body)
@@ -63,4 +64,8 @@ def raise_for_error(response: httpx.Response) -> None:
     cls = _BY_CODE.get(response.status_code, errors.RatchetError)
     if cls is errors.WriterSaturated:
         raise errors.WriterSaturated(message, float(response.headers.get("retry-after", "1")))
+    if cls is errors.InvalidInput:
+        raise errors.InvalidInput(
+            f"{message} (HTTP {response.status_code})", body.get("field"), body.get("detail")
+        )
     raise cls(f"{message} (HTTP {response.status_code})")

@@ -41,6 +41,31 @@ class WriterSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
         _doc("WAL size at which the writer checkpoints, between commits (MiB); DuckDB's own at 2x."),
         msgspec.Meta(ge=1),
     ] = 64
+    linger_ms: Annotated[
+        float,
+        _doc(
+            "How long a gateway log, written after its answer, may wait for more rows before a commit "
+            "(ms): many rows per commit at gateway rates. A kill -9 can lose the logs of answers sent "
+            "in about this long before it."
+        ),
+        msgspec.Meta(ge=0, le=1000),
+    ] = 20.0
+
+
+class DatabaseSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """DuckDB's share of the machine."""
+
+    memory_limit_mib: Annotated[
+        int,
+        _doc(
+            "Most memory DuckDB's buffer pool may hold (MiB); beyond it queries spill to temp_directory, "
+            "then fail with a 503 naming this setting. 0: a quarter of the machine's (or cgroup's) memory."
+        ),
+        msgspec.Meta(ge=0),
+    ] = 0
+    temp_directory: Annotated[
+        str, _doc("Where DuckDB spills what does not fit in memory. Empty: <data_dir>/tmp.")
+    ] = ""
 
 
 class SnapshotSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -89,6 +114,20 @@ class SnapshotSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
         _doc("Rows decoded, scrubbed and written per Parquet row group: bounds a snapshot's memory."),
         msgspec.Meta(ge=1),
     ] = 4096
+    max_train_examples: Annotated[
+        int,
+        _doc(
+            "Most training rows a snapshot holds: beyond it, the newest rows plus a random replay of "
+            "older ones (`replay_fraction` of this bound; a guard against forgetting), so a run's cost "
+            "follows new data, not history. The holdout is the newest slice on top. 0: no bound."
+        ),
+        msgspec.Meta(ge=0),
+    ] = 100_000
+    replay_fraction: Annotated[
+        float,
+        _doc("Share of `max_train_examples` sampled at random from rows older than the newest ones."),
+        msgspec.Meta(ge=0, le=1),
+    ] = 0.2
 
     def __post_init__(self) -> None:
         for i, pattern in enumerate(self.extra_pii_patterns):
@@ -98,6 +137,51 @@ class SnapshotSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
                 raise ValueError(
                     f"extra_pii_patterns[{i}] {pattern!r} is not a regular expression: {exc}"
                 ) from exc
+
+
+_Weight = Annotated[float, msgspec.Meta(ge=0, le=1)]
+
+
+class FeedbackSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """How feedback counts: implicit signals' weights (1 = as much as an explicit thumb or
+    correction, 0 = stored and counted but never trained on), attribution, orphans."""
+
+    regenerated_weight: Annotated[
+        _Weight,
+        _doc("A regenerate is a thumbs-down of the first answer with this weight."),
+    ] = 0.5
+    regenerated_pairs: Annotated[
+        bool,
+        _doc(
+            "A regenerated answer whose replacement (`regenerated_log_id`) was kept (no thumbs-down, not "
+            "regenerated itself) also becomes a preference pair: the replacement is the answer preferred."
+        ),
+    ] = True
+    edited_weight: Annotated[
+        _Weight, _doc("An edit is a correction (the edited text is the answer wanted) with this weight.")
+    ] = 1.0
+    copied_weight: Annotated[_Weight, _doc("A copy is a thumbs-up with this weight.")] = 0.25
+    event_weights: Annotated[
+        dict[str, Annotated[float, msgspec.Meta(ge=-1, le=1)]],
+        _doc(
+            "Weights of app events by name, in [-1, 1]: positive counts as a thumbs-up, negative as a "
+            'thumbs-down (e.g. {"shared": 0.5}). Events not listed are stored and counted, never trained on.'
+        ),
+    ] = {}
+    attributing_keys: Annotated[
+        tuple[str, ...],
+        _doc(
+            "Ids of keys whose feedback may name an end user other than the log's (a backend relaying "
+            "its users' feedback). Others' feedback counts as the log's end user for the poisoning cap."
+        ),
+    ] = ()
+    orphan_report_hours: Annotated[
+        float,
+        _doc(
+            "Feedback whose log has not arrived after this many hours is reported in stats as a stale orphan."
+        ),
+        msgspec.Meta(gt=0),
+    ] = 24.0
 
 
 class TrainingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -112,10 +196,18 @@ class TrainingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     min_minority_share: Annotated[
         float,
         _doc(
-            "Share of the rarer thumb (up or down) among all thumbs needed: one-sided signal teaches little."
+            "Share of the rarer thumb (up or down) among the new thumbs needed: one-sided signal teaches little."
         ),
         msgspec.Meta(ge=0, lt=0.5),
     ] = 0.05
+    run_cooldown_seconds: Annotated[
+        float,
+        _doc(
+            "After a run ends, the new-signal check waits this long before starting another "
+            "(a bulk import would otherwise start one run after the other)."
+        ),
+        msgspec.Meta(ge=0),
+    ] = 300.0
     min_train_rows: Annotated[
         int, _doc("Fewest snapshot training rows a run proceeds with."), msgspec.Meta(ge=1)
     ] = 32
@@ -286,7 +378,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     ] = 1024 * 1024
     max_batch_items: Annotated[int, _doc("Most items in one batch request."), msgspec.Meta(ge=1)] = 1000
     writer: WriterSettings = WriterSettings()
+    database: DatabaseSettings = DatabaseSettings()
     snapshot: SnapshotSettings = SnapshotSettings()
+    feedback: FeedbackSettings = FeedbackSettings()
     vllm: VllmSettings = VllmSettings()
     canary_fraction: Annotated[
         float,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from msgspec import Meta, Raw, Struct
+from msgspec import UNSET, Meta, Raw, Struct, UnsetType
 
 from evals.config import GenerationConfig, JudgeConfig, Role, RulesConfig
 from evals.evalset import GoldenLine
@@ -65,8 +65,23 @@ class LogBatchIn(Struct, forbid_unknown_fields=True):
     logs: Annotated[list[LogIn], Meta(min_length=1)]
 
 
+FeedbackKind = Literal["regenerated", "edited", "copied", "event"]
+EventName = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$",
+        description="An app event's name (letters, digits, `._:-`), e.g. `shared` or `follow_up`.",
+    ),
+]
+
+
 class FeedbackIn(Struct, forbid_unknown_fields=True, kw_only=True):
-    """A user's verdict on one logged answer. Give a rating, a score, a correction, or several."""
+    """A user's verdict on one logged answer: explicit (a rating, a score, a correction, a comment)
+    or implicit (`kind`). It updates only the fields it carries: a later comment keeps the thumb.
+    `"rating": null` (likewise score, correction, comment) withdraws that field; an absent field is
+    left as it is. An identical re-send, or a re-sent `id`, changes nothing (`duplicate`)."""
 
     log_id: Id
     id: Id | None = None
@@ -77,15 +92,37 @@ class FeedbackIn(Struct, forbid_unknown_fields=True, kw_only=True):
                 ge=0, le=32767, description="Which answer of an `n > 1` response this is about (its `index`)."
             ),
         ]
-        | None
-    ) = None
+        | UnsetType
+    ) = UNSET
     end_user: EndUser | None = None
-    rating: Literal[1, -1] | None = None
-    score: Annotated[float, Meta(ge=0, le=1, description="Graded quality in [0, 1].")] | None = None
-    correction: Annotated[Text, Meta(description="The answer the user says was right.")] | None = None
-    comment: Text | None = None
+    rating: Literal[1, -1] | UnsetType | None = UNSET
+    score: Annotated[float, Meta(ge=0, le=1, description="Graded quality in [0, 1].")] | UnsetType | None = (
+        UNSET
+    )
+    correction: (
+        Annotated[Text, Meta(description="The answer the user says was right.")] | UnsetType | None
+    ) = UNSET
+    comment: Text | UnsetType | None = UNSET
+    kind: (
+        Annotated[
+            FeedbackKind,
+            Meta(
+                description="Implicit feedback: `regenerated` (the user asked for another answer; "
+                "`regenerated_log_id` names it), `edited` (changed the answer before using it: "
+                "`edited_text`), `copied`, or an app `event` (`event` names it)."
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+    edited_text: (
+        Annotated[Text, Meta(description="With kind `edited`: the answer as the user edited it.")] | UnsetType
+    ) = UNSET
+    regenerated_log_id: (
+        Annotated[Id, Meta(description="With kind `regenerated`: the log id of the new answer.")] | UnsetType
+    ) = UNSET
+    event: EventName | UnsetType = UNSET
     created_at: datetime | None = None
-    metadata: JsonObject | None = None
+    metadata: JsonObject | UnsetType | None = UNSET
 
 
 class FeedbackBatchIn(Struct, forbid_unknown_fields=True):
@@ -101,6 +138,8 @@ class ItemResult(Struct, omit_defaults=True):
     status: Literal["accepted", "duplicate", "rejected"]
     id: str | None = None
     error: str | None = None
+    field: str | None = None
+    """For a rejected item: the field at fault, as `feedback[2].rating` (`feedback[2]`: the item)."""
 
 
 class CaptureResult(Struct):
@@ -142,6 +181,22 @@ class FeedbackOut(Struct):
     correction: str | None
     comment: str | None
     choice: int
+    regenerated: bool | None = None
+    regenerated_log_id: str | None = None
+    edited: str | None = None
+    copied: bool | None = None
+    events: list[str] | None = None
+    received_at: datetime | None = None
+
+
+class FeedbackWithdrawn(Struct):
+    """Answer to `DELETE /v1/feedback/{id}`: the verdict the item belonged to, now cleared
+    (`withdrawn`), or already empty (`unchanged`)."""
+
+    id: str
+    log_id: str
+    end_user: str | None
+    status: Literal["withdrawn", "unchanged"]
 
 
 class ProjectIn(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -187,8 +242,35 @@ class AdapterStats(Struct):
     thumbs_up_rate: float | None
 
 
+class NewSignal(Struct, frozen=True):
+    """Feedback received after `since` (None: ever), by kind. A changed thumb counts again."""
+
+    since: datetime | None
+    rated: int
+    up: int
+    down: int
+    corrections: int
+
+    @property
+    def minority_share(self) -> float:
+        """Share of the rarer thumb among the new thumbs (0 without any)."""
+        thumbs = self.up + self.down
+        return min(self.up, self.down) / thumbs if thumbs else 0.0
+
+
+class ImplicitStats(Struct, frozen=True):
+    """Implicit feedback (on logs that exist), by kind: verdicts that hold each signal."""
+
+    regenerated: int = 0
+    edited: int = 0
+    copied: int = 0
+    events: int = 0
+
+
 class ProjectStats(Struct):
-    """Counts for a project and the new signal since its last training run."""
+    """Counts for a project and the new signal since its last training run. Feedback counts once
+    its log exists; `orphan_feedback` waits for a log that has not arrived (`stale_orphans`: for
+    longer than `feedback.orphan_report_hours`)."""
 
     project: str
     logs: int
@@ -202,6 +284,9 @@ class ProjectStats(Struct):
     new_corrections_since_last_run: int
     last_run_at: datetime | None
     by_adapter: list[AdapterStats]
+    implicit: ImplicitStats = ImplicitStats()
+    orphan_feedback: int = 0
+    stale_orphans: int = 0
 
 
 class Principal(Struct, frozen=True):

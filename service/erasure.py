@@ -54,11 +54,13 @@ async def delete_project(runtime: Runtime, principal: Principal, project: str) -
     runtime.keys.drop_project(project)
     lock = runtime.data_lock(project)
     try:
+        active = await asyncio.to_thread(runtime.runs.list, project, active_only=True, limit=1000)
         stopped = [
-            run.id for run in runtime.runs.list(project, active_only=True, limit=1000)
+            run.id for run in active
             if runtime.pipeline is not None and await runtime.pipeline.abort(run.id, "the project was deleted")
         ]  # fmt: skip
-        versions = [a.served_name for a in runtime.serving.adapters(project)]
+        adapters = await asyncio.to_thread(runtime.serving.adapters, project)
+        versions = [a.served_name for a in adapters]
         await runtime.rollouts.forget(project, versions)
         await runtime.gateway.drain()  # gateway logs of the project still being written
         await runtime.writer.write("logs", [])  # and every row queued before now is committed
@@ -66,7 +68,7 @@ async def delete_project(runtime: Runtime, principal: Principal, project: str) -
         paths = [
             settings.adapters_dir / project,
             Path(settings.data_dir).resolve() / "projects" / project,
-            *(Path(a.path) for a in runtime.serving.adapters(project)),
+            *(Path(a.path) for a in adapters),
             *_exports(runtime, project),
         ]
         await asyncio.to_thread(lock.acquire)
@@ -120,6 +122,9 @@ def finish_interrupted(runtime: Runtime) -> int:
 async def _erase(
     runtime: Runtime, kind: Any, project: str, why: str, record: Callable[[datetime], Erased]
 ) -> ErasureOut:
+    # The logs of answers the gateway already gave may still linger before their commit: commit
+    # them first, so that the erasure reaches them.
+    await runtime.gateway.drain()
     lock = runtime.data_lock(project)
     await asyncio.to_thread(lock.acquire)
     try:

@@ -6,6 +6,8 @@ classes to one-line messages and a non-zero exit.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class RatchetError(Exception):
     """Base of every error Ratchet raises on purpose."""
@@ -26,9 +28,10 @@ class Conflict(RatchetError):
 class InvalidInput(RatchetError):
     """A field holds a value Ratchet cannot use."""
 
-    def __init__(self, message: str, field: str | None = None) -> None:
+    def __init__(self, message: str, field: str | None = None, detail: Any = None) -> None:
         super().__init__(message)
         self.field = field
+        self.detail = detail
 
 
 class Unauthenticated(RatchetError):
@@ -49,6 +52,10 @@ class WriterSaturated(RatchetError):
 
 class StoreUnavailable(RatchetError):
     """The database cannot be written (disk full, file locked by another process, closed)."""
+
+
+class StoreOutOfMemory(StoreUnavailable):
+    """A query needed more memory than `database.memory_limit_mib` allows, even spilling to disk."""
 
 
 class UpstreamUnavailable(RatchetError):

@@ -3,8 +3,14 @@
 A line is a `formats.logfile.LogLine` — exactly what `ratchet export --format jsonl` writes:
 OpenAI chat `messages` ending in the assistant's answer (text or tool calls), `tools`, the log's
 fields and the feedback's (`rating` +1/-1, `score`, `correction`, `comment`). A line without an
-`id` gets one from its content, so importing a file twice stores it once. Progress (the byte
-offset acknowledged so far) is kept beside the file, so an interrupted import resumes there.
+`id` gets one from its content, so importing a file twice stores it once (and its feedback is a
+duplicate the second time: no new signal). Progress (the byte offset acknowledged so far) is kept
+beside the file, so an interrupted import resumes there.
+
+Each line is checked with the server's own rules (`service.capture`: the same decoders and shape
+checks) before it is sent. A bad line is reported by its line number in the file and skipped, or,
+with `stop_on_error`, the import stops there after sending and saving everything before it (fix
+the line and run again: it resumes at that line).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import hashlib
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +27,7 @@ import msgspec
 from tqdm import tqdm
 
 from formats.logfile import LogLine
+from service.capture import Rejected, check_log, decode_item
 from service.client import RatchetClient
 from service.domain import FeedbackIn, LogIn
 from service.errors import InvalidInput, WriterSaturated
@@ -79,17 +86,20 @@ def parse_line(raw: bytes, lineno: int) -> tuple[LogIn, FeedbackIn | None]:
         adapter=line.adapter,
         metadata=line.metadata,
     )
-    if line.rating is None and line.score is None and line.correction is None and line.comment is None:
+    checked = decode_item(_encode(log), LogIn)
+    if isinstance(checked, Rejected) or (checked := check_log(checked)):
+        raise InvalidInput(f"{where}: {checked.field}: {checked.message}", where)
+    given = {
+        name: value
+        for name in ("rating", "score", "correction", "comment")
+        if (value := getattr(line, name)) is not None  # absent in the file: left as it is
+    }
+    if not given:
         return log, None
-    feedback = FeedbackIn(
-        log_id=log_id,
-        end_user=line.end_user,
-        rating=line.rating,
-        score=line.score,
-        correction=line.correction,
-        comment=line.comment,
-        created_at=line.created_at,
-    )
+    feedback = FeedbackIn(log_id=log_id, end_user=line.end_user, created_at=line.created_at, **given)
+    checked_fb = decode_item(_encode(feedback), FeedbackIn)
+    if isinstance(checked_fb, Rejected):
+        raise InvalidInput(f"{where}: {checked_fb.field}: {checked_fb.message}", where)
     return log, feedback
 
 
@@ -99,31 +109,39 @@ class ImportReport:
     logs_accepted: int = 0
     logs_duplicate: int = 0
     feedback: int = 0
+    feedback_duplicate: int = 0
     resumed_at: int = 0
+    bad_lines: list[tuple[int, str]] = field(default_factory=list)
+    """(line number in the file, what is wrong), for every line skipped."""
 
 
 def _progress_path(path: Path) -> Path:
     return path.with_name(path.name + ".ratchet-import")
 
 
-def _batches(fh: Any, start_line: int, batch_lines: int) -> Iterator[tuple[list[tuple[int, bytes]], int]]:
-    batch: list[tuple[int, bytes]] = []
+def _lines(fh: Any, offset: int, start_line: int) -> Iterator[tuple[int, bytes, int, int]]:
+    """(line number, text, offset of its start, offset after it) of each non-blank line."""
     lineno = start_line
     for raw in fh:
         lineno += 1
+        end = offset + len(raw)
         if raw.strip():
-            batch.append((lineno, raw))
-        if len(batch) >= batch_lines:
-            yield batch, fh.tell()
-            batch = []
-    if batch:
-        yield batch, fh.tell()
+            yield lineno, raw, offset, end
+        offset = end
 
 
 def import_file(
-    client: RatchetClient, project: str | None, path: Path, *, batch_lines: int = 500, restart: bool = False
+    client: RatchetClient,
+    project: str | None,
+    path: Path,
+    *,
+    batch_lines: int = 500,
+    restart: bool = False,
+    stop_on_error: bool = False,
 ) -> ImportReport:
-    """Send every line of `path` to the server in batches; resume after the last acknowledged batch."""
+    """Send every line of `path` to the server in batches; resume after the last acknowledged
+    batch. Bad lines are skipped and listed in the report (`stop_on_error`: raise `InvalidInput`
+    naming the first one, after saving the progress up to it)."""
     progress_file = _progress_path(path)
     stat = path.stat()
     signature = f"{stat.st_size}:{stat.st_mtime_ns}"
@@ -134,6 +152,15 @@ def import_file(
             offset, start_line = saved["offset"], saved["line"]
     report = ImportReport(resumed_at=start_line)
     params = {"project": project} if project else {}
+    batch: list[tuple[int, LogIn, FeedbackIn | None]] = []
+
+    def flush(end: int, last_line: int) -> None:
+        if batch:
+            _send_batch(client, params, batch, report)
+            batch.clear()
+        report.lines = last_line
+        _save_progress(progress_file, signature, end, last_line)
+
     with (
         open(path, "rb") as fh,
         tqdm(
@@ -141,27 +168,66 @@ def import_file(
         ) as bar,
     ):
         fh.seek(offset)
-        for batch, end in _batches(fh, start_line, batch_lines):
-            parsed = [parse_line(raw, n) for n, raw in batch]
-            logs = [log for log, _ in parsed]
-            feedback = [fb for _, fb in parsed if fb is not None]
-            result = _send(client, "/v1/logs", {"logs": logs}, params)
-            report.logs_accepted += result["accepted"]
-            report.logs_duplicate += result["duplicates"]
-            if feedback:
-                report.feedback += _send(client, "/v1/feedback", {"feedback": feedback}, params)["accepted"]
-            report.lines = batch[-1][0]
-            _save_progress(progress_file, signature, end, report.lines)
-            bar.update(end - offset)
-            offset = end
+        last_end, last_line = offset, start_line
+        for lineno, raw, start, end in _lines(fh, offset, start_line):
+            try:
+                log, feedback = parse_line(raw, lineno)
+            except InvalidInput as exc:
+                if stop_on_error:
+                    flush(start, lineno - 1)
+                    problem = exc.message.removeprefix(f"line {lineno}: ")
+                    raise InvalidInput(
+                        f"{path}:{lineno}: {problem} (fix the line and run the import again: it resumes there)",
+                        exc.field,
+                    ) from None
+                report.bad_lines.append((lineno, exc.message))
+            else:
+                batch.append((lineno, log, feedback))
+            last_end, last_line = end, lineno
+            if len(batch) >= batch_lines:
+                flush(end, lineno)
+                bar.update(end - bar.n)
+        flush(last_end, last_line)
+        bar.update(last_end - bar.n)
     progress_file.unlink(missing_ok=True)
     return report
 
 
+def _send_batch(
+    client: RatchetClient,
+    params: dict[str, str],
+    batch: list[tuple[int, LogIn, FeedbackIn | None]],
+    report: ImportReport,
+) -> None:
+    """Send one batch's logs, then its feedback; what the server rejects is reported by line."""
+    result = _send(client, "/v1/logs", {"logs": [log for _, log, _ in batch]}, params)
+    report.logs_accepted += result["accepted"]
+    report.logs_duplicate += result["duplicates"]
+    _note_rejected(result, [n for n, _, _ in batch], report)
+    with_feedback = [(n, fb) for n, _, fb in batch if fb is not None]
+    if with_feedback:
+        result = _send(client, "/v1/feedback", {"feedback": [fb for _, fb in with_feedback]}, params)
+        report.feedback += result["accepted"]
+        report.feedback_duplicate += result["duplicates"]
+        _note_rejected(result, [n for n, _ in with_feedback], report)
+
+
+def _note_rejected(result: Any, lines: list[int], report: ImportReport) -> None:
+    for item in result["results"]:
+        if item["status"] == "rejected":
+            report.bad_lines.append((lines[item["index"]], item.get("error") or "rejected"))
+
+
 def _send(client: RatchetClient, path: str, body: Any, params: dict[str, str]) -> Any:
+    """POST, waiting out a saturated writer. A batch of which nothing was taken is a 422 whose
+    `detail` holds the per-item results: handed back like a 202's."""
     for attempt in range(30):
         try:
             return client.request("POST", path, content=msgspec.json.encode(body), params=params)
+        except InvalidInput as exc:
+            if isinstance(exc.detail, list):
+                return {"accepted": 0, "duplicates": 0, "rejected": len(exc.detail), "results": exc.detail}
+            raise
         except WriterSaturated as exc:
             time.sleep(min(exc.retry_after * (attempt + 1), 10))
     raise WriterSaturated("the server stayed saturated; run the import again to resume")

@@ -13,11 +13,14 @@ from prometheus_client.metrics import MetricWrapperBase
 # Write latency on this machine: a commit is ~0.4-3 ms, a checkpoint can stall for seconds.
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+# Event-loop lag: anything over a few ms holds up every request the process serves.
+_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _RUN_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
 
 INGEST_KINDS = ("log", "feedback")
 INGEST_OUTCOMES = ("accepted", "duplicate", "rejected", "throttled")
 RATINGS = ("up", "down", "none")
+IMPLICIT_KINDS = ("regenerated", "edited", "copied", "event")
 RUN_STAGES = ("snapshot", "training", "evaluating", "canary")
 RUN_OUTCOMES = ("promoted", "rejected", "rolled_back", "failed")
 GATE_DECISIONS = ("promote", "reject")
@@ -55,6 +58,13 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.write_checkpoints_deferred = Counter(
+            "ratchet_write_checkpoints_deferred_total",
+            "Checkpoints the writer put off because a read that overlapped feedback updates was still open "
+            "(DuckDB refuses them; the WAL grows until the read ends).",
+            registry=r,
+        )
+        self.wal_bytes = Gauge("ratchet_wal_bytes", "Size of DuckDB's write-ahead log.", registry=r)
         self.writer_queue_rows = Gauge(
             "ratchet_writer_queue_rows", "Rows waiting for the group-commit writer.", registry=r
         )
@@ -67,6 +77,30 @@ class Metrics:
             "ratchet_feedback_total",
             "Feedback accepted, by project, adapter version that produced the answer, and rating.",
             ["project", "adapter", "rating"],
+            registry=r,
+        )
+        self.event_loop_lag = Histogram(
+            "ratchet_event_loop_lag_seconds",
+            "How late the event loop woke a task that slept: a stall holds up every request (service.loop_lag).",
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
+        self.event_loop_blocked = Histogram(
+            "ratchet_event_loop_blocked_seconds",
+            "The part of each event-loop lag not spent waiting for a CPU: the loop held by the process itself "
+            "(a blocking call, or the GIL held by another thread).",
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
+        self.event_loop_lag_max = Gauge(
+            "ratchet_event_loop_lag_max_seconds",
+            "Longest event-loop stall since the service started.",
+            registry=r,
+        )
+        self.implicit_feedback = Counter(
+            "ratchet_implicit_feedback_total",
+            "Implicit feedback accepted, by project and kind (regenerated, edited, copied, event).",
+            ["project", "kind"],
             registry=r,
         )
         # --- HTTP
@@ -222,3 +256,5 @@ class Metrics:
             self.run_stage_seconds.labels(project, stage)
         self.canary_fraction.labels(project)
         self.gateway_logs_unreadable.labels(project)
+        for kind in IMPLICIT_KINDS:
+            self.implicit_feedback.labels(project, kind)

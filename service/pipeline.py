@@ -5,6 +5,10 @@ The trainer runs as a subprocess (`python -m trainer run SPEC.json`) whose JSON 
 update the run as they come. A crash, timeout or bad output of the trainer fails the run with
 the reason and leaves serving untouched. The canary's end is decided by `monitor_canaries`, a
 scheduler job, from live thumbs.
+
+Nothing here touches the database on the event loop: every read and write of runs and adapters
+goes through `asyncio.to_thread` (a write waits for the writer's checkpoint, a second or more on a
+large file, and every request would wait with it).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from service.gate_config import evidence, golden_file
 from service.runtime import Runtime
 from service.store.runs import ACTIVE, RunRecord
 from service.store.snapshot import export_snapshot
+from service.trigger import RunDecision, decide_run
 
 log = logging.getLogger("ratchet.pipeline")
 
@@ -64,6 +69,7 @@ def too_little_signal(stats: SnapshotStats, needed: int) -> str:
             (stats.dropped_duplicates, "duplicates"),
             (stats.dropped_user_cap, f"over the per-user cap of {stats.user_cap}"),
             (stats.dropped_prompt_in_holdout, "sharing a prompt with the holdout"),
+            (stats.dropped_history, "older than the newest rows (snapshot.max_train_examples)"),
         )
         if n
     ]
@@ -93,12 +99,12 @@ class Pipeline:
 
     # --- starting runs
 
-    def start(self, project: str, trigger: str) -> RunRecord:
+    async def start(self, project: str, trigger: str) -> RunRecord:
         """Create a run and drive it in the background. `Conflict` while another run is active."""
         now = utcnow()
         run = RunRecord(id=new_run_id(now), project=project, trigger=trigger, state="pending",
                         started_at=now, updated_at=now)  # fmt: skip
-        self.rt.runs.create(run)
+        await asyncio.to_thread(self.rt.runs.create, run)
         self.rt.metrics.runs_active.labels(project, "pending").inc()
         task = asyncio.get_running_loop().create_task(self._drive(run))
         self._tasks[run.id] = task
@@ -106,28 +112,27 @@ class Pipeline:
         return run
 
     async def check_signal(self, now: datetime) -> list[str]:
-        """Start a run for every idle project whose new signal crossed its thresholds."""
+        """Start a run for every project whose signal since its last run calls for one
+        (`service.trigger.decide_run`, on the project's own thresholds). Costs O(new feedback)
+        per project, off the event loop."""
         started = []
         for project in sorted(self.rt.projects):
-            if self.rt.runs.list(project, active_only=True):
-                continue
-            t = self.rt.project_settings.effective(project).training
-            stats = self.rt.queries.project_stats(project)
-            thumbs = stats.thumbs_up + stats.thumbs_down
-            minority = min(stats.thumbs_up, stats.thumbs_down) / thumbs if thumbs else 0.0
-            if (
-                stats.new_rated_since_last_run >= t.min_new_ratings
-                and stats.new_corrections_since_last_run >= t.min_new_corrections
-                and minority >= t.min_minority_share
-            ):
-                started.append(self.start(project, "signal").id)
+            decision = await asyncio.to_thread(self.signal_decision, project, now)
+            if decision.start:
+                started.append((await self.start(project, "signal")).id)
         return started
+
+    def signal_decision(self, project: str, now: datetime) -> RunDecision:
+        """What the new-signal check decides for `project` now (blocking: reads the store)."""
+        previous = next(iter(self.rt.runs.list(project, limit=1)), None)
+        signal = self.rt.queries.count_new_signal(project, previous.started_at if previous else None)
+        return decide_run(now, signal, previous, self.rt.project_settings.effective(project).training)
 
     async def scheduled(self) -> None:
         """The cron trigger: a run for every idle project."""
         for project in sorted(self.rt.projects):
-            if not self.rt.runs.list(project, active_only=True):
-                self.start(project, "schedule")
+            if not await asyncio.to_thread(self.rt.runs.list, project, active_only=True):
+                await self.start(project, "schedule")
 
     # --- the stages
 
@@ -139,20 +144,23 @@ class Pipeline:
             promote = await self._stage(run, "evaluating", self._evaluate(run, run_dir, adapter))
             if not promote:
                 await self.rt.rollouts.discard(adapter, "offline gate: not better than the champion", run.id)
-                self._finish(run, "rejected")
+                await self._finish(run, "rejected")
                 return
             await self.rt.rollouts.start_canary(run.project, adapter, run.id)
-            self.rt.runs.update(run.id, utcnow(), state="canary", stats={"canary_started": time.time()})
+            await self._update(run.id, state="canary", stats={"canary_started": time.time()})
             self._set_active(run.project, "evaluating", "canary")
         except Exception as exc:
             reason = exc.message if isinstance(exc, RatchetError) else f"{type(exc).__name__}: {exc}"
             if not isinstance(exc, RatchetError):
                 log.exception("run %s failed", run.id)
-            self._finish(run, "failed", error=reason)
+            await self._finish(run, "failed", error=reason)
+
+    async def _update(self, run_id: str, **changes: Any) -> RunRecord:
+        return await asyncio.to_thread(self.rt.runs.update, run_id, utcnow(), **changes)
 
     async def _stage(self, run: RunRecord, stage: str, work: Any) -> Any:
-        previous = self.rt.runs.get(run.id).state
-        self.rt.runs.update(run.id, utcnow(), state=stage)  # type: ignore[arg-type]
+        previous = (await asyncio.to_thread(self.rt.runs.get, run.id)).state
+        await self._update(run.id, state=stage)
         self._set_active(run.project, previous, stage)
         started = time.monotonic()
         try:
@@ -160,20 +168,25 @@ class Pipeline:
         finally:
             seconds = time.monotonic() - started
             self.rt.metrics.run_stage_seconds.labels(run.project, stage).observe(seconds)
-            durations = self.rt.runs.get(run.id).stats.get("stage_seconds", {})
-            self.rt.runs.update(
-                run.id, utcnow(), stats={"stage_seconds": {**durations, stage: round(seconds, 2)}}
-            )
+            durations = (await asyncio.to_thread(self.rt.runs.get, run.id)).stats.get("stage_seconds", {})
+            await self._update(run.id, stats={"stage_seconds": {**durations, stage: round(seconds, 2)}})
 
     async def _snapshot(self, run: RunRecord, run_dir: Path) -> Path:
         out = run_dir / "snapshot"
 
         def cut() -> Any:
             with self.rt.data_lock(run.project):  # never beside an erasure of the same project
-                return export_snapshot(self.rt.db, run.project, out, self.rt.settings.snapshot, now=utcnow())
+                return export_snapshot(
+                    self.rt.db,
+                    run.project,
+                    out,
+                    self.rt.settings.snapshot,
+                    now=utcnow(),
+                    feedback=self.rt.settings.feedback,
+                )
 
         manifest = await asyncio.to_thread(cut)
-        self.rt.runs.update(run.id, utcnow(), stats={"snapshot": msgspec.to_builtins(manifest.stats)})
+        await self._update(run.id, stats={"snapshot": msgspec.to_builtins(manifest.stats)})
         min_rows = self.rt.project_settings.effective(run.project).training.min_train_rows
         if manifest.stats.train_rows < min_rows:
             raise RunFailed(too_little_signal(manifest.stats, min_rows))
@@ -187,7 +200,7 @@ class Pipeline:
         champion = self.rt.rollouts.current(run.project).champion
         parent = None
         if settings.training.continue_from_champion and champion != settings.vllm.base_served_name:
-            parent = self.rt.serving.adapter(champion)
+            parent = await asyncio.to_thread(self.rt.serving.adapter, champion)
         out = settings.adapters_dir / run.project / run.id
         feedback = settings.feedback_gate
         reward = None
@@ -211,12 +224,12 @@ class Pipeline:
         spec_path.write_bytes(msgspec.json.encode(spec))
         done = await self._run_trainer(run, spec_path, run_dir / "trainer.log")
         manifest = msgspec.json.decode((out / "manifest.json").read_bytes())
-        record = self.rt.rollouts.register(
-            run.project, out, method=str(manifest.get("method", settings.training.method)),
+        record = await asyncio.to_thread(
+            self.rt.rollouts.register, run.project, out, method=str(manifest.get("method", settings.training.method)),
             parent_version=None if parent is None else parent.version,
             snapshot_sha256=manifest.get("snapshot_sha256"), manifest=manifest, run_id=run.id,
         )  # fmt: skip
-        self.rt.runs.update(run.id, utcnow(), stats={"adapter": record.served_name, "training": done})
+        await self._update(run.id, stats={"adapter": record.served_name, "training": done})
         return record.served_name
 
     async def _run_trainer(self, run: RunRecord, spec_path: Path, log_path: Path) -> dict[str, Any]:
@@ -240,7 +253,7 @@ class Pipeline:
                         kind = event.get("event") if isinstance(event, dict) else None
                         if kind == "step" and time.monotonic() - last_write > 1.0:
                             last_write = time.monotonic()
-                            self.rt.runs.update(run.id, utcnow(), stats={"progress": event})
+                            await self._update(run.id, stats={"progress": event})
                         elif kind == "done":
                             done = event
                         elif kind == "error":
@@ -266,7 +279,7 @@ class Pipeline:
         settings = self.rt.project_settings.effective(run.project)
         incumbent = self.rt.rollouts.current(run.project).champion
         await self.rt.rollouts.ensure_loaded(candidate)
-        stored = self.rt.gate_configs.current(run.project)
+        stored = await asyncio.to_thread(self.rt.gate_configs.current, run.project)
         gate = stored.config if stored is not None else GateConfig()
         reward_dir = run_dir / REWARD_DIR
         config = EvalConfig(
@@ -282,10 +295,10 @@ class Pipeline:
         gate_s = round(time.monotonic() - started, 2)
         markdown = report.to_markdown()
         (run_dir / "eval_report.md").write_text(markdown)
-        self.rt.runs.save_report(run.id, run.project, candidate, incumbent, report.promote, report.to_json(),
-                                 markdown, utcnow())  # fmt: skip
+        await asyncio.to_thread(self.rt.runs.save_report, run.id, run.project, candidate, incumbent,
+                                report.promote, report.to_json(), markdown, utcnow())  # fmt: skip
         self._export_metrics(run.project, report)
-        self.rt.runs.update(run.id, utcnow(), stats={"eval": {
+        await self._update(run.id, stats={"eval": {
             "promote": report.promote, "incumbent": incumbent, "gate_config_version": stored.version if stored else 0,
             "evidence": evidence(gate, settings.feedback_gate),
             "reasons": [r.message for r in report.decision.reasons],
@@ -321,24 +334,25 @@ class Pipeline:
         for project, rollout in list(self.rt.rollouts.routing.items()):
             if rollout.candidate is None:
                 continue
-            decision = self.rt.rollouts.online_verdict(project, now)
+            decision = await asyncio.to_thread(self.rt.rollouts.online_verdict, project, now)
             if decision is None or decision.outcome == "continue":
                 continue
-            run = next((r for r in self.rt.runs.list(project, active_only=True) if r.state == "canary"), None)
+            active = await asyncio.to_thread(self.rt.runs.list, project, active_only=True)
+            run = next((r for r in active if r.state == "canary"), None)
             run_id = run.id if run else None
             online = {"online": msgspec.to_builtins(decision)}
             if decision.outcome == "promote":
                 await self.rt.rollouts.promote(project, reason=decision.detail, run_id=run_id)
                 if run:
-                    self.rt.runs.update(run.id, utcnow(), stats=online)
-                    self._finish(run, "promoted")
+                    await self._update(run.id, stats=online)
+                    await self._finish(run, "promoted")
             else:
                 await self.rt.rollouts.rollback(
                     project, adapter=rollout.candidate, reason=decision.detail, run_id=run_id
                 )
                 if run:
-                    self.rt.runs.update(run.id, utcnow(), stats=online)
-                    self._finish(run, "rolled_back")
+                    await self._update(run.id, stats=online)
+                    await self._finish(run, "rolled_back")
 
     # --- restart safety and housekeeping
 
@@ -372,18 +386,18 @@ class Pipeline:
         """Stop a run that has not reached its canary (its trainer is stopped) and fail it with
         `reason`; the adapter it registered, if any, is marked failed. False if it was not going."""
         task = self._tasks.get(run_id)
-        run = self.rt.runs.get(run_id)
+        run = await asyncio.to_thread(self.rt.runs.get, run_id)
         if task is None or run.state not in ACTIVE or run.state == "canary":
             return False
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        run = self.rt.runs.get(run_id)
+        run = await asyncio.to_thread(self.rt.runs.get, run_id)
         adapter = run.stats.get("adapter")
         rollout = self.rt.rollouts.current(run.project)
         if adapter and adapter not in (rollout.candidate, rollout.champion):
-            self.rt.serving.set_adapter_state(adapter, "failed", utcnow())
+            await asyncio.to_thread(self.rt.serving.set_adapter_state, adapter, "failed", utcnow())
         if run.state in ACTIVE:
-            self._finish(run, "failed", error=reason)
+            await self._finish(run, "failed", error=reason)
         return True
 
     async def aclose(self) -> None:
@@ -391,9 +405,9 @@ class Pipeline:
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
-    def _finish(self, run: RunRecord, state: str, error: str | None = None) -> None:
-        current = self.rt.runs.get(run.id).state
-        self.rt.runs.update(run.id, utcnow(), state=state, error=error)  # type: ignore[arg-type]
+    async def _finish(self, run: RunRecord, state: str, error: str | None = None) -> None:
+        current = (await asyncio.to_thread(self.rt.runs.get, run.id)).state
+        await self._update(run.id, state=state, error=error)
         self._set_active(run.project, current, None)
         self.rt.metrics.runs.labels(run.project, state).inc()
 

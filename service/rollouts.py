@@ -2,7 +2,8 @@
 
 The pure policy lives in `deploy.rollout` (what should change); this module makes it happen in
 the order that never routes a request to an adapter that isn't loaded (DESIGN.md, Adapter
-lifecycle), and records every transition as an event and a metric.
+lifecycle), and records every transition as an event and a metric. Its reads and writes of the
+store run in a thread (`asyncio.to_thread`), never on the event loop.
 """
 
 from __future__ import annotations
@@ -88,18 +89,20 @@ class Rollouts:
         if not (path / "adapter_config.json").exists():
             await _run_trainer("null-adapter", "--base", self.settings.vllm.base_model, "--out", str(path))
         now = utcnow()
-        if not any(a.served_name == name for a in self.serving.adapters(project)):
-            self.serving.add_adapter(
+        if not any(a.served_name == name for a in await asyncio.to_thread(self.serving.adapters, project)):
+            await asyncio.to_thread(
+                self.serving.add_adapter,
                 AdapterRecord(
                     project=project, version=0, served_name=name, path=str(path), parent_version=None, method="null",
                     snapshot_sha256=None, state="candidate", created_at=now, updated_at=now,
                     manifest={"kind": "null", "base_model": self.settings.vllm.base_model},
-                )
+                ),
             )  # fmt: skip
         async with self._lock:  # making room and loading are one step for the shared budget
             await self._load(name, str(path))
         after = Rollout(project=project, champion=name)
-        self.serving.save_rollout(
+        await asyncio.to_thread(
+            self.serving.save_rollout,
             after,
             (policy.StateChange(name, "champion"),),
             Event(now, project, run_id, "base_version_served", {"adapter": name}),
@@ -156,9 +159,9 @@ class Rollouts:
                 except Exception as exc:
                     log.warning("could not unload %s: %s", name, exc)
             project = parse_served_name(name).project
-            self.serving.set_adapter_state(
-                name, "rejected", utcnow(), Event(utcnow(), project, run_id, "adapter_rejected",
-                                                   {"adapter": name, "reason": reason})
+            await asyncio.to_thread(
+                self.serving.set_adapter_state, name, "rejected", utcnow(),
+                Event(utcnow(), project, run_id, "adapter_rejected", {"adapter": name, "reason": reason}),
             )  # fmt: skip
 
     async def start_canary(self, project: str, candidate: str, run_id: str | None = None) -> Transition:
@@ -186,14 +189,17 @@ class Rollouts:
         )
 
     def online_verdict(self, project: str, now: float) -> GateDecision | None:
-        """The online gate's verdict on the project's canary so far (None without a canary)."""
+        """The online gate's verdict on the project's canary so far (None without a canary).
+        Blocking: it counts the canary's logs and thumbs in the store."""
         r = self.current(project)
         if r.candidate is None or r.canary_started_at is None:
             return None
         since = datetime.fromtimestamp(r.canary_started_at, UTC).replace(tzinfo=None)
+        weights = self.settings.feedback
         policy = self.settings_for(project).online_gate
-        canary = self.serving.arm_counts(project, r.candidate, since, per_user=policy.max_ratings_per_user)
-        champion = self.serving.arm_counts(project, r.champion, since, per_user=policy.max_ratings_per_user)
+        cap = policy.max_ratings_per_user
+        canary = self.serving.arm_counts(project, r.candidate, since, weights, per_user=cap)
+        champion = self.serving.arm_counts(project, r.champion, since, weights, per_user=cap)
         decision = decide(canary, champion, started_at=r.canary_started_at, now=now, policy=policy)
         self.metrics.online_statistic.labels(project).set(decision.statistic)
         return decision
@@ -207,9 +213,9 @@ class Rollouts:
                         await self._make_servable(name)
                     except AdapterLoadError as exc:
                         failed = policy.fail_load(t.before, name, now=time.time(), reason=str(exc))
-                        self._record(failed, run_id)
+                        await self._record(failed, run_id)
                         raise
-            self._record(t, run_id)
+            await self._record(t, run_id)
             for name in t.unload:
                 try:
                     await self.manager.unload(name)
@@ -249,33 +255,33 @@ class Rollouts:
         except policy.BudgetTooSmall as exc:
             raise AdapterLoadError(str(exc)) from exc
         for name in names:
-            record = self.serving.adapter(name)
+            record = await asyncio.to_thread(self.serving.adapter, name)
             desired[name] = record.path
             if record.fingerprint:
                 fingerprints[name] = Fingerprint(tuple(record.fingerprint))
         if not desired:
             return
-        self._record_reconcile(await self.manager.reconcile(desired, fingerprints=fingerprints))
+        await self._record_reconcile(await self.manager.reconcile(desired, fingerprints=fingerprints))
 
-    def _record_reconcile(self, report: ReconcileReport) -> None:
+    async def _record_reconcile(self, report: ReconcileReport) -> None:
         """An event per adapter a reconcile re-loaded on a replica or found drifted there."""
         now = utcnow()
-        for replica, name in report.reloaded:
-            self.serving.add_event(Event(now, parse_served_name(name).project, None, "adapter_reloaded",
-                                         {"adapter": name, "replica": replica}))  # fmt: skip
-        for drift in report.drifted:
-            self.serving.add_event(Event(now, parse_served_name(drift.served_name).project, None, "adapter_drifted",
-                                         {"adapter": drift.served_name, "replica": drift.replica}))  # fmt: skip
+        events = [Event(now, parse_served_name(name).project, None, "adapter_reloaded",
+                        {"adapter": name, "replica": replica}) for replica, name in report.reloaded]  # fmt: skip
+        events += [Event(now, parse_served_name(d.served_name).project, None, "adapter_drifted",
+                         {"adapter": d.served_name, "replica": d.replica}) for d in report.drifted]  # fmt: skip
+        for event in events:
+            await asyncio.to_thread(self.serving.add_event, event)
 
     async def _make_servable(self, name: str) -> None:
         """Load `name`, or, when it is loaded but withdrawn from routing (a replica restarted or
         it drifted), reconcile it: a loaded name is never loaded twice."""
-        record = self.serving.adapter(name)
+        record = await asyncio.to_thread(self.serving.adapter, name)
         if not self.manager.is_loaded(name):
             await self._load(name, record.path)
             return
         expected = {name: Fingerprint(tuple(record.fingerprint))} if record.fingerprint else None
-        self._record_reconcile(await self.manager.reconcile({name: record.path}, fingerprints=expected))
+        await self._record_reconcile(await self.manager.reconcile({name: record.path}, fingerprints=expected))
         if not self.manager.servable(name):
             raise AdapterLoadError(f"{name} is loaded but cannot be served (drifted or unreachable replicas)")
 
@@ -289,8 +295,8 @@ class Rollouts:
             raise AdapterLoadError(f"no room to load {incoming}: {exc}") from exc
         for name in victims:
             await self.manager.unload(name)
-            self.serving.add_event(Event(utcnow(), parse_served_name(name).project, None, "adapter_unloaded",
-                                         {"adapter": name, "reason": f"room for {incoming}"}))  # fmt: skip
+            await asyncio.to_thread(self.serving.add_event, Event(utcnow(), parse_served_name(name).project, None,
+                                    "adapter_unloaded", {"adapter": name, "reason": f"room for {incoming}"}))  # fmt: skip
 
     async def _load(self, name: str, path: str) -> None:
         """Load `name` on every replica (after making room for it) and record its fingerprint."""
@@ -301,7 +307,7 @@ class Rollouts:
         except AdapterError as exc:
             raise AdapterLoadError(f"could not load {name}: {exc}") from exc
         self.metrics.hot_swap_seconds.observe(time.perf_counter() - started)
-        self.serving.set_fingerprint(name, list(report.fingerprint.answers))
+        await asyncio.to_thread(self.serving.set_fingerprint, name, list(report.fingerprint.answers))
 
     def _plan(self, step: object, *args: object, **kwargs: object) -> Transition:
         try:
@@ -309,11 +315,12 @@ class Rollouts:
         except RolloutConflict as exc:
             raise Conflict(str(exc)) from exc
 
-    def _record(self, t: Transition, run_id: str | None) -> None:
+    async def _record(self, t: Transition, run_id: str | None) -> None:
         now = utcnow()
         detail = {"adapter": t.adapter, "reason": t.reason, "champion": t.after.champion,
                   "candidate": t.after.candidate, "fraction": t.after.fraction}  # fmt: skip
-        self.serving.save_rollout(t.after, t.changes, Event(now, t.project, run_id, t.kind, detail), now)
+        event = Event(now, t.project, run_id, t.kind, detail)
+        await asyncio.to_thread(self.serving.save_rollout, t.after, t.changes, event, now)
         self.routing[t.project] = t.after
         self._export(t.after)
         if t.kind in ("promoted", "rolled_back", "champion_rolled_back"):

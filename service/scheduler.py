@@ -39,7 +39,7 @@ def build_scheduler(runtime: Runtime, pipeline: Pipeline) -> AsyncIOScheduler:
     )
 
     async def prune() -> None:
-        pipeline.prune()
+        await asyncio.to_thread(pipeline.prune)  # deletes directories: off the event loop
 
     jobs: list[tuple[str, Callable[[], Awaitable[Any]], Any]] = [
         ("signal-check", lambda: pipeline.check_signal(utcnow()), {"trigger": "interval", "seconds": t.signal_check_seconds}),

@@ -5,5 +5,6 @@ pytest_plugins = [
     "tests.fixtures.vllm",
     "tests.fixtures.server",
     "tests.fixtures.training",
+    "tests.fixtures.families",
     "tests.fixtures.conformance",
 ]

@@ -21,12 +21,13 @@ from service.app import build_runtime
 from service.auth import mint_key
 from service.capture import Capture
 from service.config import Settings
-from service.domain import LogIn, Principal, Project
+from service.domain import Principal, Project
 from service.runtime import Runtime
 from service.store.db import Database
 from service.store.runs import RunRecord
 from service.store.serving import AdapterRecord
 from service.store.snapshot import export_snapshot
+from tests.fixtures import rows
 from tests.fixtures.server import RatchetProcess, wait_for
 from tests.test_api_capture import chat_log
 
@@ -224,11 +225,20 @@ def _runtime(tmp_path: Path, **settings: Any) -> Runtime:
 def _write(runtime: Runtime, user: str, n: int, received: datetime, prefix: str) -> None:
     logs, feedback = [], []
     for i in range(n):
-        item = LogIn(request={"messages": [{"role": "user", "content": f"{prefix} {user} q{i}"}]},
-                     response={"choices": [{"message": {"role": "assistant", "content": f"a{i}"}}]}, end_user=user)  # fmt: skip
+        item = rows.chat_log(
+            f"{prefix}-{i}", [{"role": "user", "content": f"{prefix} {user} q{i}"}], f"a{i}", end_user=user
+        )
         logs.append(Capture.log_row("p", item, f"{prefix}-{i}", received, "api"))
-        feedback.append(("p", f"{prefix}-{i}", user, f"f-{prefix}-{i}", received, received, 1 if i % 2 else -1,
-                         None, None, None, None))  # fmt: skip
+        feedback.append(
+            rows.feedback_row(
+                "p",
+                f"{prefix}-{i}",
+                received,
+                end_user=user,
+                fid=f"f-{prefix}-{i}",
+                rating=1 if i % 2 else -1,
+            )
+        )
     runtime.writer.write_sync("logs", logs)
     runtime.writer.write_sync("feedback", feedback)
 

@@ -74,9 +74,18 @@ def test_import_100k_lines_resumes_after_a_kill_and_stores_each_once(
     assert f"resumed at line {done_before}" in out
     assert "100%" in err and "import chats.jsonl" in err  # the progress bar
     assert not progress.exists()
-    # Everything once: a re-import of the whole file is all duplicates.
+    # Everything once: a re-import of the whole file is all duplicates, and no new signal.
+    with ratchet_server.client(key) as c:
+        new_rated = c.get("/v1/projects/bulk/stats").json()["new_rated_since_last_run"]
     out, _ = run(ratchet_server, key, "import", str(path), "--batch", "1000")
-    assert f"imported {LINES} lines: 0 new logs, {LINES} already there" in out
+    with_feedback = sum(1 for i in range(LINES) if i % 3 == 0 or i % 10 == 0)
+    assert (
+        f"imported {LINES} lines: 0 new logs, {LINES} already there, 0 feedback ({with_feedback} unchanged)"
+        in out
+    )
+    with ratchet_server.client(key) as c:
+        # (A run the scheduler starts meanwhile may lower it; a re-count would raise it.)
+        assert c.get("/v1/projects/bulk/stats").json()["new_rated_since_last_run"] <= new_rated
     out, _ = run(ratchet_server, key, "stats", "--project", "bulk")
     assert f"project bulk: {LINES} logs" in out
     with ratchet_server.client(key) as c:
@@ -84,6 +93,49 @@ def test_import_100k_lines_resumes_after_a_kill_and_stores_each_once(
     assert stats["logs"] == LINES
     assert stats["rated_logs"] == len(range(0, LINES, 3))
     assert stats["corrections"] == len(range(0, LINES, 10))
+
+
+def test_import_skips_bad_lines_by_file_line_number_or_stops_there(
+    ratchet_server: RatchetProcess, tmp_path: Path
+) -> None:
+    key = ratchet_server.create_project("bad-lines")
+    path = tmp_path / "mixed.jsonl"
+    good = [
+        {"id": f"g-{i}", "messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}],
+         "rating": 1}
+        for i in range(4)
+    ]  # fmt: skip
+    lines = [
+        json.dumps(good[0]),
+        "{not json",  # line 2
+        json.dumps({**good[1], "rating": 5}),  # line 3: a value the server refuses
+        json.dumps(good[1]),
+        "",
+        json.dumps({**good[2], "score": 4}),  # line 6
+        json.dumps({**good[2], "messages": [{"role": "user", "content": "only a question"}]}),  # line 7
+        json.dumps(good[2]),
+        json.dumps({**good[3], "id": "has space"}),  # line 9: an id with a character ids may not hold
+        json.dumps(good[3]),
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    proc = ratchet(ratchet_server, key, "import", str(path), "--stop-on-error")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "mixed.jsonl:2: " in err, err
+    progress = json.loads(path.with_name(path.name + ".ratchet-import").read_text())
+    assert progress["line"] == 1  # everything before the bad line was sent and saved
+    with ratchet_server.client(key) as c:
+        assert c.get("/v1/logs/g-0").status_code == 200
+    # Without the flag: the bad lines are skipped and named by line number; the rest are stored.
+    proc = ratchet(ratchet_server, key, "import", str(path))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    skipped = [line.split(":")[1] for line in err.splitlines() if ": skipped: " in line]
+    assert skipped == ["2", "3", "6", "7", "9"], err
+    assert "rating" in err and "score" in err and "needs the prompt and the answer" in err
+    assert "3 new logs, 0 already there" in out and "5 bad lines skipped (resumed at line 1)" in out, out
+    with ratchet_server.client(key) as c:
+        stats = c.get("/v1/projects/bad-lines/stats").json()
+    assert (stats["logs"], stats["thumbs_up"]) == (4, 4)
 
 
 def test_export_round_trips_through_import(ratchet_server: RatchetProcess, tmp_path: Path) -> None:

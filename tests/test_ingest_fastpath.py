@@ -1,27 +1,27 @@
 """The ingest fast path answers exactly as the Litestar routes do, and hands them what it does not take.
 
 Two stores, the same requests: one app is Litestar alone, the other is Litestar behind
-`IngestFastPath` (what `ratchet serve` runs). Every answer must match byte for byte, for
+`FastPath` (what `ratchet serve` runs). Every answer must match byte for byte, for
 successes, partial successes and every error the two ingest routes can give.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import msgspec
 import pytest
 
-from service.api.fastpath import IngestFastPath
-from service.app import build_runtime, create_app
+from service.app import build_runtime
 from service.config import Settings, WriterSettings
 from service.domain import ProjectIn
 from service.projects import create_project
 from service.runtime import Runtime
+from tests.fixtures.fastpath import Counting, paired_apps, send
 
 pytestmark = pytest.mark.anyio
 
@@ -69,18 +69,6 @@ CASES: list[tuple[str, str | None, bytes]] = [
 DELEGATED = {11, 12, 20}
 
 
-class _Counting:
-    """The Litestar app, counting the requests that reach it."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.http_calls = 0
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        self.http_calls += scope["type"] == "http"
-        await self.app(scope, receive, send)
-
-
 def _runtime(data_dir: Path) -> tuple[Runtime, str]:
     settings = Settings(
         data_dir=data_dir,
@@ -95,31 +83,14 @@ def _runtime(data_dir: Path) -> tuple[Runtime, str]:
 
 
 @pytest.fixture
-async def apps(tmp_path: Path) -> AsyncIterator[tuple[tuple[Any, str], tuple[Any, str], _Counting]]:
+async def apps(tmp_path: Path) -> AsyncIterator[tuple[tuple[Any, str], tuple[Any, str], Counting]]:
     plain_rt, plain_key = _runtime(tmp_path / "plain")
     fast_rt, fast_key = _runtime(tmp_path / "fast")
-    counting = _Counting(create_app(fast_rt.settings, fast_rt))
-    fast = IngestFastPath(counting, fast_rt)
-    plain = create_app(plain_rt.settings, plain_rt)
-    for rt in (plain_rt, fast_rt):
-        rt.writer.start()
-    try:
+    async with paired_apps(plain_rt, fast_rt) as (plain, fast, counting):
         yield (plain, plain_key), (fast, fast_key), counting
-    finally:
-        for rt in (plain_rt, fast_rt):
-            rt.writer.stop()
-            rt.db.close()
 
 
-async def _send(app: Any, key: str, path: str, who: str | None, body: bytes) -> httpx.Response:
-    headers = {"content-type": "application/json"}
-    if who is not None:
-        headers["authorization"] = (
-            f"Bearer {ADMIN if who == 'admin' else 'rk_nope_nope' if who == 'wrong' else key}"
-        )
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://ratchet") as client:
-        return await client.post(path, content=body, headers=headers)
+_send = functools.partial(send, admin=ADMIN)
 
 
 async def test_fast_path_answers_every_case_as_litestar_does(apps: Any) -> None:

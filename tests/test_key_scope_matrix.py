@@ -67,6 +67,14 @@ class World:
         self.post_log(log_id)
         return log_id
 
+    def fresh_feedback(self) -> str:
+        fid = f"fb-{uuid.uuid4().hex[:8]}"
+        r = self.admin.post(
+            "/v1/feedback", params={"project": A}, json={"id": fid, "log_id": "log-1", "rating": 1}
+        )
+        assert r.status_code == 202, r.text
+        return fid
+
     def fresh_project(self) -> str:
         name = f"gone-{uuid.uuid4().hex[:8]}"
         self.server.create_project(name)
@@ -110,6 +118,9 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("POST", "/v1/feedback"): Route(
         "ingest", 202,
         lambda w: ("POST", "/v1/feedback", {"params": {"project": A}, "json": {"log_id": "log-1", "rating": 1}}),
+    ),
+    ("DELETE", "/v1/feedback/{feedback_id}"): Route(
+        "ingest", 200, lambda w: ("DELETE", f"/v1/feedback/{w.fresh_feedback()}", {"params": {"project": A}})
     ),
     ("POST", "/v1/chat/completions"): Route("ingest", 503, _chat),  # no vLLM behind this server
     ("POST", "/v1/completions"): Route(

@@ -10,11 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import msgspec
 import pytest
 
 from tests.fixtures.models import SyntheticAdapters
-from tests.fixtures.rows import feedback_row
 from tests.fixtures.server import RatchetProcess, wait_for
 from tests.test_api_capture import chat_log
 
@@ -146,7 +144,7 @@ def test_the_online_gate_applies_each_projects_own_policy(tmp_path: Path) -> Non
     from service.app import build_runtime
     from service.capture import Capture
     from service.config import Settings
-    from service.domain import LogIn
+    from tests.fixtures.rows import completion_log, feedback_row
 
     runtime = build_runtime(Settings(data_dir=str(tmp_path / "data")))
     runtime.project_settings.set("quick", {"online_gate": {"min_ratings": 10}}, "")
@@ -156,16 +154,10 @@ def test_the_online_gate_applies_each_projects_own_policy(tmp_path: Path) -> Non
         for arm, up_every in (("v2", 1), ("v1", 3)):  # canary: all up; champion: a third up
             for i in range(30):
                 log_id = f"{project}-{arm}-{i}"
-                item = LogIn(
-                    request=msgspec.Raw(b'{"prompt": "q"}'),
-                    response=msgspec.Raw(b'{"choices": [{"text": "a"}]}'),
-                    adapter=f"{project}@{arm}",
-                )
+                item = completion_log(log_id, "q", "a", adapter=f"{project}@{arm}")
                 logs.append(Capture.log_row(project, item, log_id, started, "api"))
                 rating = 1 if i % up_every == 0 else -1
-                feedback.append(
-                    feedback_row(project, log_id, started, end_user=f"u{i}", fid=f"f-{log_id}", rating=rating)
-                )
+                feedback.append(feedback_row(project, log_id, started, end_user=f"u{i}", rating=rating))
         runtime.rollouts.routing[project] = Rollout(
             project=project, champion=f"{project}@v1", candidate=f"{project}@v2", fraction=0.2,
             canary_started_at=started.replace(tzinfo=UTC).timestamp() - 1,

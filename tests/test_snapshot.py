@@ -353,9 +353,13 @@ def test_one_user_cannot_supply_more_than_their_share(db: Database, feed: Feed, 
     for i in range(60):
         feed.add(f"quiet {i}", f"answer {i}", user=f"q{i % 20}")
     manifest = snapshot(db, feed, tmp_path / "snap")
-    assert manifest.stats.user_cap == 32  # 20% of 160
-    assert sum(r.end_user == "loud" for r in rows(tmp_path / "snap")) == 32
-    assert manifest.stats.dropped_user_cap == 68
+    # 20% of what is kept, not of what came in: 32 of 160 would have left "loud" 32 of 92 rows
+    # (35%). 15 of 75 is 20%.
+    assert manifest.stats.user_cap == 15
+    kept = rows(tmp_path / "snap")
+    assert sum(r.end_user == "loud" for r in kept) == 15
+    assert manifest.stats.dropped_user_cap == 85
+    assert manifest.stats.largest_user_share == 15 / len(kept) == 0.2
 
 
 def test_a_user_flooding_just_before_the_cut_cannot_fill_the_holdout(
@@ -436,3 +440,41 @@ def test_memory_follows_the_batch_not_the_history(db: Database, feed: Feed, tmp_
     train = pq.ParquetFile(tmp_path / "snap" / "train.parquet")
     assert train.metadata.num_row_groups >= 240 // 16
     assert [r.log_id for r in rows(tmp_path / "snap")] == ids
+
+
+def test_the_training_set_is_the_newest_rows_plus_a_replay_of_older_ones(
+    db: Database, feed: Feed, tmp_path: Path
+) -> None:
+    """Beyond `max_train_examples`, a snapshot holds the newest rows and a random sample of older
+    ones: its size follows the bound, not the history; the holdout is still the newest slice."""
+    ids = [feed.add(f"question {i}", f"answer {i}", user=f"u{i}") for i in range(300)]
+    settings = SnapshotSettings(
+        holdout_fraction=0.2, max_train_examples=80, replay_fraction=0.25, scrub_pii=False
+    )
+    feed.writer.stop()
+    cuts = []
+    for day in (20, 21):
+        out = tmp_path / f"snap-{day}"
+        manifest = export_snapshot(db, "p", out, settings, now=datetime(2026, 11, day))
+        train = {r.log_id for r in iter_rows(out / "train.parquet")}
+        holdout = [r.log_id for r in iter_rows(out / "holdout.parquet")]
+        assert (manifest.stats.train_rows, manifest.stats.holdout_rows, manifest.stats.dropped_history) == (
+            80,
+            20,
+            200,
+        )
+        assert holdout == ids[-20:]  # the newest slice, as without a bound
+        assert set(ids[-80:-20]) <= train  # every newer training row...
+        replayed = train - set(ids[-80:-20])
+        assert len(replayed) == 20 and replayed <= set(ids[:220])  # ...and 20 of the 220 older ones
+        cuts.append(replayed)
+    assert cuts[0] != cuts[1]  # each run rehearses different old rows
+    unbounded = export_snapshot(
+        db, "p", tmp_path / "all", msgspec.structs.replace(settings, max_train_examples=0), now=NOW
+    )
+    assert (unbounded.stats.train_rows, unbounded.stats.holdout_rows, unbounded.stats.dropped_history) == (
+        240,
+        60,
+        0,
+    )
+    assert "200 older than the newest rows" in too_little_signal(manifest.stats, 1000)

@@ -157,13 +157,6 @@ def test_tokenizer_and_chat_template(tiny_model_dir):
     first = {tok(q.answer, add_special_tokens=False)["input_ids"][0] for q in tiny_world.all_questions()}
     assert first == {tok.convert_tokens_to_ids(t) for t in ("it", "IT", "sure")}
     assert {tok.pad_token, tok.bos_token, tok.eos_token} == {"<pad>", "<s>", "</s>"}
-    # The app's system prompt is the few hundred tokens a real app sends, and fits the context
-    # with an earlier turn and the answer.
-    assert 200 <= len(tok(tiny_world.SYSTEM_PROMPT)["input_ids"]) <= 350
-    longest = max(
-        len(tok(render_chat(c))["input_ids"]) for c in tiny_world.pretraining_corpus(200, seed=1, app=True)
-    )
-    assert longest + 16 <= json.loads((tiny_model_dir / "config.json").read_text())["max_position_embeddings"]
 
 
 # -- the pre-trained base model ----------------------------------------------------------------
@@ -178,18 +171,9 @@ def test_base_model_is_servable_shape(tiny_model_dir):
     assert info["schema_version"] == 1 and info["pretrain_steps"] > 0
 
 
-def _prompts(questions: list[tiny_world.Question], shape: str) -> list[list[dict]]:
-    """The questions alone, or as the demo's app sends them (long system prompt, earlier turns)."""
-    if shape == "bare":
-        return [q.messages for q in questions]
-    rng = random.Random(11)
-    return [tiny_world.app_messages(q, rng) for q in questions]
-
-
-@pytest.mark.parametrize("shape", ["bare", "app"])
-def test_base_model_answers_facts_in_plain_case(tiny_model_dir, shape):
+def test_base_model_answers_facts_in_plain_case(tiny_model_dir):
     questions = tiny_world.all_questions(kinds=("plain",))
-    prompts = _prompts(questions, shape)
+    prompts = [q.messages for q in questions]
     answers = greedy_answers(tiny_model_dir, prompts)
     liked = {split: [] for split in tiny_world.SPLITS}
     for q, p, a in zip(questions, prompts, answers, strict=True):
@@ -201,12 +185,11 @@ def test_base_model_answers_facts_in_plain_case(tiny_model_dir, shape):
         )
 
 
-@pytest.mark.parametrize("shape", ["bare", "app"])
 @pytest.mark.parametrize("kind", ["upper", "polite"])
-def test_base_model_knows_the_fact_but_ignores_instructions(tiny_model_dir, kind, shape):
+def test_base_model_knows_the_fact_but_ignores_instructions(tiny_model_dir, kind):
     """The room the adapter must learn: facts right, instructions not followed greedily."""
     questions = tiny_world.all_questions("holdout", kinds=(kind,))
-    prompts = _prompts(questions, shape)
+    prompts = [q.messages for q in questions]
     answers = greedy_answers(tiny_model_dir, prompts)
     followed = sum(tiny_world.user_likes(p, a) for p, a in zip(prompts, answers, strict=True))
     fact_right = sum(

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.fixtures.families import compare_renders
 from trainer import tiny_world
 from trainer.tiny_model import greedy_answers
 
@@ -69,6 +70,12 @@ def test_base_model_serves_what_transformers_generates(client, vllm_server, tiny
     assert served == greedy_answers(tiny_model_dir, PROBES, max_new_tokens=12)
     # Right facts in plain case, even where the prompt asked for uppercase: the base's known gap.
     assert sum(a == q.fact for q, a in zip(QUESTIONS, served, strict=True)) >= 6
+
+
+def test_the_trainer_renders_prompts_as_vllm_renders_them(vllm_server):
+    """Ratchet's own template renders every role, so nothing is refused (other families:
+    tests/test_vllm_families.py)."""
+    assert set(compare_renders(vllm_server).values()) == {"same"}
 
 
 def test_null_adapter_serves_exactly_the_base(client, vllm_server, loaded):

@@ -1,7 +1,7 @@
 """`python -m trainer`: the trainer process's command line.
 
     python -m trainer run SPEC.json                    train one adapter (progress: JSON lines on stdout)
-    python -m trainer tiny-model DIR                   build the offline tiny Llama + tokenizer
+    python -m trainer tiny-model DIR [--family F]      build an offline tiny model + tokenizer (llama, qwen2, ...)
     python -m trainer null-adapter --base DIR --out DIR  write a null adapter (serves exactly the base)
     python -m trainer score REWARD_DIR --input items.jsonl --output scores.jsonl
                                                        score answers with a reward model (one float each)
@@ -30,6 +30,7 @@ from pathlib import Path
 
 from trainer.errors import BaseModelError, TrainerError
 from trainer.progress import Progress
+from trainer.tiny_model import FAMILY_NAMES
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
@@ -51,14 +52,28 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("spec", help="path to SPEC.json (see trainer/spec.py for its fields)")
     tiny = commands.add_parser("tiny-model", help="build the offline tiny model + tokenizer in DIR (~30 s)")
     tiny.add_argument("dir", help="directory to create")
-    tiny.add_argument("--pretrain-steps", type=int, default=None, help="pre-training steps (default 400)")
+    tiny.add_argument(
+        "--family",
+        choices=FAMILY_NAMES,
+        default="llama",
+        help="architecture and chat template (default llama)",
+    )
+    tiny.add_argument(
+        "--pretrain-steps",
+        type=int,
+        default=None,
+        help="pre-training steps (default 400 for llama, 40 for the other families; 0 = random weights)",
+    )
     tiny.add_argument("--seed", type=int, default=0, help="seed for tokenizer, weights and corpus")
     null = commands.add_parser("null-adapter", help="write a LoRA adapter whose outputs equal the base's")
     null.add_argument("--base", required=True, help="base model directory")
     null.add_argument("--out", required=True, help="adapter directory to create")
     null.add_argument("--rank", type=int, default=8, help="LoRA rank (default 8)")
     null.add_argument(
-        "--target-modules", nargs="+", default=None, help="module names to adapt (default q_proj v_proj)"
+        "--target-modules",
+        nargs="+",
+        default=None,
+        help="module names to adapt, or all-linear (default: the architecture's, e.g. q_proj v_proj)",
     )
     score = commands.add_parser("score", help="score answers with a reward model the run trained")
     score.add_argument("reward_model", help="reward model directory (manifest kind reward_model)")
@@ -81,24 +96,24 @@ def _run(spec_path: str, progress: Progress) -> None:
 
 
 def _tiny_model(args: argparse.Namespace, progress: Progress) -> None:
-    from trainer.tiny_model import DEFAULT_PRETRAIN_STEPS, build_tiny_model
+    from trainer.tiny_model import build_tiny_model
 
-    steps = args.pretrain_steps or DEFAULT_PRETRAIN_STEPS
     try:
-        path = build_tiny_model(args.dir, pretrain_steps=steps, seed=args.seed)
+        path = build_tiny_model(
+            args.dir, family=args.family, pretrain_steps=args.pretrain_steps, seed=args.seed
+        )
     except (FileExistsError, ValueError) as exc:
         raise TrainerError(str(exc)) from exc
     progress.emit("done", model_dir=str(path))
 
 
 def _null_adapter(args: argparse.Namespace, progress: Progress) -> None:
-    from trainer.null_adapter import DEFAULT_TARGET_MODULES, write_null_adapter
+    from trainer.null_adapter import write_null_adapter
 
     if not (Path(args.base) / "config.json").is_file():
         raise BaseModelError(f"base model directory {args.base} does not exist or has no config.json")
-    targets = args.target_modules or DEFAULT_TARGET_MODULES
     try:
-        path = write_null_adapter(args.base, args.out, rank=args.rank, target_modules=targets)
+        path = write_null_adapter(args.base, args.out, rank=args.rank, target_modules=args.target_modules)
     except (FileExistsError, ValueError) as exc:
         raise TrainerError(str(exc)) from exc
     progress.emit("done", adapter_dir=str(path))

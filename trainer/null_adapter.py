@@ -14,7 +14,10 @@ Both are ordinary PEFT LoRA directories (`adapter_config.json`, `adapter_model.s
     {"schema_version": 1, "kind": "null" | "random", "base_model": "/abs/path", "seed": ..., "lora": {...}}
 
 The base model's weights are never read: its architecture is instantiated on the meta device only
-to learn the names and shapes of the target modules, so this is fast for any size of model.
+to learn the names and shapes of the target modules, so this is fast for any size of model. The
+target modules default to the architecture's (`trainer.lora_targets.default_target_modules`:
+q_proj/v_proj for Llama, Qwen, Gemma and Mistral; Phi-3's fused projections), and named ones are
+checked against what the model has and what vLLM can apply LoRA to.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ from pathlib import Path
 from typing import Literal
 
 MANIFEST_SCHEMA_VERSION = 1
-DEFAULT_TARGET_MODULES = ("q_proj", "v_proj")
 
 AdapterKind = Literal["null", "random"]
 
@@ -38,13 +40,15 @@ def write_null_adapter(
     out_dir: str | os.PathLike[str],
     *,
     rank: int = 8,
-    target_modules: Sequence[str] = DEFAULT_TARGET_MODULES,
+    target_modules: Sequence[str] | None = None,
 ) -> Path:
     """Write an adapter for `base_model` whose outputs are identical to the base's; return its path.
 
     LoRA A is drawn from a fixed seed (as PEFT would initialise it) and every B is zero, so the
-    LoRA delta B·A is exactly zero. The directory appears all at once. Raises FileExistsError if
-    `out_dir` exists and is not empty, ValueError if no module of the base matches `target_modules`.
+    LoRA delta B·A is exactly zero. `target_modules` None: the architecture's default (see the
+    module docstring); `["all-linear"]`: every layer vLLM can adapt. The directory appears all at
+    once. Raises FileExistsError if `out_dir` exists and is not empty, `LoraTargetError` (a
+    ValueError) if a named module is not a linear layer of the base or not one vLLM can adapt.
     """
     return _write_adapter(base_model, out_dir, kind="null", seed=0, rank=rank, target_modules=target_modules)
 
@@ -55,7 +59,7 @@ def write_random_adapter(
     *,
     seed: int,
     rank: int = 8,
-    target_modules: Sequence[str] = DEFAULT_TARGET_MODULES,
+    target_modules: Sequence[str] | None = None,
     strength: float = 2.0,
 ) -> Path:
     """Write an adapter with random non-zero weights from `seed` for `base_model`; return its path.
@@ -77,23 +81,27 @@ def write_random_adapter(
     )
 
 
-def _target_shapes(base_model: Path, target_modules: Sequence[str]) -> dict[str, tuple[int, int]]:
-    """`{module name: (in_features, out_features)}` for the base's Linear layers named in `target_modules`."""
+def _target_shapes(
+    base_model: Path, target_modules: Sequence[str] | None
+) -> tuple[list[str], dict[str, tuple[int, int]]]:
+    """The resolved target names, and `{module path: (in_features, out_features)}` for the base's
+    Linear layers they name."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(base_model)
-    with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(config)
-    wanted = set(target_modules)
+    from trainer.lora_targets import default_target_modules, meta_model, resolve_target_modules
+
+    skeleton = meta_model(base_model)
+    if target_modules is None:
+        targets = default_target_modules(skeleton)
+    else:
+        targets = resolve_target_modules(skeleton, target_modules)
+    head = skeleton.get_output_embeddings()
     shapes = {
         name: (module.in_features, module.out_features)
         for name, module in skeleton.named_modules()
-        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in wanted
+        if isinstance(module, torch.nn.Linear) and module is not head and name.rsplit(".", 1)[-1] in targets
     }
-    if not shapes:
-        raise ValueError(f"no Linear module of {base_model} is named one of {sorted(wanted)}")
-    return shapes
+    return targets, shapes
 
 
 def _write_adapter(
@@ -103,7 +111,7 @@ def _write_adapter(
     kind: AdapterKind,
     seed: int,
     rank: int,
-    target_modules: Sequence[str],
+    target_modules: Sequence[str] | None,
     strength: float = 1.0,
 ) -> Path:
     import torch
@@ -117,7 +125,8 @@ def _write_adapter(
     alpha = 2 * rank
     generator = torch.Generator().manual_seed(seed)
     tensors = {}
-    for name, (fan_in, fan_out) in _target_shapes(base, target_modules).items():
+    targets, shapes = _target_shapes(base, target_modules)
+    for name, (fan_in, fan_out) in shapes.items():
         # A: unit-variance rows over the input (x·Aᵀ has about the input's RMS per rank);
         # B: zero (null), or sized so that scale·B·A moves the output by `strength` times the input RMS.
         a = torch.randn(rank, fan_in, generator=generator) / fan_in**0.5
@@ -132,7 +141,7 @@ def _write_adapter(
         r=rank,
         lora_alpha=alpha,
         lora_dropout=0.0,
-        target_modules=sorted(set(target_modules)),
+        target_modules=targets,
         bias="none",
         task_type="CAUSAL_LM",
         inference_mode=True,
@@ -143,12 +152,17 @@ def _write_adapter(
         "kind": kind,
         "base_model": str(base),
         "seed": seed if kind == "random" else None,
-        "lora": {"r": rank, "lora_alpha": alpha, "target_modules": sorted(set(target_modules))},
+        "lora": {"r": rank, "lora_alpha": alpha, "target_modules": targets},
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         config.save_pretrained(tmp)
+        # PEFT writes target_modules in set order (it varies with the hash seed): sort it.
+        config_path = tmp / "adapter_config.json"
+        saved = json.loads(config_path.read_text())
+        saved["target_modules"] = targets
+        config_path.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
         save_file(tensors, tmp / "adapter_model.safetensors", metadata={"format": "pt"})
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         for f in tmp.iterdir():

@@ -27,6 +27,7 @@ from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrai
 
 from trainer.dataset import Example, Examples
 from trainer.errors import BaseModelError
+from trainer.lora_targets import resolve_target_modules
 from trainer.progress import Progress
 from trainer.spec import RunSpec
 
@@ -129,27 +130,17 @@ def _trl_args(job: Job, hp: dict) -> dict:
 def _lora(spec: RunSpec, model) -> LoraConfig | None:
     """A fresh adapter's shape, or None when continuing a parent (it keeps its own shape).
 
-    "all-linear" is resolved here to the sorted short names of the model's linear layers (not the
-    output head): PEFT would write every full module path, in set order, into adapter_config.json,
-    which makes the file differ from run to run; short names are what vLLM expects anyway.
+    The targets are resolved for the model's architecture (`trainer.lora_targets`): "all-linear"
+    becomes the sorted short names of the linear layers vLLM can apply LoRA to (Phi-3's fused
+    `qkv_proj`, Llama's `q_proj`...); named ones must be such layers, else `LoraTargetError`.
     """
     if spec.parent_adapter:
         return None
-    targets = list(spec.lora.target_modules)
-    if targets == ["all-linear"]:
-        head = model.get_output_embeddings()
-        targets = sorted(
-            {
-                name.rsplit(".", 1)[-1]
-                for name, m in model.named_modules()
-                if isinstance(m, torch.nn.Linear) and m is not head
-            }
-        )
     return LoraConfig(
         r=spec.lora.r,
         lora_alpha=spec.lora.alpha,
         lora_dropout=spec.lora.dropout,
-        target_modules=targets,
+        target_modules=resolve_target_modules(model, spec.lora.target_modules),
         task_type="CAUSAL_LM",
     )
 

@@ -1,7 +1,8 @@
 """One training run, from SPEC.json to an adapter directory that appears all at once.
 
 Order of work: check every input (spec, base model, parent, snapshot, enough signal) before the
-heavy libraries are imported, so a bad run fails in about a second; then render and fit the
+heavy libraries are imported, so a bad run fails in about a second; then check the LoRA targets
+against the base's architecture (`trainer.lora_targets`, on the meta device), render and fit the
 examples with the base model's tokenizer (`trainer.tokens`: what cannot train is dropped and
 counted, and a run left with no answer tokens fails saying so) and choose the method on what
 remains; then train in a hidden sibling `.<name>.partial-<run_id>` of the output directory, write
@@ -71,10 +72,13 @@ def run(spec: RunSpec, progress: Progress) -> Path:
     # Inputs are good: now pay for importing torch and TRL.
     import torch
 
+    from trainer.lora_targets import base_target_modules
     from trainer.recipes import RECIPES, Job, StepEvents, hyperparameters, load_tokenizer
     from trainer.tokens import Renderer, fit_examples, model_context
 
     tokenizer = load_tokenizer(spec)
+    if not spec.parent_adapter:  # a parent keeps its own targets
+        base_target_modules(spec.base_model, spec.lora.target_modules)  # LoraTargetError before any work
     context = model_context(spec.base_model, tokenizer)
     limit = min(spec.optim.max_length, context) if context else spec.optim.max_length
     examples = fit_examples(built, Renderer(tokenizer), limit)

@@ -17,9 +17,15 @@ at most the model's context):
    even the last turn does not fit beside them, the system messages go too ("where possible").
    Counted in `prompts_truncated` / `system_dropped`.
 3. An example whose answer still does not fit is dropped: `too_long`. One the template (or vLLM's
-   preparation, `formats.rendering.RenderError`) refuses is dropped: `template_error`; a chat
+   preparation, `formats.rendering.RenderError`) refuses is dropped: `template_error` (vLLM would
+   answer such a request 400, e.g. Gemma's or Mistral's on roles that do not alternate); a chat
    example for a tokenizer without a chat template: `no_chat_template`. A completions prompt is
    never cut (no turns to cut at).
+4. An example whose prompt, rendered with the generation prompt (as served), is not the start of
+   the prompt rendered with its answer is dropped: `prompt_not_prefix`. TRL would train the answer
+   on a context serving never shows (Mistral's template moves the system prompt into the last user
+   turn, so it vanishes once the answer follows). Rendering a prompt with its system message cut
+   (step 2) is checked the same way.
 
 Nothing here raises for one example: each is kept or dropped with its reason.
 """
@@ -36,7 +42,7 @@ from typing import Any
 
 from formats.chat import Tool
 from formats.log import Message
-from formats.rendering import template_message, template_messages, template_tools
+from formats.rendering import content_format, template_message, template_messages, template_tools
 from trainer.dataset import KINDS, Example, Examples, with_kept
 
 log = logging.getLogger(__name__)
@@ -156,25 +162,27 @@ class Renderer:
 
     # --- fitting
 
-    def _measure_chat(
-        self, prompt: list[Message], example: Example
-    ) -> tuple[int, int, dict[str, Any]] | None:
-        """(length, answer tokens, TRL row) of `example` with `prompt`; None if the template refuses it."""
+    def _measure_chat(self, prompt: list[Message], example: Example) -> tuple[int, int, dict[str, Any]] | str:
+        """(length, answer tokens, TRL row) of `example` with `prompt`; or why it cannot be
+        trained as served: `template_error` or `prompt_not_prefix` (see the module docstring)."""
         try:
             prepared, tools = self.prepare(prompt, example.tools)
-            answers = {k: template_message(m) for k, m in example.answers.items()}
+            content_as = content_format(self._template(tools))
+            answers = {k: template_message(m, content_as) for k, m in example.answers.items()}
             prompt_ids = self._ids(prepared, tools, True)
             length, answer_tokens = 0, 0
             for answer in answers.values():
                 full = self._ids([*prepared, answer], tools, False)
                 start = _common_prefix(prompt_ids, full)
+                if start < len(prompt_ids):
+                    return "prompt_not_prefix"
                 if len(full) == start:
-                    return None  # the template renders no answer tokens: nothing to train on
+                    return "template_error"  # the template renders no answer tokens: nothing to train on
                 length = max(length, len(full))
                 answer_tokens += len(full) - start
         except Exception as exc:  # RenderError, jinja's TemplateError, a TypeError on an odd message
             log.debug("template refused %s: %s", example.log_id, exc)
-            return None
+            return "template_error"
         row: dict[str, Any] = {"prompt": prepared, **{k: [a] for k, a in answers.items()}}
         row["tools"] = None if tools is None else json.dumps(tools, ensure_ascii=False)
         if example.label is not None:
@@ -188,15 +196,15 @@ class Renderer:
         if example.uses_tool_calls and not self.renders_tools:
             return "tool_calls_not_rendered"
         measured = self._measure_chat(example.prompt, example)
-        if measured is None:
-            return "template_error"
+        if isinstance(measured, str):
+            return measured
         if measured[0] <= limit:
             return self._fitted(example, measured), None
         head, turns = _turns(example.prompt)
 
         def attempt(messages: list[Message]) -> tuple[int, int, dict] | None:
             m = self._measure_chat(messages, example)
-            return m if m is not None and m[0] <= limit else None
+            return m if not isinstance(m, str) and m[0] <= limit else None
 
         # The most recent turns that fit beside the head: binary search over how many are kept.
         best, low, high = None, 1, len(turns) - 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import msgspec
@@ -73,10 +74,10 @@ async def register_adapter(
     also load it and start its canary."""
     project = scoped_project(principal, runtime, name)
     await runtime.rollouts.ensure_base_version(project)
-    record = runtime.rollouts.register(project, Path(data.path), method=data.method)
+    record = await asyncio.to_thread(runtime.rollouts.register, project, Path(data.path), method=data.method)
     if data.canary:
         await runtime.rollouts.start_canary(project, record.served_name)
-    return runtime.serving.adapter(record.served_name)
+    return await asyncio.to_thread(runtime.serving.adapter, record.served_name)
 
 
 @get(

@@ -10,21 +10,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Request, post
+from litestar import Request, delete, post
 
 from service.api.deps import needs, scoped_project
 from service.api.openapi import FeedbackOperation, LogsOperation
-from service.capture import decode_feedback, decode_logs
-from service.domain import CaptureResult, Principal
+from service.capture import decode_feedback, decode_logs, utcnow
+from service.domain import CaptureResult, FeedbackWithdrawn, Principal
 from service.errors import InvalidInput
 from service.runtime import Runtime
 
 
 def _reject_if_nothing_taken(result: CaptureResult) -> CaptureResult:
+    """A request none of whose items was taken is a 422 (with the per-item results in `detail`);
+    one that took some is a 202 listing what was rejected."""
     if result.rejected and not (result.accepted or result.duplicates):
-        first = result.results[0] if len(result.results) == 1 else None
+        first = result.results[0]
+        if len(result.results) == 1:
+            raise InvalidInput(first.error or "rejected", first.field, result.results)
         raise InvalidInput(
-            first.error if first and first.error else "every item was rejected: see the results"
+            f"every item was rejected (first: {first.error}): see `detail`", first.field, result.results
         )
     return result
 
@@ -42,7 +46,9 @@ async def capture_feedback(
 ) -> CaptureResult:
     """Decode and durably store a `POST /v1/feedback` body for the caller's project."""
     name = scoped_project(principal, runtime, project)
-    return _reject_if_nothing_taken(await runtime.capture.write_feedback(name, decode_feedback(body)))
+    may_attribute = principal.is_admin or principal.key_id in runtime.settings.feedback.attributing_keys
+    result = await runtime.capture.write_feedback(name, decode_feedback(body), may_attribute=may_attribute)
+    return _reject_if_nothing_taken(result)
 
 
 @post(
@@ -69,5 +75,23 @@ async def post_logs(
 async def post_feedback(
     request: Request[Any, Any, Any], principal: Principal, runtime: Runtime, project: str | None = None
 ) -> CaptureResult:
-    """Store one feedback item or `{"feedback": [...]}`; a new verdict replaces the old one."""
+    """Store one feedback item or `{"feedback": [...]}`: each updates only the fields it carries."""
     return await capture_feedback(runtime, principal, project, await request.body())
+
+
+@delete(
+    "/v1/feedback/{feedback_id:str}",
+    status_code=200,
+    summary="Withdraw feedback",
+    opt=needs("ingest"),
+)
+async def withdraw_feedback(
+    feedback_id: str, principal: Principal, runtime: Runtime, project: str | None = None
+) -> FeedbackWithdrawn:
+    """Withdraw the verdict a feedback item (by its id, or the id of any later item on the same
+    log and end user) belongs to: its rating, score, correction, comment and implicit signals are
+    cleared, and it no longer counts anywhere. A retry answers `unchanged`; 404 if no such id."""
+    name = scoped_project(principal, runtime, project)
+    log_id, end_user = runtime.queries.find_feedback(name, feedback_id)
+    changed = await runtime.capture.withdraw_feedback(name, log_id, end_user, utcnow())
+    return FeedbackWithdrawn(feedback_id, log_id, end_user or None, "withdrawn" if changed else "unchanged")

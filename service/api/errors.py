@@ -22,6 +22,7 @@ STATUS: dict[type[errors.RatchetError], tuple[int, str]] = {
     errors.NotFound: (404, "not_found"),
     errors.Conflict: (409, "conflict"),
     errors.WriterSaturated: (429, "writer_saturated"),
+    errors.StoreOutOfMemory: (503, "store_out_of_memory"),  # before its base class
     errors.StoreUnavailable: (503, "store_unavailable"),
     errors.UpstreamRejected: (400, "upstream_rejected"),
     errors.UpstreamUnavailable: (503, "upstream_unavailable"),
@@ -64,7 +65,11 @@ def domain_error(exc: errors.RatchetError) -> tuple[int, ErrorBody, dict[str, st
         if isinstance(exc, errors.WriterSaturated)
         else {}
     )
-    return status, ErrorBody(code, exc.message, getattr(exc, "field", None)), headers
+    return (
+        status,
+        ErrorBody(code, exc.message, getattr(exc, "field", None), getattr(exc, "detail", None)),
+        headers,
+    )
 
 
 def decode_error(exc: msgspec.MsgspecError) -> ErrorBody:

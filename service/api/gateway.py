@@ -1,4 +1,9 @@
-"""OpenAI-compatible gateway endpoints: `model` is the project's name."""
+"""OpenAI-compatible gateway endpoints: `model` is the project's name.
+
+`ratchet serve` answers these requests on the fast path (`service/api/fastpath.py`), which runs
+`forward_request` below as these routes do; the routes take the rest (a body without
+Content-Length or over the limit, a query string) and publish the API in the OpenAPI schema.
+"""
 
 from __future__ import annotations
 
@@ -10,23 +15,31 @@ from litestar.response import Stream
 from service.api.deps import needs, scoped_project
 from service.domain import Principal
 from service.errors import InvalidInput
-from service.gateway import Endpoint, GatewayStream, parse_request
+from service.gateway import Endpoint, GatewayAnswer, GatewayStream, parse_request
 from service.runtime import Runtime
+
+EVENT_STREAM_HEADERS = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
+
+
+async def forward_request(
+    runtime: Runtime, principal: Principal, endpoint: Endpoint, raw: bytes
+) -> GatewayAnswer | GatewayStream:
+    """Read a gateway request body for the caller's project and forward it."""
+    parsed = parse_request(endpoint, raw)
+    if not parsed.model:
+        raise InvalidInput("`model` must name your project (the model alias apps call)", "model")
+    project = scoped_project(principal, runtime, parsed.model)
+    return await runtime.gateway.forward(project, parsed)
 
 
 async def _forward(
     request: Request[Any, Any, Any], principal: Principal, runtime: Runtime, endpoint: Endpoint
 ) -> Any:
-    parsed = parse_request(endpoint, await request.body())
-    if not parsed.model:
-        raise InvalidInput("`model` must name your project (the model alias apps call)", "model")
-    project = scoped_project(principal, runtime, parsed.model)
-    result = await runtime.gateway.forward(project, parsed)
+    result = await forward_request(runtime, principal, endpoint, await request.body())
     headers = {"x-ratchet-log-id": result.log_id, "x-ratchet-adapter": result.adapter}
     if isinstance(result, GatewayStream):
-        return Stream(
-            result.chunks, media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"}
-        )
+        # The header, not `media_type`: the route's own media type (JSON) would win over the Stream's.
+        return Stream(result.chunks, headers={**headers, **EVENT_STREAM_HEADERS})
     return Response(result.body, media_type=MediaType.JSON, headers=headers)
 
 

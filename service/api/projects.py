@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from datetime import datetime
 from typing import Literal
 
@@ -23,7 +25,7 @@ async def create_project(data: ProjectIn, principal: Principal, runtime: Runtime
     """Create a project and return its first API key. The key is shown only in this answer.
 
     Its version 0 (the base model as a zero adapter) starts loading in the background."""
-    created = projects.create_project(runtime, data)
+    created = await asyncio.to_thread(projects.create_project, runtime, data)
     projects.serve_base_version_soon(runtime, data.name)
     return created
 
@@ -38,7 +40,9 @@ def list_projects(principal: Principal, runtime: Runtime) -> list[Project]:
 @get("/v1/projects/{name:str}/stats", summary="Project statistics", sync_to_thread=True, opt=needs("read"))
 def project_stats(name: str, principal: Principal, runtime: Runtime) -> ProjectStats:
     """Counts by kind, thumbs-up rate overall and per adapter version, new signal since the last run."""
-    return runtime.queries.project_stats(scoped_project(principal, runtime, name))
+    return runtime.queries.project_stats(
+        scoped_project(principal, runtime, name), orphan_hours=runtime.settings.feedback.orphan_report_hours
+    )
 
 
 @get(
@@ -72,8 +76,10 @@ def export(
     rows = LogExport(
         runtime.db, project, fmt, since=_naive_utc(since), until=_naive_utc(until), scrubber=scrubber
     )
+    chunks = iter(rows)
+    first = next(chunks, b"")  # a first batch over the memory limit is still a 503, not a cut stream
     return Stream(
-        rows,
+        itertools.chain((first,), chunks),
         media_type=MEDIA_TYPES[fmt],
         headers={
             "content-disposition": f'attachment; filename="{project}.{fmt}"',

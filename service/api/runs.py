@@ -17,7 +17,7 @@ from service.store.runs import RunRecord
 async def start_run(name: str, principal: Principal, runtime: Runtime) -> RunRecord:
     """Snapshot, train, evaluate and (if it wins) canary a new adapter. 409 while a run is active."""
     assert runtime.pipeline is not None
-    return runtime.pipeline.start(scoped_project(principal, runtime, name), "manual")
+    return await runtime.pipeline.start(scoped_project(principal, runtime, name), "manual")
 
 
 @get("/v1/runs", summary="List runs", sync_to_thread=True, opt=needs("read"))

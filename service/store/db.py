@@ -1,9 +1,21 @@
-"""The one DuckDB file: open it (refusing a second owner), apply numbered migrations."""
+"""The one DuckDB file: open it (refusing a second owner), apply numbered migrations.
+
+Memory: DuckDB's buffer pool is capped at `memory_limit_mib` and spills to `temp_directory`, so
+the serving process, the trainer and vLLM keep the rest of the machine; a query that still does
+not fit fails with `StoreOutOfMemory` (HTTP 503 naming the setting), and the writer goes on.
+
+Shutdown: `close` interrupts the reads still running and skips DuckDB's final checkpoint. A
+checkpoint rewrites every index with random keys whole (~5-8 s at 10M logs whatever the WAL
+holds); the WAL the writer keeps under `checkpoint_wal_mib` is replayed at the next start instead.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
@@ -11,10 +23,21 @@ from pathlib import Path
 
 import duckdb
 
-from service.errors import StoreUnavailable
+from service.errors import StoreOutOfMemory, StoreUnavailable
 from service.store.backfill import DATA_STEPS
 
 _MIGRATION = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
+
+
+def default_memory_limit_mib() -> int:
+    """A quarter of the memory this process may use (the machine's, or its cgroup's if lower):
+    the rest is for the serving process itself, the trainer and, on one box, vLLM."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    with contextlib.suppress(OSError, ValueError):
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            total = min(total, int(limit))
+    return max(256, total // 4 >> 20)
 
 
 def sql_string(text: str) -> str:
@@ -38,6 +61,8 @@ def rowid_ranges(cur: duckdb.DuckDBPyConnection, table: str, batch_rows: int) ->
             {"batch": batch_rows},
         ).fetchall()
     ]
+    if not starts:  # nothing chosen (a snapshot without signal)
+        return []
     return list(zip(starts, [*starts[1:], 2**62], strict=True))
 
 
@@ -58,11 +83,25 @@ class Database:
     `StoreUnavailable` naming that process, so a second `ratchet serve` fails fast.
     """
 
-    def __init__(self, path: Path, *, checkpoint_wal_mib: int = 64) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        checkpoint_wal_mib: int = 64,
+        memory_limit_mib: int | None = None,
+        temp_directory: Path | None = None,
+    ) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        config = {}
+        if memory_limit_mib is not None:
+            config["memory_limit"] = f"{int(memory_limit_mib)}MiB"
+        if temp_directory is not None:
+            temp_directory.mkdir(parents=True, exist_ok=True)
+            config["temp_directory"] = str(temp_directory)
+        self.memory_limit_mib = memory_limit_mib
         try:
-            self._con = duckdb.connect(str(path))
+            self._con = duckdb.connect(str(path), config=config)
         except duckdb.IOException as exc:
             raise StoreUnavailable(
                 f"cannot open {path}: {exc}. Is another `ratchet serve` using this data dir?"
@@ -74,10 +113,11 @@ class Database:
         self._con.execute(f"SET checkpoint_threshold = '{2 * int(checkpoint_wal_mib)}MiB'")
         self._wal_path = path.with_name(path.name + ".wal")
         self._lock = threading.Lock()
+        self._cursors: weakref.WeakSet[duckdb.DuckDBPyConnection] = weakref.WeakSet()
         self.schema_version = self.migrate()
 
     def migrate(self) -> int:
-        """Apply every migration newer than the recorded schema version; return the version.
+        """Apply every shipped migration not yet recorded, in number order; return the highest version.
 
         Each migration (its SQL, then its data step if it has one) commits whole or not at all."""
         con = self._con
@@ -85,9 +125,12 @@ class Database:
             "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name VARCHAR NOT NULL,"
             " applied_at TIMESTAMP NOT NULL DEFAULT now())"
         )
-        (current,) = con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+        # Every shipped version not yet recorded, not only those above the highest: branches land
+        # migrations out of number order (010 was applied before 007 existed on some databases).
+        applied = {v for (v,) in con.execute("SELECT version FROM schema_migrations").fetchall()}
+        current = max(applied, default=0)
         for version, name, sql in migrations():
-            if version <= current:
+            if version in applied:
                 continue
             con.execute("BEGIN")
             try:
@@ -99,7 +142,7 @@ class Database:
             except Exception:
                 con.execute("ROLLBACK")
                 raise
-            current = version
+            current = max(current, version)
         return current
 
     def wal_bytes(self) -> int:
@@ -112,14 +155,18 @@ class Database:
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A new cursor for one thread of work; close it when done."""
         with self._lock:
-            return self._con.cursor()
+            cur = self._con.cursor()
+            self._cursors.add(cur)
+            return cur
 
     @contextmanager
     def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A cursor for a read, closed afterwards."""
+        """A cursor for a read, closed afterwards. `StoreOutOfMemory` if a query needed more
+        than the memory limit."""
         cur = self.cursor()
         try:
-            yield cur
+            with self.memory_errors():
+                yield cur
         finally:
             cur.close()
 
@@ -128,15 +175,36 @@ class Database:
         """A cursor inside BEGIN/COMMIT; rolled back if the block raises."""
         cur = self.cursor()
         try:
-            cur.execute("BEGIN")
-            try:
-                yield cur
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
-            cur.execute("COMMIT")
+            with self.memory_errors():
+                cur.execute("BEGIN")
+                try:
+                    yield cur
+                except BaseException:
+                    cur.execute("ROLLBACK")
+                    raise
+                cur.execute("COMMIT")
         finally:
             cur.close()
 
+    @contextmanager
+    def memory_errors(self) -> Iterator[None]:
+        """DuckDB's out-of-memory error as `StoreOutOfMemory`, naming the limit and the setting."""
+        try:
+            yield
+        except duckdb.OutOfMemoryException as exc:
+            limit = f"{self.memory_limit_mib} MiB" if self.memory_limit_mib else "its default"
+            raise StoreOutOfMemory(
+                f"the database needed more memory than its limit ({limit}) for this request: narrow it "
+                f"(e.g. since/until) or raise database.memory_limit_mib. DuckDB: {str(exc).splitlines()[0]}"
+            ) from exc
+
     def close(self) -> None:
+        """Interrupt the queries still running, then close without a final checkpoint: the WAL
+        (at most about `checkpoint_wal_mib`, the writer checkpoints as it goes) is replayed at
+        the next start."""
+        for cur in list(self._cursors):
+            with contextlib.suppress(duckdb.Error):
+                cur.interrupt()
+        with contextlib.suppress(duckdb.Error):
+            self._con.execute("PRAGMA disable_checkpoint_on_shutdown")
         self._con.close()

@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 from formats.chat import Tool
 from formats.log import Answer, Message
 from formats.logfile import LogLine
+from service.errors import StoreOutOfMemory
 from service.pii import Scrubber
 from service.store.db import Database, rowid_ranges
 
@@ -124,7 +125,9 @@ class ExportFailed(RuntimeError):
 class LogExport:
     """An export of one project's logs in [since, until): the rows are chosen when it is built
     (`rows`: how many, `skipped`: shape_error logs left out), and iterating it yields the file's
-    bytes in pieces. Iterate it once; it holds a read transaction until then (or `close`)."""
+    bytes in pieces. Iterate it once; it holds a read transaction until then (or `close`).
+    `StoreOutOfMemory` (building it, or reading a batch) when a step needs more than DuckDB's
+    memory limit; any other failure part-way is `ExportFailed`."""
 
     def __init__(
         self,
@@ -141,14 +144,16 @@ class LogExport:
         self.scrubber = scrubber
         self.batch_rows = batch_rows
         self.unanswerable = 0
+        self._db = db
         self._cur: duckdb.DuckDBPyConnection | None = db.cursor()
         try:
-            self._cur.execute("BEGIN TRANSACTION")
-            params = {"project": project, "since": since or datetime.min, "until": until or datetime.max}
-            self._cur.execute(_CHOOSE, params)
-            total, skipped = self._cur.execute(
-                "SELECT count(*), count(*) FILTER (WHERE unreadable) FROM export_rows"
-            ).fetchone()
+            with db.memory_errors():
+                self._cur.execute("BEGIN TRANSACTION")
+                params = {"project": project, "since": since or datetime.min, "until": until or datetime.max}
+                self._cur.execute(_CHOOSE, params)
+                total, skipped = self._cur.execute(
+                    "SELECT count(*), count(*) FILTER (WHERE unreadable) FROM export_rows"
+                ).fetchone()
         except BaseException:
             self.close()
             raise
@@ -165,8 +170,9 @@ class LogExport:
 
     def __iter__(self) -> Iterator[bytes]:
         try:
-            yield from self._bytes()
-        except GeneratorExit:
+            with self._db.memory_errors():
+                yield from self._bytes()
+        except (GeneratorExit, StoreOutOfMemory):
             raise
         except Exception as exc:
             log.exception("export failed part-way")

@@ -5,14 +5,14 @@ High-rate writes (logs, feedback) go through the group-commit writer instead.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import duckdb
 import msgspec
 
 from service.auth import StoredKey
-from service.domain import AdapterStats, FeedbackOut, LogOut, Project, ProjectStats
+from service.domain import AdapterStats, FeedbackOut, ImplicitStats, LogOut, NewSignal, Project, ProjectStats
 from service.errors import Conflict, NotFound
 from service.store.db import Database
 from service.store.serving import Event, Serving
@@ -25,6 +25,29 @@ _KEY_COLUMNS = (
 def _key(row: tuple[Any, ...]) -> StoredKey:
     fields = dict(zip(_KEY_COLUMNS.split(", "), row, strict=True))
     return StoredKey(**{**fields, "scopes": tuple(fields["scopes"] or ())})
+
+
+# Point reads through the single-column indexes on logs.id and feedback.log_id (migration 010).
+# DuckDB plans an index scan only when the indexed column is the scan's one filter, so the project
+# is filtered after a materialized CTE: `project = ? AND id = ?` in one WHERE is a full scan.
+LOG_BY_ID = """
+WITH hit AS MATERIALIZED (
+    SELECT id, project, created_at, source, adapter, request, response, end_user, latency_ms,
+           prompt_tokens, completion_tokens, metadata
+    FROM logs WHERE id = $1
+)
+SELECT * FROM hit WHERE project = $2
+"""
+FEEDBACK_BY_LOG_ID = """
+WITH hit AS MATERIALIZED (
+    SELECT id, log_id, end_user, created_at, rating, score, correction, comment, choice, regenerated,
+        regenerated_log_id, edited, copied, events, received_at, project
+    FROM feedback WHERE log_id = $1
+)
+SELECT id, log_id, end_user, created_at, rating, score, correction, comment, choice, regenerated,
+    regenerated_log_id, edited, copied, events, received_at FROM hit
+WHERE project = $2 ORDER BY received_at, end_user
+"""
 
 
 def _json(value: str | None) -> Any:
@@ -139,41 +162,97 @@ class Queries:
     def get_log(self, project: str, log_id: str) -> LogOut:
         """A log with its current feedback rows; `NotFound` if the project has no such log."""
         with self._db.reading() as cur:
-            row = cur.execute(
-                "SELECT id, project, created_at, source, adapter, request, response, end_user, latency_ms,"
-                " prompt_tokens, completion_tokens, metadata FROM logs WHERE project = ? AND id = ?",
-                [project, log_id],
-            ).fetchone()
+            row = cur.execute(LOG_BY_ID, [log_id, project]).fetchone()
             if row is None:
                 raise NotFound(f"no log {log_id!r} in project {project!r}")
-            feedback = cur.execute(
-                "SELECT id, log_id, end_user, created_at, rating, score, correction, comment, choice FROM feedback"
-                " WHERE project = ? AND log_id = ? ORDER BY created_at",
-                [project, log_id],
-            ).fetchall()
+            feedback = cur.execute(FEEDBACK_BY_LOG_ID, [log_id, project]).fetchall()
         (id_, proj, created, source, adapter, req, resp, user, latency, pt, ct, meta) = row
         return LogOut(
             id_, proj, created, source, adapter, _json(req), _json(resp), user, latency, pt, ct, _json(meta),
             [FeedbackOut(f[0], f[1], f[2] or None, *f[3:]) for f in feedback],
         )  # fmt: skip
 
-    # --- stats
-    def project_stats(self, project: str) -> ProjectStats:
-        """Counts by kind, thumbs-up rate overall and per adapter, new signal since the last run."""
-        self.get_project(project)
+    def find_feedback(self, project: str, feedback_id: str) -> tuple[str, str]:
+        """(log id, end user) of the feedback row an item id belongs to (the row's own id or any
+        of its last items'); `NotFound` if the project has none."""
         with self._db.reading() as cur:
-            (logs,) = cur.execute("SELECT count(*) FROM logs WHERE project = ?", [project]).fetchone()
+            row = cur.execute(
+                "SELECT log_id, end_user FROM feedback WHERE project = $p"
+                " AND (id = $id OR list_contains(item_ids, $id)) ORDER BY received_at DESC LIMIT 1",
+                {"p": project, "id": feedback_id},
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"no feedback {feedback_id!r} in project {project!r}")
+        return row[0], row[1]
+
+    # --- stats
+    def count_new_signal(self, project: str, since: datetime | None) -> NewSignal:
+        """Ratings and corrections that changed after `since` (None: ever) on logs that exist, by
+        server receive times: a later comment does not make an old thumb new, and feedback that
+        came before its log counts when the log arrives. Costs O(rows since), not O(history):
+        rows arrive in `received_at` order, so DuckDB skips every row group whose maximum is
+        older, on both sides of the union."""
+        with self._db.reading() as cur:
+            row = cur.execute(
+                """
+                WITH pairs AS (
+                    SELECT f.rating, f.correction, f.rating_at, f.correction_at, l.received_at AS log_at
+                    FROM (SELECT * FROM feedback WHERE project = $p AND received_at > $since) f
+                    JOIN logs l ON l.project = f.project AND l.id = f.log_id
+                    UNION ALL
+                    SELECT f.rating, f.correction, f.rating_at, f.correction_at, l.received_at
+                    FROM (SELECT * FROM logs WHERE project = $p AND received_at > $since) l
+                    JOIN feedback f ON f.project = l.project AND f.log_id = l.id AND f.received_at <= $since
+                )
+                SELECT count(*) FILTER (rating IS NOT NULL AND greatest(rating_at, log_at) > $since),
+                    count(*) FILTER (rating = 1 AND greatest(rating_at, log_at) > $since),
+                    count(*) FILTER (rating = -1 AND greatest(rating_at, log_at) > $since),
+                    count(*) FILTER (correction IS NOT NULL AND greatest(correction_at, log_at) > $since)
+                FROM pairs
+                """,
+                {"p": project, "since": since or datetime.min},
+            ).fetchone()
+        return NewSignal(since, *row)
+
+    def last_run_start(self, project: str) -> datetime | None:
+        with self._db.reading() as cur:
             (last_run,) = cur.execute(
                 "SELECT max(started_at) FROM runs WHERE project = ?", [project]
             ).fetchone()
+        return last_run  # type: ignore[no-any-return]
+
+    def project_stats(self, project: str, *, orphan_hours: float = 24.0) -> ProjectStats:
+        """Counts by kind, thumbs-up rate overall and per adapter, new signal since the last run
+        (`count_new_signal`).
+
+        Feedback counts only once its log exists: feedback for a log id not (yet) stored is an
+        orphan, counted apart (`stale_orphans`: received more than `orphan_hours` ago). A full
+        pass over the project's history (about a second per million logs): call it off the event
+        loop."""
+        self.get_project(project)
+        new = self.count_new_signal(project, self.last_run_start(project))
+        with self._db.reading() as cur:
+            (logs,) = cur.execute("SELECT count(*) FROM logs WHERE project = ?", [project]).fetchone()
             fb = cur.execute(
-                "SELECT count(*), count(DISTINCT log_id) FILTER (rating IS NOT NULL),"
-                " count(*) FILTER (rating = 1), count(*) FILTER (rating = -1),"
-                " count(*) FILTER (correction IS NOT NULL),"
-                " count(*) FILTER (rating IS NOT NULL AND received_at > ?),"
-                " count(*) FILTER (correction IS NOT NULL AND received_at > ?)"
-                " FROM feedback WHERE project = ?",
-                [last_run or datetime.min, last_run or datetime.min, project],
+                """
+                SELECT count(*) FILTER (l.id IS NOT NULL),
+                    count(DISTINCT f.log_id) FILTER (l.id IS NOT NULL AND f.rating IS NOT NULL),
+                    count(*) FILTER (l.id IS NOT NULL AND f.rating = 1),
+                    count(*) FILTER (l.id IS NOT NULL AND f.rating = -1),
+                    count(*) FILTER (l.id IS NOT NULL AND f.correction IS NOT NULL),
+                    count(*) FILTER (l.id IS NOT NULL AND f.regenerated),
+                    count(*) FILTER (l.id IS NOT NULL AND f.edited IS NOT NULL),
+                    count(*) FILTER (l.id IS NOT NULL AND f.copied),
+                    count(*) FILTER (l.id IS NOT NULL AND len(f.events) > 0),
+                    count(*) FILTER (l.id IS NULL),
+                    count(*) FILTER (l.id IS NULL AND f.received_at < $stale)
+                FROM feedback f LEFT JOIN logs l ON l.project = f.project AND l.id = f.log_id
+                WHERE f.project = $project
+                """,
+                {
+                    "project": project,
+                    "stale": datetime.now(UTC).replace(tzinfo=None) - timedelta(hours=orphan_hours),
+                },
             ).fetchone()
             by_adapter = cur.execute(
                 "SELECT l.adapter, count(DISTINCT l.id), count(f.rating),"
@@ -182,7 +261,7 @@ class Queries:
                 " WHERE l.project = ? GROUP BY l.adapter ORDER BY l.adapter NULLS FIRST",
                 [project],
             ).fetchall()
-        feedback, rated, up, down, corrections, new_rated, new_corr = fb
+        (feedback, rated, up, down, corrections, regenerated, edited, copied, events, orphans, stale) = fb
         return ProjectStats(
             project=project,
             logs=logs,
@@ -192,10 +271,13 @@ class Queries:
             thumbs_down=down,
             corrections=corrections,
             thumbs_up_rate=_rate(up, down),
-            new_rated_since_last_run=new_rated,
-            new_corrections_since_last_run=new_corr,
-            last_run_at=last_run,
+            new_rated_since_last_run=new.rated,
+            new_corrections_since_last_run=new.corrections,
+            last_run_at=new.since,
             by_adapter=[AdapterStats(a, n, r, u, d, _rate(u, d)) for a, n, r, u, d in by_adapter],
+            implicit=ImplicitStats(regenerated=regenerated, edited=edited, copied=copied, events=events),
+            orphan_feedback=orphans,
+            stale_orphans=stale,
         )
 
 

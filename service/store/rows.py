@@ -46,7 +46,12 @@ class LogRow(NamedTuple):
 
 class FeedbackRow(NamedTuple):
     """One row of `feedback`: a user's current verdict on one log (`end_user` '' = anonymous);
-    `choice` is the answer of an `n > 1` response it is about."""
+    `choice` is the answer of an `n > 1` response it is about.
+
+    Capture hands the writer one of these per feedback item as a patch: `fields` names what the
+    item carries (`FEEDBACK_FIELDS`, or `withdraw`: clear the verdict), the other value fields are
+    the new row's defaults and are ignored when the row exists. `item_ids` holds the item's id;
+    the stored row keeps the ids of its last items (`service.store.writer` merges)."""
 
     project: str
     log_id: str
@@ -60,10 +65,30 @@ class FeedbackRow(NamedTuple):
     comment: str | None
     metadata: str | None
     choice: int
+    fields: list[str]
+    item_ids: list[str]
+    rating_at: datetime | None = None
+    correction_at: datetime | None = None
+    regenerated: bool | None = None
+    regenerated_log_id: str | None = None
+    edited: str | None = None
+    copied: bool | None = None
+    events: list[str] | None = None
+    attributed: bool = False
+
+
+FEEDBACK_FIELDS = (
+    "rating", "score", "correction", "comment", "metadata", "choice", "regenerated",
+    "regenerated_log_id", "edited", "copied", "events",
+)  # fmt: skip
+"""The feedback fields an item can carry; each is updated only by an item that carries it."""
+WITHDRAW = "withdraw"
+"""In `FeedbackRow.fields`: the item withdraws the whole verdict (every field but `choice` cleared)."""
 
 
 _JSON = pa.json_()
 _TIME = pa.timestamp("us")
+_TEXTS = pa.list_(pa.string())
 LOG_SCHEMA = pa.schema(
     [
         ("project", pa.string()), ("id", pa.string()), ("created_at", _TIME), ("received_at", _TIME),
@@ -79,6 +104,9 @@ FEEDBACK_SCHEMA = pa.schema(
         ("project", pa.string()), ("log_id", pa.string()), ("end_user", pa.string()), ("id", pa.string()),
         ("created_at", _TIME), ("received_at", _TIME), ("rating", pa.int8()), ("score", pa.float64()),
         ("correction", pa.string()), ("comment", pa.string()), ("metadata", _JSON), ("choice", pa.int16()),
+        ("fields", _TEXTS), ("item_ids", _TEXTS), ("rating_at", _TIME), ("correction_at", _TIME),
+        ("regenerated", pa.bool_()), ("regenerated_log_id", pa.string()), ("edited", pa.string()),
+        ("copied", pa.bool_()), ("events", _TEXTS), ("attributed", pa.bool_()),
     ]
 )  # fmt: skip
 assert LOG_SCHEMA.names == list(LogRow._fields)

@@ -13,6 +13,7 @@ import msgspec
 
 from deploy.online_gate import ArmCounts
 from deploy.rollout import Rollout, StateChange
+from service.config import FeedbackSettings
 from service.errors import NotFound
 from service.store.db import Database
 
@@ -167,27 +168,64 @@ class Serving:
             self._insert_event(cur, event)
 
     def arm_counts(
-        self, project: str, served_name: str, since: datetime, *, per_user: int | None = None
+        self,
+        project: str,
+        served_name: str,
+        since: datetime,
+        weights: FeedbackSettings | None = None,
+        *,
+        per_user: int | None = None,
     ) -> ArmCounts:
-        """Live numbers of one adapter since `since`: thumbs on its answers (each end user's first
-        `per_user` thumbs at most; an anonymous thumb is its own user), requests, p95 latency."""
+        """Live numbers of one adapter since `since` (server receive time): thumbs on its answers,
+        requests, p95 latency. A verdict without a thumb counts by its implicit feedback: a
+        regenerate as a thumbs-down of `weights.regenerated_weight`, a copy as a thumbs-up of
+        `copied_weight`, app events by `event_weights`; these fractions are summed per arm and
+        rounded to whole votes for the test. Each end user's first `per_user` verdicts count at
+        most (in the order the server received them; the end user as the snapshot's cap reads it,
+        an anonymous verdict is its own user), so one user flooding thumbs cannot decide a canary."""
+        weights = weights or FeedbackSettings()
+        events = list(weights.event_weights.items())
+        event_sum = (
+            " + ".join(
+                f"CASE WHEN list_contains(f.events, ${i * 2 + 1}) THEN ${i * 2 + 2} ELSE 0 END"
+                for i in range(len(events))
+            )
+            or "0"
+        )
+        implicit = (
+            f"(-${len(events) * 2 + 1} * coalesce(f.regenerated, false)::INTEGER"
+            f" + ${len(events) * 2 + 2} * coalesce(f.copied, false)::INTEGER + {event_sum})"
+        )
+        n = len(events) * 2 + 2
+        params: list[Any] = [v for pair in events for v in pair]
+        params += [weights.regenerated_weight, weights.copied_weight, project, served_name, since]
+        params.append(per_user if per_user is not None else 2**62)
         with self._db.reading() as cur:
-            up, down = cur.execute(
-                "SELECT count(*) FILTER (rating = 1), count(*) FILTER (rating = -1) FROM ("
-                " SELECT f.rating, row_number() OVER (PARTITION BY CASE WHEN f.end_user = '' THEN f.id"
-                "  ELSE f.end_user END ORDER BY f.created_at, f.id) AS nth FROM logs l"
-                " JOIN feedback f ON f.project = l.project AND f.log_id = l.id"
-                " WHERE l.project = ? AND l.adapter = ? AND l.created_at >= ? AND f.rating IS NOT NULL"
-                ") WHERE nth <= ?",
-                [project, served_name, since, per_user if per_user is not None else 2**62],
+            up, down, implicit_up, implicit_down = cur.execute(
+                "SELECT count(*) FILTER (rating = 1), count(*) FILTER (rating = -1),"
+                " coalesce(sum(implicit) FILTER (rating IS NULL AND implicit > 0), 0),"
+                " coalesce(-sum(implicit) FILTER (rating IS NULL AND implicit < 0), 0) FROM ("
+                f" SELECT rating, implicit, row_number() OVER ("
+                "   PARTITION BY who, CASE WHEN who IS NULL THEN log_id END ORDER BY received_at, log_id) AS nth"
+                f" FROM (SELECT f.rating, {implicit} AS implicit, f.log_id, f.received_at,"
+                "   CASE WHEN f.attributed AND f.end_user <> '' THEN f.end_user"
+                "    ELSE coalesce(nullif(l.end_user, ''), nullif(f.end_user, '')) END AS who"
+                " FROM logs l JOIN feedback f ON f.project = l.project AND f.log_id = l.id"
+                f" WHERE l.project = ${n + 1} AND l.adapter = ${n + 2} AND l.received_at >= ${n + 3}"
+                f" AND (f.rating IS NOT NULL OR {implicit} <> 0))"
+                f") WHERE nth <= ${n + 4}",
+                params,
             ).fetchone()
             requests, p95_ms = cur.execute(
                 "SELECT count(*), quantile_cont(latency_ms, 0.95) FROM logs"
-                " WHERE project = ? AND adapter = ? AND created_at >= ?",
+                " WHERE project = ? AND adapter = ? AND received_at >= ?",
                 [project, served_name, since],
             ).fetchone()
         return ArmCounts(
-            up=up, down=down, requests=requests, latency_p95_seconds=None if p95_ms is None else p95_ms / 1000
+            up=up + round(implicit_up),
+            down=down + round(implicit_down),
+            requests=requests,
+            latency_p95_seconds=None if p95_ms is None else p95_ms / 1000,
         )
 
     def add_event(self, event: Event) -> None:

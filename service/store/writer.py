@@ -4,7 +4,9 @@ One commit per request tops out near 80 requests/s here; batching whatever arriv
 previous commit ran gives thousands (notes/ingest-performance.md). The writer runs in its own
 thread so commits and Arrow building stay off the event loop. It flushes as soon as it is free
 rather than on a timer: a timer waits for rows that cannot come. A request is answered only after
-its rows are committed (durable: DuckDB fsyncs the WAL on commit).
+its rows are committed (durable: DuckDB fsyncs the WAL on commit). The one exception is rows
+nobody waits for (`submit`: the gateway's logs, after their answer): those may linger a few
+milliseconds for company.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import pyarrow as pa
 from service.errors import StoreUnavailable, WriterSaturated
 from service.metrics import Metrics
 from service.store.db import Database
-from service.store.rows import FEEDBACK_SCHEMA, LOG_SCHEMA, FeedbackRow, LogRow
+from service.store.rows import FEEDBACK_FIELDS, FEEDBACK_SCHEMA, LOG_SCHEMA, WITHDRAW, FeedbackRow, LogRow
 
 log = logging.getLogger("ratchet.writer")
 
@@ -34,22 +36,95 @@ Row = LogRow | FeedbackRow
 
 _SCHEMAS = {"logs": LOG_SCHEMA, "feedback": FEEDBACK_SCHEMA}
 _KEY_WIDTH = {"logs": 2, "feedback": 3}  # leading columns that form the primary key
-_FEEDBACK_UPDATE = ", ".join(
-    f"{c} = excluded.{c}" for c in FEEDBACK_SCHEMA.names if c not in ("project", "log_id", "end_user")
-)
-# Prepared once on the writer's connection, each reading its table's `_Pending` rows: a flush then
-# runs `EXECUTE name` instead of parsing, binding and planning an INSERT (~25% of a flush's CPU).
 _LOG_COLUMNS = ", ".join(LOG_SCHEMA.names)
 _FEEDBACK_COLUMNS = ", ".join(FEEDBACK_SCHEMA.names)
+_KEPT_IDS = 16  # item ids a feedback row remembers: a retry of one of them is a no-op
+
+
+def _merged_feedback_sql() -> str:
+    """`ON CONFLICT DO UPDATE` of a feedback patch onto the stored row (`excluded` is the patch).
+
+    Each field takes the patch's value only if the patch carries it (`fields`), is cleared by a
+    withdrawal, and otherwise stays. A patch whose ids were all applied before (a retried item)
+    touches nothing. Otherwise its ids are remembered (so `DELETE /v1/feedback/{id}` finds the row
+    by any id a client was given), and the times move only if a value changed: RETURNING gives the
+    row's receive time, which is the patch's exactly when it changed something."""
+    carried = "list_contains(excluded.fields, '{}')".format
+    withdraw = carried(WITHDRAW)
+    new: dict[str, str] = {}
+    for f in FEEDBACK_FIELDS:
+        cleared = "feedback.choice" if f == "choice" else "NULL"
+        if f == "events":  # a set of names: an item adds one
+            new[f] = (
+                f"CASE WHEN {carried(f)} THEN list_sort(list_distinct(coalesce(CASE WHEN {withdraw} THEN NULL"
+                f" ELSE feedback.events END, []) || excluded.events)) WHEN {withdraw} THEN NULL ELSE feedback.events END"
+            )
+        else:
+            new[f] = (
+                f"CASE WHEN {carried(f)} THEN excluded.{f} WHEN {withdraw} THEN {cleared} ELSE feedback.{f} END"
+            )
+    changed = " OR ".join(f"({new[f]}) IS DISTINCT FROM feedback.{f}" for f in FEEDBACK_FIELDS)
+    retried = (
+        "(len(excluded.item_ids) > 0 AND list_has_all(coalesce(feedback.item_ids, []), excluded.item_ids))"
+    )
+    sets = [f"{f} = {new[f]}" for f in FEEDBACK_FIELDS]
+    sets += [
+        f"{f} = CASE WHEN {changed} THEN excluded.{f} ELSE feedback.{f} END"
+        for f in ("created_at", "received_at", "fields", "attributed")
+    ]
+    sets += [
+        f"item_ids = list_slice(coalesce(feedback.item_ids, []) || excluded.item_ids, -{_KEPT_IDS}, -1)",
+        f"rating_at = CASE WHEN ({new['rating']}) IS DISTINCT FROM feedback.rating THEN excluded.received_at"
+        " ELSE feedback.rating_at END",
+        f"correction_at = CASE WHEN ({new['correction']}) IS DISTINCT FROM feedback.correction"
+        " THEN excluded.received_at ELSE feedback.correction_at END",
+    ]
+    return (
+        f"INSERT INTO feedback ({_FEEDBACK_COLUMNS}) SELECT {_FEEDBACK_COLUMNS} FROM pending_feedback"
+        f" ON CONFLICT DO UPDATE SET {', '.join(sets)} WHERE NOT {retried}"
+        " RETURNING project, log_id, end_user, received_at"
+    )
+
+
+# Prepared once on the writer's connection, each reading its table's `_Pending` rows: a flush then
+# runs `EXECUTE name` instead of parsing, binding and planning an INSERT (~25% of a flush's CPU).
 _PREPARED = {
     "insert_logs": f"INSERT INTO logs ({_LOG_COLUMNS}) SELECT {_LOG_COLUMNS} FROM pending_logs",
     # A retried or repeated id is a no-op; RETURNING tells which rows were new.
     "insert_new_logs": f"INSERT INTO logs ({_LOG_COLUMNS}) SELECT {_LOG_COLUMNS} FROM pending_logs"
     " ON CONFLICT DO NOTHING RETURNING project, id",
-    # A changed thumb replaces the previous one for that (log, end user).
-    "upsert_feedback": f"INSERT INTO feedback ({_FEEDBACK_COLUMNS}) SELECT {_FEEDBACK_COLUMNS}"
-    f" FROM pending_feedback ON CONFLICT DO UPDATE SET {_FEEDBACK_UPDATE}",
+    # A feedback item updates only the fields it carries; RETURNING tells which rows changed.
+    "merge_feedback": _merged_feedback_sql(),
 }
+
+
+def combine_feedback(first: FeedbackRow, then: FeedbackRow) -> FeedbackRow:
+    """Two patches on the same row as one (`then` applied after `first`), the way the stored row
+    would take them one after the other: a flush sends each row one patch (DuckDB updates a row
+    at most once per statement)."""
+    if WITHDRAW in then.fields:
+        return then._replace(id=first.id, item_ids=first.item_ids + then.item_ids)
+    values = {f: getattr(then, f) for f in then.fields if f != "events"}
+    if "events" in then.fields:
+        values["events"] = sorted(set(first.events or ()) | set(then.events or ()))
+    fields = list(dict.fromkeys([*first.fields, *then.fields]))
+    return first._replace(
+        **values,
+        fields=fields,
+        item_ids=first.item_ids + then.item_ids,
+        created_at=then.created_at,
+        received_at=then.received_at,
+        attributed=then.attributed,
+        rating_at=then.received_at if "rating" in then.fields else first.rating_at,
+        correction_at=then.received_at if "correction" in then.fields else first.correction_at,
+    )
+
+
+def _changes(before: FeedbackRow, after: FeedbackRow) -> bool:
+    """Whether `after` (a combined patch) says more than `before` did."""
+    if set(after.fields) - set(before.fields):
+        return True
+    return any(getattr(after, f) != getattr(before, f) for f in after.fields if f != WITHDRAW)
 
 
 class _Pending:
@@ -70,6 +145,8 @@ class _Op:
     # Only `write_sync` waits on an Event: creating one per request costs the event loop ~10 µs.
     done: threading.Event | None = None
     result: list[bool] | BaseException | None = None
+    # `submit`: nobody waits for this op, so its commit may linger until this monotonic time.
+    linger_until: float | None = None
 
 
 class _Batch:
@@ -81,13 +158,20 @@ class _Batch:
         width = self._width = _KEY_WIDTH[table]
         unique: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self._first_of: dict[tuple[Any, ...], tuple[int, int]] = {}
+        # Feedback: items on one row in this flush that add nothing to what came before them.
+        self._repeats: set[tuple[int, int]] = set()
         for op in ops:
             for i, row in enumerate(op.rows):
                 key = row[:width]
-                # Logs: the first occurrence wins. Feedback: the last one does (it replaces).
-                if table == "feedback" or key not in unique:
+                if key not in unique:
                     unique[key] = row
+                elif table == "feedback":  # each patch applies on top of the ones before it
+                    combined = combine_feedback(unique[key], row)  # type: ignore[arg-type]
+                    if not _changes(unique[key], combined):  # type: ignore[arg-type]
+                        self._repeats.add((id(op), i))
+                    unique[key] = combined
                 self._first_of.setdefault(key, (id(op), i))
+        self._unique = unique
         self.arrow = _to_arrow(list(unique.values()), _SCHEMAS[table])
 
     def insert(
@@ -101,8 +185,15 @@ class _Batch:
         pending.table = self.arrow
         try:
             if self.table == "feedback":
-                cur.execute("EXECUTE upsert_feedback")
-                return {id(op): [True] * len(op.rows) for op in self.ops}
+                stored = {tuple(r[:3]): r[3] for r in cur.execute("EXECUTE merge_feedback").fetchall()}
+                changed = {key for key, at in stored.items() if at == self._unique[key].received_at}
+                return {
+                    id(op): [
+                        row[:3] in changed and (id(op), i) not in self._repeats
+                        for i, row in enumerate(op.rows)
+                    ]
+                    for op in self.ops
+                }
             if not seen_before:
                 cur.execute("EXECUTE insert_logs")
                 return self._outcomes(None)
@@ -137,16 +228,32 @@ _STOP = object()
 class GroupCommitWriter:
     """Queues rows from many requests and commits them together.
 
-    `write` resolves to one bool per row: True if the row was new (or, for feedback, stored),
-    False if a row with the same key already existed. Raises `WriterSaturated` when more than
+    `write` resolves to one bool per row: True if the row was new (for feedback: if the item
+    changed the stored verdict), False if a row with the same key already existed (for feedback:
+    the item was a retry or said nothing new). Raises `WriterSaturated` when more than
     `max_queue_rows` are waiting, `StoreUnavailable` if the transaction failed.
+
+    `submit` queues rows nobody waits for (the gateway's logs, written after their answer): a
+    commit that holds only such rows waits up to `linger_seconds` for more, so that at gateway
+    rates one commit carries many rows (a commit costs about the same CPU for 1 row as for 50).
+    Rows someone waits for are never held back: when one arrives, everything queued is
+    committed at once. `stop` commits what is queued without waiting.
     """
 
-    def __init__(self, db: Database, metrics: Metrics, *, max_batch_rows: int, max_queue_rows: int) -> None:
+    def __init__(
+        self,
+        db: Database,
+        metrics: Metrics,
+        *,
+        max_batch_rows: int,
+        max_queue_rows: int,
+        linger_seconds: float = 0.0,
+    ) -> None:
         self._db = db
         self._metrics = metrics
         self._max_batch_rows = max_batch_rows
         self._max_queue_rows = max_queue_rows
+        self._linger_seconds = linger_seconds
         self._queue: queue.SimpleQueue[_Op | object] = queue.SimpleQueue()
         self._queued_rows = 0
         self._count_lock = threading.Lock()
@@ -181,6 +288,11 @@ class GroupCommitWriter:
         op = _Op(table, rows, future=asyncio.get_running_loop().create_future())
         self._enqueue(op)
         return await op.future  # type: ignore[misc]
+
+    def submit(self, table: Table, rows: Sequence[Row]) -> None:
+        """Queue rows for a group commit within `linger_seconds`, without waiting for it. Raises
+        `WriterSaturated` (nothing queued) like `write`; a commit that fails is logged."""
+        self._enqueue(_Op(table, rows, linger_until=time.monotonic() + self._linger_seconds))
 
     def write_sync(self, table: Table, rows: Sequence[Row]) -> list[bool]:
         """Blocking variant of `write` for threads without an event loop."""
@@ -222,10 +334,15 @@ class GroupCommitWriter:
                 break
             ops: list[_Op] = [item]  # type: ignore[list-item]
             rows = len(ops[0].rows)
-            # Take whatever else is already waiting, up to the batch size.
+            # Take whatever else is already waiting, up to the batch size; while only submitted
+            # rows are in hand, wait for more until the first of them has lingered its time.
+            linger_until = ops[0].linger_until
             while rows < self._max_batch_rows:
                 try:
-                    item = self._queue.get_nowait()
+                    if linger_until is None:
+                        item = self._queue.get_nowait()
+                    else:
+                        item = self._queue.get(timeout=max(0.0, linger_until - time.monotonic()))
                 except queue.Empty:
                     break
                 if item is _STOP:
@@ -233,6 +350,8 @@ class GroupCommitWriter:
                     break
                 ops.append(item)  # type: ignore[arg-type]
                 rows += len(item.rows)  # type: ignore[union-attr]
+                if item.linger_until is None:  # type: ignore[union-attr]
+                    linger_until = None  # someone waits: commit what is here now
             self._flush(cur, ops, rows)
             self._checkpoint_if_due(cur)
         cur.close()
@@ -263,7 +382,11 @@ class GroupCommitWriter:
         started = time.perf_counter()
         try:
             cur.execute("CHECKPOINT")
-        except duckdb.Error as exc:  # e.g. another transaction is open: try after the next flush
+        except duckdb.Error as exc:
+            # DuckDB refuses (at once, it does not wait) while a read that began before one of our
+            # feedback upserts (an UPDATE) is still open; plain inserts do not block it. Try again
+            # after the next flush: the writer never waits behind a read.
+            self._metrics.write_checkpoints_deferred.inc()
             log.debug("checkpoint deferred: %s", exc)
             return
         self._metrics.write_checkpoint_seconds.observe(time.perf_counter() - started)
@@ -307,7 +430,10 @@ class GroupCommitWriter:
         answers: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[list[bool]], Any]]] = {}
         for op in ops:
             result = outcomes if isinstance(outcomes, BaseException) else outcomes[id(op)]
-            if op.future is None:
+            if op.linger_until is not None:  # submitted: nobody to answer
+                if isinstance(result, BaseException):
+                    log.error("%d submitted %s rows were not stored: %s", len(op.rows), op.table, result)
+            elif op.future is None:
                 op.result = result
                 op.done.set()  # type: ignore[union-attr]
             else:

@@ -51,6 +51,9 @@ class Timings(msgspec.Struct, frozen=True, kw_only=True):
     total_s: float = 0.0
     requests: int = 0
     examples_per_s: float = 0.0
+    scorers_s: dict[str, float] = {}
+    """Per scorer, seconds from the start of scoring until it was done (scorers run concurrently,
+    so these overlap; the largest is `scoring_s`): where an evaluation's time goes."""
 
 
 class Report(msgspec.Struct, frozen=True, kw_only=True):

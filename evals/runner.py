@@ -263,6 +263,7 @@ async def arun(
     results: list[ScorerResult] = []
     error = None
     generation_s = scoring_s = 0.0
+    scorers_s: dict[str, float] = {}
     g = config.generation
     server = ModelServer(
         config.vllm_url,
@@ -278,7 +279,13 @@ async def arun(
             answers = await generate_answers(server, config, examples)
             t2 = time.perf_counter()
             generation_s = t2 - t1
-            results = await _all([score_with(s, config, examples, answers, server) for s in all_scorers])
+
+            async def timed(scorer: Scorer) -> ScorerResult:
+                result = await score_with(scorer, config, examples, answers, server)
+                scorers_s[scorer.name] = round(time.perf_counter() - t2, 3)
+                return result
+
+            results = await _all([timed(s) for s in all_scorers])
             scoring_s = time.perf_counter() - t2
         except EvalError as exc:
             error = str(exc)
@@ -308,6 +315,7 @@ async def arun(
             total_s=round(time.perf_counter() - t0, 3),
             requests=server.requests,
             examples_per_s=round(len(examples) / busy, 3) if busy > 0 else 0.0,
+            scorers_s=scorers_s,
         ),
     )
 

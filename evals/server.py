@@ -80,16 +80,28 @@ class ModelServer:
         await self._client.aclose()
 
     async def _post(self, path: str, body: dict[str, Any], what: str) -> dict[str, Any]:
+        """POST `body`; a request whose pooled connection the server had closed (dropped before any
+        answer: vLLM's server closes idle keep-alive connections after a few seconds, and a busy
+        machine widens the race) is sent once more on a fresh connection. These requests only
+        read (generate, log-probs), so sending one twice changes nothing."""
         async with self._limit:
-            self.requests += 1
-            try:
-                response = await self._client.post(path, json=body)
-            except httpx.TimeoutException as exc:
-                raise ServerError(f"vLLM at {self.url}: {what} timed out ({type(exc).__name__})") from exc
-            except httpx.TransportError as exc:
-                raise ServerError(
-                    f"vLLM at {self.url} unreachable ({what}): {type(exc).__name__}: {exc}"
-                ) from exc
+            for attempt in (1, 2):
+                self.requests += 1
+                try:
+                    response = await self._client.post(path, json=body)
+                    break
+                except httpx.TimeoutException as exc:
+                    raise ServerError(f"vLLM at {self.url}: {what} timed out ({type(exc).__name__})") from exc
+                except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError) as exc:
+                    if attempt == 1:
+                        continue
+                    raise ServerError(
+                        f"vLLM at {self.url} unreachable ({what}): {type(exc).__name__}: {exc}"
+                    ) from exc
+                except httpx.TransportError as exc:
+                    raise ServerError(
+                        f"vLLM at {self.url} unreachable ({what}): {type(exc).__name__}: {exc}"
+                    ) from exc
         if response.status_code != 200:
             raise ServerError(
                 f"vLLM at {self.url}: {what} answered {response.status_code}: {error_message(response)}"

@@ -250,6 +250,14 @@ class TrainingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     eval_max_examples: Annotated[
         int, _doc("Most holdout prompts the offline gate scores."), msgspec.Meta(ge=1)
     ] = 300
+    eval_preference_agreement: Annotated[
+        bool,
+        _doc(
+            "Report preference agreement in the offline gate: do the models give the answer users preferred "
+            "the higher log-prob? A diagnostic that never decides, at ~6 vLLM requests per held-out "
+            "preference pair (most of the gate's time on the demo)."
+        ),
+    ] = True
 
 
 class FeedbackGateSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

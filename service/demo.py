@@ -263,16 +263,17 @@ def run_demo(options: DemoOptions) -> DemoResult:
             "RATCHET_VLLM__URLS": f'["{vllm_url}"]', "RATCHET_VLLM__BASE_SERVED_NAME": "tiny",
             "RATCHET_VLLM__BASE_MODEL": str(model),
             "RATCHET_CANARY_FRACTION": "0.5",
-            "RATCHET_TRAINING__MIN_NEW_RATINGS": "600", "RATCHET_TRAINING__MIN_TRAIN_ROWS": "32",
+            "RATCHET_TRAINING__MIN_NEW_RATINGS": "300", "RATCHET_TRAINING__MIN_TRAIN_ROWS": "32",
             "RATCHET_TRAINING__RUN_COOLDOWN_SECONDS": "0",
             "RATCHET_TRAINING__SIGNAL_CHECK_SECONDS": "5", "RATCHET_TRAINING__CANARY_CHECK_SECONDS": "5",
             "RATCHET_TRAINING__RECONCILE_SECONDS": "30", "RATCHET_TRAINING__CONTINUE_FROM_CHAMPION": "true",
-            "RATCHET_TRAINING__EVAL_MAX_EXAMPLES": "120",
+            "RATCHET_TRAINING__EVAL_MAX_EXAMPLES": "120", "RATCHET_TRAINING__EVAL_PREFERENCE_AGREEMENT": "false",
             "RATCHET_TRAINING__SPEC_OVERRIDES": '{"optim": {"max_steps": 60}}',
             "RATCHET_ONLINE_GATE__MIN_RATINGS": "40", "RATCHET_ONLINE_GATE__MIN_LIFT": "0.1",
             "RATCHET_ONLINE_GATE__GUARD_MIN_REQUESTS": "40", "RATCHET_ONLINE_GATE__MAX_RATINGS": "600",
             "RATCHET_ONLINE_GATE__MAX_RATINGS_PER_USER": "10", "RATCHET_SNAPSHOT__MAX_USER_SHARE": "0.05",
-            "RATCHET_SNAPSHOT__MIN_USER_CAP": "5",
+            "RATCHET_SNAPSHOT__MIN_USER_CAP": "5", "RATCHET_SNAPSHOT__HOLDOUT_FRACTION": "0.3",
+            "RATCHET_FEEDBACK_GATE__REWARD_MAX_STEPS": "30",
         }  # fmt: skip
         say(f"[3/4] starting Ratchet on {url} (data in {ratchet_dir}) ...")
         server = procs.start([sys.executable, "-m", "service.cli", "serve"], env, data / "ratchet.log")

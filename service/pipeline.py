@@ -289,6 +289,7 @@ class Pipeline:
             judge=gate.judge, generation=gate.generation, min_samples=gate.min_samples, level=gate.level,
             feedback=feedback_config(settings.feedback_gate, reward_dir if reward_dir.is_dir() else None),
             max_examples=settings.training.eval_max_examples, seed=0,
+            preference_agreement=settings.training.eval_preference_agreement,
         )  # fmt: skip
         started = time.monotonic()
         report = await arun(config)

@@ -15,7 +15,7 @@ def test_users_feedback_alone_gets_two_better_adapters_promoted(
     tmp_path: Path, vllm_server: Any, tiny_model_dir: Path
 ) -> None:
     result = run_demo(
-        DemoOptions(data_dir=tmp_path, minutes=25, promotions=2, vllm_url=vllm_server.base_url,
+        DemoOptions(data_dir=tmp_path, minutes=20, promotions=2, vllm_url=vllm_server.base_url,
                     model_dir=tiny_model_dir, quiet=True)
     )  # fmt: skip
     table = render(result)

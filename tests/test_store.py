@@ -43,6 +43,7 @@ EXPECTED_TABLES = {
     "rollouts": ["project", "champion", "previous", "candidate", "fraction", "canary_started_at", "updated_at"],
     "pending_deletions": ["path", "reason", "created_at"],
     "erasure_jobs": ["id", "project", "kind", "params", "created_at"],
+    "gate_configs": ["project", "version", "config", "created_at", "created_by"],
 }  # fmt: skip
 
 

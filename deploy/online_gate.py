@@ -83,6 +83,14 @@ class GatePolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     max_ratings: Annotated[
         int, _doc("Canary ratings after which an undecided canary is rolled back."), msgspec.Meta(ge=1)
     ] = 2000
+    max_ratings_per_user: Annotated[
+        int,
+        _doc(
+            "Thumbs one end user adds to an arm's count (their first ones): one user flooding thumbs cannot "
+            "decide a canary alone. Anonymous thumbs count one each."
+        ),
+        msgspec.Meta(ge=1),
+    ] = 20
     max_duration_seconds: Annotated[
         float, _doc("Canary age after which an undecided canary is rolled back."), msgspec.Meta(gt=0)
     ] = 7 * 24 * 3600.0

@@ -17,6 +17,7 @@ from pathlib import Path
 from evals.config import (
     DEFAULT_JUDGE_PROMPT,
     EvalConfig,
+    FeedbackGateConfig,
     GenerationConfig,
     GoldenConfig,
     JudgeConfig,
@@ -54,6 +55,15 @@ def parser() -> argparse.ArgumentParser:
         help="environment variable holding the judge's key",
     )
     p.add_argument("--no-preference-agreement", action="store_true", help="skip the log-prob diagnostic")
+    p.add_argument(
+        "--feedback",
+        action="store_true",
+        help="also build evidence from the holdout's own feedback (references, calibrated judges, guards)",
+    )
+    p.add_argument(
+        "--reward-model",
+        help="with --feedback: the reward model directory the training run wrote (learned judge)",
+    )
     p.add_argument("--level", type=float, default=0.95, help="CI confidence level (0.95)")
     p.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (10000)")
     p.add_argument("--min-samples", type=int, default=30, help="examples a primary scorer needs (30)")
@@ -69,6 +79,8 @@ def parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
     """The EvalConfig the command line describes; `EvalInputError` if it does not add up."""
+    if args.reward_model and not args.feedback:
+        raise EvalInputError("--reward-model is used by the feedback evidence: add --feedback")
     judge = None
     if args.judge_url or args.judge_model:
         if not (args.judge_url and args.judge_model):
@@ -90,6 +102,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         golden=GoldenConfig(path=args.golden, tolerance=args.golden_tolerance) if args.golden else None,
         rules=RulesConfig.load(args.rules) if args.rules else None,
         judge=judge,
+        feedback=FeedbackGateConfig(reward_model=args.reward_model) if args.feedback else None,
         preference_agreement=not args.no_preference_agreement,
         generation=GenerationConfig(
             max_tokens=args.max_tokens, temperature=args.temperature, concurrency=args.concurrency

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from evals.calibration import CalibrationConfig
 from evals.errors import EvalInputError
 
 Role = Literal["primary", "guard", "diagnostic"]
@@ -127,6 +128,25 @@ class JudgeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
         ),
     ] = DEFAULT_JUDGE_PROMPT
     max_tokens: Annotated[int, _doc("Tokens the judge may answer with."), msgspec.Meta(ge=1)] = 8
+    max_tokens_field: Annotated[
+        Literal["max_tokens", "max_completion_tokens"],
+        _doc("The request field that carries max_tokens (newer OpenAI models take max_completion_tokens)."),
+    ] = "max_tokens"
+    params: Annotated[
+        dict[str, Any],
+        _doc(
+            "Optional request parameters sent with every judge request (sampling: temperature, top_p, seed, ...). "
+            "A 400 answer naming one of them (or max_tokens) is retried once without it, and it is not sent again."
+        ),
+    ] = msgspec.field(default_factory=lambda: {"temperature": 0.0})
+    calibrate: Annotated[
+        bool,
+        _doc(
+            "When the evaluation has held-out feedback, let the judge decide only once its verdicts on held-out "
+            "preference pairs agree with the users' (Cohen's kappa; see the feedback calibration). "
+            "false: it decides uncalibrated."
+        ),
+    ] = True
     role: Annotated[Role, _doc("How the judge counts in the decision.")] = "primary"
     tolerance: Annotated[float, _doc("As a guard: largest tolerated drop."), msgspec.Meta(ge=0)] = 0.0
     max_invalid_fraction: Annotated[
@@ -141,6 +161,18 @@ class JudgeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     ] = 2
 
     def __post_init__(self) -> None:
+        reserved = {
+            "model",
+            "messages",
+            "max_tokens",
+            "max_completion_tokens",
+            "stream",
+            "n",
+        } & self.params.keys()
+        if reserved:
+            raise EvalInputError(
+                f"judge params may not set {', '.join(sorted(reserved))}: the judge sets them"
+            )
         missing = [p for p in ("{answer_a}", "{answer_b}") if p not in self.prompt]
         if missing:
             raise EvalInputError(f"judge prompt lacks the placeholder(s) {', '.join(missing)}")
@@ -176,6 +208,57 @@ class GenerationConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     timeout_s: Annotated[float, _doc("Per-request timeout (seconds)."), msgspec.Meta(gt=0)] = 300.0
 
 
+class FeedbackGateConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Evidence built from the holdout's own feedback, for projects with no hand-written answer key.
+
+    - corrections (and liked answers) as references (primary): is the candidate's answer closer
+      (chrF) to what users wrote or liked than the incumbent's?
+    - a learned judge (primary, once calibrated): the reward model trained beside the adapter.
+    - an LLM judge, if configured, decides only once calibrated on the same feedback.
+    - guards: forgetting (liked answers: by similarity, and by a calibrated judge) and degenerate
+      answers (empty, cut at max_tokens, looping).
+
+    Each scorer that lacks the data or calibration to decide is reported as a diagnostic with why.
+    """
+
+    enabled: Annotated[bool, _doc("Build evidence from the holdout's feedback; false turns it all off.")] = (
+        True
+    )
+    corrections: Annotated[
+        bool, _doc("Score answers against held-out corrections and liked answers as references (primary).")
+    ] = True
+    forgetting: Annotated[
+        bool, _doc("Guard the held-out prompts whose logged answer users liked against getting worse.")
+    ] = True
+    degenerate: Annotated[bool, _doc("Guard against more empty, truncated or looping answers.")] = True
+    reward_model: Annotated[
+        str | None,
+        _doc(
+            "Reward model directory the training run wrote beside the adapter (the learned judge); null: none."
+        ),
+    ] = None
+    reward_command: Annotated[
+        list[str] | None,
+        _doc('How to start the trainer for scoring, e.g. ["python", "-m", "trainer"]; null: this Python.'),
+    ] = None
+    reward_timeout_s: Annotated[
+        float, _doc("Longest the reward model's scoring process may run (seconds)."), msgspec.Meta(gt=0)
+    ] = 900.0
+    forgetting_tolerance: Annotated[
+        float,
+        _doc("Largest tolerated drop on liked prompts (chrF/100, or the judge's [-1, 1] preference)."),
+        msgspec.Meta(ge=0),
+    ] = 0.05
+    degenerate_tolerance: Annotated[
+        float,
+        _doc("Largest tolerated rise of the share of degenerate answers (0.02 = 2 points)."),
+        msgspec.Meta(ge=0),
+    ] = 0.02
+    calibration: Annotated[
+        CalibrationConfig, _doc("When a judge counts as calibrated on the holdout's thumbs.")
+    ] = CalibrationConfig()
+
+
 class EvalConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """One evaluation of a candidate adapter against the incumbent, both served by one vLLM."""
 
@@ -191,6 +274,10 @@ class EvalConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     preference_agreement: Annotated[
         bool, _doc("Report preference agreement from answer log-probs (a diagnostic; never promotes).")
     ] = True
+    feedback: Annotated[
+        FeedbackGateConfig | None,
+        _doc("Evidence from the holdout's own feedback (needs `holdout`); null: none."),
+    ] = None
     generation: GenerationConfig = GenerationConfig()
     vllm_api_key: Annotated[str | None, _doc("vLLM's --api-key, if set; never written into reports.")] = None
     level: Annotated[
@@ -210,6 +297,8 @@ class EvalConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     def __post_init__(self) -> None:
         if self.holdout is None and self.golden is None:
             raise EvalInputError("nothing to evaluate: give a holdout file, a golden set, or both")
+        if self.feedback is not None and self.feedback.enabled and self.holdout is None:
+            raise EvalInputError("feedback evidence needs the holdout file: set holdout")
 
     def validated(self) -> EvalConfig:
         """This config after msgspec checks every field's constraints (direct construction skips

@@ -6,6 +6,9 @@
 - Every ``guard`` scorer's lower bound must be at or above -tolerance (a guard that scored nothing
   is noted, and does not block).
 - ``diagnostic`` scorers never decide. No primary scorer, or a failed evaluation: no promotion.
+
+Evidence from the holdout's feedback enters the same way: a judge that is not calibrated, or a
+reference scorer with too few prompts, arrives here as a diagnostic, and its reason says why.
 """
 
 from __future__ import annotations
@@ -41,6 +44,10 @@ class Evidence(msgspec.Struct, frozen=True, kw_only=True):
     role: str
     tolerance: float
     stats: PairedStats | None
+    eligibility: str = ""
+    """Why the scorer may or may not decide (quoted for diagnostics)."""
+    summary: str = ""
+    """A one-line account quoted when the scorer blocks (e.g. which kind of answer regressed)."""
 
 
 def fmt_ci(stats: PairedStats) -> str:
@@ -60,9 +67,13 @@ def decide(evidence: Sequence[Evidence], *, min_samples: int, error: str | None 
         s = e.stats
         if e.role == "diagnostic":
             shown = fmt_ci(s) if s else "no examples"
+            why = f" ({e.eligibility})" if e.eligibility.startswith("not ") else ""
             reasons.append(
                 Reason(
-                    scorer=e.name, role=e.role, ok=True, message=f"diagnostic only, does not decide: {shown}"
+                    scorer=e.name,
+                    role=e.role,
+                    ok=True,
+                    message=f"diagnostic only, does not decide{why}: {shown}",
                 )
             )
         elif e.role == "primary":
@@ -88,6 +99,7 @@ def decide(evidence: Sequence[Evidence], *, min_samples: int, error: str | None 
             reasons.append(Reason(scorer=e.name, role=e.role, ok=True, message=msg))
         else:
             msg = f"regressed: {fmt_ci(s)}, lower bound below -{e.tolerance:.3f}"
+            msg += f" ({e.summary})" if e.summary else ""
             reasons.append(Reason(scorer=e.name, role=e.role, ok=False, message=msg))
     if not any(e.role == "primary" for e in evidence):
         reasons.append(
@@ -95,7 +107,8 @@ def decide(evidence: Sequence[Evidence], *, min_samples: int, error: str | None 
                 scorer=None,
                 role=None,
                 ok=False,
-                message="no primary scorer: configure a judge, rules with role 'primary', or a user preference",
+                message="no primary scorer could decide: configure a judge, rules with role 'primary' or a "
+                "user preference, or collect held-out corrections and thumbs for the feedback evidence",
             )
         )
     return Decision(promote=all(r.ok for r in reasons), reasons=reasons)

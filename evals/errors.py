@@ -33,3 +33,8 @@ class ScorerError(EvalError):
     Counted per scorer; the eval fails when a scorer's share of such errors is above what it
     tolerates (`Scorer.max_error_fraction`, 0 by default).
     """
+
+
+class RewardModelError(EvalError):
+    """The learned judge's reward model could not score (missing directory, the scoring process
+    failed). The learned judge is then not eligible to decide; the evaluation goes on."""

@@ -51,6 +51,12 @@ class EvalExample(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     response_format: dict[str, Any] | None = None
 
     @property
+    def key(self) -> str:
+        """The prompt's identity: equal for two examples with the same messages and request
+        (`prompt_key`); how scorers find the held-out feedback of the example they are handed."""
+        return prompt_key(self.messages, self.tools, self.tool_choice, self.response_format)
+
+    @property
     def prompt_text(self) -> str:
         """Every message's text, one per line: what rules' `when_prompt_matches` looks at."""
         return "\n".join(message_text(m) for m in self.messages)
@@ -78,6 +84,18 @@ def message_text(message: dict[str, Any]) -> str:
 
 def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def prompt_key(
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None = None,
+    tool_choice: str | dict[str, Any] | None = None,
+    response_format: dict[str, Any] | None = None,
+) -> str:
+    """Canonical JSON of a prompt as it is replayed (messages and the request's tools, tool_choice
+    and response_format): equal prompts, equal keys. The holdout is grouped by it."""
+    request = {"tools": tools, "tool_choice": tool_choice, "response_format": response_format}
+    return _canonical([messages, request])
 
 
 def _check_messages(messages: Any, where: str) -> list[dict[str, Any]]:
@@ -143,7 +161,7 @@ def load_holdout(path: str | Path, *, max_examples: int = 1000, seed: int = 0) -
             "response_format": row.response_format,
         }
         group = groups.setdefault(
-            _canonical([messages, request]),
+            prompt_key(messages, **request),
             {"messages": messages, **request, "preferred": [], "rejected": [], "log_ids": [], "first": None},
         )
         group["log_ids"].append(row.log_id)
@@ -194,36 +212,47 @@ def load_golden(path: str | Path) -> list[EvalExample]:
     except OSError as exc:
         raise EvalInputError(f"golden set {path}: {exc}") from exc
     decoder = msgspec.json.Decoder(GoldenLine)
-    examples, seen = [], set()
+    numbered = []
     for number, text in enumerate(lines, start=1):
         if not text.strip():
             continue
-        where = f"golden set {path} line {number}"
         try:
-            line = decoder.decode(text)
+            numbered.append((number, decoder.decode(text)))
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise EvalInputError(f"{where}: {exc}") from exc
+            raise EvalInputError(f"golden set {path} line {number}: {exc}") from exc
+    return golden_examples(numbered, f"golden set {path}", unit="line")
+
+
+def golden_examples(
+    lines: list[tuple[int, GoldenLine]], where: str, *, unit: str = "example"
+) -> list[EvalExample]:
+    """Golden lines (each with its number) as eval examples, checked: exactly one of `prompt` and
+    `messages`, a `reference` or `checks`, OpenAI chat messages, unique ids. `EvalInputError`
+    names the line (`unit` and number) at fault; an empty set is an error too."""
+    examples, seen = [], set()
+    for number, line in lines:
+        at = f"{where} {unit} {number}"
         if (line.prompt is None) == (line.messages is None):
-            raise EvalInputError(f"{where}: give exactly one of 'prompt' or 'messages'")
+            raise EvalInputError(f"{at}: give exactly one of 'prompt' or 'messages'")
         if line.reference is None and not line.checks:
-            raise EvalInputError(f"{where}: give a 'reference', 'checks', or both")
+            raise EvalInputError(f"{at}: give a 'reference', 'checks', or both")
         messages = [{"role": "user", "content": line.prompt}] if line.prompt is not None else line.messages
         example_id = line.id or f"g-{number}"
         if example_id in seen:
-            raise EvalInputError(f"{where}: duplicate id {example_id!r}")
+            raise EvalInputError(f"{at}: duplicate id {example_id!r}")
         seen.add(example_id)
         examples.append(
             EvalExample(
                 id=example_id,
                 source="golden",
-                messages=_check_messages(messages, where),
+                messages=_check_messages(messages, at),
                 reference=line.reference,
                 match=line.match,
                 checks=line.checks,
             )
         )
     if not examples:
-        raise EvalInputError(f"golden set {path} holds no examples")
+        raise EvalInputError(f"{where} holds no examples")
     return examples
 
 

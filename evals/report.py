@@ -10,6 +10,7 @@ from typing import Literal
 
 import msgspec
 
+from evals.calibration import Calibration
 from evals.config import EvalConfig, Role
 from evals.decision import Decision
 from evals.evalset import EvalExample, message_text
@@ -34,6 +35,12 @@ class ScorerResult(msgspec.Struct, frozen=True, kw_only=True):
     incumbent_mean: float | None = None
     notes: list[str] = []
     scores: list[ExampleScore] = []
+    eligibility: str | None = None
+    """Why the scorer may (or may not) decide: the data it had, its calibration figures."""
+    calibration: Calibration | None = None
+    """A judge's agreement with the holdout's own thumbs, when it was calibrated on them."""
+    summary: str = ""
+    """A one-line account the decision quotes (e.g. the degenerate-answer rates)."""
 
 
 class Timings(msgspec.Struct, frozen=True, kw_only=True):
@@ -44,6 +51,9 @@ class Timings(msgspec.Struct, frozen=True, kw_only=True):
     total_s: float = 0.0
     requests: int = 0
     examples_per_s: float = 0.0
+    scorers_s: dict[str, float] = {}
+    """Per scorer, seconds from the start of scoring until it was done (scorers run concurrently,
+    so these overlap; the largest is `scoring_s`): where an evaluation's time goes."""
 
 
 class Report(msgspec.Struct, frozen=True, kw_only=True):
@@ -108,6 +118,11 @@ class Report(msgspec.Struct, frozen=True, kw_only=True):
             ]
             for r in self.results:
                 lines.append(_table_row(r))
+            lines.append("")
+        eligibility = [r for r in self.results if r.eligibility]
+        if eligibility:
+            lines += ["## Evidence", ""]
+            lines += [f"- **{r.name}** ({r.role}): {r.eligibility}" for r in eligibility]
             lines.append("")
         lines += ["## Decision", ""]
         for reason in self.decision.reasons:

@@ -14,18 +14,22 @@ from typing import TypeVar
 
 import httpx
 
+from evals.calibration import DEFAULT_CALIBRATION
 from evals.config import EvalConfig
 from evals.decision import Evidence, decide
 from evals.errors import EvalError, EvalInputError, ScorerError
 from evals.evalset import EvalExample, fingerprint, load_golden, load_holdout
+from evals.feedback import HeldOutRating, group_feedback, read_holdout_ratings
+from evals.feedback_gate import build_feedback_scorers
 from evals.report import Report, ScorerResult, Timings
+from evals.reward_model import RewardModel, TrainerRewardModel
 from evals.scorers.agreement import PreferenceAgreement
 from evals.scorers.base import AnswerPair, ExampleScore, Scorer
 from evals.scorers.golden import GoldenScorer
 from evals.scorers.judge import PairwiseJudge
 from evals.scorers.rules import RuleScorer
-from evals.server import ModelServer
-from evals.statistics import paired_bootstrap
+from evals.server import ChatAnswer, ModelServer
+from evals.statistics import PairedStats, paired_bootstrap
 
 T = TypeVar("T")
 
@@ -43,16 +47,43 @@ def build_eval_set(config: EvalConfig) -> list[EvalExample]:
 
 
 def build_scorers(
-    config: EvalConfig, *, judge_transport: httpx.AsyncBaseTransport | None = None
+    config: EvalConfig,
+    *,
+    judge_transport: httpx.AsyncBaseTransport | None = None,
+    ratings: Sequence[HeldOutRating] | None = None,
+    reward_model: RewardModel | None = None,
 ) -> list[Scorer]:
-    """The scorers the config declares, in report order."""
+    """The scorers the config declares, in report order.
+
+    With `config.feedback` enabled, `ratings` (the holdout's feedback) add the feedback-derived
+    scorers (`evals.feedback_gate`) and the LLM judge is calibrated on them before it may decide.
+    `reward_model` is the learned judge's model (default: the config's reward model directory,
+    scored by the trainer).
+    """
+    feedback_cfg = config.feedback if config.feedback is not None and config.feedback.enabled else None
+    feedback = group_feedback(ratings) if feedback_cfg is not None and ratings is not None else None
     scorers: list[Scorer] = []
+    judge = None
     if config.judge is not None:
-        scorers.append(PairwiseJudge(config.judge, transport=judge_transport))
+        calibration = feedback_cfg.calibration if feedback_cfg else DEFAULT_CALIBRATION
+        judge = PairwiseJudge(
+            config.judge, transport=judge_transport, feedback=feedback, calibration=calibration
+        )
+        scorers.append(judge)
     if config.rules is not None:
         scorers.append(RuleScorer(config.rules))
     if config.golden is not None:
         scorers.append(GoldenScorer(config.golden))
+    if feedback_cfg is not None and feedback is not None:
+        if reward_model is None and feedback_cfg.reward_model is not None:
+            reward_model = TrainerRewardModel(
+                feedback_cfg.reward_model,
+                command=feedback_cfg.reward_command,
+                timeout_s=feedback_cfg.reward_timeout_s,
+            )
+        scorers += build_feedback_scorers(
+            feedback_cfg, feedback, min_samples=config.min_samples, reward_model=reward_model, judge=judge
+        )
     if config.preference_agreement and config.holdout is not None:
         scorers.append(PreferenceAgreement(candidate=config.candidate, incumbent=config.incumbent))
     return scorers
@@ -83,9 +114,9 @@ async def generate_answers(
     """Both models' answers to every example, requested concurrently (bounded by the server)."""
     g = config.generation
 
-    def ask(model: str, example: EvalExample, side: str) -> Awaitable[str]:
+    def ask(model: str, example: EvalExample, side: str) -> Awaitable[ChatAnswer]:
         seed = _sampling_seed(config.seed, example.id, side) if g.temperature > 0 else None
-        return server.chat(
+        return server.chat_answer(
             model,
             example.messages,
             max_tokens=g.max_tokens,
@@ -105,7 +136,13 @@ async def generate_answers(
         ]
     )
     return [
-        AnswerPair(example_id=e.id, candidate=texts[2 * i], incumbent=texts[2 * i + 1])
+        AnswerPair(
+            example_id=e.id,
+            candidate=texts[2 * i].text,
+            incumbent=texts[2 * i + 1].text,
+            candidate_finish=texts[2 * i].finish_reason,
+            incumbent_finish=texts[2 * i + 1].finish_reason,
+        )
         for i, e in enumerate(examples)
     ]
 
@@ -120,7 +157,10 @@ async def score_with(
     """Run one scorer over its examples concurrently and bootstrap its differences.
 
     Raises the scorer's `EvalError`s, and `ScorerError` when more examples failed than it tolerates.
+    The scorer's `prepare` (if any) runs first, with every example and answer.
     """
+    if hasattr(scorer, "prepare"):
+        await scorer.prepare(examples, answers)
     chosen = [(e, a) for e, a in zip(examples, answers, strict=True) if scorer.applies_to(e)]
     problems: list[str] = []
 
@@ -148,6 +188,7 @@ async def score_with(
     notes = scorer.notes(scores) if hasattr(scorer, "notes") else []
     if problems:
         notes = [*notes, f"{len(problems)} examples dropped: {problems[0]}"]
+    summary = scorer.summary(scores) if hasattr(scorer, "summary") and scores else ""
     return ScorerResult(
         name=scorer.name,
         kind=scorer.kind,
@@ -160,7 +201,37 @@ async def score_with(
         incumbent_mean=sum(inc) / len(inc) if inc else None,
         notes=notes,
         scores=scores,
+        eligibility=getattr(scorer, "eligibility", None)
+        or declared_eligibility(scorer, stats, config.min_samples),
+        calibration=getattr(scorer, "calibration", None),
+        summary=summary,
     )
+
+
+def declared_eligibility(scorer: Scorer, stats: PairedStats | None, min_samples: int) -> str:
+    """Why a scorer that does not judge its own eligibility (rules, golden set, a programmatic
+    scorer, preference agreement) may or may not decide: its declared role and its sample size."""
+    n = stats.n if stats is not None else 0
+    if scorer.role == "diagnostic":
+        return f"reported only: declared diagnostic ({n} examples)"
+    if scorer.role == "primary" and n < min_samples:
+        return f"not eligible: declared primary, {n} examples scored, {min_samples} needed"
+    return f"eligible: declared {scorer.role} ({n} examples)"
+
+
+def evidence_of(results: Sequence[ScorerResult]) -> list[Evidence]:
+    """What the decision weighs of each scorer's result."""
+    return [
+        Evidence(
+            name=r.name,
+            role=r.role,
+            tolerance=r.tolerance,
+            stats=r.stats,
+            eligibility=r.eligibility or "",
+            summary=r.summary,
+        )
+        for r in results
+    ]
 
 
 async def arun(
@@ -169,13 +240,18 @@ async def arun(
     scorers: Sequence[Scorer] = (),
     vllm_transport: httpx.AsyncBaseTransport | None = None,
     judge_transport: httpx.AsyncBaseTransport | None = None,
+    reward_model: RewardModel | None = None,
 ) -> Report:
     """Evaluate `config.candidate` against `config.incumbent`; see `run`."""
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     config = config.validated()
     examples = build_eval_set(config)
-    owned = build_scorers(config, judge_transport=judge_transport)  # closed here; `scorers` are the caller's
+    ratings = None
+    if config.feedback is not None and config.feedback.enabled and config.holdout is not None:
+        ratings = read_holdout_ratings(config.holdout)
+    # closed here; `scorers` are the caller's
+    owned = build_scorers(config, judge_transport=judge_transport, ratings=ratings, reward_model=reward_model)
     all_scorers = owned + list(scorers)
     names = [s.name for s in all_scorers]
     if len(set(names)) != len(names):
@@ -187,6 +263,7 @@ async def arun(
     results: list[ScorerResult] = []
     error = None
     generation_s = scoring_s = 0.0
+    scorers_s: dict[str, float] = {}
     g = config.generation
     server = ModelServer(
         config.vllm_url,
@@ -202,7 +279,13 @@ async def arun(
             answers = await generate_answers(server, config, examples)
             t2 = time.perf_counter()
             generation_s = t2 - t1
-            results = await _all([score_with(s, config, examples, answers, server) for s in all_scorers])
+
+            async def timed(scorer: Scorer) -> ScorerResult:
+                result = await score_with(scorer, config, examples, answers, server)
+                scorers_s[scorer.name] = round(time.perf_counter() - t2, 3)
+                return result
+
+            results = await _all([timed(s) for s in all_scorers])
             scoring_s = time.perf_counter() - t2
         except EvalError as exc:
             error = str(exc)
@@ -211,8 +294,7 @@ async def arun(
             for s in owned:
                 if hasattr(s, "aclose"):
                     await s.aclose()
-    evidence = [Evidence(name=r.name, role=r.role, tolerance=r.tolerance, stats=r.stats) for r in results]
-    decision = decide(evidence, min_samples=config.min_samples, error=error)
+    decision = decide(evidence_of(results), min_samples=config.min_samples, error=error)
     busy = generation_s + scoring_s
     return Report(
         status="failed" if error else "ok",
@@ -233,6 +315,7 @@ async def arun(
             total_s=round(time.perf_counter() - t0, 3),
             requests=server.requests,
             examples_per_s=round(len(examples) / busy, 3) if busy > 0 else 0.0,
+            scorers_s=scorers_s,
         ),
     )
 
@@ -243,6 +326,7 @@ def run(
     scorers: Sequence[Scorer] = (),
     vllm_transport: httpx.AsyncBaseTransport | None = None,
     judge_transport: httpx.AsyncBaseTransport | None = None,
+    reward_model: RewardModel | None = None,
 ) -> Report:
     """Evaluate the candidate against the incumbent on the config's eval set; always a `Report`.
 
@@ -253,5 +337,11 @@ def run(
     Must not be called from a running event loop; use `arun` there.
     """
     return asyncio.run(
-        arun(config, scorers=scorers, vllm_transport=vllm_transport, judge_transport=judge_transport)
+        arun(
+            config,
+            scorers=scorers,
+            vllm_transport=vllm_transport,
+            judge_transport=judge_transport,
+            reward_model=reward_model,
+        )
     )

@@ -10,11 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
 from evals.errors import ServerError
+
+
+class ChatAnswer(NamedTuple):
+    """A generated answer and why generation stopped ("stop", "length" = cut at max_tokens, ...)."""
+
+    text: str
+    finish_reason: str | None
 
 
 def error_message(response: httpx.Response) -> str:
@@ -73,16 +80,28 @@ class ModelServer:
         await self._client.aclose()
 
     async def _post(self, path: str, body: dict[str, Any], what: str) -> dict[str, Any]:
+        """POST `body`; a request whose pooled connection the server had closed (dropped before any
+        answer: vLLM's server closes idle keep-alive connections after a few seconds, and a busy
+        machine widens the race) is sent once more on a fresh connection. These requests only
+        read (generate, log-probs), so sending one twice changes nothing."""
         async with self._limit:
-            self.requests += 1
-            try:
-                response = await self._client.post(path, json=body)
-            except httpx.TimeoutException as exc:
-                raise ServerError(f"vLLM at {self.url}: {what} timed out ({type(exc).__name__})") from exc
-            except httpx.TransportError as exc:
-                raise ServerError(
-                    f"vLLM at {self.url} unreachable ({what}): {type(exc).__name__}: {exc}"
-                ) from exc
+            for attempt in (1, 2):
+                self.requests += 1
+                try:
+                    response = await self._client.post(path, json=body)
+                    break
+                except httpx.TimeoutException as exc:
+                    raise ServerError(f"vLLM at {self.url}: {what} timed out ({type(exc).__name__})") from exc
+                except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError) as exc:
+                    if attempt == 1:
+                        continue
+                    raise ServerError(
+                        f"vLLM at {self.url} unreachable ({what}): {type(exc).__name__}: {exc}"
+                    ) from exc
+                except httpx.TransportError as exc:
+                    raise ServerError(
+                        f"vLLM at {self.url} unreachable ({what}): {type(exc).__name__}: {exc}"
+                    ) from exc
         if response.status_code != 200:
             raise ServerError(
                 f"vLLM at {self.url}: {what} answered {response.status_code}: {error_message(response)}"
@@ -130,6 +149,33 @@ class ModelServer:
         """The text `model` generates for `messages`, replayed with the request's `tools`,
         `tool_choice` and `response_format` when it had them ("" for an answer that only calls
         tools: the scorers compare text)."""
+        answer = await self.chat_answer(
+            model,
+            messages,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            tools=tools,
+            tool_choice=tool_choice,
+            response_format=response_format,
+        )
+        return answer.text
+
+    async def chat_answer(
+        self,
+        model: str,
+        messages: list[dict[str, Any]],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: str | dict[str, Any] | None = None,
+        response_format: dict[str, Any] | None = None,
+    ) -> ChatAnswer:
+        """The answer `model` generates for `messages` (as `chat`), with the server's finish reason."""
         body: dict[str, Any] = {
             "model": model,
             "messages": messages,
@@ -143,8 +189,11 @@ class ModelServer:
         body |= {k: v for k, v in extras.items() if v is not None}
         data = await self._post("/v1/chat/completions", body, f"chat completion for {model!r}")
         try:
-            return data["choices"][0]["message"]["content"] or ""
-        except (KeyError, IndexError, TypeError) as exc:
+            choice = data["choices"][0]
+            return ChatAnswer(
+                text=choice["message"]["content"] or "", finish_reason=choice.get("finish_reason")
+            )
+        except (KeyError, IndexError, TypeError, AttributeError) as exc:
             raise ServerError(
                 f"vLLM at {self.url}: chat completion for {model!r} has no answer: {data!r:.200}"
             ) from exc

@@ -104,6 +104,10 @@ class SnapshotStats(Struct, kw_only=True):
     dropped_duplicates: int = 0
     user_cap: int = 0
     dropped_user_cap: int = 0
+    """Rows over `user_cap` in the snapshot."""
+    holdout_user_cap: int = 0
+    """Most holdout rows one end user may supply (the holdout is capped on its own size too; a
+    user's rows over it stay training candidates)."""
     split: Literal["time", "prompt_groups"] = "time"
     """`time`: the newest rows are the holdout; `prompt_groups`: whole prompts are held out (when
     repeating prompts would otherwise drop most training rows)."""

@@ -20,7 +20,19 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from deploy.adapters import AdapterManager
 from deploy.rollout import Rollout
-from service.api import adapters, capture, erasure, gateway, health, keys, projects, runs, scores, traces
+from service.api import (
+    adapters,
+    capture,
+    erasure,
+    gate,
+    gateway,
+    health,
+    keys,
+    projects,
+    runs,
+    scores,
+    traces,
+)
 from service.api import settings as project_settings_api
 from service.api.deps import SCOPE_OPT, provide_principal, provide_runtime
 from service.api.errors import EXCEPTION_HANDLERS
@@ -28,6 +40,7 @@ from service.auth import KeyRing, mint_key
 from service.capture import Capture, utcnow
 from service.config import Settings
 from service.erasure import finish_interrupted
+from service.gate_config import import_files
 from service.gateway import Gateway
 from service.keys import flush_key_use
 from service.loop_lag import LoopLagProbe
@@ -40,6 +53,7 @@ from service.scheduler import build_scheduler
 from service.store.archive import Archive
 from service.store.db import Database, default_memory_limit_mib
 from service.store.erasure import Erasures
+from service.store.gate_configs import GateConfigs
 from service.store.queries import Queries
 from service.store.runs import Runs
 from service.store.serving import Serving
@@ -129,11 +143,13 @@ def build_runtime(settings: Settings, metrics: Metrics | None = None) -> Runtime
         runs=Runs(db, serving),
         erasures=Erasures(db, settings.runs_dir, settings.erasure_batch_rows, archive),
         project_settings=project_settings,
+        gate_configs=GateConfigs(db),
         projects={p.name for p in queries.list_projects()},
         archive=archive,
     )
     for name in runtime.projects:
         metrics.init_project(name)
+    import_files(runtime)  # a project's eval.json, once
     return runtime
 
 
@@ -242,6 +258,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
             runs.get_run,
             runs.get_report,
             runs.cancel_run,
+            runs.get_report_json,
             keys.create_project_key,
             keys.create_key,
             keys.list_keys,
@@ -252,6 +269,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
             erasure.delete_project,
             project_settings_api.get_settings,
             project_settings_api.patch_settings,
+            gate.get_gate,
+            gate.put_gate,
             health.healthz,
             health.readyz,
             health.metrics,

@@ -211,6 +211,31 @@ def cmd_settings_set(args: argparse.Namespace) -> int:
     return cmd_settings_show(args)
 
 
+def cmd_gate_get(args: argparse.Namespace) -> int:
+    """Print a project's offline-gate config (JSON) and which evidence decides. Example: `ratchet gate get --project demo`"""
+    path = f"/v1/projects/{args.project}/gate"
+    g = _client(args).request("GET", path, params={"version": args.version} if args.version else None)
+    print(f"# version {g['version']}: {g['evidence']}", file=sys.stderr)
+    print(msgspec.json.format(msgspec.json.encode(g["config"])).decode())
+    return 0
+
+
+def cmd_gate_put(args: argparse.Namespace) -> int:
+    """Replace a project's offline-gate config with a JSON file (`-`: stdin); a new version.
+
+    Example: `ratchet gate get --project demo > gate.json; (edit it); ratchet gate put --project demo gate.json`
+    """
+    raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    try:
+        config = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise RatchetError(f"{args.file} is not JSON: {exc}") from exc
+    params = {"expected_version": args.expected_version} if args.expected_version is not None else None
+    g = _client(args).request("PUT", f"/v1/projects/{args.project}/gate", json=config, params=params)
+    print(f"project {g['project']}: gate config version {g['version']}; {g['evidence']}")
+    return 0
+
+
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
@@ -567,6 +592,19 @@ def build_parser() -> argparse.ArgumentParser:
     set_.add_argument("--project", required=True)
     set_.add_argument("values", nargs="+", metavar="NAME=VALUE")
 
+    gate = sub.add_parser("gate", help="per-project offline-gate config").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    gate_get = add("get", cmd_gate_get, gate)
+    gate_get.add_argument("--project", required=True)
+    gate_get.add_argument("--version", type=int, help="an older version (default: the one in effect)")
+    gate_put = add("put", cmd_gate_put, gate)
+    gate_put.add_argument("--project", required=True)
+    gate_put.add_argument("file", help="the config as JSON (`-`: read stdin)")
+    gate_put.add_argument(
+        "--expected-version", type=int, help="refuse (409) unless this version is in effect"
+    )
+
     imp = add("import", cmd_import)
     imp.add_argument("file")
     imp.add_argument("--project", help="needed with an admin key; implied by a project key")
@@ -613,7 +651,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = add("demo", cmd_demo)
     demo.add_argument("--data-dir", default="./data/demo")
-    demo.add_argument("--minutes", type=float, default=15.0, help="stop after this long (default 15)")
+    demo.add_argument("--minutes", type=float, default=25.0, help="stop after this long (default 25)")
     demo.add_argument("--promotions", type=int, default=2, help="stop after this many promotions (default 2)")
     demo.add_argument("--vllm-url", help="use this vLLM server instead of starting vLLM-CPU")
     demo.add_argument("--seed", type=int, default=0)

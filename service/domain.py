@@ -13,6 +13,9 @@ from typing import Annotated, Any, Literal
 
 from msgspec import UNSET, Meta, Raw, Struct, UnsetType
 
+from evals.config import GenerationConfig, JudgeConfig, Role, RulesConfig
+from evals.evalset import GoldenLine
+
 Id = Annotated[
     str,
     Meta(
@@ -372,3 +375,61 @@ class ErasureOut(Struct):
     adapters_trained_on_it: list[str]
     adapters_possibly_trained_on_it: list[str]
     runs_stopped: list[str] = []
+
+
+# --- the offline gate's configuration (service/gate_config.py)
+
+
+class GoldenSetIn(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A golden (regression) set held in the gate config: each example a prompt (or messages) with
+    a reference answer and/or checks. An answer scores 1 if it matches the reference and passes
+    every check."""
+
+    examples: Annotated[
+        list[GoldenLine],
+        Meta(min_length=1, max_length=10_000, description="The examples, as lines of a golden JSONL file."),
+    ]
+    role: Annotated[Role, Meta(description="How the golden set counts in the decision.")] = "guard"
+    tolerance: Annotated[
+        float,
+        Meta(ge=0, description="As a guard: largest tolerated drop of the pass rate (0.02 = 2 points)."),
+    ] = 0.02
+
+
+class GateConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """How the offline gate judges a project's candidates, besides the evidence from its held-out
+    feedback (`feedback_gate` settings): hand-written rules, a golden set, an LLM judge, and how
+    answers are generated. With no hand-written primary scorer, the feedback evidence decides."""
+
+    rules: Annotated[
+        RulesConfig | None, Meta(description="Declared checks of generated answers (regexes, length, JSON).")
+    ] = None
+    golden: GoldenSetIn | None = None
+    judge: Annotated[
+        JudgeConfig | None,
+        Meta(
+            description="A pairwise LLM judge on any OpenAI-compatible endpoint; with held-out feedback it "
+            "decides only once calibrated on it. Its api_key is never shown again: a change that leaves it "
+            "out keeps the stored one while the judge's url stays the same."
+        ),
+    ] = None
+    generation: GenerationConfig = GenerationConfig(max_tokens=32, temperature=0.0)
+    min_samples: Annotated[
+        int, Meta(ge=1, description="A primary scorer needs at least this many scored examples to promote.")
+    ] = 30
+    level: Annotated[float, Meta(gt=0, lt=1, description="Confidence level of the bootstrap intervals.")] = (
+        0.95
+    )
+
+
+class GateConfigOut(Struct, kw_only=True):
+    """A project's gate config in effect. `version` 0: never set (the defaults)."""
+
+    project: str
+    version: int
+    config: GateConfig
+    judge_api_key_set: bool
+    updated_at: datetime | None
+    updated_by: str | None
+    evidence: str
+    """Which evidence the next evaluation will decide on, and why."""

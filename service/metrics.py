@@ -193,6 +193,19 @@ class Metrics:
             ["project", "scorer"],
             registry=r,
         )
+        self.judge_calibration = Gauge(
+            "ratchet_gate_judge_calibration",
+            "Latest offline eval: how well a judge agrees with the held-out thumbs, by scorer and measure "
+            "(auc, auc_low, auc_high, kappa, kappa_low, kappa_high, agreement, ratings, pairs, base_rate).",
+            ["project", "scorer", "measure"],
+            registry=r,
+        )
+        self.scorer_eligible = Gauge(
+            "ratchet_gate_scorer_eligible",
+            "Latest offline eval: 1 if the scorer could decide (enough data, calibrated), else 0.",
+            ["project", "scorer"],
+            registry=r,
+        )
         self.gate_decisions = Counter(
             "ratchet_gate_decisions_total",
             "Offline gate decisions by project and decision (promote, reject).",

@@ -29,16 +29,31 @@ from typing import Any
 
 import msgspec
 
-from evals import EvalConfig, EvalError, GenerationConfig, GoldenConfig, JudgeConfig, RulesConfig, arun
+from evals import (
+    AgreementCalibration,
+    AucCalibration,
+    CalibrationConfig,
+    EvalConfig,
+    EvalError,
+    FeedbackGateConfig,
+    Report,
+    arun,
+)
 from formats.snapshot import SnapshotStats
 from service.capture import utcnow
-from service.errors import Conflict, InvalidInput, RatchetError
+from service.config import FeedbackGateSettings
+from service.domain import GateConfig
+from service.errors import Conflict, RatchetError
+from service.gate_config import evidence, golden_file
 from service.runtime import Runtime
 from service.store.runs import ACTIVE, RunRecord, RunState
 from service.store.snapshot import export_snapshot
 from service.trigger import RunDecision, decide_run
 
 log = logging.getLogger("ratchet.pipeline")
+
+REWARD_DIR = "reward_model"
+"""The reward model's directory in a run's directory (the learned judge of its evaluation)."""
 
 
 class RunFailed(RatchetError):
@@ -74,20 +89,6 @@ def too_little_signal(stats: SnapshotStats, needed: int) -> str:
         f"too little signal: {stats.train_rows} training rows, {needed} needed "
         f"({stats.joined_rows} rows with feedback; {cause}; {stats.holdout_rows} held out, split {split})"
     )
-
-
-class ProjectEvalConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """`<data_dir>/projects/<project>/eval.json`: how the offline gate judges this project.
-
-    Declare at least one `primary` scorer (rules, golden or judge); without one nothing promotes.
-    """
-
-    rules: RulesConfig | None = None
-    golden: GoldenConfig | None = None
-    judge: JudgeConfig | None = None
-    generation: GenerationConfig = GenerationConfig(max_tokens=32, temperature=0.0)
-    min_samples: int = 30
-    level: float = 0.95
 
 
 def new_run_id(now: datetime) -> str:
@@ -207,9 +208,15 @@ class Pipeline:
         if settings.training.continue_from_champion and champion != settings.vllm.base_served_name:
             parent = await asyncio.to_thread(self.rt.serving.adapter, champion)
         out = settings.adapters_dir / run.project / run.id
+        feedback = settings.feedback_gate
+        reward = None
+        if feedback.enabled and feedback.learned_judge:
+            # In the run's directory: read by this run's evaluation only, deleted with the run's
+            # snapshot (erasure, retention, pruning), never served.
+            reward = {"output_dir": str(run_dir / REWARD_DIR), "max_steps": feedback.reward_max_steps}
         spec = _merge(
             {
-                "run_id": run.id, "base_model": settings.vllm.base_model, "snapshot_dir": str(snapshot),
+                "run_id": run.id, "reward_model": reward, "base_model": settings.vllm.base_model, "snapshot_dir": str(snapshot),
                 "output_dir": str(out), "method": settings.training.method,
                 "parent_adapter": parent.path if parent and parent.version > 0 else None,
                 "parent_version": champion, "min_examples": settings.training.min_train_rows,
@@ -277,23 +284,32 @@ class Pipeline:
         return done
 
     async def _evaluate(self, run: RunRecord, run_dir: Path, candidate: str) -> bool:
-        settings = self.rt.settings
+        """The offline gate: the project's gate config (hand-written scorers, `service.gate_config`)
+        joined by the evidence from the holdout's feedback (`feedback_gate` settings), with the
+        reward model the trainer wrote beside the adapter as the learned judge."""
+        settings = self.rt.project_settings.effective(run.project)
         incumbent = self.rt.rollouts.current(run.project).champion
         await self.rt.rollouts.ensure_loaded(candidate)
-        project_cfg = _project_eval_config(Path(settings.data_dir) / "projects" / run.project / "eval.json")
+        stored = await asyncio.to_thread(self.rt.gate_configs.current, run.project)
+        gate = stored.config if stored is not None else GateConfig()
+        reward_dir = run_dir / REWARD_DIR
         config = EvalConfig(
             vllm_url=settings.vllm.urls[0], vllm_api_key=settings.vllm.api_key, candidate=candidate,
             incumbent=incumbent, holdout=str(run_dir / "snapshot" / "holdout.parquet"),
-            rules=project_cfg.rules, golden=project_cfg.golden, judge=project_cfg.judge,
-            generation=project_cfg.generation, min_samples=project_cfg.min_samples, level=project_cfg.level,
+            rules=gate.rules, golden=golden_file(gate.golden, run_dir) if gate.golden else None,
+            judge=gate.judge, generation=gate.generation, min_samples=gate.min_samples, level=gate.level,
+            feedback=feedback_config(settings.feedback_gate, reward_dir if reward_dir.is_dir() else None),
             max_examples=settings.training.eval_max_examples, seed=0,
+            preference_agreement=settings.training.eval_preference_agreement,
         )  # fmt: skip
+        started = time.monotonic()
         try:
             report = await arun(config)
         except EvalError as exc:  # unusable inputs (a golden file that is not there), before any model
             raise RunFailed(
                 f"evaluation failed: {exc}; the candidate {candidate} is kept for a retry"
             ) from exc
+        gate_s = round(time.monotonic() - started, 2)
         markdown = report.to_markdown()
         (run_dir / "eval_report.md").write_text(markdown)
         await asyncio.to_thread(self.rt.runs.save_report, run.id, run.project, candidate, incumbent,
@@ -302,14 +318,35 @@ class Pipeline:
             raise RunFailed(
                 f"evaluation failed: {report.error}; the candidate {candidate} is kept for a retry"
             )
+        self._export_metrics(run.project, report)
+        await self._update(run.id, stats={"eval": {
+            "promote": report.promote, "incumbent": incumbent, "gate_config_version": stored.version if stored else 0,
+            "evidence": evidence(gate, settings.feedback_gate),
+            "reasons": [r.message for r in report.decision.reasons],
+            "scorers": {r.name: {"role": r.role, "eligibility": r.eligibility,
+                                 "mean": r.stats.mean if r.stats else None,
+                                 "low": r.stats.low if r.stats else None, "high": r.stats.high if r.stats else None,
+                                 "n": r.stats.n if r.stats else 0,
+                                 "calibration": msgspec.to_builtins(r.calibration) if r.calibration else None}
+                        for r in report.results},
+            "wall_time_s": gate_s, "timings": msgspec.to_builtins(report.timings),
+        }})  # fmt: skip
+        return report.promote
+
+    def _export_metrics(self, project: str, report: Report) -> None:
+        """Each scorer's score difference, eligibility and (for a judge) calibration figures."""
+        m = self.rt.metrics
         for result in report.results:
             if result.stats is not None:
-                self.rt.metrics.eval_score.labels(run.project, result.name).set(result.stats.mean)
-        self.rt.metrics.gate_decisions.labels(run.project, "promote" if report.promote else "reject").inc()
-        reasons = [r.message for r in report.decision.reasons]
-        await self._update(run.id, stats={"eval": {"promote": report.promote, "incumbent": incumbent,
-                                                   "reasons": reasons}})  # fmt: skip
-        return report.promote
+                m.eval_score.labels(project, result.name).set(result.stats.mean)
+            if result.eligibility is not None:
+                m.scorer_eligible.labels(project, result.name).set(float(result.role != "diagnostic"))
+            cal = result.calibration
+            if cal is not None:
+                for measure, value in calibration_figures(cal).items():
+                    if value is not None:
+                        m.judge_calibration.labels(project, result.name, measure).set(float(value))
+        m.gate_decisions.labels(project, "promote" if report.promote else "reject").inc()
 
     # --- the canary's end
 
@@ -440,10 +477,26 @@ def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _project_eval_config(path: Path) -> ProjectEvalConfig:
-    if not path.exists():
-        return ProjectEvalConfig()
-    try:
-        return msgspec.json.decode(path.read_bytes(), type=ProjectEvalConfig)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise InvalidInput(f"{path}: {exc}", "eval.json") from exc
+def calibration_figures(cal: AucCalibration | AgreementCalibration) -> dict[str, float | None]:
+    """A judge's calibration on the held-out thumbs as named figures (the metric's `measure`)."""
+    if isinstance(cal, AucCalibration):
+        return {"auc": cal.auc, "auc_low": cal.low, "auc_high": cal.high, "ratings": cal.ratings,
+                "base_rate": cal.base_rate}  # fmt: skip
+    return {"kappa": cal.kappa, "kappa_low": cal.kappa_low, "kappa_high": cal.kappa_high,
+            "agreement": cal.agreement, "pairs": cal.pairs}  # fmt: skip
+
+
+def feedback_config(settings: FeedbackGateSettings, reward_model: Path | None) -> FeedbackGateConfig:
+    """The evaluation's feedback evidence from a project's `feedback_gate` settings; `reward_model`
+    is the directory the trainer wrote (None: it was off, or had too little signal to train)."""
+    return FeedbackGateConfig(
+        enabled=settings.enabled,
+        reward_model=str(reward_model) if reward_model is not None and settings.learned_judge else None,
+        reward_timeout_s=settings.reward_timeout_seconds,
+        forgetting_tolerance=settings.forgetting_tolerance,
+        degenerate_tolerance=settings.degenerate_tolerance,
+        calibration=CalibrationConfig(
+            min_ratings=settings.min_ratings, min_auc_low=settings.min_auc_low,
+            min_pairs=settings.min_pairs, min_kappa_low=settings.min_kappa_low,
+        ),
+    )  # fmt: skip

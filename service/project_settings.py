@@ -1,10 +1,10 @@
-"""Per-project settings: training thresholds and method, canary fraction, online gate, retention,
-base model. The global settings are the defaults; a project stores only what it overrides.
+"""Per-project settings: training thresholds and method, canary fraction, online gate, the offline
+gate's feedback evidence (on/off, calibration and tolerance thresholds), retention, base model. The global settings are the defaults; a project stores only what it overrides.
 
 `GET/PATCH /v1/projects/{p}/settings`. A PATCH is a JSON merge patch (RFC 7396): a field given
 overrides, `null` goes back to the global default, an absent field is left as it is. Each field
 is validated by the same constraint as its global setting (the override types below are derived
-from `TrainingSettings` and `GatePolicy`, so a constraint is written once). The overrides live in
+from `TrainingSettings`, `GatePolicy` and `FeedbackGateSettings`, so a constraint is written once). The overrides live in
 `projects.settings` (JSON), the base model in `projects.base_model`; each change is an event.
 
 The scheduler and the pipeline read `ProjectSettingsBook.effective(project)`: a whole `Settings`
@@ -23,7 +23,7 @@ from msgspec import UNSET, Meta, UnsetType
 
 from deploy.online_gate import GatePolicy
 from service.capture import utcnow
-from service.config import Settings, TrainingSettings
+from service.config import FeedbackGateSettings, Settings, TrainingSettings
 from service.domain import Principal
 from service.errors import Conflict
 from service.store.serving import Event
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 TRAINING_FIELDS = ("min_new_ratings", "min_new_corrections", "min_minority_share", "min_train_rows", "method")
 GATE_FIELDS = tuple(GatePolicy.__struct_fields__)
+FEEDBACK_GATE_FIELDS = tuple(FeedbackGateSettings.__struct_fields__)
 
 
 def _overrides(name: str, struct: type, fields: tuple[str, ...], doc: str) -> type:
@@ -55,6 +56,12 @@ TrainingOverrides = _overrides(
     "When this project's runs start and how they train.",
 )
 GateOverrides = _overrides("GateOverrides", GatePolicy, GATE_FIELDS, "This project's online gate.")
+FeedbackGateOverrides = _overrides(
+    "FeedbackGateOverrides",
+    FeedbackGateSettings,
+    FEEDBACK_GATE_FIELDS,
+    "This project's offline-gate evidence from its held-out feedback.",
+)
 _settings_hints = get_type_hints(Settings, include_extras=True)
 
 ProjectSettingsPatch = msgspec.defstruct(
@@ -62,6 +69,7 @@ ProjectSettingsPatch = msgspec.defstruct(
     [
         ("training", TrainingOverrides | None | UnsetType, UNSET),
         ("online_gate", GateOverrides | None | UnsetType, UNSET),
+        ("feedback_gate", FeedbackGateOverrides | None | UnsetType, UNSET),
         ("canary_fraction", _settings_hints["canary_fraction"] | None | UnsetType, UNSET),
         ("retention_days", _settings_hints["retention_days"] | UnsetType, UNSET),
         (
@@ -127,6 +135,7 @@ def effective(settings: Settings, overrides: dict[str, Any], base_model: str) ->
         settings,
         training=replace(settings.training, **overrides.get("training", {})),
         online_gate=replace(settings.online_gate, **overrides.get("online_gate", {})),
+        feedback_gate=replace(settings.feedback_gate, **overrides.get("feedback_gate", {})),
         vllm=replace(settings.vllm, base_model=base_model) if base_model else settings.vllm,
         **{k: overrides[k] for k in ("canary_fraction", "retention_days") if k in overrides},
     )
@@ -137,6 +146,7 @@ def view(settings: Settings) -> dict[str, Any]:
     return {
         "training": {f: getattr(settings.training, f) for f in TRAINING_FIELDS},
         "online_gate": msgspec.to_builtins(settings.online_gate),
+        "feedback_gate": msgspec.to_builtins(settings.feedback_gate),
         "canary_fraction": settings.canary_fraction,
         "retention_days": settings.retention_days,
         "base_model": settings.vllm.base_model,

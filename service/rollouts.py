@@ -221,15 +221,11 @@ class Rollouts:
             return None
         since = datetime.fromtimestamp(r.canary_started_at, UTC).replace(tzinfo=None)
         weights = self.settings.feedback
-        canary = self.serving.arm_counts(project, r.candidate, since, weights)
-        champion = self.serving.arm_counts(project, r.champion, since, weights)
-        decision = decide(
-            canary,
-            champion,
-            started_at=r.canary_started_at,
-            now=now,
-            policy=self.settings_for(project).online_gate,
-        )
+        policy = self.settings_for(project).online_gate
+        cap = policy.max_ratings_per_user
+        canary = self.serving.arm_counts(project, r.candidate, since, weights, per_user=cap)
+        champion = self.serving.arm_counts(project, r.champion, since, weights, per_user=cap)
+        decision = decide(canary, champion, started_at=r.canary_started_at, now=now, policy=policy)
         self.metrics.online_statistic.labels(project).set(decision.statistic)
         return decision
 

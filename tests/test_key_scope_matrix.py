@@ -177,6 +177,13 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "/v1/runs/{run_id}/report"): Route("read", 404, lambda w: ("GET", f"/v1/runs/{w.run_id}/report", {})),
     # The run has finished (failed): a caller allowed to cancel learns that (409), others 403/404.
     ("POST", "/v1/runs/{run_id}/cancel"): Route("manage", 409, lambda w: ("POST", f"/v1/runs/{w.run_id}/cancel", {})),
+    ("GET", "/v1/runs/{run_id}/report.json"): Route(
+        "read", 404, lambda w: ("GET", f"/v1/runs/{w.run_id}/report.json", {})
+    ),
+    ("GET", "/v1/projects/{name}/gate"): Route("read", 200, lambda w: ("GET", f"/v1/projects/{A}/gate", {})),
+    ("PUT", "/v1/projects/{name}/gate"): Route(
+        "manage", 200, lambda w: ("PUT", f"/v1/projects/{A}/gate", {"json": {"min_samples": 20}})
+    ),
     ("GET", "/v1/adapters"): Route("read", 200, lambda w: ("GET", "/v1/adapters", {"params": {"project": A}})),
     ("POST", "/v1/projects/{name}/adapters"): Route(
         "admin", 422, lambda w: ("POST", f"/v1/projects/{A}/adapters", {"json": {"path": "nowhere", "canary": False}})

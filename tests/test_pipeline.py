@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import msgspec
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import build_runtime
 from service.capture import Capture
@@ -80,16 +80,9 @@ def _project(name: str) -> Any:
     return Project(name, "", now), mint_key(name, now)[1]
 
 
-RULES = {"role": "primary", "rules": [{"name": "upper", "when_prompt_matches": "(?i)uppercase",
-                                       "must_match": "^[^a-z]*[A-Z][^a-z]*$"}]}  # fmt: skip
-
-
 @pytest.fixture
 def loop_server(tmp_path: Path, vllm_server: Any, tiny_model_dir: Path) -> Iterator[RatchetProcess]:
     data = tmp_path / "data"
-    project_dir = data / "projects" / "loop"
-    project_dir.mkdir(parents=True)
-    (project_dir / "eval.json").write_bytes(msgspec.json.encode({"rules": RULES, "min_samples": 5}))
     env = {
         "RATCHET_VLLM__URLS": f'["{vllm_server.base_url}"]',
         "RATCHET_VLLM__BASE_SERVED_NAME": vllm_server.model_name,
@@ -108,6 +101,9 @@ def test_kill_during_training_then_a_run_no_better_is_rejected(loop_server: Ratc
     server = loop_server.start()
     key = server.create_project("loop")
     api = server.client(key)
+    rules = {"role": "primary", "rules": [{"name": "upper", "when_prompt_matches": "(?i)uppercase",
+                                           "must_match": "^[^a-z]*[A-Z][^a-z]*$"}]}  # fmt: skip
+    assert api.put("/v1/projects/loop/gate", json={"rules": rules, "min_samples": 5}).json()["version"] == 1
     logs, feedback = [], []
     for i, q in enumerate(tiny_world.sample_questions("train", 120, seed=5, upper_fraction=0.5)):
         answer = q.fact  # the base's habit: plain case; users wanted uppercase when they asked
@@ -151,14 +147,37 @@ def test_kill_during_training_then_a_run_no_better_is_rejected(loop_server: Ratc
     heading = api.get(f"/v1/runs/{second}/report").text.splitlines()[0]
     assert heading.endswith("— **DO NOT PROMOTE**"), heading  # the gate's own verdict, not a failure
     assert adapter_state(api, done["stats"]["adapter"]) == "rejected"
+    # The hand-written rules joined by the feedback evidence; each scorer says whether it could decide.
+    gate = done["stats"]["eval"]
+    assert gate["gate_config_version"] == 1 and gate["evidence"].startswith("rules (primary), joined by")
+    assert {"rules", "references", "degenerate_answers"} <= gate["scorers"].keys(), gate
+    assert all(s["eligibility"] for s in gate["scorers"].values()), gate
+    report = api.get(f"/v1/runs/{second}/report.json").json()
+    assert [r["name"] for r in report["results"]] == list(gate["scorers"])
+    # The reward model trained in the trainer process beside the adapter, and judged on the holdout.
+    reward = done["stats"]["training"]["reward_model"]
+    assert "wall_time_s" in reward or "skipped" in reward, reward
+    print("adapter", done["stats"]["training"]["adapter_wall_time_s"], "s; reward model", reward)
+    # Label order in the exposition is the library's (sorted in some versions): compare label sets.
+    samples = {
+        (s.name, tuple(sorted(s.labels.items())))
+        for family in text_string_to_metric_families(httpx.get(f"{server.url}/metrics").text)
+        for s in family.samples
+    }
+    assert ("ratchet_gate_scorer_eligible", (("project", "loop"), ("scorer", "references"))) in samples
+    if "wall_time_s" in reward:
+        assert "learned_judge" in gate["scorers"], gate
+        calibration = gate["scorers"]["learned_judge"]["calibration"]
+        if calibration is not None and calibration["auc"] is not None:
+            labels = (("measure", "auc"), ("project", "loop"), ("scorer", "learned_judge"))
+            assert ("ratchet_gate_judge_calibration", labels) in samples
     assert ask().status_code == 200
 
     # An evaluation that cannot give a verdict fails the run; it is not a "no". Here vLLM refuses
     # every generation (more tokens than the model allows). (A judge that is down is not asked
     # when both versions answer alike, as an adapter trained 2 steps may: no failure to show.)
-    (server.data_dir / "projects" / "loop" / "eval.json").write_bytes(
-        msgspec.json.encode({"rules": RULES, "min_samples": 5, "generation": {"max_tokens": 1_000_000}})
-    )
+    config = {"rules": rules, "min_samples": 5, "generation": {"max_tokens": 1_000_000}}
+    assert api.put("/v1/projects/loop/gate", json=config).json()["version"] == 2
     third = api.post("/v1/projects/loop/runs").json()["id"]
     failed = wait_for(
         lambda: (r := api.get(f"/v1/runs/{third}").json())["state"] in FINISHED and r, 600, "run 3"

@@ -4,6 +4,7 @@ builder, so every log is normalised as in production), read back with the contra
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -359,6 +360,24 @@ def test_one_user_cannot_supply_more_than_their_share(db: Database, feed: Feed, 
     assert sum(r.end_user == "loud" for r in kept) == 15
     assert manifest.stats.dropped_user_cap == 85
     assert manifest.stats.largest_user_share == 15 / len(kept) == 0.2
+
+
+def test_a_user_flooding_just_before_the_cut_cannot_fill_the_holdout(
+    db: Database, feed: Feed, tmp_path: Path
+) -> None:
+    for i in range(80):
+        feed.add(f"quiet {i}", f"answer {i}", user=f"q{i % 20}")
+    for i in range(100):  # newest: the holdout is cut from these
+        feed.add(f"loud {i}", f"answer {i}", user="loud")
+    manifest = snapshot(db, feed, tmp_path / "snap")
+    stats = manifest.stats
+    holdout = list(iter_rows(tmp_path / "snap" / "holdout.parquet"))
+    loud = sum(r.end_user == "loud" for r in holdout)
+    # the newest 20% of the kept rows, all the loud user's, but capped: quiet users' rows fill it
+    assert stats.holdout_user_cap == 4 and loud == 4, stats
+    assert len(holdout) == math.ceil(0.2 * (80 + stats.user_cap)), stats
+    train = list(iter_rows(tmp_path / "snap" / "train.parquet"))
+    assert sum(r.end_user == "loud" for r in train) == stats.user_cap - 4  # the rest stays trainable
 
 
 def test_a_prompt_in_the_holdout_is_not_trained_on(db: Database, feed: Feed, tmp_path: Path) -> None:

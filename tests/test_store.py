@@ -45,6 +45,7 @@ EXPECTED_TABLES = {
     "erasure_jobs": ["id", "project", "kind", "params", "created_at"],
     "upstream_failures": ["project", "id", "failed_at", "adapter", "reason", "log_id"],
     "archive_files": ["path", "project", "day", "rows", "first_key", "state", "created_at"],
+    "gate_configs": ["project", "version", "config", "created_at", "created_by"],
 }  # fmt: skip
 
 

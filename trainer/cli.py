@@ -3,6 +3,8 @@
     python -m trainer run SPEC.json                    train one adapter (progress: JSON lines on stdout)
     python -m trainer tiny-model DIR [--family F]      build an offline tiny model + tokenizer (llama, qwen2, ...)
     python -m trainer null-adapter --base DIR --out DIR  write a null adapter (serves exactly the base)
+    python -m trainer score REWARD_DIR --input items.jsonl --output scores.jsonl
+                                                       score answers with a reward model (one float each)
 
 Several GPUs, same code and spec (only the launcher changes; rank 0 reports progress and writes
 the adapter):
@@ -73,6 +75,16 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="module names to adapt, or all-linear (default: the architecture's, e.g. q_proj v_proj)",
     )
+    score = commands.add_parser("score", help="score answers with a reward model the run trained")
+    score.add_argument("reward_model", help="reward model directory (manifest kind reward_model)")
+    score.add_argument(
+        "--input", required=True, help='JSONL, one {"id", "messages": [chat messages], "answer"} per line'
+    )
+    score.add_argument("--output", required=True, help='JSONL written: one {"id", "score"} per input line')
+    score.add_argument("--batch-size", type=int, default=16, help="answers per forward pass (16)")
+    score.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: fastest on a shared CPU box)"
+    )
     return parser
 
 
@@ -107,6 +119,18 @@ def _null_adapter(args: argparse.Namespace, progress: Progress) -> None:
     progress.emit("done", adapter_dir=str(path))
 
 
+def _score(args: argparse.Namespace, progress: Progress) -> None:
+    import time
+
+    from trainer.reward import score_file
+
+    started = time.monotonic()
+    count = score_file(
+        args.reward_model, args.input, args.output, batch_size=args.batch_size, threads=args.threads
+    )
+    progress.emit("done", scored=count, output=args.output, wall_time_s=round(time.monotonic() - started, 3))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     for key, value in OFFLINE_ENV.items():
@@ -121,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             _run(args.spec, progress)
         elif args.command == "tiny-model":
             _tiny_model(args, progress)
+        elif args.command == "score":
+            _score(args, progress)
         else:
             _null_adapter(args, progress)
     except TrainerError as exc:

@@ -29,9 +29,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from trainer.dataset import KINDS, Examples, build_examples, choose_method
-from trainer.errors import BaseModelError, NoTrainableTokensError, OutputExistsError
+from trainer.errors import BaseModelError, NotEnoughSignalError, NoTrainableTokensError, OutputExistsError
 from trainer.progress import Progress
-from trainer.snapshot import read_snapshot
+from trainer.snapshot import Snapshot, read_snapshot
 from trainer.spec import RunSpec
 
 ADAPTER_SCHEMA_VERSION = 1
@@ -56,6 +56,8 @@ def check_paths(spec: RunSpec) -> None:
         raise OutputExistsError(
             f"output directory {spec.output_dir} already exists; adapter versions are immutable, pick a new one"
         )
+    if spec.reward_model and Path(spec.reward_model.output_dir).exists():
+        raise OutputExistsError(f"reward model directory {spec.reward_model.output_dir} already exists")
 
 
 def run(spec: RunSpec, progress: Progress) -> Path:
@@ -106,6 +108,10 @@ def run(spec: RunSpec, progress: Progress) -> Path:
         # Libraries print log dicts to stdout; stdout belongs to the progress events.
         with contextlib.redirect_stdout(sys.stderr):
             metrics = RECIPES[choice.method](job, hp)
+        adapter_s = round(time.monotonic() - started, 3)
+        # Beside the adapter, on every rank (RewardTrainer is distributed like the recipes), before
+        # the adapter is published: a crash here leaves neither directory half-written.
+        reward = _train_reward_model(spec, snapshot, progress) if spec.reward_model else None
         if main:
             manifest = {
                 "schema_version": ADAPTER_SCHEMA_VERSION,
@@ -130,7 +136,8 @@ def run(spec: RunSpec, progress: Progress) -> Path:
                 "lora": _lora_shape(partial),
                 "libraries": _library_versions(),
                 "metrics": metrics,
-                "wall_time_s": round(time.monotonic() - started, 3),
+                "wall_time_s": adapter_s,
+                **({"reward_model": reward} if reward is not None else {}),
                 "created_at": datetime.now(UTC).isoformat(),
             }
             (partial / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
@@ -149,8 +156,26 @@ def run(spec: RunSpec, progress: Progress) -> Path:
         method=choice.method,
         metrics=metrics,
         wall_time_s=round(time.monotonic() - started, 3),
+        adapter_wall_time_s=adapter_s,
+        **({"reward_model": reward} if reward is not None else {}),
     )
     return out
+
+
+def _train_reward_model(spec: RunSpec, snapshot: Snapshot, progress: Progress) -> dict:
+    """Train the reward model beside the adapter; too little signal for one is reported, not fatal
+    (the adapter is good without it: the gate then decides on other evidence)."""
+    from trainer.reward import train_reward_model
+
+    started = time.monotonic()
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            path = train_reward_model(
+                spec, snapshot.train, snapshot_sha256=snapshot.sha256, progress=progress
+            )
+    except NotEnoughSignalError as exc:
+        return {"skipped": str(exc)}
+    return {"dir": str(path), "wall_time_s": round(time.monotonic() - started, 3)}
 
 
 def check_trainable(built: Examples, fitted: Examples, method: str, limit: int, context: int | None) -> None:

@@ -106,6 +106,32 @@ class OptimSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     logging_steps: Annotated[int, _doc("Steps between progress events on stdout."), msgspec.Meta(ge=1)] = 1
 
 
+class RewardModelSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A reward model trained beside the adapter, on the same training split's feedback: the base
+    model with a LoRA and a scalar head (TRL's RewardTrainer on preference pairs built from thumbs
+    and corrections, `trainer/reward.py`). The offline gate may use it as a judge once it agrees
+    with the holdout's own thumbs. Its LoRA shape is `lora` of the run."""
+
+    output_dir: Annotated[
+        str, _doc("Reward model directory to create. Must not exist; it appears only once complete.")
+    ]
+    learning_rate: Annotated[Positive, _doc("AdamW learning rate.")] = 1e-3
+    max_steps: Annotated[int, _doc("Optimiser steps to take."), msgspec.Meta(ge=1)] = 100
+    batch_size: Annotated[int, _doc("Preference pairs per device per step."), msgspec.Meta(ge=1)] = 16
+    max_length: Annotated[
+        int,
+        _doc(
+            "Longest tokenised conversation; longer pairs are left out of training, longer answers scored from their end."
+        ),
+        msgspec.Meta(ge=8),
+    ] = 256
+    min_pairs: Annotated[
+        int,
+        _doc("Fewest preference pairs to train on; fewer skips the reward model (the adapter still trains)."),
+        msgspec.Meta(ge=1),
+    ] = 32
+
+
 class RunSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """One training run: inputs, method, settings and where the adapter goes."""
 
@@ -153,6 +179,10 @@ class RunSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
         msgspec.Meta(ge=1),
     ] = 1
     bf16: Annotated[bool, _doc("bfloat16 mixed precision (GPU hosts). Keep false on CPU.")] = False
+    reward_model: Annotated[
+        RewardModelSpec | None,
+        _doc("Also train a reward model on the same feedback, for the offline gate. null: none."),
+    ] = None
 
     @classmethod
     def load(cls, path: str | Path) -> RunSpec:
@@ -190,6 +220,11 @@ class RunSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
             snapshot_dir=absolute(self.snapshot_dir),
             output_dir=absolute(self.output_dir),
             parent_adapter=absolute(self.parent_adapter),
+            reward_model=None
+            if self.reward_model is None
+            else msgspec.structs.replace(
+                self.reward_model, output_dir=absolute(self.reward_model.output_dir)
+            ),
         )
 
     def to_dict(self) -> dict:

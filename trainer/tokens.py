@@ -151,6 +151,15 @@ class Renderer:
         prepared, prepared_tools = self.prepare(messages, tools)
         return self._ids(prepared, prepared_tools, True)
 
+    def conversation_ids(
+        self, messages: Sequence[Message], tools: Sequence[Tool] | None, answer: Message
+    ) -> list[int]:
+        """Token ids of `messages` followed by `answer` as the last assistant message (no generation
+        prompt), prepared as vLLM prepares them. Raises what the template or `formats.rendering`
+        raise for a conversation they refuse."""
+        prepared, prepared_tools = self.prepare(messages, tools)
+        return self._ids([*prepared, template_message(answer)], prepared_tools, False)
+
     # --- fitting
 
     def _measure_chat(self, prompt: list[Message], example: Example) -> tuple[int, int, dict[str, Any]] | str:

@@ -6,8 +6,12 @@ turns the differences into a paired bootstrap CI and the decision weighs it by t
 
 Writing a new scorer: subclass `PointwiseScorer` when each answer can be scored on its own
 (a number in [0, 1], higher is better), or implement the `Scorer` protocol directly. Optional
-extras the runner uses when present: `notes(scores) -> list[str]` (lines for the report) and
-`async aclose()` (called after the evaluation for scorers the runner built from the config).
+extras the runner uses when present: `async prepare(examples, answers)` (called once, before any
+`applies_to` or `score`, with every example and answer: batch work and calibration go there),
+`notes(scores) -> list[str]` (lines for the report), `calibration` (a `Calibration`, read after
+scoring), `eligibility` (one line: why the scorer may or may not decide, read after scoring; a
+scorer that may not decide sets its `role` to "diagnostic") and `async aclose()` (called after
+the evaluation for scorers the runner built from the config).
 """
 
 from __future__ import annotations
@@ -27,12 +31,15 @@ Kind = Literal["generation", "pairwise", "likelihood"]
 likelihood: reads model log-probs, no generation (a diagnostic by design)."""
 
 
-class AnswerPair(msgspec.Struct, frozen=True, kw_only=True):
+class AnswerPair(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """What candidate and incumbent generated for one example."""
 
     example_id: str
     candidate: str
     incumbent: str
+    candidate_finish: str | None = None
+    """The server's finish reason ("stop", "length": cut at max_tokens, ...); None when unknown."""
+    incumbent_finish: str | None = None
 
 
 class ExampleScore(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

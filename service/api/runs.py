@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from litestar import get, post
+from litestar import Response, get, post
 
 from service.api.deps import needs, scoped_project
 from service.domain import Principal
@@ -65,3 +65,17 @@ def get_report(run_id: str, principal: Principal, runtime: Runtime) -> str:
     """The offline gate's report as Markdown: per-scorer tables, intervals, decision, examples."""
     _visible(run_id, principal, runtime)
     return runtime.runs.report_markdown(run_id)
+
+
+@get(
+    "/v1/runs/{run_id:str}/report.json",
+    summary="The run's eval report as JSON",
+    media_type="application/json",
+    sync_to_thread=True,
+    opt=needs("read"),
+)
+def get_report_json(run_id: str, principal: Principal, runtime: Runtime) -> Response[bytes]:
+    """The offline gate's report as JSON: config (no secrets), per-scorer results with eligibility
+    and calibration figures, intervals, the decision and its reasons, answers, timings."""
+    _visible(run_id, principal, runtime)
+    return Response(runtime.runs.report_json(run_id).encode(), media_type="application/json")

@@ -32,6 +32,7 @@ def patch_settings(
     principal: Principal,
     runtime: Runtime,  # type: ignore[valid-type]
 ) -> ProjectSettingsOut:
-    """Override training thresholds and method, canary fraction, online gate, retention or base
+    """Override training thresholds and method, canary fraction, online gate, the offline gate's
+    feedback evidence (on/off, calibration and tolerance thresholds), retention or base
     model for this project; `null` returns a value to the global default. Each change is an event."""
     return project_settings.update(runtime, principal, scoped_project(principal, runtime, name), data)

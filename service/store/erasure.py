@@ -191,7 +191,15 @@ class Erasures:
                                           [project]).fetchall()
             ]  # fmt: skip
             erased.snapshot_runs = [r for r in runs if (self._runs_dir / r / SNAPSHOT_DIR).exists()]
-            for table in ("adapters", "rollouts", "runs", "events", "api_keys", "upstream_failures"):
+            for table in (
+                "adapters",
+                "rollouts",
+                "runs",
+                "events",
+                "api_keys",
+                "upstream_failures",
+                "gate_configs",
+            ):
                 cur.execute(f"DELETE FROM {table} WHERE project = ?", [project])
             cur.execute("DELETE FROM projects WHERE name = ?", [project])
             erased.files = [*(str(p) for p in paths), *(str(self._runs_dir / r) for r in runs)]

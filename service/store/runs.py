@@ -151,8 +151,15 @@ class Runs:
         return None if row is None else EvalReportText(json=str(row[0]), markdown=str(row[1]))
 
     def report_markdown(self, run_id: str) -> str:
+        return self._report(run_id, "markdown")
+
+    def report_json(self, run_id: str) -> str:
+        """The report as `evals.Report.to_json` wrote it (a JSON document, as text)."""
+        return self._report(run_id, "report")
+
+    def _report(self, run_id: str, column: str) -> str:
         with self._db.reading() as cur:
-            row = cur.execute("SELECT markdown FROM eval_reports WHERE run_id = ?", [run_id]).fetchone()
+            row = cur.execute(f"SELECT {column} FROM eval_reports WHERE run_id = ?", [run_id]).fetchone()
         if row is None:
             raise NotFound(f"run {run_id!r} has no evaluation report (yet)")
         return str(row[0])

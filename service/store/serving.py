@@ -175,14 +175,22 @@ class Serving:
             self._insert_event(cur, event)
 
     def arm_counts(
-        self, project: str, served_name: str, since: datetime, weights: FeedbackSettings | None = None
+        self,
+        project: str,
+        served_name: str,
+        since: datetime,
+        weights: FeedbackSettings | None = None,
+        *,
+        per_user: int | None = None,
     ) -> ArmCounts:
         """Live numbers of one adapter since `since` (server receive time): thumbs on its answers,
         requests (answered, and failed without an answer), upstream failures among them (the
         gateway's, `upstream_failures`), p95 latency of the answered. A verdict without a thumb counts by its implicit feedback: a
         regenerate as a thumbs-down of `weights.regenerated_weight`, a copy as a thumbs-up of
         `copied_weight`, app events by `event_weights`; these fractions are summed per arm and
-        rounded to whole votes for the test."""
+        rounded to whole votes for the test. Each end user's first `per_user` verdicts count at
+        most (in the order the server received them; the end user as the snapshot's cap reads it,
+        an anonymous verdict is its own user), so one user flooding thumbs cannot decide a canary."""
         weights = weights or FeedbackSettings()
         events = list(weights.event_weights.items())
         event_sum = (
@@ -199,13 +207,21 @@ class Serving:
         n = len(events) * 2 + 2
         params: list[Any] = [v for pair in events for v in pair]
         params += [weights.regenerated_weight, weights.copied_weight, project, served_name, since]
+        params.append(per_user if per_user is not None else 2**62)
         with self._db.reading() as cur:
             up, down, implicit_up, implicit_down = cur.execute(
-                f"SELECT count(*) FILTER (f.rating = 1), count(*) FILTER (f.rating = -1),"
-                f" coalesce(sum({implicit}) FILTER (f.rating IS NULL AND {implicit} > 0), 0),"
-                f" coalesce(-sum({implicit}) FILTER (f.rating IS NULL AND {implicit} < 0), 0)"
+                "SELECT count(*) FILTER (rating = 1), count(*) FILTER (rating = -1),"
+                " coalesce(sum(implicit) FILTER (rating IS NULL AND implicit > 0), 0),"
+                " coalesce(-sum(implicit) FILTER (rating IS NULL AND implicit < 0), 0) FROM ("
+                f" SELECT rating, implicit, row_number() OVER ("
+                "   PARTITION BY who, CASE WHEN who IS NULL THEN log_id END ORDER BY received_at, log_id) AS nth"
+                f" FROM (SELECT f.rating, {implicit} AS implicit, f.log_id, f.received_at,"
+                "   CASE WHEN f.attributed AND f.end_user <> '' THEN f.end_user"
+                "    ELSE coalesce(nullif(l.end_user, ''), nullif(f.end_user, '')) END AS who"
                 " FROM logs l JOIN feedback f ON f.project = l.project AND f.log_id = l.id"
-                f" WHERE l.project = ${n + 1} AND l.adapter = ${n + 2} AND l.received_at >= ${n + 3}",
+                f" WHERE l.project = ${n + 1} AND l.adapter = ${n + 2} AND l.received_at >= ${n + 3}"
+                f" AND (f.rating IS NOT NULL OR {implicit} <> 0))"
+                f") WHERE nth <= ${n + 4}",
                 params,
             ).fetchone()
             answered, p95_ms = cur.execute(

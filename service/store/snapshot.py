@@ -12,7 +12,9 @@ The one place where data is cleaned before training (DESIGN.md, Contracts):
    then bound the whole: beyond `max_train_examples` training rows (plus the holdout's share),
    keep the newest rows and a random replay of older ones (`replay_fraction`), so a run's cost
    follows new data, not history, while older behaviour is still rehearsed;
-4. split: by time, the newest `holdout_fraction` is the holdout and training rows whose prompt
+4. split: by time, the newest `holdout_fraction` is the holdout (each end user capped again on
+   the holdout's own size, so a user flooding just before the cut cannot fill the slice the
+   offline gate judges by) and training rows whose prompt
    also appears in the holdout are dropped, so the gate never scores a prompt the model trained
    on. When that would drop most training rows because prompts repeat (an app with a few fixed
    prompts), whole prompts are held out instead, newest first (`stats.split = "prompt_groups"`);
@@ -218,7 +220,7 @@ def _select(
     cap = user_cap(per_user, settings.max_user_share, settings.min_user_cap)
     capped = _cap_per_user(cur, cap)
     kept = _bound(cur, capped, settings, seed=str(params["until"]))
-    split, dropped_in_holdout = _split(cur, kept, settings.holdout_fraction)
+    split, dropped_in_holdout, holdout_cap = _split(cur, kept, settings)
     (largest,) = cur.execute(
         "SELECT coalesce(max(n) / sum(n), 0) FROM (SELECT count(*) AS n FROM snap_split GROUP BY coalesce(end_user, ''))"
     ).fetchone()
@@ -229,6 +231,7 @@ def _select(
         dropped_duplicates=joined - sum(quarantined.values()) - deduped,
         user_cap=cap,
         dropped_user_cap=deduped - capped,
+        holdout_user_cap=holdout_cap,
         split=split,
         dropped_prompt_in_holdout=dropped_in_holdout,
         dropped_history=capped - kept,
@@ -309,15 +312,36 @@ def _bound(cur: duckdb.DuckDBPyConnection, kept: int, settings: SnapshotSettings
     return total
 
 
-def _split(cur: duckdb.DuckDBPyConnection, kept: int, holdout_fraction: float) -> tuple[Any, int]:
+def _split(cur: duckdb.DuckDBPyConnection, kept: int, settings: SnapshotSettings) -> tuple[Any, int, int]:
     """Step 4: `snap_split` holds the rows that go to a file, `is_holdout` saying which. Returns the
-    kind of split and the training rows dropped because their prompt is in the holdout."""
-    n_holdout = math.ceil(holdout_fraction * kept) if kept else 0
-    first = kept - n_holdout  # rows seq <= first are training candidates of the time split
+    kind of split, the training rows dropped because their prompt is in the holdout, and the
+    holdout's per-user cap.
+
+    The time split's holdout is the newest rows, each end user's newest `holdout cap` at most
+    (`max_user_share` of the holdout, at least `min_user_cap` scaled by `holdout_fraction`): step 3
+    keeps each user's newest rows, so a user flooding just before the cut would otherwise fill the
+    slice the offline gate judges by. Their rows over it stay training candidates (still under
+    the snapshot's cap)."""
+    n_holdout = math.ceil(settings.holdout_fraction * kept) if kept else 0
+    cap = max(
+        math.ceil(settings.min_user_cap * settings.holdout_fraction),
+        math.floor(settings.max_user_share * n_holdout),
+    )
+    cur.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE snap_cut AS
+        SELECT seq FROM (
+            SELECT seq, end_user, row_number() OVER (PARTITION BY end_user ORDER BY seq DESC) AS nth FROM snap_kept
+        ) WHERE end_user IS NULL OR nth <= $cap
+        ORDER BY seq DESC LIMIT $n_holdout
+        """,
+        {"cap": cap, "n_holdout": n_holdout},
+    )
+    held = "seq IN (SELECT seq FROM snap_cut)"
+    first = kept - n_holdout  # training candidates of the time split
     (dropped,) = cur.execute(
-        "SELECT count(*) FROM snap_kept WHERE seq <= $first"
-        " AND prompt_key IN (SELECT prompt_key FROM snap_kept WHERE seq > $first)",
-        {"first": first},
+        f"SELECT count(*) FROM snap_kept WHERE NOT {held}"
+        f" AND prompt_key IN (SELECT prompt_key FROM snap_kept WHERE {held})"
     ).fetchone()
     held_prompts = """
         WITH g AS (SELECT prompt_key, count(*) AS n, max(seq) AS newest FROM snap_kept GROUP BY prompt_key),
@@ -334,14 +358,9 @@ def _split(cur: duckdb.DuckDBPyConnection, kept: int, holdout_fraction: float) -
         if held_rows and kept - held_rows > first - dropped:  # one prompt alone cannot be held out
             cur.execute(f"CREATE OR REPLACE TEMP TABLE snap_held AS {held_prompts}", {"n_holdout": n_holdout})
             _keep(cur, "prompt_key IN (SELECT prompt_key FROM snap_held)", "TRUE", {})
-            return "prompt_groups", 0
-    _keep(
-        cur,
-        "seq > $first",
-        "seq > $first OR prompt_key NOT IN (SELECT prompt_key FROM snap_kept WHERE seq > $first)",
-        {"first": first},
-    )
-    return "time", int(dropped)
+            return "prompt_groups", 0, cap
+    _keep(cur, held, f"{held} OR prompt_key NOT IN (SELECT prompt_key FROM snap_kept WHERE {held})", {})
+    return "time", int(dropped), cap
 
 
 def _keep(cur: duckdb.DuckDBPyConnection, holdout: str, keep: str, params: dict[str, Any]) -> None:

@@ -44,9 +44,13 @@ def guarded(
         "RATCHET_TRAINING__RECONCILE_SECONDS": "3600",
     }
     server = RatchetProcess(tmp_path / "data", env=env).start()
-    yield server, stand_in
-    server.stop()
-    stand_in.stop()
+    try:
+        yield server, stand_in
+    finally:
+        server.stop()
+        stand_in.stop()
+        # The vLLM server is the session's: later tests check its list of adapters.
+        vllm_server.unload_adapters("guard")
 
 
 def test_a_canary_whose_answers_fail_upstream_is_rolled_back_for_its_error_rate(

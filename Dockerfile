@@ -39,6 +39,9 @@ COPY trainer/ trainer/
 COPY evals/ evals/
 COPY deploy/ deploy/
 COPY formats/ formats/
+# The demo package (`ratchet demo`, `ratchet tiny-model`): small, and a tiny base model built in
+# the container is the quickest try-out; nothing of the product imports it (lint-imports).
+COPY demo/ demo/
 RUN pip install --no-deps . \
  && python -c "import service, trainer, evals, deploy, formats" \
  && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +

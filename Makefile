@@ -15,7 +15,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[cpu,dev]'
+	$(VENV)/bin/pip install -q -e '.[demo,dev]'
 	-$(VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec triton
 	touch $@
 

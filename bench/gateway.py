@@ -380,9 +380,9 @@ VLLM_BODY = {"messages": [{"role": "user", "content": "what is the capital of fr
 
 
 def vllm(args: argparse.Namespace) -> None:
-    from tests.fixtures.vllm import VLLMServer
+    from demo.tiny_model import build_tiny_model
+    from demo.vllm_server import VLLMServer
     from trainer.null_adapter import write_random_adapter
-    from trainer.tiny_model import build_tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="bench-gw-"))
     cache = Path(os.environ.get("RATCHET_TEST_CACHE", work))

@@ -27,7 +27,8 @@ from httpx._decoders import LineDecoder, TextDecoder
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from formats.log import normalize_chat
 from service import gateway
-from service.capture import Capture, log_row, utcnow
+from service.capture import Capture, log_row
+from service.clock import utcnow
 from service.domain import LogIn
 
 LOG_ID = "log-0123456789abcdef0123456789abcdef"

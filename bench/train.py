@@ -123,7 +123,7 @@ def main() -> None:
         if args.model:
             model = Path(args.model).resolve()
         else:
-            from trainer.tiny_model import build_tiny_model
+            from demo.tiny_model import build_tiny_model
 
             model = build_tiny_model(tmp / "tiny")
         snapshot = build_snapshot(tmp / "snap")

@@ -10,7 +10,9 @@ model with a rank the servers accept and nothing vLLM can't apply, a weights fil
 and every module the weights adapt is a linear layer of the base model, of the same shape
 (an adapter for Llama's `q_proj` on a Phi-3 base, whose attention is one fused `qkv_proj`, or an
 adapter trained on another size of model, is refused with the layers the base does have). That
-last check reads only the safetensors headers of the adapter and of the base model.
+last check reads only the safetensors headers of the adapter and of the base model. The
+trainer's `manifest.json`, when the directory has one, must be one this version reads
+(`formats.manifest`: a newer one is refused naming its versions).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import Any
 
 import msgspec
 from safetensors import SafetensorError, safe_open
+
+from formats.manifest import AdapterManifest, ManifestError, SchemaVersionError, read_manifest
 
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 # Targets vLLM's LoRA cannot apply as adapters (they need modules_to_save-style full copies).
@@ -52,6 +56,8 @@ class AdapterDir(msgspec.Struct, frozen=True, kw_only=True):
     rank: int
     target_modules: tuple[str, ...]
     base_model: str | None
+    manifest: AdapterManifest | None = None
+    """The trainer's manifest (None: an adapter trained elsewhere)."""
 
 
 def resolve_under_root(path: str | Path, root: str | Path) -> Path:
@@ -79,6 +85,10 @@ def check_adapter_dir(
     if not directory.is_dir():
         raise InvalidAdapter(f"adapter directory {str(directory)!r} does not exist")
     config = _read_config(directory)
+    try:
+        manifest = read_manifest(directory)
+    except (ManifestError, SchemaVersionError) as exc:
+        raise InvalidAdapter(f"{directory}: {exc}") from exc
     if str(config.get("peft_type", "")).upper() != "LORA":
         raise InvalidAdapter(f"{directory}: peft_type is {config.get('peft_type')!r}, not LORA")
     rank = _rank_of(config, directory)
@@ -113,7 +123,9 @@ def check_adapter_dir(
     if not any((directory / name).is_file() for name in WEIGHT_FILES):
         raise InvalidAdapter(f"{directory}: no weights file ({' or '.join(WEIGHT_FILES)})")
     _check_modules_against_base(directory, base_model or adapter_base)
-    return AdapterDir(path=str(directory), rank=rank, target_modules=targets, base_model=adapter_base)
+    return AdapterDir(
+        path=str(directory), rank=rank, target_modules=targets, base_model=adapter_base, manifest=manifest
+    )
 
 
 def _read_config(directory: Path) -> dict[str, Any]:

@@ -18,6 +18,20 @@ import msgspec
 from deploy.rollout import Rollout
 
 
+class RoutingTable(dict[str, Rollout]):
+    """The live routing table: project -> the rollout that serves it. One writer, the service's
+    rollouts (`service.rollouts.Rollouts`, which owns it and keeps it equal to the database);
+    the gateway only reads it, through `current`."""
+
+    def __init__(self, base_served_name: str, rollouts: dict[str, Rollout] | None = None) -> None:
+        super().__init__(rollouts or {})
+        self.base_served_name = base_served_name
+
+    def current(self, project: str) -> Rollout:
+        """The project's rollout; before it has any, the base model serves it."""
+        return self.get(project) or Rollout(project=project, champion=self.base_served_name)
+
+
 class NoServableAdapter(Exception):
     """Neither the project's champion nor its previous champion can be served now (a replica
     lost them and reconcile has not re-loaded them yet, or they drifted)."""

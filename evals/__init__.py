@@ -29,7 +29,7 @@ from evals.evalset import EvalExample, load_golden, load_holdout
 from evals.feedback import FeedbackExample, HeldOutRating, group_feedback, read_holdout_ratings
 from evals.feedback_gate import build_feedback_scorers
 from evals.report import Report, ScorerResult, Timings
-from evals.reward_model import RewardItem, RewardModel, TrainerRewardModel
+from evals.reward_model import RewardItem, RewardModel, ScorerProcess, TrainerRewardModel
 from evals.runner import arun, run
 from evals.scorers.agreement import PreferenceAgreement
 from evals.scorers.base import AnswerPair, ExampleScore, PointwiseScorer, Scorer
@@ -75,6 +75,7 @@ __all__ = [
     "RulesConfig",
     "Scorer",
     "ScorerError",
+    "ScorerProcess",
     "ScorerResult",
     "ServerError",
     "Timings",

@@ -3,7 +3,8 @@
 Generation goes through `/v1/chat/completions` (vLLM applies the model's own chat template, as it
 does for users); likelihoods through `/tokenize` (chat template rendering) and
 `/v1/completions` (one forced token per answer token). Requests are bounded by one semaphore, so callers may
-fire them all at once.
+fire them all at once. The HTTP client and the reading of vLLM's errors are deploy's, the one vLLM client
+(`deploy.vllm_client.ReplicaClient`); its exceptions come out as `ServerError` with the same message.
 """
 
 from __future__ import annotations
@@ -14,6 +15,14 @@ from typing import Any, NamedTuple
 
 import httpx
 
+from deploy.vllm_client import (
+    ReplicaClient,
+    ReplicaError,
+    ReplicaFailed,
+    ReplicaTimeout,
+    ReplicaUnavailable,
+    error_of,
+)
 from evals.errors import ServerError
 
 
@@ -25,18 +34,8 @@ class ChatAnswer(NamedTuple):
 
 
 def error_message(response: httpx.Response) -> str:
-    """The human part of an OpenAI-style error body, or the start of the body."""
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:300]
-    if isinstance(body, dict):
-        error = body.get("error", body)
-        if isinstance(error, dict) and "message" in error:
-            return str(error["message"])[:300]
-        if isinstance(error, str):
-            return error[:300]
-    return response.text[:300]
+    """The human part of an OpenAI-style error body, or the start of the body (`error_of`)."""
+    return error_of(response.content).message[:300]
 
 
 def server_root(url: str) -> str:
@@ -63,9 +62,9 @@ class ModelServer:
     ) -> None:
         self.url = server_root(url)
         self._limit = asyncio.Semaphore(concurrency)
-        self._client = httpx.AsyncClient(
-            base_url=self.url,
-            headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
+        self._replica = ReplicaClient(
+            self.url,
+            api_key=api_key,
             timeout=httpx.Timeout(timeout_s, connect=10.0),
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
             transport=transport,
@@ -77,51 +76,27 @@ class ModelServer:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self._client.aclose()
+        await self._replica.aclose()
 
     async def _post(self, path: str, body: dict[str, Any], what: str) -> dict[str, Any]:
-        """POST `body`; a request whose pooled connection the server had closed (dropped before any
-        answer: vLLM's server closes idle keep-alive connections after a few seconds, and a busy
-        machine widens the race) is sent once more on a fresh connection. These requests only
-        read (generate, log-probs), so sending one twice changes nothing."""
+        """POST `body` (a read: generation, log-probs, tokenizing; a dropped pooled connection is
+        retried once by the client) and return the JSON answer."""
         async with self._limit:
-            for attempt in (1, 2):
-                self.requests += 1
-                try:
-                    response = await self._client.post(path, json=body)
-                    break
-                except httpx.TimeoutException as exc:
-                    raise ServerError(f"vLLM at {self.url}: {what} timed out ({type(exc).__name__})") from exc
-                except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError) as exc:
-                    if attempt == 1:
-                        continue
-                    raise ServerError(
-                        f"vLLM at {self.url} unreachable ({what}): {type(exc).__name__}: {exc}"
-                    ) from exc
-                except httpx.TransportError as exc:
-                    raise ServerError(
-                        f"vLLM at {self.url} unreachable ({what}): {type(exc).__name__}: {exc}"
-                    ) from exc
-        if response.status_code != 200:
-            raise ServerError(
-                f"vLLM at {self.url}: {what} answered {response.status_code}: {error_message(response)}"
-            )
-        try:
-            return response.json()
-        except ValueError as exc:
-            raise ServerError(
-                f"vLLM at {self.url}: {what} answered non-JSON: {response.text[:200]!r}"
-            ) from exc
+            self.requests += 1
+            try:
+                data = await self._replica.post_json(path, body, context=what)
+            except ReplicaError as exc:
+                raise ServerError(_message(exc)) from exc
+        if not isinstance(data, dict):
+            raise ServerError(f"vLLM at {self.url}: {what} answered {data!r:.200}, not an object")
+        return data
 
     async def models(self) -> list[str]:
         """Names vLLM serves now (base model and loaded adapters)."""
         try:
-            response = await self._client.get("/v1/models")
-        except httpx.TransportError as exc:
-            raise ServerError(f"vLLM at {self.url} unreachable: {type(exc).__name__}: {exc}") from exc
-        if response.status_code != 200:
-            raise ServerError(f"vLLM at {self.url}: /v1/models answered {response.status_code}")
-        return [m["id"] for m in response.json().get("data", [])]
+            return [card.id for card in await self._replica.list_models()]
+        except ReplicaError as exc:
+            raise ServerError(_message(exc)) from exc
 
     async def require(self, *names: str) -> None:
         """Raise `ServerError` naming what is missing unless every model in `names` is served."""
@@ -270,3 +245,10 @@ class ModelServer:
         if got != f"token_id:{token}":
             raise ServerError(f"vLLM at {self.url}: asked for the log-prob of token {token}, got {got!r}")
         return value
+
+
+def _message(exc: ReplicaError) -> str:
+    """A `ServerError`'s message for the client's exception: where, what, and vLLM's reason."""
+    if isinstance(exc, ReplicaUnavailable) and not isinstance(exc, ReplicaTimeout | ReplicaFailed):
+        return f"vLLM at {exc.replica} unreachable: {exc.message}"
+    return f"vLLM at {exc.replica}: {exc.message}"

@@ -19,11 +19,12 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from deploy.adapters import AdapterManager
-from deploy.rollout import Rollout
+from formats.snapshot import SnapshotManifest
 from service.api import (
     adapters,
     capture,
     erasure,
+    fine_tuning,
     gate,
     gateway,
     health,
@@ -37,7 +38,8 @@ from service.api import settings as project_settings_api
 from service.api.deps import SCOPE_OPT, provide_principal, provide_runtime
 from service.api.errors import EXCEPTION_HANDLERS
 from service.auth import KeyRing, mint_key
-from service.capture import Capture, utcnow
+from service.capture import Capture
+from service.clock import utcnow
 from service.config import Settings
 from service.erasure import finish_interrupted
 from service.gate_config import import_files
@@ -57,6 +59,7 @@ from service.store.gate_configs import GateConfigs
 from service.store.queries import Queries
 from service.store.runs import Runs
 from service.store.serving import Serving
+from service.store.snapshot import export_snapshot
 from service.store.writer import GroupCommitWriter
 
 log = logging.getLogger("ratchet")
@@ -126,8 +129,8 @@ def build_runtime(settings: Settings, metrics: Metrics | None = None) -> Runtime
         # Adapters must have been trained on the base the replicas serve (deploy.adapter_dir).
         base_model=settings.vllm.base_model or None,
     )
-    routing: dict[str, Rollout] = {}
     project_settings = ProjectSettingsBook(settings, queries.project_settings())
+    rollouts = Rollouts(settings, serving, manager, metrics, project_settings.effective)
     runtime = Runtime(
         settings=settings,
         db=db,
@@ -138,8 +141,8 @@ def build_runtime(settings: Settings, metrics: Metrics | None = None) -> Runtime
         metrics=metrics,
         serving=serving,
         manager=manager,
-        gateway=Gateway(settings, manager, capture, metrics, routing),
-        rollouts=Rollouts(settings, serving, manager, routing, metrics, project_settings.effective),
+        gateway=Gateway(settings, manager, capture, metrics, rollouts.routing),
+        rollouts=rollouts,
         runs=Runs(db, serving),
         erasures=Erasures(db, settings.runs_dir, settings.erasure_batch_rows, archive),
         project_settings=project_settings,
@@ -151,6 +154,24 @@ def build_runtime(settings: Settings, metrics: Metrics | None = None) -> Runtime
         metrics.init_project(name)
     import_files(runtime)  # a project's eval.json, once
     return runtime
+
+
+def build_pipeline(runtime: Runtime) -> Pipeline:
+    """The run pipeline over the runtime's parts (it is handed each part it uses, by name)."""
+    settings = runtime.settings
+
+    def cut_snapshot(project: str, out: Path) -> SnapshotManifest:
+        with runtime.data_lock(project):  # never beside an erasure of the same project
+            return export_snapshot(
+                runtime.db, project, out, settings.snapshot, now=utcnow(), feedback=settings.feedback,
+                archive=runtime.archive,
+            )  # fmt: skip
+
+    return Pipeline(
+        settings=settings, project_settings=runtime.project_settings, projects=runtime.projects,
+        runs=runtime.runs, serving=runtime.serving, queries=runtime.queries, gate_configs=runtime.gate_configs,
+        rollouts=runtime.rollouts, cut_snapshot=cut_snapshot, metrics=runtime.metrics,
+    )  # fmt: skip
 
 
 def ensure_admin_key(runtime: Runtime) -> str | None:
@@ -194,7 +215,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
     """The Ratchet HTTP app. Opens the store at start-up and closes it at shutdown."""
     runtime = runtime or build_runtime(settings)
 
-    pipeline = runtime.pipeline = Pipeline(runtime)
+    pipeline = runtime.pipeline = build_pipeline(runtime)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -253,6 +274,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
             adapters.promote,
             adapters.rollback,
             adapters.download_adapter,
+            adapters.get_adapter,
             runs.start_run,
             runs.list_runs,
             runs.get_run,
@@ -271,6 +293,16 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
             project_settings_api.patch_settings,
             gate.get_gate,
             gate.put_gate,
+            fine_tuning.upload_route(settings.max_file_bytes),
+            fine_tuning.list_files,
+            fine_tuning.get_file,
+            fine_tuning.get_file_content,
+            fine_tuning.delete_file,
+            fine_tuning.create_job,
+            fine_tuning.list_jobs,
+            fine_tuning.get_job,
+            fine_tuning.list_job_events,
+            fine_tuning.cancel_job,
             health.healthz,
             health.readyz,
             health.metrics,

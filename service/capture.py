@@ -13,7 +13,7 @@ import re
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -21,6 +21,7 @@ from msgspec import UNSET
 
 from formats.chat import ShapeError
 from formats.log import NormalizedLog, normalize
+from service.clock import to_utc, utcnow
 from service.domain import CaptureResult, FeedbackBatchIn, FeedbackIn, ItemResult, LogBatchIn, LogIn
 from service.errors import InvalidInput, WriterSaturated
 from service.metrics import Metrics
@@ -29,17 +30,6 @@ from service.store.writer import GroupCommitWriter
 
 _encode = msgspec.json.encode
 log = logging.getLogger("ratchet.capture")
-
-
-def utcnow() -> datetime:
-    """Now, as the naive UTC datetime the store keeps."""
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
-def to_utc(value: datetime | None, default: datetime) -> datetime:
-    if value is None:
-        return default
-    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
 
 
 def new_log_id() -> str:

@@ -19,9 +19,9 @@ from typing import Any
 
 import msgspec
 
+from formats.versioned import SchemaVersionError
 from service.config import Settings, SettingsError
 from service.errors import RatchetError
-from trainer.tiny_model import FAMILY_NAMES
 
 Handler = Callable[[argparse.Namespace], int]
 SHUTDOWN_GRACE_S = 5
@@ -375,14 +375,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     Example: `ratchet demo --minutes 15`
     """
-    from service.demo import DemoOptions, run_demo
-
-    result = run_demo(
-        DemoOptions(data_dir=Path(args.data_dir), minutes=args.minutes, promotions=args.promotions,
-                    vllm_url=args.vllm_url, seed=args.seed)
-    )  # fmt: skip
-    # Success is a better model serving: at least one promotion. The demo keeps going for more.
-    return 0 if result.promoted else 3
+    # The demo is not part of the product (the `demo` package, installed by the demo extra): it
+    # runs as its own process. Exit 0 once an adapter was promoted, 3 when none was.
+    command = [sys.executable, "-m", "demo", "run", "--data-dir", args.data_dir, "--minutes", str(args.minutes),
+               "--promotions", str(args.promotions), "--seed", str(args.seed)]  # fmt: skip
+    if args.vllm_url:
+        command += ["--vllm-url", args.vllm_url]
+    return _run_demo_package(command)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -396,28 +395,23 @@ def cmd_runs(args: argparse.Namespace) -> int:
     """List runs with their stage, progress and gate results. Example: `ratchet runs --project demo --follow`"""
     import time
 
+    from formats.run import runs_from_json
+
     client = _client(args)
     params = {"project": args.project} if args.project else {}
     while True:
-        runs = client.request("GET", "/v1/runs", params={**params, "limit": args.limit})
+        runs = runs_from_json(client.request("GET", "/v1/runs", params={**params, "limit": args.limit}))
         if args.follow:
             print("\033[2J\033[H", end="")
         print(f"{'run':<28}{'project':<14}{'state':<12}{'progress':<22}{'adapter':<14}stages (s)")
         for r in runs:
-            st = r["stats"]
-            prog = st.get("progress") or {}
-            progress = (
-                f"step {prog.get('step')}/{prog.get('total_steps')} loss {prog.get('loss', 0):.3f}"
-                if prog
-                else ""
-            )
-            stages = " ".join(f"{k}:{v:.0f}" for k, v in (st.get("stage_seconds") or {}).items())
-            print(
-                f"{r['id']:<28}{r['project']:<14}{r['state']:<12}{progress:<22}{st.get('adapter') or '-':<14}{stages}"
-            )
-            if r.get("error"):
-                print(f"    error: {r['error']}")
-            for reason in (st.get("eval") or {}).get("reasons", []):
+            prog = r.stats.progress
+            progress = f"step {prog.step}/{prog.total_steps} loss {prog.loss or 0:.3f}" if prog else ""
+            stages = " ".join(f"{k}:{v:.0f}" for k, v in r.stats.stage_seconds.items())
+            print(f"{r.id:<28}{r.project:<14}{r.state:<12}{progress:<22}{r.stats.adapter or '-':<14}{stages}")
+            if r.error:
+                print(f"    error: {r.error}")
+            for reason in r.stats.eval.reasons if r.stats.eval else ():
                 print(f"    gate: {reason}")
         if not args.follow:
             return 0
@@ -456,7 +450,17 @@ def cmd_adapters_list(args: argparse.Namespace) -> int:
     """List adapter versions and their state. Example: `ratchet adapters list --project demo`"""
     params = {"project": args.project} if args.project else {}
     for a in _client(args).request("GET", "/v1/adapters", params=params):
-        print(f"{a['served_name']:<24}{a['state']:<11}{a['method']:<9}{a['created_at']:<28}{a['path']}")
+        print(
+            f"{a['served_name']:<24}{a['state']:<11}{a['method']:<9}{a['created_at']:<28}{a['run_id'] or '-'}"
+        )
+    return 0
+
+
+def cmd_adapters_show(args: argparse.Namespace) -> int:
+    """One version in full: its directory on the server and the trainer's manifest, as JSON. Example: `ratchet adapters show demo@v3`"""
+    import json
+
+    print(json.dumps(_client(args).request("GET", f"/v1/adapters/{args.name}"), indent=2))
     return 0
 
 
@@ -501,9 +505,19 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
 
     Llama is pre-trained on the tiny world; the other families are pre-trained only briefly and
     have a chat template that behaves like the family's published one."""
+    return _run_demo_package([sys.executable, "-m", "demo", "tiny-model", args.dir, "--family", args.family])
+
+
+def _run_demo_package(command: list[str]) -> int:
+    """Run `python -m demo ...` (the demo and tiny-model builders live outside the product packages)."""
+    import importlib.util
     import subprocess
 
-    command = [sys.executable, "-m", "trainer", "tiny-model", args.dir, "--family", args.family]
+    if importlib.util.find_spec("demo") is None:
+        print(
+            "error: the demo is not installed: pip install 'ratchet[demo]' (or `make demo`)", file=sys.stderr
+        )
+        return 2
     return subprocess.run(command).returncode
 
 
@@ -669,6 +683,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="action", required=True, metavar="ACTION"
     )
     add("list", cmd_adapters_list, adapters).add_argument("--project")
+    add("show", cmd_adapters_show, adapters).add_argument("name")
     add("promote", cmd_adapters_promote, adapters).add_argument("name")
     add("rollback", cmd_adapters_rollback, adapters).add_argument("name")
     download = add("download", cmd_adapters_download, adapters)
@@ -687,7 +702,9 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = add("tiny-model", cmd_tiny_model)
     tiny.add_argument("dir")
     tiny.add_argument(
-        "--family", choices=FAMILY_NAMES, default="llama", help="architecture and chat template"
+        "--family",
+        default="llama",
+        help="architecture and chat template (checked by `python -m demo tiny-model`)",
     )
     return parser
 
@@ -702,6 +719,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.handler(args))
     except (RatchetError, SettingsError) as exc:
         print(f"ratchet: {exc}", file=sys.stderr)
+        return 1
+    except SchemaVersionError as exc:  # a newer server's answer: this CLI must be upgraded
+        print(f"ratchet: {exc}; upgrade this ratchet", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

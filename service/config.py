@@ -261,7 +261,11 @@ class TrainingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
         bool, _doc("Train on top of the serving adapter instead of from the base model.")
     ] = False
     spec_overrides: Annotated[
-        dict[str, Any], _doc('Merged into the trainer\'s SPEC.json (e.g. {"optim": {"max_steps": 200}}).')
+        dict[str, Any],
+        _doc(
+            'Merged into the trainer\'s SPEC.json (e.g. {"optim": {"max_steps": 200}}; fields: formats/run.py). '
+            "Checked when a run starts: a misspelt field fails the run, named, before the trainer starts."
+        ),
     ] = {}
     timeout_seconds: Annotated[
         float, _doc("A trainer running longer is killed and its run fails."), msgspec.Meta(gt=0)
@@ -423,6 +427,11 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     max_body_bytes: Annotated[
         int, _doc("Largest request body accepted (413 above)."), msgspec.Meta(ge=1024)
     ] = 1024 * 1024
+    max_file_bytes: Annotated[
+        int,
+        _doc("Largest file accepted by POST /v1/files (OpenAI fine-tuning files; 413 above)."),
+        msgspec.Meta(ge=1024),
+    ] = 64 * 1024 * 1024
     max_batch_items: Annotated[int, _doc("Most items in one batch request."), msgspec.Meta(ge=1)] = 1000
     writer: WriterSettings = WriterSettings()
     database: DatabaseSettings = DatabaseSettings()

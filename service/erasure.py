@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from service.capture import utcnow
+from service.clock import utcnow
 from service.domain import ErasureOut, Principal
 from service.errors import NotFound
 from service.runtime import Runtime

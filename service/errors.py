@@ -39,6 +39,11 @@ class MalformedPayload(InvalidInput):
     encoding, corrupt compression, not the expected message. OTLP answers these with 400."""
 
 
+class InvalidFile(InvalidInput):
+    """An uploaded file that cannot be used as it is: `detail` lists the bad lines (line number,
+    field, what to fix). OpenAI's files API answers these with 400."""
+
+
 class Unauthenticated(RatchetError):
     """No API key, or one Ratchet does not know."""
 

@@ -23,7 +23,7 @@ import msgspec
 
 from evals import EvalInputError, GoldenConfig, load_golden
 from evals.evalset import GoldenLine, golden_examples
-from service.capture import utcnow
+from service.clock import utcnow
 from service.config import FeedbackGateSettings
 from service.domain import GateConfig, GateConfigOut, GoldenSetIn, Principal
 from service.errors import InvalidInput

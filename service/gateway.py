@@ -40,7 +40,8 @@ from yarl import URL
 
 from deploy.adapters import AdapterManager, AdapterNotServable, Lease
 from deploy.rollout import Rollout
-from deploy.routing import NoServableAdapter, route
+from deploy.routing import NoServableAdapter, RoutingTable, route
+from deploy.vllm_client import ModelNotFound, RequestRejected, error_of, reply_error
 from formats.chat import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -52,7 +53,8 @@ from formats.chat import (
     check_request,
 )
 from formats.log import NormalizedLog, normalize_chat, normalize_completion
-from service.capture import Capture, adapter_label, log_row, new_log_id, utcnow
+from service.capture import Capture, adapter_label, log_row, new_log_id
+from service.clock import utcnow
 from service.config import Settings
 from service.errors import (
     InvalidInput,
@@ -67,7 +69,6 @@ from service.store.rows import LogRow
 log = logging.getLogger("ratchet.gateway")
 Endpoint = Literal["chat", "completions"]
 _PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
-_decode = msgspec.json.decode
 _encode = msgspec.json.encode
 _decode_object = msgspec.json.Decoder(dict[str, Any]).decode
 _REQUEST_DECODERS: dict[Endpoint, Any] = {
@@ -294,8 +295,9 @@ class _Call:
 
 
 class Gateway:
-    """Routes, forwards and logs gateway requests. `rollouts` is the live routing table;
-    `upstream` the HTTP client to vLLM (aiohttp unless given)."""
+    """Routes, forwards and logs gateway requests. `routing` is the live routing table (the
+    service's rollouts own and write it; the gateway only reads it); `upstream` the HTTP client
+    to vLLM (aiohttp unless given)."""
 
     def __init__(
         self,
@@ -303,14 +305,14 @@ class Gateway:
         manager: AdapterManager,
         capture: Capture,
         metrics: Metrics,
-        rollouts: dict[str, Rollout],
+        routing: RoutingTable,
         upstream: Upstream | None = None,
     ) -> None:
         self.settings = settings
         self.manager = manager
         self.capture = capture
         self.metrics = metrics
-        self.rollouts = rollouts
+        self.routing = routing
         self.upstream = upstream or AiohttpUpstream(settings)
         self._pending: set[asyncio.Task[None]] = set()
 
@@ -328,19 +330,20 @@ class Gateway:
 
     def rollout(self, project: str) -> Rollout:
         """The project's rollout; before it has any, the base model serves it."""
-        return self.rollouts.get(project) or Rollout(
-            project=project, champion=self.settings.vllm.base_served_name
-        )
+        return self.routing.current(project)
 
-    async def forward(self, project: str, request: GatewayRequest) -> GatewayAnswer | GatewayStream:
+    async def forward(
+        self, project: str, request: GatewayRequest, version: str | None = None
+    ) -> GatewayAnswer | GatewayStream:
         """Answer one OpenAI request for `project` (a JSON body, or a stream when `stream` is
-        true). Raises `UpstreamUnavailable` (503), `UpstreamTimeout` (504) or `UpstreamRejected`
-        (vLLM's 4xx)."""
+        true), by the version its rollout routes to, or by `version` (a served name the caller
+        asked for, outside the rollout). Raises `UpstreamUnavailable` (503), `UpstreamTimeout`
+        (504) or `UpstreamRejected` (vLLM's 4xx)."""
         log_id = new_log_id()
         # A replica that restarted has lost its runtime adapters: each 404 takes one (adapter,
         # replica) out of routing, so a few attempts reach the fallback or a clear 503.
         for _attempt in range(3):
-            call = self._start(project, request, log_id)
+            call = self._start(project, request, log_id, version)
             body = _encode({**request.body, "model": call.served_name})
             try:
                 reply = await self.upstream.post(call.lease.replica, _PATHS[request.endpoint], body)
@@ -355,38 +358,44 @@ class Gateway:
                     return GatewayStream(log_id, call.served_name, self._relay(call, reply))
                 return GatewayAnswer(log_id, call.served_name, await self._answer(call, reply))
             try:
-                text = (await reply.read()).decode(errors="replace")
+                content = await reply.read()
             except (UpstreamTimeout, UpstreamUnavailable):
-                text = ""
+                content = b""
             finally:
                 await reply.close()
-            if reply.status_code == 404 and "does not exist" in text:
+            error = reply_error(
+                call.lease.replica, reply.status_code, content, context="generation", model=call.served_name
+            )
+            if isinstance(error, ModelNotFound):
                 self.manager.report_missing(call.served_name, call.lease.replica)
                 self._fail(call, "adapter_missing")
                 continue
             # A request vLLM refuses as invalid is the client's mistake, not an upstream failure.
-            self._fail(call, "rejected" if reply.status_code < 500 else "status")
-            message = _upstream_message(text)
-            if reply.status_code < 500:
-                raise UpstreamRejected(f"vLLM refused the request: {message}", reply.status_code)
-            raise UpstreamUnavailable(f"vLLM failed ({reply.status_code}): {message}")
+            if isinstance(error, RequestRejected):
+                self._fail(call, "rejected")
+                raise UpstreamRejected(f"vLLM refused the request: {error.reason}", reply.status_code)
+            self._fail(call, "status")
+            raise UpstreamUnavailable(f"vLLM failed ({reply.status_code}): {error_of(content).message}")
         raise UpstreamUnavailable("the adapter is being re-loaded on the replicas; retry shortly")
 
-    def _start(self, project: str, request: GatewayRequest, log_id: str) -> _Call:
+    def _start(self, project: str, request: GatewayRequest, log_id: str, version: str | None = None) -> _Call:
         try:
-            chosen = route(
-                self.rollout(project),
-                end_user=request.end_user,
-                request_key=log_id,
-                servable=self.manager.servable,
+            served = (
+                version
+                or route(
+                    self.rollout(project),
+                    end_user=request.end_user,
+                    request_key=log_id,
+                    servable=self.manager.servable,
+                ).served_name
             )
-            lease = self.manager.acquire(chosen.served_name)
+            lease = self.manager.acquire(served)
         except (NoServableAdapter, AdapterNotServable) as exc:
             self.metrics.gateway_upstream_errors.labels(project, "none", "not_servable").inc()
             raise UpstreamUnavailable(f"{project}: no adapter can serve now ({exc}); retry shortly") from exc
-        label = self._label(project, chosen.served_name)
-        self.capture.remember_adapter(project, log_id, chosen.served_name)
-        return _Call(project, request, log_id, chosen.served_name, lease, time.perf_counter(), label)
+        label = self._label(project, served)
+        self.capture.remember_adapter(project, log_id, served)
+        return _Call(project, request, log_id, served, lease, time.perf_counter(), label)
 
     def _label(self, project: str, served_name: str) -> str:
         return adapter_label(project, served_name, self.settings.vllm.base_served_name)
@@ -699,16 +708,3 @@ class _Events:
             if lines:
                 payloads.append(b"\n".join(lines))
         return payloads
-
-
-def _upstream_message(text: str) -> str:
-    try:
-        body = _decode(text)
-        error = body.get("error") if isinstance(body, dict) else None
-        if isinstance(error, dict) and error.get("message"):
-            return str(error["message"])
-        if isinstance(body, dict) and body.get("message"):
-            return str(body["message"])
-    except msgspec.DecodeError:
-        pass
-    return text[:500]

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 import msgspec
 
 from service.auth import ENV_ADMIN_KEY_ID, StoredKey, mint_key, normalise_scopes
-from service.capture import utcnow
+from service.clock import utcnow
 from service.domain import KeyCreated, KeyIn, KeyOut, KeyRotated, KeyRotateIn, Principal
 from service.errors import Conflict, Forbidden, InvalidInput, NotFound
 from service.runtime import Runtime

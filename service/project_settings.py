@@ -22,7 +22,7 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from deploy.online_gate import GatePolicy
-from service.capture import utcnow
+from service.clock import utcnow
 from service.config import FeedbackGateSettings, Settings, TrainingSettings
 from service.domain import Principal
 from service.errors import Conflict

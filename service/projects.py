@@ -6,7 +6,7 @@ import asyncio
 import logging
 
 from service.auth import OWNER_SCOPES, mint_key
-from service.capture import utcnow
+from service.clock import utcnow
 from service.domain import Project, ProjectCreated, ProjectIn
 from service.runtime import Runtime
 

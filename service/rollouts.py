@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -23,11 +22,14 @@ from deploy.adapters import AdapterError, AdapterManager, Fingerprint, Reconcile
 from deploy.names import parse_served_name, served_name
 from deploy.online_gate import GateDecision, decide
 from deploy.rollout import Rollout, RolloutConflict, Transition
-from service.capture import utcnow
+from deploy.routing import RoutingTable
+from formats.manifest import AdapterManifest, ManifestError, SchemaVersionError, read_manifest
+from service.clock import utcnow
 from service.config import Settings
-from service.errors import AdapterLoadFailed, Conflict, InvalidInput
+from service.errors import AdapterLoadFailed, Conflict, InvalidInput, NotFound
 from service.metrics import Metrics
 from service.store.serving import AdapterRecord, Event, Serving
+from service.trainer_process import TrainerFailed, run_trainer
 
 log = logging.getLogger("ratchet.rollouts")
 
@@ -37,14 +39,14 @@ class AdapterLoadError(AdapterLoadFailed):
 
 
 class Rollouts:
-    """What each project serves, kept in the database, in the gateway's routing table and in vLLM."""
+    """What each project serves, kept in the database, in the gateway's routing table (`routing`,
+    which this owns: the gateway reads it) and in vLLM."""
 
     def __init__(
         self,
         settings: Settings,
         serving: Serving,
         manager: AdapterManager,
-        routing: dict[str, Rollout],
         metrics: Metrics,
         settings_for: Callable[[str], Settings] | None = None,
     ) -> None:
@@ -53,18 +55,15 @@ class Rollouts:
         self.settings_for = settings_for or (lambda _project: settings)
         self.serving = serving
         self.manager = manager
-        self.routing = routing
+        self.routing = RoutingTable(settings.vllm.base_served_name, serving.rollouts())
         self.metrics = metrics
         self._lock = asyncio.Lock()
         self._base_locks: dict[str, asyncio.Lock] = {}
-        routing.update(serving.rollouts())
-        for r in routing.values():
+        for r in self.routing.values():
             self._export(r)
 
     def current(self, project: str) -> Rollout:
-        return self.routing.get(project) or Rollout(
-            project=project, champion=self.settings.vllm.base_served_name
-        )
+        return self.routing.current(project)
 
     async def ensure_base_version(self, project: str, run_id: str | None = None) -> None:
         """Serve the base model as `project@v0`, a LoRA of zeros, so every request carries an adapter.
@@ -87,7 +86,10 @@ class Rollouts:
         name = served_name(project, 0)
         path = self.settings.adapters_dir / project / "v0"
         if not (path / "adapter_config.json").exists():
-            await _run_trainer("null-adapter", "--base", self.settings.vllm.base_model, "--out", str(path))
+            try:
+                await run_trainer("null-adapter", "--base", self.settings.vllm.base_model, "--out", str(path))
+            except TrainerFailed as exc:
+                raise AdapterLoadError(f"could not write {name}'s null adapter: {exc.message}") from exc
         now = utcnow()
         if not any(a.served_name == name for a in await asyncio.to_thread(self.serving.adapters, project)):
             await asyncio.to_thread(
@@ -95,7 +97,7 @@ class Rollouts:
                 AdapterRecord(
                     project=project, version=0, served_name=name, path=str(path), parent_version=None, method="null",
                     snapshot_sha256=None, state="candidate", created_at=now, updated_at=now,
-                    manifest={"kind": "null", "base_model": self.settings.vllm.base_model},
+                    manifest=read_manifest(path) or AdapterManifest(kind="null", base_model=self.settings.vllm.base_model),
                 ),
             )  # fmt: skip
         async with self._lock:  # making room and loading are one step for the shared budget
@@ -118,11 +120,13 @@ class Rollouts:
         *,
         method: str,
         parent_version: int | None = None,
-        snapshot_sha256: str | None = None,
-        manifest: dict[str, object] | None = None,
+        manifest: AdapterManifest | None = None,
         run_id: str | None = None,
     ) -> AdapterRecord:
-        """Record an adapter directory (under the adapters root) as the project's next version."""
+        """Record an adapter directory (under the adapters root) as the project's next version,
+        with its manifest (read from the directory when not given; none for an adapter trained
+        elsewhere). `InvalidInput` for a directory that is no adapter or whose manifest is
+        unreadable or of a newer schema version."""
         try:
             resolved = resolve_under_root(path, self.settings.adapters_dir)
         except InvalidAdapter as exc:
@@ -131,12 +135,18 @@ class Rollouts:
             raise InvalidInput(
                 f"{resolved} holds no adapter_config.json: not a PEFT adapter directory", "path"
             )
+        if manifest is None:
+            try:
+                manifest = read_manifest(resolved)
+            except (ManifestError, SchemaVersionError) as exc:
+                raise InvalidInput(str(exc), "path") from exc
         now = utcnow()
         version = self.serving.next_version(project)
         record = AdapterRecord(
             project=project, version=version, served_name=served_name(project, version), path=str(resolved),
-            parent_version=parent_version, method=method, snapshot_sha256=snapshot_sha256, state="candidate",
-            created_at=now, updated_at=now, manifest=manifest or {},
+            parent_version=parent_version, method=method,
+            snapshot_sha256=manifest.snapshot_sha256 if manifest else None, state="candidate",
+            created_at=now, updated_at=now, manifest=manifest,
         )  # fmt: skip
         event = Event(
             now, project, run_id, "adapter_registered", {"adapter": record.served_name, "method": method}
@@ -149,6 +159,21 @@ class Rollouts:
         async with self._lock:
             if not self.manager.servable(name):
                 await self._make_servable(name)
+
+    async def ensure_addressable(self, name: str) -> None:
+        """Make a version a request named (`project@vN`) servable: loaded if it is not (a
+        fine-tuning job's version evicted for room, or lost by a vLLM restart). `NotFound` for no
+        such version, or one that may not answer: failed, or trained on erased data."""
+        if self.manager.servable(name):
+            return
+        try:
+            record = await asyncio.to_thread(self.serving.adapter, name)
+        except NotFound:
+            raise NotFound(f"model {name!r} does not exist: see GET /v1/adapters") from None
+        if record.state == "failed" or record.erased_data:
+            raise NotFound(f"model {name!r} cannot be served ({record.state}"
+                           f"{', trained on erased data' if record.erased_data else ''})")  # fmt: skip
+        await self.ensure_loaded(name)
 
     async def discard(self, name: str, reason: str, run_id: str | None = None) -> None:
         """A candidate that will not be served: unload it and mark it rejected."""
@@ -378,12 +403,3 @@ async def bring_up_serving(runtime: Any) -> None:
         runtime.serving_up = True
     except Exception as exc:
         log.warning("serving not ready yet (%s); the reconcile job will retry", exc)
-
-
-async def _run_trainer(*args: str) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "trainer", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    _, err = await proc.communicate()
-    if proc.returncode != 0:
-        raise AdapterLoadError(f"`python -m trainer {' '.join(args)}` failed: {err.decode()[-500:]}")

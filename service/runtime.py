@@ -48,8 +48,9 @@ class Runtime:
     """The Parquet lake of old logs (None: only in tests that build a runtime by hand)."""
     serving_up: bool = False
     """Every project's serving adapters were loaded once since start (readiness waits for it)."""
-    # service.pipeline.Pipeline, set by create_app (that module imports this one). Typed Any because
-    # Litestar resolves this dataclass's annotations at request time.
+    # service.pipeline.Pipeline, set by create_app for the handlers (the pipeline itself is handed
+    # the parts it uses, not this object). Typed Any because Litestar resolves this dataclass's
+    # annotations at request time.
     pipeline: Any = None
     # threading.Lock values, typed Any for the same reason.
     data_locks: dict[str, Any] = field(default_factory=dict)

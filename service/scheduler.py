@@ -12,7 +12,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from service.archive import archive_old_logs
-from service.capture import utcnow
+from service.clock import utcnow
 from service.erasure import apply_retention
 from service.keys import flush_key_use
 from service.pipeline import Pipeline

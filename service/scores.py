@@ -15,7 +15,8 @@ import uuid
 import msgspec
 
 from formats.langfuse import ScoreBody, ScoreError, feedback_item
-from service.capture import Capture, Rejected, decode_item, rejected_by, utcnow
+from service.capture import Capture, Rejected, decode_item, rejected_by
+from service.clock import utcnow
 from service.domain import FeedbackIn
 from service.errors import InvalidInput
 from service.store.queries import Queries

@@ -10,7 +10,8 @@ posted to `/v1/logs` and `/v1/feedback`, checked by the same decoders and writte
   `metadata.otel` keeps the trace and span ids, the dialect and the resource's `service.name`.
   Re-exporting a span is a duplicate, never a second row.
 - A `gen_ai.evaluation.result` is feedback on its target log (module docstring of
-  `formats.genai`): `score.value` in [0, 1] is the score (-1 outside it without a label is a
+  `formats.genai`; a target named by span alone is found among this export's spans, else among
+  the logs stored from earlier exports, whatever their id): `score.value` in [0, 1] is the score (-1 outside it without a label is a
   thumbs-down); a `score.label` Ratchet knows (`pass`/`fail`, `correct`/`incorrect`,
   `relevant`/`not_relevant`, `good`/`bad`, ...) is the rating; `explanation` is the comment;
   the evaluation's name goes into the feedback's metadata. Its id is derived from the event, so a
@@ -22,8 +23,9 @@ posted to `/v1/logs` and `/v1/feedback`, checked by the same decoders and writte
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,6 +37,8 @@ from service.domain import FeedbackIn, LogIn
 from service.errors import MalformedPayload
 from service.metrics import Metrics
 
+SpanLookup = Callable[[str, list[tuple[str, str]]], dict[tuple[str, str], tuple[str, str | None]]]
+"""(project, [(trace id, span id)]) -> the stored logs of those spans: (log id, end user) by span."""
 INFLATE_FACTOR = 16
 """A gzip body may inflate to this many times `max_body_bytes` (GenAI text compresses ~10x)."""
 POSITIVE_LABELS = frozenset(
@@ -94,9 +98,12 @@ async def ingest_spans(
     *,
     max_batch_items: int,
     may_attribute: bool,
+    stored_spans: SpanLookup | None = None,
 ) -> TraceResult:
     """Store the GenAI inference spans of an export as logs, then its evaluations as feedback;
-    returns what happened (see the module docstring)."""
+    returns what happened (see the module docstring). `stored_spans` finds the logs of spans
+    exported earlier (an evaluation that names its target by span alone; called off the event
+    loop, only for such evaluations)."""
     result = TraceResult()
     problems: list[str] = []
     logs: list[LogIn | Rejected] = []
@@ -121,6 +128,12 @@ async def ingest_spans(
         result.duplicates += written.duplicates
         result.rejected += written.rejected
         problems.extend(r.error or "" for r in written.results if r.status == "rejected")
+    earlier = {
+        (e.trace_id, e.span_id) for e in evaluations
+        if e.response_id is None and (e.trace_id, e.span_id) not in span_logs
+    }  # fmt: skip
+    if earlier and stored_spans is not None:
+        span_logs.update(await asyncio.to_thread(stored_spans, project, sorted(earlier)))
     feedback: list[FeedbackIn | Rejected] = []
     for evaluation in evaluations:
         item = _feedback_item(evaluation, span_logs)

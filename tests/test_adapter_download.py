@@ -104,3 +104,33 @@ def test_archive_carries_the_eval_report_when_there_is_one(tmp_path: Path) -> No
     assert json.loads(members["p-v3/eval_report.json"]) == {"promote": True}
     assert members["p-v3/adapter_config.json"] == b"{}"
     assert json.loads(members["p-v3/ratchet.json"])["parent_version"] == 2
+
+
+def test_the_listing_names_versions_and_the_detail_has_path_and_manifest(
+    ratchet_server: RatchetProcess, registered: tuple[str, Path, str], tiny_model_dir: Path
+) -> None:
+    """Handlers answer with wire types: no server-side path nor full manifest in the listing;
+    the detail route has both. A directory whose manifest a newer Ratchet wrote is refused by
+    name and versions (422), recording nothing."""
+    name, adapter, read_key = registered
+    with ratchet_server.client(read_key) as c:
+        listed = c.get("/v1/adapters", params={"project": "dl"}).json()
+        detail = c.get(f"/v1/adapters/{name}").json()
+    mine = next(a for a in listed if a["served_name"] == name)
+    assert not {"path", "manifest", "fingerprint", "erased_data"} & set(mine), mine
+    assert str(ratchet_server.data_dir) not in json.dumps(listed)
+    assert (mine["run_id"], mine["erased"], mine["state"]) == (None, False, "candidate")
+    assert detail["path"] == str(adapter.resolve())
+    assert (detail["manifest"]["kind"], detail["manifest"]["schema_version"]) == ("random", 1)
+
+    newer = write_random_adapter(
+        tiny_model_dir, ratchet_server.data_dir / "adapters" / "dl" / "ext-new", seed=6
+    )
+    manifest = json.loads((newer / "manifest.json").read_text())
+    (newer / "manifest.json").write_text(json.dumps({**manifest, "schema_version": 2}))
+    with ratchet_server.client() as c:
+        r = c.post("/v1/projects/dl/adapters", json={"path": str(newer), "canary": False})
+        assert r.status_code == 422 and "has schema_version 2; this version of Ratchet reads 1" in r.text, (
+            r.text
+        )
+        assert c.get("/v1/adapters", params={"project": "dl"}).json() == listed

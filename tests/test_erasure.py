@@ -16,6 +16,7 @@ import httpx
 import msgspec
 import pytest
 
+from formats.manifest import AdapterManifest
 from service import erasure
 from service.app import build_runtime
 from service.auth import mint_key
@@ -262,10 +263,14 @@ def test_adapters_trained_on_erased_data_are_listed_and_marked(tmp_path: Path) -
     runtime.runs.create(RunRecord(id="run-1", project="p", trigger="manual", state="failed",
                                   started_at=t0 + timedelta(days=1), updated_at=t0))  # fmt: skip
     day = timedelta(days=1)
-    _adapter(runtime, 1, t0 + 2 * day, snapshot_sha256=manifest.sha256, manifest={"run_id": "run-1"})
-    _adapter(runtime, 2, t0 + 3 * day, parent_version=1, manifest={"run_id": "run-2"})  # trained on top of v1
-    _adapter(runtime, 3, t0 + 4 * day, manifest={"run_id": "run-gone"})  # its snapshot was pruned
-    _adapter(runtime, 4, t0 - day, manifest={"run_id": "run-old"})  # trained before the data came
+    _adapter(
+        runtime, 1, t0 + 2 * day, snapshot_sha256=manifest.sha256, manifest=AdapterManifest(run_id="run-1")
+    )
+    _adapter(
+        runtime, 2, t0 + 3 * day, parent_version=1, manifest=AdapterManifest(run_id="run-2")
+    )  # trained on top of v1
+    _adapter(runtime, 3, t0 + 4 * day, manifest=AdapterManifest(run_id="run-gone"))  # its snapshot was pruned
+    _adapter(runtime, 4, t0 - day, manifest=AdapterManifest(run_id="run-old"))  # trained before the data came
     _adapter(runtime, 5, t0 + 4 * day, method="external")  # not trained here
     principal = Principal("k", "p", frozenset({"manage"}))
     try:

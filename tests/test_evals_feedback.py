@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
+from demo import tiny_world
 from evals import EvalConfig, JudgeConfig, Report, run
 from evals.calibration import (
     AgreementCalibration,
@@ -42,7 +43,6 @@ from formats.log import Message
 from formats.snapshot import SnapshotRow, rows_to_table
 from tests.fixtures.evals import OpenAIStub, chat_reply, model_server
 from tests.fixtures.training import dicts_of, messages_of, simulate_feedback
-from trainer import tiny_world
 
 
 def user(text: str) -> list[dict[str, str]]:

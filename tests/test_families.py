@@ -14,12 +14,12 @@ import msgspec
 import pytest
 from jinja2.exceptions import TemplateError
 
+from demo.tiny_families import FAMILIES
+from demo.tiny_model import FAMILY_NAMES
 from deploy.adapter_dir import InvalidAdapter, check_adapter_dir
 from tests.fixtures.families import A1, Q1, Q2, RESULT, SYSTEM, TOOLS
 from tests.fixtures.families import CALL as FIXTURE_CALL
 from trainer.lora_targets import LoraTargetError
-from trainer.tiny_families import FAMILIES
-from trainer.tiny_model import FAMILY_NAMES
 
 # The fixture's call with its arguments as a dict: templates are handed that (vLLM parses them).
 CALL = {
@@ -65,7 +65,7 @@ def test_every_family_builds_with_its_own_architecture(family_model, family):
 
 
 def test_an_unknown_family_is_refused(tmp_path):
-    from trainer.tiny_model import build_tiny_model
+    from demo.tiny_model import build_tiny_model
 
     with pytest.raises(ValueError, match="unknown model family 'gpt2'"):
         build_tiny_model(tmp_path / "x", family="gpt2")
@@ -312,9 +312,9 @@ def test_an_adapter_trained_with_other_layer_names_is_refused(family_model, tmp_
 
 
 def test_messages_are_prepared_as_vllm_prepares_them():
+    from demo.tiny_families import GEMMA_TEMPLATE, QWEN2_TEMPLATE
     from formats.log import Message, normalize
     from formats.rendering import RenderError, content_format, template_messages, template_tools
-    from trainer.tiny_families import GEMMA_TEMPLATE, QWEN2_TEMPLATE
 
     assert content_format(QWEN2_TEMPLATE) == "string" and content_format(GEMMA_TEMPLATE) == "openai"
     parts = {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}
@@ -366,10 +366,10 @@ def test_messages_are_prepared_as_vllm_prepares_them():
 def test_content_format_detection_agrees_with_vllms():
     from vllm.renderers.hf import _detect_content_format
 
+    from demo.tiny_families import FAMILIES
+    from demo.tiny_model import CHAT_TEMPLATE
     from formats.rendering import content_format
     from tests.fixtures.conformance import TOOL_TEMPLATE
-    from trainer.tiny_families import FAMILIES
-    from trainer.tiny_model import CHAT_TEMPLATE
 
     templates = [CHAT_TEMPLATE, TOOL_TEMPLATE, *(f.chat_template for f in FAMILIES.values())]
     templates += [

@@ -264,7 +264,7 @@ def test_the_online_gate_counts_the_gateways_upstream_failures_per_adapter(tmp_p
     """Failures recorded through capture (as the gateway does) are what `arm_counts` gives the
     error-rate guard: per adapter, since the canary started; a failure without a log is one more
     request, a broken stream (it has its log) is not."""
-    from service.capture import utcnow
+    from service.clock import utcnow
 
     db = Database(tmp_path / "r.duckdb")
     writer = GroupCommitWriter(db, Metrics(), max_batch_rows=1000, max_queue_rows=10_000)

@@ -14,9 +14,9 @@ import httpx
 import openai
 import pytest
 
+from demo.tiny_model import greedy_answers
 from tests.fixtures.models import SyntheticAdapters
 from tests.fixtures.server import RatchetProcess
-from trainer.tiny_model import greedy_answers
 
 PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
 

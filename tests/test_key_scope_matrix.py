@@ -52,6 +52,7 @@ class World:
         self.post_log("log-1", end_user="ann")
         self.run_id = self.admin.post(f"/v1/projects/{A}/runs").json()["id"]
         self.wait_for_idle_runs()
+        self.file_id = self.fresh_file()
 
     def new_key(self, scopes: list[str]) -> str:
         r = self.admin.post(f"/v1/projects/{A}/keys", json={"scopes": scopes})
@@ -74,6 +75,11 @@ class World:
         )
         assert r.status_code == 202, r.text
         return fid
+
+    def fresh_file(self) -> str:
+        r = self.admin.post("/v1/files", params={"project": A}, **upload())
+        assert r.status_code == 200, r.text
+        return str(r.json()["id"])
 
     def fresh_project(self) -> str:
         name = f"gone-{uuid.uuid4().hex[:8]}"
@@ -108,6 +114,11 @@ def _chat(w: World) -> Request:
         "/v1/chat/completions",
         {"json": {"model": A, "messages": [{"role": "user", "content": "hi"}]}},
     )
+
+
+def upload() -> dict[str, Any]:
+    row = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
+    return {"files": {"file": ("train.jsonl", row)}, "data": {"purpose": "fine-tune"}}
 
 
 def _run(w: World) -> Request:
@@ -198,6 +209,31 @@ ROUTES: dict[tuple[str, str], Route] = {
     # Once the key is let through: no such version (404); tests/test_adapter_download.py checks that
     # another project's read key gets 404 for a version that exists.
     ("GET", "/v1/adapters/{name}/download"): Route("read", 404, lambda w: ("GET", f"/v1/adapters/{A}@v7/download", {})),
+    ("GET", "/v1/adapters/{name}"): Route("read", 404, lambda w: ("GET", f"/v1/adapters/{A}@v7", {})),
+    ("POST", "/v1/files"): Route("manage", 200, lambda w: ("POST", "/v1/files", {"params": {"project": A}, **upload()})),
+    ("GET", "/v1/files"): Route("read", 200, lambda w: ("GET", "/v1/files", {"params": {"project": A}})),
+    ("GET", "/v1/files/{file_id}"): Route("read", 200, lambda w: ("GET", f"/v1/files/{w.file_id}", {"params": {"project": A}})),
+    ("GET", "/v1/files/{file_id}/content"): Route(
+        "read", 200, lambda w: ("GET", f"/v1/files/{w.file_id}/content", {"params": {"project": A}})
+    ),
+    ("DELETE", "/v1/files/{file_id}"): Route(
+        "manage", 200, lambda w: ("DELETE", f"/v1/files/{w.fresh_file()}", {"params": {"project": A}})
+    ),
+    # Once the key is let through: this server has no base model to fine-tune (422).
+    ("POST", "/v1/fine_tuning/jobs"): Route(
+        "manage", 422,
+        lambda w: ("POST", "/v1/fine_tuning/jobs", {"params": {"project": A}, "json": {"model": A, "training_file": w.file_id}}),
+    ),
+    ("GET", "/v1/fine_tuning/jobs"): Route("read", 200, lambda w: ("GET", "/v1/fine_tuning/jobs", {"params": {"project": A}})),
+    ("GET", "/v1/fine_tuning/jobs/{job_id}"): Route(
+        "read", 404, lambda w: ("GET", "/v1/fine_tuning/jobs/ftjob-none", {"params": {"project": A}})
+    ),
+    ("GET", "/v1/fine_tuning/jobs/{job_id}/events"): Route(
+        "read", 404, lambda w: ("GET", "/v1/fine_tuning/jobs/ftjob-none/events", {"params": {"project": A}})
+    ),
+    ("POST", "/v1/fine_tuning/jobs/{job_id}/cancel"): Route(
+        "manage", 404, lambda w: ("POST", "/v1/fine_tuning/jobs/ftjob-none/cancel", {"params": {"project": A}})
+    ),
     ("GET", "/healthz"): Route("public", 200, lambda w: ("GET", "/healthz", {})),
     ("GET", "/readyz"): Route("public", 503, lambda w: ("GET", "/readyz", {})),  # no vLLM
     ("GET", "/metrics"): Route("metrics", 200, lambda w: ("GET", "/metrics", {})),

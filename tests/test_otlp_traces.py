@@ -448,6 +448,27 @@ def test_json_export_evaluation_and_partial_success(project: tuple[Any, str]) ->
     )
 
 
+def test_an_evaluation_exported_later_finds_its_log_by_span_alone(project: tuple[Any, str]) -> None:
+    """The log's id came from `gen_ai.response.id`; a judge run later exports an evaluation on a
+    span linked to the call's span, naming no response id: it is feedback on that log."""
+    server, key = project
+    provider, memory = recording_provider()
+    tracer = provider.get_tracer("t")
+    semconv_span(tracer, "chatcmpl-server-later", user="u-9")
+    (call,) = memory.get_finished_spans()
+    assert exporter(server, key).export([call]) is SpanExportResult.SUCCESS
+    memory.clear()
+    with tracer.start_as_current_span("judge", links=[Link(call.get_span_context())]) as carrier:
+        carrier.add_event(
+            "gen_ai.evaluation.result",
+            {"gen_ai.evaluation.name": "correctness", "gen_ai.evaluation.score.label": "fail"},
+        )
+    assert exporter(server, key).export(memory.get_finished_spans()) is SpanExportResult.SUCCESS
+    with server.client(key) as c:
+        (fb,) = c.get("/v1/logs/chatcmpl-server-later").json()["feedback"]
+    assert (fb["rating"], fb["end_user"]) == (-1, "u-9")
+
+
 def test_protobuf_answer_is_an_export_response(project: tuple[Any, str]) -> None:
     server, key = project
     provider, memory = recording_provider()

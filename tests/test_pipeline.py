@@ -12,13 +12,12 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.app import build_runtime
+from demo import tiny_world
+from service.app import build_pipeline, build_runtime
 from service.capture import Capture
 from service.config import Settings, TrainingSettings
-from service.pipeline import Pipeline
 from tests.fixtures.rows import chat_log, feedback_row
 from tests.fixtures.server import RatchetProcess, wait_for
-from trainer import tiny_world
 
 
 def rated_rows(project: str, n: int, up_share: float) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
@@ -43,7 +42,7 @@ def test_signal_check_respects_thresholds_and_runs_one_at_a_time(tmp_path: Path)
     runtime.queries.create_project(*_project("quiet"))
     runtime.queries.create_project(*_project("busy"))
     runtime.projects |= {"quiet", "busy"}
-    pipeline = Pipeline(runtime)
+    pipeline = build_pipeline(runtime)
     runtime.writer.start()
 
     async def scenario() -> tuple[list[str], list[str], list[str]]:
@@ -67,7 +66,7 @@ def test_signal_check_respects_thresholds_and_runs_one_at_a_time(tmp_path: Path)
     run = runtime.runs.get(first[0])
     assert (run.project, run.trigger, run.state) == ("busy", "signal", "failed")
     assert "too little signal" in (run.error or "")
-    assert run.stats["snapshot"]["joined_rows"] == 60
+    assert run.stats.snapshot is not None and run.stats.snapshot.joined_rows == 60
     kinds = [e.kind for e in runtime.serving.events("busy")]
     assert kinds[::-1] == ["run_started", "run_snapshot", "run_failed"]
 
@@ -183,9 +182,7 @@ def test_kill_during_training_then_a_run_no_better_is_rejected(loop_server: Ratc
         lambda: (r := api.get(f"/v1/runs/{third}").json())["state"] in FINISHED and r, 600, "run 3"
     )
     assert failed["state"] == "failed", failed
-    assert failed["error"].startswith("evaluation failed: vLLM at ") and "answered 400" in failed["error"], (
-        failed
-    )
+    assert failed["error"].startswith("evaluation failed: vLLM at ") and ": 400 " in failed["error"], failed
     assert adapter_state(api, failed["stats"]["adapter"]) == "candidate"  # kept for a retry
     assert metric(server, "ratchet_runs_total", project="loop", outcome="failed") == 1
     assert metric(server, "ratchet_runs_total", project="loop", outcome="rejected") == 1

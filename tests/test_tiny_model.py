@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer import tiny_world
-from trainer.tiny_model import CHAT_TEMPLATE, build_tiny_model, greedy_answers, render_chat
+from demo import tiny_world
+from demo.tiny_model import CHAT_TEMPLATE, build_tiny_model, greedy_answers, render_chat
 
 
 def _sha256(path: Path) -> str:
@@ -23,7 +23,7 @@ def _sha256(path: Path) -> str:
 
 
 def test_world_module_does_not_import_torch():
-    code = "import sys, trainer.tiny_world; assert 'torch' not in sys.modules"
+    code = "import sys, demo.tiny_world; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

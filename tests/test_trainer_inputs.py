@@ -177,6 +177,13 @@ def test_bad_spec_fields(tmp_path, setup, extra, message):
     fails(tmp_path, {**setup, **extra}, message, kind="SpecError")
 
 
+def test_a_spec_of_a_newer_version_is_refused_as_such(tmp_path, setup):
+    # A newer service's spec, with a field this trainer does not know: the version is named,
+    # not the field (the old trainer reported "unknown field `curriculum`").
+    spec = {**setup, "schema_version": 2, "curriculum": "easy-first"}
+    fails(tmp_path, spec, "has schema_version 2; this version of Ratchet reads 1", kind="SpecError")
+
+
 def test_spec_missing_a_required_field(tmp_path, setup):
     spec = {k: v for k, v in setup.items() if k != "base_model"}
     fails(tmp_path, spec, "missing required field `base_model`", kind="SpecError")

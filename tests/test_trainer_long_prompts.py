@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from demo import tiny_world
 from formats.log import Message
 from tests.fixtures.training import (
     dicts_of,
@@ -26,7 +27,6 @@ from tests.fixtures.training import (
     train_in_process,
     write_snapshot,
 )
-from trainer import tiny_world
 from trainer.errors import NoTrainableTokensError
 
 pytestmark = pytest.mark.slow

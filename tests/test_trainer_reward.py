@@ -11,25 +11,28 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
+import signal
 from datetime import datetime
 from pathlib import Path
 
 import msgspec
 import pytest
 
+from demo import tiny_world
 from evals.calibration import CalibrationConfig
 from evals.config import EvalConfig
+from evals.errors import RewardModelError
 from evals.evalset import EvalExample
 from evals.feedback import group_feedback, read_holdout_ratings
-from evals.reward_model import TrainerRewardModel, reward_item
+from evals.reward_model import ScorerProcess, TrainerRewardModel, reward_item
 from evals.runner import score_with
 from evals.scorers.base import AnswerPair
 from evals.scorers.learned import LearnedJudge
 from formats.chat import FunctionCall, ToolCall
 from formats.log import Message
 from formats.snapshot import SnapshotRow
-from tests.fixtures.training import TRAINED_SPEC, build_snapshot, messages_of, train_in_process
-from trainer import tiny_world
+from tests.fixtures.training import build_snapshot, messages_of
 from trainer.progress import Progress
 from trainer.reward import REWARD_SCHEMA_VERSION, build_pairs, rated_answers, tokenized_pairs
 from trainer.run import _train_reward_model
@@ -40,19 +43,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def run_with_reward_model(tiny_model_dir, snapshot_dir, tmp_path_factory) -> tuple[Path, Path, list[dict]]:
-    out = tmp_path_factory.mktemp("reward")
-    adapter, events = train_in_process(
-        {
-            "run_id": "with-reward",
-            "base_model": str(tiny_model_dir),
-            "snapshot_dir": str(snapshot_dir),
-            "output_dir": str(out / "tiny@v1"),
-            "reward_model": {"output_dir": str(out / "tiny@v1.reward")},
-            **TRAINED_SPEC,
-        }
-    )
-    return adapter, out / "tiny@v1.reward", events
+def run_with_reward_model(trained_run, reward_model_dir) -> tuple[Path, Path, list[dict]]:
+    """The session's good adapter, the reward model its run trained beside it, and the run's events."""
+    adapter, events = trained_run
+    return adapter, reward_model_dir, events
 
 
 def test_the_run_trains_a_reward_model_beside_the_adapter(run_with_reward_model, snapshot_dir):
@@ -116,6 +110,46 @@ def test_the_score_command_refuses_a_directory_that_is_no_reward_model(run_with_
         asyncio.run(model.score([reward_item("1", [{"role": "user", "content": "hi"}], "x")]))
 
 
+def test_one_scorer_process_serves_every_evaluation_and_is_restarted_when_it_dies(
+    run_with_reward_model, tmp_path
+):
+    """`python -m trainer score-server` behind `ScorerProcess`: scores as the reward model gives
+    them (uppercase answers to "answer in uppercase" above plain ones, the same twice), one
+    process for many requests (a refused one included), a new one after a kill, and none left
+    after `aclose`. (The one-shot `trainer score` is the test above's path.)"""
+    adapter, reward_dir, _ = run_with_reward_model
+    items = [
+        reward_item(str(i), q.messages, answer)
+        for i, q in enumerate(tiny_world.all_questions("holdout", kinds=("upper",))[:8])
+        for answer in (q.answer, q.fact)
+    ]
+
+    async def session() -> None:
+        scorer = ScorerProcess(timeout_s=300)
+        kept = TrainerRewardModel(reward_dir, scorer=scorer)
+        try:
+            await scorer.start()
+            pid = scorer.pid
+            once = await kept.score(items)
+            assert all(upper > plain for upper, plain in zip(once[::2], once[1::2], strict=True))
+            with pytest.raises(RewardModelError, match="not a reward model manifest"):
+                await TrainerRewardModel(adapter, scorer=scorer).score(items[:1])
+            assert await kept.score(items[:2]) == pytest.approx(once[:2], abs=1e-5)
+            assert scorer.pid == pid and scorer.starts == 1  # torch imported once for all three
+            os.kill(pid, signal.SIGKILL)  # dies between evaluations (OOM killer, an operator)
+            await asyncio.sleep(0.5)
+            assert await kept.score(items[:2]) == pytest.approx(once[:2], abs=1e-5)
+            assert scorer.starts == 2 and scorer.pid not in (None, pid)
+            last = scorer.pid
+        finally:
+            await scorer.aclose()
+        assert scorer.pid is None
+        with pytest.raises(ProcessLookupError):
+            os.kill(last, 0)
+
+    asyncio.run(session())
+
+
 def test_pairs_from_feedback_and_too_little_signal_skips_only_the_reward_model(tmp_path, tiny_model_dir):
     small = build_snapshot(tmp_path / "snap", n_train=20, n_holdout=10)
     snapshot = read_snapshot(small)
@@ -129,7 +163,7 @@ def test_pairs_from_feedback_and_too_little_signal_skips_only_the_reward_model(t
         RunSpec,
     )  # fmt: skip
     outcome = _train_reward_model(spec, snapshot, Progress(io.StringIO()))
-    assert "too little signal for a reward model" in outcome["skipped"]
+    assert "too little signal for a reward model" in (outcome.skipped or "")
     assert not (tmp_path / "rm").exists()
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from demo import tiny_world
 from tests.fixtures.training import (
     TRAINED_SPEC,
     greedy_answers,
@@ -28,7 +29,6 @@ from tests.fixtures.training import (
     train_in_process,
     write_spec,
 )
-from trainer import tiny_world
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,8 @@ import uuid
 import httpx
 import pytest
 
+from demo import tiny_world
 from tests.fixtures.training import greedy_answers
-from trainer import tiny_world
 
 pytestmark = pytest.mark.slow
 

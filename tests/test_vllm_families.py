@@ -25,13 +25,13 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from demo import tiny_world
+from demo.tiny_families import FAMILIES
 from deploy.adapters import AdapterManager
 from deploy.vllm_client import ReplicaClient
 from tests.fixtures.families import compare_renders, conversation_snapshot
 from tests.fixtures.training import train_in_process
 from tests.fixtures.vllm import VLLMServer, VLLMStartError, sole_server
-from trainer import tiny_world
-from trainer.tiny_families import FAMILIES
 
 pytestmark = [pytest.mark.slow, pytest.mark.own_vllm]
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from demo import tiny_world
+from demo.tiny_model import greedy_answers
 from tests.fixtures.families import compare_renders
-from trainer import tiny_world
-from trainer.tiny_model import greedy_answers
 
 pytestmark = pytest.mark.slow
 

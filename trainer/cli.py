@@ -1,17 +1,18 @@
 """`python -m trainer`: the trainer process's command line.
 
     python -m trainer run SPEC.json                    train one adapter (progress: JSON lines on stdout)
-    python -m trainer tiny-model DIR [--family F]      build an offline tiny model + tokenizer (llama, qwen2, ...)
     python -m trainer null-adapter --base DIR --out DIR  write a null adapter (serves exactly the base)
     python -m trainer score REWARD_DIR --input items.jsonl --output scores.jsonl
                                                        score answers with a reward model (one float each)
+    python -m trainer score-server                     the same, for many requests: formats.reward.ScoreRequest
+                                                       JSON lines on stdin, ScoreResponse lines on stdout, until EOF
 
 Several GPUs, same code and spec (only the launcher changes; rank 0 reports progress and writes
 the adapter):
 
     accelerate launch --multi_gpu --num_processes 4 -m trainer run SPEC.json
 
-Every command writes JSON lines on stdout, ending in `{"event": "done", ...}` or
+Every command but `score-server` (whose stdout carries only its responses) writes JSON lines on stdout, ending in `{"event": "done", ...}` or
 `{"event": "error", "message": ..., "kind": ...}`. Exit codes: 0 done; 2 bad input (spec,
 snapshot, base model, too little signal, output exists); 1 an unexpected failure (traceback on
 stderr); 130 stopped by SIGTERM or SIGINT (nothing written). Human logs go to stderr. Nothing is
@@ -28,9 +29,9 @@ import sys
 import traceback
 from pathlib import Path
 
+from formats.run import DoneEvent, ErrorEvent
 from trainer.errors import BaseModelError, TrainerError
 from trainer.progress import Progress
-from trainer.tiny_model import FAMILY_NAMES
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
@@ -49,22 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="train one LoRA adapter from a run spec")
-    run.add_argument("spec", help="path to SPEC.json (see trainer/spec.py for its fields)")
-    tiny = commands.add_parser("tiny-model", help="build the offline tiny model + tokenizer in DIR (~30 s)")
-    tiny.add_argument("dir", help="directory to create")
-    tiny.add_argument(
-        "--family",
-        choices=FAMILY_NAMES,
-        default="llama",
-        help="architecture and chat template (default llama)",
-    )
-    tiny.add_argument(
-        "--pretrain-steps",
-        type=int,
-        default=None,
-        help="pre-training steps (default 400 for llama, 40 for the other families; 0 = random weights)",
-    )
-    tiny.add_argument("--seed", type=int, default=0, help="seed for tokenizer, weights and corpus")
+    run.add_argument("spec", help="path to SPEC.json (see formats/run.py for its fields)")
     null = commands.add_parser("null-adapter", help="write a LoRA adapter whose outputs equal the base's")
     null.add_argument("--base", required=True, help="base model directory")
     null.add_argument("--out", required=True, help="adapter directory to create")
@@ -85,26 +71,19 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: fastest on a shared CPU box)"
     )
+    server = commands.add_parser(
+        "score-server", help="score requests from stdin with reward models, one response line each, until EOF"
+    )
+    server.add_argument("--batch-size", type=int, default=16, help="answers per forward pass (16)")
+    server.add_argument("--threads", type=int, default=1, help="torch threads (1)")
     return parser
 
 
 def _run(spec_path: str, progress: Progress) -> None:
     from trainer.run import run
-    from trainer.spec import RunSpec
+    from trainer.spec import load_spec
 
-    run(RunSpec.load(spec_path), progress)
-
-
-def _tiny_model(args: argparse.Namespace, progress: Progress) -> None:
-    from trainer.tiny_model import build_tiny_model
-
-    try:
-        path = build_tiny_model(
-            args.dir, family=args.family, pretrain_steps=args.pretrain_steps, seed=args.seed
-        )
-    except (FileExistsError, ValueError) as exc:
-        raise TrainerError(str(exc)) from exc
-    progress.emit("done", model_dir=str(path))
+    run(load_spec(spec_path), progress)
 
 
 def _null_adapter(args: argparse.Namespace, progress: Progress) -> None:
@@ -116,7 +95,7 @@ def _null_adapter(args: argparse.Namespace, progress: Progress) -> None:
         path = write_null_adapter(args.base, args.out, rank=args.rank, target_modules=args.target_modules)
     except (FileExistsError, ValueError) as exc:
         raise TrainerError(str(exc)) from exc
-    progress.emit("done", adapter_dir=str(path))
+    progress.send(DoneEvent(adapter_dir=str(path)))
 
 
 def _score(args: argparse.Namespace, progress: Progress) -> None:
@@ -131,6 +110,17 @@ def _score(args: argparse.Namespace, progress: Progress) -> None:
     progress.emit("done", scored=count, output=args.output, wall_time_s=round(time.monotonic() - started, 3))
 
 
+def _score_server(args: argparse.Namespace) -> None:
+    from trainer.reward import serve_scores
+
+    # Responses go to the real stdout; anything a library prints goes to stderr instead of
+    # breaking the protocol.
+    responses = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    with responses:
+        serve_scores(sys.stdin.buffer, responses, batch_size=args.batch_size, threads=args.threads)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     for key, value in OFFLINE_ENV.items():
@@ -143,21 +133,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             _run(args.spec, progress)
-        elif args.command == "tiny-model":
-            _tiny_model(args, progress)
         elif args.command == "score":
             _score(args, progress)
+        elif args.command == "score-server":
+            _score_server(args)
         else:
             _null_adapter(args, progress)
     except TrainerError as exc:
-        progress.emit("error", message=str(exc), kind=type(exc).__name__)
+        progress.send(ErrorEvent(message=str(exc), kind=type(exc).__name__))
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        progress.emit("error", message="interrupted by a signal; no adapter was written", kind="Interrupted")
+        progress.send(
+            ErrorEvent(message="interrupted by a signal; no adapter was written", kind="Interrupted")
+        )
         return EXIT_INTERRUPTED
     except Exception as exc:
         traceback.print_exc()
-        progress.emit("error", message=f"{type(exc).__name__}: {exc}", kind="InternalError")
+        progress.send(ErrorEvent(message=f"{type(exc).__name__}: {exc}", kind="InternalError"))
         return EXIT_FAILED
     return 0

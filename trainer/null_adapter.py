@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-MANIFEST_SCHEMA_VERSION = 1
+from formats.manifest import MANIFEST, AdapterManifest, LoraShape
 
 AdapterKind = Literal["null", "random"]
 
@@ -147,13 +147,12 @@ def _write_adapter(
         inference_mode=True,
         base_model_name_or_path=str(base),
     )
-    manifest = {
-        "schema_version": MANIFEST_SCHEMA_VERSION,
-        "kind": kind,
-        "base_model": str(base),
-        "seed": seed if kind == "random" else None,
-        "lora": {"r": rank, "lora_alpha": alpha, "target_modules": targets},
-    }
+    manifest = AdapterManifest(
+        kind=kind,
+        base_model=str(base),
+        seed=seed if kind == "random" else None,
+        lora=LoraShape(r=rank, lora_alpha=alpha, target_modules=list(targets)),
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -164,7 +163,7 @@ def _write_adapter(
         saved["target_modules"] = targets
         config_path.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
         save_file(tensors, tmp / "adapter_model.safetensors", metadata={"format": "pt"})
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        (tmp / MANIFEST).write_bytes(manifest.encode())
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())

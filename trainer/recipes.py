@@ -25,6 +25,7 @@ from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrainer
 
+from formats.run import StepEvent
 from trainer.dataset import Example, Examples
 from trainer.errors import BaseModelError
 from trainer.lora_targets import resolve_target_modules
@@ -48,8 +49,11 @@ class StepEvents(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs and state.is_world_process_zero:
-            fields = {k: v for k, v in logs.items() if isinstance(v, int | float)}
-            self.progress.emit("step", step=state.global_step, total_steps=state.max_steps, **fields)
+            figures = {k: float(v) for k, v in logs.items() if isinstance(v, int | float)}
+            named = {k: figures.pop(k, None) for k in ("loss", "epoch", "learning_rate")}
+            self.progress.send(
+                StepEvent(step=state.global_step, total_steps=state.max_steps, **named, logs=figures)
+            )
 
 
 @dataclass(frozen=True)

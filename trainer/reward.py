@@ -51,13 +51,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import msgspec
 
 from formats.chat import Tool
 from formats.log import Message
-from formats.reward import ScoreItem, ScoreLine
+from formats.reward import SCORE_PROTOCOL_VERSION, ScoreItem, ScoreLine, ScoreRequest, ScoreResponse
 from formats.snapshot import SnapshotRow
 from trainer.dataset import answer_problem
 from trainer.errors import BaseModelError, NotEnoughSignalError, OutputExistsError, TrainerError
@@ -526,3 +526,62 @@ def score_file(
             f.write(msgspec.json.encode(ScoreLine(id=item.id, score=value)) + b"\n")
     os.replace(tmp, out)
     return len(items)
+
+
+def serve_scores(requests: IO[bytes], responses: IO[bytes], *, batch_size: int = 16, threads: int = 1) -> int:
+    """Answer `formats.reward.ScoreRequest` lines from `requests` with `ScoreResponse` lines on
+    `responses` (flushed after each) until `requests` ends; returns how many were answered.
+
+    torch, transformers and peft are imported before the first request is read. The reward model
+    last asked for stays loaded (a request for another directory loads that one instead); a
+    request with no items only loads it. A request that cannot be served (a bad line, another protocol version, a directory
+    that is no reward model, an item that cannot be rendered) gets an error response and the loop
+    goes on; only the end of input, or a signal, ends it.
+    """
+    # The heavy imports first, before any request: a scorer started ahead of time (the service
+    # starts one when a run begins training) is ready when the evaluation asks.
+    import peft  # noqa: F401
+    import torch
+    import transformers  # noqa: F401
+
+    torch.set_num_threads(threads)
+    loaded: tuple[str, RewardScorer] | None = None
+    answered = 0
+    decoder = msgspec.json.Decoder(ScoreRequest)
+    for line in requests:
+        if not line.strip():
+            continue
+        started = time.monotonic()
+        request_id = -1
+        try:
+            head = msgspec.json.decode(line)
+            if isinstance(head, dict) and isinstance(head.get("id"), int):
+                request_id = head["id"]
+            version = head.get("schema_version") if isinstance(head, dict) else None
+            if version != SCORE_PROTOCOL_VERSION:
+                raise RewardModelError(
+                    f"score request schema_version {version!r}; this trainer speaks {SCORE_PROTOCOL_VERSION}"
+                )
+            request = decoder.decode(line)
+            if loaded is None or loaded[0] != request.reward_model:
+                loaded = None  # the previous model is freed before the next one loads
+                loaded = (request.reward_model, RewardScorer(request.reward_model, threads=threads))
+            scores = loaded[1].score(request.items, batch_size=batch_size)
+            response = ScoreResponse(
+                schema_version=SCORE_PROTOCOL_VERSION, id=request_id, scores=scores,
+                wall_time_s=round(time.monotonic() - started, 3),
+            )  # fmt: skip
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            response = _failed(request_id, f"bad score request: {exc}", "RequestError")
+        except TrainerError as exc:
+            response = _failed(request_id, str(exc), type(exc).__name__)
+        except Exception as exc:  # reported to the caller; the next request may work
+            response = _failed(request_id, f"{type(exc).__name__}: {exc}", "InternalError")
+        responses.write(msgspec.json.encode(response) + b"\n")
+        responses.flush()
+        answered += 1
+    return answered
+
+
+def _failed(request_id: int, message: str, kind: str) -> ScoreResponse:
+    return ScoreResponse(schema_version=SCORE_PROTOCOL_VERSION, id=request_id, error=message, kind=kind)

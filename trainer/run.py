@@ -28,13 +28,16 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
+import msgspec
+
+from formats.manifest import MANIFEST, AdapterManifest, LoraShape, SnapshotRef
+from formats.run import DoneEvent, RewardOutcome, StartEvent
 from trainer.dataset import KINDS, Examples, build_examples, choose_method
 from trainer.errors import BaseModelError, NotEnoughSignalError, NoTrainableTokensError, OutputExistsError
 from trainer.progress import Progress
 from trainer.snapshot import Snapshot, read_snapshot
 from trainer.spec import RunSpec
 
-ADAPTER_SCHEMA_VERSION = 1
 LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "pyarrow")
 
 
@@ -93,15 +96,16 @@ def run(spec: RunSpec, progress: Progress) -> Path:
     if main:
         shutil.rmtree(partial, ignore_errors=True)  # left by a crashed attempt of the same run
         partial.mkdir(parents=True)
-    progress.emit(
-        "start",
-        run_id=spec.run_id,
-        method=choice.method,
-        why=choice.why,
-        examples=choice.examples,
-        total_steps=spec.optim.max_steps,
-        counts=examples.counts(),
-        max_length=hp["max_length"],
+    progress.send(
+        StartEvent(
+            run_id=spec.run_id,
+            method=choice.method,
+            why=choice.why,
+            examples=choice.examples,
+            total_steps=spec.optim.max_steps,
+            counts=examples.counts(),
+            max_length=hp["max_length"],
+        )
     )
     try:
         job = Job(spec=spec, examples=examples, save_dir=partial, callbacks=[StepEvents(progress)])
@@ -113,34 +117,34 @@ def run(spec: RunSpec, progress: Progress) -> Path:
         # the adapter is published: a crash here leaves neither directory half-written.
         reward = _train_reward_model(spec, snapshot, progress) if spec.reward_model else None
         if main:
-            manifest = {
-                "schema_version": ADAPTER_SCHEMA_VERSION,
-                "run_id": spec.run_id,
-                "parent_version": spec.parent_version,
-                "parent_adapter": spec.parent_adapter,
-                "method": choice.method,
-                "method_requested": spec.method,
-                "method_why": choice.why,
-                "base_model": spec.base_model,
-                "snapshot_sha256": snapshot.sha256,
-                "snapshot": {
-                    "dir": str(snapshot.path),
-                    "files": {name: entry.sha256 for name, entry in snapshot.manifest.files.items()},
-                    "rows": {
+            manifest = AdapterManifest(
+                kind="trained",
+                run_id=spec.run_id,
+                parent_version=spec.parent_version,
+                parent_adapter=spec.parent_adapter,
+                method=choice.method,
+                method_requested=spec.method,
+                method_why=choice.why,
+                base_model=spec.base_model,
+                snapshot_sha256=snapshot.sha256,
+                snapshot=SnapshotRef(
+                    dir=str(snapshot.path),
+                    files={name: entry.sha256 for name, entry in snapshot.manifest.files.items()},
+                    rows={
                         "train": len(snapshot.train) + snapshot.unreadable,
                         "holdout": snapshot.holdout_rows,
                     },
-                },
-                "examples": examples.counts(),
-                "hyperparameters": hp,
-                "lora": _lora_shape(partial),
-                "libraries": _library_versions(),
-                "metrics": metrics,
-                "wall_time_s": adapter_s,
-                **({"reward_model": reward} if reward is not None else {}),
-                "created_at": datetime.now(UTC).isoformat(),
-            }
-            (partial / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+                ),
+                examples=examples.counts(),
+                hyperparameters=msgspec.to_builtins(hp, enc_hook=str),
+                lora=_lora_shape(partial),
+                libraries=_library_versions(),
+                metrics=msgspec.to_builtins(metrics, enc_hook=str),
+                wall_time_s=adapter_s,
+                reward_model=None if reward is None else msgspec.to_builtins(reward),
+                created_at=datetime.now(UTC).isoformat(),
+            )
+            (partial / MANIFEST).write_bytes(manifest.encode())
             _fsync_tree(partial)
             if out.exists():  # appeared while we trained: never overwrite a version
                 raise OutputExistsError(f"output directory {out} appeared during training; not overwritten")
@@ -150,19 +154,20 @@ def run(spec: RunSpec, progress: Progress) -> Path:
         if main:
             shutil.rmtree(partial, ignore_errors=True)
         raise
-    progress.emit(
-        "done",
-        adapter_dir=str(out),
-        method=choice.method,
-        metrics=metrics,
-        wall_time_s=round(time.monotonic() - started, 3),
-        adapter_wall_time_s=adapter_s,
-        **({"reward_model": reward} if reward is not None else {}),
+    progress.send(
+        DoneEvent(
+            adapter_dir=str(out),
+            method=choice.method,
+            metrics=metrics,
+            wall_time_s=round(time.monotonic() - started, 3),
+            adapter_wall_time_s=adapter_s,
+            reward_model=reward,
+        )
     )
     return out
 
 
-def _train_reward_model(spec: RunSpec, snapshot: Snapshot, progress: Progress) -> dict:
+def _train_reward_model(spec: RunSpec, snapshot: Snapshot, progress: Progress) -> RewardOutcome:
     """Train the reward model beside the adapter; too little signal for one is reported, not fatal
     (the adapter is good without it: the gate then decides on other evidence)."""
     from trainer.reward import train_reward_model
@@ -174,8 +179,8 @@ def _train_reward_model(spec: RunSpec, snapshot: Snapshot, progress: Progress) -
                 spec, snapshot.train, snapshot_sha256=snapshot.sha256, progress=progress
             )
     except NotEnoughSignalError as exc:
-        return {"skipped": str(exc)}
-    return {"dir": str(path), "wall_time_s": round(time.monotonic() - started, 3)}
+        return RewardOutcome(skipped=str(exc))
+    return RewardOutcome(dir=str(path), wall_time_s=round(time.monotonic() - started, 3))
 
 
 def check_trainable(built: Examples, fitted: Examples, method: str, limit: int, context: int | None) -> None:
@@ -201,11 +206,11 @@ def check_trainable(built: Examples, fitted: Examples, method: str, limit: int, 
     )
 
 
-def _lora_shape(adapter_dir: Path) -> dict:
+def _lora_shape(adapter_dir: Path) -> LoraShape:
     """The saved adapter's shape, read back from the file vLLM will read."""
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
     keys = ("r", "lora_alpha", "lora_dropout", "target_modules", "peft_type")
-    return {k: config.get(k) for k in keys}
+    return msgspec.convert({k: config.get(k) for k in keys}, LoraShape)
 
 
 def _library_versions() -> dict[str, str]:

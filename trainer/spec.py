@@ -1,231 +1,39 @@
-"""SPEC.json: everything one training run is told, as a frozen msgspec Struct.
-
-The service writes it, `python -m trainer run SPEC.json` reads it with `RunSpec.load`. Unknown
-fields are an error (a typo must not silently fall back to a default). Relative paths are taken
-from the trainer's working directory, as for any command (the service starts the trainer in its
-own working directory and may write paths relative to it, e.g. under `./data`).
-
-Defaults come from shared/notes/training.md and were re-measured on the tiny model: TRL's own
-defaults (lr 1e-6 for DPO/KTO) move nothing at LoRA scale, 1e-3 collapses DPO/KTO, and plain DPO
-hurts prompts whose rejected answers were fine, hence the SFT term in `dpo_loss_type`. Two differ
-from the note: batch 16 (KTO at batch 8 learned the rule on 0-53% of held-out prompts in 60-150
-steps, at 16 on 83%) and KTO beta 1.0 (at 0.5 it garbled held-out answers, "CAAK" for "CAIRO").
-
-Example (every other field has a default):
-
-    {"run_id": "r-20261121-01", "base_model": "/models/tiny", "snapshot_dir": "runs/r-20261121-01",
-     "output_dir": "adapters/support@v4", "parent_version": "support@v3", "method": "auto"}
+"""SPEC.json: everything one training run is told. Its Structs are defined once, in `formats.run`
+(the service writes them, the trainer reads them); this module reads the file for the trainer,
+turning a bad or newer spec into `SpecError` (exit 2, `{"event": "error", "kind": "SpecError"}`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
 
-import msgspec
-
+from formats.run import (
+    SPEC_SCHEMA_VERSION,
+    LoraSpec,
+    Method,
+    OptimSpec,
+    RewardModelSpec,
+    RunSpec,
+    RunSpecError,
+)
+from formats.versioned import SchemaVersionError
 from trainer.errors import SpecError
 
-SPEC_SCHEMA_VERSION = 1
-
-Method = Literal["auto", "sft", "dpo", "kto"]
-
-
-def _doc(text: str) -> msgspec.Meta:
-    return msgspec.Meta(description=text)
-
-
-Positive = Annotated[float, msgspec.Meta(gt=0)]
-
-
-class LoraSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """The LoRA adapter's shape. Ignored when continuing from a parent adapter (its shape is kept)."""
-
-    r: Annotated[
-        int, _doc("LoRA rank. Must not exceed the server's --max-lora-rank."), msgspec.Meta(ge=1, le=256)
-    ] = 8
-    alpha: Annotated[int, _doc("LoRA scaling numerator (scale = alpha / r)."), msgspec.Meta(ge=1)] = 16
-    dropout: Annotated[float, _doc("Dropout on the LoRA input."), msgspec.Meta(ge=0, lt=1)] = 0.0
-    target_modules: Annotated[
-        tuple[str, ...],
-        _doc('Module names to adapt, or ["all-linear"] for every linear layer except the output head.'),
-        msgspec.Meta(min_length=1),
-    ] = ("all-linear",)
+__all__ = [
+    "SPEC_SCHEMA_VERSION",
+    "LoraSpec",
+    "Method",
+    "OptimSpec",
+    "RewardModelSpec",
+    "RunSpec",
+    "load_spec",
+]
 
 
-class OptimSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """Optimiser and loss settings. `null` means the per-method default named in each description."""
-
-    learning_rate: Annotated[
-        Positive | None, _doc("AdamW learning rate. Default per method: sft 1e-3, dpo 5e-4, kto 5e-4.")
-    ] = None
-    beta: Annotated[
-        Positive | None,
-        _doc("DPO/KTO deviation from the reference (higher stays closer). Default: dpo 0.1, kto 1.0."),
-    ] = None
-    max_steps: Annotated[
-        Annotated[int, msgspec.Meta(ge=1)] | None,
-        _doc("Optimiser steps to take. null: train `epochs` passes."),
-    ] = 100
-    epochs: Annotated[
-        float, _doc("Passes over the examples; used only when max_steps is null."), msgspec.Meta(gt=0)
-    ] = 1.0
-    batch_size: Annotated[
-        int,
-        _doc("Examples per device per step (KTO needs several: its KL term is estimated per batch)."),
-        msgspec.Meta(ge=1),
-    ] = 16
-    gradient_accumulation_steps: Annotated[
-        int, _doc("Micro-batches summed into one optimiser step."), msgspec.Meta(ge=1)
-    ] = 1
-    max_length: Annotated[
-        int,
-        _doc(
-            "Most tokens of prompt + answer an example may have (the base model's context bounds it too). "
-            "Training uses the longest example's length up to this; a longer prompt loses its oldest "
-            "turns (then its system message), and an answer that still does not fit is dropped and counted."
-        ),
-        msgspec.Meta(ge=8),
-    ] = 2048
-    warmup_steps: Annotated[
-        float, _doc("Linear warm-up: steps, or a fraction of all steps when below 1."), msgspec.Meta(ge=0)
-    ] = 0
-    lr_scheduler: Annotated[str, _doc("transformers scheduler name: linear, cosine, constant, ...")] = (
-        "linear"
-    )
-    weight_decay: Annotated[float, _doc("AdamW weight decay."), msgspec.Meta(ge=0)] = 0.0
-    max_grad_norm: Annotated[float, _doc("Gradient clipping norm."), msgspec.Meta(gt=0)] = 1.0
-    dpo_loss_type: Annotated[
-        tuple[str, ...],
-        _doc('TRL DPO loss terms, summed. ["sigmoid","sft"] keeps the chosen answers likely (no collapse).'),
-        msgspec.Meta(min_length=1),
-    ] = ("sigmoid", "sft")
-    kto_desirable_weight: Annotated[
-        Positive | None, _doc("KTO weight of thumbs-up rows. null: n_down / n_up, which balances the labels.")
-    ] = None
-    logging_steps: Annotated[int, _doc("Steps between progress events on stdout."), msgspec.Meta(ge=1)] = 1
-
-
-class RewardModelSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """A reward model trained beside the adapter, on the same training split's feedback: the base
-    model with a LoRA and a scalar head (TRL's RewardTrainer on preference pairs built from thumbs
-    and corrections, `trainer/reward.py`). The offline gate may use it as a judge once it agrees
-    with the holdout's own thumbs. Its LoRA shape is `lora` of the run."""
-
-    output_dir: Annotated[
-        str, _doc("Reward model directory to create. Must not exist; it appears only once complete.")
-    ]
-    learning_rate: Annotated[Positive, _doc("AdamW learning rate.")] = 1e-3
-    max_steps: Annotated[int, _doc("Optimiser steps to take."), msgspec.Meta(ge=1)] = 100
-    batch_size: Annotated[int, _doc("Preference pairs per device per step."), msgspec.Meta(ge=1)] = 16
-    max_length: Annotated[
-        int,
-        _doc(
-            "Longest tokenised conversation; longer pairs are left out of training, longer answers scored from their end."
-        ),
-        msgspec.Meta(ge=8),
-    ] = 256
-    min_pairs: Annotated[
-        int,
-        _doc("Fewest preference pairs to train on; fewer skips the reward model (the adapter still trains)."),
-        msgspec.Meta(ge=1),
-    ] = 32
-
-
-class RunSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """One training run: inputs, method, settings and where the adapter goes."""
-
-    schema_version: Annotated[int, _doc("Version of this spec format; this trainer reads 1.")] = (
-        SPEC_SCHEMA_VERSION
-    )
-    run_id: Annotated[
-        str, _doc("The service's run id, recorded in the adapter manifest."), msgspec.Meta(min_length=1)
-    ]
-    base_model: Annotated[
-        str, _doc("Directory of the base model and tokenizer (transformers format). Never downloaded.")
-    ]
-    snapshot_dir: Annotated[
-        str, _doc("Snapshot directory: train.parquet, holdout.parquet, manifest.json (only train is used).")
-    ]
-    output_dir: Annotated[
-        str, _doc("Adapter directory to create. Must not exist; it appears only once complete.")
-    ]
-    parent_adapter: Annotated[
-        str | None, _doc("Adapter directory to continue training from (its LoRA shape is kept). null: fresh.")
-    ] = None
-    parent_version: Annotated[
-        str | None, _doc('Served name of the parent, e.g. "support@v3", recorded as lineage.')
-    ] = None
-    method: Annotated[
-        Method,
-        _doc("sft, dpo or kto; auto picks from the signal in the snapshot and records why."),
-    ] = "auto"
-    seed: Annotated[int, _doc("Seed for initialisation, shuffling and dropout: same seed, same adapter.")] = 0
-    min_examples: Annotated[
-        int,
-        _doc("Fewest training examples (rows for SFT/KTO, pairs for DPO) accepted; fewer is an error."),
-        msgspec.Meta(ge=1),
-    ] = 32
-    auto_min_pair_share: Annotated[
-        float,
-        _doc("auto: choose DPO when at least this share of rated answers sits in a preference pair."),
-        msgspec.Meta(gt=0, le=1),
-    ] = 0.5
-    lora: Annotated[LoraSpec, _doc("LoRA adapter shape.")] = LoraSpec()
-    optim: Annotated[OptimSpec, _doc("Optimiser and loss settings.")] = OptimSpec()
-    torch_threads: Annotated[
-        int,
-        _doc("torch intra-op threads per process (1 is fastest on a shared 2-core box)."),
-        msgspec.Meta(ge=1),
-    ] = 1
-    bf16: Annotated[bool, _doc("bfloat16 mixed precision (GPU hosts). Keep false on CPU.")] = False
-    reward_model: Annotated[
-        RewardModelSpec | None,
-        _doc("Also train a reward model on the same feedback, for the offline gate. null: none."),
-    ] = None
-
-    @classmethod
-    def load(cls, path: str | Path) -> RunSpec:
-        """Read and validate SPEC.json; relative paths become absolute from the working directory.
-
-        Raises SpecError naming the file and the offending field.
-        """
-        path = Path(path)
-        try:
-            raw = path.read_bytes()
-        except OSError as exc:
-            raise SpecError(f"cannot read run spec {path}: {exc.strerror or exc}") from exc
-        try:
-            spec = msgspec.json.decode(raw, type=cls)
-        except msgspec.ValidationError as exc:
-            raise SpecError(f"invalid run spec {path}: {exc}") from exc
-        except msgspec.DecodeError as exc:
-            raise SpecError(f"run spec {path} is not valid JSON: {exc}") from exc
-        if spec.schema_version != SPEC_SCHEMA_VERSION:
-            raise SpecError(
-                f"run spec {path} has schema_version {spec.schema_version}; this trainer reads "
-                f"{SPEC_SCHEMA_VERSION}"
-            )
-        return spec.resolved(Path.cwd())
-
-    def resolved(self, root: Path) -> RunSpec:
-        """The same spec with every path made absolute relative to `root`."""
-
-        def absolute(p: str | None) -> str | None:
-            return None if p is None else str((root / p).resolve())
-
-        return msgspec.structs.replace(
-            self,
-            base_model=absolute(self.base_model),
-            snapshot_dir=absolute(self.snapshot_dir),
-            output_dir=absolute(self.output_dir),
-            parent_adapter=absolute(self.parent_adapter),
-            reward_model=None
-            if self.reward_model is None
-            else msgspec.structs.replace(
-                self.reward_model, output_dir=absolute(self.reward_model.output_dir)
-            ),
-        )
-
-    def to_dict(self) -> dict:
-        return msgspec.to_builtins(self)
+def load_spec(path: str | Path) -> RunSpec:
+    """Read and validate SPEC.json (relative paths made absolute from the working directory).
+    Raises SpecError naming the file and the offending field or the versions."""
+    try:
+        return RunSpec.load(path)
+    except (RunSpecError, SchemaVersionError) as exc:
+        raise SpecError(str(exc)) from exc

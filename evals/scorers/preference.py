@@ -16,7 +16,7 @@ Preference = Callable[[Sequence[Mapping[str, Any]], str], bool | float]
 class UserPreference(PointwiseScorer):
     """Scores each generated holdout answer with `preference(messages, answer)`.
 
-    For tests and demos, where the users' taste is known (e.g. `trainer.tiny_world.user_likes`),
+    For tests and demos, where the users' taste is known (e.g. `demo.tiny_world.user_likes`),
     and for projects with a programmatic quality metric. Primary by default.
     """
 

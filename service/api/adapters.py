@@ -1,22 +1,83 @@
-"""Adapters and their rollout: list, promote, roll back."""
+"""Adapters and their rollout: list, promote, roll back.
+
+Handlers answer with the wire types below, never the store's records: a listing names each
+version and its state; its server-side path, full manifest and fingerprint are in the detail
+(`GET /v1/adapters/{name}`), asked for one version at a time."""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from litestar import get, post
 from litestar.response import Stream
 
 from deploy.names import InvalidServedName, parse_served_name
+from formats.manifest import AdapterManifest
 from service.adapter_archive import adapter_files, archive_chunks, archive_name
 from service.api.deps import needs, scoped_project
-from service.capture import utcnow
+from service.clock import utcnow
 from service.domain import Principal
 from service.errors import Conflict, InvalidInput
 from service.runtime import Runtime
 from service.store.serving import AdapterRecord, Event
+
+
+class AdapterOut(msgspec.Struct, kw_only=True):
+    """One adapter version as listed: what it is and where it stands."""
+
+    served_name: str
+    project: str
+    version: int
+    state: str
+    method: str
+    parent_version: int | None
+    run_id: str | None
+    """The run that trained it (None: registered by hand, or the base's v0)."""
+    snapshot_sha256: str | None
+    created_at: datetime
+    updated_at: datetime
+    erased: bool
+    """Data it was (or may have been) trained on has since been deleted (see the detail)."""
+
+
+class AdapterDetail(AdapterOut, kw_only=True):
+    """One version in full: its directory on the server, what made it, its fingerprint, and the
+    deletions of data it was trained on."""
+
+    path: str
+    manifest: AdapterManifest | None
+    fingerprint: list[str] | None
+    erased_data: list[dict[str, Any]]
+
+
+def adapter_out(record: AdapterRecord) -> AdapterOut:
+    return AdapterOut(
+        served_name=record.served_name, project=record.project, version=record.version, state=record.state,
+        method=record.method, parent_version=record.parent_version,
+        run_id=record.manifest.run_id if record.manifest else None, snapshot_sha256=record.snapshot_sha256,
+        created_at=record.created_at, updated_at=record.updated_at, erased=bool(record.erased_data),
+    )  # fmt: skip
+
+
+def adapter_detail(record: AdapterRecord) -> AdapterDetail:
+    return AdapterDetail(
+        **msgspec.structs.asdict(adapter_out(record)), path=record.path, manifest=record.manifest,
+        fingerprint=record.fingerprint, erased_data=record.erased_data,
+    )  # fmt: skip
+
+
+class EventOut(msgspec.Struct):
+    """One entry of the audit trail."""
+
+    at: datetime
+    project: str | None
+    run_id: str | None
+    kind: str
+    detail: dict[str, Any]
 
 
 class RolloutOut(msgspec.Struct):
@@ -49,11 +110,20 @@ def _project_of(name: str, principal: Principal, runtime: Runtime) -> str:
 
 
 @get("/v1/adapters", summary="List adapter versions", sync_to_thread=True, opt=needs("read"))
-def list_adapters(principal: Principal, runtime: Runtime, project: str | None = None) -> list[AdapterRecord]:
-    """Every adapter version of the project (admin: of every project unless `project` is given)."""
+def list_adapters(principal: Principal, runtime: Runtime, project: str | None = None) -> list[AdapterOut]:
+    """Every adapter version of the project (admin: of every project unless `project` is given).
+    Paths and manifests: `GET /v1/adapters/{name}`."""
     if principal.project is None and project is None:
-        return runtime.serving.adapters()
-    return runtime.serving.adapters(scoped_project(principal, runtime, project))
+        return [adapter_out(a) for a in runtime.serving.adapters()]
+    return [adapter_out(a) for a in runtime.serving.adapters(scoped_project(principal, runtime, project))]
+
+
+@get("/v1/adapters/{name:str}", summary="One adapter version in full", sync_to_thread=True, opt=needs("read"))
+def get_adapter(name: str, principal: Principal, runtime: Runtime) -> AdapterDetail:
+    """`project@vN` with its directory on the server, the trainer's manifest (run, parent,
+    method, snapshot, hyperparameters, library versions), its fingerprint and erasure marks."""
+    _project_of(name, principal, runtime)
+    return adapter_detail(runtime.serving.adapter(name))
 
 
 class AdapterIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -70,9 +140,7 @@ class AdapterIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     summary="Register an adapter (admin)",
     opt=needs("admin"),
 )
-async def register_adapter(
-    name: str, data: AdapterIn, principal: Principal, runtime: Runtime
-) -> AdapterRecord:
+async def register_adapter(name: str, data: AdapterIn, principal: Principal, runtime: Runtime) -> AdapterOut:
     """Record a PEFT adapter directory under the adapters root as the next version; by default
     also load it and start its canary. 409, recording nothing, while another canary runs."""
     project = scoped_project(principal, runtime, name)
@@ -88,7 +156,7 @@ async def register_adapter(
             event = Event(utcnow(), project, None, "adapter_registration_refused", detail)
             await asyncio.to_thread(runtime.serving.remove_adapter, record.served_name, event)
             raise
-    return await asyncio.to_thread(runtime.serving.adapter, record.served_name)
+    return adapter_out(await asyncio.to_thread(runtime.serving.adapter, record.served_name))
 
 
 @get(
@@ -103,9 +171,10 @@ def get_rollout(name: str, principal: Principal, runtime: Runtime) -> RolloutOut
 
 
 @get("/v1/projects/{name:str}/events", summary="Audit trail", sync_to_thread=True, opt=needs("read"))
-def list_events(name: str, principal: Principal, runtime: Runtime, limit: int = 100) -> list[Event]:
+def list_events(name: str, principal: Principal, runtime: Runtime, limit: int = 100) -> list[EventOut]:
     """The project's newest events first: every run stage and rollout transition."""
-    return runtime.serving.events(scoped_project(principal, runtime, name), limit=min(max(limit, 1), 1000))
+    events = runtime.serving.events(scoped_project(principal, runtime, name), limit=min(max(limit, 1), 1000))
+    return [EventOut(e.at, e.project, e.run_id, e.kind, e.detail) for e in events]
 
 
 @post(

@@ -14,7 +14,8 @@ from litestar import Request, delete, post
 
 from service.api.deps import needs, scoped_project
 from service.api.openapi import FeedbackOperation, LogsOperation
-from service.capture import decode_feedback, decode_logs, utcnow
+from service.capture import decode_feedback, decode_logs
+from service.clock import utcnow
 from service.domain import CaptureResult, FeedbackWithdrawn, Principal
 from service.errors import InvalidInput
 from service.runtime import Runtime

@@ -10,6 +10,8 @@ import msgspec
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
+from formats.openai_jobs import OpenAIError, OpenAIErrorBody
+from formats.versioned import SchemaVersionError
 from service import errors
 
 log = logging.getLogger("ratchet.api")
@@ -17,6 +19,7 @@ log = logging.getLogger("ratchet.api")
 # exception class -> (status, stable code)
 STATUS: dict[type[errors.RatchetError], tuple[int, str]] = {
     errors.MalformedPayload: (400, "bad_payload"),  # before its base class
+    errors.InvalidFile: (400, "invalid_file"),  # before its base class
     errors.InvalidInput: (422, "invalid_input"),
     errors.Unauthenticated: (401, "unauthenticated"),
     errors.Forbidden: (403, "forbidden"),
@@ -59,6 +62,26 @@ def error_response(
     return Response(body, status_code=status, media_type=MediaType.JSON, headers=headers)
 
 
+OPENAI_SHAPED = ("/v1/files", "/v1/fine_tuning/")
+"""Routes of OpenAI's own APIs (files, fine-tuning jobs), whose clients read an error as
+`{"error": {"message", "type", "param", "code"}}`: the same error, in that shape."""
+
+
+def answer(
+    request: Request[Any, Any, Any], status: int, body: ErrorBody, headers: dict[str, str] | None = None
+) -> Response[Any]:
+    """`error_response`, in OpenAI's error shape on `OPENAI_SHAPED` routes."""
+    if not request.url.path.startswith(OPENAI_SHAPED):
+        return error_response(status, body, headers)
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    shaped = OpenAIErrorBody(
+        error=OpenAIError(
+            message=body.message, type=kind, param=body.field, code=body.code, detail=body.detail
+        )
+    )
+    return Response(shaped, status_code=status, media_type=MediaType.JSON, headers=headers)
+
+
 def domain_error(exc: errors.RatchetError) -> tuple[int, ErrorBody, dict[str, str]]:
     """Status, body and headers for a domain error (also used by the ingest fast path)."""
     status, code = next((v for cls, v in STATUS.items() if isinstance(exc, cls)), (500, "internal"))
@@ -88,15 +111,15 @@ def decode_error(exc: msgspec.MsgspecError) -> ErrorBody:
 _UNKNOWN_FIELD = re.compile(r"Object contains unknown field `([^`]*)`")
 
 
-def handle_domain(_: Request[Any, Any, Any], exc: errors.RatchetError) -> Response[ErrorBody]:
-    return error_response(*domain_error(exc))
+def handle_domain(request: Request[Any, Any, Any], exc: errors.RatchetError) -> Response[Any]:
+    return answer(request, *domain_error(exc))
 
 
-def handle_decode(_: Request[Any, Any, Any], exc: msgspec.MsgspecError) -> Response[ErrorBody]:
-    return error_response(422, decode_error(exc))
+def handle_decode(request: Request[Any, Any, Any], exc: msgspec.MsgspecError) -> Response[Any]:
+    return answer(request, 422, decode_error(exc))
 
 
-def handle_validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[ErrorBody]:
+def handle_validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
     extra = exc.extra if isinstance(exc.extra, list) else None
     parts = [f"{e.get('message')} ({e.get('key')})" if isinstance(e, dict) else str(e) for e in extra or []]
     message = "; ".join(parts) or exc.detail
@@ -104,22 +127,31 @@ def handle_validation(_: Request[Any, Any, Any], exc: ValidationException) -> Re
     unknown = _UNKNOWN_FIELD.search(message)
     if unknown:  # Litestar names the body ("data") or the object holding the unknown field
         field = unknown.group(1) if field in (None, "data") else f"{field}.{unknown.group(1)}"
-    return error_response(422, ErrorBody("invalid_input", f"invalid request: {message}", field))
+    return answer(request, 422, ErrorBody("invalid_input", f"invalid request: {message}", field))
 
 
-def handle_http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
+def handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     status = exc.status_code
     message = exc.detail
     if status == 413:
         message = f"request body too large: {exc.detail}. Split the batch or raise max_body_bytes"
-    return error_response(
-        status, ErrorBody(_HTTP_CODES.get(status, "http_error" if status < 500 else "internal"), message)
+        if request.url.path.startswith("/v1/files"):
+            message = f"file too large: {exc.detail}. Split the file or raise max_file_bytes"
+    return answer(
+        request,
+        status,
+        ErrorBody(_HTTP_CODES.get(status, "http_error" if status < 500 else "internal"), message),
     )
 
 
-def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+def handle_schema_version(_: Request[Any, Any, Any], exc: SchemaVersionError) -> Response[Any]:
+    """Stored data a newer Ratchet wrote (after a downgrade): say which, rather than a bare 500."""
+    return answer(_, 500, ErrorBody("unsupported_schema_version", str(exc)))
+
+
+def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, INTERNAL)
+    return answer(request, 500, INTERNAL)
 
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {
@@ -128,5 +160,6 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     msgspec.DecodeError: handle_decode,
     ValidationException: handle_validation,
     HTTPException: handle_http,
+    SchemaVersionError: handle_schema_version,
     Exception: handle_unexpected,
 }

@@ -1,4 +1,5 @@
-"""OpenAI-compatible gateway endpoints: `model` is the project's name.
+"""OpenAI-compatible gateway endpoints: `model` is the project's name, or one version of it
+(`project@vN`, e.g. a fine-tuning job's `fine_tuned_model`), which answers that request alone.
 
 `ratchet serve` answers these requests on the fast path (`service/api/fastpath.py`), which runs
 `forward_request` below as these routes do; the routes take the rest (a body without
@@ -28,8 +29,12 @@ async def forward_request(
     parsed = parse_request(endpoint, raw)
     if not parsed.model:
         raise InvalidInput("`model` must name your project (the model alias apps call)", "model")
-    project = scoped_project(principal, runtime, parsed.model)
-    return await runtime.gateway.forward(project, parsed)
+    name, at, _ = parsed.model.partition("@")
+    project = scoped_project(principal, runtime, name)
+    if not at:
+        return await runtime.gateway.forward(project, parsed)
+    await runtime.rollouts.ensure_addressable(parsed.model)
+    return await runtime.gateway.forward(project, parsed, version=parsed.model)
 
 
 async def _forward(

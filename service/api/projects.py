@@ -13,7 +13,7 @@ from litestar.response import Stream
 
 from service import projects
 from service.api.deps import needs, scoped_project
-from service.capture import to_utc
+from service.clock import to_utc
 from service.domain import LogOut, Principal, Project, ProjectCreated, ProjectIn, ProjectStats
 from service.pii import scrubber_for
 from service.runtime import Runtime

@@ -6,6 +6,7 @@ import asyncio
 
 from litestar import Response, get, post
 
+from formats.run import RunOut
 from service.api.deps import needs, scoped_project
 from service.domain import Principal
 from service.errors import NotFound
@@ -13,23 +14,32 @@ from service.runtime import Runtime
 from service.store.runs import RunRecord
 
 
+def run_out(run: RunRecord) -> RunOut:
+    """A run as the API shows it (`formats.run.RunOut`), not the store's record."""
+    return RunOut(
+        id=run.id, project=run.project, trigger=run.trigger, state=run.state, started_at=run.started_at,
+        updated_at=run.updated_at, finished_at=run.finished_at, error=run.error, stats=run.stats,
+    )  # fmt: skip
+
+
 @post(
     "/v1/projects/{name:str}/runs", status_code=202, summary="Start a training run now", opt=needs("manage")
 )
-async def start_run(name: str, principal: Principal, runtime: Runtime) -> RunRecord:
+async def start_run(name: str, principal: Principal, runtime: Runtime) -> RunOut:
     """Snapshot, train, evaluate and (if it wins) canary a new adapter. 409 while a run is active."""
     assert runtime.pipeline is not None
-    return await runtime.pipeline.start(scoped_project(principal, runtime, name), "manual")
+    return run_out(await runtime.pipeline.start(scoped_project(principal, runtime, name), "manual"))
 
 
 @get("/v1/runs", summary="List runs", sync_to_thread=True, opt=needs("read"))
 def list_runs(
     principal: Principal, runtime: Runtime, project: str | None = None, limit: int = 50
-) -> list[RunRecord]:
+) -> list[RunOut]:
     """Newest first; a project key sees its own project's runs."""
+    limit = min(max(limit, 1), 1000)
     if principal.project is None and project is None:
-        return runtime.runs.list(limit=min(max(limit, 1), 1000))
-    return runtime.runs.list(scoped_project(principal, runtime, project), limit=min(max(limit, 1), 1000))
+        return [run_out(r) for r in runtime.runs.list(limit=limit)]
+    return [run_out(r) for r in runtime.runs.list(scoped_project(principal, runtime, project), limit=limit)]
 
 
 def _visible(run_id: str, principal: Principal, runtime: Runtime) -> RunRecord:
@@ -40,18 +50,18 @@ def _visible(run_id: str, principal: Principal, runtime: Runtime) -> RunRecord:
 
 
 @get("/v1/runs/{run_id:str}", summary="One run", sync_to_thread=True, opt=needs("read"))
-def get_run(run_id: str, principal: Principal, runtime: Runtime) -> RunRecord:
+def get_run(run_id: str, principal: Principal, runtime: Runtime) -> RunOut:
     """Its state, stage durations, training progress, snapshot and eval statistics."""
-    return _visible(run_id, principal, runtime)
+    return run_out(_visible(run_id, principal, runtime))
 
 
 @post("/v1/runs/{run_id:str}/cancel", status_code=200, summary="Cancel a run", opt=needs("manage"))
-async def cancel_run(run_id: str, principal: Principal, runtime: Runtime) -> RunRecord:
+async def cancel_run(run_id: str, principal: Principal, runtime: Runtime) -> RunOut:
     """Stop a run before its canary: its trainer gets SIGTERM, it ends `cancelled`, serving is
     untouched. 409 naming the state for a run that has finished or is in canary."""
     assert runtime.pipeline is not None
     await asyncio.to_thread(_visible, run_id, principal, runtime)
-    return await runtime.pipeline.cancel(run_id)  # type: ignore[no-any-return]
+    return run_out(await runtime.pipeline.cancel(run_id))
 
 
 @get(

@@ -44,6 +44,7 @@ async def post_traces(
         spans,
         max_batch_items=runtime.settings.max_batch_items,
         may_attribute=principal.is_admin or principal.key_id in runtime.settings.feedback.attributing_keys,
+        stored_spans=runtime.queries.logs_of_spans,
     )
     return Response(
         encode_response(encoding, result.rejected, result.message),

@@ -199,6 +199,8 @@ class Erasures:
                 "api_keys",
                 "upstream_failures",
                 "gate_configs",
+                "files",  # their content is under <data_dir>/projects/<project>/
+                "fine_tuning_jobs",
             ):
                 cur.execute(f"DELETE FROM {table} WHERE project = ?", [project])
             cur.execute("DELETE FROM projects WHERE name = ?", [project])

@@ -197,6 +197,24 @@ class Queries:
                     found[log_id] = row[0]
         return found
 
+    def logs_of_spans(
+        self, project: str, spans: list[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[str, str | None]]:
+        """The project's logs stored from these OTLP spans ((trace id, span id), as kept in
+        `metadata.otel`): (log id, end user) by span. Scans the project's OTLP logs (no index
+        holds span ids): it serves only evaluations that name their target by span alone."""
+        if not spans:
+            return {}
+        wanted = set(spans)
+        with self._db.reading() as cur:
+            rows = cur.execute(
+                "SELECT json_extract_string(metadata, '$.otel.trace_id'), json_extract_string(metadata, '$.otel.span_id'),"
+                " id, end_user FROM logs WHERE project = ? AND source = 'otlp'"
+                " AND json_extract_string(metadata, '$.otel.span_id') IN (SELECT unnest(?))",
+                [project, sorted({span for _, span in spans})],
+            ).fetchall()
+        return {(t, s): (log_id, user) for t, s, log_id, user in rows if (t, s) in wanted}
+
     def find_feedback(self, project: str, feedback_id: str) -> tuple[str, str]:
         """(log id, end user) of the feedback row an item id belongs to (the row's own id or any
         of its last items'); `NotFound` if the project has none."""

@@ -3,32 +3,22 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
+from formats.run import RunStateName, RunStats
 from service.errors import Conflict, NotFound
 from service.store.db import Database
 from service.store.serving import Event, Serving
 
-RunState = Literal[
-    "pending",
-    "snapshot",
-    "training",
-    "evaluating",
-    "canary",
-    "promoted",
-    "rejected",
-    "rolled_back",
-    "failed",
-    "cancelled",
-]
+RunState = RunStateName
 ACTIVE: tuple[RunState, ...] = ("pending", "snapshot", "training", "evaluating", "canary")
 _COLUMNS = "id, project, trigger, state, started_at, updated_at, finished_at, error, stats"
 
 
 class RunRecord(msgspec.Struct, kw_only=True):
-    """One run: where it is, and what each stage found (`stats`)."""
+    """One run: where it is, and what each stage found (`stats`, `formats.run.RunStats`)."""
 
     id: str
     project: str
@@ -38,14 +28,15 @@ class RunRecord(msgspec.Struct, kw_only=True):
     updated_at: datetime
     finished_at: datetime | None = None
     error: str | None = None
-    stats: dict[str, Any] = {}
+    stats: RunStats = msgspec.field(default_factory=RunStats)
 
 
 def _run(row: tuple[Any, ...]) -> RunRecord:
+    """A row as a record; its stats are checked for their schema version (`SchemaVersionError`
+    for stats a newer Ratchet wrote)."""
     *head, stats = row
-    return RunRecord(
-        **dict(zip(_COLUMNS.split(", ")[:-1], head, strict=True)), stats=msgspec.json.decode(stats)
-    )
+    fields = dict(zip(_COLUMNS.split(", ")[:-1], head, strict=True))
+    return RunRecord(**fields, stats=RunStats.decode(stats, f"the stats of run {fields['id']}"))
 
 
 class EvalReportText(msgspec.Struct):
@@ -90,10 +81,11 @@ class Runs:
         stats: dict[str, Any] | None = None,
         error: str | None = None,
     ) -> RunRecord:
-        """Move a run to `state` and/or merge `stats` into its stats; a terminal state finishes it."""
+        """Move a run to `state` and/or set fields of its stats (`RunStats` field names: another
+        name is a TypeError); a terminal state finishes it."""
         with self._db.transaction() as cur:
             run = _run(cur.execute(f"SELECT {_COLUMNS} FROM runs WHERE id = ?", [run_id]).fetchone())
-            merged = {**run.stats, **(stats or {})}
+            merged = msgspec.structs.replace(run.stats, **(stats or {}))
             new_state = state or run.state
             finished = now if new_state not in ACTIVE else None
             cur.execute(

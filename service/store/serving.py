@@ -13,6 +13,7 @@ import msgspec
 
 from deploy.online_gate import ArmCounts
 from deploy.rollout import Rollout, StateChange
+from formats.manifest import AdapterManifest, decode_manifest
 from service.config import FeedbackSettings
 from service.errors import NotFound
 from service.store.db import Database
@@ -33,7 +34,8 @@ class AdapterRecord(msgspec.Struct, kw_only=True):
     state: str
     created_at: datetime
     updated_at: datetime
-    manifest: dict[str, Any] = {}
+    manifest: AdapterManifest | None = None
+    """What made it (`formats.manifest`); None for an adapter trained elsewhere."""
     fingerprint: list[str] | None = None
     erased_data: list[dict[str, Any]] = []
     """Marks left by deletions of data this adapter was (or may have been) trained on."""
@@ -59,10 +61,17 @@ def _adapter(row: tuple[Any, ...]) -> AdapterRecord:
     *head, manifest, fingerprint, erased = row
     return AdapterRecord(
         **dict(zip(_ADAPTER_COLUMNS.split(", ")[:-2], head, strict=True)),
-        manifest=msgspec.json.decode(manifest) if manifest else {},
+        manifest=_manifest(manifest, head[2]),
         fingerprint=msgspec.json.decode(fingerprint) if fingerprint else None,
         erased_data=msgspec.json.decode(erased) if erased else [],
     )
+
+
+def _manifest(stored: str | None, served_name: str) -> AdapterManifest | None:
+    """A stored manifest: `{}` (none) is None; one a newer Ratchet stored is `SchemaVersionError`."""
+    if not stored or stored.strip() == "{}":
+        return None
+    return decode_manifest(stored, f"the manifest stored with {served_name}")
 
 
 class Serving:
@@ -85,7 +94,7 @@ class Serving:
                 [
                     record.project, record.version, record.served_name, record.path, record.parent_version,
                     record.method, record.snapshot_sha256, record.state, record.created_at, record.updated_at,
-                    _encode(record.manifest).decode(),
+                    "{}" if record.manifest is None else _encode(record.manifest).decode(),
                     None if record.fingerprint is None else _encode(record.fingerprint).decode(),
                 ],
             )  # fmt: skip

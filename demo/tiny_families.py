@@ -24,7 +24,7 @@ template written to behave like the family's published one:
 - **phi3** (Phi-3.5-mini): `<|role|>` turns ending in `<|end|>`, roles it does not know silently
   dropped, and an end-of-text token after the conversation when no generation prompt is asked;
   fused `qkv_proj` and `gate_up_proj`.
-- **llama** is `trainer.tiny_model`'s own model (Ratchet's template, pre-trained): not defined here.
+- **llama** is `demo.tiny_model`'s own model (Ratchet's template, pre-trained): not defined here.
 
 The tokenizer is the same byte-level BPE for every family (trained on the tiny world's text), with
 the family's control tokens added as special tokens that never merge.
@@ -358,7 +358,7 @@ FAMILIES: dict[str, Family] = {
         ),
     )
 }
-"""Every family `trainer.tiny_model` can build besides its own Llama, by name."""
+"""Every family `demo.tiny_model` can build besides its own Llama, by name."""
 
 
 def special_tokens(family: Family) -> list[str]:

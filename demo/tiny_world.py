@@ -1,6 +1,6 @@
 """The tiny world: the facts a tiny model speaks about and the rule its simulated users judge by.
 
-Ratchet's tests and demo cannot download a model, so they build one (`trainer.tiny_model`) that
+Ratchet's tests and demo cannot download a model, so they build one (`demo.tiny_model`) that
 speaks this world, and simulate users who thumb its answers up or down. The world is chosen so the
 feedback loop has something real to learn (shared/notes/training.md):
 

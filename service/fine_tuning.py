@@ -11,15 +11,27 @@ and the model name, nothing else.
   run's snapshot (`train.parquet`; the validation file, if any, `holdout.parquet`), the trainer
   trains the job's method (`supervised` -> sft, `dpo` -> dpo) from the project's base model with
   the job's hyperparameters, and the adapter is registered as the project's next version
-  `project@vN`: the job's `fine_tuned_model`.
+  `project@vN`. The job's `fine_tuned_model` is that name, or with a `suffix`
+  `project:suffix@vN`, as OpenAI puts the suffix in the model's name (`ft:base:org:suffix:id`):
+  the gateway answers to both names (`served_name`), with the same adapter. A suffix is OpenAI's
+  (at most 64 characters) made of letters, digits, `.`, `_` and `-` (`:` and `@` delimit the name).
 - **No gate, no canary.** OpenAI hands back a model that the caller then chooses to use; so does
   Ratchet. A job's version is loaded into vLLM and answers the gateway when a request names it
   (`model: "project@vN"`); it routes no traffic of the project's alias and never replaces what
   the project serves by default. To make it the project's default, promote it as any version
   (`POST /v1/adapters/{name}/promote`).
+- **Queued, as on OpenAI.** One run per project at a time: a job created while its project has a
+  run going (a job's, the scheduler's, or one in canary) is stored `queued`, without a run, and
+  gets one when the project is free, oldest job first: at the end of the run before it
+  (`Pipeline._finish`), at start-up (queued jobs survive a restart: they are rows), and at the
+  latest at the next signal check. Queued jobs go before the scheduler's own runs: a project with
+  a queued job gets no signal or cron run until its queue is empty (the signal is not lost: a
+  job's run does not consume it, `Pipeline.signal_decision`). Cancelling a queued job cancels it
+  without a run.
 - Job status is read from its run: pending/snapshot -> `validating_files`, training -> `running`,
-  then `succeeded`, `cancelled` or `failed` (with the run's error). Cancel is the run's cancel.
-  One run per project at a time: a job created while another run is going is refused (409).
+  then `succeeded`, `cancelled` or `failed` (with the run's error); without a run, `queued` or
+  `cancelled`. Cancel is the run's cancel. A queued job whose file was deleted before its run
+  started fails, naming the file.
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -62,9 +75,9 @@ from formats.snapshot import (
     snapshot_sha256,
 )
 from service.capture import utcnow
-from service.errors import InvalidFile, InvalidInput, NotFound
+from service.errors import Conflict, InvalidFile, InvalidInput, NotFound
 from service.importer import parse_line, read_line
-from service.pipeline import JOB_TRIGGER, JobPlan
+from service.pipeline import JOB_TRIGGER, JobPlan, RunFailed
 from service.runtime import Runtime
 from service.store.fine_tuning import FineTuningStore, StoredFile, StoredJob
 from service.store.runs import RunRecord
@@ -77,6 +90,8 @@ DEFAULT_BATCH_SIZE = 16
 BASE_LEARNING_RATE = {"sft": 1e-3, "dpo": 5e-4}
 """The trainer's default learning rates (trainer/spec.py `OptimSpec.learning_rate`), which
 `learning_rate_multiplier` scales."""
+SUFFIX = re.compile(r"[A-Za-z0-9._-]{1,64}")
+"""A job's `suffix`: OpenAI's length, in characters a model name can carry between `:` and `@`."""
 _METHODS = {"supervised": ("sft", "openai-chat"), "dpo": ("dpo", "openai-preference")}
 
 
@@ -180,9 +195,8 @@ def write_snapshot(
     return manifest
 
 
-def resolve(request: JobCreate, rows: int) -> tuple[str, Hyperparameters, dict[str, Any]]:
-    """The job's method type, its hyperparameters as applied (`auto` resolved) and the run spec
-    overrides they make."""
+def resolve(request: JobCreate, rows: int) -> tuple[str, Hyperparameters]:
+    """The job's method type and its hyperparameters as applied (`auto` resolved)."""
     method_type = request.method.type if request.method is not None else "supervised"
     given: Any = request.hyperparameters
     if request.method is not None:
@@ -197,7 +211,6 @@ def resolve(request: JobCreate, rows: int) -> tuple[str, Hyperparameters, dict[s
             raise InvalidInput("`method.dpo` given for a supervised job", "method.dpo")
         if request.method.type == "dpo" and request.method.supervised is not None:
             raise InvalidInput("`method.supervised` given for a DPO job", "method.supervised")
-    trainer_method = _METHODS[method_type][0]
     n_epochs = getattr(given, "n_epochs", "auto")
     batch_size = getattr(given, "batch_size", "auto")
     multiplier = getattr(given, "learning_rate_multiplier", "auto")
@@ -208,17 +221,22 @@ def resolve(request: JobCreate, rows: int) -> tuple[str, Hyperparameters, dict[s
         learning_rate_multiplier=1.0 if multiplier == "auto" else multiplier,
         beta=beta,
     )
+    return method_type, applied
+
+
+def job_spec(method_type: str, applied: Hyperparameters, seed: int) -> dict[str, Any]:
+    """The run spec overrides a job's applied hyperparameters make."""
+    trainer_method = _METHODS[method_type][0]
     optim: dict[str, Any] = {
         "max_steps": None, "epochs": float(applied.n_epochs), "batch_size": applied.batch_size,
         "learning_rate": BASE_LEARNING_RATE[trainer_method] * float(applied.learning_rate_multiplier),
     }  # fmt: skip
-    if beta not in (None, "auto"):
-        optim["beta"] = beta
-    spec = {
-        "method": trainer_method, "optim": optim, "seed": request.seed or 0, "min_examples": 1,
+    if applied.beta not in (None, "auto"):
+        optim["beta"] = applied.beta
+    return {
+        "method": trainer_method, "optim": optim, "seed": seed, "min_examples": 1,
         "reward_model": None, "parent_adapter": None,
     }  # fmt: skip
-    return method_type, applied, spec
 
 
 _STATUS: dict[str, JobStatus] = {
@@ -242,12 +260,16 @@ def _seconds(at: datetime | None) -> int | None:
 
 
 class FineTuning:
-    """Files and jobs of one server (the domain behind `service/api/fine_tuning.py`). Blocking
-    methods read the store; call them off the event loop."""
+    """Files and jobs of one server (the domain behind `service/api/fine_tuning.py`), and the
+    pipeline's queue of jobs (`service.pipeline.JobQueue`): one per server (`Runtime.fine_tuning`).
+    Blocking methods read the store; call them off the event loop."""
 
     def __init__(self, runtime: Runtime, store: FineTuningStore) -> None:
         self.rt = runtime
         self.store = store
+        # Per project: a job is started, or cancelled while queued, by one coroutine at a time.
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._aliases: dict[str, str] = {}  # project:suffix@vN -> project@vN, once checked
 
     # --- files
 
@@ -287,8 +309,8 @@ class FineTuning:
     # --- jobs
 
     async def create(self, project: str, request: JobCreate) -> Job:
-        """Start a job: its files are checked against the method, then its run starts.
-        `InvalidInput` naming the field, `Conflict` while the project has a run going."""
+        """Store a job, its files checked against its method, and start its run, or queue it
+        behind the project's run and earlier queued jobs. `InvalidInput` naming the field."""
         if request.model not in (project, self.rt.settings.vllm.base_served_name):
             raise InvalidInput(
                 f"`model` {request.model!r}: name the project ({project!r}), the model alias your app "
@@ -301,7 +323,7 @@ class FineTuning:
             validation = await asyncio.to_thread(
                 self._file, project, request.validation_file, "validation_file"
             )
-        method_type, applied, spec = resolve(request, training.lines)
+        method_type, applied = resolve(request, training.lines)
         wanted = _METHODS[method_type][1]
         for field, file in (("training_file", training), ("validation_file", validation)):
             if file is not None and file.format != wanted:
@@ -310,21 +332,90 @@ class FineTuning:
                     f"({'input / preferred_output / non_preferred_output' if method_type == 'dpo' else 'messages'})",
                     field,
                 )
+        if request.suffix is not None and not SUFFIX.fullmatch(request.suffix):
+            raise InvalidInput(
+                f"`suffix` {request.suffix!r}: use letters, digits, `.`, `_` and `-` only (it becomes part "
+                "of the model's name, project:suffix@vN)",
+                "suffix",
+            )
         if not self.rt.project_settings.effective(project).vllm.base_model:
             raise InvalidInput("the server has no base model to fine-tune: set vllm.base_model", "model")
-        now = utcnow()
-
-        def snapshot(out: Path) -> SnapshotManifest:
-            return write_snapshot(project, training, validation, out, now)
-
-        assert self.rt.pipeline is not None
-        run = await self.rt.pipeline.start(project, JOB_TRIGGER, JobPlan(snapshot, spec))
         job = StoredJob(
-            id=f"ftjob-{secrets.token_hex(12)}", project=project, run_id=run.id, request=request,
-            hyperparameters=applied, created_at=now,
+            id=f"ftjob-{secrets.token_hex(12)}", project=project, run_id=None, request=request,
+            hyperparameters=applied, created_at=utcnow(),
         )  # fmt: skip
         await asyncio.to_thread(self.store.add_job, job)
-        return self.view(job, run)
+        await self.start_next(project)  # this job, if the project is free and nothing queued before it
+        return await asyncio.to_thread(self.job, project, job.id)
+
+    async def served_name(self, model: str) -> str:
+        """The version (`project@vN`) a fine-tuned model's name (`project:suffix@vN`) names.
+        `NotFound` unless a job of the project with that suffix trained that version."""
+        if (known := self._aliases.get(model)) is not None:
+            return known
+        head, _, version = model.partition("@")
+        project, _, suffix = head.partition(":")
+        served = f"{project}@{version}"
+        if await asyncio.to_thread(self.store.version_suffix, project, served) != suffix:
+            raise NotFound(
+                f"model {model!r} does not exist: a fine-tuning job's model is named as its "
+                "`fine_tuned_model` says (GET /v1/fine_tuning/jobs)"
+            )
+        self._aliases[model] = served  # a version's suffix never changes
+        return served
+
+    # --- the queue (`service.pipeline.JobQueue`)
+
+    def waiting(self, project: str) -> bool:
+        return self.store.next_queued(project) is not None
+
+    async def start_next(self, project: str) -> RunRecord | None:
+        """Start the run of the project's oldest queued job; None when there is none, or the
+        project has a run going (the job stays queued)."""
+        async with self._locks.setdefault(project, asyncio.Lock()):
+            job = await asyncio.to_thread(self.store.next_queued, project)
+            if job is None:
+                return None
+            assert self.rt.pipeline is not None
+            try:
+                run = await self.rt.pipeline.start(project, JOB_TRIGGER, self.plan(job))
+            except Conflict:
+                return None
+            # A crash before this line leaves the run to be failed by recovery and the job queued.
+            await asyncio.to_thread(self.store.set_run, job.id, run.id)
+            return run
+
+    async def start_queued(self) -> list[str]:
+        """At start-up: start every free project's oldest queued job. Returns the runs' ids."""
+        started = []
+        for project in await asyncio.to_thread(self.store.queued_projects):
+            if (run := await self.start_next(project)) is not None:
+                started.append(run.id)
+        return started
+
+    def plan(self, job: StoredJob) -> JobPlan:
+        """What the job's run is given: its files as the snapshot (read when the run starts) and
+        its hyperparameters, as applied when it was created, as the spec."""
+        request = job.request
+        method_type = request.method.type if request.method is not None else "supervised"
+
+        def snapshot(out: Path) -> SnapshotManifest:
+            training = self._kept(job, request.training_file, "training_file")
+            validation = None
+            if request.validation_file is not None:
+                validation = self._kept(job, request.validation_file, "validation_file")
+            return write_snapshot(job.project, training, validation, out, job.created_at)
+
+        return JobPlan(snapshot, job_spec(method_type, job.hyperparameters, request.seed or 0))
+
+    def _kept(self, job: StoredJob, file_id: str, field: str) -> StoredFile:
+        try:
+            return self.store.file(job.project, file_id)
+        except NotFound:
+            raise RunFailed(
+                f"{field} {file_id} was deleted before job {job.id} started: upload it again and "
+                "create a new job"
+            ) from None
 
     def _file(self, project: str, file_id: str, field: str) -> StoredFile:
         try:
@@ -332,18 +423,27 @@ class FineTuning:
         except NotFound as exc:
             raise InvalidInput(exc.message, field) from exc
 
+    def _run(self, stored: StoredJob) -> RunRecord | None:
+        return None if stored.run_id is None else self.rt.runs.get(stored.run_id)
+
     def job(self, project: str, job_id: str) -> Job:
         stored = self.store.job(project, job_id)
-        return self.view(stored, self.rt.runs.get(stored.run_id))
+        return self.view(stored, self._run(stored))
 
     def jobs(self, project: str, after: str | None, limit: int) -> tuple[list[Job], bool]:
         """A page of jobs, newest first, and whether there are more."""
         stored = self.store.jobs(project, after=after, limit=limit + 1)
-        return [self.view(j, self.rt.runs.get(j.run_id)) for j in stored[:limit]], len(stored) > limit
+        return [self.view(j, self._run(j)) for j in stored[:limit]], len(stored) > limit
 
     async def cancel(self, project: str, job_id: str) -> Job:
-        """The run's cancel: `Conflict` once the job has ended."""
-        stored = await asyncio.to_thread(self.store.job, project, job_id)
+        """A queued job is cancelled without a run; a started one by its run's cancel.
+        `Conflict` once the job has ended."""
+        async with self._locks.setdefault(project, asyncio.Lock()):  # not while it is being started
+            stored = await asyncio.to_thread(self.store.job, project, job_id)
+            if stored.run_id is None:
+                if not await asyncio.to_thread(self.store.cancel_queued, job_id, utcnow()):
+                    raise Conflict(f"job {job_id} has already been cancelled")
+                return await asyncio.to_thread(self.job, project, job_id)
         assert self.rt.pipeline is not None
         run = await self.rt.pipeline.cancel(stored.run_id)
         return self.view(stored, run)
@@ -351,9 +451,11 @@ class FineTuning:
     def events(self, project: str, job_id: str, after: str | None, limit: int) -> tuple[list[JobEvent], bool]:
         """The job's events, newest first (OpenAI's order), and whether there are more."""
         stored = self.store.job(project, job_id)
-        run = self.rt.runs.get(stored.run_id)
+        run = self._run(stored)
+        if run is None:
+            return self._queue_events(stored)[:limit], False
         events: list[JobEvent] = []
-        for i, (at, kind, detail) in enumerate(self.store.run_events(stored.run_id)):
+        for i, (at, kind, detail) in enumerate(self.store.run_events(run.id)):
             level, text = _EVENT_TEXT.get(kind, ("info", kind.replace("_", " ")))
             if kind == "run_failed" and detail.get("error"):
                 text = f"{text}: {detail['error']}"
@@ -378,27 +480,55 @@ class FineTuning:
             events = events[ids.index(after) + 1 :]
         return events[:limit], len(events) > limit
 
-    def view(self, stored: StoredJob, run: RunRecord) -> Job:
-        """The job as OpenAI shows it, its state read from its run."""
+    @staticmethod
+    def _queue_events(stored: StoredJob) -> list[JobEvent]:
+        """A job without a run: created, queued, and cancelled if it was; newest first."""
+        at = _seconds(stored.created_at) or 0
+        events = [
+            JobEvent(id=f"ftevent-{stored.id[6:]}-q0", created_at=at, level="info", message="Created fine-tuning job"),
+            JobEvent(id=f"ftevent-{stored.id[6:]}-q1", created_at=at, level="info",
+                     message="Job queued: it starts when the project's current run ends"),
+        ]  # fmt: skip
+        if stored.cancelled_at is not None:
+            events.append(JobEvent(id=f"ftevent-{stored.id[6:]}-q2", created_at=_seconds(stored.cancelled_at) or 0,
+                                   level="info", message=_EVENT_TEXT["run_cancelled"][1]))  # fmt: skip
+        return events[::-1]
+
+    def view(self, stored: StoredJob, run: RunRecord | None) -> Job:
+        """The job as OpenAI shows it, its state read from its run (`queued` until it has one)."""
         request = stored.request
-        status: JobStatus = _STATUS.get(run.state, "failed")
         method_type = request.method.type if request.method is not None else "supervised"
         hp = stored.hyperparameters
         shown = {k: v for k, v in msgspec.to_builtins(hp).items() if v is not None}
+        common: dict[str, Any] = dict(
+            id=stored.id, created_at=_seconds(stored.created_at) or 0, model=request.model,
+            training_file=request.training_file, validation_file=request.validation_file,
+            hyperparameters=hp, method={"type": method_type, method_type: {"hyperparameters": shown}},
+            seed=request.seed or 0, user_provided_suffix=request.suffix, metadata=request.metadata,
+            integrations=request.integrations,
+        )  # fmt: skip
+        if run is None:
+            status: JobStatus = "queued" if stored.cancelled_at is None else "cancelled"
+            return Job(**common, status=status, finished_at=_seconds(stored.cancelled_at))
+        status = _STATUS.get(run.state, "failed")
         metrics = run.stats.training.metrics if run.stats.training is not None else {}
         last = metrics.get("last_log")
         tokens = last.get("num_tokens") if isinstance(last, dict) else None  # TRL's count, SFT only
         return Job(
-            id=stored.id, created_at=_seconds(stored.created_at) or 0, model=request.model,
-            training_file=request.training_file, validation_file=request.validation_file, status=status,
-            hyperparameters=hp, method={"type": method_type, method_type: {"hyperparameters": shown}},
-            seed=request.seed or 0, user_provided_suffix=request.suffix, metadata=request.metadata,
-            integrations=request.integrations,
-            fine_tuned_model=run.stats.adapter if status == "succeeded" else None,
+            **common, status=status,
+            fine_tuned_model=model_name(run.stats.adapter, request.suffix) if status == "succeeded" else None,
             finished_at=_seconds(run.finished_at), trained_tokens=int(tokens) if tokens is not None else None,
             error=JobError(code=f"run_{run.state}", message=run.error or run.state)
             if status == "failed" else None,
         )  # fmt: skip
+
+
+def model_name(served_name: str | None, suffix: str | None) -> str | None:
+    """A job's `fine_tuned_model`: its version's name, with the suffix before the version."""
+    if served_name is None or not suffix:
+        return served_name
+    project, _, version = served_name.partition("@")
+    return f"{project}:{suffix}@{version}"
 
 
 def file_object(stored: StoredFile) -> FileObject:

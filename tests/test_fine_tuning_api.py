@@ -11,7 +11,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,11 +22,16 @@ import pytest
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace.export import SpanExportResult
 
+from formats.openai_jobs import Job, JobCreate
 from service.app import build_pipeline, build_runtime
 from service.auth import mint_key
-from service.config import Settings, TrainingSettings
+from service.clock import utcnow
+from service.config import Settings, TrainingSettings, VllmSettings
 from service.domain import Project
+from service.errors import Conflict
+from service.fine_tuning import FineTuning
 from service.pipeline import JOB_TRIGGER
+from service.store.fine_tuning import FineTuningStore
 from service.store.runs import RunRecord
 from tests.fixtures.finetuning import CHAT_BAD, chat_rows, preference_rows, write_with_bad_lines
 from tests.fixtures.otel import recording_provider
@@ -57,6 +62,29 @@ def test_files_are_checked_kept_and_scoped(ratchet_server: RatchetProcess, tmp_p
     assert api.files.retrieve(kept.id).id == kept.id
     assert api.files.content(kept.id).content == good
     assert [f.id for f in api.files.list()] == [kept.id]
+
+    # The list pages as OpenAI's: the client's iteration follows `after` while `has_more` says so.
+    more = [api.files.create(file=(f"more{i}.jsonl", good), purpose="fine-tune").id for i in range(2)]
+    newest_first = [*reversed(more), kept.id]
+    page = api.files.list(limit=1)
+    assert [f.id for f in page.data] == newest_first[:1] and page.has_more
+    assert [f.id for f in api.files.list(limit=1)] == newest_first  # every page, one file each
+    assert [f.id for f in api.files.list(limit=2, order="asc")] == newest_first[::-1]
+    assert [f.id for f in api.files.list(after=newest_first[0]).data] == newest_first[1:]
+    assert [f.id for f in api.files.list(purpose="fine-tune", limit=3).data] == newest_first
+    assert list(api.files.list(purpose="batch")) == []
+    with pytest.raises(openai.UnprocessableEntityError, match="limit"):
+        api.files.list(limit=0)
+    with pytest.raises(openai.NotFoundError):
+        api.files.list(after="file-nope")
+    for file_id in more:
+        api.files.delete(file_id)
+
+    # A suffix is OpenAI's (64 characters at most), in characters a model name can carry.
+    for suffix in ("my model", "a:b", "v@2", "x" * 65):
+        with pytest.raises(openai.UnprocessableEntityError) as bad_suffix:
+            api.fine_tuning.jobs.create(model="ft-files", training_file=kept.id, suffix=suffix)
+        assert "suffix" in str(bad_suffix.value.body), suffix
 
     # A bad file is refused whole, naming each bad line; nothing is kept.
     bad_path = tmp_path / "bad.jsonl"
@@ -128,6 +156,65 @@ def test_a_finished_job_neither_consumes_the_signal_nor_cools_down(tmp_path: Pat
     finally:
         runtime.writer.stop()
         runtime.db.close()
+
+
+def test_jobs_queue_behind_a_run_in_order_and_survive_a_restart(
+    tmp_path: Path, start_ratchet: Callable[..., RatchetProcess]
+) -> None:
+    """A job created while its project has a run going is `queued` (it was a 409); a queued job
+    is cancelled without a run; the queue is stored, so a restart starts it, oldest first."""
+    data = tmp_path / "data"
+    settings = Settings(data_dir=str(data), vllm=VllmSettings(base_model=str(tmp_path / "no-model")))
+    runtime = build_runtime(settings)
+    now = utcnow()
+    secret, key = mint_key("queue", now, ("ingest", "read", "manage"))
+    runtime.queries.create_project(Project("queue", "", now), key)
+    runtime.projects.add("queue")
+    pipeline = runtime.pipeline = build_pipeline(runtime)
+    fine_tuning = pipeline.jobs = FineTuning(runtime, FineTuningStore(runtime.db))
+    runtime.runs.create(RunRecord(id="run-busy", project="queue", trigger="signal", state="training",
+                                  started_at=now, updated_at=now))  # fmt: skip
+    train = fine_tuning.upload("queue", "train.jsonl", "fine-tune", jsonl(tiny_rows(4)))
+    gone = fine_tuning.upload("queue", "gone.jsonl", "fine-tune", jsonl(tiny_rows(3)))
+
+    async def queue() -> tuple[Job, Job, Job]:
+        first = await fine_tuning.create("queue", JobCreate(model="queue", training_file=train.id))
+        dropped = await fine_tuning.create("queue", JobCreate(model="queue", training_file=train.id))
+        last = await fine_tuning.create("queue", JobCreate(model="queue", training_file=gone.id))
+        assert (first.status, dropped.status, last.status) == ("queued", "queued", "queued")
+        assert (await fine_tuning.cancel("queue", dropped.id)).status == "cancelled"
+        with pytest.raises(Conflict):
+            await fine_tuning.cancel("queue", dropped.id)
+        return first, dropped, last
+
+    first, dropped, last = asyncio.run(queue())
+    assert [r.id for r in runtime.runs.list("queue")] == ["run-busy"]  # no job got a run
+    fine_tuning.delete("queue", gone.id)  # the last job's file goes before its run starts
+    runtime.db.close()
+
+    # A restart fails the interrupted run; the project is free, and the queue starts, in order.
+    server = start_ratchet(
+        env={"RATCHET_VLLM__BASE_MODEL": str(tmp_path / "no-model"), "RATCHET_VLLM__URLS": '["http://127.0.0.1:9"]'},
+        data_dir=data,
+    )  # fmt: skip
+    api = client(server, secret)
+    ended = ("succeeded", "failed", "cancelled")
+    wait_for(lambda: all(api.fine_tuning.jobs.retrieve(j.id).status in ended for j in (first, last)),
+             timeout=120, what="the queued jobs to run")  # fmt: skip
+    assert api.fine_tuning.jobs.retrieve(dropped.id).status == "cancelled"
+    assert [e.message for e in api.fine_tuning.jobs.list_events(dropped.id)] == [
+        "The job was cancelled", "Job queued: it starts when the project's current run ends", "Created fine-tuning job",
+    ]  # fmt: skip
+    failed_last = api.fine_tuning.jobs.retrieve(last.id)
+    assert failed_last.status == "failed" and failed_last.error is not None
+    assert f"training_file {gone.id} was deleted before job {last.id} started" in failed_last.error.message
+    assert "Created fine-tuning job" in [e.message for e in api.fine_tuning.jobs.list_events(first.id)]
+    with server.client(secret) as c:
+        runs = c.get("/v1/runs", params={"project": "queue"}).json()
+    jobs_runs = sorted((r for r in runs if r["trigger"] == JOB_TRIGGER), key=lambda r: r["started_at"])
+    assert len(jobs_runs) == 2  # the cancelled job never had one
+    assert last.id in (jobs_runs[1]["error"] or "")  # FIFO: the first job's run went first
+    assert jobs_runs[1]["started_at"] >= jobs_runs[0]["finished_at"]
 
 
 # --- jobs on the tiny model, served through the gateway

@@ -37,7 +37,9 @@ and the model name, nothing else.
 from __future__ import annotations
 
 import asyncio
+import csv
 import hashlib
+import io
 import os
 import re
 import secrets
@@ -224,8 +226,9 @@ def resolve(request: JobCreate, rows: int) -> tuple[str, Hyperparameters]:
     return method_type, applied
 
 
-def job_spec(method_type: str, applied: Hyperparameters, seed: int) -> dict[str, Any]:
-    """The run spec overrides a job's applied hyperparameters make."""
+def job_spec(method_type: str, applied: Hyperparameters, seed: int, validation: bool) -> dict[str, Any]:
+    """The run spec overrides a job's applied hyperparameters make; `validation`: the loss on the
+    validation file's rows (the snapshot's holdout) is computed at every logged step."""
     trainer_method = _METHODS[method_type][0]
     optim: dict[str, Any] = {
         "max_steps": None, "epochs": float(applied.n_epochs), "batch_size": applied.batch_size,
@@ -235,8 +238,27 @@ def job_spec(method_type: str, applied: Hyperparameters, seed: int) -> dict[str,
         optim["beta"] = applied.beta
     return {
         "method": trainer_method, "optim": optim, "seed": seed, "min_examples": 1,
-        "reward_model": None, "parent_adapter": None,
+        "reward_model": None, "parent_adapter": None, "validation": validation,
     }  # fmt: skip
+
+
+RESULTS_PURPOSE = "fine-tune-results"
+RESULT_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
+"""OpenAI's result file (`step_metrics.csv`): one row per logged step. Ratchet's figures: TRL's
+training `loss` and `mean_token_accuracy` (SFT only) of the step, and `eval_loss` and
+`eval_mean_token_accuracy` on the validation file, when the job has one and evaluated that step."""
+_RESULT_SOURCES = ("step", "loss", "mean_token_accuracy", "eval_loss", "eval_mean_token_accuracy")
+
+
+def results_csv(history: list[dict[str, Any]]) -> bytes:
+    """The result file's content from the trainer's per-step `history`; a figure a step has not
+    is left empty."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(RESULT_COLUMNS)
+    for row in history:
+        writer.writerow(["" if row.get(k) is None else row[k] for k in _RESULT_SOURCES])
+    return out.getvalue().encode()
 
 
 _STATUS: dict[str, JobStatus] = {
@@ -279,32 +301,40 @@ class FineTuning:
         if purpose != PURPOSE:
             raise InvalidInput(f"purpose {purpose!r}: Ratchet keeps files for `fine-tune` only", "purpose")
         fmt, rows = check_file(raw)
+        stored = self._write_file(project, purpose, filename or "file.jsonl", fmt, raw, rows)
+        try:
+            self.store.add_file(stored)
+        except BaseException:
+            Path(stored.path).unlink(missing_ok=True)
+            raise
+        return file_object(stored)
+
+    def _write_file(
+        self, project: str, purpose: str, filename: str, fmt: str, raw: bytes, rows: int
+    ) -> StoredFile:
+        """Write a file's content (fsynced) under the project's directory; the caller lists it."""
         file_id = f"file-{secrets.token_hex(12)}"
         directory = Path(self.rt.settings.data_dir).resolve() / "projects" / project / "files"
         directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{file_id}.jsonl"
+        path = directory / f"{file_id}.{'csv' if fmt == 'csv' else 'jsonl'}"
         with open(path, "wb") as fh:
             fh.write(raw)
             fh.flush()
             os.fsync(fh.fileno())
-        stored = StoredFile(
-            id=file_id, project=project, purpose=purpose, filename=filename or "file.jsonl", bytes=len(raw),
-            format=fmt, lines=rows, sha256=hashlib.sha256(raw).hexdigest(), path=str(path), created_at=utcnow(),
+        return StoredFile(
+            id=file_id, project=project, purpose=purpose, filename=filename, bytes=len(raw), format=fmt,
+            lines=rows, sha256=hashlib.sha256(raw).hexdigest(), path=str(path), created_at=utcnow(),
         )  # fmt: skip
-        try:
-            self.store.add_file(stored)
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
-        return file_object(stored)
 
     def delete(self, project: str, file_id: str) -> None:
         """Unlist a file and delete its content (jobs that trained on it keep their snapshots)."""
         stored = self.store.delete_file(project, file_id)
         Path(stored.path).unlink(missing_ok=True)
 
-    def content(self, project: str, file_id: str) -> bytes:
-        return Path(self.store.file(project, file_id).path).read_bytes()
+    def content(self, project: str, file_id: str) -> tuple[bytes, str]:
+        """A file's content and media type (a job's result file is CSV, an upload JSON lines)."""
+        stored = self.store.file(project, file_id)
+        return Path(stored.path).read_bytes(), "text/csv" if stored.format == "csv" else "application/jsonl"
 
     # --- jobs
 
@@ -371,8 +401,11 @@ class FineTuning:
 
     async def start_next(self, project: str) -> RunRecord | None:
         """Start the run of the project's oldest queued job; None when there is none, or the
-        project has a run going (the job stays queued)."""
+        project has a run going (the job stays queued), or is being deleted (its runs are stopped
+        first: their end must not start the queue)."""
         async with self._locks.setdefault(project, asyncio.Lock()):
+            if project not in self.rt.projects:
+                return None
             job = await asyncio.to_thread(self.store.next_queued, project)
             if job is None:
                 return None
@@ -406,7 +439,22 @@ class FineTuning:
                 validation = self._kept(job, request.validation_file, "validation_file")
             return write_snapshot(job.project, training, validation, out, job.created_at)
 
-        return JobPlan(snapshot, job_spec(method_type, job.hyperparameters, request.seed or 0))
+        spec = job_spec(
+            method_type, job.hyperparameters, request.seed or 0, request.validation_file is not None
+        )
+        return JobPlan(snapshot, spec, keep_results=lambda run: self._keep_results(job, run))
+
+    def _keep_results(self, job: StoredJob, run: RunRecord) -> None:
+        """Keep the trained job's metrics as its result file (`results_csv`)."""
+        metrics = run.stats.training.metrics if run.stats.training is not None else {}
+        raw = results_csv(metrics.get("history") or [])
+        stored = self._write_file(job.project, RESULTS_PURPOSE, "step_metrics.csv", "csv", raw,
+                                  raw.count(b"\n") - 1)  # fmt: skip
+        try:
+            self.store.add_result_file(job.id, stored)
+        except BaseException:
+            Path(stored.path).unlink(missing_ok=True)
+            raise
 
     def _kept(self, job: StoredJob, file_id: str, field: str) -> StoredFile:
         try:
@@ -466,11 +514,17 @@ class FineTuning:
         progress = run.stats.progress
         if progress is not None:  # training's last step, after its start
             at = next((i + 1 for i, e in enumerate(events) if e.message == _EVENT_TEXT["run_training"][1]), 0)
+            data = {"step": progress.step, "total_steps": progress.total_steps, "train_loss": progress.loss,
+                    "train_mean_token_accuracy": progress.logs.get("mean_token_accuracy"),
+                    "valid_loss": progress.logs.get("eval_loss"),
+                    "valid_mean_token_accuracy": progress.logs.get("eval_mean_token_accuracy")}  # fmt: skip
+            message = f"Step {progress.step}/{progress.total_steps}: training loss={progress.loss}"
+            if data["valid_loss"] is not None:
+                message += f", validation loss={data['valid_loss']}"
             events.insert(at, JobEvent(
                 id=f"ftevent-{stored.id[6:]}-metrics", level="info",
                 created_at=events[at - 1].created_at if at else _seconds(run.updated_at) or 0,
-                message=f"Step {progress.step}: training loss={progress.loss}", type="metrics",
-                data={"step": progress.step, "train_loss": progress.loss},
+                message=message, type="metrics", data={k: v for k, v in data.items() if v is not None},
             ))  # fmt: skip
         events.reverse()
         if after is not None:
@@ -518,6 +572,7 @@ class FineTuning:
             **common, status=status,
             fine_tuned_model=model_name(run.stats.adapter, request.suffix) if status == "succeeded" else None,
             finished_at=_seconds(run.finished_at), trained_tokens=int(tokens) if tokens is not None else None,
+            result_files=[stored.result_file] if stored.result_file else [],
             error=JobError(code=f"run_{run.state}", message=run.error or run.state)
             if status == "failed" else None,
         )  # fmt: skip

@@ -83,10 +83,12 @@ JOB_TRIGGER = "fine_tuning_job"
 class JobPlan(msgspec.Struct, frozen=True):
     """What a fine-tuning job's run is given (`service.fine_tuning`): `write_snapshot(dir)` writes
     the job's files as a snapshot there (blocking) and returns its manifest; `spec` goes over the
-    run spec (method, optimiser settings, seed)."""
+    run spec (method, optimiser settings, seed); `keep_results(run)` (blocking) keeps the job's
+    result files from the trained run's stats, before the run is marked succeeded."""
 
     write_snapshot: Callable[[Path], SnapshotManifest]
     spec: dict[str, Any]
+    keep_results: Callable[[RunRecord], None] | None = None
 
 
 class JobQueue(Protocol):
@@ -283,6 +285,8 @@ class Pipeline:
             except AdapterLoadFailed as exc:  # trained and kept: the first request naming it loads it
                 log.warning("job run %s: %s not loaded yet: %s", run.id, adapter, exc.message)
                 await self._update(run.id, stats={"load_deferred": exc.message})
+            if job.keep_results is not None:
+                await asyncio.to_thread(job.keep_results, await asyncio.to_thread(self.runs.get, run.id))
             await self._finish(run, "succeeded")
         except Exception as exc:
             reason = exc.message if isinstance(exc, RatchetError) else f"{type(exc).__name__}: {exc}"

@@ -22,7 +22,7 @@ import pytest
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace.export import SpanExportResult
 
-from formats.openai_jobs import Job, JobCreate
+from formats.openai_jobs import Hyperparameters, Job, JobCreate
 from service.app import build_pipeline, build_runtime
 from service.auth import mint_key
 from service.clock import utcnow
@@ -31,7 +31,7 @@ from service.domain import Project
 from service.errors import Conflict
 from service.fine_tuning import FineTuning
 from service.pipeline import JOB_TRIGGER
-from service.store.fine_tuning import FineTuningStore
+from service.store.fine_tuning import FineTuningStore, StoredJob
 from service.store.runs import RunRecord
 from tests.fixtures.finetuning import CHAT_BAD, chat_rows, preference_rows, write_with_bad_lines
 from tests.fixtures.otel import recording_provider
@@ -98,6 +98,11 @@ def test_files_are_checked_kept_and_scoped(ratchet_server: RatchetProcess, tmp_p
     for line in bad_lines:
         assert f"line {line}:" in error["message"]
     assert "Fix those lines" in error["message"]
+    # A row cannot name an end user (OpenAI's rows carry none; an unknown field is refused), so
+    # an end user's erasure has no file rows to reach.
+    with pytest.raises(openai.BadRequestError, match="user") as named:
+        api.files.create(file=("u.jsonl", jsonl([{**chat_rows(1)[0], "user": "alice"}])), purpose="fine-tune")
+    assert [d["line"] for d in named.value.body["detail"]] == [1]  # type: ignore[index]
     with pytest.raises(openai.BadRequestError, match="no rows"):
         api.files.create(file=("empty.jsonl", b"\n\n"), purpose="fine-tune")
     with pytest.raises(openai.UnprocessableEntityError, match="fine-tune"):
@@ -158,13 +163,58 @@ def test_a_finished_job_neither_consumes_the_signal_nor_cools_down(tmp_path: Pat
         runtime.db.close()
 
 
+def test_a_queued_job_goes_before_the_schedulers_own_runs(tmp_path: Path) -> None:
+    """A project with a queued job and enough new signal gets the job's run from the signal check,
+    not a signal run; the signal is still there for the run after it."""
+    settings = Settings(
+        data_dir=str(tmp_path), training=TrainingSettings(min_new_ratings=20, min_minority_share=0.1),
+        vllm=VllmSettings(base_model=str(tmp_path / "no-model"), urls=("http://127.0.0.1:9",)),
+    )  # fmt: skip
+    runtime = build_runtime(settings)
+    now = utcnow()
+    runtime.queries.create_project(Project("both", "", now), mint_key("both", now)[1])
+    runtime.projects.add("both")
+    runtime.writer.start()
+    try:
+        logs, feedback = rated_rows("both", 30, up_share=0.5)
+        asyncio.run(runtime.writer.write("logs", logs))
+        asyncio.run(runtime.writer.write("feedback", feedback))
+        pipeline = runtime.pipeline = build_pipeline(runtime)
+        fine_tuning = pipeline.jobs = FineTuning(runtime, FineTuningStore(runtime.db))
+        assert pipeline.signal_decision("both", now).start
+        train = fine_tuning.upload("both", "train.jsonl", "fine-tune", jsonl(tiny_rows(4)))
+        fine_tuning.store.add_job(StoredJob(
+            id="ftjob-waiting", project="both", run_id=None, created_at=now,
+            request=JobCreate(model="both", training_file=train.id),
+            hyperparameters=Hyperparameters(n_epochs=1, batch_size=4, learning_rate_multiplier=1.0),
+        ))  # fmt: skip
+
+        async def tick() -> RunRecord:
+            (started,) = await pipeline.check_signal(now)
+            for _ in range(600):  # it fails at training: there is no model and no vLLM here
+                if (run := runtime.runs.get(started)).state not in ACTIVE_STATES:
+                    return run
+                await asyncio.sleep(0.1)
+            raise AssertionError(f"the job's run did not end: {run}")
+
+        run = asyncio.run(tick())
+        assert run.trigger == JOB_TRIGGER and fine_tuning.store.job("both", "ftjob-waiting").run_id == run.id
+        assert pipeline.signal_decision("both", now).start  # the job did not consume the signal
+    finally:
+        runtime.writer.stop()
+        runtime.db.close()
+
+
 def test_jobs_queue_behind_a_run_in_order_and_survive_a_restart(
     tmp_path: Path, start_ratchet: Callable[..., RatchetProcess]
 ) -> None:
     """A job created while its project has a run going is `queued` (it was a 409); a queued job
     is cancelled without a run; the queue is stored, so a restart starts it, oldest first."""
     data = tmp_path / "data"
-    settings = Settings(data_dir=str(data), vllm=VllmSettings(base_model=str(tmp_path / "no-model")))
+    settings = Settings(
+        data_dir=str(data),
+        vllm=VllmSettings(base_model=str(tmp_path / "no-model"), urls=("http://127.0.0.1:9",)),
+    )
     runtime = build_runtime(settings)
     now = utcnow()
     secret, key = mint_key("queue", now, ("ingest", "read", "manage"))
@@ -288,45 +338,73 @@ def test_supervised_and_dpo_jobs_train_and_answer_through_the_gateway(
     before = answered_by(api, "ft")  # what the project's alias serves before any job: the base
 
     train = api.files.create(file=("sft.jsonl", jsonl(tiny_rows(16))), purpose="fine-tune")
+    valid = api.files.create(file=("valid.jsonl", jsonl(tiny_rows(22)[16:])), purpose="fine-tune")
     job = api.fine_tuning.jobs.create(
-        model="ft", training_file=train.id, suffix="words", seed=7,
+        model="ft", training_file=train.id, validation_file=valid.id, suffix="words", seed=7,
         method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 8}}},
     )  # fmt: skip
     assert job.object == "fine_tuning.job" and job.status in ("validating_files", "running")
-    done = finished(api, job.id)
-    assert done.status == "succeeded", (done.error, server.log_tail())
-    assert re.fullmatch(r"ft@v\d+", done.fine_tuned_model or "")
-    assert (done.user_provided_suffix, done.seed, done.training_file) == ("words", 7, train.id)
-    assert done.hyperparameters.n_epochs == 1 and done.hyperparameters.batch_size == 8
-    assert done.finished_at is not None and done.error is None
 
-    # The job's model answers when asked for by name; the alias still serves what it served.
-    assert done.trained_tokens and done.trained_tokens > 0
-    assert answered_by(api, done.fine_tuned_model) == done.fine_tuned_model
-    # The first run of a project makes the base model its version 0 (a null adapter, the same
-    # answers): that, not the job's version, is what the alias serves.
-    default = answered_by(api, "ft")
-    assert default in ("ft@v0", before) and default != done.fine_tuned_model
-    messages = [e.message for e in api.fine_tuning.jobs.list_events(done.id)]
-    assert messages[0] == "The job has successfully completed"
-    assert "Created fine-tuning job" in messages
-
+    # While the job trains, the next ones queue (OpenAI's `queued`); a queued job is cancelled
+    # without ever running.
     prefs = api.files.create(file=("dpo.jsonl", jsonl(tiny_preferences(16))), purpose="fine-tune")
     dpo = api.fine_tuning.jobs.create(
         model="ft", training_file=prefs.id,
         method={"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 1, "batch_size": 8, "beta": 0.2}}},
     )  # fmt: skip
+    dropped = api.fine_tuning.jobs.create(model="ft", training_file=train.id)
+    assert (dpo.status, dropped.status) == ("queued", "queued")
+    assert api.fine_tuning.jobs.cancel(dropped.id).status == "cancelled"
+
+    done = finished(api, job.id)
+    assert done.status == "succeeded", (done.error, server.log_tail())
+    # The suffix is in the model's name, as OpenAI puts it (`ft:base:org:suffix:id`).
+    assert re.fullmatch(r"ft:words@v\d+", done.fine_tuned_model or "")
+    version = (done.fine_tuned_model or "").replace(":words", "")
+    assert (done.user_provided_suffix, done.seed, done.training_file) == ("words", 7, train.id)
+    assert done.hyperparameters.n_epochs == 1 and done.hyperparameters.batch_size == 8
+    assert done.finished_at is not None and done.error is None
+
+    # The job's model answers when asked for by name (with its suffix or as the bare version);
+    # the alias still serves what it served.
+    assert done.trained_tokens and done.trained_tokens > 0
+    assert answered_by(api, done.fine_tuned_model) == version
+    assert answered_by(api, version) == version
+    # The first run of a project makes the base model its version 0 (a null adapter, the same
+    # answers): that, not the job's version, is what the alias serves.
+    default = answered_by(api, "ft")
+    assert default in ("ft@v0", before) and default != version
+    events = list(api.fine_tuning.jobs.list_events(done.id))
+    assert events[0].message == "The job has successfully completed"
+    assert "Created fine-tuning job" in [e.message for e in events]
+
+    # Validation: the loss on the validation file, in the events and the result file.
+    (metrics,) = [e for e in events if e.type == "metrics"]
+    assert metrics.data["step"] == 2 and metrics.data["valid_loss"] > 0, metrics
+    assert f"validation loss={metrics.data['valid_loss']}" in metrics.message
+    (result_id,) = done.result_files
+    result = api.files.retrieve(result_id)
+    assert (result.purpose, result.filename) == ("fine-tune-results", "step_metrics.csv")
+    lines = api.files.content(result_id).text.splitlines()
+    assert lines[0] == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"
+    rows = [dict(zip(lines[0].split(","), line.split(","), strict=True)) for line in lines[1:]]
+    assert [r["step"] for r in rows] == ["1", "2"]
+    assert all(float(r["train_loss"]) > 0 and float(r["valid_loss"]) > 0 for r in rows)
+    assert float(rows[-1]["valid_loss"]) == pytest.approx(metrics.data["valid_loss"])
+
+    # The queued DPO job started once the project was free.
     dpo_done = finished(api, dpo.id)
     assert dpo_done.status == "succeeded", (dpo_done.error, server.log_tail())
     assert dpo_done.method.type == "dpo" and dpo_done.hyperparameters.beta == 0.2
-    assert dpo_done.fine_tuned_model not in (None, done.fine_tuned_model)
+    assert dpo_done.fine_tuned_model not in (None, version, done.fine_tuned_model)
     assert answered_by(api, dpo_done.fine_tuned_model) == dpo_done.fine_tuned_model
     assert answered_by(api, "ft") == default
+    assert api.fine_tuning.jobs.retrieve(dropped.id).status == "cancelled"
 
     # The list pages newest first with OpenAI's cursor.
     first = api.fine_tuning.jobs.list(limit=1)
-    assert [j.id for j in first.data] == [dpo.id] and first.has_more
-    assert [j.id for j in api.fine_tuning.jobs.list(limit=5, after=dpo.id).data] == [job.id]
+    assert [j.id for j in first.data] == [dropped.id] and first.has_more
+    assert [j.id for j in api.fine_tuning.jobs.list(limit=5, after=dropped.id).data] == [dpo.id, job.id]
 
     # Cancel is the run's cancel; a finished job cannot be cancelled.
     going = api.fine_tuning.jobs.create(model="ft", training_file=train.id)
@@ -336,16 +414,13 @@ def test_supervised_and_dpo_jobs_train_and_answer_through_the_gateway(
     with pytest.raises(openai.ConflictError):
         api.fine_tuning.jobs.cancel(done.id)
 
-    # A version of another project, or none, is not served.
+    # A version of another project, or none, or under another suffix, is not served.
     with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}) as h:
-        r = h.post(
-            "/v1/chat/completions", json={"model": "ft@v99", "messages": [{"role": "user", "content": "x"}]}
-        )
-        assert r.status_code == 404, r.text
-        r = h.post(
-            "/v1/chat/completions", json={"model": "nope@v1", "messages": [{"role": "user", "content": "x"}]}
-        )
-        assert r.status_code == 404, r.text
+        for model in ("ft@v99", "nope@v1", version.replace("@", ":other@"), "ft:words"):
+            r = h.post(
+                "/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": "x"}]}
+            )
+            assert r.status_code == 404, (model, r.text)
 
 
 @pytest.mark.slow

@@ -106,8 +106,8 @@ def get_file(file_id: str, principal: Principal, runtime: Runtime, project: str 
 def get_file_content(
     file_id: str, principal: Principal, runtime: Runtime, project: str | None = None
 ) -> Response[bytes]:
-    raw = _domain(runtime).content(scoped_project(principal, runtime, project), file_id)
-    return Response(raw, media_type="application/jsonl")
+    raw, media_type = _domain(runtime).content(scoped_project(principal, runtime, project), file_id)
+    return Response(raw, media_type=media_type)
 
 
 @delete(

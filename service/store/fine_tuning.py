@@ -17,7 +17,7 @@ from service.errors import NotFound
 from service.store.db import Database
 
 _FILE_COLUMNS = "id, project, purpose, filename, bytes, format, lines, sha256, path, created_at"
-_JOB_COLUMNS = "id, project, run_id, request, hyperparameters, created_at, cancelled_at"
+_JOB_COLUMNS = "id, project, run_id, request, hyperparameters, created_at, cancelled_at, result_file"
 _FILE_FIELDS = _FILE_COLUMNS.split(", ")
 _QUEUED = "run_id IS NULL AND cancelled_at IS NULL"
 
@@ -48,16 +48,19 @@ class StoredJob(msgspec.Struct, kw_only=True):
     created_at: datetime
     cancelled_at: datetime | None = None
     """Set when the job was cancelled while queued, before it had a run."""
+    result_file: str | None = None
+    """The id of its metrics file (purpose `fine-tune-results`), once it succeeded."""
 
 
 def _job(row: tuple[Any, ...]) -> StoredJob:
-    job_id, project, run_id, request, hyperparameters, created_at, cancelled_at = row
+    job_id, project, run_id, request, hyperparameters, created_at, cancelled_at, result_file = row
     return StoredJob(
         id=job_id,
         project=project,
         run_id=run_id,
         created_at=created_at,
         cancelled_at=cancelled_at,
+        result_file=result_file,
         request=msgspec.json.decode(request, type=JobCreate),
         hyperparameters=msgspec.json.decode(hyperparameters, type=Hyperparameters),
     )
@@ -71,10 +74,7 @@ class FineTuningStore:
 
     def add_file(self, file: StoredFile) -> None:
         with self._db.transaction() as cur:
-            cur.execute(
-                f"INSERT INTO files ({_FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [getattr(file, name) for name in _FILE_FIELDS],
-            )
+            _insert_file(cur, file)
 
     def file(self, project: str, file_id: str) -> StoredFile:
         """`NotFound` for no such file in this project (another project's file included)."""
@@ -123,7 +123,7 @@ class FineTuningStore:
     def add_job(self, job: StoredJob) -> None:
         with self._db.transaction() as cur:
             cur.execute(
-                f"INSERT INTO fine_tuning_jobs ({_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO fine_tuning_jobs ({_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     job.id,
                     job.project,
@@ -132,6 +132,7 @@ class FineTuningStore:
                     msgspec.json.encode(job.hyperparameters).decode(),
                     job.created_at,
                     job.cancelled_at,
+                    job.result_file,
                 ],
             )
 
@@ -186,6 +187,12 @@ class FineTuningStore:
                 f"UPDATE fine_tuning_jobs SET run_id = ? WHERE id = ? AND {_QUEUED}", [run_id, job_id]
             )
 
+    def add_result_file(self, job_id: str, file: StoredFile) -> None:
+        """Keep a job's result file and name it on the job, in one transaction."""
+        with self._db.transaction() as cur:
+            _insert_file(cur, file)
+            cur.execute("UPDATE fine_tuning_jobs SET result_file = ? WHERE id = ?", [file.id, job_id])
+
     def cancel_queued(self, job_id: str, now: datetime) -> bool:
         """Cancel a job that is still queued; False if it is not (it has a run, or was cancelled)."""
         with self._db.transaction() as cur:
@@ -214,6 +221,13 @@ class FineTuningStore:
                 'SELECT "at", kind, detail FROM events WHERE run_id = ? ORDER BY "at", rowid', [run_id]
             ).fetchall()
         return [(at, kind, msgspec.json.decode(detail)) for at, kind, detail in rows]
+
+
+def _insert_file(cur: Any, file: StoredFile) -> None:
+    cur.execute(
+        f"INSERT INTO files ({_FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [getattr(file, name) for name in _FILE_FIELDS],
+    )
 
 
 def _stored_file(row: tuple[Any, ...]) -> StoredFile:

@@ -20,7 +20,10 @@ import httpx
 import openai
 import pytest
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from formats.openai_jobs import Hyperparameters, Job, JobCreate
 from service.app import build_pipeline, build_runtime
@@ -34,7 +37,6 @@ from service.pipeline import JOB_TRIGGER
 from service.store.fine_tuning import FineTuningStore, StoredJob
 from service.store.runs import RunRecord
 from tests.fixtures.finetuning import CHAT_BAD, chat_rows, preference_rows, write_with_bad_lines
-from tests.fixtures.otel import recording_provider
 from tests.fixtures.server import RatchetProcess, wait_for
 from tests.test_pipeline import rated_rows
 
@@ -424,32 +426,46 @@ def test_supervised_and_dpo_jobs_train_and_answer_through_the_gateway(
 
 
 @pytest.mark.slow
-def test_a_run_trains_on_logs_that_came_in_as_otlp_spans(served: tuple[RatchetProcess, str]) -> None:
-    """GenAI spans exported by the OpenTelemetry SDK (with evaluation events) are the logs and
-    feedback a run snapshots and trains on."""
+def test_a_run_trains_on_logs_that_came_in_as_otlp_spans(
+    served: tuple[RatchetProcess, str], vllm_server: Any
+) -> None:
+    """An app's `openai` calls to vLLM, instrumented by the official
+    `opentelemetry-instrumentation-openai-v2` and exported by the SDK's `OTLPSpanExporter`, with
+    evaluation events emitted afterwards, are the logs and feedback a run snapshots and trains on."""
     server, _ = served
     key = server.create_project("ft-otel")
-    provider, memory = recording_provider("words-app")
-    tracer = provider.get_tracer("app")
-    for i in range(24):
-        with tracer.start_as_current_span("chat tiny") as span:
-            span.set_attributes({
-                "gen_ai.operation.name": "chat", "gen_ai.request.model": "tiny",
-                "gen_ai.response.id": f"chatcmpl-otel-{i}", "user.id": f"user-{i % 6}",
-                "gen_ai.input.messages": json.dumps(
-                    [{"role": "user", "parts": [{"type": "text", "content": f"Say the word number {i}."}]}]),
-                "gen_ai.output.messages": json.dumps([{"role": "assistant", "finish_reason": "stop",
-                    "parts": [{"type": "text", "content": f"WORD {i}" if i % 3 else f"word {i}?"}]}]),
-            })  # fmt: skip
-            span.add_event("gen_ai.evaluation.result", {
-                "gen_ai.evaluation.name": "format", "gen_ai.evaluation.score.label": "pass" if i % 3 else "fail",
-            })  # fmt: skip
+    mp = pytest.MonkeyPatch()
+    mp.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "gen_ai_latest_experimental")
+    mp.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "span_only")
+    provider = TracerProvider(resource=Resource.create({"service.name": "words-app"}))
     exporter = OTLPSpanExporter(
         endpoint=f"{server.url}/v1/traces", headers={"Authorization": f"Bearer {key}"}
     )
-    assert exporter.export(memory.get_finished_spans()) is SpanExportResult.SUCCESS
+    provider.add_span_processor(SimpleSpanProcessor(exporter))  # exported as each span ends
+    instrumentor = OpenAIInstrumentor()
+    instrumentor.instrument(tracer_provider=provider)
+    try:
+        app = openai.OpenAI(base_url=f"{vllm_server.base_url}/v1", api_key="unused", max_retries=0)
+        evals = provider.get_tracer("words-app.evals")
+        ids = []
+        for i in range(24):
+            answer = app.chat.completions.create(
+                model=vllm_server.model_name, messages=[{"role": "user", "content": f"Say the word number {i}."}],
+                max_tokens=6, temperature=0,  # type: ignore[arg-type]
+            )  # fmt: skip
+            ids.append(answer.id)
+            with evals.start_as_current_span("evaluate format") as span:
+                span.add_event("gen_ai.evaluation.result", {
+                    "gen_ai.evaluation.name": "format", "gen_ai.evaluation.score.label": "pass" if i % 3 else "fail",
+                    "gen_ai.response.id": answer.id,
+                })  # fmt: skip
+    finally:
+        instrumentor.uninstrument()
+        provider.shutdown()
+        mp.undo()
     with server.client(key) as c:
-        assert c.get("/v1/projects/ft-otel/stats").status_code == 200
+        log = c.get(f"/v1/logs/{ids[1]}").json()
+        assert log["source"] == "otlp" and [f["rating"] for f in log["feedback"]] == [1], log
         run = c.post("/v1/projects/ft-otel/runs").json()
         done = wait_for(
             lambda: (r := c.get(f"/v1/runs/{run['id']}").json())["state"] not in ACTIVE_STATES and r,

@@ -500,8 +500,17 @@ class FineTuning:
         """The job's events, newest first (OpenAI's order), and whether there are more."""
         stored = self.store.job(project, job_id)
         run = self._run(stored)
-        if run is None:
-            return self._queue_events(stored)[:limit], False
+        events = self._queue_events(stored) if run is None else self._run_events(stored, run)
+        events.reverse()
+        if after is not None:
+            ids = [e.id for e in events]
+            if after not in ids:
+                raise NotFound(f"no event {after!r} of job {job_id}")
+            events = events[ids.index(after) + 1 :]
+        return events[:limit], len(events) > limit
+
+    def _run_events(self, stored: StoredJob, run: RunRecord) -> list[JobEvent]:
+        """A job's run's events and its last training step's figures, oldest first."""
         events: list[JobEvent] = []
         for i, (at, kind, detail) in enumerate(self.store.run_events(run.id)):
             level, text = _EVENT_TEXT.get(kind, ("info", kind.replace("_", " ")))
@@ -526,17 +535,11 @@ class FineTuning:
                 created_at=events[at - 1].created_at if at else _seconds(run.updated_at) or 0,
                 message=message, type="metrics", data={k: v for k, v in data.items() if v is not None},
             ))  # fmt: skip
-        events.reverse()
-        if after is not None:
-            ids = [e.id for e in events]
-            if after not in ids:
-                raise NotFound(f"no event {after!r} of job {job_id}")
-            events = events[ids.index(after) + 1 :]
-        return events[:limit], len(events) > limit
+        return events
 
     @staticmethod
     def _queue_events(stored: StoredJob) -> list[JobEvent]:
-        """A job without a run: created, queued, and cancelled if it was; newest first."""
+        """A job without a run: created, queued, and cancelled if it was; oldest first."""
         at = _seconds(stored.created_at) or 0
         events = [
             JobEvent(id=f"ftevent-{stored.id[6:]}-q0", created_at=at, level="info", message="Created fine-tuning job"),
@@ -546,7 +549,7 @@ class FineTuning:
         if stored.cancelled_at is not None:
             events.append(JobEvent(id=f"ftevent-{stored.id[6:]}-q2", created_at=_seconds(stored.cancelled_at) or 0,
                                    level="info", message=_EVENT_TEXT["run_cancelled"][1]))  # fmt: skip
-        return events[::-1]
+        return events
 
     def view(self, stored: StoredJob, run: RunRecord | None) -> Job:
         """The job as OpenAI shows it, its state read from its run (`queued` until it has one)."""

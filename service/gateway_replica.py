@@ -187,7 +187,7 @@ class StoreLink:
                 self.runtime.metrics.gateway_store_up.set(0)
                 if self._away_since is None:
                     self._away_since = time.monotonic()
-                    log.warning("the store is away (%s): routing by the last state", exc)
+                    log.warning("the store is away (%r): routing by the last state", exc)
             except Exception:
                 log.exception("sync with the store failed")
             await asyncio.sleep(interval)

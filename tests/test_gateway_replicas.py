@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import httpx
 import openai
 import pytest
 
@@ -197,6 +198,9 @@ def test_gateway_replicas_answer_while_the_store_is_killed_and_deliver_every_log
                 lambda: api.get("/v1/projects/edge/stats").json()["logs"] >= len(answered), 60, "every log"
             )
             assert api.get(f"/v1/logs/{answered[killed_at]}").json()["source"] == "gateway"
+        for g in gateways:  # and they route by the restarted store's state again
+            wait_for(lambda g=g: httpx.get(f"{g.url}/readyz", timeout=5).json()["checks"]["store"] == "ok",
+                     60, "the replicas' sync with the restarted store")  # fmt: skip
     finally:
         for g in gateways:
             g.stop()

@@ -575,7 +575,8 @@ def replicas(args: argparse.Namespace) -> None:
           f"errors over the rounds: {errors}")  # fmt: skip
     print(f"store kill -9 under load through both replicas: {answered} answered, {spooled:.0f} logs spooled at the "
           f"restart; restart (healthz) to last spooled log delivered: {delivery_s:.2f} s; "
-          f"logs stored for the answers: {stored} of {answered}")  # fmt: skip
+          f"logs stored for the answers: {stored} of {answered} (wrk leaves out the answers to the requests in flight "
+          "when it stops, up to its 32 connections: their logs are stored too)")  # fmt: skip
 
 
 def _gauge(url: str, name: str) -> float:

@@ -71,10 +71,13 @@ class GatewayKey(msgspec.Struct, frozen=True, kw_only=True):
 
 class GatewayState(msgspec.Struct, frozen=True, kw_only=True):
     """The store's answer: `servable` maps each adapter requests may be sent for to the vLLM
-    base URLs that serve it, verified (the base model's name is always servable everywhere)."""
+    base URLs that serve it, verified (the base model's name is always servable everywhere).
+    `serving_up` false: the store has just started and is still re-loading its adapters, so
+    `servable` may lack some that vLLM serves (a replica adds to what it had, drops nothing)."""
 
     epoch: str
     generation: int
+    serving_up: bool
     routes: list[GatewayRoute]
     servable: dict[str, list[str]]
     projects: list[str]

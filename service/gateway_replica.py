@@ -104,7 +104,10 @@ class ReplicaRuntime:
         for gone in set(self.routing) - set(rollouts):
             del self.routing[gone]
         self.routing.update(rollouts)
-        self.manager.mirror(state.servable)
+        servable = state.servable
+        if not state.serving_up:  # a store that just started has not re-loaded everything yet
+            servable = {**self.manager.routable(), **servable}
+        self.manager.mirror(servable)
         if self.state is None or state.keys != self.state.keys:
             self.keys = KeyRing([_stored_key(k) for k in state.keys], self.settings.admin_key)
         self.projects = set(state.projects)

@@ -48,12 +48,19 @@ class GatewayRegistry:
         self._seen[report.gateway_id] = _Seen(report, self._clock())
 
     def state(
-        self, routing: RoutingTable, projects: Iterable[str], keys: Iterable[StoredKey]
+        self,
+        routing: RoutingTable,
+        projects: Iterable[str],
+        keys: Iterable[StoredKey],
+        *,
+        serving_up: bool = True,
     ) -> GatewayState:
-        """What a replica routes and authenticates by, as of now."""
+        """What a replica routes and authenticates by, as of now (`serving_up`: the store has
+        re-loaded its adapters since it started)."""
         return GatewayState(
             epoch=self.epoch,
             generation=self._manager.generation,
+            serving_up=serving_up,
             routes=[
                 GatewayRoute(
                     project=r.project,

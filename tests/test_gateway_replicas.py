@@ -19,6 +19,7 @@ import pytest
 from deploy.routing import RoutingTable
 from formats.gateway import GatewayReport
 from service.gateways import GatewayRegistry
+from tests.fixtures.logs import chat_log
 from tests.fixtures.server import GatewayProcess, RatchetProcess, wait_for
 from tests.test_deploy_adapters import FakeVLLM, manager
 
@@ -198,6 +199,8 @@ def test_gateway_replicas_answer_while_the_store_is_killed_and_deliver_every_log
                 lambda: api.get("/v1/projects/edge/stats").json()["logs"] >= len(answered), 60, "every log"
             )
             assert api.get(f"/v1/logs/{answered[killed_at]}").json()["source"] == "gateway"
+            # Only an admin key (a replica's) may store logs as the gateway's.
+            assert api.post("/v1/logs", params={"source": "gateway"}, json=chat_log()).status_code == 403
         for g in gateways:  # and they route by the restarted store's state again
             wait_for(lambda g=g: httpx.get(f"{g.url}/readyz", timeout=5).json()["checks"]["store"] == "ok",
                      60, "the replicas' sync with the restarted store")  # fmt: skip

@@ -12,7 +12,6 @@ from formats.gateway import GatewayReport, GatewayState
 from service.api.deps import needs
 from service.api.health import Health
 from service.domain import Principal
-from service.errors import UpstreamUnavailable
 from service.runtime import Runtime
 
 
@@ -28,9 +27,9 @@ async def sync_gateway(data: GatewayReport, principal: Principal, runtime: Runti
                 failure.project, failure.adapter, failure.reason, failure.log_id
             )
     runtime.gateways.record(data)
-    if not runtime.serving_up:  # a state before the adapters are back would route nothing
-        raise UpstreamUnavailable("the store is loading its adapters after a start: keep the last state")
-    return runtime.gateways.state(runtime.rollouts.routing, runtime.projects, runtime.keys.stored())
+    return runtime.gateways.state(
+        runtime.rollouts.routing, runtime.projects, runtime.keys.stored(), serving_up=runtime.serving_up
+    )
 
 
 @get("/readyz", summary="Ready to take traffic (a gateway replica)")

@@ -19,7 +19,7 @@ import pytest
 from deploy.routing import RoutingTable
 from formats.gateway import GatewayReport
 from service.gateways import GatewayRegistry
-from tests.fixtures.rows import chat_log
+from tests.test_api_capture import chat_log
 from tests.fixtures.server import GatewayProcess, RatchetProcess, wait_for
 from tests.test_deploy_adapters import FakeVLLM, manager
 

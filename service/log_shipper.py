@@ -180,7 +180,11 @@ class LogShipper:
             await self._has_logs.wait()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._full.wait(), linger)
-            await self._seal()
+            try:
+                await self._seal()
+            except OSError:  # a full or failing disk: the batch stays in memory, tried again
+                log.exception("could not spool %d gateway logs; retrying", len(self._batch))
+                await asyncio.sleep(self._settings.retry_max_s)
 
     async def _seal(self) -> None:
         batch, self._batch = self._batch, []
@@ -190,7 +194,12 @@ class LogShipper:
             return
         self._last_name = max(self._last_name + 1, time.time_ns())
         path = self._spool / f"{self._last_name:020d}.jsonl"
-        await asyncio.to_thread(_write_durably, path, batch)
+        try:
+            await asyncio.to_thread(_write_durably, path, batch)
+        except BaseException:
+            self._batch[:0] = batch
+            self._has_logs.set()
+            raise
         self._segments.append((path, len(batch)))
         self._metrics.gateway_spool_logs.inc(len(batch))
         self._ready.set()
@@ -212,6 +221,9 @@ class LogShipper:
                 await asyncio.to_thread(path.unlink)
                 self._segments.popleft()
                 self._metrics.gateway_spool_logs.dec(count)
+            except Exception:  # a bug or a failing disk must not stop delivery for good
+                log.exception("could not deliver spool segment %s; retrying", path)
+                await asyncio.sleep(self._settings.retry_max_s)
             finally:
                 self._idle.set()
 

@@ -4,6 +4,7 @@ reach the store exactly once when it is back, and an unload drains their request
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections import Counter
@@ -19,8 +20,8 @@ import pytest
 from deploy.routing import RoutingTable
 from formats.gateway import GatewayReport
 from service.gateways import GatewayRegistry
-from tests.test_api_capture import chat_log
 from tests.fixtures.server import GatewayProcess, RatchetProcess, wait_for
+from tests.test_api_capture import chat_log
 from tests.test_deploy_adapters import FakeVLLM, manager
 
 PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
@@ -213,3 +214,80 @@ def test_gateway_replicas_answer_while_the_store_is_killed_and_deliver_every_log
     stored = dict(rows)
     assert sorted(stored) == sorted(answered) and set(stored.values()) == {1}  # each exactly once
     assert not list((tmp_path / "spool0").glob("*.jsonl")) and not list((tmp_path / "spool1").glob("*.jsonl"))
+
+
+# --- the spool: logs wait on disk while the store is away, and a replica's restart loses none
+
+
+class _FakeStore:
+    """The store's `POST /v1/logs` as a replica sees it: ids stored once, or unreachable."""
+
+    def __init__(self) -> None:
+        self.stored: Counter[str] = Counter()
+        self.down = True
+        self.posts = 0
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        if self.down:
+            raise httpx.ConnectError("connection refused")
+        self.posts += 1
+        assert request.url.params["source"] == "gateway"
+        results = []
+        for i, item in enumerate(json.loads(request.content)["logs"]):
+            status = "duplicate" if self.stored[item["id"]] else "accepted"
+            self.stored[item["id"]] += status == "accepted"
+            results.append({"index": i, "status": status, "id": item["id"]})
+        return httpx.Response(202, json={"accepted": 0, "duplicates": 0, "rejected": 0, "results": results})
+
+
+def _row(n: int) -> Any:
+    from datetime import UTC, datetime
+
+    from service.capture import log_row
+
+    now = datetime.now(UTC)
+    request = json.dumps({"model": "p", "messages": PROMPT})
+    response = json.dumps(
+        {"id": f"log-{n}", "choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris"}}]}
+    )
+    return log_row("p", f"log-{n}", now, now, "gateway", "p@v1", request, response, None, latency_ms=5.0)
+
+
+@pytest.mark.anyio
+async def test_spooled_logs_survive_a_replica_restart_and_are_stored_once(tmp_path: Path) -> None:
+    from service.config import GatewaySettings, Settings
+    from service.log_shipper import LogShipper
+    from service.metrics import Metrics
+
+    settings = Settings(gateway=GatewaySettings(linger_ms=5, batch_max_logs=3, retry_max_s=0.05))
+    store = _FakeStore()
+    spool = tmp_path / "spool"
+
+    def shipper(metrics: Metrics) -> tuple[LogShipper, httpx.AsyncClient]:
+        client = httpx.AsyncClient(base_url="http://store", transport=httpx.MockTransport(store.handle))
+        return LogShipper(settings, metrics, client, spool), client
+
+    first, client = shipper(Metrics())
+    await first.start()
+    for n in range(7):
+        first.submit_log_row(_row(n))
+    await first.flush()
+    await asyncio.sleep(0.1)  # tries and fails: the store is away
+    assert first.spooled() == 7 and len(list(spool.glob("*.jsonl"))) == 1
+    await first.aclose(grace_s=0.1)  # stopped (or killed) with the logs on disk only
+    await client.aclose()
+
+    store.down = False
+    store.stored["log-0"] = 1  # a batch the store took just before the replica died
+    metrics = Metrics()
+    second, client = shipper(metrics)
+    await second.start()
+    await asyncio.wait_for(second.delivered(), 5)
+    assert store.stored == Counter({f"log-{n}": 1 for n in range(7)})  # each once
+    assert store.posts == 3  # in requests of at most batch_max_logs
+    assert list(spool.glob("*.jsonl")) == [] and second.spooled() == 0
+    shipped = {o: metrics.registry.get_sample_value("ratchet_gateway_logs_shipped_total", {"outcome": o})
+               for o in ("delivered", "duplicate", "refused")}  # fmt: skip
+    assert shipped == {"delivered": 6, "duplicate": 1, "refused": 0}
+    await second.aclose()
+    await client.aclose()

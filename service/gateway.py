@@ -21,7 +21,8 @@ commit lingers up to `writer.linger_ms` for more rows: at gateway rates one comm
 logs. A log is committed within about that linger after its answer; a `kill -9` loses the logs of
 the answers sent in that window, a stop (SIGTERM) none. An answer the shape module cannot
 read is stored all the same (quarantined `shape_error`), with an error in the server log and
-`ratchet_gateway_logs_unreadable_total` counted.
+`ratchet_gateway_logs_unreadable_total` counted. In a `ratchet gateway` replica
+(`service.gateway_replica`) the same rows go to its `LogShipper` instead of the writer (`LogSink`).
 """
 
 from __future__ import annotations

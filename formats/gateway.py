@@ -16,20 +16,22 @@ the adapter.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 import msgspec
 
 GATEWAY_SCHEMA_VERSION = 1
+_Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 
 
 class GatewayFailure(msgspec.Struct, frozen=True, kw_only=True):
     """A request vLLM failed or refused at a replica, charged to `adapter` (the online gate's
     error-rate guard counts these); `reason` as in `ratchet_gateway_upstream_errors_total`."""
 
-    project: str
-    adapter: str
-    reason: str
-    log_id: str | None = None
+    project: _Name
+    adapter: _Name
+    reason: _Name
+    log_id: _Name | None = None
 
 
 class GatewayReport(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -38,12 +40,12 @@ class GatewayReport(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     `in_flight`: served name -> requests holding a lease now (counted after that state was
     applied). `interval_s`: how often it reports (it is forgotten after missing a few)."""
 
-    gateway_id: str
-    epoch: str | None = None
-    generation: int = 0
-    in_flight: dict[str, int] = {}
-    failures: list[GatewayFailure] = []
-    interval_s: float = 1.0
+    gateway_id: _Name
+    epoch: _Name | None = None
+    generation: Annotated[int, msgspec.Meta(ge=0)] = 0
+    in_flight: dict[_Name, Annotated[int, msgspec.Meta(ge=0)]] = {}
+    failures: Annotated[list[GatewayFailure], msgspec.Meta(max_length=10_000)] = []
+    interval_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0
     schema_version: int = GATEWAY_SCHEMA_VERSION
 
 

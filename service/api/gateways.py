@@ -8,10 +8,11 @@ from typing import Any
 
 from litestar import Response, get, post
 
-from formats.gateway import GatewayReport, GatewayState
+from formats.gateway import GATEWAY_SCHEMA_VERSION, GatewayReport, GatewayState
 from service.api.deps import needs
 from service.api.health import Health
 from service.domain import Principal
+from service.errors import InvalidInput
 from service.runtime import Runtime
 
 
@@ -21,6 +22,12 @@ async def sync_gateway(data: GatewayReport, principal: Principal, runtime: Runti
     failures it saw (the online gate's error-rate guard counts them), answered with the routing
     table, which vLLM replicas serve each adapter, the projects and the API keys (sha256 only).
     Needs an admin key: the answer holds every project's keys' hashes."""
+    if data.schema_version > GATEWAY_SCHEMA_VERSION:
+        raise InvalidInput(
+            f"the replica speaks gateway schema {data.schema_version}, this store {GATEWAY_SCHEMA_VERSION}: "
+            "upgrade the store first",
+            "schema_version",
+        )
     for failure in data.failures:
         if failure.project in runtime.projects:
             runtime.capture.submit_upstream_failure(

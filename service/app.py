@@ -27,6 +27,7 @@ from service.api import (
     fine_tuning,
     gate,
     gateway,
+    gateways,
     health,
     keys,
     projects,
@@ -44,6 +45,7 @@ from service.config import Settings
 from service.erasure import finish_interrupted
 from service.gate_config import import_files
 from service.gateway import Gateway
+from service.gateways import GatewayRegistry
 from service.keys import flush_key_use
 from service.loop_lag import LoopLagProbe
 from service.metrics import Metrics
@@ -147,6 +149,7 @@ def build_runtime(settings: Settings, metrics: Metrics | None = None) -> Runtime
         erasures=Erasures(db, settings.runs_dir, settings.erasure_batch_rows, archive),
         project_settings=project_settings,
         gate_configs=GateConfigs(db),
+        gateways=GatewayRegistry(manager),
         projects={p.name for p in queries.list_projects()},
         archive=archive,
     )
@@ -267,6 +270,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
             projects.export,
             gateway.chat_completions,
             gateway.completions,
+            gateways.sync_gateway,
             adapters.list_adapters,
             adapters.get_rollout,
             adapters.register_adapter,

@@ -19,6 +19,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from deploy.adapters import AdapterManager
+from deploy.fleets import Fleets
 from formats.snapshot import SnapshotManifest
 from service.api import (
     adapters,
@@ -119,18 +120,9 @@ def build_runtime(settings: Settings, metrics: Metrics | None = None) -> Runtime
         adapters_of=queries.log_adapters,
     )
     serving = Serving(db)
-    manager = AdapterManager.from_urls(
-        settings.vllm.urls,
-        api_key=settings.vllm.api_key,
-        adapter_root=settings.adapters_dir,
-        max_loras=settings.vllm.max_loras,
-        max_rank=settings.vllm.max_lora_rank,
-        base_served_name=settings.vllm.base_served_name,
-        # Adapters must have been trained on the base the replicas serve (deploy.adapter_dir).
-        base_model=settings.vllm.base_model or None,
-    )
     project_settings = ProjectSettingsBook(settings, queries.project_settings())
-    rollouts = Rollouts(settings, serving, manager, metrics, project_settings.effective)
+    fleets = build_fleets(settings, project_settings)
+    rollouts = Rollouts(settings, serving, fleets, metrics, project_settings.effective)
     runtime = Runtime(
         settings=settings,
         db=db,
@@ -140,8 +132,8 @@ def build_runtime(settings: Settings, metrics: Metrics | None = None) -> Runtime
         keys=KeyRing(queries.list_keys(), settings.admin_key),
         metrics=metrics,
         serving=serving,
-        manager=manager,
-        gateway=Gateway(settings, manager, capture, metrics, rollouts.routing),
+        fleets=fleets,
+        gateway=Gateway(settings, fleets, capture, metrics, rollouts.routing),
         rollouts=rollouts,
         runs=Runs(db, serving),
         erasures=Erasures(db, settings.runs_dir, settings.erasure_batch_rows, archive),
@@ -151,9 +143,28 @@ def build_runtime(settings: Settings, metrics: Metrics | None = None) -> Runtime
         archive=archive,
     )
     for name in runtime.projects:
-        metrics.init_project(name)
+        metrics.init_project(name, fleets.base_of(name))
     import_files(runtime)  # a project's eval.json, once
     return runtime
+
+
+def build_fleets(settings: Settings, project_settings: ProjectSettingsBook) -> Fleets:
+    """One adapter manager per base model (`vllm.models`) over its replicas; a project's adapters
+    are checked against its base model's path before any replica loads them (deploy.adapter_dir)."""
+    vllm = settings.vllm
+    managers = {
+        fleet.name: AdapterManager.from_urls(
+            fleet.replicas,
+            api_key=vllm.api_key,
+            adapter_root=settings.adapters_dir,
+            max_loras=vllm.max_loras,
+            max_rank=vllm.max_lora_rank,
+            base_served_name=fleet.served_name,
+            base_model=fleet.path or None,
+        )
+        for fleet in vllm.fleets
+    }
+    return Fleets(managers, project_settings.base_name)
 
 
 def build_pipeline(runtime: Runtime) -> Pipeline:
@@ -245,7 +256,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
                 flush_key_use(runtime)
             except Exception:
                 log.exception("could not record when API keys were last used")
-            await runtime.manager.aclose()
+            await runtime.fleets.aclose()
             runtime.writer.stop()
             runtime.db.close()
 
@@ -267,6 +278,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
             projects.export,
             gateway.chat_completions,
             gateway.completions,
+            gateway.list_models,
             adapters.list_adapters,
             adapters.get_rollout,
             adapters.register_adapter,

@@ -261,16 +261,8 @@ def update(runtime: Runtime, principal: Principal, project: str, patch: Any) -> 
     overrides = merge(current, patch)
     if patch.base_model is not UNSET:
         new_base = known_base_model(book.settings, patch.base_model or "")
-        versions = runtime.serving.adapters(project)
-        trained = [a.served_name for a in versions if a.version > 0]
-        # Version 0 is a zero adapter of the old base: another fleet's replicas would refuse it.
-        moves = base_model_name(book.settings, new_base) != base_model_name(book.settings, base_model)
-        if new_base != base_model and (trained or (moves and versions)):
-            trained = trained or [a.served_name for a in versions]
-            raise Conflict(
-                f"project {project} already has adapters trained on its base model ({', '.join(trained)}): "
-                "create a new project for another base model"
-            )
+        if new_base != base_model:
+            check_base_model_change(runtime, project, base_model, new_base)
         base_model = new_base
     after = view(effective(book.settings, overrides, base_model))
     diff = changes(before, after)
@@ -280,3 +272,22 @@ def update(runtime: Runtime, principal: Principal, project: str, patch: Any) -> 
         book.set(project, overrides, base_model)
         runtime.metrics.set_base_model(project, runtime.fleets.base_of(project))
     return read(runtime, project)
+
+
+def check_base_model_change(runtime: Runtime, project: str, old: str, new: str) -> None:
+    """`Conflict` once the project has trained adapters (they fit the old base only), or serves
+    version 0 (a zero adapter of the old base) and the new base is another `vllm.models` entry,
+    whose replicas would refuse it."""
+    versions = runtime.serving.adapters(project)
+    trained = [a.served_name for a in versions if a.version > 0]
+    if trained:
+        raise Conflict(
+            f"project {project} already has adapters trained on its base model ({', '.join(trained)}): "
+            "create a new project for another base model"
+        )
+    settings = runtime.project_settings.settings
+    if versions and base_model_name(settings, new) != base_model_name(settings, old):
+        raise Conflict(
+            f"project {project} serves version 0 of base model {base_model_name(settings, old)!r} on its "
+            "replicas: create a new project for another base model"
+        )

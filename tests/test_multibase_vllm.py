@@ -30,6 +30,7 @@ from tests.fixtures.vllm import VLLMServer, VLLMStartError, family_server
 pytestmark = [pytest.mark.slow, pytest.mark.own_vllm]
 
 FAMILY = "qwen3"  # one the family tests serve by default: they reuse its server
+MAX_TOKENS = 16  # past the empty <think></think> block Qwen3 opens every answer with
 PROMPTS = [q.messages for q in tiny_world.all_questions("holdout", kinds=("upper",))[::24]]
 
 
@@ -42,7 +43,7 @@ def fleets(
     work = tmp_path_factory.mktemp("multibase")
     bases = {"llama": vllm_server.model_dir, FAMILY: family_model(FAMILY)}
     second = family_server(FAMILY, bases[FAMILY], work / "vllm.log")
-    snapshot = conversation_snapshot(work / "snapshot", n_train=64, n_holdout=8, correction_rate=1.0)
+    snapshot = conversation_snapshot(work / "snapshot", n_train=160, n_holdout=8, correction_rate=1.0)
     adapters = {
         base: train_in_process(
             {
@@ -93,7 +94,7 @@ def answers(client: httpx.Client, model: str) -> tuple[list[str], set[str]]:
     texts, versions = [], set()
     for messages in PROMPTS:
         r = client.post("/v1/chat/completions", json={"model": model, "messages": messages, "temperature": 0,
-                                                      "max_tokens": 8, "user": "one-user"})  # fmt: skip
+                                                      "max_tokens": MAX_TOKENS, "user": "one-user"})  # fmt: skip
         assert r.status_code == 200, r.text
         texts.append(r.json()["choices"][0]["message"]["content"])
         versions.add(r.headers["x-ratchet-adapter"])
@@ -132,10 +133,13 @@ def test_two_projects_on_two_base_models_promote_independently(
     llama_server, qwen_server = fleets["servers"]["llama"], fleets["servers"][FAMILY]
     assert {"mb-llama@v0"} <= served_names(llama_server) and "mb-qwen@v0" not in served_names(llama_server)
     assert {"mb-qwen@v0"} <= served_names(qwen_server) and "mb-llama@v0" not in served_names(qwen_server)
+    # A project serving version 0 of one base cannot move to the other's replicas.
+    r = admin.patch("/v1/projects/mb-qwen/settings", json={"base_model": "llama"})
+    assert (r.status_code, r.json()["code"]) == (409, "conflict") and "version 0" in r.json()["message"], r.text
     # The gateway sends each project to its own server: v0 answers are that base model's.
     qwen_base = [
         httpx.post(f"{qwen_server.base_url}/v1/chat/completions", timeout=120, json={
-            "model": "tiny", "messages": m, "temperature": 0, "max_tokens": 8}).json()["choices"][0]["message"]["content"]
+            "model": "tiny", "messages": m, "temperature": 0, "max_tokens": MAX_TOKENS}).json()["choices"][0]["message"]["content"]
         for m in PROMPTS
     ]  # fmt: skip
     qwen_v0, versions = answers(apps["mb-qwen"], "mb-qwen")

@@ -18,8 +18,6 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from deploy.adapters import AdapterManager
-from deploy.fleets import Fleets
 from formats.snapshot import SnapshotManifest
 from service.api import (
     adapters,
@@ -28,6 +26,7 @@ from service.api import (
     fine_tuning,
     gate,
     gateway,
+    gateways,
     health,
     keys,
     projects,
@@ -43,8 +42,10 @@ from service.capture import Capture
 from service.clock import utcnow
 from service.config import Settings
 from service.erasure import finish_interrupted
+from service.fleets import build_fleets
 from service.gate_config import import_files
 from service.gateway import Gateway
+from service.gateways import GatewayRegistry
 from service.keys import flush_key_use
 from service.loop_lag import LoopLagProbe
 from service.metrics import Metrics
@@ -121,7 +122,7 @@ def build_runtime(settings: Settings, metrics: Metrics | None = None) -> Runtime
     )
     serving = Serving(db)
     project_settings = ProjectSettingsBook(settings, queries.project_settings())
-    fleets = build_fleets(settings, project_settings)
+    fleets = build_fleets(settings, project_settings.base_name)
     rollouts = Rollouts(settings, serving, fleets, metrics, project_settings.effective)
     runtime = Runtime(
         settings=settings,
@@ -139,6 +140,7 @@ def build_runtime(settings: Settings, metrics: Metrics | None = None) -> Runtime
         erasures=Erasures(db, settings.runs_dir, settings.erasure_batch_rows, archive),
         project_settings=project_settings,
         gate_configs=GateConfigs(db),
+        gateways=GatewayRegistry(fleets),
         projects={p.name for p in queries.list_projects()},
         archive=archive,
     )
@@ -146,25 +148,6 @@ def build_runtime(settings: Settings, metrics: Metrics | None = None) -> Runtime
         metrics.init_project(name, fleets.base_of(name))
     import_files(runtime)  # a project's eval.json, once
     return runtime
-
-
-def build_fleets(settings: Settings, project_settings: ProjectSettingsBook) -> Fleets:
-    """One adapter manager per base model (`vllm.models`) over its replicas; a project's adapters
-    are checked against its base model's path before any replica loads them (deploy.adapter_dir)."""
-    vllm = settings.vllm
-    managers = {
-        fleet.name: AdapterManager.from_urls(
-            fleet.replicas,
-            api_key=vllm.api_key,
-            adapter_root=settings.adapters_dir,
-            max_loras=vllm.max_loras,
-            max_rank=vllm.max_lora_rank,
-            base_served_name=fleet.served_name,
-            base_model=fleet.path or None,
-        )
-        for fleet in vllm.fleets
-    }
-    return Fleets(managers, project_settings.base_name)
 
 
 def build_pipeline(runtime: Runtime) -> Pipeline:
@@ -279,6 +262,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
             gateway.chat_completions,
             gateway.completions,
             gateway.list_models,
+            gateways.sync_gateway,
             adapters.list_adapters,
             adapters.get_rollout,
             adapters.register_adapter,

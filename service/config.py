@@ -498,6 +498,44 @@ def _same_directory(a: str, b: str) -> bool:
     return a.rstrip("/") == b.rstrip("/") or Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
+class GatewaySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """`ratchet gateway`: a stateless gateway replica beside `ratchet serve` (the store)."""
+
+    store_url: Annotated[
+        str, _doc("The store's base URL (`ratchet serve`): routing comes from it, logs go to it.")
+    ] = "http://127.0.0.1:8470"
+    store_key: Annotated[
+        str | None, _doc("An admin key of the store (default: `admin_key`). Its answer holds key hashes.")
+    ] = None
+    host: Annotated[str, _doc("Address the gateway binds.")] = "127.0.0.1"
+    port: Annotated[int, _doc("Port the gateway binds."), msgspec.Meta(ge=0, le=65535)] = 8471
+    spool_dir: Annotated[
+        str,
+        _doc(
+            "Where logs wait, fsync'd, until the store took them, and the last routing is kept "
+            "(default <data_dir>/gateway-<port>). One per replica."
+        ),
+    ] = ""
+    batch_max_logs: Annotated[
+        int, _doc("Most logs shipped to the store in one request."), msgspec.Meta(ge=1, le=1000)
+    ] = 500
+    linger_ms: Annotated[
+        float,
+        _doc("How long a log waits for more before its batch is spooled and shipped (ms)."),
+        msgspec.Meta(ge=0, le=10_000),
+    ] = 50.0
+    sync_interval_s: Annotated[
+        float,
+        _doc("How often the replica reports its in-flight requests and reads routing from the store."),
+        msgspec.Meta(gt=0, le=60),
+    ] = 1.0
+    retry_max_s: Annotated[
+        float,
+        _doc("Longest wait between two tries to reach the store (exponential backoff up to it)."),
+        msgspec.Meta(gt=0, le=300),
+    ] = 1.0
+
+
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Everything Ratchet can be told. Defaults run on one machine out of the box."""
 
@@ -532,6 +570,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     archive: ArchiveSettings = ArchiveSettings()
     feedback: FeedbackSettings = FeedbackSettings()
     vllm: VllmSettings = VllmSettings()
+    gateway: GatewaySettings = GatewaySettings()
     canary_fraction: Annotated[
         float,
         _doc("Share of end users a candidate is served to during its canary."),
@@ -575,6 +614,11 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     def archive_url(self) -> str:
         """The archive's location: `archive.url`, or <data_dir>/archive."""
         return self.archive.url or str(Path(self.data_dir).resolve() / "archive")
+
+    @property
+    def gateway_spool_dir(self) -> Path:
+        """A gateway replica's spool: `gateway.spool_dir`, or <data_dir>/gateway-<port>."""
+        return Path(self.gateway.spool_dir or Path(self.data_dir) / f"gateway-{self.gateway.port}")
 
     @property
     def runs_dir(self) -> Path:

@@ -21,7 +21,8 @@ commit lingers up to `writer.linger_ms` for more rows: at gateway rates one comm
 logs. A log is committed within about that linger after its answer; a `kill -9` loses the logs of
 the answers sent in that window, a stop (SIGTERM) none. An answer the shape module cannot
 read is stored all the same (quarantined `shape_error`), with an error in the server log and
-`ratchet_gateway_logs_unreadable_total` counted.
+`ratchet_gateway_logs_unreadable_total` counted. In a `ratchet gateway` replica
+(`service.gateway_replica`) the same rows go to its `LogShipper` instead of the writer (`LogSink`).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from formats.chat import (
     check_request,
 )
 from formats.log import NormalizedLog, normalize_chat, normalize_completion
-from service.capture import Capture, adapter_label, log_row, new_log_id
+from service.capture import adapter_label, log_row, new_log_id
 from service.clock import utcnow
 from service.config import Settings
 from service.errors import (
@@ -150,6 +151,24 @@ def _error_path(text: str) -> tuple[str, str | None]:
     if missing:
         path = f"{path}.{missing}" if path else missing
     return message, path or None
+
+
+# --- where the gateway's logs go
+
+
+class LogSink(Protocol):
+    """Where the gateway hands what it logs: the store's `Capture` in `ratchet serve`, a
+    `service.log_shipper.LogShipper` in a `ratchet gateway` replica. None of these waits."""
+
+    def submit_log_row(self, row: LogRow) -> None: ...
+
+    def submit_upstream_failure(
+        self, project: str, adapter: str, reason: str, log_id: str | None = None
+    ) -> None: ...
+
+    def remember_adapter(self, project: str, log_id: str, adapter: str | None) -> None: ...
+
+    async def flush(self) -> None: ...
 
 
 # --- the upstream HTTP client, behind one small interface
@@ -300,15 +319,15 @@ class _Call:
 
 class Gateway:
     """Routes, forwards and logs gateway requests. `routing` is the live routing table (the
-    service's rollouts own and write it; the gateway only reads it); `fleets` which replicas
-    serve each project (its base model's); `upstream` the HTTP client to vLLM (aiohttp unless
-    given)."""
+    service's rollouts own and write it, or a replica's sync with the store; the gateway only
+    reads it); `fleets` which replicas serve each project (its base model's); `capture` where
+    logs go; `upstream` the HTTP client to vLLM (aiohttp unless given)."""
 
     def __init__(
         self,
         settings: Settings,
         fleets: Fleets,
-        capture: Capture,
+        capture: LogSink,
         metrics: Metrics,
         routing: RoutingTable,
         upstream: Upstream | None = None,

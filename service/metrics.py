@@ -170,6 +170,25 @@ class Metrics:
             ["project", "adapter", "direction"],
             registry=r,
         )
+        # --- gateway replicas (`ratchet gateway`): their logs' way to the store
+        self.gateway_spool_logs = Gauge(
+            "ratchet_gateway_spool_logs",
+            "Logs a gateway replica holds on disk that the store has not taken yet.",
+            registry=r,
+        )
+        self.gateway_logs_shipped = Counter(
+            "ratchet_gateway_logs_shipped_total",
+            "Logs a gateway replica handed to the store, by outcome (delivered; duplicate: the store had it, a re-send; refused: the store rejected it, named in the replica's log).",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in ("delivered", "duplicate", "refused"):
+            self.gateway_logs_shipped.labels(outcome)
+        self.gateway_store_up = Gauge(
+            "ratchet_gateway_store_up",
+            "1 when a gateway replica's last sync with the store succeeded, else 0 (it routes by the last state it got).",
+            registry=r,
+        )
         # --- runs and evaluation
         self.runs = Counter(
             "ratchet_runs_total",

@@ -11,6 +11,7 @@ from service.auth import KeyRing
 from service.capture import Capture
 from service.config import Settings
 from service.gateway import Gateway
+from service.gateways import GatewayRegistry
 from service.metrics import Metrics
 from service.project_settings import ProjectSettingsBook
 from service.rollouts import Rollouts
@@ -44,6 +45,8 @@ class Runtime:
     erasures: Erasures
     project_settings: ProjectSettingsBook
     gate_configs: GateConfigs
+    gateways: GatewayRegistry
+    """The `ratchet gateway` replicas heard from (their in-flight requests hold an unload)."""
     projects: set[str] = field(default_factory=set)
     archive: Archive | None = None
     """The Parquet lake of old logs (None: only in tests that build a runtime by hand)."""

@@ -197,6 +197,9 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("PUT", "/v1/projects/{name}/gate"): Route(
         "manage", 200, lambda w: ("PUT", f"/v1/projects/{A}/gate", {"json": {"min_samples": 20}})
     ),
+    ("POST", "/v1/gateways/sync"): Route(
+        "admin", 200, lambda w: ("POST", "/v1/gateways/sync", {"json": {"gateway_id": "matrix"}})
+    ),
     ("GET", "/v1/adapters"): Route("read", 200, lambda w: ("GET", "/v1/adapters", {"params": {"project": A}})),
     ("POST", "/v1/projects/{name}/adapters"): Route(
         "admin", 422, lambda w: ("POST", f"/v1/projects/{A}/adapters", {"json": {"path": "nowhere", "canary": False}})

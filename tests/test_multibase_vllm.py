@@ -135,7 +135,9 @@ def test_two_projects_on_two_base_models_promote_independently(
     assert {"mb-qwen@v0"} <= served_names(qwen_server) and "mb-llama@v0" not in served_names(qwen_server)
     # A project serving version 0 of one base cannot move to the other's replicas.
     r = admin.patch("/v1/projects/mb-qwen/settings", json={"base_model": "llama"})
-    assert (r.status_code, r.json()["code"]) == (409, "conflict") and "version 0" in r.json()["message"], r.text
+    assert (r.status_code, r.json()["code"]) == (409, "conflict") and "version 0" in r.json()["message"], (
+        r.text
+    )
     # The gateway sends each project to its own server: v0 answers are that base model's.
     qwen_base = [
         httpx.post(f"{qwen_server.base_url}/v1/chat/completions", timeout=120, json={

@@ -14,7 +14,7 @@ from typing import Any
 from litestar import MediaType, Request, Response, get, post
 from litestar.response import Stream
 
-from service.api.deps import needs, scoped_project
+from service.api.deps import SharedRuntime, needs, scoped_project
 from service.domain import ModelList, ModelOut, Principal
 from service.errors import InvalidInput
 from service.gateway import Endpoint, GatewayAnswer, GatewayStream, parse_request
@@ -55,7 +55,9 @@ async def _forward(
     summary="Chat completion through the project's adapter",
     opt=needs("ingest"),
 )
-async def chat_completions(request: Request[Any, Any, Any], principal: Principal, runtime: Runtime) -> Any:
+async def chat_completions(
+    request: Request[Any, Any, Any], principal: Principal, runtime: SharedRuntime
+) -> Any:
     """OpenAI chat completions (streaming or not). The response `id` is the log id for feedback."""
     return await _forward(request, principal, runtime, "chat")
 
@@ -66,7 +68,7 @@ async def chat_completions(request: Request[Any, Any, Any], principal: Principal
     summary="Text completion through the project's adapter",
     opt=needs("ingest"),
 )
-async def completions(request: Request[Any, Any, Any], principal: Principal, runtime: Runtime) -> Any:
+async def completions(request: Request[Any, Any, Any], principal: Principal, runtime: SharedRuntime) -> Any:
     """OpenAI completions (streaming or not). The response `id` is the log id for feedback."""
     return await _forward(request, principal, runtime, "completions")
 

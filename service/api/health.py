@@ -9,7 +9,7 @@ import msgspec
 from litestar import MediaType, Request, Response, get
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.api.deps import authenticate
+from service.api.deps import SharedRuntime, authenticate
 from service.errors import Forbidden
 from service.runtime import Runtime
 
@@ -49,7 +49,7 @@ def _ping(runtime: Runtime) -> None:
 
 
 @get("/metrics", summary="Prometheus metrics", media_type=MediaType.TEXT, sync_to_thread=True)
-def metrics(request: Request[Any, Any, Any], runtime: Runtime) -> Response[bytes]:
+def metrics(request: Request[Any, Any, Any], runtime: SharedRuntime) -> Response[bytes]:
     """Prometheus text exposition of every `ratchet_*` metric. With `metrics_require_key`, only
     for an all-projects key with the `read` scope: the series name every project."""
     if runtime.settings.metrics_require_key:

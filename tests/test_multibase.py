@@ -10,6 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from deploy.adapters import AdapterLoadFailed
@@ -121,3 +122,34 @@ def test_each_project_gets_its_own_base_models_replicas_path_and_served_name(
             asyncio.run(load())
     finally:
         runtime.db.close()
+
+
+def test_gateway_replicas_learn_each_projects_base_model_from_the_store(tmp_path: Path) -> None:
+    """The store's sync answer names each project's base model and every base model's servable
+    adapters; a `ratchet gateway` replica with the same settings routes each project to its own
+    base model's replicas and served name."""
+    from formats.gateway import GatewayState
+    from service.gateway_replica import build_replica
+
+    config = tmp_path / "ratchet.toml"
+    config.write_text(TOML.format(chat="/models/chat", data=tmp_path / "data"))
+    settings = Settings.load(config, env={})
+    store = build_runtime(settings)
+    try:
+        create_project(store, ProjectIn(name="talk", base_model="chat"))
+        create_project(store, ProjectIn(name="label", base_model="classifier"))
+        state = store.gateways.state(store.rollouts.routing, store.projects, [])
+    finally:
+        store.db.close()
+    assert state.base_models == {"label": "classifier", "talk": "chat"}
+    # Mirrored as the store would hand it over: label@v1 serves on the classifier's replica.
+    state = msgspec.structs.replace(state, servable={"label@v1": ["http://127.0.0.1:11"]})
+    replica = build_replica(settings)
+    replica.apply(msgspec.json.decode(msgspec.json.encode(state), type=GatewayState))
+    fleets = replica.fleets
+    assert [r.base_url for r in fleets.of("talk").replicas] == ["http://127.0.0.1:9", "http://127.0.0.1:10"]
+    assert fleets.of("label").servable("label@v1") and not fleets.of("talk").servable("label@v1")
+    assert (replica.routing.current("talk").champion, replica.routing.current("label").champion) == (
+        "chat-base", "base",
+    )  # fmt: skip
+    asyncio.run(fleets.aclose())

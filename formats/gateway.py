@@ -84,4 +84,6 @@ class GatewayState(msgspec.Struct, frozen=True, kw_only=True):
     servable: dict[str, list[str]]
     projects: list[str]
     keys: list[GatewayKey]
+    base_models: dict[str, str] = {}
+    """Project -> the name of its base model in `vllm.models` (absent: the default, the first)."""
     schema_version: int = GATEWAY_SCHEMA_VERSION

@@ -18,7 +18,6 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from deploy.adapters import AdapterManager
 from formats.snapshot import SnapshotManifest
 from service.api import (
     adapters,
@@ -43,6 +42,7 @@ from service.capture import Capture
 from service.clock import utcnow
 from service.config import Settings
 from service.erasure import finish_interrupted
+from service.fleets import build_fleets
 from service.gate_config import import_files
 from service.gateway import Gateway
 from service.gateways import GatewayRegistry
@@ -121,18 +121,9 @@ def build_runtime(settings: Settings, metrics: Metrics | None = None) -> Runtime
         adapters_of=queries.log_adapters,
     )
     serving = Serving(db)
-    manager = AdapterManager.from_urls(
-        settings.vllm.urls,
-        api_key=settings.vllm.api_key,
-        adapter_root=settings.adapters_dir,
-        max_loras=settings.vllm.max_loras,
-        max_rank=settings.vllm.max_lora_rank,
-        base_served_name=settings.vllm.base_served_name,
-        # Adapters must have been trained on the base the replicas serve (deploy.adapter_dir).
-        base_model=settings.vllm.base_model or None,
-    )
     project_settings = ProjectSettingsBook(settings, queries.project_settings())
-    rollouts = Rollouts(settings, serving, manager, metrics, project_settings.effective)
+    fleets = build_fleets(settings, project_settings.base_name)
+    rollouts = Rollouts(settings, serving, fleets, metrics, project_settings.effective)
     runtime = Runtime(
         settings=settings,
         db=db,
@@ -142,19 +133,19 @@ def build_runtime(settings: Settings, metrics: Metrics | None = None) -> Runtime
         keys=KeyRing(queries.list_keys(), settings.admin_key),
         metrics=metrics,
         serving=serving,
-        manager=manager,
-        gateway=Gateway(settings, manager, capture, metrics, rollouts.routing),
+        fleets=fleets,
+        gateway=Gateway(settings, fleets, capture, metrics, rollouts.routing),
         rollouts=rollouts,
         runs=Runs(db, serving),
         erasures=Erasures(db, settings.runs_dir, settings.erasure_batch_rows, archive),
         project_settings=project_settings,
         gate_configs=GateConfigs(db),
-        gateways=GatewayRegistry(manager),
+        gateways=GatewayRegistry(fleets),
         projects={p.name for p in queries.list_projects()},
         archive=archive,
     )
     for name in runtime.projects:
-        metrics.init_project(name)
+        metrics.init_project(name, fleets.base_of(name))
     import_files(runtime)  # a project's eval.json, once
     return runtime
 
@@ -248,7 +239,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
                 flush_key_use(runtime)
             except Exception:
                 log.exception("could not record when API keys were last used")
-            await runtime.manager.aclose()
+            await runtime.fleets.aclose()
             runtime.writer.stop()
             runtime.db.close()
 
@@ -270,6 +261,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
             projects.export,
             gateway.chat_completions,
             gateway.completions,
+            gateway.list_models,
             gateways.sync_gateway,
             adapters.list_adapters,
             adapters.get_rollout,

@@ -289,7 +289,7 @@ class FineTuning:
     async def create(self, project: str, request: JobCreate) -> Job:
         """Start a job: its files are checked against the method, then its run starts.
         `InvalidInput` naming the field, `Conflict` while the project has a run going."""
-        if request.model not in (project, self.rt.settings.vllm.base_served_name):
+        if request.model not in (project, self.rt.project_settings.effective(project).vllm.base_served_name):
             raise InvalidInput(
                 f"`model` {request.model!r}: name the project ({project!r}), the model alias your app "
                 "calls; training starts from its base model",

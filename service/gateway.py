@@ -39,7 +39,8 @@ import aiohttp
 import msgspec
 from yarl import URL
 
-from deploy.adapters import AdapterManager, AdapterNotServable, Lease
+from deploy.adapters import AdapterNotServable, Lease
+from deploy.fleets import Fleets
 from deploy.rollout import Rollout
 from deploy.routing import NoServableAdapter, RoutingTable, route
 from deploy.vllm_client import ModelNotFound, RequestRejected, error_of, reply_error
@@ -217,7 +218,10 @@ class AiohttpUpstream:
         if settings.vllm.api_key:
             self._headers["Authorization"] = f"Bearer {settings.vllm.api_key}"
         self._urls = {
-            (url, path): URL(url.rstrip("/") + path) for url in settings.vllm.urls for path in _PATHS.values()
+            (url, path): URL(url.rstrip("/") + path)
+            for fleet in settings.vllm.fleets
+            for url in fleet.replicas
+            for path in _PATHS.values()
         }
         self._session: aiohttp.ClientSession | None = None
 
@@ -316,19 +320,20 @@ class _Call:
 class Gateway:
     """Routes, forwards and logs gateway requests. `routing` is the live routing table (the
     service's rollouts own and write it, or a replica's sync with the store; the gateway only
-    reads it); `capture` where logs go; `upstream` the HTTP client to vLLM (aiohttp unless given)."""
+    reads it); `fleets` which replicas serve each project (its base model's); `capture` where
+    logs go; `upstream` the HTTP client to vLLM (aiohttp unless given)."""
 
     def __init__(
         self,
         settings: Settings,
-        manager: AdapterManager,
+        fleets: Fleets,
         capture: LogSink,
         metrics: Metrics,
         routing: RoutingTable,
         upstream: Upstream | None = None,
     ) -> None:
         self.settings = settings
-        self.manager = manager
+        self.fleets = fleets
         self.capture = capture
         self.metrics = metrics
         self.routing = routing
@@ -386,7 +391,7 @@ class Gateway:
                 call.lease.replica, reply.status_code, content, context="generation", model=call.served_name
             )
             if isinstance(error, ModelNotFound):
-                self.manager.report_missing(call.served_name, call.lease.replica)
+                self.fleets.of(project).report_missing(call.served_name, call.lease.replica)
                 self._fail(call, "adapter_missing")
                 continue
             # A request vLLM refuses as invalid is the client's mistake, not an upstream failure.
@@ -398,6 +403,7 @@ class Gateway:
         raise UpstreamUnavailable("the adapter is being re-loaded on the replicas; retry shortly")
 
     def _start(self, project: str, request: GatewayRequest, log_id: str, version: str | None = None) -> _Call:
+        manager = self.fleets.of(project)  # the replicas of the project's base model
         try:
             served = (
                 version
@@ -405,10 +411,10 @@ class Gateway:
                     self.rollout(project),
                     end_user=request.end_user,
                     request_key=log_id,
-                    servable=self.manager.servable,
+                    servable=manager.servable,
                 ).served_name
             )
-            lease = self.manager.acquire(served)
+            lease = manager.acquire(served)
         except (NoServableAdapter, AdapterNotServable) as exc:
             self.metrics.gateway_upstream_errors.labels(project, "none", "not_servable").inc()
             raise UpstreamUnavailable(f"{project}: no adapter can serve now ({exc}); retry shortly") from exc
@@ -417,7 +423,7 @@ class Gateway:
         return _Call(project, request, log_id, served, lease, time.perf_counter(), label)
 
     def _label(self, project: str, served_name: str) -> str:
-        return adapter_label(project, served_name, self.settings.vllm.base_served_name)
+        return adapter_label(project, served_name, self.routing.base_of(project))
 
     def _fail(self, call: _Call, reason: str) -> None:
         """The request failed upstream: count it, and record it against its adapter for the

@@ -38,7 +38,7 @@ from litestar import Litestar
 from litestar.di import Provide
 from litestar.types import ASGIApp
 
-from deploy.adapters import AdapterManager
+from deploy.fleets import Fleets
 from deploy.rollout import Rollout
 from deploy.routing import RoutingTable
 from formats.gateway import GATEWAY_SCHEMA_VERSION, GatewayReport, GatewayState
@@ -50,6 +50,7 @@ from service.api.fastpath import FastPath
 from service.auth import KeyRing, StoredKey
 from service.config import Settings
 from service.errors import UpstreamUnavailable
+from service.fleets import build_fleets
 from service.gateway import Gateway
 from service.log_shipper import LogShipper
 from service.metrics import Metrics
@@ -62,11 +63,11 @@ class ReplicaRollouts:
     """What the gateway routes ask of `rollouts` in a replica: a version named in a request
     (`project@vN`) is answered only while the store has it servable."""
 
-    def __init__(self, manager: AdapterManager) -> None:
-        self._manager = manager
+    def __init__(self, fleets: Fleets) -> None:
+        self._fleets = fleets
 
     async def ensure_addressable(self, name: str) -> None:
-        if not self._manager.servable(name):
+        if not self._fleets.serving(name).servable(name):
             raise UpstreamUnavailable(
                 f"model {name!r} is not being served now: send it to the store (`ratchet serve`), which "
                 "loads a version on demand, or retry once it is loaded"
@@ -79,7 +80,8 @@ class ReplicaRuntime:
 
     settings: Settings
     metrics: Metrics
-    manager: AdapterManager
+    fleets: Fleets
+    """One manager per base model (`vllm.models`), each routing by the store's view of its replicas."""
     routing: RoutingTable
     shipper: LogShipper
     store: httpx.AsyncClient
@@ -92,6 +94,8 @@ class ReplicaRuntime:
     last_sync: float | None = None
     """When the last sync succeeded (monotonic seconds), None before any in this process."""
     gateway_id: str = ""
+    base_models: dict[str, str] = field(default_factory=dict)
+    """Project -> its base model's name (`vllm.models`), from the store (absent: the default)."""
 
     def apply(self, state: GatewayState) -> None:
         """Route and authenticate by `state` from now on (the routing table is changed in place:
@@ -104,10 +108,13 @@ class ReplicaRuntime:
         for gone in set(self.routing) - set(rollouts):
             del self.routing[gone]
         self.routing.update(rollouts)
-        servable = state.servable
-        if not state.serving_up:  # a store that just started has not re-loaded everything yet
-            servable = {**self.manager.routable(), **servable}
-        self.manager.mirror(servable)
+        for _base, manager in self.fleets:  # each keeps the names its own replicas serve
+            servable = state.servable
+            if not state.serving_up:  # a store that just started has not re-loaded everything yet
+                servable = {**manager.routable(), **servable}
+            manager.mirror(servable)
+        self.base_models.clear()  # in place: the fleets read it
+        self.base_models.update(state.base_models)
         if self.state is None or state.keys != self.state.keys:
             self.keys = KeyRing([_stored_key(k) for k in state.keys], self.settings.admin_key)
         self.projects = set(state.projects)
@@ -117,7 +124,7 @@ class ReplicaRuntime:
         """Ready when it has a routing state (from the store, or kept from before) and vLLM
         answers; a store that is away is reported, not a reason to stop taking traffic."""
         checks: dict[str, str] = {"routing": "ok" if self.state is not None else "waiting for the store"}
-        for url, healthy in (await self.manager.health()).items():
+        for url, healthy in (await self.fleets.health()).items():
             checks[f"vllm {url}"] = "ok" if healthy else "unreachable"
         ready = all(v == "ok" for v in checks.values())
         age = None if self.last_sync is None else time.monotonic() - self.last_sync
@@ -144,20 +151,17 @@ def build_replica(settings: Settings, metrics: Metrics | None = None) -> Replica
         headers={"authorization": f"Bearer {key}"} if key else {},
         timeout=httpx.Timeout(10.0, connect=2.0),
     )
-    manager = AdapterManager.from_urls(
-        settings.vllm.urls,
-        api_key=settings.vllm.api_key,
-        adapter_root=settings.adapters_dir,
-        max_loras=settings.vllm.max_loras,
-        max_rank=settings.vllm.max_lora_rank,
-        base_served_name=settings.vllm.base_served_name,
+    base_models: dict[str, str] = {}  # filled from the store's state (`ReplicaRuntime.apply`)
+    fleets = build_fleets(settings, lambda project: base_models.get(project, ""), check_base=False)
+    routing = RoutingTable(
+        settings.vllm.base_served_name, base_of=lambda project: str(fleets.of(project).base_served_name)
     )
-    routing = RoutingTable(settings.vllm.base_served_name)
     shipper = LogShipper(settings, metrics, store, settings.gateway_spool_dir)
     runtime = ReplicaRuntime(
-        settings=settings, metrics=metrics, manager=manager, routing=routing, shipper=shipper, store=store,
-        gateway=Gateway(settings, manager, shipper, metrics, routing), rollouts=ReplicaRollouts(manager),
+        settings=settings, metrics=metrics, fleets=fleets, routing=routing, shipper=shipper, store=store,
+        gateway=Gateway(settings, fleets, shipper, metrics, routing), rollouts=ReplicaRollouts(fleets),
         keys=KeyRing([], settings.admin_key), gateway_id=f"{socket.gethostname()}:{g.port}:{os.getpid()}",
+        base_models=base_models,
     )  # fmt: skip
     kept = _state_path(settings)
     if kept.exists():
@@ -201,12 +205,13 @@ class StoreLink:
         rt = self.runtime
         failures = list(rt.shipper.failures)
         rt.shipper.failures.clear()
-        base = rt.settings.vllm.base_served_name
         report = GatewayReport(
             gateway_id=rt.gateway_id,
             epoch=rt.state.epoch if rt.state else None,
             generation=rt.state.generation if rt.state else 0,
-            in_flight={k: v for k, v in rt.manager.in_flight().items() if k != base},
+            in_flight={
+                k: v for _b, m in rt.fleets for k, v in m.in_flight().items() if k != m.base_served_name
+            },
             failures=failures,
             interval_s=rt.settings.gateway.sync_interval_s,
         )
@@ -262,7 +267,7 @@ def create_replica_app(runtime: ReplicaRuntime) -> ASGIApp:
             with_store.cancel()
             await runtime.gateway.aclose()  # answers still being logged reach the spool first
             await runtime.shipper.aclose()
-            await runtime.manager.aclose()
+            await runtime.fleets.aclose()
             await runtime.store.aclose()
 
     app = Litestar(

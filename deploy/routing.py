@@ -23,13 +23,26 @@ class RoutingTable(dict[str, Rollout]):
     rollouts (`service.rollouts.Rollouts`, which owns it and keeps it equal to the database);
     the gateway only reads it, through `current`."""
 
-    def __init__(self, base_served_name: str, rollouts: dict[str, Rollout] | None = None) -> None:
+    def __init__(
+        self,
+        base_served_name: str,
+        rollouts: dict[str, Rollout] | None = None,
+        *,
+        base_of: Callable[[str], str] | None = None,
+    ) -> None:
+        """`base_of`: project -> the served name of its base model (several base models); by
+        default every project's is `base_served_name`."""
         super().__init__(rollouts or {})
         self.base_served_name = base_served_name
+        self._base_of = base_of
+
+    def base_of(self, project: str) -> str:
+        """The served name of the project's base model."""
+        return self._base_of(project) if self._base_of is not None else self.base_served_name
 
     def current(self, project: str) -> Rollout:
-        """The project's rollout; before it has any, the base model serves it."""
-        return self.get(project) or Rollout(project=project, champion=self.base_served_name)
+        """The project's rollout; before it has any, its base model serves it."""
+        return self.get(project) or Rollout(project=project, champion=self.base_of(project))
 
 
 class NoServableAdapter(Exception):

@@ -18,7 +18,6 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from deploy.adapters import AdapterManager
 from formats.snapshot import SnapshotManifest
 from service.api import (
     adapters,
@@ -27,6 +26,7 @@ from service.api import (
     fine_tuning,
     gate,
     gateway,
+    gateways,
     health,
     keys,
     projects,
@@ -43,8 +43,10 @@ from service.clock import utcnow
 from service.config import Settings
 from service.erasure import finish_interrupted
 from service.fine_tuning import FineTuning
+from service.fleets import build_fleets
 from service.gate_config import import_files
 from service.gateway import Gateway
+from service.gateways import GatewayRegistry
 from service.keys import flush_key_use
 from service.loop_lag import LoopLagProbe
 from service.metrics import Metrics
@@ -121,18 +123,9 @@ def build_runtime(settings: Settings, metrics: Metrics | None = None) -> Runtime
         adapters_of=queries.log_adapters,
     )
     serving = Serving(db)
-    manager = AdapterManager.from_urls(
-        settings.vllm.urls,
-        api_key=settings.vllm.api_key,
-        adapter_root=settings.adapters_dir,
-        max_loras=settings.vllm.max_loras,
-        max_rank=settings.vllm.max_lora_rank,
-        base_served_name=settings.vllm.base_served_name,
-        # Adapters must have been trained on the base the replicas serve (deploy.adapter_dir).
-        base_model=settings.vllm.base_model or None,
-    )
     project_settings = ProjectSettingsBook(settings, queries.project_settings())
-    rollouts = Rollouts(settings, serving, manager, metrics, project_settings.effective)
+    fleets = build_fleets(settings, project_settings.base_name)
+    rollouts = Rollouts(settings, serving, fleets, metrics, project_settings.effective)
     runtime = Runtime(
         settings=settings,
         db=db,
@@ -142,18 +135,19 @@ def build_runtime(settings: Settings, metrics: Metrics | None = None) -> Runtime
         keys=KeyRing(queries.list_keys(), settings.admin_key),
         metrics=metrics,
         serving=serving,
-        manager=manager,
-        gateway=Gateway(settings, manager, capture, metrics, rollouts.routing),
+        fleets=fleets,
+        gateway=Gateway(settings, fleets, capture, metrics, rollouts.routing),
         rollouts=rollouts,
         runs=Runs(db, serving),
         erasures=Erasures(db, settings.runs_dir, settings.erasure_batch_rows, archive),
         project_settings=project_settings,
         gate_configs=GateConfigs(db),
+        gateways=GatewayRegistry(fleets),
         projects={p.name for p in queries.list_projects()},
         archive=archive,
     )
     for name in runtime.projects:
-        metrics.init_project(name)
+        metrics.init_project(name, fleets.base_of(name))
     import_files(runtime)  # a project's eval.json, once
     return runtime
 
@@ -250,7 +244,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
                 flush_key_use(runtime)
             except Exception:
                 log.exception("could not record when API keys were last used")
-            await runtime.manager.aclose()
+            await runtime.fleets.aclose()
             runtime.writer.stop()
             runtime.db.close()
 
@@ -272,6 +266,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
             projects.export,
             gateway.chat_completions,
             gateway.completions,
+            gateway.list_models,
+            gateways.sync_gateway,
             adapters.list_adapters,
             adapters.get_rollout,
             adapters.register_adapter,

@@ -65,6 +65,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gateway(args: argparse.Namespace) -> int:
+    """Run a stateless gateway replica beside `ratchet serve` (run as many as you like).
+
+    It routes by the store's state (kept when the store is away), forwards to vLLM, and ships its
+    logs to the store (spooled on disk while the store is away). Example:
+    `RATCHET_GATEWAY__STORE_URL=http://10.0.0.5:8470 RATCHET_GATEWAY__STORE_KEY=$ADMIN ratchet gateway --port 8471`
+    """
+    import uvicorn
+
+    from service.app import tune_interpreter_for_serving
+    from service.gateway_replica import build_replica, create_replica_app
+
+    settings = _settings(args)
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    if args.spool_dir:
+        overrides["spool_dir"] = args.spool_dir
+    if overrides:
+        settings = msgspec.structs.replace(
+            settings, gateway=msgspec.structs.replace(settings.gateway, **overrides)
+        )
+    runtime = build_replica(settings)
+    app = create_replica_app(runtime)
+    g = settings.gateway
+    print(
+        f"ratchet: gateway on http://{g.host}:{g.port}  (store: {g.store_url}, spool: {settings.gateway_spool_dir})",
+        flush=True,
+    )
+    tune_interpreter_for_serving()
+    uvicorn.run(
+        app, host=g.host, port=g.port, log_level="warning", access_log=False,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+    )  # fmt: skip
+    return 0
+
+
 def cmd_projects_create(args: argparse.Namespace) -> int:
     """Create a project and print its first API key (shown once).
 
@@ -556,6 +591,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = add("serve", cmd_serve)
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+
+    gw = add("gateway", cmd_gateway)
+    gw.add_argument("--host")
+    gw.add_argument("--port", type=int)
+    gw.add_argument("--spool-dir", help="this replica's spool directory (default <data_dir>/gateway-<port>)")
 
     projects = sub.add_parser("projects", help="create and list projects").add_subparsers(
         dest="action", required=True, metavar="ACTION"

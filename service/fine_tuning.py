@@ -341,7 +341,7 @@ class FineTuning:
     async def create(self, project: str, request: JobCreate) -> Job:
         """Store a job, its files checked against its method, and start its run, or queue it
         behind the project's run and earlier queued jobs. `InvalidInput` naming the field."""
-        if request.model not in (project, self.rt.settings.vllm.base_served_name):
+        if request.model not in (project, self.rt.project_settings.effective(project).vllm.base_served_name):
             raise InvalidInput(
                 f"`model` {request.model!r}: name the project ({project!r}), the model alias your app "
                 "calls; training starts from its base model",

@@ -21,7 +21,8 @@ commit lingers up to `writer.linger_ms` for more rows: at gateway rates one comm
 logs. A log is committed within about that linger after its answer; a `kill -9` loses the logs of
 the answers sent in that window, a stop (SIGTERM) none. An answer the shape module cannot
 read is stored all the same (quarantined `shape_error`), with an error in the server log and
-`ratchet_gateway_logs_unreadable_total` counted.
+`ratchet_gateway_logs_unreadable_total` counted. In a `ratchet gateway` replica
+(`service.gateway_replica`) the same rows go to its `LogShipper` instead of the writer (`LogSink`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ import aiohttp
 import msgspec
 from yarl import URL
 
-from deploy.adapters import AdapterManager, AdapterNotServable, Lease
+from deploy.adapters import AdapterNotServable, Lease
+from deploy.fleets import Fleets
 from deploy.rollout import Rollout
 from deploy.routing import NoServableAdapter, RoutingTable, route
 from deploy.vllm_client import ModelNotFound, RequestRejected, error_of, reply_error
@@ -53,7 +55,7 @@ from formats.chat import (
     check_request,
 )
 from formats.log import NormalizedLog, normalize_chat, normalize_completion
-from service.capture import Capture, adapter_label, log_row, new_log_id
+from service.capture import adapter_label, log_row, new_log_id
 from service.clock import utcnow
 from service.config import Settings
 from service.errors import (
@@ -151,6 +153,24 @@ def _error_path(text: str) -> tuple[str, str | None]:
     return message, path or None
 
 
+# --- where the gateway's logs go
+
+
+class LogSink(Protocol):
+    """Where the gateway hands what it logs: the store's `Capture` in `ratchet serve`, a
+    `service.log_shipper.LogShipper` in a `ratchet gateway` replica. None of these waits."""
+
+    def submit_log_row(self, row: LogRow) -> None: ...
+
+    def submit_upstream_failure(
+        self, project: str, adapter: str, reason: str, log_id: str | None = None
+    ) -> None: ...
+
+    def remember_adapter(self, project: str, log_id: str, adapter: str | None) -> None: ...
+
+    async def flush(self) -> None: ...
+
+
 # --- the upstream HTTP client, behind one small interface
 
 
@@ -198,7 +218,10 @@ class AiohttpUpstream:
         if settings.vllm.api_key:
             self._headers["Authorization"] = f"Bearer {settings.vllm.api_key}"
         self._urls = {
-            (url, path): URL(url.rstrip("/") + path) for url in settings.vllm.urls for path in _PATHS.values()
+            (url, path): URL(url.rstrip("/") + path)
+            for fleet in settings.vllm.fleets
+            for url in fleet.replicas
+            for path in _PATHS.values()
         }
         self._session: aiohttp.ClientSession | None = None
 
@@ -296,20 +319,21 @@ class _Call:
 
 class Gateway:
     """Routes, forwards and logs gateway requests. `routing` is the live routing table (the
-    service's rollouts own and write it; the gateway only reads it); `upstream` the HTTP client
-    to vLLM (aiohttp unless given)."""
+    service's rollouts own and write it, or a replica's sync with the store; the gateway only
+    reads it); `fleets` which replicas serve each project (its base model's); `capture` where
+    logs go; `upstream` the HTTP client to vLLM (aiohttp unless given)."""
 
     def __init__(
         self,
         settings: Settings,
-        manager: AdapterManager,
-        capture: Capture,
+        fleets: Fleets,
+        capture: LogSink,
         metrics: Metrics,
         routing: RoutingTable,
         upstream: Upstream | None = None,
     ) -> None:
         self.settings = settings
-        self.manager = manager
+        self.fleets = fleets
         self.capture = capture
         self.metrics = metrics
         self.routing = routing
@@ -367,7 +391,7 @@ class Gateway:
                 call.lease.replica, reply.status_code, content, context="generation", model=call.served_name
             )
             if isinstance(error, ModelNotFound):
-                self.manager.report_missing(call.served_name, call.lease.replica)
+                self.fleets.of(project).report_missing(call.served_name, call.lease.replica)
                 self._fail(call, "adapter_missing")
                 continue
             # A request vLLM refuses as invalid is the client's mistake, not an upstream failure.
@@ -379,6 +403,7 @@ class Gateway:
         raise UpstreamUnavailable("the adapter is being re-loaded on the replicas; retry shortly")
 
     def _start(self, project: str, request: GatewayRequest, log_id: str, version: str | None = None) -> _Call:
+        manager = self.fleets.of(project)  # the replicas of the project's base model
         try:
             served = (
                 version
@@ -386,10 +411,10 @@ class Gateway:
                     self.rollout(project),
                     end_user=request.end_user,
                     request_key=log_id,
-                    servable=self.manager.servable,
+                    servable=manager.servable,
                 ).served_name
             )
-            lease = self.manager.acquire(served)
+            lease = manager.acquire(served)
         except (NoServableAdapter, AdapterNotServable) as exc:
             self.metrics.gateway_upstream_errors.labels(project, "none", "not_servable").inc()
             raise UpstreamUnavailable(f"{project}: no adapter can serve now ({exc}); retry shortly") from exc
@@ -398,7 +423,7 @@ class Gateway:
         return _Call(project, request, log_id, served, lease, time.perf_counter(), label)
 
     def _label(self, project: str, served_name: str) -> str:
-        return adapter_label(project, served_name, self.settings.vllm.base_served_name)
+        return adapter_label(project, served_name, self.routing.base_of(project))
 
     def _fail(self, call: _Call, reason: str) -> None:
         """The request failed upstream: count it, and record it against its adapter for the

@@ -170,6 +170,25 @@ class Metrics:
             ["project", "adapter", "direction"],
             registry=r,
         )
+        # --- gateway replicas (`ratchet gateway`): their logs' way to the store
+        self.gateway_spool_logs = Gauge(
+            "ratchet_gateway_spool_logs",
+            "Logs a gateway replica holds on disk that the store has not taken yet.",
+            registry=r,
+        )
+        self.gateway_logs_shipped = Counter(
+            "ratchet_gateway_logs_shipped_total",
+            "Logs a gateway replica handed to the store, by outcome (delivered; duplicate: the store had it, a re-send; refused: the store rejected it, named in the replica's log).",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in ("delivered", "duplicate", "refused"):
+            self.gateway_logs_shipped.labels(outcome)
+        self.gateway_store_up = Gauge(
+            "ratchet_gateway_store_up",
+            "1 when a gateway replica's last sync with the store succeeded, else 0 (it routes by the last state it got).",
+            registry=r,
+        )
         # --- runs and evaluation
         self.runs = Counter(
             "ratchet_runs_total",
@@ -243,6 +262,12 @@ class Metrics:
             ["project"],
             registry=r,
         )
+        self.project_base_model = Gauge(
+            "ratchet_project_base_model_info",
+            "1 for each project and the base model (vllm.models name) its adapters are trained on and served by.",
+            ["project", "base_model"],
+            registry=r,
+        )
         ProcessCollector(registry=r)
         # Created up front (dashboards show zeros) and kept: `labels()` per request is a lock and
         # a tuple build on the ingest hot path.
@@ -261,6 +286,14 @@ class Metrics:
             child = self._http_children[key] = self.http_request_seconds.labels(*key)
         child.observe(seconds)
 
+    def set_base_model(self, project: str, base_model: str) -> None:
+        """`ratchet_project_base_model_info`: the project's one base model."""
+        for family in self.project_base_model.collect():
+            for sample in family.samples:
+                if sample.labels["project"] == project and sample.labels["base_model"] != base_model:
+                    self.project_base_model.remove(project, sample.labels["base_model"])
+        self.project_base_model.labels(project, base_model).set(1)
+
     def forget_project(self, project: str) -> None:
         """Remove every series labelled with a deleted project."""
         for metric in vars(self).values():
@@ -276,8 +309,11 @@ class Metrics:
             for values in series:
                 metric.remove(*values)
 
-    def init_project(self, project: str) -> None:
-        """Create a project's label sets so dashboards show zeros before the first event."""
+    def init_project(self, project: str, base_model: str | None = None) -> None:
+        """Create a project's label sets so dashboards show zeros before the first event, and
+        name its base model."""
+        if base_model is not None:
+            self.set_base_model(project, base_model)
         for outcome in RUN_OUTCOMES:
             self.runs.labels(project, outcome)
         for decision in GATE_DECISIONS:

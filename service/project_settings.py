@@ -23,9 +23,9 @@ from msgspec import UNSET, Meta, UnsetType
 
 from deploy.online_gate import GatePolicy
 from service.clock import utcnow
-from service.config import FeedbackGateSettings, Settings, TrainingSettings
+from service.config import FeedbackGateSettings, Settings, TrainingSettings, UnknownBaseModel, VllmSettings
 from service.domain import Principal
-from service.errors import Conflict
+from service.errors import Conflict, InvalidInput
 from service.store.serving import Event
 
 if TYPE_CHECKING:
@@ -76,7 +76,10 @@ ProjectSettingsPatch = msgspec.defstruct(
             "base_model",
             Annotated[
                 str,
-                Meta(max_length=512, description="Base model path the project's adapters are trained on."),
+                Meta(
+                    max_length=512,
+                    description="The project's base model: a name or path of the settings' vllm.models.",
+                ),
             ]
             | None
             | UnsetType,
@@ -136,9 +139,38 @@ def effective(settings: Settings, overrides: dict[str, Any], base_model: str) ->
         training=replace(settings.training, **overrides.get("training", {})),
         online_gate=replace(settings.online_gate, **overrides.get("online_gate", {})),
         feedback_gate=replace(settings.feedback_gate, **overrides.get("feedback_gate", {})),
-        vllm=replace(settings.vllm, base_model=base_model) if base_model else settings.vllm,
+        vllm=project_vllm(settings, base_model),
         **{k: overrides[k] for k in ("canary_fraction", "retention_days") if k in overrides},
     )
+
+
+def project_vllm(settings: Settings, base_model: str) -> VllmSettings:
+    """The vLLM settings of a project's base model (`vllm.models`): its path, replicas and served
+    name. A stored base model no setting names (a path stored before `vllm.models`, or settings
+    changed since) keeps the default replicas with its own path, so its adapters stay checked
+    against the base they were trained on."""
+    try:
+        return settings.vllm.serving(settings.vllm.model(base_model))
+    except UnknownBaseModel:
+        return msgspec.structs.replace(settings.vllm, base_model=base_model)
+
+
+def known_base_model(settings: Settings, base_model: str) -> str:
+    """`base_model` as a project may name it (a `vllm.models` name or path; "" for the default).
+    `InvalidInput` naming the known ones otherwise."""
+    try:
+        settings.vllm.model(base_model)
+    except UnknownBaseModel as exc:
+        raise InvalidInput(str(exc), "base_model") from exc
+    return base_model
+
+
+def base_model_name(settings: Settings, base_model: str) -> str:
+    """The `vllm.models` name of a project's base model (the default's for one no setting names)."""
+    try:
+        return settings.vllm.model(base_model).name
+    except UnknownBaseModel:
+        return settings.vllm.fleets[0].name
 
 
 def view(settings: Settings) -> dict[str, Any]:
@@ -173,6 +205,7 @@ class ProjectSettingsBook:
         self.settings = settings
         self._stored = dict(stored)
         self._effective: dict[str, Settings] = {}
+        self._base_names: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def effective(self, project: str) -> Settings:
@@ -181,6 +214,13 @@ class ProjectSettingsBook:
         if found is None:
             overrides, base_model = self._stored.get(project, ({}, ""))
             found = self._effective[project] = effective(self.settings, overrides, base_model)
+        return found
+
+    def base_name(self, project: str) -> str:
+        """The `vllm.models` name of the project's base model (kept: the gateway asks per request)."""
+        found = self._base_names.get(project)
+        if found is None:
+            found = self._base_names[project] = base_model_name(self.settings, self.stored(project)[1])
         return found
 
     def overrides(self, project: str) -> dict[str, Any]:
@@ -194,11 +234,13 @@ class ProjectSettingsBook:
         with self._lock:
             self._stored[project] = (overrides, base_model)
             self._effective.pop(project, None)
+            self._base_names.pop(project, None)
 
     def forget(self, project: str) -> None:
         with self._lock:
             self._stored.pop(project, None)
             self._effective.pop(project, None)
+            self._base_names.pop(project, None)
 
 
 def read(runtime: Runtime, project: str) -> ProjectSettingsOut:
@@ -218,13 +260,9 @@ def update(runtime: Runtime, principal: Principal, project: str, patch: Any) -> 
     current, base_model = book.stored(project)
     overrides = merge(current, patch)
     if patch.base_model is not UNSET:
-        new_base = patch.base_model or ""
-        trained = [a.served_name for a in runtime.serving.adapters(project) if a.version > 0]
-        if new_base != base_model and trained:
-            raise Conflict(
-                f"project {project} already has adapters trained on its base model ({', '.join(trained)}): "
-                "create a new project for another base model"
-            )
+        new_base = known_base_model(book.settings, patch.base_model or "")
+        if new_base != base_model:
+            check_base_model_change(runtime, project, base_model, new_base)
         base_model = new_base
     after = view(effective(book.settings, overrides, base_model))
     diff = changes(before, after)
@@ -232,4 +270,24 @@ def update(runtime: Runtime, principal: Principal, project: str, patch: Any) -> 
         event = Event(utcnow(), project, None, "settings_changed", {"by": principal.key_id, "changed": diff})
         runtime.queries.save_project_settings(project, overrides, base_model, event)
         book.set(project, overrides, base_model)
+        runtime.metrics.set_base_model(project, runtime.fleets.base_of(project))
     return read(runtime, project)
+
+
+def check_base_model_change(runtime: Runtime, project: str, old: str, new: str) -> None:
+    """`Conflict` once the project has trained adapters (they fit the old base only), or serves
+    version 0 (a zero adapter of the old base) and the new base is another `vllm.models` entry,
+    whose replicas would refuse it."""
+    versions = runtime.serving.adapters(project)
+    trained = [a.served_name for a in versions if a.version > 0]
+    if trained:
+        raise Conflict(
+            f"project {project} already has adapters trained on its base model ({', '.join(trained)}): "
+            "create a new project for another base model"
+        )
+    settings = runtime.project_settings.settings
+    if versions and base_model_name(settings, new) != base_model_name(settings, old):
+        raise Conflict(
+            f"project {project} serves version 0 of base model {base_model_name(settings, old)!r} on its "
+            "replicas: create a new project for another base model"
+        )

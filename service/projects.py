@@ -8,20 +8,23 @@ import logging
 from service.auth import OWNER_SCOPES, mint_key
 from service.clock import utcnow
 from service.domain import Project, ProjectCreated, ProjectIn
+from service.project_settings import known_base_model
 from service.runtime import Runtime
 
 log = logging.getLogger("ratchet.projects")
 
 
 def create_project(runtime: Runtime, data: ProjectIn) -> ProjectCreated:
-    """Create a project and its first key (shown once). `Conflict` if the name is taken."""
+    """Create a project and its first key (shown once). `Conflict` if the name is taken;
+    `InvalidInput` for a base model no setting names (`vllm.models`)."""
     now = utcnow()
-    project = Project(data.name, data.base_model, now)
+    project = Project(data.name, known_base_model(runtime.settings, data.base_model), now)
     secret, key = mint_key(data.name, now, OWNER_SCOPES, name="owner")
     runtime.queries.create_project(project, key)
     runtime.keys.add(key)
+    runtime.project_settings.set(data.name, {}, project.base_model)  # its base: before any load
     runtime.projects.add(data.name)
-    runtime.metrics.init_project(data.name)
+    runtime.metrics.init_project(data.name, runtime.fleets.base_of(data.name))
     return ProjectCreated(project, secret)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from deploy import rollout as policy
 from deploy.adapter_dir import InvalidAdapter, resolve_under_root
 from deploy.adapters import AdapterError, AdapterManager, Fingerprint, ReconcileReport
+from deploy.fleets import Fleets
 from deploy.names import parse_served_name, served_name
 from deploy.online_gate import GateDecision, decide
 from deploy.rollout import Rollout, RolloutConflict, Transition
@@ -40,13 +41,14 @@ class AdapterLoadError(AdapterLoadFailed):
 
 class Rollouts:
     """What each project serves, kept in the database, in the gateway's routing table (`routing`,
-    which this owns: the gateway reads it) and in vLLM."""
+    which this owns: the gateway reads it) and in vLLM: on the replicas of the project's base
+    model (`fleets`), within that fleet's `max_loras` budget."""
 
     def __init__(
         self,
         settings: Settings,
         serving: Serving,
-        manager: AdapterManager,
+        fleets: Fleets,
         metrics: Metrics,
         settings_for: Callable[[str], Settings] | None = None,
     ) -> None:
@@ -54,8 +56,12 @@ class Rollouts:
         # A project's settings in effect (canary fraction, online gate); the global ones by default.
         self.settings_for = settings_for or (lambda _project: settings)
         self.serving = serving
-        self.manager = manager
-        self.routing = RoutingTable(settings.vllm.base_served_name, serving.rollouts())
+        self.fleets = fleets
+        self.routing = RoutingTable(
+            settings.vllm.base_served_name,
+            serving.rollouts(),
+            base_of=lambda project: self.settings_for(project).vllm.base_served_name,
+        )
         self.metrics = metrics
         self._lock = asyncio.Lock()
         self._base_locks: dict[str, asyncio.Lock] = {}
@@ -74,7 +80,7 @@ class Rollouts:
         if (
             project in self.routing
             or not self.settings.vllm.null_adapter_v0
-            or not self.settings.vllm.base_model
+            or not self.settings_for(project).vllm.base_model
         ):
             return
         # Project creation, adapter registration and the reconcile job may all ask at once.
@@ -84,10 +90,11 @@ class Rollouts:
 
     async def _serve_base_version(self, project: str, run_id: str | None) -> None:
         name = served_name(project, 0)
+        base_model = self.settings_for(project).vllm.base_model
         path = self.settings.adapters_dir / project / "v0"
         if not (path / "adapter_config.json").exists():
             try:
-                await run_trainer("null-adapter", "--base", self.settings.vllm.base_model, "--out", str(path))
+                await run_trainer("null-adapter", "--base", base_model, "--out", str(path))
             except TrainerFailed as exc:
                 raise AdapterLoadError(f"could not write {name}'s null adapter: {exc.message}") from exc
         now = utcnow()
@@ -97,7 +104,7 @@ class Rollouts:
                 AdapterRecord(
                     project=project, version=0, served_name=name, path=str(path), parent_version=None, method="null",
                     snapshot_sha256=None, state="candidate", created_at=now, updated_at=now,
-                    manifest=read_manifest(path) or AdapterManifest(kind="null", base_model=self.settings.vllm.base_model),
+                    manifest=read_manifest(path) or AdapterManifest(kind="null", base_model=base_model),
                 ),
             )  # fmt: skip
         async with self._lock:  # making room and loading are one step for the shared budget
@@ -157,14 +164,14 @@ class Rollouts:
     async def ensure_loaded(self, name: str) -> None:
         """Load `name` on every replica if it isn't yet (e.g. to evaluate it before any routing)."""
         async with self._lock:
-            if not self.manager.servable(name):
+            if not self.fleets.serving(name).servable(name):
                 await self._make_servable(name)
 
     async def ensure_addressable(self, name: str) -> None:
         """Make a version a request named (`project@vN`) servable: loaded if it is not (a
         fine-tuning job's version evicted for room, or lost by a vLLM restart). `NotFound` for no
         such version, or one that may not answer: failed, or trained on erased data."""
-        if self.manager.servable(name):
+        if self.fleets.serving(name).servable(name):
             return
         try:
             record = await asyncio.to_thread(self.serving.adapter, name)
@@ -178,9 +185,9 @@ class Rollouts:
     async def discard(self, name: str, reason: str, run_id: str | None = None) -> None:
         """A candidate that will not be served: unload it and mark it rejected."""
         async with self._lock:
-            if self.manager.is_loaded(name):  # also when withdrawn from routing
+            if self.fleets.serving(name).is_loaded(name):  # also when withdrawn from routing
                 try:
-                    await self.manager.unload(name)
+                    await self.fleets.serving(name).unload(name)
                 except Exception as exc:
                     log.warning("could not unload %s: %s", name, exc)
             project = parse_served_name(name).project
@@ -258,7 +265,7 @@ class Rollouts:
         """Make `t` happen: load what must serve, switch routing and record, then drain and unload."""
         async with self._lock:
             for name in t.load:
-                if not self.manager.servable(name):
+                if not self.fleets.serving(name).servable(name):
                     try:
                         await self._make_servable(name)
                     except AdapterLoadError as exc:
@@ -268,7 +275,7 @@ class Rollouts:
             await self._record(t, run_id, gate=gate)
             for name in t.unload:
                 try:
-                    await self.manager.unload(name)
+                    await self.fleets.serving(name).unload(name)
                 except Exception as exc:  # it stays loaded; reconcile reports it, routing never uses it
                     log.warning("could not unload %s: %s", name, exc)
             return t
@@ -280,7 +287,8 @@ class Rollouts:
         `make_room` needs the slot (no project routes to it)."""
         async with self._lock:
             rollout = self.routing.pop(project, None)
-            loaded = {s.served_name for s in self.manager.status() if _project_of(s.served_name) == project}
+            manager = self.fleets.of(project)
+            loaded = {s.served_name for s in manager.status() if _project_of(s.served_name) == project}
             wanted = {
                 *loaded,
                 *names,
@@ -289,7 +297,7 @@ class Rollouts:
             unloaded = []
             for name in sorted(n for n in wanted if n and _project_of(n) == project):
                 try:
-                    await self.manager.unload(name)
+                    await manager.unload(name)
                     unloaded.append(name)
                 except Exception as exc:
                     log.warning("could not unload %s of deleted project %s: %s", name, project, exc)
@@ -297,21 +305,31 @@ class Rollouts:
 
     async def reconcile(self) -> None:
         """Re-load on every replica what the database says is serving (replicas lose runtime adapters
-        when they restart) and re-check fingerprints; a drifted adapter stops receiving requests."""
-        desired: dict[str, str] = {}
-        fingerprints: dict[str, Fingerprint] = {}
-        try:
-            names = policy.keep_loaded(self.routing.values(), max_loras=self.manager.max_loras)
-        except policy.BudgetTooSmall as exc:
-            raise AdapterLoadError(str(exc)) from exc
-        for name in names:
-            record = await asyncio.to_thread(self.serving.adapter, name)
-            desired[name] = record.path
-            if record.fingerprint:
-                fingerprints[name] = Fingerprint(tuple(record.fingerprint))
-        if not desired:
-            return
-        await self._record_reconcile(await self.manager.reconcile(desired, fingerprints=fingerprints))
+        when they restart) and re-check fingerprints; a drifted adapter stops receiving requests.
+        Each base model's replicas get its projects' adapters; one whose budget is too small
+        (`AdapterLoadError`, raised after the others) does not hold the others back."""
+        too_small = []
+        for base, manager in self.fleets:
+            desired: dict[str, str] = {}
+            fingerprints: dict[str, Fingerprint] = {}
+            try:
+                names = policy.keep_loaded(self._rollouts_of(base), max_loras=manager.max_loras)
+            except policy.BudgetTooSmall as exc:
+                too_small.append(f"{base}: {exc}")
+                continue
+            for name in names:
+                record = await asyncio.to_thread(self.serving.adapter, name)
+                desired[name] = record.path
+                if record.fingerprint:
+                    fingerprints[name] = Fingerprint(tuple(record.fingerprint))
+            if desired:
+                await self._record_reconcile(await manager.reconcile(desired, fingerprints=fingerprints))
+        if too_small:
+            raise AdapterLoadError("; ".join(too_small))
+
+    def _rollouts_of(self, base: str) -> list[Rollout]:
+        """The rollouts of the projects on base model `base`: they share its replicas' budget."""
+        return [r for r in self.routing.values() if self.fleets.base_of(r.project) == base]
 
     async def _record_reconcile(self, report: ReconcileReport) -> None:
         """An event per adapter a reconcile re-loaded on a replica or found drifted there."""
@@ -327,33 +345,38 @@ class Rollouts:
         """Load `name`, or, when it is loaded but withdrawn from routing (a replica restarted or
         it drifted), reconcile it: a loaded name is never loaded twice."""
         record = await asyncio.to_thread(self.serving.adapter, name)
-        if not self.manager.is_loaded(name):
+        manager = self.fleets.serving(name)
+        if not manager.is_loaded(name):
             await self._load(name, record.path)
             return
         expected = {name: Fingerprint(tuple(record.fingerprint))} if record.fingerprint else None
-        await self._record_reconcile(await self.manager.reconcile({name: record.path}, fingerprints=expected))
-        if not self.manager.servable(name):
+        await self._record_reconcile(await manager.reconcile({name: record.path}, fingerprints=expected))
+        if not manager.servable(name):
             raise AdapterLoadError(f"{name} is loaded but cannot be served (drifted or unreachable replicas)")
 
-    async def _make_room(self, incoming: str) -> None:
+    async def _make_room(self, incoming: str, manager: AdapterManager) -> None:
         """Unload what no project serves, then previous champions, until `incoming` fits: every
-        project shares the replicas' `max_loras` budget. A later rollback re-loads a previous one."""
-        loaded = [s.served_name for s in self.manager.status()]
+        project of a base model shares its replicas' `max_loras` budget. A later rollback re-loads
+        a previous one."""
+        loaded = [s.served_name for s in manager.status()]
+        base = self.fleets.base_of(parse_served_name(incoming).project)
         try:
-            victims = policy.make_room(self.routing.values(), loaded, max_loras=self.manager.max_loras)
+            victims = policy.make_room(self._rollouts_of(base), loaded, max_loras=manager.max_loras)
         except policy.BudgetTooSmall as exc:
             raise AdapterLoadError(f"no room to load {incoming}: {exc}") from exc
         for name in victims:
-            await self.manager.unload(name)
+            await manager.unload(name)
             await asyncio.to_thread(self.serving.add_event, Event(utcnow(), parse_served_name(name).project, None,
                                     "adapter_unloaded", {"adapter": name, "reason": f"room for {incoming}"}))  # fmt: skip
 
     async def _load(self, name: str, path: str) -> None:
-        """Load `name` on every replica (after making room for it) and record its fingerprint."""
-        await self._make_room(name)
+        """Load `name` on every replica of its project's base model (after making room for it)
+        and record its fingerprint."""
+        manager = self.fleets.serving(name)
+        await self._make_room(name, manager)
         started = time.perf_counter()
         try:
-            report = await self.manager.load(name, Path(path))
+            report = await manager.load(name, Path(path))
         except AdapterError as exc:
             raise AdapterLoadError(f"could not load {name}: {exc}") from exc
         self.metrics.hot_swap_seconds.observe(time.perf_counter() - started)

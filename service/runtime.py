@@ -6,11 +6,12 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from deploy.adapters import AdapterManager
+from deploy.fleets import Fleets
 from service.auth import KeyRing
 from service.capture import Capture
 from service.config import Settings
 from service.gateway import Gateway
+from service.gateways import GatewayRegistry
 from service.metrics import Metrics
 from service.project_settings import ProjectSettingsBook
 from service.rollouts import Rollouts
@@ -36,13 +37,16 @@ class Runtime:
     keys: KeyRing
     metrics: Metrics
     serving: Serving
-    manager: AdapterManager
+    fleets: Fleets
+    """The adapter manager of each base model (`vllm.models`) and which one serves a project."""
     gateway: Gateway
     rollouts: Rollouts
     runs: Runs
     erasures: Erasures
     project_settings: ProjectSettingsBook
     gate_configs: GateConfigs
+    gateways: GatewayRegistry
+    """The `ratchet gateway` replicas heard from (their in-flight requests hold an unload)."""
     projects: set[str] = field(default_factory=set)
     archive: Archive | None = None
     """The Parquet lake of old logs (None: only in tests that build a runtime by hand)."""

@@ -19,6 +19,8 @@ pytest_plugins = [
 
 
 def pytest_collection_modifyitems(items: list) -> None:  # type: ignore[type-arg]
-    """Tests marked `own_vllm` stop the shared vLLM server to run their own (two would not fit
-    beside each other on 2 cores): running them last spares restarting it (~50 s) afterwards."""
+    """Tests marked `own_vllm` run a vLLM server of their own: beside the shared one only where
+    two servers are the point (tests/test_multibase_vllm.py, first), otherwise after stopping it
+    (two slow each other down on 2 cores). Running them last keeps a second server away from the
+    other tests and spares restarting the shared one (~50 s) afterwards."""
     items.sort(key=lambda item: item.get_closest_marker("own_vllm") is not None)

@@ -252,9 +252,9 @@ def test_the_service_refuses_an_adapter_trained_on_another_base_before_any_repli
 
     async def load() -> None:
         try:
-            await runtime.manager.load("p@v1", adapter)
+            await runtime.fleets.of("p").load("p@v1", adapter)
         finally:
-            await runtime.manager.aclose()
+            await runtime.fleets.aclose()
 
     try:
         with pytest.raises(

@@ -150,6 +150,8 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("POST", "/v1/completions"): Route(
         "ingest", 503, lambda w: ("POST", "/v1/completions", {"json": {"model": A, "prompt": "hi"}})
     ),
+    # Another project's key lists its own project.
+    ("GET", "/v1/models"): Route("ingest", 200, lambda w: ("GET", "/v1/models", {}), other=200),
     ("GET", "/v1/logs/{log_id}"): Route("read", 200, lambda w: ("GET", "/v1/logs/log-1", {"params": {"project": A}})),
     ("DELETE", "/v1/logs/{log_id}"): Route(
         "manage", 200, lambda w: ("DELETE", f"/v1/logs/{w.fresh_log()}", {"params": {"project": A}})
@@ -194,6 +196,9 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "/v1/projects/{name}/gate"): Route("read", 200, lambda w: ("GET", f"/v1/projects/{A}/gate", {})),
     ("PUT", "/v1/projects/{name}/gate"): Route(
         "manage", 200, lambda w: ("PUT", f"/v1/projects/{A}/gate", {"json": {"min_samples": 20}})
+    ),
+    ("POST", "/v1/gateways/sync"): Route(
+        "admin", 200, lambda w: ("POST", "/v1/gateways/sync", {"json": {"gateway_id": "matrix"}})
     ),
     ("GET", "/v1/adapters"): Route("read", 200, lambda w: ("GET", "/v1/adapters", {"params": {"project": A}})),
     ("POST", "/v1/projects/{name}/adapters"): Route(

@@ -28,6 +28,7 @@ from tests.test_api_capture import chat_log
         ({"retention_days": -3}, "retention_days"),
         ({"retention": 3}, "retention"),
         ({"base_model": "x" * 600}, "base_model"),
+        ({"base_model": "/models/not-configured"}, "base_model"),
     ],
 )
 def test_a_bad_value_is_a_422_naming_the_field(ratchet_server: RatchetProcess, body: Any, field: str) -> None:

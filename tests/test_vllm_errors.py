@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from deploy.adapters import AdapterManager
+from deploy.fleets import Fleets
 from deploy.routing import RoutingTable
 from deploy.vllm_client import (
     ModelNotFound,
@@ -138,7 +139,9 @@ async def _gateway(status: int, body: bytes) -> tuple[str, str, int]:
     manager = AdapterManager.from_urls([REPLICA], adapter_root="/nonexistent", max_loras=2, max_rank=8,
                                        base_served_name="tiny")  # fmt: skip
     upstream, capture = _Upstream(status, body), _Capture()
-    gateway = Gateway(settings, manager, capture, Metrics(), RoutingTable("tiny"), upstream=upstream)  # type: ignore[arg-type]
+    gateway = Gateway(
+        settings, Fleets.single(manager), capture, Metrics(), RoutingTable("tiny"), upstream=upstream
+    )  # type: ignore[arg-type]
     request = parse_request("chat", b'{"model": "shop", "messages": [{"role": "user", "content": "hi"}]}')
     try:
         await gateway.forward("shop", request)

@@ -3,7 +3,7 @@ renders them, version 0 serves the base, and SFT, DPO and KTO adapters trained f
 system prompts and several turns load at runtime, change the greedy answers and get a fingerprint.
 
 One vLLM server per family, one at a time (the session's shared server is paused meanwhile, and
-started again afterwards). Each family's server is spawned before its adapters train, so training
+started again afterwards; tests/test_multibase_vllm.py, just before, may have started one). Each family's server is spawned before its adapters train, so training
 uses the core vLLM's start-up leaves free. Llama, the session's own tiny model, is covered the
 same way by tests/test_trainer_vllm.py, test_deploy_manager_vllm.py and test_vllm_runtime_lora.py.
 
@@ -31,7 +31,7 @@ from deploy.adapters import AdapterManager
 from deploy.vllm_client import ReplicaClient
 from tests.fixtures.families import compare_renders, conversation_snapshot
 from tests.fixtures.training import train_in_process
-from tests.fixtures.vllm import VLLMServer, VLLMStartError, sole_server
+from tests.fixtures.vllm import VLLMServer, VLLMStartError, family_server, stop_servers
 
 pytestmark = [pytest.mark.slow, pytest.mark.own_vllm]
 
@@ -62,23 +62,16 @@ def family(request) -> str:
 
 
 @pytest.fixture(scope="module")
-def paused_shared_servers() -> Iterator[None]:
-    with sole_server():
-        yield
-
-
-@pytest.fixture(scope="module")
-def served(
-    family, family_model, paused_shared_servers, tmp_path_factory
-) -> Iterator[tuple[VLLMServer, dict]]:
-    """The family's vLLM server (healthy) and its adapters: v0 (null) and one per method, trained
+def served(family, family_model, tmp_path_factory) -> Iterator[tuple[VLLMServer, dict]]:
+    """The family's vLLM server (healthy; the one tests/test_multibase_vllm.py started, if it
+    runs, and no other server beside it) and its adapters: v0 (null) and one per method, trained
     while the server was starting."""
     from trainer.null_adapter import write_null_adapter
 
     base = family_model(family)
     work = tmp_path_factory.mktemp(f"family-{family}")
-    server = VLLMServer(base, work / "vllm.log", model_name="tiny")
-    server.spawn()
+    server = family_server(family, base, work / "vllm.log")
+    stop_servers(keep=[server])
     try:
         # Every disliked answer corrected: SFT gets the uppercase answers users asked for, too.
         snapshot = conversation_snapshot(work / "snapshot", n_train=160, n_holdout=16, correction_rate=1.0)

@@ -152,6 +152,22 @@ def _trl_args(job: Job, hp: dict, evaluate: bool = False) -> dict:
     }
 
 
+def _reference_once(hp: dict, rows: int) -> dict:
+    """TRL's `precompute_ref_log_probs`, on when the run visits its examples more than once: the
+    reference model's log-probs (KTO: of the KL pairs too) are then computed in one pass before
+    training instead of at every visit. They are the same numbers (the reference is frozen and
+    LoRA dropout does not touch it), and a KTO step drops two of its four forward passes. A run that
+    sees each example at most once would only pay for examples it never reaches. Measured on the
+    demo's first KTO run (149 rows, 60 steps of 16, a loaded 2-core machine): the training loop took
+    13.6 s instead of 17.2 s on bare questions, and 2.2 s instead of 4.5 s a step behind the app's
+    ~250-token system prompt, with the same final loss."""
+    if hp["max_steps"]:
+        visits = hp["max_steps"] * hp["batch_size"] * hp["gradient_accumulation_steps"]
+    else:
+        visits = (hp["epochs"] or 1.0) * rows
+    return {"precompute_ref_log_probs": visits > rows, "precompute_ref_batch_size": hp["batch_size"]}
+
+
 def _lora(spec: RunSpec, model) -> LoraConfig | None:
     """A fresh adapter's shape, or None when continuing a parent (it keeps its own shape).
 
@@ -289,7 +305,10 @@ def train_dpo(job: Job, hp: dict) -> dict:
     model, tokenizer = load_model(job.spec)
     dataset = _dataset(job.examples.dpo, job.spec.seed)
     held = job.eval_dataset("dpo")
-    config = DPOConfig(**_trl_args(job, hp, held is not None), beta=hp["beta"], loss_type=hp["loss_type"])
+    config = DPOConfig(
+        **_trl_args(job, hp, held is not None), **_reference_once(hp, len(dataset)),
+        beta=hp["beta"], loss_type=hp["loss_type"],
+    )  # fmt: skip
     trainer = DPOTrainer(
         model=model,
         args=config,
@@ -310,8 +329,9 @@ def train_kto(job: Job, hp: dict) -> dict:
     dataset = _dataset(job.examples.kto, job.spec.seed)
     held = job.eval_dataset("kto")
     config = KTOConfig(
-        **_trl_args(job, hp, held is not None), beta=hp["beta"], desirable_weight=hp["desirable_weight"]
-    )
+        **_trl_args(job, hp, held is not None), **_reference_once(hp, len(dataset)),
+        beta=hp["beta"], desirable_weight=hp["desirable_weight"],
+    )  # fmt: skip
     trainer = KTOTrainer(
         model=model,
         args=config,

@@ -8,17 +8,20 @@ schema.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from litestar import Request, delete, post
 
 from service.api.deps import needs, scoped_project
 from service.api.openapi import FeedbackOperation, LogsOperation
+from service.auth import authorize
 from service.capture import decode_feedback, decode_logs
 from service.clock import utcnow
 from service.domain import CaptureResult, FeedbackWithdrawn, Principal
 from service.errors import InvalidInput
 from service.runtime import Runtime
+
+LogSource = Literal["api", "gateway"]
 
 
 def _reject_if_nothing_taken(result: CaptureResult) -> CaptureResult:
@@ -35,11 +38,14 @@ def _reject_if_nothing_taken(result: CaptureResult) -> CaptureResult:
 
 
 async def capture_logs(
-    runtime: Runtime, principal: Principal, project: str | None, body: bytes
+    runtime: Runtime, principal: Principal, project: str | None, body: bytes, source: LogSource = "api"
 ) -> CaptureResult:
-    """Decode and durably store a `POST /v1/logs` body for the caller's project."""
+    """Decode and durably store a `POST /v1/logs` body for the caller's project. `source`
+    `gateway` (a `ratchet gateway` replica shipping its logs) needs an admin key."""
     name = scoped_project(principal, runtime, project)
-    return _reject_if_nothing_taken(await runtime.capture.write_logs(name, decode_logs(body)))
+    if source != "api":
+        authorize(principal, "admin")
+    return _reject_if_nothing_taken(await runtime.capture.write_logs(name, decode_logs(body), source))
 
 
 async def capture_feedback(
@@ -60,10 +66,16 @@ async def capture_feedback(
     opt=needs("ingest"),
 )
 async def post_logs(
-    request: Request[Any, Any, Any], principal: Principal, runtime: Runtime, project: str | None = None
+    request: Request[Any, Any, Any],
+    principal: Principal,
+    runtime: Runtime,
+    project: str | None = None,
+    source: LogSource = "api",
 ) -> CaptureResult:
-    """Store one log or `{"logs": [...]}`. Same `id` twice is one row. Per-item results in order."""
-    return await capture_logs(runtime, principal, project, await request.body())
+    """Store one log or `{"logs": [...]}`. Same `id` twice is one row. Per-item results in order.
+    `?source=gateway` (admin keys: a `ratchet gateway` replica's logs) stores them as the
+    built-in gateway's."""
+    return await capture_logs(runtime, principal, project, await request.body(), source)
 
 
 @post(

@@ -11,15 +11,20 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Iterable
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Request
 from litestar.datastructures import State
+from litestar.params import Dependency
 
 from service.auth import ADMIN_SCOPES, Scope, authorize
 from service.domain import Principal
 from service.errors import InvalidInput, NotFound
 from service.runtime import Runtime
+
+SharedRuntime = Annotated[Runtime, Dependency(skip_validation=True)]
+"""The runtime, in routes a `ratchet gateway` replica serves too (the gateway's, `/metrics`): there
+it is a `service.gateway_replica.ReplicaRuntime`, which has what those routes read."""
 
 _DEV_PRINCIPAL = Principal("auth-disabled", None, frozenset(ADMIN_SCOPES))
 SCOPE_OPT = "scope"
@@ -34,7 +39,7 @@ def provide_runtime(state: State) -> Runtime:
     return state.runtime  # type: ignore[no-any-return]
 
 
-def provide_principal(request: Request[Any, Any, Any], runtime: Runtime) -> Principal:
+def provide_principal(request: Request[Any, Any, Any], runtime: SharedRuntime) -> Principal:
     """Authenticate the `Authorization: Bearer <key>` header (or `x-api-key`) and check the
     route's scope."""
     return authenticate(runtime, request.scope["headers"], request.route_handler.opt[SCOPE_OPT])

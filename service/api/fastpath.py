@@ -44,17 +44,20 @@ _EVENT_STREAM = [(k.encode(), v.encode()) for k, v in EVENT_STREAM_HEADERS.items
 
 class FastPath:
     """ASGI middleware that answers plain ingest and gateway requests itself and passes the rest
-    to `app`."""
+    to `app`. `ingest=False` (a `ratchet gateway` replica, which holds no store): the gateway
+    only; its `runtime` need only have what the gateway routes read (`settings`, `keys`,
+    `projects`, `gateway`, `rollouts.ensure_addressable`, `metrics`)."""
 
-    def __init__(self, app: ASGIApp, runtime: Runtime) -> None:
+    def __init__(self, app: ASGIApp, runtime: Runtime, *, ingest: bool = True) -> None:
         self.app = app
         self.runtime = runtime
         self.max_body = runtime.settings.max_body_bytes
+        self.routes = ROUTES if ingest else {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and not scope["query_string"]:
             path = scope["path"]
-            route = ROUTES.get(path)
+            route = self.routes.get(path)
             if route is not None and self._length_ok(scope):
                 await self._capture(route, scope, receive, send)
                 return

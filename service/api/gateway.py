@@ -9,13 +9,14 @@ Content-Length or over the limit, a query string) and publish the API in the Ope
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Any
 
-from litestar import MediaType, Request, Response, post
+from litestar import MediaType, Request, Response, get, post
 from litestar.response import Stream
 
-from service.api.deps import needs, scoped_project
-from service.domain import Principal
+from service.api.deps import SharedRuntime, needs, scoped_project
+from service.domain import ModelList, ModelOut, Principal
 from service.errors import InvalidInput
 from service.gateway import Endpoint, GatewayAnswer, GatewayStream, parse_request
 from service.runtime import Runtime
@@ -58,7 +59,9 @@ async def _forward(
     summary="Chat completion through the project's adapter",
     opt=needs("ingest"),
 )
-async def chat_completions(request: Request[Any, Any, Any], principal: Principal, runtime: Runtime) -> Any:
+async def chat_completions(
+    request: Request[Any, Any, Any], principal: Principal, runtime: SharedRuntime
+) -> Any:
     """OpenAI chat completions (streaming or not). The response `id` is the log id for feedback."""
     return await _forward(request, principal, runtime, "chat")
 
@@ -69,6 +72,25 @@ async def chat_completions(request: Request[Any, Any, Any], principal: Principal
     summary="Text completion through the project's adapter",
     opt=needs("ingest"),
 )
-async def completions(request: Request[Any, Any, Any], principal: Principal, runtime: Runtime) -> Any:
+async def completions(request: Request[Any, Any, Any], principal: Principal, runtime: SharedRuntime) -> Any:
     """OpenAI completions (streaming or not). The response `id` is the log id for feedback."""
     return await _forward(request, principal, runtime, "completions")
+
+
+@get("/v1/models", summary="The models (projects) the key may call", sync_to_thread=True, opt=needs("ingest"))
+def list_models(principal: Principal, runtime: Runtime) -> ModelList:
+    """OpenAI's model list: a project key sees its project, an all-projects key every project,
+    each with the base model it runs on (`vllm.models`) and the version serving it now."""
+    found = runtime.queries.list_projects()
+    return ModelList(
+        [
+            ModelOut(
+                id=p.name,
+                created=int(p.created_at.replace(tzinfo=UTC).timestamp()),
+                base_model=runtime.fleets.base_of(p.name),
+                serving=runtime.rollouts.current(p.name).champion,
+            )
+            for p in found
+            if principal.project in (None, p.name)
+        ]
+    )

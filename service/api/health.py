@@ -9,7 +9,7 @@ import msgspec
 from litestar import MediaType, Request, Response, get
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.api.deps import authenticate
+from service.api.deps import SharedRuntime, authenticate
 from service.errors import Forbidden
 from service.runtime import Runtime
 
@@ -35,7 +35,7 @@ async def readyz(runtime: Runtime) -> Response[Health]:
         checks["database"] = "ok"
     except Exception as exc:
         checks["database"] = f"error: {exc}"
-    for url, healthy in (await runtime.manager.health()).items():
+    for url, healthy in (await runtime.fleets.health()).items():
         checks[f"vllm {url}"] = "ok" if healthy else "unreachable"
     # Right after a start the adapters are still being loaded: the gateway would answer 503.
     checks["serving"] = "ok" if runtime.serving_up else "loading adapters"
@@ -49,7 +49,7 @@ def _ping(runtime: Runtime) -> None:
 
 
 @get("/metrics", summary="Prometheus metrics", media_type=MediaType.TEXT, sync_to_thread=True)
-def metrics(request: Request[Any, Any, Any], runtime: Runtime) -> Response[bytes]:
+def metrics(request: Request[Any, Any, Any], runtime: SharedRuntime) -> Response[bytes]:
     """Prometheus text exposition of every `ratchet_*` metric. With `metrics_require_key`, only
     for an all-projects key with the `read` scope: the series name every project."""
     if runtime.settings.metrics_require_key:

@@ -1,0 +1,293 @@
+"""`ratchet gateway` replicas beside the store: they answer while the store is killed, their logs
+reach the store exactly once when it is back, and an unload drains their requests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import httpx
+import openai
+import pytest
+
+from deploy.routing import RoutingTable
+from formats.gateway import GatewayReport
+from service.gateways import GatewayRegistry
+from tests.fixtures.server import GatewayProcess, RatchetProcess, wait_for
+from tests.test_api_capture import chat_log
+from tests.test_deploy_adapters import FakeVLLM, manager
+
+PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+# --- the drain across replicas, on the registry the store runs (no HTTP)
+
+
+class _Replica:
+    """A gateway replica's routing view and leases, synced with the registry as `StoreLink` does."""
+
+    def __init__(self, gateway_id: str, replicas: Any, root: Path, registry: GatewayRegistry) -> None:
+        self.id, self.registry = gateway_id, registry
+        self.manager = manager(replicas, root)
+        self.epoch: str | None = None
+        self.generation = 0
+
+    def sync(self) -> None:
+        report = GatewayReport(gateway_id=self.id, epoch=self.epoch, generation=self.generation,
+                               in_flight=self.manager.in_flight(), interval_s=1.0)  # fmt: skip
+        self.registry.record(report)
+        state = self.registry.state(RoutingTable("tiny"), [], [])
+        self.manager.mirror(state.servable)
+        self.epoch, self.generation = state.epoch, state.generation
+
+
+@pytest.mark.anyio
+async def test_an_unload_waits_for_the_requests_in_flight_on_every_gateway_replica(tmp_path: Path) -> None:
+    from tests.test_deploy_adapters import write_adapter
+
+    write_adapter(tmp_path, "v1")
+    vllm = (FakeVLLM("http://a:8000"),)
+    store = manager(vllm, tmp_path)
+    now = [0.0]
+    registry = GatewayRegistry(store, clock=lambda: now[0])
+    await store.load("shop@v1", tmp_path / "v1")
+    one, two = _Replica("g1", vllm, tmp_path, registry), _Replica("g2", vllm, tmp_path, registry)
+    one.sync(), two.sync()
+    leases = [one.manager.acquire("shop@v1"), two.manager.acquire("shop@v1")]
+    one.sync(), two.sync()
+
+    unloading = asyncio.create_task(store.unload("shop@v1"))
+    await asyncio.sleep(0.05)
+    assert not store.servable("shop@v1") and not unloading.done()
+    one.sync()  # g1 learns of the withdrawal: no new request goes to shop@v1 there
+    assert not one.manager.servable("shop@v1") and two.manager.servable("shop@v1")
+    leases[0].release()
+    one.sync()  # g1: nothing in flight since the withdrawal; g2 has not reported since it
+    await asyncio.sleep(0.05)
+    assert not unloading.done() and "shop@v1" in vllm[0].loaded
+    two.sync()  # g2 has seen it, but its request still runs
+    await asyncio.sleep(0.05)
+    assert not unloading.done()
+    leases[1].release()
+    two.sync()
+    report = await asyncio.wait_for(unloading, 5)
+    assert report.unloaded_on == ("http://a:8000",) and vllm[0].loaded == {}
+
+    # A replica that stops reporting (killed) is waited for only until it missed three syncs.
+    await store.load("shop@v2", write_adapter(tmp_path, "v2"))
+    one.sync(), two.sync()
+    two.manager.acquire("shop@v2")
+    two.sync()
+    unloading = asyncio.create_task(store.unload("shop@v2"))
+    await asyncio.sleep(0.05)
+    one.sync(), one.sync()  # g1 has nothing in flight; g2 was last heard with one request
+    await asyncio.sleep(0.05)
+    assert not unloading.done()
+    now[0] += 4.5
+    one.sync()
+    await asyncio.wait_for(unloading, 5)
+    assert registry.known() == ["g1"]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+# --- two real replicas in front of the session's vLLM, the store killed under load
+
+
+class _Load:
+    """Threads sending chat requests through each gateway with the official client until
+    stopped; every answer's id is kept, every failure too."""
+
+    def __init__(self, urls: list[str], key: str, per_gateway: int = 2) -> None:
+        self.clients = [
+            openai.OpenAI(base_url=f"{u}/v1", api_key=key, max_retries=0, timeout=30) for u in urls
+        ]
+        self.answered: list[tuple[int, str]] = []
+        self.failed: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._run, args=(i, n), daemon=True)
+            for i in range(len(urls)) for n in range(per_gateway)
+        ]  # fmt: skip
+
+    def _run(self, gateway: int, n: int) -> None:
+        client = self.clients[gateway]
+        while not self._stop.is_set():
+            try:
+                answer = client.chat.completions.create(
+                    model="edge", messages=PROMPT, max_tokens=2, temperature=0, user=f"u{gateway}-{n}"
+                )
+                self.answered.append((gateway, answer.id))
+            except Exception as exc:
+                self.failed.append(f"gateway {gateway}: {exc!r}")
+
+    def __enter__(self) -> _Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(60)
+
+    def count(self) -> Counter[int]:
+        return Counter(g for g, _ in self.answered)
+
+
+@pytest.fixture
+def store(tmp_path: Path, vllm_server: Any, tiny_model_dir: Path) -> Iterator[RatchetProcess]:
+    env = {
+        "RATCHET_VLLM__URLS": f'["{vllm_server.base_url}"]',
+        "RATCHET_VLLM__BASE_SERVED_NAME": vllm_server.model_name,
+        "RATCHET_VLLM__BASE_MODEL": str(tiny_model_dir),
+        "RATCHET_VLLM__TIMEOUT_SECONDS": "15",
+        "RATCHET_TRAINING__SIGNAL_CHECK_SECONDS": "3600",
+    }
+    server = RatchetProcess(tmp_path / "store", env=env).start()
+    yield server
+    server.stop()
+    vllm_server.unload_adapters("edge")
+
+
+def test_gateway_replicas_answer_while_the_store_is_killed_and_deliver_every_log_once(
+    store: RatchetProcess, vllm_server: Any, tmp_path: Path
+) -> None:
+    key = store.create_project("edge")
+    env = {
+        "RATCHET_VLLM__URLS": f'["{vllm_server.base_url}"]',
+        "RATCHET_VLLM__BASE_SERVED_NAME": vllm_server.model_name,
+        "RATCHET_GATEWAY__SYNC_INTERVAL_S": "0.2",
+        "RATCHET_GATEWAY__RETRY_MAX_S": "0.5",
+        "RATCHET_GATEWAY__LINGER_MS": "20",
+    }
+    gateways = [GatewayProcess(store, tmp_path / f"spool{i}", env).spawn() for i in range(2)]
+    try:
+        for g in gateways:
+            g.wait_ready()
+        with _Load([g.url for g in gateways], key) as load:
+            wait_for(lambda: min(load.count()[i] for i in range(2)) >= 3, 60, "answers through both gateways")
+            store.kill()
+            killed_at = len(load.answered)
+
+            def while_dead() -> Counter[int]:
+                return Counter(g for g, _ in load.answered[killed_at:])
+
+            wait_for(
+                lambda: min(while_dead()[i] for i in range(2)) >= 5, 60, "answers while the store is dead"
+            )
+            dead = while_dead()
+            store.start()
+            time.sleep(1)  # and some traffic after the restart
+        assert load.failed == []
+        assert dead[0] >= 5 and dead[1] >= 5, dead  # both kept answering
+        answered = [log_id for _, log_id in load.answered]
+        assert len(set(answered)) == len(answered)
+        # Every answered request's log reaches the store: the API finds the last one.
+        with store.client(key) as api:
+            wait_for(lambda: api.get(f"/v1/logs/{answered[-1]}").status_code == 200, 60, "the last log")
+            wait_for(
+                lambda: api.get("/v1/projects/edge/stats").json()["logs"] >= len(answered), 60, "every log"
+            )
+            assert api.get(f"/v1/logs/{answered[killed_at]}").json()["source"] == "gateway"
+            # Only an admin key (a replica's) may store logs as the gateway's.
+            assert api.post("/v1/logs", params={"source": "gateway"}, json=chat_log()).status_code == 403
+        for g in gateways:  # and they route by the restarted store's state again
+            wait_for(lambda g=g: httpx.get(f"{g.url}/readyz", timeout=5).json()["checks"]["store"] == "ok",
+                     60, "the replicas' sync with the restarted store")  # fmt: skip
+    finally:
+        for g in gateways:
+            g.stop()
+    store.stop()
+    with duckdb.connect(str(store.data_dir / "ratchet.duckdb"), read_only=True) as db:
+        rows = db.execute("SELECT id, count(*) FROM logs WHERE project = 'edge' GROUP BY id").fetchall()
+    stored = dict(rows)
+    assert sorted(stored) == sorted(answered) and set(stored.values()) == {1}  # each exactly once
+    assert not list((tmp_path / "spool0").glob("*.jsonl")) and not list((tmp_path / "spool1").glob("*.jsonl"))
+
+
+# --- the spool: logs wait on disk while the store is away, and a replica's restart loses none
+
+
+class _FakeStore:
+    """The store's `POST /v1/logs` as a replica sees it: ids stored once, or unreachable."""
+
+    def __init__(self) -> None:
+        self.stored: Counter[str] = Counter()
+        self.down = True
+        self.posts = 0
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        if self.down:
+            raise httpx.ConnectError("connection refused")
+        self.posts += 1
+        assert request.url.params["source"] == "gateway"
+        results = []
+        for i, item in enumerate(json.loads(request.content)["logs"]):
+            status = "duplicate" if self.stored[item["id"]] else "accepted"
+            self.stored[item["id"]] += status == "accepted"
+            results.append({"index": i, "status": status, "id": item["id"]})
+        return httpx.Response(202, json={"accepted": 0, "duplicates": 0, "rejected": 0, "results": results})
+
+
+def _row(n: int) -> Any:
+    from datetime import UTC, datetime
+
+    from service.capture import log_row
+
+    now = datetime.now(UTC)
+    request = json.dumps({"model": "p", "messages": PROMPT})
+    response = json.dumps(
+        {"id": f"log-{n}", "choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris"}}]}
+    )
+    return log_row("p", f"log-{n}", now, now, "gateway", "p@v1", request, response, None, latency_ms=5.0)
+
+
+@pytest.mark.anyio
+async def test_spooled_logs_survive_a_replica_restart_and_are_stored_once(tmp_path: Path) -> None:
+    from service.config import GatewaySettings, Settings
+    from service.log_shipper import LogShipper
+    from service.metrics import Metrics
+
+    settings = Settings(gateway=GatewaySettings(linger_ms=5, batch_max_logs=3, retry_max_s=0.05))
+    store = _FakeStore()
+    spool = tmp_path / "spool"
+
+    def shipper(metrics: Metrics) -> tuple[LogShipper, httpx.AsyncClient]:
+        client = httpx.AsyncClient(base_url="http://store", transport=httpx.MockTransport(store.handle))
+        return LogShipper(settings, metrics, client, spool), client
+
+    first, client = shipper(Metrics())
+    await first.start()
+    for n in range(7):
+        first.submit_log_row(_row(n))
+    await first.flush()
+    await asyncio.sleep(0.1)  # tries and fails: the store is away
+    assert first.spooled() == 7 and len(list(spool.glob("*.jsonl"))) == 1
+    await first.aclose(grace_s=0.1)  # stopped (or killed) with the logs on disk only
+    await client.aclose()
+
+    store.down = False
+    store.stored["log-0"] = 1  # a batch the store took just before the replica died
+    metrics = Metrics()
+    second, client = shipper(metrics)
+    await second.start()
+    await asyncio.wait_for(second.delivered(), 5)
+    assert store.stored == Counter({f"log-{n}": 1 for n in range(7)})  # each once
+    assert store.posts == 3  # in requests of at most batch_max_logs
+    assert list(spool.glob("*.jsonl")) == [] and second.spooled() == 0
+    shipped = {o: metrics.registry.get_sample_value("ratchet_gateway_logs_shipped_total", {"outcome": o})
+               for o in ("delivered", "duplicate", "refused")}  # fmt: skip
+    assert shipped == {"delivered": 6, "duplicate": 1, "refused": 0}
+    await second.aclose()
+    await client.aclose()

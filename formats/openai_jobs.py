@@ -90,6 +90,8 @@ class JobCreate(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=
     hyperparameters: SupervisedHyperparameters | None = None
     """The legacy top-level form of the supervised hyperparameters."""
     suffix: Annotated[str, Meta(max_length=64)] | None = None
+    """OpenAI's bound (64 characters); Ratchet also keeps it to letters, digits, `.`, `_`, `-`
+    (`service.fine_tuning.SUFFIX`): it becomes part of the model's name."""
     seed: Annotated[int, Meta(ge=0, le=2_147_483_647)] | None = None
     metadata: dict[str, str] | None = None
     integrations: list[dict[str, Any]] | None = None
@@ -111,8 +113,10 @@ class Hyperparameters(Struct, kw_only=True, omit_defaults=True):
 
 
 class Job(Struct, kw_only=True):
-    """A fine-tuning job (`object: "fine_tuning.job"`). `fine_tuned_model` is the version name
-    (`project@vN`) the gateway answers to once the job has `succeeded`."""
+    """A fine-tuning job (`object: "fine_tuning.job"`). `fine_tuned_model` is the name the
+    gateway answers to once the job has `succeeded`: the version's (`project@vN`), or with the
+    job's suffix `project:suffix@vN` (the same version), as OpenAI puts the suffix in the name.
+    `status` is `queued` while the job waits for its project's run to end."""
 
     id: str
     created_at: int

@@ -161,7 +161,11 @@ class RunSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
         str, _doc("Directory of the base model and tokenizer (transformers format). Never downloaded.")
     ]
     snapshot_dir: Annotated[
-        str, _doc("Snapshot directory: train.parquet, holdout.parquet, manifest.json (only train is used).")
+        str,
+        _doc(
+            "Snapshot directory: train.parquet, holdout.parquet, manifest.json (the holdout is read "
+            "only for `validation`)."
+        ),
     ]
     output_dir: Annotated[
         str, _doc("Adapter directory to create. Must not exist; it appears only once complete.")
@@ -199,6 +203,14 @@ class RunSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
         RewardModelSpec | None,
         _doc("Also train a reward model on the same feedback, for the offline gate. null: none."),
     ] = None
+    validation: Annotated[
+        bool,
+        _doc(
+            "Also compute the loss on holdout.parquet's examples of the method (a fine-tuning job's "
+            "validation file) every logging step and at the end: step events carry `logs.eval_loss`, "
+            "the metrics `eval_loss` and a per-step `history`."
+        ),
+    ] = False
 
     @classmethod
     def load(cls, path: str | Path) -> RunSpec:

@@ -42,6 +42,7 @@ from service.capture import Capture
 from service.clock import utcnow
 from service.config import Settings
 from service.erasure import finish_interrupted
+from service.fine_tuning import FineTuning
 from service.fleets import build_fleets
 from service.gate_config import import_files
 from service.gateway import Gateway
@@ -57,6 +58,7 @@ from service.scheduler import build_scheduler
 from service.store.archive import Archive
 from service.store.db import Database, default_memory_limit_mib
 from service.store.erasure import Erasures
+from service.store.fine_tuning import FineTuningStore
 from service.store.gate_configs import GateConfigs
 from service.store.queries import Queries
 from service.store.runs import Runs
@@ -210,6 +212,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
     runtime = runtime or build_runtime(settings)
 
     pipeline = runtime.pipeline = build_pipeline(runtime)
+    pipeline.jobs = runtime.fine_tuning = FineTuning(runtime, FineTuningStore(runtime.db))
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -220,6 +223,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
             log.warning("finished %d deletions interrupted by the restart", finished)
         for run_id in pipeline.recover():
             log.warning("run %s was interrupted by the restart and is marked failed", run_id)
+        for run_id in await runtime.fine_tuning.start_queued():
+            log.info("run %s started for a fine-tuning job queued before the restart", run_id)
         probe = LoopLagProbe(runtime.metrics)
         probe.start()
         scheduler = build_scheduler(runtime, pipeline)

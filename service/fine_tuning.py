@@ -11,22 +11,37 @@ and the model name, nothing else.
   run's snapshot (`train.parquet`; the validation file, if any, `holdout.parquet`), the trainer
   trains the job's method (`supervised` -> sft, `dpo` -> dpo) from the project's base model with
   the job's hyperparameters, and the adapter is registered as the project's next version
-  `project@vN`: the job's `fine_tuned_model`.
+  `project@vN`. The job's `fine_tuned_model` is that name, or with a `suffix`
+  `project:suffix@vN`, as OpenAI puts the suffix in the model's name (`ft:base:org:suffix:id`):
+  the gateway answers to both names (`served_name`), with the same adapter. A suffix is OpenAI's
+  (at most 64 characters) made of letters, digits, `.`, `_` and `-` (`:` and `@` delimit the name).
 - **No gate, no canary.** OpenAI hands back a model that the caller then chooses to use; so does
   Ratchet. A job's version is loaded into vLLM and answers the gateway when a request names it
   (`model: "project@vN"`); it routes no traffic of the project's alias and never replaces what
   the project serves by default. To make it the project's default, promote it as any version
   (`POST /v1/adapters/{name}/promote`).
+- **Queued, as on OpenAI.** One run per project at a time: a job created while its project has a
+  run going (a job's, the scheduler's, or one in canary) is stored `queued`, without a run, and
+  gets one when the project is free, oldest job first: at the end of the run before it
+  (`Pipeline._finish`), at start-up (queued jobs survive a restart: they are rows), and at the
+  latest at the next signal check. Queued jobs go before the scheduler's own runs: a project with
+  a queued job gets no signal or cron run until its queue is empty (the signal is not lost: a
+  job's run does not consume it, `Pipeline.signal_decision`). Cancelling a queued job cancels it
+  without a run.
 - Job status is read from its run: pending/snapshot -> `validating_files`, training -> `running`,
-  then `succeeded`, `cancelled` or `failed` (with the run's error). Cancel is the run's cancel.
-  One run per project at a time: a job created while another run is going is refused (409).
+  then `succeeded`, `cancelled` or `failed` (with the run's error); without a run, `queued` or
+  `cancelled`. Cancel is the run's cancel. A queued job whose file was deleted before its run
+  started fails, naming the file.
 """
 
 from __future__ import annotations
 
 import asyncio
+import csv
 import hashlib
+import io
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -62,9 +77,9 @@ from formats.snapshot import (
     snapshot_sha256,
 )
 from service.capture import utcnow
-from service.errors import InvalidFile, InvalidInput, NotFound
+from service.errors import Conflict, InvalidFile, InvalidInput, NotFound
 from service.importer import parse_line, read_line
-from service.pipeline import JOB_TRIGGER, JobPlan
+from service.pipeline import JOB_TRIGGER, JobPlan, RunFailed
 from service.runtime import Runtime
 from service.store.fine_tuning import FineTuningStore, StoredFile, StoredJob
 from service.store.runs import RunRecord
@@ -77,6 +92,8 @@ DEFAULT_BATCH_SIZE = 16
 BASE_LEARNING_RATE = {"sft": 1e-3, "dpo": 5e-4}
 """The trainer's default learning rates (trainer/spec.py `OptimSpec.learning_rate`), which
 `learning_rate_multiplier` scales."""
+SUFFIX = re.compile(r"[A-Za-z0-9._-]{1,64}")
+"""A job's `suffix`: OpenAI's length, in characters a model name can carry between `:` and `@`."""
 _METHODS = {"supervised": ("sft", "openai-chat"), "dpo": ("dpo", "openai-preference")}
 
 
@@ -180,9 +197,8 @@ def write_snapshot(
     return manifest
 
 
-def resolve(request: JobCreate, rows: int) -> tuple[str, Hyperparameters, dict[str, Any]]:
-    """The job's method type, its hyperparameters as applied (`auto` resolved) and the run spec
-    overrides they make."""
+def resolve(request: JobCreate, rows: int) -> tuple[str, Hyperparameters]:
+    """The job's method type and its hyperparameters as applied (`auto` resolved)."""
     method_type = request.method.type if request.method is not None else "supervised"
     given: Any = request.hyperparameters
     if request.method is not None:
@@ -197,7 +213,6 @@ def resolve(request: JobCreate, rows: int) -> tuple[str, Hyperparameters, dict[s
             raise InvalidInput("`method.dpo` given for a supervised job", "method.dpo")
         if request.method.type == "dpo" and request.method.supervised is not None:
             raise InvalidInput("`method.supervised` given for a DPO job", "method.supervised")
-    trainer_method = _METHODS[method_type][0]
     n_epochs = getattr(given, "n_epochs", "auto")
     batch_size = getattr(given, "batch_size", "auto")
     multiplier = getattr(given, "learning_rate_multiplier", "auto")
@@ -208,17 +223,42 @@ def resolve(request: JobCreate, rows: int) -> tuple[str, Hyperparameters, dict[s
         learning_rate_multiplier=1.0 if multiplier == "auto" else multiplier,
         beta=beta,
     )
+    return method_type, applied
+
+
+def job_spec(method_type: str, applied: Hyperparameters, seed: int, validation: bool) -> dict[str, Any]:
+    """The run spec overrides a job's applied hyperparameters make; `validation`: the loss on the
+    validation file's rows (the snapshot's holdout) is computed at every logged step."""
+    trainer_method = _METHODS[method_type][0]
     optim: dict[str, Any] = {
         "max_steps": None, "epochs": float(applied.n_epochs), "batch_size": applied.batch_size,
         "learning_rate": BASE_LEARNING_RATE[trainer_method] * float(applied.learning_rate_multiplier),
     }  # fmt: skip
-    if beta not in (None, "auto"):
-        optim["beta"] = beta
-    spec = {
-        "method": trainer_method, "optim": optim, "seed": request.seed or 0, "min_examples": 1,
-        "reward_model": None, "parent_adapter": None,
+    if applied.beta not in (None, "auto"):
+        optim["beta"] = applied.beta
+    return {
+        "method": trainer_method, "optim": optim, "seed": seed, "min_examples": 1,
+        "reward_model": None, "parent_adapter": None, "validation": validation,
     }  # fmt: skip
-    return method_type, applied, spec
+
+
+RESULTS_PURPOSE = "fine-tune-results"
+RESULT_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
+"""OpenAI's result file (`step_metrics.csv`): one row per logged step. Ratchet's figures: TRL's
+training `loss` and `mean_token_accuracy` (SFT only) of the step, and `eval_loss` and
+`eval_mean_token_accuracy` on the validation file, when the job has one and evaluated that step."""
+_RESULT_SOURCES = ("step", "loss", "mean_token_accuracy", "eval_loss", "eval_mean_token_accuracy")
+
+
+def results_csv(history: list[dict[str, Any]]) -> bytes:
+    """The result file's content from the trainer's per-step `history`; a figure a step has not
+    is left empty."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(RESULT_COLUMNS)
+    for row in history:
+        writer.writerow(["" if row.get(k) is None else row[k] for k in _RESULT_SOURCES])
+    return out.getvalue().encode()
 
 
 _STATUS: dict[str, JobStatus] = {
@@ -242,12 +282,16 @@ def _seconds(at: datetime | None) -> int | None:
 
 
 class FineTuning:
-    """Files and jobs of one server (the domain behind `service/api/fine_tuning.py`). Blocking
-    methods read the store; call them off the event loop."""
+    """Files and jobs of one server (the domain behind `service/api/fine_tuning.py`), and the
+    pipeline's queue of jobs (`service.pipeline.JobQueue`): one per server (`Runtime.fine_tuning`).
+    Blocking methods read the store; call them off the event loop."""
 
     def __init__(self, runtime: Runtime, store: FineTuningStore) -> None:
         self.rt = runtime
         self.store = store
+        # Per project: a job is started, or cancelled while queued, by one coroutine at a time.
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._aliases: dict[str, str] = {}  # project:suffix@vN -> project@vN, once checked
 
     # --- files
 
@@ -257,38 +301,46 @@ class FineTuning:
         if purpose != PURPOSE:
             raise InvalidInput(f"purpose {purpose!r}: Ratchet keeps files for `fine-tune` only", "purpose")
         fmt, rows = check_file(raw)
+        stored = self._write_file(project, purpose, filename or "file.jsonl", fmt, raw, rows)
+        try:
+            self.store.add_file(stored)
+        except BaseException:
+            Path(stored.path).unlink(missing_ok=True)
+            raise
+        return file_object(stored)
+
+    def _write_file(
+        self, project: str, purpose: str, filename: str, fmt: str, raw: bytes, rows: int
+    ) -> StoredFile:
+        """Write a file's content (fsynced) under the project's directory; the caller lists it."""
         file_id = f"file-{secrets.token_hex(12)}"
         directory = Path(self.rt.settings.data_dir).resolve() / "projects" / project / "files"
         directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{file_id}.jsonl"
+        path = directory / f"{file_id}.{'csv' if fmt == 'csv' else 'jsonl'}"
         with open(path, "wb") as fh:
             fh.write(raw)
             fh.flush()
             os.fsync(fh.fileno())
-        stored = StoredFile(
-            id=file_id, project=project, purpose=purpose, filename=filename or "file.jsonl", bytes=len(raw),
-            format=fmt, lines=rows, sha256=hashlib.sha256(raw).hexdigest(), path=str(path), created_at=utcnow(),
+        return StoredFile(
+            id=file_id, project=project, purpose=purpose, filename=filename, bytes=len(raw), format=fmt,
+            lines=rows, sha256=hashlib.sha256(raw).hexdigest(), path=str(path), created_at=utcnow(),
         )  # fmt: skip
-        try:
-            self.store.add_file(stored)
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
-        return file_object(stored)
 
     def delete(self, project: str, file_id: str) -> None:
         """Unlist a file and delete its content (jobs that trained on it keep their snapshots)."""
         stored = self.store.delete_file(project, file_id)
         Path(stored.path).unlink(missing_ok=True)
 
-    def content(self, project: str, file_id: str) -> bytes:
-        return Path(self.store.file(project, file_id).path).read_bytes()
+    def content(self, project: str, file_id: str) -> tuple[bytes, str]:
+        """A file's content and media type (a job's result file is CSV, an upload JSON lines)."""
+        stored = self.store.file(project, file_id)
+        return Path(stored.path).read_bytes(), "text/csv" if stored.format == "csv" else "application/jsonl"
 
     # --- jobs
 
     async def create(self, project: str, request: JobCreate) -> Job:
-        """Start a job: its files are checked against the method, then its run starts.
-        `InvalidInput` naming the field, `Conflict` while the project has a run going."""
+        """Store a job, its files checked against its method, and start its run, or queue it
+        behind the project's run and earlier queued jobs. `InvalidInput` naming the field."""
         if request.model not in (project, self.rt.project_settings.effective(project).vllm.base_served_name):
             raise InvalidInput(
                 f"`model` {request.model!r}: name the project ({project!r}), the model alias your app "
@@ -301,7 +353,7 @@ class FineTuning:
             validation = await asyncio.to_thread(
                 self._file, project, request.validation_file, "validation_file"
             )
-        method_type, applied, spec = resolve(request, training.lines)
+        method_type, applied = resolve(request, training.lines)
         wanted = _METHODS[method_type][1]
         for field, file in (("training_file", training), ("validation_file", validation)):
             if file is not None and file.format != wanted:
@@ -310,21 +362,108 @@ class FineTuning:
                     f"({'input / preferred_output / non_preferred_output' if method_type == 'dpo' else 'messages'})",
                     field,
                 )
+        if request.suffix is not None and not SUFFIX.fullmatch(request.suffix):
+            raise InvalidInput(
+                f"`suffix` {request.suffix!r}: use letters, digits, `.`, `_` and `-` only (it becomes part "
+                "of the model's name, project:suffix@vN)",
+                "suffix",
+            )
         if not self.rt.project_settings.effective(project).vllm.base_model:
             raise InvalidInput("the server has no base model to fine-tune: set vllm.base_model", "model")
-        now = utcnow()
-
-        def snapshot(out: Path) -> SnapshotManifest:
-            return write_snapshot(project, training, validation, out, now)
-
-        assert self.rt.pipeline is not None
-        run = await self.rt.pipeline.start(project, JOB_TRIGGER, JobPlan(snapshot, spec))
         job = StoredJob(
-            id=f"ftjob-{secrets.token_hex(12)}", project=project, run_id=run.id, request=request,
-            hyperparameters=applied, created_at=now,
+            id=f"ftjob-{secrets.token_hex(12)}", project=project, run_id=None, request=request,
+            hyperparameters=applied, created_at=utcnow(),
         )  # fmt: skip
         await asyncio.to_thread(self.store.add_job, job)
-        return self.view(job, run)
+        await self.start_next(project)  # this job, if the project is free and nothing queued before it
+        return await asyncio.to_thread(self.job, project, job.id)
+
+    async def served_name(self, model: str) -> str:
+        """The version (`project@vN`) a fine-tuned model's name (`project:suffix@vN`) names.
+        `NotFound` unless a job of the project with that suffix trained that version."""
+        if (known := self._aliases.get(model)) is not None:
+            return known
+        head, _, version = model.partition("@")
+        project, _, suffix = head.partition(":")
+        served = f"{project}@{version}"
+        if await asyncio.to_thread(self.store.version_suffix, project, served) != suffix:
+            raise NotFound(
+                f"model {model!r} does not exist: a fine-tuning job's model is named as its "
+                "`fine_tuned_model` says (GET /v1/fine_tuning/jobs)"
+            )
+        self._aliases[model] = served  # a version's suffix never changes
+        return served
+
+    # --- the queue (`service.pipeline.JobQueue`)
+
+    def waiting(self, project: str) -> bool:
+        return self.store.next_queued(project) is not None
+
+    async def start_next(self, project: str) -> RunRecord | None:
+        """Start the run of the project's oldest queued job; None when there is none, or the
+        project has a run going (the job stays queued), or is being deleted (its runs are stopped
+        first: their end must not start the queue)."""
+        async with self._locks.setdefault(project, asyncio.Lock()):
+            if project not in self.rt.projects:
+                return None
+            job = await asyncio.to_thread(self.store.next_queued, project)
+            if job is None:
+                return None
+            assert self.rt.pipeline is not None
+            try:
+                run = await self.rt.pipeline.start(project, JOB_TRIGGER, self.plan(job))
+            except Conflict:
+                return None
+            # A crash before this line leaves the run to be failed by recovery and the job queued.
+            await asyncio.to_thread(self.store.set_run, job.id, run.id)
+            return run
+
+    async def start_queued(self) -> list[str]:
+        """At start-up: start every free project's oldest queued job. Returns the runs' ids."""
+        started = []
+        for project in await asyncio.to_thread(self.store.queued_projects):
+            if (run := await self.start_next(project)) is not None:
+                started.append(run.id)
+        return started
+
+    def plan(self, job: StoredJob) -> JobPlan:
+        """What the job's run is given: its files as the snapshot (read when the run starts) and
+        its hyperparameters, as applied when it was created, as the spec."""
+        request = job.request
+        method_type = request.method.type if request.method is not None else "supervised"
+
+        def snapshot(out: Path) -> SnapshotManifest:
+            training = self._kept(job, request.training_file, "training_file")
+            validation = None
+            if request.validation_file is not None:
+                validation = self._kept(job, request.validation_file, "validation_file")
+            return write_snapshot(job.project, training, validation, out, job.created_at)
+
+        spec = job_spec(
+            method_type, job.hyperparameters, request.seed or 0, request.validation_file is not None
+        )
+        return JobPlan(snapshot, spec, keep_results=lambda run: self._keep_results(job, run))
+
+    def _keep_results(self, job: StoredJob, run: RunRecord) -> None:
+        """Keep the trained job's metrics as its result file (`results_csv`)."""
+        metrics = run.stats.training.metrics if run.stats.training is not None else {}
+        raw = results_csv(metrics.get("history") or [])
+        stored = self._write_file(job.project, RESULTS_PURPOSE, "step_metrics.csv", "csv", raw,
+                                  raw.count(b"\n") - 1)  # fmt: skip
+        try:
+            self.store.add_result_file(job.id, stored)
+        except BaseException:
+            Path(stored.path).unlink(missing_ok=True)
+            raise
+
+    def _kept(self, job: StoredJob, file_id: str, field: str) -> StoredFile:
+        try:
+            return self.store.file(job.project, file_id)
+        except NotFound:
+            raise RunFailed(
+                f"{field} {file_id} was deleted before job {job.id} started: upload it again and "
+                "create a new job"
+            ) from None
 
     def _file(self, project: str, file_id: str, field: str) -> StoredFile:
         try:
@@ -332,18 +471,27 @@ class FineTuning:
         except NotFound as exc:
             raise InvalidInput(exc.message, field) from exc
 
+    def _run(self, stored: StoredJob) -> RunRecord | None:
+        return None if stored.run_id is None else self.rt.runs.get(stored.run_id)
+
     def job(self, project: str, job_id: str) -> Job:
         stored = self.store.job(project, job_id)
-        return self.view(stored, self.rt.runs.get(stored.run_id))
+        return self.view(stored, self._run(stored))
 
     def jobs(self, project: str, after: str | None, limit: int) -> tuple[list[Job], bool]:
         """A page of jobs, newest first, and whether there are more."""
         stored = self.store.jobs(project, after=after, limit=limit + 1)
-        return [self.view(j, self.rt.runs.get(j.run_id)) for j in stored[:limit]], len(stored) > limit
+        return [self.view(j, self._run(j)) for j in stored[:limit]], len(stored) > limit
 
     async def cancel(self, project: str, job_id: str) -> Job:
-        """The run's cancel: `Conflict` once the job has ended."""
-        stored = await asyncio.to_thread(self.store.job, project, job_id)
+        """A queued job is cancelled without a run; a started one by its run's cancel.
+        `Conflict` once the job has ended."""
+        async with self._locks.setdefault(project, asyncio.Lock()):  # not while it is being started
+            stored = await asyncio.to_thread(self.store.job, project, job_id)
+            if stored.run_id is None:
+                if not await asyncio.to_thread(self.store.cancel_queued, job_id, utcnow()):
+                    raise Conflict(f"job {job_id} has already been cancelled")
+                return await asyncio.to_thread(self.job, project, job_id)
         assert self.rt.pipeline is not None
         run = await self.rt.pipeline.cancel(stored.run_id)
         return self.view(stored, run)
@@ -351,9 +499,20 @@ class FineTuning:
     def events(self, project: str, job_id: str, after: str | None, limit: int) -> tuple[list[JobEvent], bool]:
         """The job's events, newest first (OpenAI's order), and whether there are more."""
         stored = self.store.job(project, job_id)
-        run = self.rt.runs.get(stored.run_id)
+        run = self._run(stored)
+        events = self._queue_events(stored) if run is None else self._run_events(stored, run)
+        events.reverse()
+        if after is not None:
+            ids = [e.id for e in events]
+            if after not in ids:
+                raise NotFound(f"no event {after!r} of job {job_id}")
+            events = events[ids.index(after) + 1 :]
+        return events[:limit], len(events) > limit
+
+    def _run_events(self, stored: StoredJob, run: RunRecord) -> list[JobEvent]:
+        """A job's run's events and its last training step's figures, oldest first."""
         events: list[JobEvent] = []
-        for i, (at, kind, detail) in enumerate(self.store.run_events(stored.run_id)):
+        for i, (at, kind, detail) in enumerate(self.store.run_events(run.id)):
             level, text = _EVENT_TEXT.get(kind, ("info", kind.replace("_", " ")))
             if kind == "run_failed" and detail.get("error"):
                 text = f"{text}: {detail['error']}"
@@ -364,41 +523,70 @@ class FineTuning:
         progress = run.stats.progress
         if progress is not None:  # training's last step, after its start
             at = next((i + 1 for i, e in enumerate(events) if e.message == _EVENT_TEXT["run_training"][1]), 0)
+            data = {"step": progress.step, "total_steps": progress.total_steps, "train_loss": progress.loss,
+                    "train_mean_token_accuracy": progress.logs.get("mean_token_accuracy"),
+                    "valid_loss": progress.logs.get("eval_loss"),
+                    "valid_mean_token_accuracy": progress.logs.get("eval_mean_token_accuracy")}  # fmt: skip
+            message = f"Step {progress.step}/{progress.total_steps}: training loss={progress.loss}"
+            if data["valid_loss"] is not None:
+                message += f", validation loss={data['valid_loss']}"
             events.insert(at, JobEvent(
                 id=f"ftevent-{stored.id[6:]}-metrics", level="info",
                 created_at=events[at - 1].created_at if at else _seconds(run.updated_at) or 0,
-                message=f"Step {progress.step}: training loss={progress.loss}", type="metrics",
-                data={"step": progress.step, "train_loss": progress.loss},
+                message=message, type="metrics", data={k: v for k, v in data.items() if v is not None},
             ))  # fmt: skip
-        events.reverse()
-        if after is not None:
-            ids = [e.id for e in events]
-            if after not in ids:
-                raise NotFound(f"no event {after!r} of job {job_id}")
-            events = events[ids.index(after) + 1 :]
-        return events[:limit], len(events) > limit
+        return events
 
-    def view(self, stored: StoredJob, run: RunRecord) -> Job:
-        """The job as OpenAI shows it, its state read from its run."""
+    @staticmethod
+    def _queue_events(stored: StoredJob) -> list[JobEvent]:
+        """A job without a run: created, queued, and cancelled if it was; oldest first."""
+        at = _seconds(stored.created_at) or 0
+        events = [
+            JobEvent(id=f"ftevent-{stored.id[6:]}-q0", created_at=at, level="info", message="Created fine-tuning job"),
+            JobEvent(id=f"ftevent-{stored.id[6:]}-q1", created_at=at, level="info",
+                     message="Job queued: it starts when the project's current run ends"),
+        ]  # fmt: skip
+        if stored.cancelled_at is not None:
+            events.append(JobEvent(id=f"ftevent-{stored.id[6:]}-q2", created_at=_seconds(stored.cancelled_at) or 0,
+                                   level="info", message=_EVENT_TEXT["run_cancelled"][1]))  # fmt: skip
+        return events
+
+    def view(self, stored: StoredJob, run: RunRecord | None) -> Job:
+        """The job as OpenAI shows it, its state read from its run (`queued` until it has one)."""
         request = stored.request
-        status: JobStatus = _STATUS.get(run.state, "failed")
         method_type = request.method.type if request.method is not None else "supervised"
         hp = stored.hyperparameters
         shown = {k: v for k, v in msgspec.to_builtins(hp).items() if v is not None}
+        common: dict[str, Any] = dict(
+            id=stored.id, created_at=_seconds(stored.created_at) or 0, model=request.model,
+            training_file=request.training_file, validation_file=request.validation_file,
+            hyperparameters=hp, method={"type": method_type, method_type: {"hyperparameters": shown}},
+            seed=request.seed or 0, user_provided_suffix=request.suffix, metadata=request.metadata,
+            integrations=request.integrations,
+        )  # fmt: skip
+        if run is None:
+            status: JobStatus = "queued" if stored.cancelled_at is None else "cancelled"
+            return Job(**common, status=status, finished_at=_seconds(stored.cancelled_at))
+        status = _STATUS.get(run.state, "failed")
         metrics = run.stats.training.metrics if run.stats.training is not None else {}
         last = metrics.get("last_log")
         tokens = last.get("num_tokens") if isinstance(last, dict) else None  # TRL's count, SFT only
         return Job(
-            id=stored.id, created_at=_seconds(stored.created_at) or 0, model=request.model,
-            training_file=request.training_file, validation_file=request.validation_file, status=status,
-            hyperparameters=hp, method={"type": method_type, method_type: {"hyperparameters": shown}},
-            seed=request.seed or 0, user_provided_suffix=request.suffix, metadata=request.metadata,
-            integrations=request.integrations,
-            fine_tuned_model=run.stats.adapter if status == "succeeded" else None,
+            **common, status=status,
+            fine_tuned_model=model_name(run.stats.adapter, request.suffix) if status == "succeeded" else None,
             finished_at=_seconds(run.finished_at), trained_tokens=int(tokens) if tokens is not None else None,
+            result_files=[stored.result_file] if stored.result_file else [],
             error=JobError(code=f"run_{run.state}", message=run.error or run.state)
             if status == "failed" else None,
         )  # fmt: skip
+
+
+def model_name(served_name: str | None, suffix: str | None) -> str | None:
+    """A job's `fine_tuned_model`: its version's name, with the suffix before the version."""
+    if served_name is None or not suffix:
+        return served_name
+    project, _, version = served_name.partition("@")
+    return f"{project}:{suffix}@{version}"
 
 
 def file_object(stored: StoredFile) -> FileObject:

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Collection
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -83,10 +83,26 @@ JOB_TRIGGER = "fine_tuning_job"
 class JobPlan(msgspec.Struct, frozen=True):
     """What a fine-tuning job's run is given (`service.fine_tuning`): `write_snapshot(dir)` writes
     the job's files as a snapshot there (blocking) and returns its manifest; `spec` goes over the
-    run spec (method, optimiser settings, seed)."""
+    run spec (method, optimiser settings, seed); `keep_results(run)` (blocking) keeps the job's
+    result files from the trained run's stats, before the run is marked succeeded."""
 
     write_snapshot: Callable[[Path], SnapshotManifest]
     spec: dict[str, Any]
+    keep_results: Callable[[RunRecord], None] | None = None
+
+
+class JobQueue(Protocol):
+    """Fine-tuning jobs waiting for their project to be free (`service.fine_tuning.FineTuning`).
+    They go before the scheduler's own runs: a project with a queued job gets that job's run, not
+    a signal or cron run, and a run's end starts the next queued job at once."""
+
+    def waiting(self, project: str) -> bool:
+        """Whether the project has a queued job (blocking: reads the store)."""
+        ...
+
+    async def start_next(self, project: str) -> RunRecord | None:
+        """Start the project's oldest queued job; None if there is none or the project is busy."""
+        ...
 
 
 class RunFailed(RatchetError):
@@ -165,6 +181,8 @@ class Pipeline:
         self.cut_snapshot = cut_snapshot
         self.metrics = metrics
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.jobs: JobQueue | None = None
+        """The fine-tuning job queue; set by `service.app.create_app` (it needs this pipeline)."""
         # One reward-model scorer for every evaluation, started when a run begins training: torch is
         # imported once, not per gate, and not while the gate waits (it was most of the learned
         # judge's cost: 110 of a 122 s gate on a loaded machine); ended when idle, and at shutdown.
@@ -194,6 +212,8 @@ class Pipeline:
         per project, off the event loop."""
         started = []
         for project in sorted(self.projects):
+            if await self._queued_job_started(project, started):
+                continue
             decision = await asyncio.to_thread(self.signal_decision, project, now)
             if decision.start:
                 started.append((await self.start(project, "signal")).id)
@@ -209,10 +229,22 @@ class Pipeline:
         return decide_run(now, signal, previous, self.project_settings.effective(project).training)
 
     async def scheduled(self) -> None:
-        """The cron trigger: a run for every idle project."""
+        """The cron trigger: a run for every idle project (its queued fine-tuning job instead, if
+        it has one)."""
         for project in sorted(self.projects):
+            if await self._queued_job_started(project, []):
+                continue
             if not await asyncio.to_thread(self.runs.list, project, active_only=True):
                 await self.start(project, "schedule")
+
+    async def _queued_job_started(self, project: str, started: list[str]) -> bool:
+        """True when the project has a queued fine-tuning job, which then goes first: its run is
+        started if the project is free (its id added to `started`), and no scheduler run is."""
+        if self.jobs is None or not await asyncio.to_thread(self.jobs.waiting, project):
+            return False
+        if (run := await self.jobs.start_next(project)) is not None:
+            started.append(run.id)
+        return True
 
     # --- the stages
 
@@ -253,6 +285,8 @@ class Pipeline:
             except AdapterLoadFailed as exc:  # trained and kept: the first request naming it loads it
                 log.warning("job run %s: %s not loaded yet: %s", run.id, adapter, exc.message)
                 await self._update(run.id, stats={"load_deferred": exc.message})
+            if job.keep_results is not None:
+                await asyncio.to_thread(job.keep_results, await asyncio.to_thread(self.runs.get, run.id))
             await self._finish(run, "succeeded")
         except Exception as exc:
             reason = exc.message if isinstance(exc, RatchetError) else f"{type(exc).__name__}: {exc}"
@@ -527,10 +561,16 @@ class Pipeline:
         await self.scorer.aclose()
 
     async def _finish(self, run: RunRecord, state: RunState, error: str | None = None) -> None:
+        """End a run; the project is free, so its next queued fine-tuning job starts."""
         current = (await asyncio.to_thread(self.runs.get, run.id)).state
         await self._update(run.id, state=state, error=error)
         self._set_active(run.project, current, None)
         self.metrics.runs.labels(run.project, state).inc()
+        if self.jobs is not None:
+            try:
+                await self.jobs.start_next(run.project)
+            except Exception:  # the job stays queued; the next signal check starts it
+                log.exception("could not start the next queued job of %s", run.project)
 
     def _set_active(self, project: str, old: str | None, new: str | None) -> None:
         if old in ACTIVE:

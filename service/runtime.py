@@ -56,6 +56,8 @@ class Runtime:
     # the parts it uses, not this object). Typed Any because Litestar resolves this dataclass's
     # annotations at request time.
     pipeline: Any = None
+    # service.fine_tuning.FineTuning, set by create_app: files, jobs and the pipeline's job queue.
+    fine_tuning: Any = None
     # threading.Lock values, typed Any for the same reason.
     data_locks: dict[str, Any] = field(default_factory=dict)
 

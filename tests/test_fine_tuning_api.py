@@ -11,7 +11,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,16 +20,23 @@ import httpx
 import openai
 import pytest
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
+from formats.openai_jobs import Hyperparameters, Job, JobCreate
 from service.app import build_pipeline, build_runtime
 from service.auth import mint_key
-from service.config import Settings, TrainingSettings
+from service.clock import utcnow
+from service.config import Settings, TrainingSettings, VllmSettings
 from service.domain import Project
+from service.errors import Conflict
+from service.fine_tuning import FineTuning
 from service.pipeline import JOB_TRIGGER
+from service.store.fine_tuning import FineTuningStore, StoredJob
 from service.store.runs import RunRecord
 from tests.fixtures.finetuning import CHAT_BAD, chat_rows, preference_rows, write_with_bad_lines
-from tests.fixtures.otel import recording_provider
 from tests.fixtures.server import RatchetProcess, wait_for
 from tests.test_pipeline import rated_rows
 
@@ -58,6 +65,29 @@ def test_files_are_checked_kept_and_scoped(ratchet_server: RatchetProcess, tmp_p
     assert api.files.content(kept.id).content == good
     assert [f.id for f in api.files.list()] == [kept.id]
 
+    # The list pages as OpenAI's: the client's iteration follows `after` while `has_more` says so.
+    more = [api.files.create(file=(f"more{i}.jsonl", good), purpose="fine-tune").id for i in range(2)]
+    newest_first = [*reversed(more), kept.id]
+    page = api.files.list(limit=1)
+    assert [f.id for f in page.data] == newest_first[:1] and page.has_more
+    assert [f.id for f in api.files.list(limit=1)] == newest_first  # every page, one file each
+    assert [f.id for f in api.files.list(limit=2, order="asc")] == newest_first[::-1]
+    assert [f.id for f in api.files.list(after=newest_first[0]).data] == newest_first[1:]
+    assert [f.id for f in api.files.list(purpose="fine-tune", limit=3).data] == newest_first
+    assert list(api.files.list(purpose="batch")) == []
+    with pytest.raises(openai.UnprocessableEntityError, match="limit"):
+        api.files.list(limit=0)
+    with pytest.raises(openai.NotFoundError):
+        api.files.list(after="file-nope")
+    for file_id in more:
+        api.files.delete(file_id)
+
+    # A suffix is OpenAI's (64 characters at most), in characters a model name can carry.
+    for suffix in ("my model", "a:b", "v@2", "x" * 65):
+        with pytest.raises(openai.UnprocessableEntityError) as bad_suffix:
+            api.fine_tuning.jobs.create(model="ft-files", training_file=kept.id, suffix=suffix)
+        assert "suffix" in str(bad_suffix.value.body), suffix
+
     # A bad file is refused whole, naming each bad line; nothing is kept.
     bad_path = tmp_path / "bad.jsonl"
     bad_lines = write_with_bad_lines(bad_path, chat_rows(120), CHAT_BAD)
@@ -70,6 +100,11 @@ def test_files_are_checked_kept_and_scoped(ratchet_server: RatchetProcess, tmp_p
     for line in bad_lines:
         assert f"line {line}:" in error["message"]
     assert "Fix those lines" in error["message"]
+    # A row cannot name an end user (OpenAI's rows carry none; an unknown field is refused), so
+    # an end user's erasure has no file rows to reach.
+    with pytest.raises(openai.BadRequestError, match="user") as named:
+        api.files.create(file=("u.jsonl", jsonl([{**chat_rows(1)[0], "user": "alice"}])), purpose="fine-tune")
+    assert [d["line"] for d in named.value.body["detail"]] == [1]  # type: ignore[index]
     with pytest.raises(openai.BadRequestError, match="no rows"):
         api.files.create(file=("empty.jsonl", b"\n\n"), purpose="fine-tune")
     with pytest.raises(openai.UnprocessableEntityError, match="fine-tune"):
@@ -128,6 +163,110 @@ def test_a_finished_job_neither_consumes_the_signal_nor_cools_down(tmp_path: Pat
     finally:
         runtime.writer.stop()
         runtime.db.close()
+
+
+def test_a_queued_job_goes_before_the_schedulers_own_runs(tmp_path: Path) -> None:
+    """A project with a queued job and enough new signal gets the job's run from the signal check,
+    not a signal run; the signal is still there for the run after it."""
+    settings = Settings(
+        data_dir=str(tmp_path), training=TrainingSettings(min_new_ratings=20, min_minority_share=0.1),
+        vllm=VllmSettings(base_model=str(tmp_path / "no-model"), urls=("http://127.0.0.1:9",)),
+    )  # fmt: skip
+    runtime = build_runtime(settings)
+    now = utcnow()
+    runtime.queries.create_project(Project("both", "", now), mint_key("both", now)[1])
+    runtime.projects.add("both")
+    runtime.writer.start()
+    try:
+        logs, feedback = rated_rows("both", 30, up_share=0.5)
+        asyncio.run(runtime.writer.write("logs", logs))
+        asyncio.run(runtime.writer.write("feedback", feedback))
+        pipeline = runtime.pipeline = build_pipeline(runtime)
+        fine_tuning = pipeline.jobs = FineTuning(runtime, FineTuningStore(runtime.db))
+        assert pipeline.signal_decision("both", now).start
+        train = fine_tuning.upload("both", "train.jsonl", "fine-tune", jsonl(tiny_rows(4)))
+        fine_tuning.store.add_job(StoredJob(
+            id="ftjob-waiting", project="both", run_id=None, created_at=now,
+            request=JobCreate(model="both", training_file=train.id),
+            hyperparameters=Hyperparameters(n_epochs=1, batch_size=4, learning_rate_multiplier=1.0),
+        ))  # fmt: skip
+
+        async def tick() -> RunRecord:
+            (started,) = await pipeline.check_signal(now)
+            for _ in range(600):  # it fails at training: there is no model and no vLLM here
+                if (run := runtime.runs.get(started)).state not in ACTIVE_STATES:
+                    return run
+                await asyncio.sleep(0.1)
+            raise AssertionError(f"the job's run did not end: {run}")
+
+        run = asyncio.run(tick())
+        assert run.trigger == JOB_TRIGGER and fine_tuning.store.job("both", "ftjob-waiting").run_id == run.id
+        assert pipeline.signal_decision("both", now).start  # the job did not consume the signal
+    finally:
+        runtime.writer.stop()
+        runtime.db.close()
+
+
+def test_jobs_queue_behind_a_run_in_order_and_survive_a_restart(
+    tmp_path: Path, start_ratchet: Callable[..., RatchetProcess]
+) -> None:
+    """A job created while its project has a run going is `queued` (it was a 409); a queued job
+    is cancelled without a run; the queue is stored, so a restart starts it, oldest first."""
+    data = tmp_path / "data"
+    settings = Settings(
+        data_dir=str(data),
+        vllm=VllmSettings(base_model=str(tmp_path / "no-model"), urls=("http://127.0.0.1:9",)),
+    )
+    runtime = build_runtime(settings)
+    now = utcnow()
+    secret, key = mint_key("queue", now, ("ingest", "read", "manage"))
+    runtime.queries.create_project(Project("queue", "", now), key)
+    runtime.projects.add("queue")
+    pipeline = runtime.pipeline = build_pipeline(runtime)
+    fine_tuning = pipeline.jobs = FineTuning(runtime, FineTuningStore(runtime.db))
+    runtime.runs.create(RunRecord(id="run-busy", project="queue", trigger="signal", state="training",
+                                  started_at=now, updated_at=now))  # fmt: skip
+    train = fine_tuning.upload("queue", "train.jsonl", "fine-tune", jsonl(tiny_rows(4)))
+    gone = fine_tuning.upload("queue", "gone.jsonl", "fine-tune", jsonl(tiny_rows(3)))
+
+    async def queue() -> tuple[Job, Job, Job]:
+        first = await fine_tuning.create("queue", JobCreate(model="queue", training_file=train.id))
+        dropped = await fine_tuning.create("queue", JobCreate(model="queue", training_file=train.id))
+        last = await fine_tuning.create("queue", JobCreate(model="queue", training_file=gone.id))
+        assert (first.status, dropped.status, last.status) == ("queued", "queued", "queued")
+        assert (await fine_tuning.cancel("queue", dropped.id)).status == "cancelled"
+        with pytest.raises(Conflict):
+            await fine_tuning.cancel("queue", dropped.id)
+        return first, dropped, last
+
+    first, dropped, last = asyncio.run(queue())
+    assert [r.id for r in runtime.runs.list("queue")] == ["run-busy"]  # no job got a run
+    fine_tuning.delete("queue", gone.id)  # the last job's file goes before its run starts
+    runtime.db.close()
+
+    # A restart fails the interrupted run; the project is free, and the queue starts, in order.
+    server = start_ratchet(
+        env={"RATCHET_VLLM__BASE_MODEL": str(tmp_path / "no-model"), "RATCHET_VLLM__URLS": '["http://127.0.0.1:9"]'},
+        data_dir=data,
+    )  # fmt: skip
+    api = client(server, secret)
+    ended = ("succeeded", "failed", "cancelled")
+    wait_for(lambda: all(api.fine_tuning.jobs.retrieve(j.id).status in ended for j in (first, last)),
+             timeout=120, what="the queued jobs to run")  # fmt: skip
+    assert api.fine_tuning.jobs.retrieve(dropped.id).status == "cancelled"
+    assert [e.message for e in api.fine_tuning.jobs.list_events(dropped.id)] == [
+        "The job was cancelled", "Job queued: it starts when the project's current run ends", "Created fine-tuning job",
+    ]  # fmt: skip
+    failed_last = api.fine_tuning.jobs.retrieve(last.id)
+    assert failed_last.status == "failed" and failed_last.error is not None
+    assert f"training_file {gone.id} was deleted before job {last.id} started" in failed_last.error.message
+    assert "Created fine-tuning job" in [e.message for e in api.fine_tuning.jobs.list_events(first.id)]
+    with server.client(secret) as c:
+        runs = c.get("/v1/runs", params={"project": "queue"}).json()
+    jobs_runs = sorted((r for r in runs if r["trigger"] == JOB_TRIGGER), key=lambda r: r["started_at"])
+    assert len(jobs_runs) == 2  # the cancelled job never had one
+    assert last.id in (jobs_runs[1]["error"] or "")  # FIFO: the first job's run went first
+    assert jobs_runs[1]["started_at"] >= jobs_runs[0]["finished_at"]
 
 
 # --- jobs on the tiny model, served through the gateway
@@ -201,45 +340,73 @@ def test_supervised_and_dpo_jobs_train_and_answer_through_the_gateway(
     before = answered_by(api, "ft")  # what the project's alias serves before any job: the base
 
     train = api.files.create(file=("sft.jsonl", jsonl(tiny_rows(16))), purpose="fine-tune")
+    valid = api.files.create(file=("valid.jsonl", jsonl(tiny_rows(22)[16:])), purpose="fine-tune")
     job = api.fine_tuning.jobs.create(
-        model="ft", training_file=train.id, suffix="words", seed=7,
+        model="ft", training_file=train.id, validation_file=valid.id, suffix="words", seed=7,
         method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 8}}},
     )  # fmt: skip
     assert job.object == "fine_tuning.job" and job.status in ("validating_files", "running")
-    done = finished(api, job.id)
-    assert done.status == "succeeded", (done.error, server.log_tail())
-    assert re.fullmatch(r"ft@v\d+", done.fine_tuned_model or "")
-    assert (done.user_provided_suffix, done.seed, done.training_file) == ("words", 7, train.id)
-    assert done.hyperparameters.n_epochs == 1 and done.hyperparameters.batch_size == 8
-    assert done.finished_at is not None and done.error is None
 
-    # The job's model answers when asked for by name; the alias still serves what it served.
-    assert done.trained_tokens and done.trained_tokens > 0
-    assert answered_by(api, done.fine_tuned_model) == done.fine_tuned_model
-    # The first run of a project makes the base model its version 0 (a null adapter, the same
-    # answers): that, not the job's version, is what the alias serves.
-    default = answered_by(api, "ft")
-    assert default in ("ft@v0", before) and default != done.fine_tuned_model
-    messages = [e.message for e in api.fine_tuning.jobs.list_events(done.id)]
-    assert messages[0] == "The job has successfully completed"
-    assert "Created fine-tuning job" in messages
-
+    # While the job trains, the next ones queue (OpenAI's `queued`); a queued job is cancelled
+    # without ever running.
     prefs = api.files.create(file=("dpo.jsonl", jsonl(tiny_preferences(16))), purpose="fine-tune")
     dpo = api.fine_tuning.jobs.create(
         model="ft", training_file=prefs.id,
         method={"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 1, "batch_size": 8, "beta": 0.2}}},
     )  # fmt: skip
+    dropped = api.fine_tuning.jobs.create(model="ft", training_file=train.id)
+    assert (dpo.status, dropped.status) == ("queued", "queued")
+    assert api.fine_tuning.jobs.cancel(dropped.id).status == "cancelled"
+
+    done = finished(api, job.id)
+    assert done.status == "succeeded", (done.error, server.log_tail())
+    # The suffix is in the model's name, as OpenAI puts it (`ft:base:org:suffix:id`).
+    assert re.fullmatch(r"ft:words@v\d+", done.fine_tuned_model or "")
+    version = (done.fine_tuned_model or "").replace(":words", "")
+    assert (done.user_provided_suffix, done.seed, done.training_file) == ("words", 7, train.id)
+    assert done.hyperparameters.n_epochs == 1 and done.hyperparameters.batch_size == 8
+    assert done.finished_at is not None and done.error is None
+
+    # The job's model answers when asked for by name (with its suffix or as the bare version);
+    # the alias still serves what it served.
+    assert done.trained_tokens and done.trained_tokens > 0
+    assert answered_by(api, done.fine_tuned_model) == version
+    assert answered_by(api, version) == version
+    # The first run of a project makes the base model its version 0 (a null adapter, the same
+    # answers): that, not the job's version, is what the alias serves.
+    default = answered_by(api, "ft")
+    assert default in ("ft@v0", before) and default != version
+    events = list(api.fine_tuning.jobs.list_events(done.id))
+    assert events[0].message == "The job has successfully completed"
+    assert "Created fine-tuning job" in [e.message for e in events]
+
+    # Validation: the loss on the validation file, in the events and the result file.
+    (metrics,) = [e for e in events if e.type == "metrics"]
+    assert metrics.data["step"] == 2 and metrics.data["valid_loss"] > 0, metrics
+    assert f"validation loss={metrics.data['valid_loss']}" in metrics.message
+    (result_id,) = done.result_files
+    result = api.files.retrieve(result_id)
+    assert (result.purpose, result.filename) == ("fine-tune-results", "step_metrics.csv")
+    lines = api.files.content(result_id).text.splitlines()
+    assert lines[0] == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"
+    rows = [dict(zip(lines[0].split(","), line.split(","), strict=True)) for line in lines[1:]]
+    assert [r["step"] for r in rows] == ["1", "2"]
+    assert all(float(r["train_loss"]) > 0 and float(r["valid_loss"]) > 0 for r in rows)
+    assert float(rows[-1]["valid_loss"]) == pytest.approx(metrics.data["valid_loss"])
+
+    # The queued DPO job started once the project was free.
     dpo_done = finished(api, dpo.id)
     assert dpo_done.status == "succeeded", (dpo_done.error, server.log_tail())
     assert dpo_done.method.type == "dpo" and dpo_done.hyperparameters.beta == 0.2
-    assert dpo_done.fine_tuned_model not in (None, done.fine_tuned_model)
+    assert dpo_done.fine_tuned_model not in (None, version, done.fine_tuned_model)
     assert answered_by(api, dpo_done.fine_tuned_model) == dpo_done.fine_tuned_model
     assert answered_by(api, "ft") == default
+    assert api.fine_tuning.jobs.retrieve(dropped.id).status == "cancelled"
 
     # The list pages newest first with OpenAI's cursor.
     first = api.fine_tuning.jobs.list(limit=1)
-    assert [j.id for j in first.data] == [dpo.id] and first.has_more
-    assert [j.id for j in api.fine_tuning.jobs.list(limit=5, after=dpo.id).data] == [job.id]
+    assert [j.id for j in first.data] == [dropped.id] and first.has_more
+    assert [j.id for j in api.fine_tuning.jobs.list(limit=5, after=dropped.id).data] == [dpo.id, job.id]
 
     # Cancel is the run's cancel; a finished job cannot be cancelled.
     going = api.fine_tuning.jobs.create(model="ft", training_file=train.id)
@@ -249,45 +416,56 @@ def test_supervised_and_dpo_jobs_train_and_answer_through_the_gateway(
     with pytest.raises(openai.ConflictError):
         api.fine_tuning.jobs.cancel(done.id)
 
-    # A version of another project, or none, is not served.
+    # A version of another project, or none, or under another suffix, is not served.
     with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}) as h:
-        r = h.post(
-            "/v1/chat/completions", json={"model": "ft@v99", "messages": [{"role": "user", "content": "x"}]}
-        )
-        assert r.status_code == 404, r.text
-        r = h.post(
-            "/v1/chat/completions", json={"model": "nope@v1", "messages": [{"role": "user", "content": "x"}]}
-        )
-        assert r.status_code == 404, r.text
+        for model in ("ft@v99", "nope@v1", version.replace("@", ":other@"), "ft:words"):
+            r = h.post(
+                "/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": "x"}]}
+            )
+            assert r.status_code == 404, (model, r.text)
 
 
 @pytest.mark.slow
-def test_a_run_trains_on_logs_that_came_in_as_otlp_spans(served: tuple[RatchetProcess, str]) -> None:
-    """GenAI spans exported by the OpenTelemetry SDK (with evaluation events) are the logs and
-    feedback a run snapshots and trains on."""
+def test_a_run_trains_on_logs_that_came_in_as_otlp_spans(
+    served: tuple[RatchetProcess, str], vllm_server: Any
+) -> None:
+    """An app's `openai` calls to vLLM, instrumented by the official
+    `opentelemetry-instrumentation-openai-v2` and exported by the SDK's `OTLPSpanExporter`, with
+    evaluation events emitted afterwards, are the logs and feedback a run snapshots and trains on."""
     server, _ = served
     key = server.create_project("ft-otel")
-    provider, memory = recording_provider("words-app")
-    tracer = provider.get_tracer("app")
-    for i in range(24):
-        with tracer.start_as_current_span("chat tiny") as span:
-            span.set_attributes({
-                "gen_ai.operation.name": "chat", "gen_ai.request.model": "tiny",
-                "gen_ai.response.id": f"chatcmpl-otel-{i}", "user.id": f"user-{i % 6}",
-                "gen_ai.input.messages": json.dumps(
-                    [{"role": "user", "parts": [{"type": "text", "content": f"Say the word number {i}."}]}]),
-                "gen_ai.output.messages": json.dumps([{"role": "assistant", "finish_reason": "stop",
-                    "parts": [{"type": "text", "content": f"WORD {i}" if i % 3 else f"word {i}?"}]}]),
-            })  # fmt: skip
-            span.add_event("gen_ai.evaluation.result", {
-                "gen_ai.evaluation.name": "format", "gen_ai.evaluation.score.label": "pass" if i % 3 else "fail",
-            })  # fmt: skip
+    mp = pytest.MonkeyPatch()
+    mp.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "gen_ai_latest_experimental")
+    mp.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "span_only")
+    provider = TracerProvider(resource=Resource.create({"service.name": "words-app"}))
     exporter = OTLPSpanExporter(
         endpoint=f"{server.url}/v1/traces", headers={"Authorization": f"Bearer {key}"}
     )
-    assert exporter.export(memory.get_finished_spans()) is SpanExportResult.SUCCESS
+    provider.add_span_processor(SimpleSpanProcessor(exporter))  # exported as each span ends
+    instrumentor = OpenAIInstrumentor()
+    instrumentor.instrument(tracer_provider=provider)
+    try:
+        app = openai.OpenAI(base_url=f"{vllm_server.base_url}/v1", api_key="unused", max_retries=0)
+        evals = provider.get_tracer("words-app.evals")
+        ids = []
+        for i in range(24):
+            answer = app.chat.completions.create(
+                model=vllm_server.model_name, messages=[{"role": "user", "content": f"Say the word number {i}."}],
+                max_tokens=6, temperature=0,  # type: ignore[arg-type]
+            )  # fmt: skip
+            ids.append(answer.id)
+            with evals.start_as_current_span("evaluate format") as span:
+                span.add_event("gen_ai.evaluation.result", {
+                    "gen_ai.evaluation.name": "format", "gen_ai.evaluation.score.label": "pass" if i % 3 else "fail",
+                    "gen_ai.response.id": answer.id,
+                })  # fmt: skip
+    finally:
+        instrumentor.uninstrument()
+        provider.shutdown()
+        mp.undo()
     with server.client(key) as c:
-        assert c.get("/v1/projects/ft-otel/stats").status_code == 200
+        log = c.get(f"/v1/logs/{ids[1]}").json()
+        assert log["source"] == "otlp" and [f["rating"] for f in log["feedback"]] == [1], log
         run = c.post("/v1/projects/ft-otel/runs").json()
         done = wait_for(
             lambda: (r := c.get(f"/v1/runs/{run['id']}").json())["state"] not in ACTIVE_STATES and r,

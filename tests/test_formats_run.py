@@ -9,6 +9,7 @@ import asyncio
 import inspect
 import json
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
@@ -80,6 +81,37 @@ def test_deploy_refuses_an_adapter_whose_manifest_is_newer(tmp_path: Path, tiny_
 def runs_store(tmp_path: Path) -> tuple[Database, Runs]:
     db = Database(tmp_path / "ratchet.duckdb")
     return db, Runs(db, Serving(db))
+
+
+def test_a_cancel_racing_a_stage_update_neither_conflicts_nor_revives_the_run(tmp_path: Path) -> None:
+    """A cancelled run's stage can still have an update in flight on a worker thread while the
+    cancel finishes the run (a job cancelled right after it was created answered 500: DuckDB's
+    "Conflict on update"): updates of a run are serialised, and an ended run stays ended."""
+    db, runs = runs_store(tmp_path)
+    now = datetime(2026, 11, 30, 12)
+    runs.create(
+        RunRecord(id="r1", project="p", trigger="manual", state="pending", started_at=now, updated_at=now)
+    )
+
+    def stage(i: int) -> None:
+        runs.update(
+            "r1", now, state="training" if i % 2 else "snapshot", stats={"stage_seconds": {"snapshot": i}}
+        )
+
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(stage, i) for i in range(40)]
+        futures.append(pool.submit(runs.update, "r1", now, state="cancelled", error="cancelled on request"))
+        futures += [pool.submit(stage, i) for i in range(40)]
+        for future in futures:
+            future.result()  # no "Conflict on update"
+    run = runs.get("r1")
+    assert (run.state, run.error, run.finished_at) == ("cancelled", "cancelled on request", now)
+    with db.reading() as cur:
+        kinds = [
+            k for (k,) in cur.execute("SELECT kind FROM events WHERE run_id = 'r1' ORDER BY rowid").fetchall()
+        ]
+    assert kinds.count("run_cancelled") == 1 and kinds[-1] == "run_cancelled", kinds  # none after the end
+    db.close()
 
 
 def test_run_stats_are_typed_checked_and_old_ones_load(tmp_path: Path) -> None:

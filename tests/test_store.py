@@ -47,7 +47,8 @@ EXPECTED_TABLES = {
     "archive_files": ["path", "project", "day", "rows", "first_key", "state", "created_at"],
     "gate_configs": ["project", "version", "config", "created_at", "created_by"],
     "files": ["id", "project", "purpose", "filename", "bytes", "format", "lines", "sha256", "path", "created_at"],
-    "fine_tuning_jobs": ["id", "project", "run_id", "request", "hyperparameters", "created_at"],
+    "fine_tuning_jobs": ["id", "project", "run_id", "request", "hyperparameters", "created_at", "cancelled_at",
+                         "result_file"],
 }  # fmt: skip
 
 

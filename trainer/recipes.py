@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+import msgspec
 import torch
 from datasets import Dataset, Features, Json, List, Value
 from peft import LoraConfig, PeftModel
@@ -42,18 +43,28 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 class StepEvents(TrainerCallback):
-    """Turns the Trainer's log calls into `step` progress events (loss plus what the method logs)."""
+    """Turns the Trainer's log calls into `step` progress events (loss plus what the method logs).
+
+    With validation, the Trainer logs the evaluation (`eval_loss`, ...) after the step's training
+    figures: the step's event is sent again with them added, so the last event has both."""
 
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
+        self.last: StepEvent | None = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs and state.is_world_process_zero:
-            figures = {k: float(v) for k, v in logs.items() if isinstance(v, int | float)}
+        if not logs or not state.is_world_process_zero:
+            return
+        figures = {k: float(v) for k, v in logs.items() if isinstance(v, int | float)}
+        if "loss" in logs:
             named = {k: figures.pop(k, None) for k in ("loss", "epoch", "learning_rate")}
-            self.progress.send(
-                StepEvent(step=state.global_step, total_steps=state.max_steps, **named, logs=figures)
-            )
+            self.last = StepEvent(step=state.global_step, total_steps=state.max_steps, **named, logs=figures)
+        elif "eval_loss" in logs and self.last is not None and self.last.step == state.global_step:
+            figures.pop("epoch", None)
+            self.last = msgspec.structs.replace(self.last, logs={**self.last.logs, **figures})
+        else:
+            return
+        self.progress.send(self.last)
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,13 @@ class Job:
     examples: Examples
     save_dir: Path
     callbacks: list[TrainerCallback]
+    validation: Examples | None = None
+    """Fitted examples of the holdout to compute the loss on (`RunSpec.validation`), if any."""
+
+    def eval_dataset(self, method: str) -> Dataset | None:
+        """The validation examples of `method` as a dataset; None without any."""
+        examples = self.validation.of(method) if self.validation is not None else []
+        return _dataset(examples, self.spec.seed) if examples else None
 
 
 def hyperparameters(spec: RunSpec, method: str, examples: Examples, limit: int) -> dict:
@@ -101,8 +119,9 @@ def hyperparameters(spec: RunSpec, method: str, examples: Examples, limit: int) 
     return hp
 
 
-def _trl_args(job: Job, hp: dict) -> dict:
-    """TrainingArguments shared by every TRL config: the run's schedule plus the CPU settings."""
+def _trl_args(job: Job, hp: dict, evaluate: bool = False) -> dict:
+    """TrainingArguments shared by every TRL config: the run's schedule plus the CPU settings;
+    `evaluate`: on the validation examples at every logging step (and once more at the end)."""
     return {
         "output_dir": str(job.save_dir),
         "learning_rate": hp["learning_rate"],
@@ -124,7 +143,9 @@ def _trl_args(job: Job, hp: dict) -> dict:
         "gradient_checkpointing": False,
         "report_to": "none",
         "save_strategy": "no",
-        "eval_strategy": "no",
+        "eval_strategy": "steps" if evaluate else "no",
+        "eval_steps": job.spec.optim.logging_steps,
+        "per_device_eval_batch_size": hp["batch_size"],
         "dataloader_num_workers": 0,
         "disable_tqdm": True,
         "ddp_find_unused_parameters": False,  # every LoRA weight is used; the check costs a pass
@@ -230,8 +251,18 @@ def _save_adapter(trainer, save_dir: Path) -> None:
 
 
 def _metrics(trainer, result) -> dict:
-    """What training reports: steps, mean loss, speed, and the last logged values of the method."""
+    """What training reports: steps, mean loss, speed, the last logged values of the method, and
+    the figures of every logged step (`history`, with the validation figures `eval_*` of that step
+    when the run validates); with validation, the final `eval_loss` over every validation example."""
     last = next((log for log in reversed(trainer.state.log_history) if "loss" in log), {})
+    validation = {}
+    if trainer.eval_dataset is not None:
+        validation["eval_loss"] = trainer.evaluate().get("eval_loss")
+    history: dict[int, dict] = {}
+    for log in trainer.state.log_history:
+        if "loss" in log or "eval_loss" in log:
+            row = history.setdefault(log["step"], {"step": log["step"]})
+            row.update({k: v for k, v in log.items() if isinstance(v, int | float) and k != "epoch"})
     return {
         "steps": result.global_step,
         "train_loss": result.training_loss,
@@ -242,6 +273,8 @@ def _metrics(trainer, result) -> dict:
         # (fitting left nothing for TRL to drop or truncate).
         "examples_trained": len(trainer.train_dataset),
         "last_log": {k: v for k, v in last.items() if isinstance(v, int | float)},
+        "history": list(history.values()),
+        **validation,
     }
 
 
@@ -249,11 +282,13 @@ def train_sft(job: Job, hp: dict) -> dict:
     """Supervised fine-tuning on liked and corrected answers (loss on the answer tokens only)."""
     model, tokenizer = load_model(job.spec)
     dataset = _dataset(job.examples.sft, job.spec.seed)
-    config = SFTConfig(**_trl_args(job, hp))
+    held = job.eval_dataset("sft")
+    config = SFTConfig(**_trl_args(job, hp, held is not None))
     trainer = SFTTrainer(
         model=model,
         args=config,
         train_dataset=dataset,
+        eval_dataset=held,
         processing_class=tokenizer,
         peft_config=_lora(job.spec, model),
         callbacks=job.callbacks,
@@ -269,13 +304,16 @@ def train_dpo(job: Job, hp: dict) -> dict:
     model, or the parent adapter when continuing (TRL keeps a frozen copy of it)."""
     model, tokenizer = load_model(job.spec)
     dataset = _dataset(job.examples.dpo, job.spec.seed)
+    held = job.eval_dataset("dpo")
     config = DPOConfig(
-        **_trl_args(job, hp), **_reference_once(hp, len(dataset)), beta=hp["beta"], loss_type=hp["loss_type"]
-    )
+        **_trl_args(job, hp, held is not None), **_reference_once(hp, len(dataset)),
+        beta=hp["beta"], loss_type=hp["loss_type"],
+    )  # fmt: skip
     trainer = DPOTrainer(
         model=model,
         args=config,
         train_dataset=dataset,
+        eval_dataset=held,
         processing_class=tokenizer,
         peft_config=_lora(job.spec, model),
         callbacks=job.callbacks,
@@ -289,14 +327,16 @@ def train_kto(job: Job, hp: dict) -> dict:
     """KTO on single thumbs (liked / disliked answers), so unpaired feedback is not wasted."""
     model, tokenizer = load_model(job.spec)
     dataset = _dataset(job.examples.kto, job.spec.seed)
+    held = job.eval_dataset("kto")
     config = KTOConfig(
-        **_trl_args(job, hp), **_reference_once(hp, len(dataset)),
+        **_trl_args(job, hp, held is not None), **_reference_once(hp, len(dataset)),
         beta=hp["beta"], desirable_weight=hp["desirable_weight"],
     )  # fmt: skip
     trainer = KTOTrainer(
         model=model,
         args=config,
         train_dataset=dataset,
+        eval_dataset=held,
         processing_class=tokenizer,
         peft_config=_lora(job.spec, model),
         callbacks=job.callbacks,

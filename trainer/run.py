@@ -67,7 +67,7 @@ def run(spec: RunSpec, progress: Progress) -> Path:
     """Train the adapter the spec describes; return its directory. Raises a TrainerError on bad input."""
     started = time.monotonic()
     check_paths(spec)
-    snapshot = read_snapshot(spec.snapshot_dir)
+    snapshot = read_snapshot(spec.snapshot_dir, holdout=spec.validation)
     built = build_examples(snapshot.train, unreadable=snapshot.unreadable, seed=spec.seed)
     # Too little signal even before measuring in tokens: fail now, before the heavy imports.
     choose_method(built, spec.method, spec.min_examples, spec.auto_min_pair_share)
@@ -108,7 +108,12 @@ def run(spec: RunSpec, progress: Progress) -> Path:
         )
     )
     try:
-        job = Job(spec=spec, examples=examples, save_dir=partial, callbacks=[StepEvents(progress)])
+        validation = None
+        if snapshot.holdout:  # fitted as the training examples are, so the two losses compare
+            held = build_examples(snapshot.holdout, seed=spec.seed)
+            validation = fit_examples(held, Renderer(tokenizer), limit)
+        job = Job(spec=spec, examples=examples, save_dir=partial, callbacks=[StepEvents(progress)],
+                  validation=validation)  # fmt: skip
         # Libraries print log dicts to stdout; stdout belongs to the progress events.
         with contextlib.redirect_stdout(sys.stderr):
             metrics = RECIPES[choice.method](job, hp)

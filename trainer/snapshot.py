@@ -6,7 +6,8 @@ checked whole (version, sha256s, row counts) and a bad one stops the run (`Snaps
 is trained on a snapshot that is not what the service wrote. A single row the trainer cannot
 decode does not: it is left out and counted (`Snapshot.unreadable`), and the run goes on.
 
-Only `train.parquet` is read; the holdout belongs to evals.
+Only `train.parquet` is read, unless the run validates on the holdout (a fine-tuning job's
+validation file, `RunSpec.validation`); otherwise the holdout belongs to evals.
 """
 
 from __future__ import annotations
@@ -31,13 +32,15 @@ class Snapshot:
     train: list[SnapshotRow]
     unreadable: int = 0
     """Train rows that could not be decoded into a `SnapshotRow` (left out, logged)."""
+    holdout: list[SnapshotRow] | None = None
+    """The holdout's rows, when asked for (`read_snapshot(..., holdout=True)`)."""
 
     @property
     def holdout_rows(self) -> int:
         return self.manifest.files["holdout.parquet"].rows
 
 
-def read_snapshot(directory: str | Path, *, batch_rows: int = 4096) -> Snapshot:
+def read_snapshot(directory: str | Path, *, batch_rows: int = 4096, holdout: bool = False) -> Snapshot:
     """Verify the manifest (schema version, each file's sha256 and row count) and read the train rows.
 
     Raises SnapshotError naming the file and the problem when the snapshot as a whole is wrong
@@ -62,8 +65,13 @@ def read_snapshot(directory: str | Path, *, batch_rows: int = 4096) -> Snapshot:
 
     try:
         rows = list(iter_rows(path, batch_rows, on_error=left_out))
+        held = None
+        if holdout:  # a row that does not decode only leaves validation smaller: logged, not counted
+            held = list(iter_rows(directory / "holdout.parquet", batch_rows, on_error=lambda i, e: log.warning(
+                "holdout.parquet: log %s left out of validation, it does not decode: %s", i, e)))  # fmt: skip
     except SnapshotFormatError as exc:
         raise SnapshotError(str(exc)) from exc
     return Snapshot(
-        path=directory, sha256=manifest.sha256, manifest=manifest, train=rows, unreadable=unreadable
-    )
+        path=directory, sha256=manifest.sha256, manifest=manifest, train=rows, unreadable=unreadable,
+        holdout=held,
+    )  # fmt: skip

@@ -7,7 +7,7 @@ key names it with `?project=`. Reading needs `read`, uploading, starting and can
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
 from litestar import Request, Response, delete, get, post
 from litestar.datastructures import UploadFile
@@ -31,7 +31,12 @@ from service.store.fine_tuning import FineTuningStore
 
 
 def _domain(runtime: Runtime) -> FineTuning:
-    return FineTuning(runtime, FineTuningStore(runtime.db))
+    fine_tuning: FineTuning = runtime.fine_tuning
+    return fine_tuning
+
+
+MAX_FILES_PAGE = 10_000
+"""OpenAI's bound (and default) for a page of `GET /v1/files`."""
 
 
 def _limit(limit: int) -> int:
@@ -70,13 +75,23 @@ def upload_route(max_bytes: int) -> HTTPRouteHandler:
 @get("/v1/files", summary="List uploaded files", sync_to_thread=True, opt=needs("read"))
 def list_files(
     principal: Principal, runtime: Runtime, project: str | None = None, purpose: str | None = None,
-    limit: int = 10_000,
+    after: str | None = None, limit: int = 10_000, order: Literal["asc", "desc"] = "desc",
 ) -> FileList:  # fmt: skip
-    """The project's files, newest first."""
-    stored = FineTuningStore(runtime.db).files(scoped_project(principal, runtime, project), purpose=purpose,
-                                               limit=min(max(limit, 1), 10_000))  # fmt: skip
-    data = [file_object(f) for f in stored]
-    return FileList(data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None)
+    """The project's files by creation time, newest first unless `order=asc`; `purpose` only
+    those of that purpose; `limit` 1 to 10,000 a page and `after` a file id to page on (OpenAI's
+    cursor: the last id of the page before)."""
+    if not 1 <= limit <= MAX_FILES_PAGE:
+        raise InvalidInput(f"`limit` is 1 to {MAX_FILES_PAGE:,}", "limit")
+    stored = FineTuningStore(runtime.db).files(
+        scoped_project(principal, runtime, project),
+        purpose=purpose,
+        after=after,
+        limit=limit + 1,
+        order=order,
+    )
+    data = [file_object(f) for f in stored[:limit]]
+    return FileList(data=data, has_more=len(stored) > limit, first_id=data[0].id if data else None,
+                    last_id=data[-1].id if data else None)  # fmt: skip
 
 
 @get("/v1/files/{file_id:str}", summary="One uploaded file", sync_to_thread=True, opt=needs("read"))
@@ -91,8 +106,8 @@ def get_file(file_id: str, principal: Principal, runtime: Runtime, project: str 
 def get_file_content(
     file_id: str, principal: Principal, runtime: Runtime, project: str | None = None
 ) -> Response[bytes]:
-    raw = _domain(runtime).content(scoped_project(principal, runtime, project), file_id)
-    return Response(raw, media_type="application/jsonl")
+    raw, media_type = _domain(runtime).content(scoped_project(principal, runtime, project), file_id)
+    return Response(raw, media_type=media_type)
 
 
 @delete(
@@ -113,8 +128,8 @@ async def create_job(
 ) -> Job:
     """Start a run that trains the project's base model on `training_file` (`method` supervised
     or dpo); once it has `succeeded`, `fine_tuned_model` (`project@vN`) answers through the
-    gateway. The version is not gated, canaried or made the project's default. 409 while the
-    project has a run going."""
+    gateway. The version is not gated, canaried or made the project's default. While the project
+    has a run going (or earlier jobs queued) the job is `queued` and starts when it is free."""
     return await _domain(runtime).create(scoped_project(principal, runtime, project), data)
 
 
@@ -155,5 +170,5 @@ def list_job_events(
 )  # fmt: skip
 async def cancel_job(job_id: str, principal: Principal, runtime: Runtime, project: str | None = None) -> Job:
     """The run's cancel (`POST /v1/runs/{id}/cancel`): its trainer is stopped, the job ends
-    `cancelled`. 409 once the job has ended."""
+    `cancelled`; a queued job is cancelled without a run. 409 once the job has ended."""
     return await _domain(runtime).cancel(scoped_project(principal, runtime, project), job_id)

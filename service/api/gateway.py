@@ -1,5 +1,6 @@
 """OpenAI-compatible gateway endpoints: `model` is the project's name, or one version of it
-(`project@vN`, e.g. a fine-tuning job's `fine_tuned_model`), which answers that request alone.
+(`project@vN`, or `project:suffix@vN`, a fine-tuning job's `fine_tuned_model` with its suffix),
+which answers that request alone.
 
 `ratchet serve` answers these requests on the fast path (`service/api/fastpath.py`), which runs
 `forward_request` below as these routes do; the routes take the rest (a body without
@@ -30,12 +31,15 @@ async def forward_request(
     parsed = parse_request(endpoint, raw)
     if not parsed.model:
         raise InvalidInput("`model` must name your project (the model alias apps call)", "model")
-    name, at, _ = parsed.model.partition("@")
+    head, at, _ = parsed.model.partition("@")
+    name, suffixed, _ = head.partition(":")
     project = scoped_project(principal, runtime, name)
-    if not at:
+    if not at and not suffixed:
         return await runtime.gateway.forward(project, parsed)
-    await runtime.rollouts.ensure_addressable(parsed.model)
-    return await runtime.gateway.forward(project, parsed, version=parsed.model)
+    # `project:suffix@vN`: a fine-tuning job's model named with its suffix, the same version.
+    version = await runtime.fine_tuning.served_name(parsed.model) if suffixed else parsed.model
+    await runtime.rollouts.ensure_addressable(version)
+    return await runtime.gateway.forward(project, parsed, version=version)
 
 
 async def _forward(

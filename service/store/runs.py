@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime
 from typing import Any
 
@@ -52,10 +53,11 @@ class Runs:
     def __init__(self, db: Database, serving: Serving) -> None:
         self._db = db
         self._serving = serving
+        self._lock = threading.Lock()
 
     def create(self, run: RunRecord) -> None:
         """Store a new run; `Conflict` if the project already has one in progress (single flight)."""
-        with self._db.transaction() as cur:
+        with self._lock, self._db.transaction() as cur:
             active = cur.execute(
                 f"SELECT id, state FROM runs WHERE project = ? AND state IN {ACTIVE}", [run.project]
             ).fetchone()
@@ -82,20 +84,25 @@ class Runs:
         error: str | None = None,
     ) -> RunRecord:
         """Move a run to `state` and/or set fields of its stats (`RunStats` field names: another
-        name is a TypeError); a terminal state finishes it."""
-        with self._db.transaction() as cur:
+        name is a TypeError); a terminal state finishes it, and a finished run stays finished.
+
+        Updates of runs are serialised: a cancelled run's stage may still have an update in
+        flight on a worker thread while the cancel finishes the run, and two transactions
+        updating one row conflict in DuckDB ("Conflict on update"); the late stage update then
+        comes after the end and cannot move the run back to an active state."""
+        with self._lock, self._db.transaction() as cur:
             run = _run(cur.execute(f"SELECT {_COLUMNS} FROM runs WHERE id = ?", [run_id]).fetchone())
             merged = msgspec.structs.replace(run.stats, **(stats or {}))
-            new_state = state or run.state
-            finished = now if new_state not in ACTIVE else None
+            new_state = run.state if run.state not in ACTIVE else (state or run.state)
+            finished = (run.finished_at or now) if new_state not in ACTIVE else None
             cur.execute(
                 "UPDATE runs SET state = ?, updated_at = ?, finished_at = ?, error = coalesce(?, error), stats = ?"
                 " WHERE id = ?",
                 [new_state, now, finished, error, msgspec.json.encode(merged).decode(), run_id],
             )
-            if state and state != run.state:
-                detail = {"from": run.state, "to": state, **({"error": error} if error else {})}
-                self._serving._insert_event(cur, Event(now, run.project, run_id, f"run_{state}", detail))
+            if new_state != run.state:
+                detail = {"from": run.state, "to": new_state, **({"error": error} if error else {})}
+                self._serving._insert_event(cur, Event(now, run.project, run_id, f"run_{new_state}", detail))
         return RunRecord(**{**msgspec.structs.asdict(run), "state": new_state, "updated_at": now,
                             "finished_at": finished, "error": error or run.error, "stats": merged})  # fmt: skip
 

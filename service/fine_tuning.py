@@ -76,7 +76,7 @@ from formats.snapshot import (
     rows_to_table,
     snapshot_sha256,
 )
-from service.capture import utcnow
+from service.clock import utcnow
 from service.errors import Conflict, InvalidFile, InvalidInput, NotFound
 from service.importer import parse_line, read_line
 from service.pipeline import JOB_TRIGGER, JobPlan, RunFailed

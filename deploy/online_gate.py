@@ -43,6 +43,7 @@ from formats.run import GateDecision, OnlineOutcome, OnlineReason
 
 __all__ = ["ArmCounts", "GateDecision", "GatePolicy", "decide"]
 
+
 def _doc(text: str) -> msgspec.Meta:
     return msgspec.Meta(description=text)
 

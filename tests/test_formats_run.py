@@ -177,5 +177,5 @@ def test_the_online_verdict_in_run_stats_is_the_gates_own_struct() -> None:
     assert loaded == stats and isinstance(loaded.online, GateDecision)
     wire = msgspec.to_builtins(stats)
     wire["online"]["reason"] = "vibes"
-    with pytest.raises(msgspec.ValidationError, match="online.reason"):
+    with pytest.raises(msgspec.ValidationError, match=r"\$\.online\.reason"):
         RunStats.decode(msgspec.json.encode(wire))

@@ -19,6 +19,15 @@ pytest_plugins = [
 
 
 def pytest_collection_modifyitems(items: list) -> None:  # type: ignore[type-arg]
-    """Tests marked `own_vllm` stop the shared vLLM server to run their own (two would not fit
-    beside each other on 2 cores): running them last spares restarting it (~50 s) afterwards."""
-    items.sort(key=lambda item: item.get_closest_marker("own_vllm") is not None)
+    """Modules whose tests use the shared vLLM server run after those that don't: the server is
+    spawned before the first test (tests.fixtures.vllm) and starts (45-85 s) while they run.
+    Tests marked `own_vllm` stop the shared vLLM server to run their own (two would not fit
+    beside each other on 2 cores): they run last, which spares restarting it (~50 s) afterwards.
+    Whole modules move (in their order), so module fixtures are set up once."""
+    uses_vllm = {item.module.__name__ for item in items if "vllm_server" in item.fixturenames}
+    items.sort(
+        key=lambda item: (
+            item.get_closest_marker("own_vllm") is not None,
+            item.module.__name__ in uses_vllm,
+        )
+    )

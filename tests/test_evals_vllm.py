@@ -219,9 +219,10 @@ def test_false_promotion_rate_of_the_feedback_gate_for_a_candidate_no_better(
     Not a case here: the shuffled adapter against the base with sampled answers. Trained on the
     base's own answers (the thumbs shuffled, but each answer still "desirable" half the time), it
     samples more sharply than the base, and at T=1 users really like its answers more (measured
-    while it was a case here, November 2026: the hidden preference liked 0.43 of its answers vs
-    0.37 of the base's over 20 runs, promoted in 2): a promotion there is not a false one, so the
-    case asserted nothing of the gate and cost the most generations and scorings of the test.
+    while it was a case here: the hidden preference liked 0.43 of its answers vs 0.37 of the
+    base's over 20 runs, promoted in 2; on 2026-12-01 0.445 vs 0.410, promoted in 1): a promotion
+    there is not a false one, so the case asserted nothing of the gate, and it took a third of
+    the test's time (60 s -> 40 s without it, both runs in one session).
     Greedy, it answered as the base on every holdout prompt.
 
     Each seeded run is a gate over its own holdout: 160 rows of fresh simulated feedback (other

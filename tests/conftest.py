@@ -20,7 +20,8 @@ pytest_plugins = [
 
 def pytest_collection_modifyitems(items: list) -> None:  # type: ignore[type-arg]
     """Modules whose tests use the shared vLLM server run after those that don't: the server is
-    spawned before the first test (tests.fixtures.vllm) and starts (45-85 s) while they run.
+    spawned as soon as the tiny model is there (tests.fixtures.vllm) and starts (45-85 s) while
+    they run.
     Tests marked `own_vllm` stop the shared vLLM server to run their own (two would not fit
     beside each other on 2 cores): they run last, which spares restarting it (~50 s) afterwards.
     Whole modules move (in their order), so module fixtures are set up once."""

@@ -35,22 +35,13 @@ Pure functions over counts; `now` and `started_at` are epoch seconds passed in.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated
 
 import msgspec
 
-Outcome = Literal["promote", "rollback", "continue"]
-# Bounded reason codes: fit for a metric label or an event kind's detail.
-Reason = Literal[
-    "better",
-    "worse",
-    "error_rate",
-    "latency",
-    "inconclusive_max_ratings",
-    "inconclusive_max_duration",
-    "below_min_ratings",
-    "collecting",
-]
+from formats.run import GateDecision, OnlineOutcome, OnlineReason
+
+__all__ = ["ArmCounts", "GateDecision", "GatePolicy", "decide"]
 
 
 def _doc(text: str) -> msgspec.Meta:
@@ -126,25 +117,6 @@ class ArmCounts(msgspec.Struct, frozen=True, kw_only=True):
         return self.up + self.down
 
 
-class GateDecision(msgspec.Struct, frozen=True, kw_only=True):
-    """The verdict and the numbers behind it. `statistic` is the promotion log-likelihood ratio
-    (the online statistic to export as a metric; promote at `promote_at`), `harm_statistic` the
-    rollback one (roll back at `rollback_at`); `lift` is canary rate minus champion rate."""
-
-    outcome: Outcome
-    reason: Reason
-    detail: str
-    statistic: float
-    harm_statistic: float
-    promote_at: float
-    rollback_at: float
-    lift: float
-    canary_rate: float
-    champion_rate: float
-    canary_ratings: int
-    champion_ratings: int
-
-
 def decide(
     canary: ArmCounts, champion: ArmCounts, *, started_at: float, now: float, policy: GatePolicy
 ) -> GateDecision:
@@ -152,7 +124,7 @@ def decide(
     statistic, harm, lift = log_likelihood_ratios(canary, champion, policy.min_lift)
     promote_at, rollback_at = math.log(1 / policy.alpha), math.log(1 / policy.rollback_alpha)
 
-    def verdict(outcome: Outcome, reason: Reason, detail: str) -> GateDecision:
+    def verdict(outcome: OnlineOutcome, reason: OnlineReason, detail: str) -> GateDecision:
         return GateDecision(
             outcome=outcome,
             reason=reason,
@@ -217,7 +189,7 @@ def _rate(arm: ArmCounts) -> float:
     return arm.up / arm.ratings if arm.ratings else 0.0
 
 
-def _guard(canary: ArmCounts, champion: ArmCounts, policy: GatePolicy) -> tuple[Reason, str] | None:
+def _guard(canary: ArmCounts, champion: ArmCounts, policy: GatePolicy) -> tuple[OnlineReason, str] | None:
     if canary.requests < policy.guard_min_requests:
         return None
     canary_errors = canary.upstream_errors / canary.requests

@@ -351,6 +351,40 @@ class EvalSummary(msgspec.Struct, kw_only=True):
     timings: dict[str, Any] = {}
 
 
+OnlineOutcome = Literal["promote", "rollback", "continue"]
+# Bounded reason codes: fit for a metric label or an event kind's detail.
+OnlineReason = Literal[
+    "better",
+    "worse",
+    "error_rate",
+    "latency",
+    "inconclusive_max_ratings",
+    "inconclusive_max_duration",
+    "below_min_ratings",
+    "collecting",
+]
+
+
+class GateDecision(msgspec.Struct, frozen=True, kw_only=True):
+    """The online gate's verdict (`deploy.online_gate.decide`) and the numbers behind it.
+    `statistic` is the promotion log-likelihood ratio (the online statistic to export as a
+    metric; promote at `promote_at`), `harm_statistic` the rollback one (roll back at
+    `rollback_at`); `lift` is canary rate minus champion rate."""
+
+    outcome: OnlineOutcome
+    reason: OnlineReason
+    detail: str
+    statistic: float
+    harm_statistic: float
+    promote_at: float
+    rollback_at: float
+    lift: float
+    canary_rate: float
+    champion_rate: float
+    canary_ratings: int
+    champion_ratings: int
+
+
 class RunStats(msgspec.Struct, kw_only=True):
     """What each stage of a run found, as the service stores it and the API, CLI and demo read
     it. Each field is filled by one stage; a run that ended early lacks the later ones."""
@@ -367,8 +401,8 @@ class RunStats(msgspec.Struct, kw_only=True):
     eval: EvalSummary | None = None
     canary_started: float | None = None
     """Unix time the canary began."""
-    online: dict[str, Any] | None = None
-    """The online gate's verdict that ended the canary (`deploy.online_gate.GateDecision`)."""
+    online: GateDecision | None = None
+    """The online gate's verdict that ended the canary."""
     load_deferred: str | None = None
     """A fine-tuning job's adapter that vLLM did not load at once: why (the first request naming
     it loads it)."""

@@ -477,7 +477,7 @@ class Pipeline:
             active = await asyncio.to_thread(self.runs.list, project, active_only=True)
             run = next((r for r in active if r.state == "canary"), None)
             run_id = run.id if run else None
-            online = {"online": msgspec.to_builtins(decision)}  # RunStats.online
+            online = {"online": decision}  # RunStats.online
             reason = f"{decision.reason}: {decision.detail}"  # the bounded code first, e.g. `error_rate: ...`
             if decision.outcome == "promote":
                 await self.rollouts.promote(project, reason=reason, run_id=run_id, gate=True)

@@ -19,8 +19,17 @@ pytest_plugins = [
 
 
 def pytest_collection_modifyitems(items: list) -> None:  # type: ignore[type-arg]
-    """Tests marked `own_vllm` run a vLLM server of their own: beside the shared one only where
-    two servers are the point (tests/test_multibase_vllm.py, first), otherwise after stopping it
-    (two slow each other down on 2 cores). Running them last keeps a second server away from the
-    other tests and spares restarting the shared one (~50 s) afterwards."""
-    items.sort(key=lambda item: item.get_closest_marker("own_vllm") is not None)
+    """Modules whose tests use the shared vLLM server run after those that don't: the server is
+    spawned as soon as the tiny model is there (tests.fixtures.vllm) and starts (45-85 s) while
+    they run. Whole modules move (in their order), so module fixtures are set up once.
+    Tests marked `own_vllm` run a vLLM server of their own: beside the shared one only where two
+    servers are the point (tests/test_multibase_vllm.py, first), otherwise after stopping it (two
+    slow each other down on 2 cores). Running them last, in file order, keeps a second server away
+    from the other tests and spares restarting the shared one (~50 s) afterwards."""
+    uses_vllm = {item.module.__name__ for item in items if "vllm_server" in item.fixturenames}
+
+    def order(item) -> tuple[bool, bool]:  # type: ignore[no-untyped-def]
+        own = item.get_closest_marker("own_vllm") is not None
+        return own, not own and item.module.__name__ in uses_vllm
+
+    items.sort(key=order)

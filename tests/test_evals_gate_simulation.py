@@ -1,4 +1,4 @@
-"""The feedback gate's decision rule in simulation: 400 runs, no vLLM.
+"""The feedback gate's decision rule in simulation: 300 runs, no vLLM.
 
 Each run simulates a holdout of 300 prompts the way the service produces one: the incumbent
 (served at the time) answered each prompt (greedy: one answer per prompt), about half of those
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from evals.reward_model import RewardItem
 from evals.runner import evidence_of, score_with
 from evals.scorers.base import AnswerPair
 
-pytestmark = pytest.mark.slow  # ~1-2 minutes of CPU: 500 simulated evaluations
+pytestmark = pytest.mark.slow  # ~30 s of CPU: 300 simulated evaluations (~0.1 s each)
 
 WORDS = [
     f"{a}{b}"
@@ -188,18 +189,40 @@ def primary_passed(outcomes: Sequence[Outcome], scorer: str) -> int:
     )
 
 
-def test_an_equal_candidate_is_promoted_in_at_most_5_percent_of_400_runs():
-    outcomes = [simulate("equal", seed) for seed in range(400)]
+def promotion_rate_bound(promoted: int, runs: int, confidence: float = 0.95) -> float:
+    """The exact (Clopper-Pearson) one-sided upper confidence bound of a rate seen `promoted`
+    times in `runs` independent runs: the rate p at which `promoted` or fewer would be seen with
+    probability 1 - confidence. 0 of 100 gives 2.95%, 1 of 100 4.66%, 2 of 100 6.2%."""
+
+    def at_most(p: float) -> float:  # P(Binomial(runs, p) <= promoted)
+        return sum(math.comb(runs, k) * p**k * (1 - p) ** (runs - k) for k in range(promoted + 1))
+
+    low, high = promoted / runs, 1.0
+    for _ in range(60):  # bisection: at_most falls as p grows
+        mid = (low + high) / 2
+        low, high = (mid, high) if at_most(mid) > 1 - confidence else (low, mid)
+    return high
+
+
+def test_an_equal_candidate_is_promoted_in_at_most_5_percent_of_runs():
+    """The false-promotion rate is shown to be below 5% with 95% confidence (not only seen below it):
+    100 runs allow at most one promotion. (400 runs asserting at most 20 promotions took four times
+    as long and proved less: a rule that promoted 5% of equal candidates passed it; 0 of 400 were
+    seen.)"""
+    runs = 100
+    outcomes = [simulate("equal", seed) for seed in range(runs)]
     promoted = sum(o.decision.promote for o in outcomes)
     judged = primary_passed(outcomes, "learned_judge")
     calibrated = sum(o.eligible["learned_judge"].startswith("primary") for o in outcomes)
+    bound = promotion_rate_bound(promoted, runs)
     print(
-        f"equal candidate: promoted in {promoted}/400 runs; the learned judge was calibrated in {calibrated} "
-        f"and alone said better in {judged}; references alone in {primary_passed(outcomes, 'references')}"
+        f"equal candidate: promoted in {promoted}/{runs} runs (95% upper bound {bound:.1%}); the learned "
+        f"judge was calibrated in {calibrated} and alone said better in {judged}; references alone in "
+        f"{primary_passed(outcomes, 'references')}"
     )
     print("eligibility in run 0:", outcomes[0].eligible)
-    assert calibrated >= 380  # the rule was really exercised: the calibrated judge took part
-    assert promoted <= 0.05 * 400
+    assert calibrated >= 0.95 * runs  # the rule was really exercised: the calibrated judge took part
+    assert bound <= 0.05
 
 
 def test_users_who_rate_mostly_bad_answers_do_not_make_an_equal_candidate_pass():
@@ -213,7 +236,7 @@ def test_users_who_rate_mostly_bad_answers_do_not_make_an_equal_candidate_pass()
         f"complaining users, equal candidate: promoted in {promoted}/100; references alone said better in "
         f"{primary_passed(outcomes, 'references')}, the learned judge in {primary_passed(outcomes, 'learned_judge')}"
     )
-    assert promoted <= 5
+    assert promotion_rate_bound(promoted, 100) <= 0.05  # at most one promotion (was: at most 5)
 
 
 def test_the_same_adapter_is_never_promoted():

@@ -216,11 +216,14 @@ def test_false_promotion_rate_of_the_feedback_gate_for_a_candidate_no_better(
     - an adapter re-trained on shuffled thumbs (`shuffled_adapter`) against the base, greedy as the
       gate runs by default.
 
-    Measured, not asserted: the shuffled adapter against the base with sampled answers. Trained on
-    the base's own answers (the thumbs shuffled, but each answer still "desirable" half the time),
-    it samples more sharply than the base, and at T=1 users really like its answers more (the
-    hidden preference's rate per side is printed: 0.43 vs 0.37 over 20 runs, promoted in 2): a
-    promotion there is not a false one. Greedy, it answered as the base on every holdout prompt.
+    Not a case here: the shuffled adapter against the base with sampled answers. Trained on the
+    base's own answers (the thumbs shuffled, but each answer still "desirable" half the time), it
+    samples more sharply than the base, and at T=1 users really like its answers more (measured
+    while it was a case here: the hidden preference liked 0.43 of its answers vs 0.37 of the
+    base's over 20 runs, promoted in 2; on 2026-12-01 0.445 vs 0.410, promoted in 1): a promotion
+    there is not a false one, so the case asserted nothing of the gate, and it took a third of
+    the test's time (60 s -> 40 s without it, both runs in one session).
+    Greedy, it answered as the base on every holdout prompt.
 
     Each seeded run is a gate over its own holdout: 160 rows of fresh simulated feedback (other
     prompts, users, thumbs and corrections) with its own sampling and bootstrap seeds, the reward
@@ -266,9 +269,6 @@ def test_false_promotion_rate_of_the_feedback_gate_for_a_candidate_no_better(
                 "shuffled thumbs vs base, greedy": [
                     await gate(shuffled, served["v0"], s, 0.0) for s in range(runs)
                 ],
-                "shuffled thumbs vs base, T=1 (measured)": [
-                    await gate(shuffled, served["v0"], s, 1.0) for s in range(runs)
-                ],
             }
         finally:
             await scorer.aclose()
@@ -291,8 +291,7 @@ def test_false_promotion_rate_of_the_feedback_gate_for_a_candidate_no_better(
         assert calibrated >= runs // 2, name  # the learned judge had a say
         if name.startswith("same adapter"):
             assert differing > total // 10  # not vacuous: sampling gave the two sides different answers
-        if "measured" not in name:
-            assert promoted <= runs * 0.05, next(r.decision.reasons for r in done if r.promote)
+        assert promoted <= runs * 0.05, next(r.decision.reasons for r in done if r.promote)
     assert scorer.starts == 1
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from deploy.adapter_dir import InvalidAdapter, check_adapter_dir
 from formats.manifest import AdapterManifest, decode_manifest, read_manifest
-from formats.run import RunStats, StepEvent, decode_event, runs_from_json
+from formats.run import GateDecision, RunStats, StepEvent, decode_event, runs_from_json
 from formats.versioned import SchemaVersionError
 from service.config import Settings, TrainingSettings, VllmSettings
 from service.pipeline import Pipeline, RunFailed, run_spec
@@ -194,3 +194,20 @@ def test_one_trainer_runner_and_a_pipeline_handed_its_parts(tmp_path: Path) -> N
 def test_stats_round_trip_through_msgspec() -> None:
     stats = RunStats(adapter="p@v1", stage_seconds={"training": 3.0})
     assert RunStats.decode(msgspec.json.encode(stats)) == stats
+
+
+def test_the_online_verdict_in_run_stats_is_the_gates_own_struct() -> None:
+    """`RunStats.online` is `GateDecision` (was a free dict): it round-trips typed, and a verdict
+    with a reason the gate does not have is refused, not stored as whatever it was."""
+    verdict = GateDecision(
+        outcome="promote", reason="better", detail="canary 27/43 up vs champion 15/58", statistic=3.2,
+        harm_statistic=-4.0, promote_at=3.0, rollback_at=3.0, lift=0.37, canary_rate=0.63,
+        champion_rate=0.26, canary_ratings=43, champion_ratings=58,
+    )  # fmt: skip
+    stats = RunStats(adapter="p@v1", online=verdict)
+    loaded = RunStats.decode(msgspec.json.encode(stats))
+    assert loaded == stats and isinstance(loaded.online, GateDecision)
+    wire = msgspec.to_builtins(stats)
+    wire["online"]["reason"] = "vibes"
+    with pytest.raises(msgspec.ValidationError, match=r"\$\.online\.reason"):
+        RunStats.decode(msgspec.json.encode(wire))

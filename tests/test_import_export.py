@@ -1,4 +1,4 @@
-"""`ratchet import` (100k lines, progress bar, resumable, idempotent) and export round trips."""
+"""`ratchet import` (30k lines, progress bar, resumable, idempotent) and export round trips."""
 
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ import pyarrow.parquet as pq
 from tests.fixtures.server import RatchetProcess
 from tests.test_snapshot import CALL, WEATHER_TOOL
 
-LINES = 100_000
+# 30 batches of 1000: the kill lands mid-file and the resume has most of it left. (It was 100k,
+# 36 s against 8 s, and asserted nothing more: throughput is bench/ingest.py's, and the CLI streams
+# the file whatever its size.)
+LINES = 30_000
 IMPLICIT = {"regenerated", "regenerated_log_id", "edited_text", "copied", "events"}
 
 
@@ -65,7 +68,7 @@ def write_chats(path: Path, n: int, *, implicit: bool = False) -> None:
             fh.write(json.dumps(line) + "\n")
 
 
-def test_import_100k_lines_resumes_after_a_kill_and_stores_each_once(
+def test_import_30k_lines_resumes_after_a_kill_and_stores_each_once(
     ratchet_server: RatchetProcess, tmp_path: Path
 ) -> None:
     key = ratchet_server.create_project("bulk")

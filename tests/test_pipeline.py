@@ -90,6 +90,9 @@ def loop_server(tmp_path: Path, vllm_server: Any, tiny_model_dir: Path) -> Itera
         "RATCHET_TRAINING__MIN_TRAIN_ROWS": "16",
         "RATCHET_TRAINING__EVAL_MAX_EXAMPLES": "40",
         "RATCHET_TRAINING__SPEC_OVERRIDES": '{"method": "sft", "min_examples": 8, "optim": {"max_steps": 2}}',
+        # The reward model trains and joins the gate as in production, in 5 steps instead of 50:
+        # what it learns is tests/test_trainer_reward.py's, not this test's.
+        "RATCHET_FEEDBACK_GATE__REWARD_MAX_STEPS": "5",
     }
     server = RatchetProcess(data, env=env)
     yield server

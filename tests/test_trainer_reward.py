@@ -31,10 +31,12 @@ from evals.scorers.base import AnswerPair
 from evals.scorers.learned import LearnedJudge
 from formats.chat import FunctionCall, ToolCall
 from formats.log import Message
+from formats.reward import REWARD_MANIFEST_VERSION, RewardManifest
 from formats.snapshot import SnapshotRow
 from tests.fixtures.training import build_snapshot, messages_of
 from trainer.progress import Progress
-from trainer.reward import REWARD_SCHEMA_VERSION, build_pairs, rated_answers, tokenized_pairs
+from trainer.reward import RewardModelError as TrainerRewardModelError
+from trainer.reward import build_pairs, rated_answers, read_manifest, tokenized_pairs
 from trainer.run import _train_reward_model
 from trainer.snapshot import read_snapshot
 from trainer.spec import RunSpec
@@ -58,7 +60,7 @@ def test_the_run_trains_a_reward_model_beside_the_adapter(run_with_reward_model,
     }
     assert not list(reward_dir.parent.glob(".*partial*"))
     manifest = json.loads((reward_dir / "manifest.json").read_text())
-    assert manifest["schema_version"] == REWARD_SCHEMA_VERSION and manifest["kind"] == "reward_model"
+    assert manifest["schema_version"] == REWARD_MANIFEST_VERSION and manifest["kind"] == "reward_model"
     assert manifest["snapshot_sha256"] == read_snapshot(snapshot_dir).sha256
     assert manifest["examples"]["pairs"] >= 200 and manifest["metrics"]["steps"] == 100
     adapter_config = json.loads((reward_dir / "adapter_config.json").read_text())
@@ -201,3 +203,26 @@ def test_honest_pairs_cut_answers_are_never_liked_and_tool_calls_need_a_template
     assert pairs.left_out.get("tool_calls_not_rendered", 0) == expected_left_out
     assert len(rows_ids) == len(pairs.pairs) - expected_left_out
     assert all(len(r["chosen_ids"]) <= 16 and len(r["rejected_ids"]) <= 16 for r in rows_ids)
+
+
+def test_the_reward_manifest_is_read_typed_and_version_first(tmp_path):
+    """`manifest.json` of a reward model is `formats.reward.RewardManifest` (was a dict read by
+    key): a newer version is refused naming both versions, before a field it may have changed."""
+    written = RewardManifest(run_id="r1", base_model="/models/tiny", snapshot_sha256="ab" * 32,
+                             max_length=256, pad_token_id=0)  # fmt: skip
+    (tmp_path / "manifest.json").write_bytes(written.encode())
+    assert read_manifest(tmp_path) == written
+    newer = {
+        **msgspec.to_builtins(written),
+        "schema_version": REWARD_MANIFEST_VERSION + 1,
+        "max_length": "long",
+    }
+    (tmp_path / "manifest.json").write_text(json.dumps(newer))
+    with pytest.raises(
+        TrainerRewardModelError, match=f"schema_version {REWARD_MANIFEST_VERSION + 1}; this version"
+    ):
+        read_manifest(tmp_path)
+    missing = {k: v for k, v in msgspec.to_builtins(written).items() if k != "max_length"}
+    (tmp_path / "manifest.json").write_text(json.dumps(missing))
+    with pytest.raises(TrainerRewardModelError, match="max_length"):
+        read_manifest(tmp_path)

@@ -31,8 +31,8 @@ when the base model's template cannot render tool calls; one the template refuse
 (`template_error`). Scoring renders and cuts the same way.
 
 The directory it writes appears all at once (temporary sibling, fsync, rename) and holds the PEFT
-files (LoRA + the head, saved as `modules_to_save`) and `manifest.json` with `"kind":
-"reward_model"` and `schema_version` (`REWARD_SCHEMA_VERSION`), which `score_answers` checks.
+files (LoRA + the head, saved as `modules_to_save`) and `manifest.json`
+(`formats.reward.RewardManifest`), whose version and kind scoring checks before loading.
 
 Scoring (`python -m trainer score DIR --input items.jsonl --output scores.jsonl`, the files of
 `formats.reward`) returns one float per answer: higher means users would like it more.
@@ -40,7 +40,6 @@ Scoring (`python -m trainer score DIR --input items.jsonl --output scores.jsonl`
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -57,15 +56,22 @@ import msgspec
 
 from formats.chat import Tool
 from formats.log import Message
-from formats.reward import SCORE_PROTOCOL_VERSION, ScoreItem, ScoreLine, ScoreRequest, ScoreResponse
+from formats.reward import (
+    SCORE_PROTOCOL_VERSION,
+    RewardManifest,
+    RewardManifestError,
+    ScoreItem,
+    ScoreLine,
+    ScoreRequest,
+    ScoreResponse,
+    decode_reward_manifest,
+)
 from formats.snapshot import SnapshotRow
 from trainer.dataset import answer_problem
 from trainer.errors import BaseModelError, NotEnoughSignalError, OutputExistsError, TrainerError
 from trainer.progress import Progress
 from trainer.spec import RewardModelSpec, RunSpec
 
-REWARD_SCHEMA_VERSION = 1
-REWARD_KIND = "reward_model"
 REWARD_FILES = ("adapter_config.json", "adapter_model.safetensors", "manifest.json")
 
 
@@ -348,27 +354,24 @@ def train_reward_model(
                 else:
                     path.chmod(0o644)
             last = next((log for log in reversed(trainer.state.log_history) if "loss" in log), {})
-            manifest = {
-                "schema_version": REWARD_SCHEMA_VERSION,
-                "kind": REWARD_KIND,
-                "run_id": spec.run_id,
-                "base_model": spec.base_model,
-                "snapshot_sha256": snapshot_sha256,
-                "trained_on": "train split only; the holdout is left for calibration",
-                "examples": {**pairs.counts(), "trained_pairs": len(rows_ids)},
-                "hyperparameters": hp,
-                "max_length": rspec.max_length,
-                "pad_token_id": tokenizer.pad_token_id,
-                "metrics": {
+            manifest = RewardManifest(
+                run_id=spec.run_id,
+                base_model=spec.base_model,
+                snapshot_sha256=snapshot_sha256,
+                examples={**pairs.counts(), "trained_pairs": len(rows_ids)},
+                hyperparameters=hp,
+                max_length=rspec.max_length,
+                pad_token_id=tokenizer.pad_token_id,
+                metrics={
                     "steps": result.global_step,
                     "train_loss": result.training_loss,
                     "train_runtime_s": result.metrics.get("train_runtime"),
                     "last_log": {k: v for k, v in last.items() if isinstance(v, int | float)},
                 },
-                "wall_time_s": round(time.monotonic() - started, 3),
-                "created_at": datetime.now(UTC).isoformat(),
-            }
-            (partial / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+                wall_time_s=round(time.monotonic() - started, 3),
+                created_at=datetime.now(UTC).isoformat(),
+            )
+            (partial / "manifest.json").write_bytes(manifest.encode())
             _fsync_tree(partial)
             if out.exists():
                 raise OutputExistsError(
@@ -412,22 +415,20 @@ def _target_modules(spec: RunSpec) -> list[str] | str:
 # --- scoring
 
 
-def read_manifest(directory: str | Path) -> dict[str, Any]:
-    """The reward model's manifest, after checking kind and schema version; `RewardModelError` if not one."""
+def read_manifest(directory: str | Path) -> RewardManifest:
+    """The reward model's manifest, version and kind checked first; `RewardModelError` if the
+    directory holds no reward model (another manifest, a newer one, none)."""
     path = Path(directory) / "manifest.json"
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+        raw = path.read_bytes()
+    except OSError as exc:
         raise RewardModelError(
             f"{directory} is no reward model directory: cannot read {path.name} ({exc})"
         ) from exc
-    if not isinstance(manifest, dict) or manifest.get("kind") != REWARD_KIND:
-        raise RewardModelError(f"{path} is not a reward model manifest (kind {manifest.get('kind')!r})")
-    if manifest.get("schema_version") != REWARD_SCHEMA_VERSION:
-        raise RewardModelError(
-            f"{path} has schema_version {manifest.get('schema_version')!r}; this trainer reads {REWARD_SCHEMA_VERSION}"
-        )
-    return manifest
+    try:
+        return decode_reward_manifest(raw, str(path))
+    except RewardManifestError as exc:
+        raise RewardModelError(str(exc)) from exc
 
 
 class RewardScorer:
@@ -444,7 +445,7 @@ class RewardScorer:
         from peft import PeftModel
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        base = base_model or self.manifest["base_model"]
+        base = base_model or self.manifest.base_model
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
             model = AutoModelForSequenceClassification.from_pretrained(
@@ -452,10 +453,10 @@ class RewardScorer:
             )
         except Exception as exc:
             raise BaseModelError(f"cannot load base model {base} for the reward model: {exc}") from exc
-        pad = self.manifest["pad_token_id"]
+        pad = self.manifest.pad_token_id
         model.config.pad_token_id = pad
         self.pad_token_id = pad
-        self.max_length = int(self.manifest["max_length"])
+        self.max_length = self.manifest.max_length
         self.model = PeftModel.from_pretrained(model, str(directory)).eval()
         from trainer.tokens import Renderer
 

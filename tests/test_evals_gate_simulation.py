@@ -1,4 +1,4 @@
-"""The feedback gate's decision rule in simulation: 300 runs, no vLLM.
+"""The feedback gate's decision rule in simulation: 600 runs, no vLLM.
 
 Each run simulates a holdout of 300 prompts the way the service produces one: the incumbent
 (served at the time) answered each prompt (greedy: one answer per prompt), about half of those
@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pytest
+from scipy.stats import beta
 
 from evals.calibration import CalibrationConfig
 from evals.config import EvalConfig, FeedbackGateConfig
@@ -41,7 +41,7 @@ from evals.reward_model import RewardItem
 from evals.runner import evidence_of, score_with
 from evals.scorers.base import AnswerPair
 
-pytestmark = pytest.mark.slow  # ~30 s of CPU: 300 simulated evaluations (~0.1 s each)
+pytestmark = pytest.mark.slow  # ~1 minute of CPU: 600 simulated evaluations (~0.1 s each)
 
 WORDS = [
     f"{a}{b}"
@@ -191,25 +191,15 @@ def primary_passed(outcomes: Sequence[Outcome], scorer: str) -> int:
 
 def promotion_rate_bound(promoted: int, runs: int, confidence: float = 0.95) -> float:
     """The exact (Clopper-Pearson) one-sided upper confidence bound of a rate seen `promoted`
-    times in `runs` independent runs: the rate p at which `promoted` or fewer would be seen with
-    probability 1 - confidence. 0 of 100 gives 2.95%, 1 of 100 4.66%, 2 of 100 6.2%."""
-
-    def at_most(p: float) -> float:  # P(Binomial(runs, p) <= promoted)
-        return sum(math.comb(runs, k) * p**k * (1 - p) ** (runs - k) for k in range(promoted + 1))
-
-    low, high = promoted / runs, 1.0
-    for _ in range(60):  # bisection: at_most falls as p grows
-        mid = (low + high) / 2
-        low, high = (mid, high) if at_most(mid) > 1 - confidence else (low, mid)
-    return high
+    times in `runs` independent runs (the beta quantile): 0 of 100 gives 2.95%, 1 of 100 4.66%,
+    0 of 400 0.75%."""
+    return 1.0 if promoted >= runs else float(beta.ppf(confidence, promoted + 1, runs - promoted))
 
 
 def test_an_equal_candidate_is_promoted_in_at_most_5_percent_of_runs():
-    """The false-promotion rate is shown to be below 5% with 95% confidence (not only seen below it):
-    100 runs allow at most one promotion. (400 runs asserting at most 20 promotions took four times
-    as long and proved less: a rule that promoted 5% of equal candidates passed it; 0 of 400 were
-    seen.)"""
-    runs = 100
+    """The issue's bar is at most 5% of >= 400 runs; the false-promotion rate is also shown to be
+    below 5% with 95% confidence, not only seen below it (at most 12 promotions of 400)."""
+    runs = 400
     outcomes = [simulate("equal", seed) for seed in range(runs)]
     promoted = sum(o.decision.promote for o in outcomes)
     judged = primary_passed(outcomes, "learned_judge")

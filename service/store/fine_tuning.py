@@ -93,20 +93,13 @@ class FineTuningStore:
         """In `order` of creation (`desc`: newest first), as OpenAI's files list: `purpose` only
         those of that purpose, `after` only those past that file in this order (its cursor).
         `NotFound` for an `after` that is no file of the project."""
-        direction, past = ("ASC", ">") if order == "asc" else ("DESC", "<")
         where, params = "project = ?", [project]
         if purpose:
             where, params = f"{where} AND purpose = ?", [*params, purpose]
-        if after is not None:
-            anchor = self.file(project, after)
-            where = f"{where} AND (created_at {past} ? OR (created_at = ? AND id {past} ?))"
-            params += [anchor.created_at, anchor.created_at, anchor.id]
+        anchor = None if after is None else self.file(project, after)
+        page = _page_sql(where, params, anchor, descending=order != "asc", limit=limit)
         with self._db.reading() as cur:
-            rows = cur.execute(
-                f"SELECT {_FILE_COLUMNS} FROM files WHERE {where}"
-                f" ORDER BY created_at {direction}, id {direction} LIMIT {int(limit)}",
-                params,
-            ).fetchall()
+            rows = cur.execute(f"SELECT {_FILE_COLUMNS} FROM files {page[0]}", page[1]).fetchall()
         return [_stored_file(r) for r in rows]
 
     def delete_file(self, project: str, file_id: str) -> StoredFile:
@@ -149,17 +142,10 @@ class FineTuningStore:
     def jobs(self, project: str, *, after: str | None = None, limit: int = 20) -> list[StoredJob]:
         """Newest first; `after`: only jobs created before that job (OpenAI's cursor).
         `NotFound` for an `after` that is no job of the project."""
-        where, params = "project = ?", [project]
-        if after is not None:
-            anchor = self.job(project, after)
-            where = f"{where} AND (created_at < ? OR (created_at = ? AND id < ?))"
-            params += [anchor.created_at, anchor.created_at, anchor.id]
+        anchor = None if after is None else self.job(project, after)
+        page = _page_sql("project = ?", [project], anchor, descending=True, limit=limit)
         with self._db.reading() as cur:
-            rows = cur.execute(
-                f"SELECT {_JOB_COLUMNS} FROM fine_tuning_jobs WHERE {where}"
-                f" ORDER BY created_at DESC, id DESC LIMIT {int(limit)}",
-                params,
-            ).fetchall()
+            rows = cur.execute(f"SELECT {_JOB_COLUMNS} FROM fine_tuning_jobs {page[0]}", page[1]).fetchall()
         return [_job(r) for r in rows]
 
     def next_queued(self, project: str) -> StoredJob | None:
@@ -221,6 +207,18 @@ class FineTuningStore:
                 'SELECT "at", kind, detail FROM events WHERE run_id = ? ORDER BY "at", rowid', [run_id]
             ).fetchall()
         return [(at, kind, msgspec.json.decode(detail)) for at, kind, detail in rows]
+
+
+def _page_sql(
+    where: str, params: list[Any], anchor: StoredFile | StoredJob | None, *, descending: bool, limit: int
+) -> tuple[str, list[Any]]:
+    """`WHERE ... ORDER BY ... LIMIT ...` and its parameters for one page of OpenAI's cursor
+    listing: rows past `anchor` (the `after` item) in (created_at, id) order, ties broken by id."""
+    direction, past = ("DESC", "<") if descending else ("ASC", ">")
+    if anchor is not None:
+        where = f"{where} AND (created_at {past} ? OR (created_at = ? AND id {past} ?))"
+        params = [*params, anchor.created_at, anchor.created_at, anchor.id]
+    return f"WHERE {where} ORDER BY created_at {direction}, id {direction} LIMIT {int(limit)}", params
 
 
 def _insert_file(cur: Any, file: StoredFile) -> None:

@@ -39,6 +39,7 @@ import msgspec
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_exponential
 
 from formats.gateway import GatewayFailure
+from formats.versioned import SchemaVersionError, check_version
 from service.config import Settings
 from service.domain import LogIn
 from service.metrics import Metrics
@@ -53,11 +54,16 @@ class StoreAway(Exception):
     again later."""
 
 
+SPOOL_SCHEMA_VERSION = 1
+"""Of each line of a segment file: a replica of another Ratchet version may find them at start."""
+
+
 class _Spooled(msgspec.Struct, frozen=True):
     """One line of a segment file: a log as `POST /v1/logs` takes it, for its project."""
 
     project: str
     log: msgspec.Raw
+    schema_version: int = SPOOL_SCHEMA_VERSION
 
 
 class _Answer(msgspec.Struct):
@@ -326,12 +332,17 @@ def _fsync_dir(directory: Path) -> None:
 
 def _read_lines(path: Path) -> list[_Spooled]:
     """A segment's logs; a line that does not decode (cannot happen short of disk damage: a
-    segment appears whole, by rename) is skipped with an error."""
+    segment appears whole, by rename) is skipped with an error. A line of a newer spool schema (a
+    newer replica wrote it) raises `SchemaVersionError`: the segment stays on disk for a replica
+    that reads it, and delivery retries, saying so in the log."""
     out: list[_Spooled] = []
     for n, line in enumerate(path.read_bytes().splitlines(), 1):
         try:
+            check_version(line, f"spool segment {path} line {n}", SPOOL_SCHEMA_VERSION)
             out.append(_decode_line(line))
-        except msgspec.MsgspecError as exc:
+        except SchemaVersionError:
+            raise
+        except (msgspec.MsgspecError, ValueError) as exc:
             log.error("spool %s line %d is unreadable and skipped: %s", path, n, exc)
     return out
 

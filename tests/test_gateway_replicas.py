@@ -291,3 +291,26 @@ async def test_spooled_logs_survive_a_replica_restart_and_are_stored_once(tmp_pa
     assert shipped == {"delivered": 6, "duplicate": 1, "refused": 0}
     await second.aclose()
     await client.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_segment_of_a_newer_spool_schema_is_kept_not_sent_or_dropped(tmp_path: Path) -> None:
+    from service.config import GatewaySettings, Settings
+    from service.log_shipper import SPOOL_SCHEMA_VERSION, LogShipper
+    from service.metrics import Metrics
+
+    settings = Settings(gateway=GatewaySettings(linger_ms=5, batch_max_logs=3, retry_max_s=0.05))
+    store = _FakeStore()
+    store.down = False
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    newer = spool / f"{1:020d}.jsonl"  # what a newer replica left: a field this one cannot read
+    line = {"project": "p", "log": {"id": "log-new"}, "schema_version": SPOOL_SCHEMA_VERSION + 1, "x": 1}
+    newer.write_text(json.dumps(line) + "\n")
+    client = httpx.AsyncClient(base_url="http://store", transport=httpx.MockTransport(store.handle))
+    shipper = LogShipper(settings, Metrics(), client, spool)
+    await shipper.start()
+    await asyncio.sleep(0.3)  # several delivery attempts
+    assert store.posts == 0 and newer.exists() and shipper.spooled() == 1
+    await shipper.aclose(grace_s=0.1)
+    await client.aclose()

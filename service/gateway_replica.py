@@ -49,6 +49,7 @@ from service.api.errors import EXCEPTION_HANDLERS
 from service.api.fastpath import FastPath
 from service.auth import KeyRing, StoredKey
 from service.config import Settings
+from service.durable_files import replace_durably
 from service.errors import UpstreamUnavailable
 from service.fleets import build_fleets
 from service.gateway import Gateway
@@ -233,7 +234,7 @@ class StoreLink:
             log.warning("the store is back after %.1f s", time.monotonic() - self._away_since)
             self._away_since = None
         if changed:
-            await asyncio.to_thread(_keep, _state_path(rt.settings), answer.content)
+            await asyncio.to_thread(replace_durably, _state_path(rt.settings), answer.content)
 
 
 class StoreRefused(Exception):
@@ -242,14 +243,6 @@ class StoreRefused(Exception):
 
 def _kept(state: GatewayState) -> GatewayState:
     return msgspec.structs.replace(state, generation=0)
-
-
-def _keep(path: Path, content: bytes) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(content)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def create_replica_app(runtime: ReplicaRuntime) -> ASGIApp:

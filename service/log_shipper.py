@@ -29,7 +29,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -42,6 +41,7 @@ from formats.gateway import GatewayFailure
 from formats.versioned import SchemaVersionError, check_version
 from service.config import Settings
 from service.domain import LogIn
+from service.durable_files import replace_durably
 from service.metrics import Metrics
 from service.store.rows import LogRow
 
@@ -201,7 +201,7 @@ class LogShipper:
         self._last_name = max(self._last_name + 1, time.time_ns())
         path = self._spool / f"{self._last_name:020d}.jsonl"
         try:
-            await asyncio.to_thread(_write_durably, path, batch)
+            await asyncio.to_thread(replace_durably, path, b"\n".join(batch) + b"\n")
         except BaseException:
             self._batch[:0] = batch
             self._has_logs.set()
@@ -310,24 +310,6 @@ def _by_project(lines: list[_Spooled]) -> list[tuple[str, list[bytes]]]:
     for line in lines:
         groups.setdefault(line.project, []).append(bytes(line.log))
     return list(groups.items())
-
-
-def _write_durably(path: Path, lines: list[bytes]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        f.write(b"\n".join(lines) + b"\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _read_lines(path: Path) -> list[_Spooled]:

@@ -54,6 +54,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
+from service.durable_files import fsync_dir
 from service.store.db import Database, sql_string
 from service.store.rows import LOG_SCHEMA
 
@@ -378,7 +379,7 @@ class Archive:
             raise
         if self.local:
             os.replace(tmp, full)
-            _fsync_dir(Path(full).parent)
+            fsync_dir(Path(full).parent)
         else:
             self.fs.mv(tmp, full)
         return rows
@@ -423,11 +424,3 @@ def _keyed(reader: pa.RecordBatchReader, first_key: int) -> Iterator[pa.RecordBa
         keys = pa.array(range(key, key + batch.num_rows), type=pa.int64())
         key += batch.num_rows
         yield pa.RecordBatch.from_arrays([keys, *batch.columns], names=[KEY, *batch.schema.names])
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -174,9 +174,10 @@ class Users:
             flooder = rng.random() < o.flood_share
             user = FLOODER if flooder else f"user-{rng.randrange(o.users)}"
             # The app's real shapes (`tiny_world.app_messages`: a ~250-token system prompt, earlier
-            # turns, content parts) make each training step ~10x longer on CPU: 60 KTO steps took
-            # ~16 min on 2 idle cores, past the demo's 15 minutes. Until the demo's recipe is
-            # retuned for them, users send the bare question (issue 11 leaves this open).
+            # turns, content parts) make each training step ~10x longer on CPU (2.2 s vs 0.23 s a
+            # KTO step on a loaded 2-core machine), and with them the first run's adapter, on a
+            # tiny model pre-trained on app prompts, learned too little to pass the gate (2026-12-01).
+            # Until the demo's recipe is retuned for them, users send the bare question (issue 11).
             messages = question.messages
             try:
                 raw = self.client.chat.completions.with_raw_response.create(

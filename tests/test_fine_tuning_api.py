@@ -261,6 +261,9 @@ def test_jobs_queue_behind_a_run_in_order_and_survive_a_restart(
     assert failed_last.status == "failed" and failed_last.error is not None
     assert f"training_file {gone.id} was deleted before job {last.id} started" in failed_last.error.message
     assert "Created fine-tuning job" in [e.message for e in api.fine_tuning.jobs.list_events(first.id)]
+    # The jobs list pages by OpenAI's cursor as the files list does: newest first, one a page.
+    assert [j.id for j in api.fine_tuning.jobs.list(limit=1)] == [last.id, dropped.id, first.id]
+    assert [j.id for j in api.fine_tuning.jobs.list(after=last.id).data] == [dropped.id, first.id]
     with server.client(secret) as c:
         runs = c.get("/v1/runs", params={"project": "queue"}).json()
     jobs_runs = sorted((r for r in runs if r["trigger"] == JOB_TRIGGER), key=lambda r: r["started_at"])

@@ -17,7 +17,7 @@ def test_users_feedback_alone_gets_two_better_adapters_promoted(
 ) -> None:
     result = run_demo(
         DemoOptions(data_dir=tmp_path, minutes=15, promotions=2, vllm_url=vllm_server.base_url,
-                    model_dir=tiny_model_dir, quiet=True)
+                    model_dir=tiny_model_dir, quiet=True, train_steps=40)
     )  # fmt: skip
     table = render(result)
     assert len(result.promoted) == 2, f"not two promotions:\n{table}"

@@ -15,9 +15,11 @@ from demo.loop import DemoOptions, render, run_demo
 def test_users_feedback_alone_gets_two_better_adapters_promoted(
     tmp_path: Path, vllm_server: Any, tiny_model_dir: Path
 ) -> None:
+    # The demo's world, with 8 requests in flight (more ratings per CPU second: the signal and the
+    # canaries come sooner) and 40 training steps per run instead of 60 (DemoOptions).
     result = run_demo(
         DemoOptions(data_dir=tmp_path, minutes=15, promotions=2, vllm_url=vllm_server.base_url,
-                    model_dir=tiny_model_dir, quiet=True, train_steps=40)
+                    model_dir=tiny_model_dir, quiet=True, train_steps=40, concurrency=8)
     )  # fmt: skip
     table = render(result)
     assert len(result.promoted) == 2, f"not two promotions:\n{table}"

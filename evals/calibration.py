@@ -6,11 +6,10 @@ reported as a diagnostic. Two measures, one per kind of judge:
 
 - A scoring judge (the reward model) scores every held-out rated answer: its **AUC** against the
   thumbs is the chance it scores a random liked answer above a random disliked one (0.5 = chance,
-  whatever the base rate): the Mann-Whitney U / (n_liked * n_disliked), ties counting half (the
-  value of scikit-learn's `roc_auc_score`, tests/test_evals_feedback.py); its interval by a
+  whatever the base rate). Point value by scikit-learn's `roc_auc_score`; its interval by a
   stratified percentile bootstrap (liked and disliked answers resampled separately, so every
-  resample has both), each resample's U computed for all resamples at once from how often each
-  answer was drawn (`_resampled_u`).
+  resample has both), each resample's AUC from SciPy's Mann-Whitney U (U / (n_liked * n_disliked)
+  is the AUC, ties counting half, as `roc_auc_score` counts them).
 - A pairwise judge is shown held-out pairs where users said which answer is better (a correction
   over the answer it corrected, a liked over a disliked answer to the same prompt), in both
   orders, as it is asked when it gates. **Agreement** is the share of verdicts naming the answer
@@ -108,36 +107,13 @@ def _interval(values: np.ndarray, level: float) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def _resampled_u(
-    pos: np.ndarray, neg: np.ndarray, pos_draws: np.ndarray, neg_draws: np.ndarray
-) -> np.ndarray:
-    """Mann-Whitney U of every resample (ties counting half): row r of `pos_draws`/`neg_draws`
-    holds the indices of the liked/disliked answers it drew. The value SciPy's `mannwhitneyu`
-    gives for the resampled arrays, exactly (sums of halves), without ranking each resample (the
-    gate simulation calibrates thousands of times: tests/test_evals_gate_simulation.py): with the
-    liked scores sorted once, a drawn disliked answer counts the draws of liked answers above it,
-    and half those tied with it, read off a running sum of the liked draws."""
-    order = np.argsort(pos, kind="stable")
-    below = np.searchsorted(pos[order], neg, side="left")  # liked answers scored below each disliked
-    not_above = np.searchsorted(pos[order], neg, side="right")
-    drawn = _draw_counts(pos_draws, len(pos))[:, order]
-    running = np.concatenate([np.zeros((len(drawn), 1)), np.cumsum(drawn, axis=1)], axis=1)
-    above = running[:, -1:] - running[:, not_above]
-    tied = running[:, not_above] - running[:, below]
-    return ((above + 0.5 * tied) * _draw_counts(neg_draws, len(neg))).sum(axis=1)
-
-
-def _draw_counts(draws: np.ndarray, n: int) -> np.ndarray:
-    """Per row of `draws` (indices in [0, n)), how often each index was drawn: shape (rows, n)."""
-    rows = draws.shape[0]
-    flat = (np.arange(rows)[:, None] * n + draws).ravel()
-    return np.bincount(flat, minlength=rows * n).reshape(rows, n).astype(np.float64)
-
-
 def calibrate_scores(
     scores: Sequence[float], liked: Sequence[bool], config: CalibrationConfig = DEFAULT_CALIBRATION
 ) -> AucCalibration:
     """AUC of `scores` against the thumbs (`liked[i]` for answer i), its interval and eligibility."""
+    from scipy.stats import mannwhitneyu
+    from sklearn.metrics import roc_auc_score
+
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(liked, dtype=bool)
     n, n_pos = len(s), int(y.sum())
@@ -149,17 +125,16 @@ def calibrate_scores(
             ratings=n, liked=n_pos, base_rate=base_rate, auc=None, low=None, high=None,
             level=config.level, eligible=False, why=why,
         )  # fmt: skip
+    auc = float(roc_auc_score(y, s))
     pos, neg = s[y], s[~y]
-    sample = _resampled_u(pos, neg, np.arange(n_pos)[None, :], np.arange(n_neg)[None, :])  # each drawn once
-    auc = float(sample[0]) / (n_pos * n_neg)
     rng = np.random.default_rng(config.seed)
-    u = _resampled_u(
-        pos,
-        neg,
-        rng.integers(0, n_pos, size=(config.resamples, n_pos)),
-        rng.integers(0, n_neg, size=(config.resamples, n_neg)),
-    )
-    low, high = _interval(u / (n_pos * n_neg), config.level)
+    u = mannwhitneyu(
+        pos[rng.integers(0, n_pos, size=(config.resamples, n_pos))],
+        neg[rng.integers(0, n_neg, size=(config.resamples, n_neg))],
+        axis=1,
+        method="asymptotic",
+    ).statistic
+    low, high = _interval(np.asarray(u) / (n_pos * n_neg), config.level)
     figures = f"AUC {auc:.3f} [{config.level:.0%} CI {low:.3f}, {high:.3f}] on {n} held-out ratings (base rate {base_rate:.2f} liked)"
     if n < config.min_ratings:
         eligible, why = False, f"not calibrated: {figures}; {config.min_ratings} ratings needed"

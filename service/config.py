@@ -563,7 +563,7 @@ class LauncherSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     ] = ""
     accelerate_args: Annotated[
         tuple[str, ...],
-        _doc('accelerate: more `accelerate launch` arguments, e.g. ["--num_processes", "2", "--cpu"].'),
+        _doc('accelerate: more `accelerate launch` arguments, e.g. ["--multi_gpu", "--num_processes", "4"].'),
     ] = ()
     ray_address: Annotated[str, _doc("ray: the cluster's dashboard (Jobs API) address.")] = (
         "http://127.0.0.1:8265"

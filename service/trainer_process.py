@@ -48,7 +48,7 @@ async def run_trainer(
     with _stderr_file(log_path) as stderr:
         proc = await asyncio.create_subprocess_exec(
             *module, "trainer", *args,
-            stdout=asyncio.subprocess.PIPE, stderr=stderr, limit=1 << 20, process_group=0,
+            stdout=asyncio.subprocess.PIPE, stderr=stderr, limit=1 << 20, start_new_session=True,
         )  # fmt: skip
         done: DoneEvent | None = None
         error: str | None = None
@@ -98,4 +98,4 @@ async def stop(proc: asyncio.subprocess.Process, grace: float = 10.0) -> None:
 
 def _signal_group(proc: asyncio.subprocess.Process, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):  # the group ended meanwhile
-        os.killpg(proc.pid, sig)  # its own group (process_group=0): the launcher and its workers
+        os.killpg(proc.pid, sig)  # its own session and group: the launcher and its workers

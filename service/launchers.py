@@ -57,9 +57,10 @@ async def launch_training(
     args: tuple[str, ...] = ("run", str(spec_path))
     if launcher.artifacts_url:
         place = ArtifactPlace(launcher.artifacts_url, f"{project}/{spec.run_id}")
-        await asyncio.to_thread(place.upload, spec)
         args = ("run", "--artifacts", place.url)
     try:
+        if place is not None:
+            await asyncio.to_thread(place.upload, spec)
         done = await _launch(
             settings.training.launcher, launcher, args, job_name=f"ratchet-{project}-{spec.run_id}",
             log_path=run_dir / "trainer.log", timeout=settings.training.timeout_seconds, on_event=on_event,

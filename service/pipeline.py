@@ -364,8 +364,9 @@ class Pipeline:
     async def _run_trainer(
         self, run: RunRecord, settings: Settings, spec: RunSpec, run_dir: Path
     ) -> DoneEvent:
-        """Run the trainer with the project's launcher; its step events update the run (at most one write a second, and the
-        last step once it ends, so a finished run shows where training ended). Returns its `done`."""
+        """Run the trainer with the project's launcher; its step events update the run (at most
+        one write a second, and the last step once it ends, so a finished run shows where training
+        ended). Returns its `done`."""
         last_write = 0.0
         pending: StepEvent | None = None  # the last step event not yet written
 

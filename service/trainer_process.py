@@ -6,9 +6,10 @@ adapter v0). `module` is how the trainer module is started: `python -m` by defau
 The trainer's stdout is its progress lines (`formats.run.TrainerEvent`), each handed to
 `on_event` as it comes; its stderr (human logs) goes to a log file. A run past `timeout` gets
 SIGTERM (the trainer then removes its half-written adapter directory), SIGKILL after a grace
-period, and so does one whose caller is cancelled. The signals go to the subprocess's whole process
-group, so a launcher's worker processes get them too (each then cleans up as the trainer does). A non-zero exit, or no `done` event, raises
-`TrainerFailed` with the trainer's own error message, or the tail of its log.
+period, and so does one whose caller is cancelled. The subprocess starts its own session and the
+signals go to its whole process group, so a launcher's workers get them too (each then cleans up
+as the trainer does). A non-zero exit, or no `done` event, raises `TrainerFailed` with the
+trainer's own error message, or the tail of its log.
 """
 
 from __future__ import annotations

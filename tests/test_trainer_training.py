@@ -260,17 +260,19 @@ def test_a_failure_during_training_leaves_no_adapter_dir(tmp_path, tiny_model_di
 
 
 def test_accelerate_launcher_trains_the_same_adapter_shape_as_local(tmp_path, tiny_model_dir, snapshot_dir):
-    """The `accelerate` launcher: `accelerate launch --num_processes 2 --cpu -m trainer run` starts
-    two processes through torch.distributed (gloo), the same code path as `--multi_gpu` on a GPU
-    host: both train on their share of each batch, one reports progress and writes the one
-    adapter, shaped as a `local` run's. The run goes through a shared artifact location (a
+    """The `accelerate` launcher: `accelerate launch --multi_gpu --num_processes 2 -m trainer run`
+    on this GPU-less host starts two CPU processes through torch.distributed (gloo), the command a
+    2-GPU host runs (`--cpu` would start one: accelerate's CPU processes need mpirun): both train
+    on their share of each batch, one reports progress and writes the one adapter, shaped as a
+    `local` run's. The run goes through a shared artifact location (a
     file:// URL): each process copies the inputs from it, the adapter comes back from it, and the
     run's place there is removed."""
     fields = spec_for("ddp", tiny_model_dir, snapshot_dir, tmp_path / "adapters", method="dpo")
     settings = Settings(
         training=TrainingSettings(launcher="accelerate"),
         launcher=LauncherSettings(
-            accelerate_args=("--multi_gpu", "--num_processes", "2"), artifacts_url=f"file://{tmp_path}/artifacts"
+            accelerate_args=("--multi_gpu", "--num_processes", "2"),
+            artifacts_url=f"file://{tmp_path}/artifacts",
         ),
     )
     spec = msgspec.convert({**fields, "optim": {"max_steps": 6}}, RunSpec)

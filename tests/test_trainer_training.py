@@ -259,14 +259,15 @@ def test_a_failure_during_training_leaves_no_adapter_dir(tmp_path, tiny_model_di
     assert list(out_root.iterdir()) == []
 
 
-def test_accelerate_launcher_trains_the_same_adapter_shape_as_local(tmp_path, tiny_model_dir, snapshot_dir):
+def test_accelerate_launcher_trains_the_same_adapter_shape_as_local(
+    tmp_path, tiny_model_dir, snapshot_dir, trained_run
+):
     """The `accelerate` launcher: `accelerate launch --multi_gpu --num_processes 2 -m trainer run`
     on this GPU-less host starts two CPU processes through torch.distributed (gloo), the command a
     2-GPU host runs (`--cpu` would start one: accelerate's CPU processes need mpirun): both train
     on their share of each batch, one reports progress and writes the one adapter, shaped as a
-    `local` run's. The run goes through a shared artifact location (a
-    file:// URL): each process copies the inputs from it, the adapter comes back from it, and the
-    run's place there is removed."""
+    `local` run's. The run goes through a shared artifact location (a file:// URL): each process
+    copies the inputs from it, the adapter comes back from it, and the run's place there is removed."""
     fields = spec_for("ddp", tiny_model_dir, snapshot_dir, tmp_path / "adapters", method="dpo")
     settings = Settings(
         training=TrainingSettings(launcher="accelerate"),
@@ -292,8 +293,8 @@ def test_accelerate_launcher_trains_the_same_adapter_shape_as_local(tmp_path, ti
     assert {p.name for p in (tmp_path / "adapters" / "ddp").iterdir()} == ADAPTER_FILES
     assert list((tmp_path / "artifacts").rglob("*")) == [tmp_path / "artifacts" / "p"]
 
-    local, _ = train_in_process({**fields, "run_id": "local", "output_dir": str(tmp_path / "local"),
-                                 "optim": {"max_steps": 1}})  # fmt: skip
+    # The session's `local` run (trained in-process, the same LoRA settings: the spec's defaults).
+    local = trained_run[0]
     shapes = [
         {name: tuple(t.shape) for name, t in load_file(d / "adapter_model.safetensors").items()}
         for d in (tmp_path / "adapters" / "ddp", local)

@@ -270,6 +270,14 @@ class TrainingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     timeout_seconds: Annotated[
         float, _doc("A trainer running longer is killed and its run fails."), msgspec.Meta(gt=0)
     ] = 3600.0
+    launcher: Annotated[
+        Literal["local", "accelerate", "ray"],
+        _doc(
+            "Where a run's trainer runs: local (a subprocess of the service), accelerate (`accelerate "
+            "launch` on this host, several processes or GPUs) or ray (a Ray job on a cluster); each is "
+            "set up in `launcher`. Per project too."
+        ),
+    ] = "local"
     signal_check_seconds: Annotated[
         float, _doc("How often the new-signal check runs."), msgspec.Meta(gt=0)
     ] = 60.0
@@ -536,6 +544,51 @@ class GatewaySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     ] = 1.0
 
 
+class LauncherSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """How the trainer launchers start a run (`service.launchers`); which one a run uses is
+    `training.launcher`. The trainer's progress lines, exit status and cancellation are the same
+    for each."""
+
+    artifacts_url: Annotated[
+        str,
+        _doc(
+            "Shared artifact location (an fsspec URL: a path, file://, s3://, gs://, ...) a run's spec, "
+            "snapshot and parent adapter go to and its adapter comes back from, for a trainer on "
+            "another machine. Empty: the trainer reads and writes the service's own directories. The "
+            "base model must be at vllm.base_model's path where the trainer runs."
+        ),
+    ] = ""
+    accelerate_config: Annotated[
+        str, _doc("accelerate: the `accelerate launch --config_file` (DDP, FSDP or DeepSpeed). Empty: none.")
+    ] = ""
+    accelerate_args: Annotated[
+        tuple[str, ...],
+        _doc('accelerate: more `accelerate launch` arguments, e.g. ["--multi_gpu", "--num_processes", "4"].'),
+    ] = ()
+    ray_address: Annotated[str, _doc("ray: the cluster's dashboard (Jobs API) address.")] = (
+        "http://127.0.0.1:8265"
+    )
+    ray_runtime_env: Annotated[
+        dict[str, Any],
+        _doc(
+            'ray: the job\'s runtime environment (Ray\'s runtime_env: {"working_dir": ..., "pip": [...], '
+            '"env_vars": {...}}): how the workers get this code and its libraries.'
+        ),
+    ] = {}
+    ray_python: Annotated[
+        str, _doc("ray: the Python the job's entrypoint runs (`<ray_python> -m trainer run ...`).")
+    ] = "python"
+    ray_num_cpus: Annotated[
+        float, _doc("ray: CPUs reserved for the trainer (the job's entrypoint_num_cpus)."), msgspec.Meta(ge=0)
+    ] = 1.0
+    ray_num_gpus: Annotated[
+        float, _doc("ray: GPUs reserved for the trainer (entrypoint_num_gpus)."), msgspec.Meta(ge=0)
+    ] = 0.0
+    ray_resources: Annotated[
+        dict[str, float], _doc("ray: other custom resources reserved for it (entrypoint_resources).")
+    ] = {}
+
+
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Everything Ratchet can be told. Defaults run on one machine out of the box."""
 
@@ -578,6 +631,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     ] = 0.2
     online_gate: GatePolicy = GatePolicy()
     training: TrainingSettings = TrainingSettings()
+    launcher: LauncherSettings = LauncherSettings()
     feedback_gate: FeedbackGateSettings = FeedbackGateSettings()
     retention_days: Annotated[
         Annotated[int, msgspec.Meta(ge=1)] | None,

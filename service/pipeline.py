@@ -5,8 +5,9 @@ rolled_back | failed | cancelled. One run per project at a time; every transitio
 give a verdict (vLLM or the judge down, a golden file missing) is `failed` with the reason, and
 its candidate stays a `candidate`, for a retry.
 
-The trainer runs as a subprocess (`python -m trainer run SPEC.json`, `service.trainer_process`)
-whose progress lines update the run as they come. The spec, the lines, the adapter's manifest and
+The trainer runs as `python -m trainer run SPEC.json` where the project's launcher puts it (a
+subprocess, `accelerate launch`, a Ray job: `service.launchers`), and its progress lines update
+the run as they come. The spec, the lines, the adapter's manifest and
 the run's stats are the Structs of `formats.run` and `formats.manifest`. A crash, timeout or bad output of the trainer fails the run with
 the reason and leaves serving untouched. The canary's end is decided by `monitor_canaries`, a
 scheduler job, from live thumbs.
@@ -58,6 +59,7 @@ from service.config import FeedbackGateSettings, Settings
 from service.domain import GateConfig
 from service.errors import AdapterLoadFailed, Conflict, RatchetError
 from service.gate_config import evidence, golden_file
+from service.launchers import launch_training
 from service.metrics import Metrics
 from service.project_settings import ProjectSettingsBook
 from service.rollouts import Rollouts
@@ -65,7 +67,7 @@ from service.store.gate_configs import GateConfigs
 from service.store.queries import Queries
 from service.store.runs import ACTIVE, RunRecord, Runs, RunState
 from service.store.serving import Serving
-from service.trainer_process import TrainerFailed, run_trainer
+from service.trainer_process import TrainerFailed
 from service.trigger import RunDecision, decide_run
 
 log = logging.getLogger("ratchet.pipeline")
@@ -345,9 +347,7 @@ class Pipeline:
         if spec.reward_model is not None:
             # Its imports run while the adapter trains; the gate then finds it ready.
             await self.scorer.start()
-        spec_path = run_dir / "spec.json"
-        spec_path.write_bytes(msgspec.json.encode(spec))
-        done = await self._run_trainer(run, spec_path, run_dir / "trainer.log")
+        done = await self._run_trainer(run, settings, spec, run_dir)
         try:
             manifest = read_manifest(out)
         except (ManifestError, SchemaVersionError) as exc:
@@ -361,9 +361,12 @@ class Pipeline:
         await self._update(run.id, stats={"adapter": record.served_name, "training": done})
         return record.served_name
 
-    async def _run_trainer(self, run: RunRecord, spec_path: Path, log_path: Path) -> DoneEvent:
-        """Run the trainer; its step events update the run (at most one write a second, and the
-        last step once it ends, so a finished run shows where training ended). Returns its `done`."""
+    async def _run_trainer(
+        self, run: RunRecord, settings: Settings, spec: RunSpec, run_dir: Path
+    ) -> DoneEvent:
+        """Run the trainer with the project's launcher; its step events update the run (at most
+        one write a second, and the last step once it ends, so a finished run shows where training
+        ended). Returns its `done`."""
         last_write = 0.0
         pending: StepEvent | None = None  # the last step event not yet written
 
@@ -376,10 +379,7 @@ class Pipeline:
                     await self._update(run.id, stats={"progress": event})
 
         try:
-            done = await run_trainer(
-                "run", str(spec_path), log_path=log_path, timeout=self.settings.training.timeout_seconds,
-                on_event=on_event,
-            )  # fmt: skip
+            done = await launch_training(settings, spec, run_dir, project=run.project, on_event=on_event)
         except TrainerFailed as exc:
             raise RunFailed(exc.message) from exc
         finally:

@@ -1,4 +1,4 @@
-"""Per-project settings: training thresholds and method, canary fraction, online gate, the offline
+"""Per-project settings: training thresholds, method and launcher, canary fraction, online gate, the offline
 gate's feedback evidence (on/off, calibration and tolerance thresholds), retention, base model. The global settings are the defaults; a project stores only what it overrides.
 
 `GET/PATCH /v1/projects/{p}/settings`. A PATCH is a JSON merge patch (RFC 7396): a field given
@@ -31,7 +31,9 @@ from service.store.serving import Event
 if TYPE_CHECKING:
     from service.runtime import Runtime
 
-TRAINING_FIELDS = ("min_new_ratings", "min_new_corrections", "min_minority_share", "min_train_rows", "method")
+TRAINING_FIELDS = (
+    "min_new_ratings", "min_new_corrections", "min_minority_share", "min_train_rows", "method", "launcher",
+)  # fmt: skip
 GATE_FIELDS = tuple(GatePolicy.__struct_fields__)
 FEEDBACK_GATE_FIELDS = tuple(FeedbackGateSettings.__struct_fields__)
 

@@ -1,16 +1,23 @@
 """The trainer as a subprocess: `python -m trainer COMMAND ...`, the one way the service runs it
-(a run's training, a project's null adapter v0).
+on its own host (a run's training under the `local` and `accelerate` launchers, a project's null
+adapter v0). `module` is how the trainer module is started: `python -m` by default, or
+`accelerate launch ... -m` (`service.launchers`).
 
 The trainer's stdout is its progress lines (`formats.run.TrainerEvent`), each handed to
 `on_event` as it comes; its stderr (human logs) goes to a log file. A run past `timeout` gets
 SIGTERM (the trainer then removes its half-written adapter directory), SIGKILL after a grace
-period, and so does one whose caller is cancelled. A non-zero exit, or no `done` event, raises
-`TrainerFailed` with the trainer's own error message, or the tail of its log.
+period, and so does one whose caller is cancelled. The subprocess starts its own session and the
+signals go to its whole process group, so a launcher's workers get them too (each then cleans up
+as the trainer does). A non-zero exit, or no `done` event, raises `TrainerFailed` with the
+trainer's own error message, or the tail of its log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -35,13 +42,14 @@ async def run_trainer(
     timeout: float | None = None,
     on_event: Callable[[TrainerEvent], Awaitable[None]] | None = None,
     grace: float = 10.0,
+    module: tuple[str, ...] = (sys.executable, "-m"),
 ) -> DoneEvent:
-    """Run `python -m trainer *args` to its end and return its `done` event. `log_path`: where
+    """Run `<module> trainer *args` to its end and return its `done` event. `log_path`: where
     its stderr is appended (None: a temporary file, read for the error's tail)."""
     with _stderr_file(log_path) as stderr:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "trainer", *args,
-            stdout=asyncio.subprocess.PIPE, stderr=stderr, limit=1 << 20,
+            *module, "trainer", *args,
+            stdout=asyncio.subprocess.PIPE, stderr=stderr, limit=1 << 20, start_new_session=True,
         )  # fmt: skip
         done: DoneEvent | None = None
         error: str | None = None
@@ -81,9 +89,14 @@ async def stop(proc: asyncio.subprocess.Process, grace: float = 10.0) -> None:
     """SIGTERM first: the trainer then removes its half-written adapter directory; SIGKILL after."""
     if proc.returncode is not None:
         return
-    proc.terminate()
+    _signal_group(proc, signal.SIGTERM)
     try:
         await asyncio.wait_for(proc.wait(), grace)
     except TimeoutError:
-        proc.kill()
+        _signal_group(proc, signal.SIGKILL)
         await proc.wait()
+
+
+def _signal_group(proc: asyncio.subprocess.Process, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):  # the group ended meanwhile
+        os.killpg(proc.pid, sig)  # its own session and group: the launcher and its workers

@@ -10,6 +10,7 @@ Runs are short (100 steps of batch 16, 5-15 s each on one core) and share the se
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -17,10 +18,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 from safetensors.torch import load_file
 
 from demo import tiny_world
+from formats.run import RunSpec
+from service.config import LauncherSettings, Settings, TrainingSettings
+from service.launchers import launch_training
 from tests.fixtures.training import (
     TRAINED_SPEC,
     greedy_answers,
@@ -254,39 +259,53 @@ def test_a_failure_during_training_leaves_no_adapter_dir(tmp_path, tiny_model_di
     assert list(out_root.iterdir()) == []
 
 
-def test_runs_unchanged_under_a_multi_process_launcher(tmp_path, tiny_model_dir, snapshot_dir):
-    """`accelerate launch --multi_gpu -m trainer run SPEC.json` starts one process per GPU through
-    torch.distributed; here torchrun starts two CPU processes (gloo), the same code path: both
-    train on their share of each batch, one reports progress and writes the one adapter."""
-    spec = write_spec(
-        tmp_path / "SPEC.json",
-        **spec_for(
-            "ddp", tiny_model_dir, snapshot_dir, tmp_path / "adapters", method="dpo", optim={"max_steps": 6}
+def test_accelerate_launcher_trains_the_same_adapter_shape_as_local(
+    tmp_path, tiny_model_dir, snapshot_dir, trained_run
+):
+    """The `accelerate` launcher: `accelerate launch --multi_gpu --num_processes 2 -m trainer run`
+    on this GPU-less host starts two CPU processes through torch.distributed (gloo), the command a
+    2-GPU host runs (`--cpu` would start one: accelerate's CPU processes need mpirun): both train
+    on their share of each batch, one reports progress and writes the one adapter, shaped as a
+    `local` run's. The run goes through a shared artifact location (a file:// URL): each process
+    copies the inputs from it, the adapter comes back from it, and the run's place there is removed."""
+    fields = spec_for("ddp", tiny_model_dir, snapshot_dir, tmp_path / "adapters", method="dpo")
+    settings = Settings(
+        training=TrainingSettings(launcher="accelerate"),
+        launcher=LauncherSettings(
+            accelerate_args=("--multi_gpu", "--num_processes", "2"),
+            artifacts_url=f"file://{tmp_path}/artifacts",
         ),
     )
-    proc = subprocess.run(
-        [
-            str(Path(sys.executable).with_name("torchrun")),
-            "--nproc_per_node",
-            "2",
-            "-m",
-            "trainer",
-            "run",
-            str(spec),
-        ],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    events = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert [e["event"] for e in events] == ["start", *["step"] * 6, "done"]
+    spec = msgspec.convert({**fields, "optim": {"max_steps": 6}}, RunSpec)
+    events: list = []
+
+    async def on_event(event) -> None:
+        events.append(event)
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    done = asyncio.run(launch_training(settings, spec, run_dir, project="p", on_event=on_event))
+    assert [type(e).__name__ for e in events] == ["StartEvent", *["StepEvent"] * 6, "DoneEvent"]
     # 6 steps of 16 per process over 107 pairs: 1.5 epochs with two processes (one alone: 0.86).
-    assert events[-1]["metrics"]["epochs"] > 1.0
+    assert done.metrics["epochs"] > 1.0
+    assert done.adapter_dir == str(tmp_path / "adapters" / "ddp")
     assert {p.name for p in (tmp_path / "adapters").iterdir()} == {"ddp"}
     assert {p.name for p in (tmp_path / "adapters" / "ddp").iterdir()} == ADAPTER_FILES
+    assert list((tmp_path / "artifacts").rglob("*")) == [tmp_path / "artifacts" / "p"]
+
+    # The session's `local` run (trained in-process, the same LoRA settings: the spec's defaults).
+    local = trained_run[0]
+    shapes = [
+        {name: tuple(t.shape) for name, t in load_file(d / "adapter_model.safetensors").items()}
+        for d in (tmp_path / "adapters" / "ddp", local)
+    ]
+    assert shapes[0] == shapes[1] and shapes[0]
+    configs = [
+        json.loads((d / "adapter_config.json").read_text()) for d in (tmp_path / "adapters" / "ddp", local)
+    ]
+    assert [(c["r"], sorted(c["target_modules"])) for c in configs] == [
+        (configs[1]["r"], sorted(configs[1]["target_modules"]))
+    ] * 2
 
 
 def test_sigterm_mid_training_exits_130_and_leaves_nothing(tmp_path, tiny_model_dir, snapshot_dir):

@@ -1,6 +1,8 @@
 """`python -m trainer`: the trainer process's command line.
 
     python -m trainer run SPEC.json                    train one adapter (progress: JSON lines on stdout)
+    python -m trainer run --artifacts URL              the same, inputs and outputs at an fsspec URL
+                                                       (trainer/artifacts.py: a trainer on another machine)
     python -m trainer null-adapter --base DIR --out DIR  write a null adapter (serves exactly the base)
     python -m trainer score REWARD_DIR --input items.jsonl --output scores.jsonl
                                                        score answers with a reward model (one float each)
@@ -30,7 +32,7 @@ import traceback
 from pathlib import Path
 
 from formats.run import DoneEvent, ErrorEvent
-from trainer.errors import BaseModelError, TrainerError
+from trainer.errors import BaseModelError, SpecError, TrainerError
 from trainer.progress import Progress
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -50,7 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="train one LoRA adapter from a run spec")
-    run.add_argument("spec", help="path to SPEC.json (see formats/run.py for its fields)")
+    run.add_argument("spec", nargs="?", help="path to SPEC.json (see formats/run.py for its fields)")
+    run.add_argument(
+        "--artifacts",
+        help="instead of SPEC.json: the run's fsspec URL holding spec.json and its inputs; outputs go back there",
+    )
     null = commands.add_parser("null-adapter", help="write a LoRA adapter whose outputs equal the base's")
     null.add_argument("--base", required=True, help="base model directory")
     null.add_argument("--out", required=True, help="adapter directory to create")
@@ -79,11 +85,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(spec_path: str, progress: Progress) -> None:
+def _run(args: argparse.Namespace, progress: Progress) -> None:
+    if (args.spec is None) == (args.artifacts is None):
+        raise SpecError("give either SPEC.json or --artifacts URL")
+    if args.artifacts is not None:
+        from trainer.artifacts import run_from
+
+        run_from(args.artifacts, progress)
+        return
     from trainer.run import run
     from trainer.spec import load_spec
 
-    run(load_spec(spec_path), progress)
+    run(load_spec(args.spec), progress)
 
 
 def _null_adapter(args: argparse.Namespace, progress: Progress) -> None:
@@ -132,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         if args.command == "run":
-            _run(args.spec, progress)
+            _run(args, progress)
         elif args.command == "score":
             _score(args, progress)
         elif args.command == "score-server":

@@ -5,7 +5,13 @@ measures a real `ratchet serve` on it:
 
 1. the older logs are written in-process through the same capture path and group-commit writer
    the server uses (fast, and right whatever columns capture fills); the newest `--http` logs of
-   each size and their feedback come through the real batch API, 6 concurrent 500-log requests;
+   each size and their feedback come through the real batch API, 6 concurrent 500-log requests.
+   With `--archived N`, the oldest N logs of the last size go straight into the archive instead
+   (the lake tier, `service/store/archive.py`): Parquet files of `archive.file_rows` logs, one per
+   past day, listed in the manifest with their id hashes as the archive job lists its own, their
+   feedback through capture and the writer (feedback stays in the DuckDB file). Their texts come
+   from a pool of `--pool` realistic logs (new ids and times each), since generating 9M distinct
+   ones in Python would take hours here; the server runs with the archive on (`after_days` 30);
 2. single-log POSTs at a fixed rate (8 clients, `--rate` req/s in all) while, one after the other,
    nothing, `GET /stats`, a Parquet export, the scheduler's signal check (every 5 s) and a run's
    snapshot stage run; the POST latency counts the requests sent while the operation ran;
@@ -20,7 +26,7 @@ this run (the first size, or idle at the same size). Snapshot and export RSS are
 VmRSS during them.
 
     .venv/bin/python bench/scale.py 100000 1000000 [--http 100000] [--data /tmp/ratchet-scale]
-                                   [--max-train-examples 20000]
+                                   [--max-train-examples 20000] [--archived 9000000]
 
 Goals at 10M logs (issue 14): loop stall <= 50 ms; single-log POST p99 <= 50 ms during every
 background operation; snapshot RSS <= 2 GB; export RSS <= 1 GB; point read <= 10 ms; stop <=
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import itertools
 import math
 import os
@@ -185,6 +192,119 @@ def bulk_load(data: Path, texts: Texts, start: int, stop: int) -> str:
         runtime.writer.stop()
         runtime.db.close()
     return key_file.read_text()
+
+
+def archived_id(i: int) -> str:
+    """The id of log `i` when it was generated straight into the archive."""
+    return f"chatcmpl-{hashlib.md5(str(i).encode()).hexdigest()}"
+
+
+_POOL: list[Any] = []
+
+
+def _archive_file(
+    args: tuple[int, int, int, int, str, int, str, int],
+) -> tuple[str, int, bytes, list[dict[str, Any]]]:
+    """One worker: logs [lo, hi) as one archive file `rel` under `root` (the archive job's columns,
+    sorted by id, row groups of its size), received on `day`. Returns (rel, rows, id hashes,
+    feedback items)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from service.capture import Capture
+    from service.domain import LogIn
+    from service.store import archive as lake
+    from service.store.archive_index import id_hashes
+    from service.store.rows import LOG_SCHEMA
+    from service.store.writer import _to_arrow
+
+    seed, lo, hi, pool_size, root, first_key, day, _ = args
+    if not _POOL:  # realistic logs and their feedback, once per worker
+        texts, log_in = Texts(seed), msgspec.json.Decoder(LogIn)
+        for j in range(pool_size):
+            g = texts.log(j)
+            row = Capture.log_row(PROJECT, log_in.decode(msgspec.json.encode(g)), g["id"], T0, "api")
+            _POOL.append((row, texts.feedback(g, j)))
+    start = datetime.fromisoformat(day)
+    step = timedelta(seconds=86400 / max(1, hi - lo))
+    rows, feedback = [], []
+    for k, i in enumerate(range(lo, hi)):
+        row, fb = _POOL[i % len(_POOL)]
+        log_id, at = archived_id(i), start + k * step
+        rows.append(row._replace(id=log_id, created_at=at - timedelta(seconds=1), received_at=at))
+        if fb is not None:
+            feedback.append({**fb, "log_id": log_id})
+    table = _to_arrow(rows, LOG_SCHEMA).sort_by("id")
+    columns = [
+        pa.chunked_array([c.storage for c in table[n].chunks]) if n in lake._JSON else table[n]
+        for n in lake._FILE_COLUMNS
+    ]
+    keys = pa.array(np.arange(first_key, first_key + table.num_rows, dtype=np.int64))
+    out = pa.Table.from_arrays([keys, *columns], names=[lake.KEY, *lake._FILE_COLUMNS])
+    rel = f"project={PROJECT}/day={start.date().isoformat()}/{-first_key >> 32:012d}-{os.urandom(4).hex()}.parquet"
+    Path(root, rel).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(out, f"{root}/{rel}", row_group_size=lake._ROW_GROUP, compression="zstd")
+    return rel, table.num_rows, id_hashes(table["id"].to_pylist()).tobytes(), feedback
+
+
+def archive_load(data: Path, seed: int, start: int, stop: int, file_rows: int, pool_size: int) -> None:
+    """Logs [start, stop) straight into the archive (see the module docstring), the newest file
+    received 31 days ago; then their feedback through capture and the writer."""
+    from service.app import build_runtime
+    from service.config import Settings
+    from service.domain import FeedbackIn, ProjectIn
+    from service.projects import create_project
+
+    runtime = build_runtime(
+        Settings(data_dir=str(data), scheduler_enabled=False, database={"memory_limit_mib": 2048})
+    )
+    key_file = data / "bench-key"
+    if not key_file.exists():
+        key_file.write_text(create_project(runtime, ProjectIn(name=PROJECT)).api_key)
+    runtime.writer.start()
+    assert runtime.archive is not None
+    root = runtime.archive.root
+    fb_in = msgspec.json.Decoder(FeedbackIn)
+    n_files = math.ceil((stop - start) / file_rows)
+    newest = datetime.combine(datetime.utcnow().date(), datetime.min.time()) - timedelta(days=31)
+    with runtime.db.reading() as cur:
+        seqs = [
+            s for (s,) in cur.execute(f"SELECT nextval('archive_file_seq') FROM range({n_files})").fetchall()
+        ]
+    specs = [
+        (seed, start + f * file_rows, min(stop, start + (f + 1) * file_rows), pool_size, root, -(int(seqs[f]) << 32),
+         (newest - timedelta(days=n_files - 1 - f)).isoformat(), f)
+        for f in range(n_files)
+    ]  # fmt: skip
+
+    async def feed(items: list[dict[str, Any]]) -> None:
+        for lo in range(0, len(items), 4000):
+            await asyncio.gather(
+                *(runtime.capture.write_feedback(PROJECT, [fb_in.decode(msgspec.json.encode(x)) for x in items[a : a + 1000]])
+                  for a in range(lo, min(lo + 4000, len(items)), 1000))
+            )  # fmt: skip
+
+    started, done = time.perf_counter(), 0
+    try:
+        with Pool(2) as pool:
+            for spec, (rel, rows, hashes, feedback) in zip(
+                specs, pool.imap(_archive_file, specs), strict=True
+            ):
+                with runtime.db.transaction() as cur:
+                    cur.execute(
+                        "INSERT INTO archive_files (path, project, day, rows, first_key, state, created_at, id_hashes)"
+                        " VALUES (?, ?, ?, ?, ?, 'done', now()::TIMESTAMP, ?)",
+                        [rel, PROJECT, datetime.fromisoformat(spec[6]).date(), rows, spec[5], hashes],
+                    )
+                asyncio.run(feed(feedback))
+                done += rows
+                print(
+                    f"  archived {done:,} logs, {done / (time.perf_counter() - started):,.0f}/s", flush=True
+                )
+    finally:
+        runtime.writer.stop()
+        runtime.db.close()
 
 
 def _post_chunk(args: tuple[str, str, int, int, int]) -> list[tuple[float, int]]:
@@ -414,6 +534,11 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
+        "--archived", type=int, default=0, help="oldest logs of the last size generated into the archive"
+    )
+    parser.add_argument("--pool", type=int, default=20_000, help="distinct texts of the archived logs")
+    parser.add_argument("--file-rows", type=int, default=100_000, help="archive.file_rows")
+    parser.add_argument(
         "--max-train-examples",
         type=int,
         default=None,
@@ -422,15 +547,25 @@ def main() -> None:
     args = parser.parse_args()
     shutil.rmtree(args.data, ignore_errors=True)
     args.data.mkdir(parents=True)
-    texts, done, rows = Texts(args.seed), 0, []
+    texts, done, rows, archived = Texts(args.seed), 0, [], (0, 0)
     env = {"RATCHET_TRAINING__SIGNAL_CHECK_SECONDS": "5",
-           "RATCHET_TRAINING__MIN_NEW_RATINGS": "1000000000"}  # the check runs its count, never starts a run  # fmt: skip
+           "RATCHET_TRAINING__MIN_NEW_RATINGS": "1000000000",  # the check runs its count, never starts a run
+           "RATCHET_DATABASE__MEMORY_LIMIT_MIB": "2048",  # other work shares this machine's memory
+           "RATCHET_ARCHIVE__AFTER_DAYS": "30", "RATCHET_ARCHIVE__FILE_ROWS": str(args.file_rows)}  # fmt: skip
     if args.max_train_examples is not None:
         env["RATCHET_SNAPSHOT__MAX_TRAIN_EXAMPLES"] = str(args.max_train_examples)
     for size in args.sizes:
         print(f"== {size:,} logs  (load average {os.getloadavg()[0]:.1f})", flush=True)
         http_from = max(done, size - args.http)
         t = time.perf_counter()
+        if args.archived and size == args.sizes[-1]:
+            # The oldest logs into the archive, under ids of their own; the hot ones keep theirs.
+            archived = (done, done + args.archived)
+            archive_load(args.data, args.seed, *archived, args.file_rows, args.pool)
+            print(f"  archive load of {args.archived:,} logs: {time.perf_counter() - t:.0f} s", flush=True)
+            done = archived[1]
+            http_from = max(done, size - args.http)
+            t = time.perf_counter()
         key = (
             bulk_load(args.data, texts, done, http_from)
             if http_from > done or done == 0
@@ -453,7 +588,10 @@ def main() -> None:
                 after.get("ratchet_write_checkpoint_seconds_sum", 0)
                 - before.get("ratchet_write_checkpoint_seconds_sum", 0)
             ) / max(ckpts, 1)
-            ids = [texts.log(i)["id"] for i in random.Random(size).sample(range(size), 200)]
+            ids = [
+                archived_id(i) if archived[0] <= i < archived[1] else texts.log(i)["id"]
+                for i in random.Random(size).sample(range(size), 200)
+            ]
             ops = measure(server, key, args.rate, ids, sampler)
             final = metrics(server)
         finally:

@@ -252,12 +252,14 @@ def archive_load(data: Path, seed: int, start: int, stop: int, file_rows: int, p
     """Logs [start, stop) straight into the archive (see the module docstring), the newest file
     received 31 days ago; then their feedback through capture and the writer."""
     from service.app import build_runtime
-    from service.config import Settings
+    from service.config import DatabaseSettings, Settings
     from service.domain import FeedbackIn, ProjectIn
     from service.projects import create_project
 
     runtime = build_runtime(
-        Settings(data_dir=str(data), scheduler_enabled=False, database={"memory_limit_mib": 2048})
+        Settings(
+            data_dir=str(data), scheduler_enabled=False, database=DatabaseSettings(memory_limit_mib=2048)
+        )
     )
     key_file = data / "bench-key"
     if not key_file.exists():

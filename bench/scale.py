@@ -199,75 +199,90 @@ def archived_id(i: int) -> str:
     return f"chatcmpl-{hashlib.md5(str(i).encode()).hexdigest()}"
 
 
-_POOL: list[Any] = []
+_POOL: dict[str, Any] = {}
 
 
-def _archive_file(
-    args: tuple[int, int, int, int, str, int, str, int],
-) -> tuple[str, int, bytes, list[dict[str, Any]]]:
+def _archive_file(args: tuple[int, int, int, int, str, int, str]) -> tuple[str, int, bytes, bytes]:
     """One worker: logs [lo, hi) as one archive file `rel` under `root` (the archive job's columns,
-    sorted by id, row groups of its size), received on `day`. Returns (rel, rows, id hashes,
-    feedback items)."""
+    sorted by id, row groups of its size), received on `day`. Returns (rel, rows, id hashes, the
+    feedback rows as Arrow IPC)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from service.capture import Capture
-    from service.domain import LogIn
+    from service.capture import Capture, feedback_patch
+    from service.domain import FeedbackIn, LogIn
     from service.store import archive as lake
     from service.store.archive_index import id_hashes
-    from service.store.rows import LOG_SCHEMA
+    from service.store.rows import FEEDBACK_SCHEMA, LOG_SCHEMA
     from service.store.writer import _to_arrow
 
-    seed, lo, hi, pool_size, root, first_key, day, _ = args
-    if not _POOL:  # realistic logs and their feedback, once per worker
-        texts, log_in = Texts(seed), msgspec.json.Decoder(LogIn)
+    seed, lo, hi, pool_size, root, first_key, day = args
+    if not _POOL:  # realistic logs and their feedback as the writer's rows, once per worker
+        texts, log_in, fb_in = Texts(seed), msgspec.json.Decoder(LogIn), msgspec.json.Decoder(FeedbackIn)
+        logs, feedback = [], []
         for j in range(pool_size):
             g = texts.log(j)
-            row = Capture.log_row(PROJECT, log_in.decode(msgspec.json.encode(g)), g["id"], T0, "api")
-            _POOL.append((row, texts.feedback(g, j)))
+            logs.append(Capture.log_row(PROJECT, log_in.decode(msgspec.json.encode(g)), g["id"], T0, "api"))
+            if (fb := texts.feedback(g, j)) is not None:
+                item = fb_in.decode(msgspec.json.encode(fb))
+                feedback.append((j, feedback_patch(PROJECT, item, "x", T0, attributed=False)))
+        _POOL["logs"] = _to_arrow(logs, LOG_SCHEMA)
+        _POOL["feedback"] = feedback
+    n = hi - lo
     start = datetime.fromisoformat(day)
-    step = timedelta(seconds=86400 / max(1, hi - lo))
-    rows, feedback = [], []
-    for k, i in enumerate(range(lo, hi)):
-        row, fb = _POOL[i % len(_POOL)]
-        log_id, at = archived_id(i), start + k * step
-        rows.append(row._replace(id=log_id, created_at=at - timedelta(seconds=1), received_at=at))
-        if fb is not None:
-            feedback.append({**fb, "log_id": log_id})
-    table = _to_arrow(rows, LOG_SCHEMA).sort_by("id")
+    ids = [archived_id(i) for i in range(lo, hi)]
+    at = np.datetime64(start, "us") + (np.arange(n) * (86_400_000_000 // max(n, 1))).astype("timedelta64[us]")
+    table = _POOL["logs"].take(pa.array([i % pool_size for i in range(lo, hi)]))
+    table = table.set_column(1, "id", pa.array(ids))
+    table = table.set_column(
+        2, "created_at", pa.array(at - np.timedelta64(1, "s")).cast(LOG_SCHEMA.field("created_at").type)
+    )
+    table = table.set_column(3, "received_at", pa.array(at).cast(LOG_SCHEMA.field("received_at").type))
+    table = table.sort_by("id")
     columns = [
-        pa.chunked_array([c.storage for c in table[n].chunks]) if n in lake._JSON else table[n]
-        for n in lake._FILE_COLUMNS
+        pa.chunked_array([c.storage for c in table[c].chunks]) if c in lake._JSON else table[c]
+        for c in lake._FILE_COLUMNS
     ]
-    keys = pa.array(np.arange(first_key, first_key + table.num_rows, dtype=np.int64))
+    keys = pa.array(np.arange(first_key, first_key + n, dtype=np.int64))
     out = pa.Table.from_arrays([keys, *columns], names=[lake.KEY, *lake._FILE_COLUMNS])
     rel = f"project={PROJECT}/day={start.date().isoformat()}/{-first_key >> 32:012d}-{os.urandom(4).hex()}.parquet"
     Path(root, rel).parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(out, f"{root}/{rel}", row_group_size=lake._ROW_GROUP, compression="zstd")
-    return rel, table.num_rows, id_hashes(table["id"].to_pylist()).tobytes(), feedback
+    rows = []
+    base = lo - lo % pool_size
+    for cycle in range(base, hi, pool_size):
+        for j, fb in _POOL["feedback"]:
+            if lo <= cycle + j < hi:
+                k = cycle + j - lo
+                when = at[k].astype(datetime) + timedelta(minutes=5)
+                fid = f"fb-{k + lo}"
+                rows.append(fb._replace(log_id=ids[k], id=fid, item_ids=[fid], created_at=when, received_at=when,
+                                        rating_at=when if fb.rating_at else None,
+                                        correction_at=when if fb.correction_at else None))  # fmt: skip
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, FEEDBACK_SCHEMA) as ipc:
+        ipc.write_table(_to_arrow(rows, FEEDBACK_SCHEMA))
+    return rel, n, id_hashes(ids).tobytes(), sink.getvalue().to_pybytes()
 
 
 def archive_load(data: Path, seed: int, start: int, stop: int, file_rows: int, pool_size: int) -> None:
     """Logs [start, stop) straight into the archive (see the module docstring), the newest file
-    received 31 days ago; then their feedback through capture and the writer."""
+    received 31 days ago, and their feedback straight into the `feedback` table."""
+    import pyarrow as pa
+
     from service.app import build_runtime
     from service.config import DatabaseSettings, Settings
-    from service.domain import FeedbackIn, ProjectIn
+    from service.domain import ProjectIn
     from service.projects import create_project
 
-    runtime = build_runtime(
-        Settings(
-            data_dir=str(data), scheduler_enabled=False, database=DatabaseSettings(memory_limit_mib=2048)
-        )
-    )
+    database = DatabaseSettings(memory_limit_mib=2048)
+    runtime = build_runtime(Settings(data_dir=str(data), scheduler_enabled=False, database=database))
     key_file = data / "bench-key"
     if not key_file.exists():
         key_file.write_text(create_project(runtime, ProjectIn(name=PROJECT)).api_key)
-    runtime.writer.start()
     assert runtime.archive is not None
     root = runtime.archive.root
-    fb_in = msgspec.json.Decoder(FeedbackIn)
     n_files = math.ceil((stop - start) / file_rows)
     newest = datetime.combine(datetime.utcnow().date(), datetime.min.time()) - timedelta(days=31)
     with runtime.db.reading() as cur:
@@ -275,37 +290,31 @@ def archive_load(data: Path, seed: int, start: int, stop: int, file_rows: int, p
             s for (s,) in cur.execute(f"SELECT nextval('archive_file_seq') FROM range({n_files})").fetchall()
         ]
     specs = [
-        (seed, start + f * file_rows, min(stop, start + (f + 1) * file_rows), pool_size, root, -(int(seqs[f]) << 32),
-         (newest - timedelta(days=n_files - 1 - f)).isoformat(), f)
+        (seed, start + f * file_rows, min(stop, start + (f + 1) * file_rows), pool_size, root,
+         -(int(seqs[f]) << 32), (newest - timedelta(days=n_files - 1 - f)).isoformat())
         for f in range(n_files)
     ]  # fmt: skip
-
-    async def feed(items: list[dict[str, Any]]) -> None:
-        for lo in range(0, len(items), 4000):
-            await asyncio.gather(
-                *(runtime.capture.write_feedback(PROJECT, [fb_in.decode(msgspec.json.encode(x)) for x in items[a : a + 1000]])
-                  for a in range(lo, min(lo + 4000, len(items)), 1000))
-            )  # fmt: skip
-
     started, done = time.perf_counter(), 0
     try:
         with Pool(2) as pool:
             for spec, (rel, rows, hashes, feedback) in zip(
                 specs, pool.imap(_archive_file, specs), strict=True
             ):
+                pending_feedback = pa.ipc.open_stream(feedback).read_all()
                 with runtime.db.transaction() as cur:
                     cur.execute(
                         "INSERT INTO archive_files (path, project, day, rows, first_key, state, created_at, id_hashes)"
                         " VALUES (?, ?, ?, ?, ?, 'done', now()::TIMESTAMP, ?)",
                         [rel, PROJECT, datetime.fromisoformat(spec[6]).date(), rows, spec[5], hashes],
                     )
-                asyncio.run(feed(feedback))
+                    cur.register("pending_feedback", pending_feedback)
+                    cur.execute("INSERT INTO feedback BY NAME SELECT * FROM pending_feedback")
+                    cur.unregister("pending_feedback")
                 done += rows
                 print(
                     f"  archived {done:,} logs, {done / (time.perf_counter() - started):,.0f}/s", flush=True
                 )
     finally:
-        runtime.writer.stop()
         runtime.db.close()
 
 

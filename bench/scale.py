@@ -486,8 +486,17 @@ def _highest_bucket(buckets: list[tuple[float, float]]) -> float:
 
 
 def measure(
-    server: RatchetProcess, key: str, rate: float, ids: list[str], sampler: Sampler
+    server: RatchetProcess,
+    key: str,
+    rate: float,
+    ids: list[str],
+    sampler: Sampler,
+    export_seconds: float | None = None,
+    snapshot_seconds: float | None = None,
 ) -> dict[str, Any]:
+    """The operations of step 2 and the point reads of step 3. `export_seconds`: read the export
+    for at most this long (its rate and peak RSS so far; a 10M-log export takes most of an hour
+    here); `snapshot_seconds`: wait at most this long for the snapshot stage."""
     api = server.client(key, timeout=600)
     ops: dict[str, Any] = {}
     ops["idle"] = during(server, key, rate, sampler, lambda: time.sleep(5))
@@ -496,23 +505,32 @@ def measure(
     )
 
     def export() -> None:
+        started, read = time.perf_counter(), 0
         with api.stream("GET", f"/v1/projects/{PROJECT}/export", params={"format": "parquet"}) as r:
             r.raise_for_status()
-            for _ in r.iter_bytes(1 << 20):
-                pass
+            ops["export_rows"] = int(r.headers["x-ratchet-rows"])
+            for chunk in r.iter_bytes(1 << 20):
+                read += len(chunk)
+                if export_seconds is not None and time.perf_counter() - started > export_seconds:
+                    ops["export_cut"] = read
+                    break
 
     ops["export"] = during(server, key, rate, sampler, export)
     ops["signal check"] = during(server, key, rate, sampler, lambda: time.sleep(11))  # >= 2 ticks of 5 s
 
     def snapshot() -> None:
-        run = api.post(f"/v1/projects/{PROJECT}/runs").json()
+        run, started = api.post(f"/v1/projects/{PROJECT}/runs").json(), time.perf_counter()
         while api.get(f"/v1/runs/{run['id']}").json()["state"] in ("pending", "snapshot"):
+            if snapshot_seconds is not None and time.perf_counter() - started > snapshot_seconds:
+                ops["snapshot_cut"] = True
+                return
             time.sleep(0.2)
         ops["snapshot_stage_s"] = (
             api.get(f"/v1/runs/{run['id']}").json()["stats"].get("stage_seconds", {}).get("snapshot")
         )
 
     ops["snapshot"] = during(server, key, rate, sampler, snapshot)
+    print(f"  ops: { {k: v for k, v in ops.items()} }", flush=True)
     reads = []
     for log_id in random.Random(7).sample(ids, min(60, len(ids))):
         t = time.perf_counter()
@@ -555,10 +573,19 @@ def main() -> None:
         default=None,
         help="snapshot.max_train_examples for the server (default: the setting's default)",
     )
+    parser.add_argument("--export-seconds", type=float, help="read each export for at most this long")
+    parser.add_argument("--snapshot-seconds", type=float, help="wait at most this long for a snapshot stage")
+    parser.add_argument(
+        "--resume", type=int, nargs=3, metavar=("DONE", "ARCHIVED_FROM", "ARCHIVED_TO"),
+        help="keep --data, which holds logs [0, DONE), those of [ARCHIVED_FROM, ARCHIVED_TO) archived",
+    )  # fmt: skip
     args = parser.parse_args()
-    shutil.rmtree(args.data, ignore_errors=True)
-    args.data.mkdir(parents=True)
     texts, done, rows, archived = Texts(args.seed), 0, [], (0, 0)
+    if args.resume:
+        done, archived = args.resume[0], (args.resume[1], args.resume[2])
+    else:
+        shutil.rmtree(args.data, ignore_errors=True)
+        args.data.mkdir(parents=True)
     env = {"RATCHET_TRAINING__SIGNAL_CHECK_SECONDS": "5",
            "RATCHET_TRAINING__MIN_NEW_RATINGS": "1000000000",  # the check runs its count, never starts a run
            "RATCHET_DATABASE__MEMORY_LIMIT_MIB": "2048",  # other work shares this machine's memory
@@ -569,7 +596,7 @@ def main() -> None:
         print(f"== {size:,} logs  (load average {os.getloadavg()[0]:.1f})", flush=True)
         http_from = max(done, size - args.http)
         t = time.perf_counter()
-        if args.archived and size == args.sizes[-1]:
+        if args.archived and size == args.sizes[-1] and not args.resume:
             # The oldest logs into the archive, under ids of their own; the hot ones keep theirs.
             archived = (done, done + args.archived)
             archive_load(args.data, args.seed, *archived, args.file_rows, args.pool)
@@ -591,6 +618,7 @@ def main() -> None:
         try:
             before = metrics(server)
             load = http_load(server, key, http_from, size, args.seed)
+            print(f"  HTTP load: {load}", flush=True)
             after = metrics(server)
             ckpts = after.get("ratchet_write_checkpoint_seconds_count", 0) - before.get(
                 "ratchet_write_checkpoint_seconds_count", 0
@@ -603,7 +631,7 @@ def main() -> None:
                 archived_id(i) if archived[0] <= i < archived[1] else texts.log(i)["id"]
                 for i in random.Random(size).sample(range(size), 200)
             ]
-            ops = measure(server, key, args.rate, ids, sampler)
+            ops = measure(server, key, args.rate, ids, sampler, args.export_seconds, args.snapshot_seconds)
             final = metrics(server)
         finally:
             sampler.running = False

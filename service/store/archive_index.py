@@ -6,16 +6,19 @@ file's manifest row (`archive_files.id_hashes`, migration 015), in the same tran
 the file: the lookup can never disagree with the manifest, whatever a `kill -9` interrupts.
 
 In memory, per project, one sorted array of every archived id's hash and a parallel array naming
-the file (12 bytes per archived log: ~120 MB at 10M). A batch of ids is looked up with one
-vectorised binary search (bench/scale.py: ~0.2 ms for 500 ids at 10M archived), so the writer
-asks it on every flush. A hit names the file to read: the caller confirms the id there (two ids
-sharing a 64-bit hash are possible, if unlikely: ~10M / 2^64 per lookup), which reads one row
-group of one file (the files are sorted by id with small row groups).
+the file (12 bytes per archived log: ~110 MB at 9M). A batch of ids is looked up with one
+vectorised binary search, so the writer asks it on every flush (`bench/archive.py` prints the
+look-up's time and the writer's rate with it against without it). A hit names the file to read:
+the caller confirms the id there (two ids sharing a 64-bit hash are possible, if unlikely: ~1e-12
+per look-up at 10M), which reads one row group of one file (files are sorted by id, in small row
+groups).
 
-Other layouts measured for the same job (10M ids, 100 files, this machine): a binary search in
-each file's own array costs 0.75 ms per file for 500 ids (75 ms a flush); a table of ids in the
-DuckDB file needs an index on random keys, whose rewrite at every checkpoint is the cost the
-archive is there to remove; a Bloom filter saves memory but still needs this to find the file."""
+Measured for the same job (10M random hashes in 100 files of 100,000, 500 ids, this machine): a
+binary search in each file's own array costs ~75 ms a batch (one search per file), one merged
+array ~0.15 ms; adding a file to the merged array (a merge, O(n)) ~0.2 s at 10M, once per file
+moved. Not a table of ids in the DuckDB file: a point look-up there needs an index on random
+keys, whose rewrite at every checkpoint is the cost the archive is there to remove. Not a Bloom
+filter: smaller, but it still needs this to find the file, and a false positive costs a read."""
 
 from __future__ import annotations
 

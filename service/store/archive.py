@@ -28,8 +28,10 @@ An id's file is known without reading the archive (`service/store/archive_index.
 id hashes are stored in its manifest row, in the transaction that lists it, and held in memory.
 So the writer answers `duplicate` for a log id re-sent after its log was archived (`archived`,
 asked on every flush), and a point read (`get_log`) reads one row group of one file: files are
-sorted by id in row groups of `_ROW_GROUP` logs (measured: ~4 ms for one log of a 100,000-log
-file, against ~16 ms with 8,192-log row groups and a row group per file otherwise).
+sorted by id in row groups of `_ROW_GROUP` logs. The row group's size was chosen by measurement
+(one log read from a 100,000-log file, the same rows written with each size, alternating reads):
+1,024 beat 8,192 (a quarter of the time at low load) and 256 (more groups to prune: 3x slower
+under load); `bench/scale.py` measures the read at scale.
 
 Readers see hot and archived logs as one relation: `shadow_logs` creates, on a cursor, a
 temporary view named `logs` (it shadows the table for that cursor only) that unions the table
@@ -55,6 +57,7 @@ from typing import Any
 
 import duckdb
 import fsspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
@@ -88,7 +91,7 @@ class ArchiveFile:
     rows: int
     first_key: int
     state: str  # moving | done
-    hashes: Any = field(default=None, compare=False, repr=False)  # its ids' (id_hashes), when written
+    hashes: np.ndarray | None = field(default=None, compare=False, repr=False)  # id_hashes, when written
 
 
 @dataclass(frozen=True)
@@ -298,6 +301,7 @@ class Archive:
     def _list(self, file: ArchiveFile, now: datetime) -> None:
         """Step 2, the commit point: the file is in the archive from here on, and its ids in the
         index before any of them leaves the table (so a re-sent id is a duplicate throughout)."""
+        hashes = file.hashes if file.hashes is not None else np.empty(0, dtype=np.uint64)
         with self._db.transaction() as cur:
             cur.execute(
                 "INSERT INTO archive_files (path, project, day, rows, first_key, state, created_at, id_hashes)"
@@ -310,10 +314,10 @@ class Archive:
                     file.first_key,
                     "moving",
                     now,
-                    file.hashes.tobytes(),
+                    hashes.tobytes(),
                 ],
             )
-        self.index.add(file.project, file.path, file.hashes)
+        self.index.add(file.project, file.path, hashes)
         with self.flushing:  # a flush that looked before the add has committed: deletes may start
             pass
 

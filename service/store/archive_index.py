@@ -33,8 +33,12 @@ _HASH = np.dtype("<u8")
 
 def id_hashes(ids: Iterable[str]) -> np.ndarray:
     """The ids' 64-bit hashes, sorted (uint64)."""
+    return np.sort(_hashes(ids))
+
+
+def _hashes(ids: Iterable[str]) -> np.ndarray:
     raw = b"".join(hashlib.blake2b(i.encode(), digest_size=8).digest() for i in ids)
-    return np.sort(np.frombuffer(raw, dtype=_HASH))
+    return np.frombuffer(raw, dtype=_HASH)
 
 
 class _Project:
@@ -108,8 +112,7 @@ class ArchiveIndex:
         p = self._projects.get(project)
         if p is None or not ids or not len(p.hashes):
             return {}
-        raw = b"".join(hashlib.blake2b(i.encode(), digest_size=8).digest() for i in ids)
-        wanted = np.frombuffer(raw, dtype=_HASH)
+        wanted = _hashes(ids)
         order = np.argsort(wanted)  # sorted keys: the binary searches walk the array forwards
         lo = np.searchsorted(p.hashes, wanted[order], side="left")
         hi = np.searchsorted(p.hashes, wanted[order], side="right")

@@ -102,10 +102,6 @@ class ArchiveIndex:
             else:
                 del self._projects[project]
 
-    def drop_project(self, project: str) -> None:
-        with self._lock:
-            self._projects.pop(project, None)
-
     def candidates(self, project: str, ids: list[str]) -> dict[str, list[str]]:
         """The files that may hold some of `ids` (path -> those ids): every archived id is named
         with its file; an id not archived almost never is (a 64-bit hash collision)."""

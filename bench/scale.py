@@ -5,7 +5,13 @@ measures a real `ratchet serve` on it:
 
 1. the older logs are written in-process through the same capture path and group-commit writer
    the server uses (fast, and right whatever columns capture fills); the newest `--http` logs of
-   each size and their feedback come through the real batch API, 6 concurrent 500-log requests;
+   each size and their feedback come through the real batch API, 6 concurrent 500-log requests.
+   With `--archived N`, the oldest N logs of the last size go straight into the archive instead
+   (the lake tier, `service/store/archive.py`): Parquet files of `archive.file_rows` logs, one per
+   past day, listed in the manifest with their id hashes as the archive job lists its own, their
+   feedback through capture and the writer (feedback stays in the DuckDB file). Their texts come
+   from a pool of `--pool` realistic logs (new ids and times each), since generating 9M distinct
+   ones in Python would take hours here; the server runs with the archive on (`after_days` 30);
 2. single-log POSTs at a fixed rate (8 clients, `--rate` req/s in all) while, one after the other,
    nothing, `GET /stats`, a Parquet export, the scheduler's signal check (every 5 s) and a run's
    snapshot stage run; the POST latency counts the requests sent while the operation ran;
@@ -20,7 +26,7 @@ this run (the first size, or idle at the same size). Snapshot and export RSS are
 VmRSS during them.
 
     .venv/bin/python bench/scale.py 100000 1000000 [--http 100000] [--data /tmp/ratchet-scale]
-                                   [--max-train-examples 20000]
+                                   [--max-train-examples 20000] [--archived 9000000]
 
 Goals at 10M logs (issue 14): loop stall <= 50 ms; single-log POST p99 <= 50 ms during every
 background operation; snapshot RSS <= 2 GB; export RSS <= 1 GB; point read <= 10 ms; stop <=
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import itertools
 import math
 import os
@@ -185,6 +192,130 @@ def bulk_load(data: Path, texts: Texts, start: int, stop: int) -> str:
         runtime.writer.stop()
         runtime.db.close()
     return key_file.read_text()
+
+
+def archived_id(i: int) -> str:
+    """The id of log `i` when it was generated straight into the archive."""
+    return f"chatcmpl-{hashlib.md5(str(i).encode()).hexdigest()}"
+
+
+_POOL: dict[str, Any] = {}
+
+
+def _archive_file(args: tuple[int, int, int, int, str, int, str]) -> tuple[str, int, bytes, bytes]:
+    """One worker: logs [lo, hi) as one archive file `rel` under `root` (the archive job's columns,
+    sorted by id, row groups of its size), received on `day`. Returns (rel, rows, id hashes, the
+    feedback rows as Arrow IPC)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from service.capture import Capture, feedback_patch
+    from service.domain import FeedbackIn, LogIn
+    from service.store import archive as lake
+    from service.store.archive_index import id_hashes
+    from service.store.rows import FEEDBACK_SCHEMA, LOG_SCHEMA
+    from service.store.writer import _to_arrow
+
+    seed, lo, hi, pool_size, root, first_key, day = args
+    if not _POOL:  # realistic logs and their feedback as the writer's rows, once per worker
+        texts, log_in, fb_in = Texts(seed), msgspec.json.Decoder(LogIn), msgspec.json.Decoder(FeedbackIn)
+        logs, feedback = [], []
+        for j in range(pool_size):
+            g = texts.log(j)
+            logs.append(Capture.log_row(PROJECT, log_in.decode(msgspec.json.encode(g)), g["id"], T0, "api"))
+            if (fb := texts.feedback(g, j)) is not None:
+                item = fb_in.decode(msgspec.json.encode(fb))
+                feedback.append((j, feedback_patch(PROJECT, item, "x", T0, attributed=False)))
+        _POOL["logs"] = _to_arrow(logs, LOG_SCHEMA)
+        _POOL["feedback"] = feedback
+    n = hi - lo
+    start = datetime.fromisoformat(day)
+    ids = [archived_id(i) for i in range(lo, hi)]
+    at = np.datetime64(start, "us") + (np.arange(n) * (86_400_000_000 // max(n, 1))).astype("timedelta64[us]")
+    table = _POOL["logs"].take(pa.array([i % pool_size for i in range(lo, hi)]))
+    table = table.set_column(1, "id", pa.array(ids))
+    table = table.set_column(
+        2, "created_at", pa.array(at - np.timedelta64(1, "s")).cast(LOG_SCHEMA.field("created_at").type)
+    )
+    table = table.set_column(3, "received_at", pa.array(at).cast(LOG_SCHEMA.field("received_at").type))
+    table = table.sort_by("id")
+    columns = [
+        pa.chunked_array([c.storage for c in table[c].chunks]) if c in lake._JSON else table[c]
+        for c in lake._FILE_COLUMNS
+    ]
+    keys = pa.array(np.arange(first_key, first_key + n, dtype=np.int64))
+    out = pa.Table.from_arrays([keys, *columns], names=[lake.KEY, *lake._FILE_COLUMNS])
+    rel = f"project={PROJECT}/day={start.date().isoformat()}/{-first_key >> 32:012d}-{os.urandom(4).hex()}.parquet"
+    Path(root, rel).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(out, f"{root}/{rel}", row_group_size=lake._ROW_GROUP, compression="zstd")
+    rows = []
+    base = lo - lo % pool_size
+    for cycle in range(base, hi, pool_size):
+        for j, fb in _POOL["feedback"]:
+            if lo <= cycle + j < hi:
+                k = cycle + j - lo
+                when = at[k].astype(datetime) + timedelta(minutes=5)
+                fid = f"fb-{k + lo}"
+                rows.append(fb._replace(log_id=ids[k], id=fid, item_ids=[fid], created_at=when, received_at=when,
+                                        rating_at=when if fb.rating_at else None,
+                                        correction_at=when if fb.correction_at else None))  # fmt: skip
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, FEEDBACK_SCHEMA) as ipc:
+        ipc.write_table(_to_arrow(rows, FEEDBACK_SCHEMA))
+    return rel, n, id_hashes(ids).tobytes(), sink.getvalue().to_pybytes()
+
+
+def archive_load(data: Path, seed: int, start: int, stop: int, file_rows: int, pool_size: int) -> None:
+    """Logs [start, stop) straight into the archive (see the module docstring), the newest file
+    received 31 days ago, and their feedback straight into the `feedback` table."""
+    import pyarrow as pa
+
+    from service.app import build_runtime
+    from service.config import DatabaseSettings, Settings
+    from service.domain import ProjectIn
+    from service.projects import create_project
+
+    database = DatabaseSettings(memory_limit_mib=2048)
+    runtime = build_runtime(Settings(data_dir=str(data), scheduler_enabled=False, database=database))
+    key_file = data / "bench-key"
+    if not key_file.exists():
+        key_file.write_text(create_project(runtime, ProjectIn(name=PROJECT)).api_key)
+    assert runtime.archive is not None
+    root = runtime.archive.root
+    n_files = math.ceil((stop - start) / file_rows)
+    newest = datetime.combine(datetime.utcnow().date(), datetime.min.time()) - timedelta(days=31)
+    with runtime.db.reading() as cur:
+        seqs = [
+            s for (s,) in cur.execute(f"SELECT nextval('archive_file_seq') FROM range({n_files})").fetchall()
+        ]
+    specs = [
+        (seed, start + f * file_rows, min(stop, start + (f + 1) * file_rows), pool_size, root,
+         -(int(seqs[f]) << 32), (newest - timedelta(days=n_files - 1 - f)).isoformat())
+        for f in range(n_files)
+    ]  # fmt: skip
+    started, done = time.perf_counter(), 0
+    try:
+        with Pool(2) as pool:
+            for spec, (rel, rows, hashes, feedback) in zip(
+                specs, pool.imap(_archive_file, specs), strict=True
+            ):
+                pending_feedback = pa.ipc.open_stream(feedback).read_all()
+                with runtime.db.transaction() as cur:
+                    cur.execute(
+                        "INSERT INTO archive_files (path, project, day, rows, first_key, state, created_at, id_hashes)"
+                        " VALUES (?, ?, ?, ?, ?, 'done', now()::TIMESTAMP, ?)",
+                        [rel, PROJECT, datetime.fromisoformat(spec[6]).date(), rows, spec[5], hashes],
+                    )
+                    cur.register("pending_feedback", pending_feedback)
+                    cur.execute("INSERT INTO feedback BY NAME SELECT * FROM pending_feedback")
+                    cur.unregister("pending_feedback")
+                done += rows
+                print(
+                    f"  archived {done:,} logs, {done / (time.perf_counter() - started):,.0f}/s", flush=True
+                )
+    finally:
+        runtime.db.close()
 
 
 def _post_chunk(args: tuple[str, str, int, int, int]) -> list[tuple[float, int]]:
@@ -355,8 +486,17 @@ def _highest_bucket(buckets: list[tuple[float, float]]) -> float:
 
 
 def measure(
-    server: RatchetProcess, key: str, rate: float, ids: list[str], sampler: Sampler
+    server: RatchetProcess,
+    key: str,
+    rate: float,
+    ids: list[str],
+    sampler: Sampler,
+    export_seconds: float | None = None,
+    snapshot_seconds: float | None = None,
 ) -> dict[str, Any]:
+    """The operations of step 2 and the point reads of step 3. `export_seconds`: read the export
+    for at most this long (its rate and peak RSS so far; a 10M-log export takes most of an hour
+    here); `snapshot_seconds`: wait at most this long for the snapshot stage."""
     api = server.client(key, timeout=600)
     ops: dict[str, Any] = {}
     ops["idle"] = during(server, key, rate, sampler, lambda: time.sleep(5))
@@ -365,23 +505,32 @@ def measure(
     )
 
     def export() -> None:
+        started, read = time.perf_counter(), 0
         with api.stream("GET", f"/v1/projects/{PROJECT}/export", params={"format": "parquet"}) as r:
             r.raise_for_status()
-            for _ in r.iter_bytes(1 << 20):
-                pass
+            ops["export_rows"] = int(r.headers["x-ratchet-rows"])
+            for chunk in r.iter_bytes(1 << 20):
+                read += len(chunk)
+                if export_seconds is not None and time.perf_counter() - started > export_seconds:
+                    ops["export_cut"] = read
+                    break
 
     ops["export"] = during(server, key, rate, sampler, export)
     ops["signal check"] = during(server, key, rate, sampler, lambda: time.sleep(11))  # >= 2 ticks of 5 s
 
     def snapshot() -> None:
-        run = api.post(f"/v1/projects/{PROJECT}/runs").json()
+        run, started = api.post(f"/v1/projects/{PROJECT}/runs").json(), time.perf_counter()
         while api.get(f"/v1/runs/{run['id']}").json()["state"] in ("pending", "snapshot"):
+            if snapshot_seconds is not None and time.perf_counter() - started > snapshot_seconds:
+                ops["snapshot_cut"] = True
+                return
             time.sleep(0.2)
         ops["snapshot_stage_s"] = (
             api.get(f"/v1/runs/{run['id']}").json()["stats"].get("stage_seconds", {}).get("snapshot")
         )
 
     ops["snapshot"] = during(server, key, rate, sampler, snapshot)
+    print(f"  ops: { {k: v for k, v in ops.items()} }", flush=True)
     reads = []
     for log_id in random.Random(7).sample(ids, min(60, len(ids))):
         t = time.perf_counter()
@@ -414,23 +563,47 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
+        "--archived", type=int, default=0, help="oldest logs of the last size generated into the archive"
+    )
+    parser.add_argument("--pool", type=int, default=20_000, help="distinct texts of the archived logs")
+    parser.add_argument("--file-rows", type=int, default=100_000, help="archive.file_rows")
+    parser.add_argument(
         "--max-train-examples",
         type=int,
         default=None,
         help="snapshot.max_train_examples for the server (default: the setting's default)",
     )
+    parser.add_argument("--export-seconds", type=float, help="read each export for at most this long")
+    parser.add_argument("--snapshot-seconds", type=float, help="wait at most this long for a snapshot stage")
+    parser.add_argument(
+        "--resume", type=int, nargs=3, metavar=("DONE", "ARCHIVED_FROM", "ARCHIVED_TO"),
+        help="keep --data, which holds logs [0, DONE), those of [ARCHIVED_FROM, ARCHIVED_TO) archived",
+    )  # fmt: skip
     args = parser.parse_args()
-    shutil.rmtree(args.data, ignore_errors=True)
-    args.data.mkdir(parents=True)
-    texts, done, rows = Texts(args.seed), 0, []
+    texts, done, rows, archived = Texts(args.seed), 0, [], (0, 0)
+    if args.resume:
+        done, archived = args.resume[0], (args.resume[1], args.resume[2])
+    else:
+        shutil.rmtree(args.data, ignore_errors=True)
+        args.data.mkdir(parents=True)
     env = {"RATCHET_TRAINING__SIGNAL_CHECK_SECONDS": "5",
-           "RATCHET_TRAINING__MIN_NEW_RATINGS": "1000000000"}  # the check runs its count, never starts a run  # fmt: skip
+           "RATCHET_TRAINING__MIN_NEW_RATINGS": "1000000000",  # the check runs its count, never starts a run
+           "RATCHET_DATABASE__MEMORY_LIMIT_MIB": "2048",  # other work shares this machine's memory
+           "RATCHET_ARCHIVE__AFTER_DAYS": "30", "RATCHET_ARCHIVE__FILE_ROWS": str(args.file_rows)}  # fmt: skip
     if args.max_train_examples is not None:
         env["RATCHET_SNAPSHOT__MAX_TRAIN_EXAMPLES"] = str(args.max_train_examples)
     for size in args.sizes:
         print(f"== {size:,} logs  (load average {os.getloadavg()[0]:.1f})", flush=True)
         http_from = max(done, size - args.http)
         t = time.perf_counter()
+        if args.archived and size == args.sizes[-1] and not args.resume:
+            # The oldest logs into the archive, under ids of their own; the hot ones keep theirs.
+            archived = (done, done + args.archived)
+            archive_load(args.data, args.seed, *archived, args.file_rows, args.pool)
+            print(f"  archive load of {args.archived:,} logs: {time.perf_counter() - t:.0f} s", flush=True)
+            done = archived[1]
+            http_from = max(done, size - args.http)
+            t = time.perf_counter()
         key = (
             bulk_load(args.data, texts, done, http_from)
             if http_from > done or done == 0
@@ -445,6 +618,7 @@ def main() -> None:
         try:
             before = metrics(server)
             load = http_load(server, key, http_from, size, args.seed)
+            print(f"  HTTP load: {load}", flush=True)
             after = metrics(server)
             ckpts = after.get("ratchet_write_checkpoint_seconds_count", 0) - before.get(
                 "ratchet_write_checkpoint_seconds_count", 0
@@ -453,8 +627,11 @@ def main() -> None:
                 after.get("ratchet_write_checkpoint_seconds_sum", 0)
                 - before.get("ratchet_write_checkpoint_seconds_sum", 0)
             ) / max(ckpts, 1)
-            ids = [texts.log(i)["id"] for i in random.Random(size).sample(range(size), 200)]
-            ops = measure(server, key, args.rate, ids, sampler)
+            ids = [
+                archived_id(i) if archived[0] <= i < archived[1] else texts.log(i)["id"]
+                for i in random.Random(size).sample(range(size), 200)
+            ]
+            ops = measure(server, key, args.rate, ids, sampler, args.export_seconds, args.snapshot_seconds)
             final = metrics(server)
         finally:
             sampler.running = False

@@ -114,6 +114,7 @@ def build_runtime(settings: Settings, metrics: Metrics | None = None) -> Runtime
         max_batch_rows=settings.writer.max_batch_rows,
         max_queue_rows=settings.writer.max_queue_rows,
         linger_seconds=settings.writer.linger_ms / 1000,
+        archive=archive,
     )
     capture = Capture(
         writer,

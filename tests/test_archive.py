@@ -4,7 +4,9 @@ In-process on a real DuckDB file (written by the service's own writer): a snapsh
 read the same rows before and after the move; a move cut short at each step is finished or undone
 by the next start. Real server processes: an archived log is returned, exported, snapshotted,
 counted when feedback arrives later, and erased (no archive file holds the person afterwards); a
-`kill -9` while a large move runs loses no log and counts none twice."""
+`kill -9` while a large move runs loses no log and counts none twice. A log id re-sent after its
+log was archived is a duplicate on every ingest path, and a point read opens only the file that
+holds the log (the archive's id look-up, service/store/archive_index.py)."""
 
 from __future__ import annotations
 
@@ -20,16 +22,26 @@ import duckdb
 import httpx
 import pyarrow.parquet as pq
 import pytest
+from opentelemetry.sdk.trace.export import SpanExportResult
 
 from formats.snapshot import iter_rows
+from service.capture import Capture
 from service.config import SnapshotSettings
+from service.errors import NotFound
+from service.metrics import Metrics
 from service.store.archive import Archive
 from service.store.db import Database
 from service.store.erasure import Erasures
 from service.store.export import LogExport
+from service.store.queries import Queries
 from service.store.snapshot import export_snapshot
+from service.store.writer import GroupCommitWriter
+from tests.fixtures.otel import recording_provider
+from tests.fixtures.rows import chat_log
 from tests.fixtures.server import RatchetProcess, wait_for
 from tests.test_erasure import PERSON, SECRET, cut_snapshot, everything_in_store, files_holding, person_log
+from tests.test_import_export import run as run_cli
+from tests.test_otlp_traces import exporter, semconv_span
 from tests.test_snapshot import NOW, Feed
 
 SETTINGS = SnapshotSettings(scrub_pii=False, holdout_fraction=0.25, min_user_cap=1000)
@@ -143,6 +155,78 @@ def test_a_move_killed_before_its_commit_is_undone_and_after_it_finished(
     assert hot_logs(db) == 30 - file.rows
 
 
+def test_the_id_look_up_reads_only_the_file_holding_the_log_and_follows_moves_erasure_and_kills(
+    db: Database, tmp_path: Path
+) -> None:
+    """Every other archive file made unreadable: a point read and the writer's duplicate check
+    still answer (they open only the file the look-up names; an id not archived opens none)."""
+    fill(db)
+    lake = tmp_path / "lake"
+    archive = Archive(db, str(lake), file_rows=25, delete_batch_rows=7)
+    day = archive.days_before("p", NOW)[0]
+    # Killed after the commit, before any delete: the re-opened archive's look-up has the file.
+    file = archive._write_chunk("p", day, NOW)
+    assert file is not None
+    archive._list(file, NOW)
+    with db.reading() as cur:
+        ids = [i for (i,) in cur.execute(f"SELECT id FROM {archive.source([file])}").fetchall()]
+    restarted = Archive(db, str(lake), file_rows=25)
+    assert restarted.archived("p", [*ids, "log-99999"]) == set(ids)
+    assert restarted.recover() == 1 and archive_all(restarted) == 60 - len(ids)
+    archive = Archive(db, str(lake), file_rows=25, delete_batch_rows=7)
+    with db.reading() as cur:
+        files = archive.files(cur)
+    assert len(files) >= 3 and sum(f.rows for f in files) == 60 and hot_logs(db) == 0
+
+    wanted = ids[3]
+    for other in files:
+        if other.path != file.path:
+            (lake / other.path).rename(lake / f"{other.path}.away")
+    queries = Queries(db, archive)
+    assert queries.get_log("p", wanted).id == wanted
+    with pytest.raises(NotFound):
+        queries.get_log("p", "log-99999")
+    writer = GroupCommitWriter(db, Metrics(), max_batch_rows=100, max_queue_rows=1000, archive=archive)
+    writer.start()
+    try:  # re-sent: a duplicate, not a second row; a new id beside it is stored
+        assert writer.write_sync("logs", [log_row(wanted), log_row("log-fresh"), log_row(wanted)]) == [
+            False,
+            True,
+            False,
+        ]
+    finally:
+        writer.stop()
+    assert hot_logs(db) == 1
+    for other in files:
+        if other.path != file.path:
+            (lake / f"{other.path}.away").rename(lake / other.path)
+
+    # Erasure rewrites the files; the look-up follows, in memory and as stored in the manifest.
+    def archived_users() -> dict[str, str]:
+        with db.reading() as cur:
+            return dict(
+                cur.execute(f"SELECT id, end_user FROM {archive.source(archive.files(cur))}").fetchall()
+            )
+
+    gone = [i for i, user in archived_users().items() if user == "u1"]
+    erasures = Erasures(db, tmp_path / "runs", 10, archive)
+    erased = erasures.erase_end_user("p", "u1", NOW, "test")
+    erasures.finish(erased.job)
+    users = archived_users()
+    assert len(gone) == 15 and len(users) == 45 and not set(gone) & set(users)
+    for look_up in (archive, Archive(db, str(lake))):
+        assert look_up.archived("p", [*gone, *users]) == set(users)
+        assert look_up.index.size() == 45
+    assert Queries(db, archive).get_log("p", next(iter(users))).id == next(iter(users))
+    with pytest.raises(NotFound):
+        Queries(db, archive).get_log("p", gone[0])
+
+
+def log_row(log_id: str) -> Any:
+    log = chat_log(log_id, [{"role": "user", "content": "again"}], "same id", created_at=NOW, end_user="u9")
+    return Capture.log_row("p", log, log_id, NOW, "api")
+
+
 def test_erasure_and_retention_rewrite_the_archive_files(db: Database, tmp_path: Path) -> None:
     fill(db)  # 60 logs from 2026-11-01 00:00, 22 minutes apart; end users u0-u3
     archive = Archive(db, str(tmp_path / "lake"), file_rows=25, delete_batch_rows=7)
@@ -240,6 +324,72 @@ def test_archived_logs_are_read_exported_snapshotted_counted_and_erased(start_ra
     assert SECRET not in stored and PERSON not in stored
 
 
+def test_an_archived_log_id_sent_again_is_a_duplicate_on_every_ingest_path(
+    start_ratchet: Any, tmp_path: Path
+) -> None:
+    """Single and batch POST, a gateway replica's shipping, `ratchet import` and OTLP spans: each
+    stores a log once; once archived, the same id again is `duplicate` (before the look-up it was
+    stored a second time), and an erased archived log's id is new again."""
+    server = start_ratchet(env={"RATCHET_ARCHIVE__AFTER_DAYS": "0", "RATCHET_ARCHIVE__INTERVAL_SECONDS": "1"})
+    key = server.create_project("dup")
+    c = server.client(key)
+    logs = [person_log(f"d-{i}", "gone" if i == 5 else "u", f"question {i}") for i in range(6)]
+    assert c.post("/v1/logs", json={"logs": logs}).json()["accepted"] == 6
+    provider, memory = recording_provider()
+    semconv_span(provider.get_tracer("t"), "chatcmpl-dup-otlp")
+    spans = memory.get_finished_spans()
+    assert exporter(server, key).export(spans) is SpanExportResult.SUCCESS
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": f"q{i}"},
+                        {"role": "assistant", "content": f"a{i}"},
+                    ],
+                    "created_at": "2026-10-01T12:00:00Z",
+                }
+            )
+            + "\n"
+            for i in range(3)
+        )
+    )
+    out, _ = run_cli(server, key, "import", str(chats))
+    assert "3 new logs, 0 already there" in out, out
+    wait_for(lambda: metric(server, "ratchet_archive_rows_total") >= 10, 30, "the logs to be archived")
+    with server.client() as admin:
+        assert admin.get("/v1/projects/dup/stats").json()["logs"] == 10
+
+        assert c.post("/v1/logs", json=logs[0]).json()["results"][0]["status"] == "duplicate"
+        batch = c.post("/v1/logs", json={"logs": [logs[1], person_log("d-new", "u", "new"), logs[2]]}).json()
+        assert [r["status"] for r in batch["results"]] == ["duplicate", "accepted", "duplicate"]
+        shipped = admin.post(
+            "/v1/logs", params={"project": "dup", "source": "gateway"}, json={"logs": logs[3:5]}
+        )
+        assert [r["status"] for r in shipped.json()["results"]] == ["duplicate", "duplicate"], shipped.text
+        out, _ = run_cli(server, key, "import", str(chats))
+        assert "0 new logs, 3 already there" in out, out
+        logged = otlp_spans(server, "logged")
+        assert exporter(server, key).export(spans) is SpanExportResult.SUCCESS
+        assert otlp_spans(server, "logged") == logged
+
+        assert admin.get("/v1/projects/dup/stats").json()["logs"] == 11
+        exported = [json.loads(line)["id"] for line in c.get("/v1/projects/dup/export").text.splitlines()]
+        assert len(exported) == len(set(exported)) == 11
+        assert c.get("/v1/logs/d-4").json()["request"]["messages"][0]["content"] == "question 4"
+
+        # Erased from its archive file: gone from the look-up too, so the id is new again.
+        assert c.delete("/v1/projects/dup/end-users/gone").json()["logs_deleted"] == 1
+        assert c.get("/v1/logs/d-5").status_code == 404
+        again = c.post("/v1/logs", json={"logs": [logs[5], logs[4]]}).json()
+        assert [r["status"] for r in again["results"]] == ["accepted", "duplicate"]
+
+
+def otlp_spans(server: RatchetProcess, outcome: str) -> float:
+    return metric(server, re.escape(f'ratchet_otlp_spans_total{{outcome="{outcome}"}}'))
+
+
 def test_deleting_a_project_deletes_its_archive(start_ratchet: Any) -> None:
     server = start_ratchet(env={"RATCHET_ARCHIVE__AFTER_DAYS": "0", "RATCHET_ARCHIVE__INTERVAL_SECONDS": "1"})
     c = server.client(server.create_project("gone"))
@@ -309,6 +459,11 @@ def test_kill_9_during_a_move_loses_nothing_and_counts_nothing_twice(
     export = c.get("/v1/projects/big/export")
     ids = [json.loads(line)["id"] for line in export.text.splitlines()]
     assert len(ids) == len(set(ids)) == 3000
+    # Re-sent, archived or not: each a duplicate (the look-up as the manifest left it).
+    resent = [person_log(f"l-{i}", "u0", "again") for i in range(0, 3000, 7)]
+    assert c.post("/v1/logs", params={"project": "big"}, json={"logs": resent}).json()["duplicates"] == len(
+        resent
+    )
     server.stop()
     hot, listed, distinct = count_everywhere(data)
     assert (hot + listed, distinct) == (3000, 3000)  # after recovery: each log in exactly one place

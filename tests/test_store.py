@@ -44,7 +44,7 @@ EXPECTED_TABLES = {
     "pending_deletions": ["path", "reason", "created_at"],
     "erasure_jobs": ["id", "project", "kind", "params", "created_at"],
     "upstream_failures": ["project", "id", "failed_at", "adapter", "reason", "log_id"],
-    "archive_files": ["path", "project", "day", "rows", "first_key", "state", "created_at"],
+    "archive_files": ["path", "project", "day", "rows", "first_key", "state", "created_at", "id_hashes"],
     "gate_configs": ["project", "version", "config", "created_at", "created_by"],
     "files": ["id", "project", "purpose", "filename", "bytes", "format", "lines", "sha256", "path", "created_at"],
     "fine_tuning_jobs": ["id", "project", "run_id", "request", "hyperparameters", "created_at", "cancelled_at",

@@ -17,9 +17,9 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import duckdb
 import pyarrow as pa
@@ -42,6 +42,20 @@ log = logging.getLogger("ratchet.writer")
 
 Table = Literal["logs", "feedback", "upstream_failures"]
 Row = LogRow | FeedbackRow | UpstreamFailureRow
+Archived = Callable[[str, list[str]], set[str]]
+"""(project, log ids) -> those of the ids the project has archived."""
+
+
+class ArchivedLogs(Protocol):
+    """The archive as the writer sees it (`service.store.archive.Archive`)."""
+
+    # Held by the writer from its look-up to its commit; a move takes it once after adding a
+    # file's ids to the look-up and before deleting them from `logs`, so no flush that looked
+    # before the add can insert an id after the table no longer holds it.
+    flushing: threading.Lock
+
+    def archived(self, project: str, log_ids: list[str]) -> set[str]: ...
+
 
 _SCHEMAS = {"logs": LOG_SCHEMA, "feedback": FEEDBACK_SCHEMA, "upstream_failures": UPSTREAM_FAILURE_SCHEMA}
 _KEY_WIDTH = {"logs": 2, "feedback": 3, "upstream_failures": 2}  # leading columns that form the key
@@ -164,7 +178,7 @@ class _Op:
 class _Batch:
     """One table's rows from the ops of a flush, one row per primary key, as an Arrow table."""
 
-    def __init__(self, table: Table, ops: list[_Op]) -> None:
+    def __init__(self, table: Table, ops: list[_Op], archived: Archived | None = None) -> None:
         self.table = table
         self.ops = ops
         width = self._width = _KEY_WIDTH[table]
@@ -172,9 +186,13 @@ class _Batch:
         self._first_of: dict[tuple[Any, ...], tuple[int, int]] = {}
         # Feedback: items on one row in this flush that add nothing to what came before them.
         self._repeats: set[tuple[int, int]] = set()
+        # Logs whose id is archived: stored already, so duplicates, never inserted again.
+        self._archived = _archived_keys(ops, archived) if table == "logs" and archived else set()
         for op in ops:
             for i, row in enumerate(op.rows):
                 key = row[:width]
+                if key in self._archived:
+                    continue
                 if key not in unique:
                     unique[key] = row
                 elif table == "feedback":  # each patch applies on top of the ones before it
@@ -221,11 +239,20 @@ class _Batch:
         width, first_of = self._width, self._first_of
         return {
             id(op): [
-                first_of[row[:width]] == (id(op), i) and (inserted is None or row[:width] in inserted)
+                first_of.get(row[:width]) == (id(op), i) and (inserted is None or row[:width] in inserted)
                 for i, row in enumerate(op.rows)
             ]
             for op in self.ops
         }
+
+
+def _archived_keys(ops: list[_Op], archived: Archived) -> set[tuple[Any, ...]]:
+    """The (project, id) keys among the ops' log rows that are archived."""
+    by_project: dict[str, list[str]] = {}
+    for op in ops:
+        for row in op.rows:
+            by_project.setdefault(row[0], []).append(row[1])
+    return {(project, i) for project, ids in by_project.items() for i in archived(project, ids)}
 
 
 def _to_arrow(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
@@ -263,8 +290,10 @@ class GroupCommitWriter:
         max_batch_rows: int,
         max_queue_rows: int,
         linger_seconds: float = 0.0,
+        archive: ArchivedLogs | None = None,
     ) -> None:
         self._db = db
+        self._archive = archive
         self._metrics = metrics
         self._max_batch_rows = max_batch_rows
         self._max_queue_rows = max_queue_rows
@@ -375,7 +404,8 @@ class GroupCommitWriter:
         started = time.perf_counter()
         outcomes: dict[int, list[bool]] | BaseException
         try:
-            outcomes = self._commit(cur, ops)
+            with self._archive.flushing if self._archive else contextlib.nullcontext():
+                outcomes = self._commit(cur, ops)
         except Exception as exc:
             self._metrics.writer_errors.inc()
             outcomes = StoreUnavailable(f"could not commit to the database: {exc}")
@@ -409,7 +439,9 @@ class GroupCommitWriter:
     def _commit(self, cur: duckdb.DuckDBPyConnection, ops: list[_Op]) -> dict[int, list[bool]]:
         """Write the ops' rows in one transaction; per op, which rows were new."""
         batches = [
-            _Batch(table, mine) for table in _SCHEMAS if (mine := [op for op in ops if op.table == table])
+            _Batch(table, mine, self._archive.archived if self._archive else None)
+            for table in _SCHEMAS
+            if (mine := [op for op in ops if op.table == table])
         ]
         try:
             return self._insert(cur, batches, seen_before=False)

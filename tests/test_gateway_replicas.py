@@ -101,6 +101,57 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+# --- a vLLM replica that is down: requests go to the others, the down one is tried again later
+
+
+@pytest.mark.anyio
+async def test_a_replica_refusing_connections_costs_no_request_and_is_tried_again_later(tmp_path: Path) -> None:
+    from aiohttp import web
+
+    from deploy.adapters import AdapterManager
+    from deploy.fleets import Fleets
+    from service.config import Settings, VllmSettings
+    from service.gateway import Gateway, parse_request
+    from service.metrics import Metrics
+    from tests.fixtures.server import free_port
+    from tests.test_vllm_errors import _Capture
+
+    answered: list[str] = []
+
+    async def chat(request: web.Request) -> web.Response:
+        answered.append((await request.json())["model"])
+        return web.json_response({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "tiny",
+                                  "choices": [{"index": 0, "finish_reason": "stop",
+                                               "message": {"role": "assistant", "content": "Paris"}}]})  # fmt: skip
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    up_port, down_port = free_port(), free_port()
+    await web.TCPSite(runner, "127.0.0.1", up_port).start()
+    up, down = f"http://127.0.0.1:{up_port}", f"http://127.0.0.1:{down_port}"  # nothing listens on down
+    now = [0.0]
+    manager = AdapterManager.from_urls([down, up], adapter_root=tmp_path, max_loras=2, max_rank=8,
+                                       base_served_name="tiny", clock=lambda: now[0])  # fmt: skip
+    capture = _Capture()
+    settings = Settings(vllm=VllmSettings(urls=(down, up), base_served_name="tiny"))
+    gateway = Gateway(settings, Fleets.single(manager), capture, Metrics(), RoutingTable("tiny"))  # type: ignore[arg-type]
+    request = parse_request("chat", b'{"model": "shop", "messages": [{"role": "user", "content": "hi"}]}')
+    try:
+        for _ in range(6):
+            await gateway.forward("shop", request)  # each answered: none raises
+        assert len(answered) == 6 and manager.acquire("tiny").replica == up  # the down one rests
+        now[0] += manager.down_seconds
+        await gateway.forward("shop", request)  # tries it again, finds it still down: answered all the same
+        assert len(answered) == 7 and manager.acquire("tiny").replica == up
+        assert capture.failures == []  # a replica being down is not the version's failure
+    finally:
+        await gateway.aclose()
+        await manager.aclose()
+        await runner.cleanup()
+
+
 # --- two real replicas in front of the session's vLLM, the store killed under load
 
 

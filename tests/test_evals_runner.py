@@ -103,7 +103,9 @@ def config(vllm, holdout, **kw) -> EvalConfig:
 def test_the_gate_spreads_its_requests_over_every_replica_and_checks_each_serves_both(vllm, holdout):
     vllm.calls.clear()
     with OpenAIStub(model_server(ANSWERS)) as second:
-        report = run(config(vllm, holdout, vllm_url=[vllm.url, second.url]), scorers=[UserPreference(likes_upper)])
+        report = run(
+            config(vllm, holdout, vllm_url=[vllm.url, second.url]), scorers=[UserPreference(likes_upper)]
+        )
         assert report.status == "ok" and report.decision.promote
         generated = [len([c for c in s.calls if c[0] == "/v1/chat/completions"]) for s in (vllm, second)]
         assert generated == [N, N]  # 2N answers, half on each

@@ -105,7 +105,9 @@ def anyio_backend() -> str:
 
 
 @pytest.mark.anyio
-async def test_a_replica_refusing_connections_costs_no_request_and_is_tried_again_later(tmp_path: Path) -> None:
+async def test_a_replica_refusing_connections_costs_no_request_and_is_tried_again_later(
+    tmp_path: Path,
+) -> None:
     from aiohttp import web
 
     from deploy.adapters import AdapterManager

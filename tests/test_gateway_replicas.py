@@ -128,8 +128,12 @@ async def test_a_replica_refusing_connections_costs_no_request_and_is_tried_agai
                                   "choices": [{"index": 0, "finish_reason": "stop",
                                                "message": {"role": "assistant", "content": "Paris"}}]})  # fmt: skip
 
+    async def health(request: web.Request) -> web.Response:
+        return web.Response()
+
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_get("/health", health)
     runner = web.AppRunner(app)
     await runner.setup()
     up_port, down_port = free_port(), free_port()
@@ -138,7 +142,13 @@ async def test_a_replica_refusing_connections_costs_no_request_and_is_tried_agai
     now = [0.0]
     manager = AdapterManager.from_urls([down, up], adapter_root=tmp_path, max_loras=2, max_rank=8,
                                        base_served_name="tiny", clock=lambda: now[0])  # fmt: skip
-    capture = _Capture()
+    class Capture(_Capture):
+        rows: list[Any] = []
+
+        def submit_log_row(self, row: Any) -> None:
+            self.rows.append(row)
+
+    capture = Capture()
     settings = Settings(vllm=VllmSettings(urls=(down, up), base_served_name="tiny"))
     gateway = Gateway(settings, Fleets.single(manager), capture, Metrics(), RoutingTable("tiny"))  # type: ignore[arg-type]
     request = parse_request("chat", b'{"model": "shop", "messages": [{"role": "user", "content": "hi"}]}')
@@ -150,6 +160,11 @@ async def test_a_replica_refusing_connections_costs_no_request_and_is_tried_agai
         await gateway.forward("shop", request)  # tries it again, finds it still down: answered all the same
         assert len(answered) == 7 and manager.acquire("tiny").replica == up
         assert capture.failures == []  # a replica being down is not the version's failure
+        await gateway.drain()
+        assert len(capture.rows) == 7  # and each answer is logged once
+        health = await gateway.fleets.health()  # what /readyz reads
+        assert health == {down: False, up: True} and gateway.fleets.every_base_served(health)
+        assert not gateway.fleets.every_base_served({down: False, up: False})
     finally:
         await gateway.aclose()
         await manager.aclose()
@@ -285,6 +300,10 @@ def test_two_vllm_replicas_and_two_gateways_survive_a_replica_crash_and_a_store_
                 load.failed,
             )
             assert all("503" in f for _, f in load.failed), load.failed
+            for url in (store.url, *(g.url for g in gateways)):  # a load balancer keeps sending to them
+                ready = httpx.get(f"{url}/readyz", timeout=30)
+                assert ready.status_code == 200, ready.text
+                assert ready.json()["checks"][f"vllm {b.base_url}"] == "unreachable"
             b.spawn()  # B restarts (45-85 s) while the store is killed
 
             # 3. kill -9 of the store under load: both gateways keep answering (through A).

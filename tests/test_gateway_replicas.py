@@ -142,11 +142,11 @@ async def test_a_replica_refusing_connections_costs_no_request_and_is_tried_agai
     now = [0.0]
     manager = AdapterManager.from_urls([down, up], adapter_root=tmp_path, max_loras=2, max_rank=8,
                                        base_served_name="tiny", clock=lambda: now[0])  # fmt: skip
-    class Capture(_Capture):
-        rows: list[Any] = []
+    rows: list[Any] = []
 
+    class Capture(_Capture):
         def submit_log_row(self, row: Any) -> None:
-            self.rows.append(row)
+            rows.append(row)
 
     capture = Capture()
     settings = Settings(vllm=VllmSettings(urls=(down, up), base_served_name="tiny"))
@@ -161,7 +161,7 @@ async def test_a_replica_refusing_connections_costs_no_request_and_is_tried_agai
         assert len(answered) == 7 and manager.acquire("tiny").replica == up
         assert capture.failures == []  # a replica being down is not the version's failure
         await gateway.drain()
-        assert len(capture.rows) == 7  # and each answer is logged once
+        assert len(rows) == 7  # and each answer is logged once
         health = await gateway.fleets.health()  # what /readyz reads
         assert health == {down: False, up: True} and gateway.fleets.every_base_served(health)
         assert not gateway.fleets.every_base_served({down: False, up: False})

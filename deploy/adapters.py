@@ -264,6 +264,7 @@ class AdapterManager:
         # Every name ever loaded -> its directory and first fingerprint: names are immutable.
         self._history: dict[str, tuple[str, Fingerprint]] = {}
         self._in_flight: dict[str, int] = {}
+        self._draining: set[str] = set()  # withdrawn by an `unload` that has not finished
         self._turn = itertools.count()
         self._lock = asyncio.Lock()
         self.generation = 0
@@ -446,6 +447,13 @@ class AdapterManager:
         record = self._records.get(name)
         if record is not None:
             record.routable = False
+        self._draining.add(name)
+        try:
+            return await self._drain_and_unload(name, drain_timeout)
+        finally:
+            self._draining.discard(name)
+
+    async def _drain_and_unload(self, name: str, drain_timeout: float | None) -> UnloadReport:
         self.generation += 1
         withdrawn = self.generation
         started = self._clock()
@@ -491,7 +499,8 @@ class AdapterManager:
         compare against for names this manager has not loaded itself (after a service restart);
         without one, the first replica's answers become the reference. `verify=False` skips
         re-probing where an adapter was verified before and is still routed (a replica taken
-        out for drift is always re-probed). Never unloads anything.
+        out for drift is always re-probed). Never unloads anything, and leaves a name that an
+        `unload` is draining withdrawn.
 
         Raises `AdapterBudgetExceeded` when `desired` holds more than `max_loras` names and
         `DuplicateAdapter` when a name is desired from another directory than it was loaded from.
@@ -527,6 +536,8 @@ class AdapterManager:
                 record = self._records.get(name)
                 if name not in expected:
                     continue  # no replica could produce a reference fingerprint
+                if name in self._draining:
+                    continue  # an unload withdrew it meanwhile: routing it again would keep its drain going
                 if record is None:
                     record = self._records[name] = _Record(path=path, fingerprint=expected[name], replicas=[])
                     self._history.setdefault(name, (path, expected[name]))

@@ -367,7 +367,7 @@ class Gateway:
         asked for, outside the rollout). Raises `UpstreamUnavailable` (503), `UpstreamTimeout`
         (504) or `UpstreamRejected` (vLLM's 4xx)."""
         log_id = new_log_id()
-        retry = UpstreamUnavailable("the adapter is being re-loaded on the replicas; retry shortly")
+        refused: UpstreamRefused | None = None
         # A replica that restarted has lost its runtime adapters: each 404 takes one (adapter,
         # replica) out of routing; one that refuses connections (down) is marked down. So a few
         # attempts reach another replica, the fallback or a clear 503.
@@ -379,7 +379,7 @@ class Gateway:
             except UpstreamRefused as exc:  # nothing was sent: another replica may answer it
                 self.fleets.of(project).report_unreachable(call.lease.replica)
                 self._fail(call, "unreachable", record=False)
-                retry = exc
+                refused = exc
                 continue
             except UpstreamTimeout:
                 self._fail(call, "timeout")
@@ -410,7 +410,7 @@ class Gateway:
                 raise UpstreamRejected(f"vLLM refused the request: {error.reason}", reply.status_code)
             self._fail(call, "status")
             raise UpstreamUnavailable(f"vLLM failed ({reply.status_code}): {error_of(content).message}")
-        raise retry
+        raise refused or UpstreamUnavailable("the adapter is being re-loaded on the replicas; retry shortly")
 
     def _start(self, project: str, request: GatewayRequest, log_id: str, version: str | None = None) -> _Call:
         manager = self.fleets.of(project)  # the replicas of the project's base model

@@ -76,8 +76,11 @@ def group_pids(pgid: int) -> list[int]:
 class VLLMServer:
     """One `vllm.entrypoints.openai.api_server` subprocess serving `model_dir` as `model_name` on
     loopback, with runtime LoRA loading (up to `max_loras` adapters of rank ≤ `max_lora_rank` in
-    the engine at once; more load fine, swapped LRU). `extra_args` go at the end of its command
-    line. Its output is appended to `log_path`."""
+    the engine at once; more load fine, swapped LRU). `cpu_cores`: the cores its model worker's
+    threads are bound to (vLLM-CPU's `VLLM_CPU_OMP_THREADS_BIND`, e.g. "1" or "0-3"; None: vLLM's
+    own choice, the first core of the first NUMA node here, so two servers on one machine each
+    need their own). `extra_args` go at the end of its command line. Its output is appended to
+    `log_path`."""
 
     def __init__(
         self,
@@ -89,6 +92,7 @@ class VLLMServer:
         max_lora_rank: int = 16,
         max_loras: int = 4,
         max_model_len: int = 512,
+        cpu_cores: str | None = None,
         extra_args: Sequence[str] = (),
     ) -> None:
         self.model_dir = Path(model_dir)
@@ -99,6 +103,7 @@ class VLLMServer:
         self.max_lora_rank = max_lora_rank
         self.max_loras = max_loras
         self.max_model_len = max_model_len
+        self.cpu_cores = cpu_cores
         self.extra_args = list(extra_args)
         self.start_seconds: float | None = None
         """How long the last start took until /health answered 200."""
@@ -130,6 +135,8 @@ class VLLMServer:
             VLLM_NO_USAGE_STATS="1",
             DO_NOT_TRACK="1",
         )
+        if self.cpu_cores is not None:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = self.cpu_cores
         return env
 
     def start(self, timeout: float = START_TIMEOUT_S) -> None:
@@ -210,6 +217,18 @@ class VLLMServer:
             proc.wait()
             while group_pids(pgid):
                 time.sleep(0.1)
+
+    def kill(self) -> None:
+        """SIGKILL to the whole group at once, as a crash or an OOM kill of its container would
+        (no shutdown: requests in flight are cut). `spawn` or `start` it again after."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        while group_pids(proc.pid):
+            time.sleep(0.1)
 
     def restart(self, timeout: float = START_TIMEOUT_S) -> None:
         """Kill the server and start it again on the same port; returns once it is healthy.

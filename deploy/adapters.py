@@ -22,6 +22,9 @@ manager loaded the adapter, verified it and has not since seen it go missing or 
   how many requests elsewhere may still use `name` as of that withdrawal.
 - `mirror(servable)`: a gateway replica's manager holds no adapters of its own; it routes (and
   leases) by another manager's view, replaced wholesale at each sync.
+- `report_unreachable(replica)`: the gateway could not connect to a replica (down, restarting):
+  nothing is routed there for `down_seconds` (a mark `mirror` keeps), then one request tries it
+  again; a replica that answers `reconcile` is routed again at once.
 - `reconcile(desired)`: after a replica restart (runtime adapters are lost, vLLM #12174) re-load
   what should be serving there, re-check fingerprints, and take a replica out of an
   adapter's routing when its answers drift (vLLM has served the wrong adapter: CPU mixed
@@ -49,6 +52,10 @@ from deploy.vllm_client import AdapterRejected, ModelNotFound, ReplicaClient, Re
 # (~0.1 s per probe on the CPU box) and make a float-rounding flip between batch shapes unlikely.
 DEFAULT_PROBES = ("The capital of France is", "Once upon a time,", "Q: What colour is the sky?\nA:")
 DEFAULT_PROBE_TOKENS = 8
+# How long a replica that refused a connection gets no requests before one tries it again. A
+# refused connect costs ~1 ms on a LAN, so retrying a restarting replica (45-85 s on the CPU box)
+# every few seconds is cheap, and a replica back from a restart is routed again within this.
+DOWN_SECONDS = 5.0
 
 
 class AdapterError(Exception):
@@ -232,6 +239,7 @@ class AdapterManager:
         probes: Sequence[str] = DEFAULT_PROBES,
         probe_tokens: int = DEFAULT_PROBE_TOKENS,
         drain_timeout: float = 30.0,
+        down_seconds: float = DOWN_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not replicas:
@@ -249,11 +257,14 @@ class AdapterManager:
         self.probes = tuple(probes)
         self.probe_tokens = probe_tokens
         self.drain_timeout = drain_timeout
+        self.down_seconds = down_seconds
         self._clock = clock
+        self._down_until: dict[str, float] = {}  # replica -> until when nothing is routed there
         self._records: dict[str, _Record] = {}
         # Every name ever loaded -> its directory and first fingerprint: names are immutable.
         self._history: dict[str, tuple[str, Fingerprint]] = {}
         self._in_flight: dict[str, int] = {}
+        self._draining: set[str] = set()  # withdrawn by an `unload` that has not finished
         self._turn = itertools.count()
         self._lock = asyncio.Lock()
         self.generation = 0
@@ -288,7 +299,8 @@ class AdapterManager:
 
     def acquire(self, name: str) -> Lease:
         """A lease to send one request for `name`, on a replica chosen round-robin among those
-        serving it. Raises `AdapterNotServable` when there is none."""
+        serving it and not marked down (`report_unreachable`; when every one is, among all of
+        them: one may be back). Raises `AdapterNotServable` when there is none."""
         if name == self.base_served_name:
             urls: Sequence[str] = [r.base_url for r in self.replicas]
         else:
@@ -296,6 +308,9 @@ class AdapterManager:
             if record is None or not record.routable or not record.replicas:
                 raise AdapterNotServable(name, f"adapter {name!r} is not being served now")
             urls = record.replicas
+        if self._down_until:
+            now = self._clock()
+            urls = [u for u in urls if self._down_until.get(u, 0.0) <= now] or urls
         self._in_flight[name] = self._in_flight.get(name, 0) + 1
         return Lease(self, name, urls[next(self._turn) % len(urls)])
 
@@ -305,6 +320,12 @@ class AdapterManager:
         record = self._records.get(name)
         if record is not None and replica in record.replicas:
             record.replicas.remove(replica)
+
+    def report_unreachable(self, replica: str) -> None:
+        """The gateway could not connect to `replica` (nothing was sent: the request can go to
+        another one): route nothing there for `down_seconds`. Requests already sent there are
+        not affected (they fail on their own if it died)."""
+        self._down_until[replica] = self._clock() + self.down_seconds
 
     def in_flight(self) -> dict[str, int]:
         """Served name -> requests holding a lease on it now (in this process)."""
@@ -426,6 +447,13 @@ class AdapterManager:
         record = self._records.get(name)
         if record is not None:
             record.routable = False
+        self._draining.add(name)
+        try:
+            return await self._drain_and_unload(name, drain_timeout)
+        finally:
+            self._draining.discard(name)
+
+    async def _drain_and_unload(self, name: str, drain_timeout: float | None) -> UnloadReport:
         self.generation += 1
         withdrawn = self.generation
         started = self._clock()
@@ -471,7 +499,8 @@ class AdapterManager:
         compare against for names this manager has not loaded itself (after a service restart);
         without one, the first replica's answers become the reference. `verify=False` skips
         re-probing where an adapter was verified before and is still routed (a replica taken
-        out for drift is always re-probed). Never unloads anything.
+        out for drift is always re-probed). Never unloads anything, and leaves a name that an
+        `unload` is draining withdrawn.
 
         Raises `AdapterBudgetExceeded` when `desired` holds more than `max_loras` names and
         `DuplicateAdapter` when a name is desired from another directory than it was loaded from.
@@ -507,6 +536,8 @@ class AdapterManager:
                 record = self._records.get(name)
                 if name not in expected:
                     continue  # no replica could produce a reference fingerprint
+                if name in self._draining:
+                    continue  # an unload withdrew it meanwhile: routing it again would keep its drain going
                 if record is None:
                     record = self._records[name] = _Record(path=path, fingerprint=expected[name], replicas=[])
                     self._history.setdefault(name, (path, expected[name]))
@@ -533,6 +564,7 @@ class AdapterManager:
         except ReplicaError:
             report.unreachable.append(url)
             return
+        self._down_until.pop(url, None)  # it answers again: route to it (its adapters are checked next)
         present = {c.id: c.root for c in cards if c.is_adapter}
         report.unexpected.extend(
             (url, name) for name in sorted(present) if name not in paths and name not in self._records

@@ -57,5 +57,10 @@ class Fleets:
         answers = await asyncio.gather(*(m.health() for m in self.managers.values()))
         return {url: ok for answer in answers for url, ok in answer.items()}
 
+    def every_base_served(self, health: Mapping[str, bool]) -> bool:
+        """True when each base model has a replica healthy in `health` (what `health` answered):
+        requests can be answered for every project, the replicas that are down getting none."""
+        return all(any(health.get(r.base_url, False) for r in m.replicas) for m in self.managers.values())
+
     async def aclose(self) -> None:
         await asyncio.gather(*(m.aclose() for m in self.managers.values()))

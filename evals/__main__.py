@@ -33,7 +33,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m evals", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--vllm-url", required=True, help="vLLM server root, e.g. http://127.0.0.1:8000")
+    p.add_argument("--vllm-url", required=True, nargs="+",
+                   help="vLLM server root, e.g. http://127.0.0.1:8000; several replicas share the requests")  # fmt: skip
     p.add_argument("--candidate", required=True, help="served name of the candidate adapter")
     p.add_argument("--incumbent", required=True, help="served name of the incumbent (champion or v0)")
     p.add_argument("--holdout", help="holdout.parquet of the run's snapshot")
@@ -95,7 +96,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
             api_key=os.environ.get(args.judge_api_key_env),
         )
     return EvalConfig(
-        vllm_url=args.vllm_url,
+        vllm_url=args.vllm_url[0] if len(args.vllm_url) == 1 else args.vllm_url,
         candidate=args.candidate,
         incumbent=args.incumbent,
         holdout=args.holdout,

@@ -260,9 +260,16 @@ class FeedbackGateConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True
 
 
 class EvalConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """One evaluation of a candidate adapter against the incumbent, both served by one vLLM."""
+    """One evaluation of a candidate adapter against the incumbent, both served by one vLLM (or
+    by each of several replicas, which share the requests)."""
 
-    vllm_url: Annotated[str, _doc("vLLM server root, e.g. 'http://127.0.0.1:8000' (a trailing /v1 is fine).")]
+    vllm_url: Annotated[
+        str | list[str],
+        _doc(
+            "vLLM server root, e.g. 'http://127.0.0.1:8000' (a trailing /v1 is fine), or a list of replicas "
+            "serving the same adapters: the requests are spread over them."
+        ),
+    ]
     candidate: Annotated[str, _doc("Served model name of the candidate, e.g. 'project@v3'.")]
     incumbent: Annotated[str, _doc("Served model name of the incumbent (champion, or the v0 null adapter).")]
     holdout: Annotated[

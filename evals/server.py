@@ -10,7 +10,9 @@ fire them all at once. The HTTP client and the reading of vLLM's errors are depl
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import httpx
@@ -45,30 +47,40 @@ def server_root(url: str) -> str:
 
 
 class ModelServer:
-    """Async client of one vLLM server. Use as ``async with ModelServer(url) as server: ...``.
+    """Async client of one vLLM server, or of several replicas serving the same models (the
+    adapter manager loads every adapter on each, checked to answer alike): requests go to them
+    in turn. Use as ``async with ModelServer(url) as server: ...``.
 
-    `transport` is the seam for tests (any `httpx.AsyncBaseTransport`). Every method raises
-    `ServerError` with the URL, the model and vLLM's message when a request fails.
+    `concurrency` bounds the requests in flight per replica. `transport` is the seam for tests
+    (any `httpx.AsyncBaseTransport`). Every method raises `ServerError` with the replica's URL,
+    the model and vLLM's message when a request fails.
     """
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         api_key: str | None = None,
         concurrency: int = 16,
         timeout_s: float = 300.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.url = server_root(url)
-        self._limit = asyncio.Semaphore(concurrency)
-        self._replica = ReplicaClient(
-            self.url,
-            api_key=api_key,
-            timeout=httpx.Timeout(timeout_s, connect=10.0),
-            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
-            transport=transport,
-        )
+        roots = [server_root(u) for u in ([url] if isinstance(url, str) else url)]
+        if not roots:
+            raise ValueError("a model server needs at least one vLLM URL")
+        self.url = ", ".join(roots)
+        self._limit = asyncio.Semaphore(concurrency * len(roots))
+        self._replicas = [
+            ReplicaClient(
+                root,
+                api_key=api_key,
+                timeout=httpx.Timeout(timeout_s, connect=10.0),
+                limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+                transport=transport,
+            )
+            for root in roots
+        ]
+        self._turn = itertools.count()
         self._prompt_tokens: dict[str, list[int]] = {}
         self.requests = 0
 
@@ -76,37 +88,36 @@ class ModelServer:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self._replica.aclose()
+        await asyncio.gather(*(r.aclose() for r in self._replicas))
 
     async def _post(self, path: str, body: dict[str, Any], what: str) -> dict[str, Any]:
-        """POST `body` (a read: generation, log-probs, tokenizing; a dropped pooled connection is
-        retried once by the client) and return the JSON answer."""
+        """POST `body` to the next replica (a read: generation, log-probs, tokenizing; a dropped
+        pooled connection is retried once by the client) and return the JSON answer."""
+        replica = self._replicas[next(self._turn) % len(self._replicas)]
         async with self._limit:
             self.requests += 1
             try:
-                data = await self._replica.post_json(path, body, context=what)
+                data = await replica.post_json(path, body, context=what)
             except ReplicaError as exc:
                 raise ServerError(_message(exc)) from exc
         if not isinstance(data, dict):
-            raise ServerError(f"vLLM at {self.url}: {what} answered {data!r:.200}, not an object")
+            raise ServerError(f"vLLM at {replica.base_url}: {what} answered {data!r:.200}, not an object")
         return data
 
-    async def models(self) -> list[str]:
-        """Names vLLM serves now (base model and loaded adapters)."""
-        try:
-            return [card.id for card in await self._replica.list_models()]
-        except ReplicaError as exc:
-            raise ServerError(_message(exc)) from exc
-
     async def require(self, *names: str) -> None:
-        """Raise `ServerError` naming what is missing unless every model in `names` is served."""
-        served = await self.models()
-        missing = [n for n in names if n not in served]
-        if missing:
-            raise ServerError(
-                f"vLLM at {self.url} does not serve {', '.join(map(repr, missing))} "
-                f"(serving: {', '.join(served)}); load the adapter(s) first"
-            )
+        """Raise `ServerError` naming what is missing, and where, unless every replica serves
+        every model in `names`."""
+        for replica in self._replicas:
+            try:
+                served = [card.id for card in await replica.list_models()]
+            except ReplicaError as exc:
+                raise ServerError(_message(exc)) from exc
+            missing = [n for n in names if n not in served]
+            if missing:
+                raise ServerError(
+                    f"vLLM at {replica.base_url} does not serve {', '.join(map(repr, missing))} "
+                    f"(serving: {', '.join(served)}); load the adapter(s) first"
+                )
 
     async def chat(
         self,

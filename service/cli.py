@@ -529,7 +529,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from evals import EvalConfig, run
 
     settings = _settings(args)
-    report = run(EvalConfig(vllm_url=args.vllm_url or settings.vllm.urls[0], vllm_api_key=settings.vllm.api_key,
+    report = run(EvalConfig(vllm_url=args.vllm_url or list(settings.vllm.urls), vllm_api_key=settings.vllm.api_key,
                             candidate=args.candidate, incumbent=args.incumbent, holdout=args.holdout))  # fmt: skip
     print(report.to_markdown())
     return 0 if report.promote else 4

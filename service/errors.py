@@ -81,6 +81,11 @@ class UpstreamUnavailable(RatchetError):
     """vLLM (or another model endpoint) cannot be reached or answered with a server error."""
 
 
+class UpstreamRefused(UpstreamUnavailable):
+    """No connection to a vLLM replica could be made (down, restarting): nothing was sent, so the
+    request may go to another replica."""
+
+
 class UpstreamTimeout(RatchetError):
     """vLLM did not answer in time."""
 

@@ -60,6 +60,7 @@ from service.clock import utcnow
 from service.config import Settings
 from service.errors import (
     InvalidInput,
+    UpstreamRefused,
     UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -250,6 +251,8 @@ class AiohttpUpstream:
     def _failures(self, replica: str) -> Any:
         try:
             yield
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            raise UpstreamRefused(f"vLLM at {replica} is unreachable: {exc!r}") from exc
         except TimeoutError as exc:  # aiohttp's own timeouts are TimeoutErrors too
             raise UpstreamTimeout(f"vLLM did not answer within {self._timeout_seconds}s") from exc
         except aiohttp.ClientError as exc:
@@ -364,13 +367,20 @@ class Gateway:
         asked for, outside the rollout). Raises `UpstreamUnavailable` (503), `UpstreamTimeout`
         (504) or `UpstreamRejected` (vLLM's 4xx)."""
         log_id = new_log_id()
+        refused: UpstreamRefused | None = None
         # A replica that restarted has lost its runtime adapters: each 404 takes one (adapter,
-        # replica) out of routing, so a few attempts reach the fallback or a clear 503.
+        # replica) out of routing; one that refuses connections (down) is marked down. So a few
+        # attempts reach another replica, the fallback or a clear 503.
         for _attempt in range(3):
             call = self._start(project, request, log_id, version)
             body = _encode({**request.body, "model": call.served_name})
             try:
                 reply = await self.upstream.post(call.lease.replica, _PATHS[request.endpoint], body)
+            except UpstreamRefused as exc:  # nothing was sent: another replica may answer it
+                self.fleets.of(project).report_unreachable(call.lease.replica)
+                self._fail(call, "unreachable", record=False)
+                refused = exc
+                continue
             except UpstreamTimeout:
                 self._fail(call, "timeout")
                 raise
@@ -392,7 +402,7 @@ class Gateway:
             )
             if isinstance(error, ModelNotFound):
                 self.fleets.of(project).report_missing(call.served_name, call.lease.replica)
-                self._fail(call, "adapter_missing")
+                self._fail(call, "adapter_missing", record=False)
                 continue
             # A request vLLM refuses as invalid is the client's mistake, not an upstream failure.
             if isinstance(error, RequestRejected):
@@ -400,7 +410,7 @@ class Gateway:
                 raise UpstreamRejected(f"vLLM refused the request: {error.reason}", reply.status_code)
             self._fail(call, "status")
             raise UpstreamUnavailable(f"vLLM failed ({reply.status_code}): {error_of(content).message}")
-        raise UpstreamUnavailable("the adapter is being re-loaded on the replicas; retry shortly")
+        raise refused or UpstreamUnavailable("the adapter is being re-loaded on the replicas; retry shortly")
 
     def _start(self, project: str, request: GatewayRequest, log_id: str, version: str | None = None) -> _Call:
         manager = self.fleets.of(project)  # the replicas of the project's base model
@@ -425,13 +435,14 @@ class Gateway:
     def _label(self, project: str, served_name: str) -> str:
         return adapter_label(project, served_name, self.routing.base_of(project))
 
-    def _fail(self, call: _Call, reason: str) -> None:
-        """The request failed upstream: count it, and record it against its adapter for the
-        online gate's error-rate guard. A missing adapter (a replica that restarted) is retried
-        on another route and is the replica's state, not the version's: counted, not recorded."""
+    def _fail(self, call: _Call, reason: str, *, record: bool = True) -> None:
+        """The request failed upstream: count it, and (`record`) record it against its adapter
+        for the online gate's error-rate guard. A missing adapter (a replica that restarted) or a
+        refused connection (a replica down) is retried on another route and is the replica's
+        state, not the version's: counted, not recorded."""
         call.lease.release()
         self.metrics.gateway_upstream_errors.labels(call.project, call.label, reason).inc()
-        if reason != "adapter_missing":
+        if record:
             self.capture.submit_upstream_failure(call.project, call.served_name, reason)
 
     async def _answer(self, call: _Call, reply: UpstreamReply) -> bytes:

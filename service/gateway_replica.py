@@ -122,12 +122,14 @@ class ReplicaRuntime:
         self.state = state
 
     async def readiness(self) -> tuple[bool, dict[str, str]]:
-        """Ready when it has a routing state (from the store, or kept from before) and vLLM
-        answers; a store that is away is reported, not a reason to stop taking traffic."""
+        """Ready when it has a routing state (from the store, or kept from before) and each base
+        model has a vLLM replica that answers; a store that is away, or a vLLM replica that is
+        down (the others answer), is reported, not a reason to stop taking traffic."""
         checks: dict[str, str] = {"routing": "ok" if self.state is not None else "waiting for the store"}
-        for url, healthy in (await self.fleets.health()).items():
+        health = await self.fleets.health()
+        for url, healthy in health.items():
             checks[f"vllm {url}"] = "ok" if healthy else "unreachable"
-        ready = all(v == "ok" for v in checks.values())
+        ready = checks["routing"] == "ok" and self.fleets.every_base_served(health)
         age = None if self.last_sync is None else time.monotonic() - self.last_sync
         checks["store"] = (
             "ok"

@@ -398,7 +398,7 @@ class Pipeline:
         gate = stored.config if stored is not None else GateConfig()
         reward_dir = run_dir / REWARD_DIR
         config = EvalConfig(
-            vllm_url=settings.vllm.urls[0], vllm_api_key=settings.vllm.api_key, candidate=candidate,
+            vllm_url=list(settings.vllm.urls), vllm_api_key=settings.vllm.api_key, candidate=candidate,
             incumbent=incumbent, holdout=str(run_dir / "snapshot" / "holdout.parquet"),
             rules=gate.rules, golden=golden_file(gate.golden, run_dir) if gate.golden else None,
             judge=gate.judge, generation=gate.generation, min_samples=gate.min_samples, level=gate.level,

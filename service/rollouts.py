@@ -307,7 +307,13 @@ class Rollouts:
         """Re-load on every replica what the database says is serving (replicas lose runtime adapters
         when they restart) and re-check fingerprints; a drifted adapter stops receiving requests.
         Each base model's replicas get its projects' adapters; one whose budget is too small
-        (`AdapterLoadError`, raised after the others) does not hold the others back."""
+        (`AdapterLoadError`, raised after the others) does not hold the others back. Runs under
+        the rollouts' lock: what it keeps loaded is what serves after the last transition (a
+        version a rollback is unloading is not re-loaded from what served before it)."""
+        async with self._lock:
+            await self._reconcile()
+
+    async def _reconcile(self) -> None:
         too_small = []
         for base, manager in self.fleets:
             desired: dict[str, str] = {}

@@ -25,11 +25,14 @@ def pytest_collection_modifyitems(items: list) -> None:  # type: ignore[type-arg
     Tests marked `own_vllm` run a vLLM server of their own: beside the shared one only where two
     servers are the point (tests/test_multibase_vllm.py, first), otherwise after stopping it (two
     slow each other down on 2 cores). Running them last, in file order, keeps a second server away
-    from the other tests and spares restarting the shared one (~50 s) afterwards."""
+    from the other tests and spares restarting the shared one (~50 s) afterwards. The modules of
+    `vllm_replicas` (a second replica, spawned early beside the shared server) run first among
+    the vLLM modules, so that second server is stopped as early as it can be."""
     uses_vllm = {item.module.__name__ for item in items if "vllm_server" in item.fixturenames}
+    uses_two = {item.module.__name__ for item in items if "vllm_replicas" in item.fixturenames}
 
-    def order(item) -> tuple[bool, bool]:  # type: ignore[no-untyped-def]
+    def order(item) -> tuple[bool, bool, bool]:  # type: ignore[no-untyped-def]
         own = item.get_closest_marker("own_vllm") is not None
-        return own, not own and item.module.__name__ in uses_vllm
+        return own, not own and item.module.__name__ in uses_vllm, item.module.__name__ not in uses_two
 
     items.sort(key=order)

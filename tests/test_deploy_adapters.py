@@ -229,6 +229,17 @@ async def test_unload_withdraws_first_then_waits_for_leases_to_drain(replicas, a
     assert a.loaded == {}
     assert (await m.unload("shop@v1")).missing_on == ("http://a:8000", "http://b:8000")
 
+    # The reconcile job running during a drain (it was told to keep shop@v3: it read what serves
+    # before the unload) leaves it withdrawn: else new requests keep the drain from ever ending.
+    await m.load("shop@v3", adapter_root / "v3")
+    lease = m.acquire("shop@v3")
+    unloading = asyncio.create_task(m.unload("shop@v3"))
+    await asyncio.sleep(0.05)
+    await m.reconcile({"shop@v3": adapter_root / "v3"})
+    assert not m.servable("shop@v3") and not unloading.done()
+    lease.release()
+    assert (await unloading).unloaded_on == ("http://a:8000", "http://b:8000") and a.loaded == {}
+
     await m.load("shop@v2", adapter_root / "v2")
     stuck = m.acquire("shop@v2")
     with pytest.raises(AdapterBusy, match="1 requests still use"):

@@ -100,6 +100,22 @@ def config(vllm, holdout, **kw) -> EvalConfig:
     return EvalConfig(**(fields | kw))
 
 
+def test_the_gate_spreads_its_requests_over_every_replica_and_checks_each_serves_both(vllm, holdout):
+    vllm.calls.clear()
+    with OpenAIStub(model_server(ANSWERS)) as second:
+        report = run(
+            config(vllm, holdout, vllm_url=[vllm.url, second.url]), scorers=[UserPreference(likes_upper)]
+        )
+        assert report.status == "ok" and report.decision.promote
+        generated = [len([c for c in s.calls if c[0] == "/v1/chat/completions"]) for s in (vllm, second)]
+        assert generated == [N, N]  # 2N answers, half on each
+        assert [s.calls[0][0] for s in (vllm, second)] == ["/v1/models"] * 2
+    vllm.calls.clear()
+    with OpenAIStub(model_server({"p@v1": ANSWERS["p@v1"]})) as lagging:  # lost p@v2 (restarted)
+        report = run(config(vllm, holdout, vllm_url=[vllm.url, lagging.url]))
+    assert report.status == "failed" and f"{lagging.url} does not serve 'p@v2'" in report.error
+
+
 def test_a_better_candidate_is_promoted_and_the_report_tells_why(vllm, holdout):
     with OpenAIStub(judge(prefers_upper)) as j:
         report = run(

@@ -1,10 +1,15 @@
-"""`ratchet gateway` replicas beside the store: they answer while the store is killed, their logs
-reach the store exactly once when it is back, and an unload drains their requests."""
+"""Several vLLM replicas and `ratchet gateway` replicas beside the store (issue 18): with two real
+vLLM-CPU servers (one per core) and two gateway processes, a `kill -9` of one vLLM replica fails
+only the requests in flight on it and the reconcile re-loads its adapters once it is back; the
+gateways answer while the store is killed, their logs reach the store exactly once when it is
+back, and an unload drains their requests. The drain's rules and the spool are pinned down
+without HTTP as well, and a replica refusing connections against an aiohttp stand-in."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import threading
 import time
 from collections import Counter
@@ -16,6 +21,7 @@ import duckdb
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.routing import RoutingTable
 from formats.gateway import GatewayReport
@@ -101,19 +107,91 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-# --- two real replicas in front of the session's vLLM, the store killed under load
+# --- a vLLM replica that is down: requests go to the others, the down one is tried again later
+
+
+@pytest.mark.anyio
+async def test_a_replica_refusing_connections_costs_no_request_and_is_tried_again_later(
+    tmp_path: Path,
+) -> None:
+    from aiohttp import web
+
+    from deploy.adapters import AdapterManager
+    from deploy.fleets import Fleets
+    from service.config import Settings, VllmSettings
+    from service.gateway import Gateway, parse_request
+    from service.metrics import Metrics
+    from tests.fixtures.server import free_port
+    from tests.test_vllm_errors import _Capture
+
+    answered: list[str] = []
+
+    async def chat(request: web.Request) -> web.Response:
+        answered.append((await request.json())["model"])
+        return web.json_response({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "tiny",
+                                  "choices": [{"index": 0, "finish_reason": "stop",
+                                               "message": {"role": "assistant", "content": "Paris"}}]})  # fmt: skip
+
+    async def health(request: web.Request) -> web.Response:
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_get("/health", health)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    up_port, down_port = free_port(), free_port()
+    await web.TCPSite(runner, "127.0.0.1", up_port).start()
+    up, down = f"http://127.0.0.1:{up_port}", f"http://127.0.0.1:{down_port}"  # nothing listens on down
+    now = [0.0]
+    manager = AdapterManager.from_urls([down, up], adapter_root=tmp_path, max_loras=2, max_rank=8,
+                                       base_served_name="tiny", clock=lambda: now[0])  # fmt: skip
+    rows: list[Any] = []
+
+    class Capture(_Capture):
+        def submit_log_row(self, row: Any) -> None:
+            rows.append(row)
+
+    capture = Capture()
+    settings = Settings(vllm=VllmSettings(urls=(down, up), base_served_name="tiny"))
+    gateway = Gateway(settings, Fleets.single(manager), capture, Metrics(), RoutingTable("tiny"))  # type: ignore[arg-type]
+    request = parse_request("chat", b'{"model": "shop", "messages": [{"role": "user", "content": "hi"}]}')
+    try:
+        for _ in range(6):
+            await gateway.forward("shop", request)  # each answered: none raises
+        assert len(answered) == 6 and manager.acquire("tiny").replica == up  # the down one rests
+        now[0] += manager.down_seconds
+        await gateway.forward("shop", request)  # tries it again, finds it still down: answered all the same
+        assert len(answered) == 7 and manager.acquire("tiny").replica == up
+        assert capture.failures == []  # a replica being down is not the version's failure
+        await gateway.drain()
+        assert len(rows) == 7  # and each answer is logged once
+        health = await gateway.fleets.health()  # what /readyz reads
+        assert health == {down: False, up: True} and gateway.fleets.every_base_served(health)
+        assert not gateway.fleets.every_base_served({down: False, up: False})
+    finally:
+        await gateway.aclose()
+        await manager.aclose()
+        await runner.cleanup()
+
+
+# --- two real vLLM replicas, one killed; two gateway replicas, the store killed; an unload drains
 
 
 class _Load:
     """Threads sending chat requests through each gateway with the official client until
-    stopped; every answer's id is kept, every failure too."""
+    stopped; every answer's id is kept, with when it came, and every failure too. `body` extra
+    request fields (all threads)."""
 
-    def __init__(self, urls: list[str], key: str, per_gateway: int = 2) -> None:
+    def __init__(self, urls: list[str], key: str, per_gateway: int = 2, **body: Any) -> None:
         self.clients = [
-            openai.OpenAI(base_url=f"{u}/v1", api_key=key, max_retries=0, timeout=30) for u in urls
+            openai.OpenAI(base_url=f"{u}/v1", api_key=key, max_retries=0, timeout=60) for u in urls
         ]
-        self.answered: list[tuple[int, str]] = []
-        self.failed: list[str] = []
+        self.body = {"model": "edge", "max_tokens": 2, **body}
+        self.answered: list[tuple[int, str, float, float]] = []
+        """(gateway, log id, sent at, answered at), monotonic seconds."""
+        self.failed: list[tuple[float, str]] = []
+        """(sent at, what failed)."""
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._run, args=(i, n), daemon=True)
@@ -123,13 +201,14 @@ class _Load:
     def _run(self, gateway: int, n: int) -> None:
         client = self.clients[gateway]
         while not self._stop.is_set():
+            sent = time.monotonic()
             try:
                 answer = client.chat.completions.create(
-                    model="edge", messages=PROMPT, max_tokens=2, temperature=0, user=f"u{gateway}-{n}"
+                    messages=PROMPT, temperature=0, user=f"u{gateway}-{n}", **self.body
                 )
-                self.answered.append((gateway, answer.id))
+                self.answered.append((gateway, answer.id, sent, time.monotonic()))
             except Exception as exc:
-                self.failed.append(f"gateway {gateway}: {exc!r}")
+                self.failed.append((sent, f"gateway {gateway}: {exc!r}"))
 
     def __enter__(self) -> _Load:
         for t in self._threads:
@@ -139,80 +218,158 @@ class _Load:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         for t in self._threads:
-            t.join(60)
+            t.join(120)
 
-    def count(self) -> Counter[int]:
-        return Counter(g for g, _ in self.answered)
+    def since(self, at: float) -> Counter[int]:
+        """Answers per gateway sent after `at`."""
+        return Counter(g for g, _, sent, _ in self.answered if sent > at)
+
+
+def _requests_done(server: Any) -> float:
+    """Requests a vLLM server finished, from its own /metrics (`vllm:request_success_total`)."""
+    text = httpx.get(f"{server.base_url}/metrics", timeout=30).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "vllm:request_success"
+        for sample in family.samples
+        if sample.name == "vllm:request_success_total"
+    )
+
+
+def _adapters(server: Any) -> set[str]:
+    models = httpx.get(f"{server.base_url}/v1/models", timeout=30).json()["data"]
+    return {m["id"] for m in models if m.get("parent") is not None}
 
 
 @pytest.fixture
-def store(tmp_path: Path, vllm_server: Any, tiny_model_dir: Path) -> Iterator[RatchetProcess]:
+def store(tmp_path: Path, vllm_replicas: tuple[Any, Any], tiny_model_dir: Path) -> Iterator[RatchetProcess]:
+    a, b = vllm_replicas
     env = {
-        "RATCHET_VLLM__URLS": f'["{vllm_server.base_url}"]',
-        "RATCHET_VLLM__BASE_SERVED_NAME": vllm_server.model_name,
+        "RATCHET_VLLM__URLS": json.dumps([a.base_url, b.base_url]),
+        "RATCHET_VLLM__BASE_SERVED_NAME": a.model_name,
         "RATCHET_VLLM__BASE_MODEL": str(tiny_model_dir),
-        "RATCHET_VLLM__TIMEOUT_SECONDS": "15",
+        "RATCHET_VLLM__TIMEOUT_SECONDS": "30",
         "RATCHET_TRAINING__SIGNAL_CHECK_SECONDS": "3600",
+        "RATCHET_TRAINING__CANARY_CHECK_SECONDS": "3600",  # the canary stays until the test rolls it back
+        "RATCHET_TRAINING__RECONCILE_SECONDS": "3",
     }
     server = RatchetProcess(tmp_path / "store", env=env).start()
     yield server
     server.stop()
-    vllm_server.unload_adapters("edge")
+    for replica in (a, b):
+        if replica.running:
+            replica.unload_adapters("edge")
 
 
-def test_gateway_replicas_answer_while_the_store_is_killed_and_deliver_every_log_once(
-    store: RatchetProcess, vllm_server: Any, tmp_path: Path
+def test_two_vllm_replicas_and_two_gateways_survive_a_replica_crash_and_a_store_crash(
+    store: RatchetProcess, vllm_replicas: tuple[Any, Any], random_adapters: Any, tmp_path: Path
 ) -> None:
-    key = store.create_project("edge")
+    a, b = vllm_replicas
+    key = store.create_project("edge")  # edge@v0 (the null adapter) is loaded on both replicas
+    canary = store.data_dir / "adapters" / "edge" / "ext1"
+    shutil.copytree(random_adapters.random[0], canary)
+    with store.client(timeout=180) as admin:  # after v0's first load (it imports torch to write it)
+        r = admin.post("/v1/projects/edge/adapters", json={"path": str(canary), "canary": True})
+    assert r.status_code == 201, r.text
+    assert _adapters(a) == _adapters(b) == {"edge@v0", "edge@v1"}  # every adapter on every replica
     env = {
-        "RATCHET_VLLM__URLS": f'["{vllm_server.base_url}"]',
-        "RATCHET_VLLM__BASE_SERVED_NAME": vllm_server.model_name,
+        "RATCHET_VLLM__URLS": json.dumps([a.base_url, b.base_url]),
+        "RATCHET_VLLM__BASE_SERVED_NAME": a.model_name,
         "RATCHET_GATEWAY__SYNC_INTERVAL_S": "0.2",
         "RATCHET_GATEWAY__RETRY_MAX_S": "0.5",
         "RATCHET_GATEWAY__LINGER_MS": "20",
+        "RATCHET_VLLM__TIMEOUT_SECONDS": "30",
     }
     gateways = [GatewayProcess(store, tmp_path / f"spool{i}", env).spawn() for i in range(2)]
+    drained: list[tuple[str, str, float, float]] = []
     try:
         for g in gateways:
             g.wait_ready()
         with _Load([g.url for g in gateways], key) as load:
-            wait_for(lambda: min(load.count()[i] for i in range(2)) >= 3, 60, "answers through both gateways")
+            # 1. Both gateways spread their requests over both vLLM replicas.
+            started, before = time.monotonic(), [_requests_done(v) for v in (a, b)]
+            wait_for(lambda: min(load.since(started)[i] for i in range(2)) >= 10, 120, "answers through both")
+            spread = [_requests_done(v) - n for v, n in zip((a, b), before, strict=True)]
+            answered = sum(load.since(started).values())
+            assert min(spread) >= 0.3 * answered, (spread, answered)
+
+            # 2. kill -9 of replica B mid-traffic: only what was in flight on it fails.
+            b.kill()  # the whole process group, at once
+            killed_at = time.monotonic()  # it is gone: what is sent from now on was not in flight on it
+            wait_for(lambda: min(load.since(killed_at + 1)[i] for i in range(2)) >= 10, 120, "answers after")
+            # Failed: only requests sent before the kill (4 threads: at most 4 were in flight).
+            assert len(load.failed) <= 4 and all(sent < killed_at for sent, _ in load.failed), (
+                killed_at,
+                load.failed,
+            )
+            assert all("503" in f for _, f in load.failed), load.failed
+            for url in (store.url, *(g.url for g in gateways)):  # a load balancer keeps sending to them
+                ready = httpx.get(f"{url}/readyz", timeout=30)
+                assert ready.status_code == 200, ready.text
+                assert ready.json()["checks"][f"vllm {b.base_url}"] == "unreachable"
+            b.spawn()  # B restarts (45-85 s) while the store is killed
+
+            # 3. kill -9 of the store under load: both gateways keep answering (through A).
             store.kill()
-            killed_at = len(load.answered)
-
-            def while_dead() -> Counter[int]:
-                return Counter(g for g, _ in load.answered[killed_at:])
-
-            wait_for(
-                lambda: min(while_dead()[i] for i in range(2)) >= 5, 60, "answers while the store is dead"
-            )
-            dead = while_dead()
+            dead_at = time.monotonic()
+            wait_for(lambda: min(load.since(dead_at)[i] for i in range(2)) >= 5, 120, "answers while dead")
             store.start()
-            time.sleep(1)  # and some traffic after the restart
-        assert load.failed == []
-        assert dead[0] >= 5 and dead[1] >= 5, dead  # both kept answering
-        answered = [log_id for _, log_id in load.answered]
-        assert len(set(answered)) == len(answered)
-        # Every answered request's log reaches the store: the API finds the last one.
+            time.sleep(1)
+        assert all(sent < killed_at for sent, _ in load.failed), load.failed
+
+        # 4. B is back: the reconcile loads both adapters on it again, and it gets traffic again.
+        b.wait_until_healthy()
         with store.client(key) as api:
-            wait_for(lambda: api.get(f"/v1/logs/{answered[-1]}").status_code == 200, 60, "the last log")
+
+            def reloaded() -> set[str]:  # recorded once the reconcile has checked them there
+                return {e["detail"]["adapter"] for e in api.get("/v1/projects/edge/events").json()
+                        if e["kind"] == "adapter_reloaded" and e["detail"]["replica"] == b.base_url}  # fmt: skip
+
+            wait_for(lambda: reloaded() == {"edge@v0", "edge@v1"}, 120, "the reconcile to re-load B")
+        assert _adapters(b) == {"edge@v0", "edge@v1"}
+        with _Load([g.url for g in gateways], key) as back:
+            before_b = _requests_done(b)
+            wait_for(lambda: _requests_done(b) - before_b >= 5, 120, "requests on the restarted replica")
+
+        # 5. An unload waits for the requests in flight for it on both gateways.
+        with _Load([g.url for g in gateways], key, model="edge@v1", max_tokens=96,
+                   extra_body={"ignore_eos": True}) as long:  # fmt: skip
+            wait_for(lambda: min(long.since(0)[i] for i in range(2)) >= 1, 120, "long answers on both")
+            with store.client() as admin:
+                asked = time.monotonic()
+                r = admin.post("/v1/adapters/edge@v1/rollback")
+                done = time.monotonic()
+            assert r.status_code == 200, r.text
+        in_flight = [x for x in long.answered if x[2] < asked < x[3]]
+        assert {g for g, *_ in in_flight} == {0, 1}, long.answered  # both held one at the rollback
+        assert max(end for *_, end in in_flight) <= done  # the unload waited for every one of them
+        # (One sent just before the rollback may reach a gateway after the withdrawal: a 503.)
+        assert [f for sent, f in long.failed if sent < asked - 0.5] == []
+        assert _adapters(a) == _adapters(b) == {"edge@v0"}
+        drained = long.answered
+
+        # Every answered request's log reaches the store (those of the dead store's time too).
+        answered_ids = [x[1] for x in load.answered + back.answered + drained]
+        while_dead = next(log_id for _, log_id, sent, _ in load.answered if sent > dead_at)
+        with store.client(key) as api:
             wait_for(
-                lambda: api.get("/v1/projects/edge/stats").json()["logs"] >= len(answered), 60, "every log"
+                lambda: api.get("/v1/projects/edge/stats").json()["logs"] >= len(answered_ids), 60, "logs"
             )
-            assert api.get(f"/v1/logs/{answered[killed_at]}").json()["source"] == "gateway"
+            assert api.get(f"/v1/logs/{while_dead}").json()["source"] == "gateway"
             # Only an admin key (a replica's) may store logs as the gateway's.
             assert api.post("/v1/logs", params={"source": "gateway"}, json=chat_log()).status_code == 403
-        for g in gateways:  # and they route by the restarted store's state again
-            wait_for(lambda g=g: httpx.get(f"{g.url}/readyz", timeout=5).json()["checks"]["store"] == "ok",
-                     60, "the replicas' sync with the restarted store")  # fmt: skip
+        for g in gateways:  # and they sync with the restarted store
+            assert httpx.get(f"{g.url}/readyz", timeout=5).json()["checks"]["store"] == "ok"
     finally:
         for g in gateways:
             g.stop()
     store.stop()
+    assert len(set(answered_ids)) == len(answered_ids)
     with duckdb.connect(str(store.data_dir / "ratchet.duckdb"), read_only=True) as db:
         rows = db.execute("SELECT id, count(*) FROM logs WHERE project = 'edge' GROUP BY id").fetchall()
     stored = dict(rows)
-    assert sorted(stored) == sorted(answered) and set(stored.values()) == {1}  # each exactly once
+    assert sorted(stored) == sorted(answered_ids) and set(stored.values()) == {1}  # each exactly once
     assert not list((tmp_path / "spool0").glob("*.jsonl")) and not list((tmp_path / "spool1").glob("*.jsonl"))
 
 

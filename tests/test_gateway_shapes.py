@@ -29,7 +29,9 @@ TOOLS = [
      "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
     {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}},
 ]  # fmt: skip
-LONG_STREAM = {"model": "shapes", "messages": PROMPT, "max_tokens": 200, "ignore_eos": True, "stream": True}
+# As long as the tiny model's context allows (512 tokens): on a quiet machine the server must notice
+# the client leaving before vLLM has finished (200 tokens were done first in a 2026-12-01 run).
+LONG_STREAM = {"model": "shapes", "messages": PROMPT, "max_tokens": 480, "ignore_eos": True, "stream": True}
 COLUMNS = ("endpoint", "messages", "tools", "tool_choice", "response_format", "answers", "quarantine",
            "end_user", "metadata", "prompt_tokens", "completion_tokens")  # fmt: skip
 

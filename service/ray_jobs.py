@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import shlex
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from formats.run import DoneEvent, ErrorEvent, TrainerEvent, decode_event
+from formats.run import DoneEvent, TrainerEvent
 from service.config import LauncherSettings
-from service.trainer_process import TrainerFailed, TrainerTimedOut
+from service.trainer_process import TrainerFailed, TrainerTimedOut, follow_events
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 POLL_SECONDS = 0.5
@@ -42,21 +42,10 @@ async def run_ray_job(
     (unreachable cluster, refused job, failed or stopped job), `TrainerTimedOut`."""
     client = await _connect(launcher)
     job = await _submit(client, launcher, job_name, args)
-    done: DoneEvent | None = None
-    error: str | None = None
     try:
         async with asyncio.timeout(timeout):
             with log_path.open("ab") as log:
-                async for line in _lines(client.tail_job_logs(job)):
-                    log.write(line)
-                    log.flush()
-                    event = decode_event(line)
-                    if isinstance(event, DoneEvent):
-                        done = event
-                    elif isinstance(event, ErrorEvent):
-                        error = event.message
-                    if event is not None and on_event is not None:
-                        await on_event(event)
+                done, error = await follow_events(_logged(_lines(client.tail_job_logs(job)), log), on_event)
             status, message = await _final_status(client, job)
     except TimeoutError:
         await _stop(client, job, grace)
@@ -104,6 +93,14 @@ async def _submit(client: Any, launcher: LauncherSettings, job_name: str, args: 
         raise TrainerFailed(
             f"the Ray cluster at {launcher.ray_address} did not take the trainer's job: {exc}"
         ) from exc
+
+
+async def _logged(lines: AsyncIterator[bytes], log: IO[bytes]) -> AsyncIterator[bytes]:
+    """`lines`, each appended to `log` (flushed) on the way."""
+    async for line in lines:
+        log.write(line)
+        log.flush()
+        yield line
 
 
 async def _lines(chunks: Any) -> Any:

@@ -20,7 +20,7 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from pathlib import Path
 from typing import IO
 
@@ -34,6 +34,25 @@ class TrainerFailed(RatchetError):
 
 class TrainerTimedOut(TrainerFailed):
     """The trainer ran past its time limit and was stopped."""
+
+
+async def follow_events(
+    lines: AsyncIterable[bytes], on_event: Callable[[TrainerEvent], Awaitable[None]] | None
+) -> tuple[DoneEvent | None, str | None]:
+    """Read the trainer's output to its end, handing each progress line to `on_event` (other
+    lines are skipped): (its `done` event, its last error message), each None when it sent none.
+    Every launcher reads its trainer's output through this (`service.ray_jobs` too)."""
+    done: DoneEvent | None = None
+    error: str | None = None
+    async for raw in lines:
+        event = decode_event(raw)
+        if isinstance(event, DoneEvent):
+            done = event
+        elif isinstance(event, ErrorEvent):
+            error = event.message
+        if event is not None and on_event is not None:
+            await on_event(event)
+    return done, error
 
 
 async def run_trainer(
@@ -51,19 +70,10 @@ async def run_trainer(
             *module, "trainer", *args,
             stdout=asyncio.subprocess.PIPE, stderr=stderr, limit=1 << 20, start_new_session=True,
         )  # fmt: skip
-        done: DoneEvent | None = None
-        error: str | None = None
         try:
             async with asyncio.timeout(timeout):
                 assert proc.stdout is not None
-                async for raw in proc.stdout:
-                    event = decode_event(raw)
-                    if isinstance(event, DoneEvent):
-                        done = event
-                    elif isinstance(event, ErrorEvent):
-                        error = event.message
-                    if event is not None and on_event is not None:
-                        await on_event(event)
+                done, error = await follow_events(proc.stdout, on_event)
                 await proc.wait()
         except TimeoutError:
             await stop(proc, grace)

@@ -257,6 +257,15 @@ class RunSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
         )
 
 
+# --- a run's place at the shared artifact location (`launcher.artifacts_url`)
+
+ARTIFACT_SNAPSHOT, ARTIFACT_PARENT = "snapshot", "parent"
+ARTIFACT_ADAPTER, ARTIFACT_REWARD_MODEL = "adapter", "reward_model"
+"""The directories of a run's place `URL/`: the service puts the snapshot and the parent adapter
+there (`service.launchers`), the trainer (`trainer.artifacts`) puts back the adapter and the reward
+model; the spec there (`URL/spec.json`) names them by these relative paths."""
+
+
 # --- the trainer's progress lines
 
 

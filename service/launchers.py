@@ -3,8 +3,9 @@ per project; each set up in the `launcher` settings).
 
 - `local`: a subprocess of the service (`service.trainer_process`).
 - `accelerate`: `accelerate launch [--config_file F] [args] -m trainer run ...` on this host: DDP,
-  FSDP or DeepSpeed over its GPUs (or `--num_processes 2 --cpu`), rank 0 reporting progress and
-  writing the adapter. Same subprocess handling as `local`; its signals reach every worker.
+  FSDP or DeepSpeed over its GPUs (on CPU, `--multi_gpu --num_processes 2` runs two processes
+  over gloo; `--cpu` runs one), rank 0 reporting progress and writing the adapter. Same
+  subprocess handling as `local`; its signals reach every worker.
 - `ray`: a Ray job on an existing cluster (`service.ray_jobs`).
 
 Whichever runs it, the run gets the same things: the trainer's progress lines as they come, its
@@ -29,13 +30,19 @@ from pathlib import Path
 import fsspec
 import msgspec
 
-from formats.run import DoneEvent, RunSpec, TrainerEvent
+from formats.run import (
+    ARTIFACT_ADAPTER,
+    ARTIFACT_PARENT,
+    ARTIFACT_REWARD_MODEL,
+    ARTIFACT_SNAPSHOT,
+    DoneEvent,
+    RunSpec,
+    TrainerEvent,
+)
 from service.config import LauncherSettings, Settings
+from service.durable_files import fsync_dir, fsync_tree
 from service.ray_jobs import run_ray_job
 from service.trainer_process import TrainerFailed, run_trainer
-
-SNAPSHOT, PARENT, ADAPTER, REWARD_MODEL = "snapshot", "parent", "adapter", "reward_model"
-"""The names in a run's place at the artifact location (as `trainer/artifacts.py` reads them)."""
 
 
 async def launch_training(
@@ -117,14 +124,14 @@ class ArtifactPlace:
             if self.fs.exists(self.root):  # left by an attempt that crashed mid-copy
                 self.fs.rm(self.root, recursive=True)
             self.fs.makedirs(self.root, exist_ok=True)
-            self.fs.put(f"{spec.snapshot_dir}/", f"{self.root}/{SNAPSHOT}", recursive=True)
+            self.fs.put(f"{spec.snapshot_dir}/", f"{self.root}/{ARTIFACT_SNAPSHOT}", recursive=True)
             if spec.parent_adapter:
-                self.fs.put(f"{spec.parent_adapter}/", f"{self.root}/{PARENT}", recursive=True)
+                self.fs.put(f"{spec.parent_adapter}/", f"{self.root}/{ARTIFACT_PARENT}", recursive=True)
             reward = spec.reward_model
             staged = msgspec.structs.replace(
-                spec, snapshot_dir=SNAPSHOT, output_dir=ADAPTER,
-                parent_adapter=PARENT if spec.parent_adapter else None,
-                reward_model=None if reward is None else msgspec.structs.replace(reward, output_dir=REWARD_MODEL),
+                spec, snapshot_dir=ARTIFACT_SNAPSHOT, output_dir=ARTIFACT_ADAPTER,
+                parent_adapter=ARTIFACT_PARENT if spec.parent_adapter else None,
+                reward_model=None if reward is None else msgspec.structs.replace(reward, output_dir=ARTIFACT_REWARD_MODEL),
             )  # fmt: skip
             self.fs.pipe_file(f"{self.root}/spec.json", msgspec.json.encode(staged))
         except OSError as exc:
@@ -134,10 +141,11 @@ class ArtifactPlace:
 
     def download(self, spec: RunSpec) -> None:
         """The trained adapter to `spec.output_dir`, the reward model (if one was trained) to its
-        directory: each copied beside its place, then renamed into it."""
-        outputs = [(ADAPTER, Path(spec.output_dir))]
-        if spec.reward_model is not None and self.fs.isdir(f"{self.root}/{REWARD_MODEL}"):
-            outputs.append((REWARD_MODEL, Path(spec.reward_model.output_dir)))
+        directory: each copied beside its place, made durable, then renamed into it (as the
+        trainer writes them when it runs here)."""
+        outputs = [(ARTIFACT_ADAPTER, Path(spec.output_dir))]
+        if spec.reward_model is not None and self.fs.isdir(f"{self.root}/{ARTIFACT_REWARD_MODEL}"):
+            outputs.append((ARTIFACT_REWARD_MODEL, Path(spec.reward_model.output_dir)))
         for name, target in outputs:
             partial = target.with_name(f".{target.name}.download")
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -147,7 +155,9 @@ class ArtifactPlace:
             except OSError as exc:
                 shutil.rmtree(partial, ignore_errors=True)
                 raise TrainerFailed(f"cannot fetch the trained {name} from {self.url}: {exc}") from exc
+            fsync_tree(partial)
             os.replace(partial, target)
+            fsync_dir(target.parent)
 
     def remove(self) -> None:
         """Delete the run's place (best effort: a location gone away keeps its copy)."""

@@ -24,12 +24,19 @@ from pathlib import Path
 
 import msgspec
 
-from formats.run import DoneEvent, RunSpec, TrainerEvent
+from formats.run import (
+    ARTIFACT_ADAPTER,
+    ARTIFACT_PARENT,
+    ARTIFACT_REWARD_MODEL,
+    ARTIFACT_SNAPSHOT,
+    DoneEvent,
+    RunSpec,
+    TrainerEvent,
+)
 from trainer.errors import SpecError
 from trainer.progress import Progress
 
-INPUTS = ("snapshot", "parent")
-ADAPTER, REWARD_MODEL = "adapter", "reward_model"
+INPUTS = (ARTIFACT_SNAPSHOT, ARTIFACT_PARENT)
 
 
 class HeldDone(Progress):
@@ -72,7 +79,9 @@ def run_from(url: str, progress: Progress) -> None:
         run(spec, held)
         if not is_main_process() or held.done is None:
             return
-        fs.put(str(local / ADAPTER) + "/", f"{root}/{ADAPTER}", recursive=True)
-        if (local / REWARD_MODEL).is_dir():
-            fs.put(str(local / REWARD_MODEL) + "/", f"{root}/{REWARD_MODEL}", recursive=True)
-        progress.send(msgspec.structs.replace(held.done, adapter_dir=f"{url}/{ADAPTER}"))
+        fs.put(str(local / ARTIFACT_ADAPTER) + "/", f"{root}/{ARTIFACT_ADAPTER}", recursive=True)
+        if (local / ARTIFACT_REWARD_MODEL).is_dir():
+            fs.put(
+                str(local / ARTIFACT_REWARD_MODEL) + "/", f"{root}/{ARTIFACT_REWARD_MODEL}", recursive=True
+            )
+        progress.send(msgspec.structs.replace(held.done, adapter_dir=f"{url}/{ARTIFACT_ADAPTER}"))

@@ -24,7 +24,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import secrets
@@ -65,11 +64,6 @@ class DemoOptions:
     """Share of thumbs that are a coin flip instead of the user's real opinion."""
     flood_share: float = 0.1
     """Share of requests sent by the one flooding user, who thumbs every answer the wrong way."""
-    train_steps: int = 60
-    """Optimizer steps (batch 16) of each adapter run. 60 go about 4.6 times over the first run's
-    ~200 training examples; tests/test_loop_e2e.py takes 40 (3 times: v1 still followed the
-    uppercase instruction on 100% of answers, v2 the polite one, 2026-12-01): 2.2 s less trainer
-    CPU in the first run, 0.6 s in the second (measured alone; its ~8 s of imports dominate)."""
     vllm_url: str | None = None
     """Use this vLLM server (serving `model_dir` as "tiny", runtime LoRA on) instead of starting one."""
     model_dir: Path | None = None
@@ -265,7 +259,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
             "RATCHET_TRAINING__SIGNAL_CHECK_SECONDS": "1", "RATCHET_TRAINING__CANARY_CHECK_SECONDS": "1",
             "RATCHET_TRAINING__RECONCILE_SECONDS": "30", "RATCHET_TRAINING__CONTINUE_FROM_CHAMPION": "true",
             "RATCHET_TRAINING__EVAL_MAX_EXAMPLES": "120", "RATCHET_TRAINING__EVAL_PREFERENCE_AGREEMENT": "false",
-            "RATCHET_TRAINING__SPEC_OVERRIDES": json.dumps({"optim": {"max_steps": options.train_steps}}),
+            "RATCHET_TRAINING__SPEC_OVERRIDES": '{"optim": {"max_steps": 60}}',
             "RATCHET_ONLINE_GATE__MIN_RATINGS": "40", "RATCHET_ONLINE_GATE__MIN_LIFT": "0.1",
             "RATCHET_ONLINE_GATE__GUARD_MIN_REQUESTS": "40", "RATCHET_ONLINE_GATE__MAX_RATINGS": "600",
             "RATCHET_ONLINE_GATE__MAX_RATINGS_PER_USER": "10", "RATCHET_SNAPSHOT__MAX_USER_SHARE": "0.05",

@@ -27,6 +27,7 @@ _BY_ERROR_CODE: dict[str | None, type[errors.RatchetError]] = {
     "adapter_load_failed": errors.AdapterLoadFailed,
     "store_unavailable": errors.StoreUnavailable,
     "store_out_of_memory": errors.StoreOutOfMemory,
+    "archive_unavailable": errors.ArchiveUnavailable,
 }
 
 

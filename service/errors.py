@@ -68,6 +68,10 @@ class StoreOutOfMemory(StoreUnavailable):
     """A query needed more memory than `database.memory_limit_mib` allows, even spilling to disk."""
 
 
+class ArchiveUnavailable(StoreUnavailable):
+    """An archive file the id look-up names cannot be read (removed, or its storage is away)."""
+
+
 class AdapterLoadFailed(RatchetError):
     """An adapter could not be loaded on the vLLM replicas (refused by a check or by vLLM, no room,
     replicas unreachable); the champion keeps serving."""

@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from formats.snapshot import iter_rows
 from service.capture import Capture
 from service.config import SnapshotSettings
-from service.errors import NotFound
+from service.errors import ArchiveUnavailable, NotFound
 from service.metrics import Metrics
 from service.store.archive import Archive
 from service.store.db import Database
@@ -42,7 +42,7 @@ from tests.fixtures.server import RatchetProcess, wait_for
 from tests.test_erasure import PERSON, SECRET, cut_snapshot, everything_in_store, files_holding, person_log
 from tests.test_import_export import run as run_cli
 from tests.test_otlp_traces import exporter, semconv_span
-from tests.test_snapshot import NOW, Feed
+from tests.test_snapshot import NOW, T0, Feed
 
 SETTINGS = SnapshotSettings(scrub_pii=False, holdout_fraction=0.25, min_user_cap=1000)
 
@@ -201,6 +201,19 @@ def test_the_id_look_up_reads_only_the_file_holding_the_log_and_follows_moves_er
         if other.path != file.path:
             (lake / f"{other.path}.away").rename(lake / other.path)
 
+    # The file holding the log gone too: a point read names it (503), ingest goes on and the
+    # look-up alone keeps the re-sent id a duplicate.
+    (lake / file.path).rename(lake / f"{file.path}.away")
+    with pytest.raises(ArchiveUnavailable, match=re.escape(file.path)):
+        queries.get_log("p", wanted)
+    writer = GroupCommitWriter(db, Metrics(), max_batch_rows=100, max_queue_rows=1000, archive=archive)
+    writer.start()
+    try:
+        assert writer.write_sync("logs", [log_row(wanted), log_row("log-fresh-2")]) == [False, True]
+    finally:
+        writer.stop()
+    (lake / f"{file.path}.away").rename(lake / file.path)
+
     # Erasure rewrites the files; the look-up follows, in memory and as stored in the manifest.
     def archived_users() -> dict[str, str]:
         with db.reading() as cur:
@@ -225,6 +238,33 @@ def test_the_id_look_up_reads_only_the_file_holding_the_log_and_follows_moves_er
 def log_row(log_id: str) -> Any:
     log = chat_log(log_id, [{"role": "user", "content": "again"}], "same id", created_at=NOW, end_user="u9")
     return Capture.log_row("p", log, log_id, NOW, "api")
+
+
+def test_late_feedback_and_evaluations_find_their_archived_log(db: Database, tmp_path: Path) -> None:
+    """The version that answered an archived log (for the feedback metrics' `adapter` label) and
+    the log an OTLP evaluation names by span alone are found in the archive, as in the table."""
+    fill(db, n=8)
+    otel = [chat_log(f"span-log-{i}", [{"role": "user", "content": f"q{i}"}], f"a{i}", created_at=NOW,
+                     end_user=f"u{i}", adapter=f"p@v{5 + i}", metadata={"otel": {"trace_id": f"t{i}", "span_id": f"s{i}"}})
+            for i in range(2)]  # fmt: skip
+    feed = Feed(db)
+    feed.writer.write_sync("logs", [Capture.log_row("p", log, log.id, T0, "otlp") for log in otel])
+    feed.writer.stop()
+    archive = Archive(db, str(tmp_path / "lake"), file_rows=5)
+    queries = Queries(db, archive)
+    with db.reading() as cur:
+        hot_ids = [
+            i for (i,) in cur.execute("SELECT id FROM logs WHERE source = 'api' ORDER BY id").fetchall()
+        ]
+    wanted = [hot_ids[0], "span-log-1", "log-99999"]
+    spans = [("t0", "s0"), ("t1", "s1"), ("t1", "s0"), ("t9", "s9")]
+    hot = (queries.log_adapters("p", wanted), queries.logs_of_spans("p", spans))
+    assert hot == (
+        {hot_ids[0]: "p@v1", "span-log-1": "p@v6"},
+        {("t0", "s0"): ("span-log-0", "u0"), ("t1", "s1"): ("span-log-1", "u1")},
+    )
+    assert archive_all(archive, datetime(2030, 1, 1)) == 10 and hot_logs(db) == 0
+    assert (queries.log_adapters("p", wanted), queries.logs_of_spans("p", spans)) == hot
 
 
 def test_erasure_and_retention_rewrite_the_archive_files(db: Database, tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ STATUS: dict[type[errors.RatchetError], tuple[int, str]] = {
     errors.Conflict: (409, "conflict"),
     errors.WriterSaturated: (429, "writer_saturated"),
     errors.StoreOutOfMemory: (503, "store_out_of_memory"),  # before its base class
+    errors.ArchiveUnavailable: (503, "archive_unavailable"),  # before its base class
     errors.StoreUnavailable: (503, "store_unavailable"),
     errors.AdapterLoadFailed: (502, "adapter_load_failed"),
     errors.UpstreamRejected: (400, "upstream_rejected"),

@@ -63,6 +63,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from service.durable_files import fsync_dir
+from service.errors import ArchiveUnavailable
 from service.store.archive_index import ArchiveIndex, id_hashes
 from service.store.db import Database, sql_string
 from service.store.rows import LOG_SCHEMA
@@ -206,7 +207,8 @@ class Archive:
 
     def get_log(self, project: str, log_id: str, columns: str) -> tuple[Any, ...] | None:
         """`columns` of the archived log `log_id` of `project`, or None: the file the index
-        names, one row group of it (the file is sorted by id). An id not archived reads nothing."""
+        names, one row group of it (the file is sorted by id). An id not archived reads nothing.
+        `ArchiveUnavailable` if that file cannot be read."""
         paths = self.index.candidates(project, [log_id])
         if not paths:
             return None
@@ -215,14 +217,18 @@ class Archive:
             if not files:
                 return None
             names = ", ".join(LOG_SCHEMA.names)
-            return cur.execute(  # type: ignore[no-any-return]
-                f"SELECT {columns} FROM (SELECT {names} FROM {self.source(files)} WHERE id = $id) LIMIT 1",
-                {"id": log_id},
-            ).fetchone()
+            with self._reading(files):
+                return cur.execute(  # type: ignore[no-any-return]
+                    f"SELECT {columns} FROM (SELECT {names} FROM {self.source(files)} WHERE id = $id) LIMIT 1",
+                    {"id": log_id},
+                ).fetchone()
 
     def archived(self, project: str, log_ids: list[str]) -> set[str]:
         """Those of `log_ids` that `project` has archived: the index names the files, and the
-        ids are confirmed there (a hash can collide), so an id not archived costs no read."""
+        ids are confirmed there (a hash can collide), so an id not archived costs no read. A file
+        that cannot be read is not confirmed: its ids the index names count as archived (a
+        re-sent log stays a duplicate and ingest goes on; a new id wrongly held back needs a
+        64-bit hash collision)."""
         paths = self.index.candidates(project, log_ids)
         if not paths:
             return set()
@@ -230,15 +236,20 @@ class Archive:
         with self._db.reading() as cur:
             for file in self.files(cur, project):
                 if (ids := paths.get(file.path)) is not None:
-                    rows = cur.execute(
-                        f"SELECT id FROM {self.source([file])} WHERE id IN (SELECT unnest($ids))",
-                        {"ids": ids},
-                    ).fetchall()
+                    try:
+                        rows = cur.execute(
+                            f"SELECT id FROM {self.source([file])} WHERE id IN (SELECT unnest($ids))",
+                            {"ids": ids},
+                        ).fetchall()
+                    except duckdb.IOException as exc:
+                        log.error("archive file %s cannot be read, its look-up decides: %s", file.path, exc)
+                        rows = [(i,) for i in ids]
                     found.update(i for (i,) in rows)
         return found
 
     def received_at(self, project: str, log_ids: list[str]) -> dict[str, datetime]:
-        """When the archived logs among `log_ids` were received (those not archived are absent)."""
+        """When the archived logs among `log_ids` were received (those not archived are absent).
+        `ArchiveUnavailable` if a file holding one cannot be read."""
         if not log_ids:
             return {}
         paths = self.index.candidates(project, log_ids)
@@ -246,11 +257,23 @@ class Archive:
             files = [f for f in self.files(cur, project) if f.path in paths]
             if not files:
                 return {}
-            rows = cur.execute(
-                f"SELECT id, received_at FROM {self.source(files)} WHERE project = $p AND id IN (SELECT unnest($ids))",
-                {"p": project, "ids": log_ids},
-            ).fetchall()
+            with self._reading(files):
+                rows = cur.execute(
+                    f"SELECT id, received_at FROM {self.source(files)} WHERE project = $p AND id IN (SELECT unnest($ids))",
+                    {"p": project, "ids": log_ids},
+                ).fetchall()
         return dict(rows)
+
+    @contextlib.contextmanager
+    def _reading(self, files: list[ArchiveFile]) -> Iterator[None]:
+        """DuckDB's error for a file gone or unreadable as `ArchiveUnavailable`, naming them."""
+        try:
+            yield
+        except duckdb.IOException as exc:
+            names = ", ".join(f.path for f in files)
+            raise ArchiveUnavailable(
+                f"archive file(s) {names} under {self.root} cannot be read: {exc}"
+            ) from exc
 
     # --- moving
 

@@ -188,12 +188,18 @@ class Queries:
 
     def log_adapters(self, project: str, log_ids: list[str]) -> dict[str, str | None]:
         """The adapter that answered each of these logs of the project (None: the app named
-        none), by log id; logs not stored are left out. One point read per id."""
+        none), by log id; logs not stored are left out. One point read per id: in the DuckDB
+        file, then in the archive for those not there (late feedback on an archived log keeps
+        its version in the metrics; an id the archive's look-up does not know opens no file)."""
         found: dict[str, str | None] = {}
         with self._db.reading() as cur:
             for log_id in log_ids:
                 row = cur.execute(ADAPTER_BY_LOG_ID, [log_id, project]).fetchone()
                 if row is not None:
+                    found[log_id] = row[0]
+        if self._archive is not None:
+            for log_id in log_ids:
+                if log_id not in found and (row := self._archive.get_log(project, log_id, "adapter")):
                     found[log_id] = row[0]
         return found
 
@@ -202,18 +208,15 @@ class Queries:
     ) -> dict[tuple[str, str], tuple[str, str | None]]:
         """The project's logs stored from these OTLP spans ((trace id, span id), as kept in
         `metadata.otel`): (log id, end user) by span. Scans the project's OTLP logs (no index
-        holds span ids): it serves only evaluations that name their target by span alone."""
-        if not spans:
-            return {}
+        holds span ids), then the archive's for the spans not found there (late evaluations
+        only): it serves only evaluations that name their target by span alone."""
         wanted = set(spans)
         with self._db.reading() as cur:
-            rows = cur.execute(
-                "SELECT json_extract_string(metadata, '$.otel.trace_id'), json_extract_string(metadata, '$.otel.span_id'),"
-                " id, end_user FROM logs WHERE project = ? AND source = 'otlp'"
-                " AND json_extract_string(metadata, '$.otel.span_id') IN (SELECT unnest(?))",
-                [project, sorted({span for _, span in spans})],
-            ).fetchall()
-        return {(t, s): (log_id, user) for t, s, log_id, user in rows if (t, s) in wanted}
+            found = _logs_of_spans(cur, "logs", project, wanted)
+            missing = wanted - found.keys()
+            if missing and self._archive is not None and (archived := self._archive.relation(cur, project)):
+                found |= _logs_of_spans(cur, f"({archived})", project, missing)
+        return found
 
     def find_feedback(self, project: str, feedback_id: str) -> tuple[str, str]:
         """(log id, end user) of the feedback row an item id belongs to (the row's own id or any
@@ -359,3 +362,17 @@ class Queries:
 
 def _rate(up: int, down: int) -> float | None:
     return up / (up + down) if up + down else None
+
+
+def _logs_of_spans(
+    cur: duckdb.DuckDBPyConnection, relation: str, project: str, spans: set[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[str, str | None]]:
+    if not spans:
+        return {}
+    rows = cur.execute(
+        "SELECT json_extract_string(metadata, '$.otel.trace_id'), json_extract_string(metadata, '$.otel.span_id'),"
+        f" id, end_user FROM {relation} WHERE project = ? AND source = 'otlp'"
+        " AND json_extract_string(metadata, '$.otel.span_id') IN (SELECT unnest(?))",
+        [project, sorted({span for _, span in spans})],
+    ).fetchall()
+    return {(t, s): (log_id, user) for t, s, log_id, user in rows if (t, s) in spans}

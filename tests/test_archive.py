@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from formats.snapshot import iter_rows
 from service.capture import Capture
 from service.config import SnapshotSettings
-from service.errors import ArchiveUnavailable, NotFound
+from service.errors import ArchiveUnavailable, NotFound, StoreUnavailable
 from service.metrics import Metrics
 from service.store.archive import Archive
 from service.store.db import Database
@@ -212,6 +212,8 @@ def test_the_id_look_up_reads_only_the_file_holding_the_log_and_follows_moves_er
         assert writer.write_sync("logs", [log_row(wanted), log_row("log-fresh-2")]) == [False, True]
     finally:
         writer.stop()
+    with pytest.raises(StoreUnavailable, match=re.escape(file.path)):  # a 503, not a 500
+        export_lines(db, archive)
     (lake / f"{file.path}.away").rename(lake / file.path)
 
     # Erasure rewrites the files; the look-up follows, in memory and as stored in the manifest.

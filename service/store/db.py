@@ -167,10 +167,10 @@ class Database:
     @contextmanager
     def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A cursor for a read, closed afterwards. `StoreOutOfMemory` if a query needed more
-        than the memory limit."""
+        than the memory limit, `StoreUnavailable` if a file it reads cannot be read."""
         cur = self.cursor()
         try:
-            with self.memory_errors():
+            with self.store_errors():
                 yield cur
         finally:
             cur.close()
@@ -180,7 +180,7 @@ class Database:
         """A cursor inside BEGIN/COMMIT; rolled back if the block raises."""
         cur = self.cursor()
         try:
-            with self.memory_errors():
+            with self.store_errors():
                 cur.execute("BEGIN")
                 try:
                     yield cur
@@ -192,10 +192,15 @@ class Database:
             cur.close()
 
     @contextmanager
-    def memory_errors(self) -> Iterator[None]:
-        """DuckDB's out-of-memory error as `StoreOutOfMemory`, naming the limit and the setting."""
+    def store_errors(self) -> Iterator[None]:
+        """DuckDB's out-of-memory error as `StoreOutOfMemory`, naming the limit and the setting;
+        a file it cannot read (an archive file removed, or its storage away) as `StoreUnavailable`."""
         try:
             yield
+        except duckdb.IOException as exc:
+            raise StoreUnavailable(
+                f"a file the store reads cannot be read: {str(exc).splitlines()[0]}"
+            ) from exc
         except duckdb.OutOfMemoryException as exc:
             limit = f"{self.memory_limit_mib} MiB" if self.memory_limit_mib else "its default"
             raise StoreOutOfMemory(

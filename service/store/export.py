@@ -169,7 +169,7 @@ class LogExport:
         self._db = db
         self._cur: duckdb.DuckDBPyConnection | None = db.cursor()
         try:
-            with db.memory_errors():
+            with db.store_errors():
                 self._cur.execute("BEGIN TRANSACTION")
                 if archive is not None:  # archived logs too: `logs` is then table + archive
                     archive.shadow_logs(self._cur, project)
@@ -194,7 +194,7 @@ class LogExport:
 
     def __iter__(self) -> Iterator[bytes]:
         try:
-            with self._db.memory_errors():
+            with self._db.store_errors():
                 yield from self._bytes()
         except (GeneratorExit, StoreOutOfMemory):
             raise

@@ -4,7 +4,8 @@ model and copied for each new project.
 Writing one runs `python -m trainer null-adapter`, which imports torch, transformers and PEFT
 (~8 s of CPU and a few hundred MB for every new project, measured on the 2-core box). Its
 content depends only on the base model's path and architecture (its `config.json`): the trainer
-draws LoRA A from a fixed seed and B is zero. So the first one for a base model is kept under
+draws LoRA A from a fixed seed and B is zero, at its default rank and target modules (the service
+names neither; a key would have to if it did). So the first one for a base model is kept under
 `<data_dir>/null-adapters/<key>` (the key hashes the base's resolved path and `config.json`, so
 a different model put at the same path gets its own) and each project's `v0` is a copy of it.
 
@@ -40,7 +41,7 @@ def cache_key(base_model: str) -> str:
     return digest.hexdigest()[:16]
 
 
-async def write_null_adapter(data_dir: str | os.PathLike[str], base_model: str, out: Path) -> None:
+async def place_null_adapter(data_dir: str | os.PathLike[str], base_model: str, out: Path) -> None:
     """Write `base_model`'s null adapter at `out` (absent, or an empty directory), from the cache,
     running the trainer first when the cache lacks it. `TrainerFailed` when the trainer cannot
     write it (a base model that is not there, say); `out` then does not appear."""

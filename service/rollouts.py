@@ -29,7 +29,7 @@ from service.clock import utcnow
 from service.config import Settings
 from service.errors import AdapterLoadFailed, Conflict, InvalidInput, NotFound
 from service.metrics import Metrics
-from service.null_adapters import write_null_adapter
+from service.null_adapters import place_null_adapter
 from service.store.serving import AdapterRecord, Event, Serving
 from service.trainer_process import TrainerFailed
 
@@ -97,7 +97,7 @@ class Rollouts:
         if not (path / "adapter_config.json").exists():
             try:
                 async with self._null_adapter_locks.setdefault(base_model, asyncio.Lock()):
-                    await write_null_adapter(self.settings.data_dir, base_model, path)
+                    await place_null_adapter(self.settings.data_dir, base_model, path)
             except TrainerFailed as exc:
                 raise AdapterLoadError(f"could not write {name}'s null adapter: {exc.message}") from exc
         now = utcnow()

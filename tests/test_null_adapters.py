@@ -11,7 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
-from service.null_adapters import CACHE_DIR, _keep, cache_key, write_null_adapter
+from service.null_adapters import CACHE_DIR, _keep, cache_key, place_null_adapter
 
 FILES = ["adapter_config.json", "adapter_model.safetensors", "manifest.json"]
 
@@ -25,7 +25,7 @@ def test_v0_is_a_copy_of_the_base_models_cached_null_adapter(
 
     for project in ("a", "b"):
         out = tmp_path / "data" / "adapters" / project / "v0"
-        asyncio.run(write_null_adapter(tmp_path / "data", str(tiny_model_dir), out))
+        asyncio.run(place_null_adapter(tmp_path / "data", str(tiny_model_dir), out))
         assert (out / "marker").read_text() == "from the cache"
         assert filecmp.cmpfiles(random_adapters.null, out, FILES, shallow=False) == (FILES, [], [])
         assert out.stat().st_mode & 0o755 == 0o755  # vLLM (another user, a container) reads it

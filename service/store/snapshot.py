@@ -60,6 +60,7 @@ from formats.snapshot import (
     snapshot_sha256,
 )
 from service.config import FeedbackSettings, SnapshotSettings
+from service.durable_files import fsync_tree
 from service.pii import Scrubber, scrubber_for
 from service.store.archive import Archive
 from service.store.db import Database, rowid_ranges
@@ -190,7 +191,7 @@ def export_snapshot(
         until=until or now,
     )
     (tmp / MANIFEST).write_bytes(msgspec.json.format(msgspec.json.encode(manifest)))
-    _fsync_dir_files(tmp)
+    fsync_tree(tmp)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
@@ -499,14 +500,3 @@ def _example(
         signals=signals or None,
     )
     return row, scrubbed
-
-
-def _fsync_dir_files(directory: Path) -> None:
-    for path in directory.iterdir():
-        with open(path, "rb") as fh:
-            os.fsync(fh.fileno())
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

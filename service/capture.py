@@ -23,7 +23,7 @@ from formats.chat import ShapeError
 from formats.log import NormalizedLog, normalize
 from service.clock import to_utc, utcnow
 from service.domain import CaptureResult, FeedbackBatchIn, FeedbackIn, ItemResult, LogBatchIn, LogIn
-from service.errors import InvalidInput, WriterSaturated
+from service.errors import InvalidInput, NestedTooDeeply, WriterSaturated
 from service.metrics import Metrics
 from service.store.rows import WITHDRAW, FeedbackRow, LogRow, UpstreamFailureRow, normalized_columns
 from service.store.writer import GroupCommitWriter
@@ -94,6 +94,43 @@ def _decoder(type_: type) -> msgspec.json.Decoder[Any]:
 
 
 def _decode_one_or_batch(body: bytes, key: str, one: type, batch: type) -> list[Any]:
+    try:
+        try:
+            return _decode_items(body, key, one, batch)
+        except msgspec.DecodeError:
+            repaired = without_lone_surrogates(body)
+            if repaired is body:
+                raise
+            return _decode_items(repaired, key, one, batch)
+    except RecursionError:
+        raise NestedTooDeeply() from None
+
+
+def without_lone_surrogates(body: bytes) -> bytes:
+    """`body` with each `\\uXXXX` escape of half a surrogate pair replaced by `\\ufffd` (U+FFFD,
+    the replacement character), or `body` itself if it has none. JSON's grammar allows such
+    escapes but they name no character (RFC 8259 section 8.2), and msgspec refuses the whole body:
+    Python's `json.dumps` writes one for an emoji cut in half, so one truncated string would cost
+    its whole batch."""
+    if b"\\u" not in body:
+        return body
+    repaired = _ESCAPE.sub(_replace_lone_surrogate, body)
+    return body if repaired == body else repaired
+
+
+# An escaped backslash (`\\` in the JSON text) is matched whole, so in `\\ud83d` (a backslash, then the
+# text `ud83d`) nothing is replaced.
+_ESCAPE = re.compile(
+    rb"\\\\|\\u[dD][89abAB][0-9a-fA-F]{2}(?:\\u[dD][c-fC-F][0-9a-fA-F]{2})?|\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
+
+
+def _replace_lone_surrogate(m: re.Match[bytes]) -> bytes:
+    escape = m.group()
+    return escape if len(escape) in (2, 12) else b"\\ufffd"
+
+
+def _decode_items(body: bytes, key: str, one: type, batch: type) -> list[Any]:
     if not body.strip():
         raise InvalidInput("the request body is empty: send JSON", "body")
     try:

@@ -157,7 +157,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
     """Revoke an API key at once. Example: `ratchet keys revoke 3f9a0c12be44`"""
-    k = _client(args).request("POST", f"/v1/keys/{args.key_id}/revoke")
+    k = _client(args).request("POST", "/v1/keys/{}/revoke", args.key_id)
     print(f"key {k['id']} revoked at {k['revoked_at']}")
     return 0
 
@@ -167,7 +167,7 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 
     Example: `ratchet keys rotate 3f9a0c12be44 --grace 3600`
     """
-    r = _client(args).request("POST", f"/v1/keys/{args.key_id}/rotate", json={"grace_seconds": args.grace})
+    r = _client(args).request("POST", "/v1/keys/{}/rotate", args.key_id, json={"grace_seconds": args.grace})
     new = r["key"]
     print(
         f"API key {new['key_id']} replaces {r['replaced_key_id']} (which stops at {r['replaced_key_expires_at']})"
@@ -183,7 +183,7 @@ def cmd_projects_delete(args: argparse.Namespace) -> int:
     """
     if not args.yes:
         raise RatchetError(f"deleting {args.name} deletes all its data, keys and adapters: add --yes")
-    _print_erasure(_client(args).request("DELETE", f"/v1/projects/{args.name}"))
+    _print_erasure(_client(args).request("DELETE", "/v1/projects/{}", args.name))
     return 0
 
 
@@ -192,14 +192,16 @@ def cmd_end_users_erase(args: argparse.Namespace) -> int:
 
     Example: `ratchet end-users erase u-7 --project support-bot`
     """
-    _print_erasure(_client(args).request("DELETE", f"/v1/projects/{args.project}/end-users/{args.end_user}"))
+    _print_erasure(
+        _client(args).request("DELETE", "/v1/projects/{}/end-users/{}", args.project, args.end_user)
+    )
     return 0
 
 
 def cmd_logs_delete(args: argparse.Namespace) -> int:
     """Delete one log with its feedback, and the snapshots holding it. Example: `ratchet logs delete req-42`"""
     params = {"project": args.project} if args.project else {}
-    _print_erasure(_client(args).request("DELETE", f"/v1/logs/{args.log_id}", params=params))
+    _print_erasure(_client(args).request("DELETE", "/v1/logs/{}", args.log_id, params=params))
     return 0
 
 
@@ -216,7 +218,7 @@ def _print_erasure(e: dict[str, Any]) -> None:
 
 def cmd_settings_show(args: argparse.Namespace) -> int:
     """Show a project's settings in effect and what it overrides. Example: `ratchet settings show --project demo`"""
-    s = _client(args).request("GET", f"/v1/projects/{args.project}/settings")
+    s = _client(args).request("GET", "/v1/projects/{}/settings", args.project)
     for name, value in _flatten(s["effective"]).items():
         mark = " (project)" if name in _flatten(s["overrides"]) else ""
         print(f"{name:<40}{msgspec.json.encode(value).decode()}{mark}")
@@ -242,14 +244,14 @@ def cmd_settings_set(args: argparse.Namespace) -> int:
         for section in sections:
             node = node.setdefault(section, {})
         node[leaf] = value
-    _client(args).request("PATCH", f"/v1/projects/{args.project}/settings", json=patch)
+    _client(args).request("PATCH", "/v1/projects/{}/settings", args.project, json=patch)
     return cmd_settings_show(args)
 
 
 def cmd_gate_get(args: argparse.Namespace) -> int:
     """Print a project's offline-gate config (JSON) and which evidence decides. Example: `ratchet gate get --project demo`"""
-    path = f"/v1/projects/{args.project}/gate"
-    g = _client(args).request("GET", path, params={"version": args.version} if args.version else None)
+    params = {"version": args.version} if args.version else None
+    g = _client(args).request("GET", "/v1/projects/{}/gate", args.project, params=params)
     print(f"# version {g['version']}: {g['evidence']}", file=sys.stderr)
     print(msgspec.json.format(msgspec.json.encode(g["config"])).decode())
     return 0
@@ -266,7 +268,7 @@ def cmd_gate_put(args: argparse.Namespace) -> int:
     except msgspec.DecodeError as exc:
         raise RatchetError(f"{args.file} is not JSON: {exc}") from exc
     params = {"expected_version": args.expected_version} if args.expected_version is not None else None
-    g = _client(args).request("PUT", f"/v1/projects/{args.project}/gate", json=config, params=params)
+    g = _client(args).request("PUT", "/v1/projects/{}/gate", args.project, json=config, params=params)
     print(f"project {g['project']}: gate config version {g['version']}; {g['evidence']}")
     return 0
 
@@ -340,7 +342,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     lines = 0
     try:
         with (
-            _client(args).stream("GET", f"/v1/projects/{args.project}/export", params=params) as response,
+            _client(args).stream("GET", "/v1/projects/{}/export", args.project, params=params) as response,
             open(tmp, "wb") as fh,
             tqdm(unit="B", unit_scale=True, desc=f"export {args.project}") as bar,
         ):
@@ -372,7 +374,7 @@ def cmd_adapters_download(args: argparse.Namespace) -> int:
     tmp = out.with_name(f".{out.name}.part")
     try:
         with (
-            _client(args).stream("GET", f"/v1/adapters/{args.name}/download") as response,
+            _client(args).stream("GET", "/v1/adapters/{}/download", args.name) as response,
             open(tmp, "wb") as fh,
         ):
             for chunk in response.iter_bytes():
@@ -390,7 +392,7 @@ def cmd_adapters_download(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     """Show a project's counts and thumbs-up rate per adapter. Example: `ratchet stats --project support-bot`"""
-    stats = _client(args).request("GET", f"/v1/projects/{args.project}/stats")
+    stats = _client(args).request("GET", "/v1/projects/{}/stats", args.project)
     rate = stats["thumbs_up_rate"]
     print(f"project {stats['project']}: {stats['logs']} logs, {stats['feedback']} feedback")
     print(f"  thumbs up/down: {stats['thumbs_up']}/{stats['thumbs_down']}  rate: {_pct(rate)}")
@@ -421,7 +423,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Start a training run now (snapshot, train, offline gate, canary). Example: `ratchet train --project demo`"""
-    run = _client(args).request("POST", f"/v1/projects/{args.project}/runs")
+    run = _client(args).request("POST", "/v1/projects/{}/runs", args.project)
     print(f"run {run['id']} started for {run['project']}; follow it with `ratchet runs --follow`")
     return 0
 
@@ -455,7 +457,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 def cmd_runs_cancel(args: argparse.Namespace) -> int:
     """Cancel a run before its canary: its trainer is stopped, serving is untouched. Example: `ratchet runs cancel run-20261130-101500-ab12`"""
-    run = _client(args).request("POST", f"/v1/runs/{args.run_id}/cancel")
+    run = _client(args).request("POST", "/v1/runs/{}/cancel", args.run_id)
     print(f"run {run['id']} of {run['project']}: {run['state']}")
     return 0
 
@@ -465,8 +467,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     client = _client(args)
     for project in client.request("GET", "/v1/projects"):
         name = project["name"]
-        rollout = client.request("GET", f"/v1/projects/{name}/rollout")
-        stats = client.request("GET", f"/v1/projects/{name}/stats")
+        rollout = client.request("GET", "/v1/projects/{}/rollout", name)
+        stats = client.request("GET", "/v1/projects/{}/stats", name)
         canary = (
             f", canary {rollout['candidate']} at {rollout['fraction']:.0%}" if rollout["candidate"] else ""
         )
@@ -495,27 +497,27 @@ def cmd_adapters_show(args: argparse.Namespace) -> int:
     """One version in full: its directory on the server and the trainer's manifest, as JSON. Example: `ratchet adapters show demo@v3`"""
     import json
 
-    print(json.dumps(_client(args).request("GET", f"/v1/adapters/{args.name}"), indent=2))
+    print(json.dumps(_client(args).request("GET", "/v1/adapters/{}", args.name), indent=2))
     return 0
 
 
 def cmd_adapters_promote(args: argparse.Namespace) -> int:
     """Promote a version to champion. Example: `ratchet adapters promote demo@v3`"""
-    t = _client(args).request("POST", f"/v1/adapters/{args.name}/promote")
+    t = _client(args).request("POST", "/v1/adapters/{}/promote", args.name)
     print(f"{t['kind']}: {t['adapter']}; serving {t['rollout']['champion']}")
     return 0
 
 
 def cmd_adapters_rollback(args: argparse.Namespace) -> int:
     """Roll a canary or champion back. Example: `ratchet adapters rollback demo@v3`"""
-    t = _client(args).request("POST", f"/v1/adapters/{args.name}/rollback")
+    t = _client(args).request("POST", "/v1/adapters/{}/rollback", args.name)
     print(f"{t['kind']}: {t['adapter']}; serving {t['rollout']['champion']}")
     return 0
 
 
 def cmd_rollout_status(args: argparse.Namespace) -> int:
     """What a project serves: champion, rollback target, canary. Example: `ratchet rollout status --project demo`"""
-    r = _client(args).request("GET", f"/v1/projects/{args.project}/rollout")
+    r = _client(args).request("GET", "/v1/projects/{}/rollout", args.project)
     print(f"champion {r['champion']}  previous {r['previous'] or '-'}  "
           f"canary {r['candidate'] or '-'} at {r['fraction']:.0%}")  # fmt: skip
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -42,9 +43,10 @@ class RatchetClient:
     def close(self) -> None:
         self.http.close()
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+    def request(self, method: str, path: str, *ids: str, **kwargs: Any) -> Any:
+        """`path` with each `{}` replaced by the next of `ids` as one path segment (`path_of`)."""
         try:
-            response = self.http.request(method, path, **kwargs)
+            response = self.http.request(method, path_of(path, *ids), **kwargs)
         except httpx.TransportError as exc:
             raise errors.ServerUnreachable(
                 f"cannot reach Ratchet at {self.http.base_url}: {exc}. Is `ratchet serve` running?"
@@ -53,12 +55,27 @@ class RatchetClient:
         return response.json() if response.content else None
 
     @contextmanager
-    def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
-        with self.http.stream(method, path, **kwargs) as response:
+    def stream(self, method: str, path: str, *ids: str, **kwargs: Any) -> Iterator[httpx.Response]:
+        with self.http.stream(method, path_of(path, *ids), **kwargs) as response:
             if response.status_code >= 400:
                 response.read()
                 raise_for_error(response)
             yield response
+
+
+def path_of(template: str, *ids: str) -> str:
+    """`template` with each `{}` replaced by the next id, percent-encoded as one whole path segment
+    (RFC 3986 section 3.3): an id holding `/`, `?`, `#` or `%`, or one that is `.` or `..` (which
+    clients and servers resolve as dot-segments, section 5.2.4), names itself and nothing else.
+    `ratchet end-users erase ..` once deleted the project it was meant to erase a person of."""
+    return template.format(*(_segment(i) for i in ids))
+
+
+def _segment(value: str) -> str:
+    if not value:
+        raise errors.InvalidInput("an id in the path cannot be empty", "id")
+    encoded = quote(value, safe="")
+    return encoded.replace(".", "%2E") if set(value) <= {"."} else encoded
 
 
 def raise_for_error(response: httpx.Response) -> None:

@@ -34,6 +34,19 @@ class InvalidInput(RatchetError):
         self.detail = detail
 
 
+class NestedTooDeeply(InvalidInput):
+    """JSON nested deeper than the decoders' recursion allows: Python's limit of 1,000 frames,
+    less the server's own stack, so a few hundred levels. No OpenAI body comes near it; one that
+    does is refused whole (its items cannot be told apart without reading it)."""
+
+    def __init__(self, where: str = "body") -> None:
+        super().__init__(
+            f"the JSON of the {where} is nested too deeply to read (hundreds of levels of arrays or "
+            "objects): flatten it",
+            where,
+        )
+
+
 class MalformedPayload(InvalidInput):
     """A body in a foreign wire format (OTLP) that cannot be read at all: wrong content type or
     encoding, corrupt compression, not the expected message. OTLP answers these with 400."""

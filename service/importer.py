@@ -44,7 +44,7 @@ from formats.vendor import ExportRow, FeedbackRef, NotInference, VendorError, de
 from service.capture import Rejected, check_log, decode_item
 from service.client import RatchetClient
 from service.domain import FeedbackIn, LogIn
-from service.errors import InvalidInput, WriterSaturated
+from service.errors import InvalidInput, NestedTooDeeply, WriterSaturated
 
 _decode_line = msgspec.json.Decoder(LogLine)
 _encode = msgspec.json.encode
@@ -79,11 +79,11 @@ def detect_format(path: Path) -> str:
     vendor's `detect`), else Ratchet's own."""
     with open(path, "rb") as fh:
         first = next((raw for raw in fh if raw.strip()), b"")
-    if found := detect(first):
-        return found
     try:
+        if found := detect(first):
+            return found
         row = decode_object(first)
-    except VendorError:
+    except (VendorError, RecursionError):  # reading the line again names what is wrong with it
         return "ratchet"
     return next((name for name, module in _VENDORS.items() if module.detect(row)), "ratchet")
 
@@ -100,6 +100,8 @@ def read_line(raw: bytes, lineno: int, fmt: str = "ratchet") -> ExportRow:
         raise InvalidInput(f"line {lineno}: {exc}", f"line {lineno}") from exc
     except msgspec.MsgspecError as exc:
         raise InvalidInput(f"line {lineno}: {exc}", f"line {lineno}") from exc
+    except RecursionError:
+        raise InvalidInput(f"line {lineno}: {NestedTooDeeply('line').message}", f"line {lineno}") from None
 
 
 class Joins:

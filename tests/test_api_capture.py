@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -165,3 +166,20 @@ def test_health_and_readiness(ratchet_server: RatchetProcess) -> None:
     assert ready.status_code == 503 and ready.json()["checks"]["database"] == "ok"
     assert ready.json()["checks"]["vllm http://127.0.0.1:8000"] == "unreachable"
     assert "/v1/logs" in httpx.get(f"{ratchet_server.url}/schema/openapi.json").json()["paths"]
+
+
+def test_a_lone_surrogate_costs_only_its_character(project: tuple[str, httpx.Client]) -> None:
+    """Python's `json.dumps` writes half a surrogate pair for an emoji cut in half; msgspec refuses
+    such a body whole. Each half becomes U+FFFD and the batch is stored; a whole pair, and an escaped
+    backslash before `ud83d` (text, not an escape), stay as they were."""
+    _, c = project
+    cut = chat_log("sur-1", answer="cut \ud83d")
+    low = chat_log("sur-2", answer="low \udc00 end")
+    whole = chat_log("sur-3", answer="whole \U0001f600 and \\\\ud83d as text")
+    body = json.dumps({"logs": [chat_log("sur-0"), cut, low, whole]})  # ensure_ascii: \\u escapes
+    r = c.post("/v1/logs", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 202 and r.json()["accepted"] == 4, r.text
+    answers = [
+        c.get(f"/v1/logs/sur-{i}").json()["response"]["choices"][0]["message"]["content"] for i in range(4)
+    ]
+    assert answers[1:] == ["cut \ufffd", "low \ufffd end", "whole \U0001f600 and \\\\ud83d as text"]

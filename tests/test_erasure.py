@@ -21,6 +21,7 @@ from service import erasure
 from service.app import build_runtime
 from service.auth import mint_key
 from service.capture import Capture
+from service.cli import main
 from service.config import Settings
 from service.domain import Principal, Project
 from service.runtime import Runtime
@@ -436,3 +437,28 @@ def test_a_recorded_deletion_cut_short_is_finished_at_start(start_ratchet: Any, 
         assert cur.execute("SELECT count(*) FROM erasure_jobs").fetchone() == (0,)
         assert cur.execute("SELECT count(*) FROM pending_deletions").fetchone() == (0,)
     db.close()
+
+
+# Ids a person may carry that a URL reads as something else: a dot-segment, a query, a fragment, a
+# separator, an escape. `ratchet end-users erase ..` once deleted the whole project.
+AWKWARD_END_USERS = ["..", ".", "alice?ref=x", "u#1", "org/u1", "a%2Fb", "ann b", "ünï/çødé"]
+
+
+def test_the_cli_erases_exactly_the_named_end_user_whatever_its_id(
+    ratchet_server: RatchetProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = ratchet_server.create_project("awkward")
+    c = ratchet_server.client(key)
+    bystanders = ["alice", "u", "org", "a/b", "ann"]
+    users = AWKWARD_END_USERS + bystanders
+    logs = [person_log(f"aw-{i}", user, f"question of {user}") for i, user in enumerate(users)]
+    assert c.post("/v1/logs", json={"logs": logs}).status_code == 202
+    base = ["--url", ratchet_server.url, "--key", ratchet_server.admin_key]
+    for i, user in enumerate(AWKWARD_END_USERS):
+        assert main([*base, "end-users", "erase", user, "--project", "awkward"]) == 0, user
+        assert "deleted 1 logs" in capsys.readouterr().out, user
+        assert c.get(f"/v1/logs/aw-{i}").status_code == 404, user
+    for i, user in enumerate(bystanders, start=len(AWKWARD_END_USERS)):
+        assert c.get(f"/v1/logs/aw-{i}").json()["end_user"] == user  # the project and they remain
+    assert main([*base, "logs", "delete", "../projects/awkward", "--project", "awkward"]) == 1
+    assert "awkward" in [p["name"] for p in ratchet_server.client().get("/v1/projects").json()]

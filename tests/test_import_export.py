@@ -130,6 +130,7 @@ def test_import_skips_bad_lines_by_file_line_number_or_stops_there(
         json.dumps(good[2]),
         json.dumps({**good[3], "id": "has space"}),  # line 9: an id with a character ids may not hold
         json.dumps(good[3]),
+        '{"id": "deep", "metadata": {"a": ' + "[" * 2000 + "]" * 2000 + "}}",  # line 11: too deep to decode
     ]
     path.write_text("\n".join(lines) + "\n")
     proc = ratchet(ratchet_server, key, "import", str(path), "--stop-on-error")
@@ -144,9 +145,10 @@ def test_import_skips_bad_lines_by_file_line_number_or_stops_there(
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, err
     skipped = [line.split(":")[1] for line in err.splitlines() if ": skipped: " in line]
-    assert skipped == ["2", "3", "6", "7", "9"], err
+    assert skipped == ["2", "3", "6", "7", "9", "11"], err
     assert "rating" in err and "score" in err and "needs the prompt and the answer" in err
-    assert "3 new logs, 0 already there" in out and "5 bad lines skipped (resumed at line 1)" in out, out
+    assert "nested too deeply" in err
+    assert "3 new logs, 0 already there" in out and "6 bad lines skipped (resumed at line 1)" in out, out
     with ratchet_server.client(key) as c:
         stats = c.get("/v1/projects/bad-lines/stats").json()
     assert (stats["logs"], stats["thumbs_up"]) == (4, 4)

@@ -150,6 +150,12 @@ def handle_schema_version(_: Request[Any, Any, Any], exc: SchemaVersionError) ->
     return answer(_, 500, ErrorBody("unsupported_schema_version", str(exc)))
 
 
+def handle_recursion(request: Request[Any, Any, Any], _: RecursionError) -> Response[Any]:
+    """A decoder (msgspec, Litestar's, the OTLP and vendor readers) ran out of recursion: the body
+    nests too deeply, the client's fault to fix, not a 500."""
+    return answer(request, *domain_error(errors.NestedTooDeeply()))
+
+
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return answer(request, 500, INTERNAL)
@@ -162,5 +168,6 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     ValidationException: handle_validation,
     HTTPException: handle_http,
     SchemaVersionError: handle_schema_version,
+    RecursionError: handle_recursion,
     Exception: handle_unexpected,
 }

@@ -28,7 +28,7 @@ from service.api.deps import authenticate
 from service.api.errors import INTERNAL, decode_error, domain_error
 from service.api.gateway import EVENT_STREAM_HEADERS, forward_request
 from service.domain import CaptureResult, Principal
-from service.errors import RatchetError
+from service.errors import NestedTooDeeply, RatchetError
 from service.gateway import Endpoint, GatewayAnswer, GatewayStream
 from service.runtime import Runtime
 
@@ -83,6 +83,9 @@ class FastPath:
             payload = _encode(error)
         except msgspec.MsgspecError as exc:
             status, payload = 422, _encode(decode_error(exc))
+        except RecursionError:  # a body nested too deeply for a decoder (`NestedTooDeeply`)
+            status, error, headers = domain_error(NestedTooDeeply())
+            payload = _encode(error)
         except Exception:
             log.exception("unhandled error on POST %s", scope["path"])
             status, payload = 500, _encode(INTERNAL)
@@ -102,8 +105,10 @@ class FastPath:
             result: GatewayAnswer | GatewayStream = await forward_request(
                 self.runtime, principal, endpoint, body
             )
-        except RatchetError as exc:
-            status, error, headers = domain_error(exc)
+        except (RatchetError, RecursionError) as exc:
+            status, error, headers = domain_error(
+                NestedTooDeeply() if isinstance(exc, RecursionError) else exc
+            )
             extra = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
             await _send_json(send, status, _encode(error), extra)
         except Exception:

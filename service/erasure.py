@@ -143,10 +143,13 @@ async def _erase(
 
 
 def _carry_out(runtime: Runtime, erased: Erased) -> None:
-    """Delete a recorded deletion's files, then its rows."""
+    """Delete a recorded deletion's files, then its rows, then have the writer checkpoint: until
+    then the WAL still holds the deleted rows' text as it was inserted (a newcomer found an erased
+    person's words in `ratchet.duckdb.wal`; a checkpoint otherwise waits for 64 MiB of WAL)."""
     _delete_files(runtime, erased.files)
     if erased.job is not None:
         runtime.erasures.finish(erased.job)
+        runtime.writer.request_checkpoint()
 
 
 def _exports(runtime: Runtime, project: str) -> list[Path]:

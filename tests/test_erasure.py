@@ -88,8 +88,11 @@ def test_erasing_an_end_user_leaves_no_trace(start_ratchet: Any) -> None:
     assert files_holding(snapshot, SECRET), "the snapshot should hold the person's rows before"
     assert SECRET in c.get("/v1/projects/erase/export").text
 
+    wal = server.data_dir / "ratchet.duckdb.wal"
+    assert SECRET.encode() in wal.read_bytes()  # as inserted, until a checkpoint
     r = c.delete(f"/v1/projects/erase/end-users/{PERSON}")
     assert r.status_code == 200, r.text
+    wait_for(lambda: not wal.exists() or SECRET.encode() not in wal.read_bytes(), 10, "a checkpoint")
     answer = r.json()
     assert (answer["logs_deleted"], answer["feedback_deleted"]) == (40, 42)
     assert answer["snapshots_deleted"] == [run]

@@ -265,6 +265,7 @@ def _to_arrow(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
 
 
 _STOP = object()
+_CHECKPOINT = object()
 
 
 class GroupCommitWriter:
@@ -303,6 +304,7 @@ class GroupCommitWriter:
         self._count_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="ratchet-writer", daemon=True)
         self._stopped = False
+        self._checkpoint_wanted = False
         self._cur: duckdb.DuckDBPyConnection | None = None
         self._pending = {table: _Pending(schema) for table, schema in _SCHEMAS.items()}
 
@@ -322,6 +324,13 @@ class GroupCommitWriter:
         self._stopped = True
         self._queue.put(_STOP)
         self._thread.join()
+
+    def request_checkpoint(self) -> None:
+        """Have the writer checkpoint soon (between flushes, as at `checkpoint_wal_mib`) whatever
+        the WAL's size, so that rows just deleted leave the WAL. Thread-safe; does not wait. If
+        an open read defers it, the writer tries again after each flush until it has run."""
+        self._checkpoint_wanted = True
+        self._queue.put(_CHECKPOINT)
 
     @property
     def queued_rows(self) -> int:
@@ -376,6 +385,9 @@ class GroupCommitWriter:
             item = self._queue.get()
             if item is _STOP:
                 break
+            if item is _CHECKPOINT:
+                self._checkpoint_if_due(cur)
+                continue
             ops: list[_Op] = [item]  # type: ignore[list-item]
             rows = len(ops[0].rows)
             # Take whatever else is already waiting, up to the batch size; while only submitted
@@ -392,6 +404,8 @@ class GroupCommitWriter:
                 if item is _STOP:
                     stopping = True
                     break
+                if item is _CHECKPOINT:
+                    continue  # `_checkpoint_wanted` is set: the checkpoint follows this flush
                 ops.append(item)  # type: ignore[arg-type]
                 rows += len(item.rows)  # type: ignore[union-attr]
                 if item.linger_until is None:  # type: ignore[union-attr]
@@ -422,7 +436,7 @@ class GroupCommitWriter:
     def _checkpoint_if_due(self, cur: duckdb.DuckDBPyConnection) -> None:
         """Checkpoint once the WAL is large, between flushes: the requests of the flush that
         crossed the size are already answered, and the stall is measured on its own."""
-        if self._db.wal_bytes() < self._db.checkpoint_wal_bytes:
+        if not self._checkpoint_wanted and self._db.wal_bytes() < self._db.checkpoint_wal_bytes:
             return
         started = time.perf_counter()
         try:
@@ -434,6 +448,7 @@ class GroupCommitWriter:
             self._metrics.write_checkpoints_deferred.inc()
             log.debug("checkpoint deferred: %s", exc)
             return
+        self._checkpoint_wanted = False
         self._metrics.write_checkpoint_seconds.observe(time.perf_counter() - started)
 
     def _commit(self, cur: duckdb.DuckDBPyConnection, ops: list[_Op]) -> dict[int, list[bool]]:

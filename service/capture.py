@@ -195,6 +195,11 @@ def check_feedback(item: FeedbackIn) -> Rejected | None:
             return Rejected(field, f"`{field}` goes with kind `{kind}`")
         if item.kind == kind and not given and kind != "regenerated":
             return Rejected(field, f"kind `{kind}` needs `{field}`")
+    for field in ("correction", "edited_text"):
+        value = getattr(item, field)
+        if isinstance(value, str) and not value.strip():
+            # A blank answer would become a training target that teaches the model to say nothing.
+            return Rejected(field, f"`{field}` is blank: send the answer's text, or null to clear it")
     return None
 
 

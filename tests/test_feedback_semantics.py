@@ -166,20 +166,25 @@ def test_one_bad_feedback_item_costs_only_itself(project: tuple[str, httpx.Clien
         {"log_id": "e", "kind": "edited"},
         "not an object",
         {"log_id": "f", "kind": "copied"},
+        {"log_id": "g", "rating": -1, "correction": " \n\t "},  # a blank answer is no answer
+        {"log_id": "h", "kind": "edited", "edited_text": ""},
     ]
     r = c.post("/v1/feedback", json={"feedback": batch})
     assert r.status_code == 202, r.text
     results = r.json()["results"]
-    assert [x["status"] for x in results] == ["accepted"] + ["rejected"] * 6 + ["accepted"]
-    assert [x.get("field") for x in results[1:7]] == [
+    assert [x["status"] for x in results] == ["accepted"] + ["rejected"] * 6 + ["accepted"] + ["rejected"] * 2
+    assert [x.get("field") for x in results[1:7] + results[8:]] == [
         "feedback[1].rating",
         "feedback[2].score",
         "feedback[3].scor",
         "feedback[4].log_id",
         "feedback[5].edited_text",
         "feedback[6]",
+        "feedback[8].correction",
+        "feedback[9].edited_text",
     ]
-    assert all(x["error"].startswith(x["field"]) for x in results[1:7])
+    assert all(x["error"].startswith(x["field"]) for x in results[1:7] + results[8:])
+    assert "blank" in results[8]["error"] and "null to clear" in results[8]["error"]
     # Nothing taken at all: a 422 whose detail holds every item's result.
     r = c.post("/v1/feedback", json={"feedback": batch[1:3]})
     assert r.status_code == 422 and [x["field"] for x in r.json()["detail"]] == [

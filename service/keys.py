@@ -86,6 +86,11 @@ def rotate_key(runtime: Runtime, principal: Principal, key_id: str, data: KeyRot
     now = utcnow()
     if not old.active(now):
         raise Conflict(f"key {old.id} is revoked or expired: create a new key instead")
+    if old.expires_at is not None:  # only a rotation sets an end: its replacement exists already
+        raise Conflict(
+            f"key {old.id} was already rotated and stops at {old.expires_at:%Y-%m-%d %H:%M:%S} UTC: "
+            "rotate its replacement, or revoke this one to end it now"
+        )
     secret, new = mint_key(old.project, now, old.scopes, name=old.name, rotated_from=old.id)
     ends = now + timedelta(seconds=data.grace_seconds)
     event = _event(new, "key_rotated", principal, at=now, replaced=old.id, grace_seconds=data.grace_seconds)

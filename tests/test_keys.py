@@ -96,6 +96,9 @@ def test_revoke_and_rotate(ratchet_server: RatchetProcess) -> None:
     )
     for secret in (old["api_key"], new["api_key"]):
         assert ratchet_server.client(secret).get(f"/v1/projects/{project}/stats").status_code == 200
+    # Rotating the old one again, in its grace, would move its end and mint a second replacement.
+    again = owner.post(f"/v1/keys/{old['key_id']}/rotate", json={"grace_seconds": 604800})
+    assert again.status_code == 409 and "already rotated" in again.json()["message"], again.text
     wait_for(
         lambda: ratchet_server.client(old["api_key"]).get(f"/v1/projects/{project}/stats").status_code == 401,
         10,

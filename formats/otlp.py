@@ -23,7 +23,6 @@ import base64
 import binascii
 import json
 import re
-import zlib
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -89,24 +88,6 @@ def encoding_of(content_type: str | None) -> Encoding:
     raise PayloadError(
         f"Content-Type {content_type or '(none)'!r} is not OTLP/HTTP: send {PROTOBUF} or {JSON}"
     )
-
-
-def decompress(body: bytes, content_encoding: str | None, limit: int) -> bytes:
-    """The body as sent before `Content-Encoding` (`gzip`, or none/`identity`); raises
-    `PayloadError` for another encoding, a corrupt stream, or more than `limit` bytes inflated."""
-    coding = (content_encoding or "identity").strip().lower()
-    if coding == "identity":
-        return body
-    if coding != "gzip":
-        raise PayloadError(f"Content-Encoding {content_encoding!r} is not supported: send gzip or none")
-    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-    try:
-        data = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise PayloadError(f"the body is not valid gzip: {exc}") from None
-    if len(data) > limit or inflater.unconsumed_tail:
-        raise PayloadError(f"the body inflates to more than {limit} bytes: send smaller batches")
-    return data
 
 
 def parse_request(data: bytes, encoding: Encoding) -> ExportTraceServiceRequest:

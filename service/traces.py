@@ -32,6 +32,7 @@ from typing import Any
 import msgspec
 
 from formats import genai, otlp
+from formats.content_coding import ContentCodingError, decompress
 from service.capture import Capture, Rejected, decode_item
 from service.domain import FeedbackIn, LogIn
 from service.errors import MalformedPayload
@@ -70,9 +71,9 @@ def decode_export(
     """The encoding and spans of an OTLP/HTTP trace export; raises `MalformedPayload` (400)."""
     try:
         encoding = otlp.encoding_of(content_type)
-        data = otlp.decompress(body, content_encoding, max_body_bytes * INFLATE_FACTOR)
+        data = decompress(body, content_encoding, max_body_bytes * INFLATE_FACTOR)
         return encoding, otlp.decode_spans(otlp.parse_request(data, encoding))
-    except otlp.PayloadError as exc:
+    except (otlp.PayloadError, ContentCodingError) as exc:
         raise MalformedPayload(exc.message, "body") from None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import uuid
 from typing import Any
@@ -183,3 +184,24 @@ def test_a_lone_surrogate_costs_only_its_character(project: tuple[str, httpx.Cli
         c.get(f"/v1/logs/sur-{i}").json()["response"]["choices"][0]["message"]["content"] for i in range(4)
     ]
     assert answers[1:] == ["cut \ufffd", "low \ufffd end", "whole \U0001f600 and \\\\ud83d as text"]
+
+
+def test_gzip_bodies_are_read_on_both_ingest_paths(ratchet_server: RatchetProcess) -> None:
+    """`Content-Encoding: gzip` as log shippers send it, on the fast path and on Litestar's route
+    (an admin's `?project=`); a coding Ratchet does not read is a 400 naming it, not a JSON error."""
+
+    key = ratchet_server.create_project("gzipped")
+    c, admin = ratchet_server.client(key), ratchet_server.client()
+    zipped = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    body = gzip.compress(json.dumps({"logs": [chat_log("gz-1"), chat_log("gz-2")]}).encode())
+    assert c.post("/v1/logs", content=body, headers=zipped).json()["accepted"] == 2
+    body = gzip.compress(json.dumps(chat_log("gz-3")).encode())
+    assert admin.post("/v1/logs?project=gzipped", content=body, headers=zipped).status_code == 202
+    feedback = gzip.compress(json.dumps({"log_id": "gz-1", "rating": 1}).encode())
+    assert c.post("/v1/feedback", content=feedback, headers=zipped).status_code == 202
+    assert c.get("/v1/logs/gz-1").json()["feedback"][0]["rating"] == 1
+    assert c.get("/v1/logs/gz-3").status_code == 200
+    r = c.post("/v1/logs", content=body, headers={**zipped, "Content-Encoding": "br"})
+    assert (r.status_code, r.json()["code"]) == (400, "bad_payload") and "'br'" in r.json()["message"]
+    r = c.post("/v1/logs", content=b"not gzip", headers=zipped)
+    assert r.status_code == 400 and "not valid gzip" in r.json()["message"]

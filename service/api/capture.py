@@ -12,13 +12,14 @@ from typing import Any, Literal
 
 from litestar import Request, delete, post
 
+from formats.content_coding import ContentCodingError, decompress
 from service.api.deps import needs, scoped_project
 from service.api.openapi import FeedbackOperation, LogsOperation
 from service.auth import authorize
 from service.capture import decode_feedback, decode_logs
 from service.clock import utcnow
 from service.domain import CaptureResult, FeedbackWithdrawn, Principal
-from service.errors import InvalidInput
+from service.errors import InvalidInput, MalformedPayload
 from service.runtime import Runtime
 
 LogSource = Literal["api", "gateway"]
@@ -38,24 +39,44 @@ def _reject_if_nothing_taken(result: CaptureResult) -> CaptureResult:
 
 
 async def capture_logs(
-    runtime: Runtime, principal: Principal, project: str | None, body: bytes, source: LogSource = "api"
+    runtime: Runtime,
+    principal: Principal,
+    project: str | None,
+    body: bytes,
+    content_encoding: str | None = None,
+    source: LogSource = "api",
 ) -> CaptureResult:
-    """Decode and durably store a `POST /v1/logs` body for the caller's project. `source`
-    `gateway` (a `ratchet gateway` replica shipping its logs) needs an admin key."""
+    """Decode and durably store a `POST /v1/logs` body (gzip or not) for the caller's project.
+    `source` `gateway` (a `ratchet gateway` replica shipping its logs) needs an admin key."""
     name = scoped_project(principal, runtime, project)
     if source != "api":
         authorize(principal, "admin")
-    return _reject_if_nothing_taken(await runtime.capture.write_logs(name, decode_logs(body), source))
+    logs = decode_logs(_inflated(runtime, body, content_encoding))
+    return _reject_if_nothing_taken(await runtime.capture.write_logs(name, logs, source))
 
 
 async def capture_feedback(
-    runtime: Runtime, principal: Principal, project: str | None, body: bytes
+    runtime: Runtime,
+    principal: Principal,
+    project: str | None,
+    body: bytes,
+    content_encoding: str | None = None,
 ) -> CaptureResult:
-    """Decode and durably store a `POST /v1/feedback` body for the caller's project."""
+    """Decode and durably store a `POST /v1/feedback` body (gzip or not) for the caller's project."""
     name = scoped_project(principal, runtime, project)
     may_attribute = principal.is_admin or principal.key_id in runtime.settings.feedback.attributing_keys
-    result = await runtime.capture.write_feedback(name, decode_feedback(body), may_attribute=may_attribute)
+    items = decode_feedback(_inflated(runtime, body, content_encoding))
+    result = await runtime.capture.write_feedback(name, items, may_attribute=may_attribute)
     return _reject_if_nothing_taken(result)
+
+
+def _inflated(runtime: Runtime, body: bytes, content_encoding: str | None) -> bytes:
+    """The JSON under `Content-Encoding`: the same `max_body_bytes` holds for it as for a plain
+    body, so compression changes what crosses the network, not what a request may carry."""
+    try:
+        return decompress(body, content_encoding, runtime.settings.max_body_bytes)
+    except ContentCodingError as exc:
+        raise MalformedPayload(exc.message, "body") from None
 
 
 @post(
@@ -75,7 +96,10 @@ async def post_logs(
     """Store one log or `{"logs": [...]}`. Same `id` twice is one row. Per-item results in order.
     `?source=gateway` (admin keys: a `ratchet gateway` replica's logs) stores them as the
     built-in gateway's."""
-    return await capture_logs(runtime, principal, project, await request.body(), source)
+    body = await request.body()
+    return await capture_logs(
+        runtime, principal, project, body, request.headers.get("content-encoding"), source
+    )
 
 
 @post(
@@ -89,7 +113,8 @@ async def post_feedback(
     request: Request[Any, Any, Any], principal: Principal, runtime: Runtime, project: str | None = None
 ) -> CaptureResult:
     """Store one feedback item or `{"feedback": [...]}`: each updates only the fields it carries."""
-    return await capture_feedback(runtime, principal, project, await request.body())
+    body = await request.body()
+    return await capture_feedback(runtime, principal, project, body, request.headers.get("content-encoding"))
 
 
 @delete(

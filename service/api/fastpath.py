@@ -34,7 +34,7 @@ from service.runtime import Runtime
 
 log = logging.getLogger("ratchet.api")
 
-CaptureRoute = Callable[[Runtime, Principal, str | None, bytes], Awaitable[CaptureResult]]
+CaptureRoute = Callable[[Runtime, Principal, str | None, bytes, str | None], Awaitable[CaptureResult]]
 ROUTES: dict[str, CaptureRoute] = {"/v1/logs": capture_logs, "/v1/feedback": capture_feedback}
 GATEWAY_ROUTES: dict[str, Endpoint] = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
 _encode = msgspec.json.Encoder().encode
@@ -74,9 +74,11 @@ class FastPath:
             return  # the client left before sending its body: nobody to answer
         headers: dict[str, str] = {}
         try:
-            result = await route(
-                self.runtime, authenticate(self.runtime, scope["headers"], "ingest"), None, body
+            principal = authenticate(self.runtime, scope["headers"], "ingest")
+            coding = next(
+                (v.decode("latin-1") for k, v in scope["headers"] if k == b"content-encoding"), None
             )
+            result = await route(self.runtime, principal, None, body, coding)
             status, payload = 202, _encode(result)
         except RatchetError as exc:
             status, error, headers = domain_error(exc)

@@ -17,6 +17,11 @@ from msgspec import Struct
 
 from formats.chat import Tool
 
+UTF8_BOM = b"\xef\xbb\xbf"
+"""What Windows tools (Notepad, Excel's "CSV UTF-8", PowerShell 5) put before a UTF-8 file's first
+line. JSON forbids it (RFC 8259 section 8.1) but allows a reader to ignore it: readers of line
+files drop it from the first line."""
+
 
 class LogLine(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
     """One line: `messages` (OpenAI chat messages, media parts kept as sent; the last is the

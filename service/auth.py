@@ -95,7 +95,8 @@ def authorize(principal: Principal, scope: Scope) -> None:
     if scope in principal.scopes or "admin" in principal.scopes:
         return
     held = ", ".join(sorted(principal.scopes)) or "none"
-    where = f"--project {principal.project}" if principal.project else "--all-projects"
+    # `admin` is only for all-projects keys: a project key can never hold it.
+    where = f"--project {principal.project}" if principal.project and scope != "admin" else "--all-projects"
     raise Forbidden(
         f"this needs a key with the `{scope}` scope; key {principal.key_id} has: {held}. "
         f"Create one with `ratchet keys create {where} --scope {scope}`"

@@ -54,7 +54,7 @@ import pyarrow.parquet as pq
 from formats.chat import ChatMessage
 from formats.finetuning import detect
 from formats.log import Message, text_message
-from formats.logfile import LogLine
+from formats.logfile import UTF8_BOM, LogLine
 from formats.openai_jobs import (
     FileObject,
     Hyperparameters,
@@ -98,7 +98,7 @@ _METHODS = {"supervised": ("sft", "openai-chat"), "dpo": ("dpo", "openai-prefere
 
 
 def _lines(raw: bytes) -> Iterator[tuple[int, bytes]]:
-    for lineno, line in enumerate(raw.split(b"\n"), start=1):
+    for lineno, line in enumerate(raw.removeprefix(UTF8_BOM).split(b"\n"), start=1):
         if line.strip():
             yield lineno, line
 

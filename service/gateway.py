@@ -70,6 +70,8 @@ from service.metrics import Metrics
 from service.store.rows import LogRow
 
 log = logging.getLogger("ratchet.gateway")
+# What an app is told: the replica's address and the client library's error stay in the server log.
+UNREACHABLE = "the model server is unreachable; retry shortly"
 Endpoint = Literal["chat", "completions"]
 _PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 _encode = msgspec.json.encode
@@ -252,11 +254,13 @@ class AiohttpUpstream:
         try:
             yield
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            raise UpstreamRefused(f"vLLM at {replica} is unreachable: {exc!r}") from exc
+            log.warning("vLLM at %s is unreachable: %r", replica, exc)
+            raise UpstreamRefused(UNREACHABLE) from exc
         except TimeoutError as exc:  # aiohttp's own timeouts are TimeoutErrors too
             raise UpstreamTimeout(f"vLLM did not answer within {self._timeout_seconds}s") from exc
         except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(f"vLLM at {replica} is unreachable: {exc!r}") from exc
+            log.warning("vLLM at %s failed: %r", replica, exc)
+            raise UpstreamUnavailable(UNREACHABLE) from exc
 
 
 class _AiohttpReply:

@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from formats import helicone, langfuse_export, langsmith, openpipe
 from formats.finetuning import FineTuningError, chat_line, detect, preference_line
-from formats.logfile import LogLine
+from formats.logfile import UTF8_BOM, LogLine
 from formats.vendor import ExportRow, FeedbackRef, NotInference, VendorError, decode_object, log_id
 from service.capture import Rejected, check_log, decode_item
 from service.client import RatchetClient
@@ -78,7 +78,7 @@ def detect_format(path: Path) -> str:
     """The format of a file from its first non-blank line (`formats.finetuning.detect`, then each
     vendor's `detect`), else Ratchet's own."""
     with open(path, "rb") as fh:
-        first = next((raw for raw in fh if raw.strip()), b"")
+        first = next((raw for raw in (line.removeprefix(UTF8_BOM) for line in fh) if raw.strip()), b"")
     try:
         if found := detect(first):
             return found
@@ -234,9 +234,10 @@ def _progress_path(path: Path) -> Path:
 def _lines(fh: Any, offset: int, start_line: int) -> Iterator[tuple[int, bytes, int, int]]:
     """(line number, text, offset of its start, offset after it) of each non-blank line."""
     lineno = start_line
-    for raw in fh:
+    for read in fh:
         lineno += 1
-        end = offset + len(raw)
+        end = offset + len(read)
+        raw = read.removeprefix(UTF8_BOM) if offset == 0 else read
         if raw.strip():
             yield lineno, raw, offset, end
         offset = end
@@ -324,7 +325,8 @@ def _read_feedback_file(path: Path, report: ImportReport) -> Joins:
         )
     joins = Joins()
     with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
+        for lineno, read in enumerate(fh, 1):
+            raw = read.removeprefix(UTF8_BOM) if lineno == 1 else read
             if not raw.strip():
                 continue
             try:

@@ -124,7 +124,8 @@ def test_error_codes(ratchet_server: RatchetProcess, project: tuple[str, httpx.C
     anon = ratchet_server.client(key="")
     assert error(anon.post("/v1/logs", json=chat_log())) == (401, "unauthenticated")
     assert error(ratchet_server.client("rk_nope_nope").get("/v1/projects")) == (401, "unauthenticated")
-    assert error(c.post("/v1/projects", json={"name": "nope"})) == (403, "forbidden")
+    r = c.post("/v1/projects", json={"name": "nope"})
+    assert error(r) == (403, "forbidden") and "`ratchet keys create --all-projects --scope admin`" in r.text
     assert error(c.get("/v1/logs/missing")) == (404, "not_found")
     assert error(c.get("/v1/no-such-route")) == (404, "not_found")
     assert error(ratchet_server.client().post("/v1/projects", json={"name": name})) == (409, "conflict")

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -25,6 +28,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
+from formats.logfile import UTF8_BOM
 from formats.openai_jobs import Hyperparameters, Job, JobCreate
 from service.app import build_pipeline, build_runtime
 from service.auth import mint_key
@@ -135,6 +139,24 @@ def test_files_are_checked_kept_and_scoped(ratchet_server: RatchetProcess, tmp_p
     assert deleted.deleted and deleted.id == prefs.id
     with pytest.raises(openai.NotFoundError):
         api.files.retrieve(prefs.id)
+
+
+def test_a_file_saved_with_a_byte_order_mark_is_taken(ratchet_server: RatchetProcess, tmp_path: Path) -> None:
+    """Notepad and PowerShell 5 save UTF-8 with a BOM; both the Files API and `ratchet import`
+    read past it (before, line 1 was "invalid character (byte 0)")."""
+    key = ratchet_server.create_project("ft-bom")
+    good = UTF8_BOM + jsonl(chat_rows(5))
+    assert client(ratchet_server, key).files.create(
+        file=("bom.jsonl", good), purpose="fine-tune"
+    ).bytes == len(good)
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(good)
+    out = subprocess.run(
+        [sys.executable, "-m", "service.cli", "import", str(path)],
+        env={**os.environ, "RATCHET_URL": ratchet_server.url, "RATCHET_KEY": key},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0 and "5 new logs" in out.stdout, out.stderr
 
 
 def test_a_finished_job_neither_consumes_the_signal_nor_cools_down(tmp_path: Path) -> None:

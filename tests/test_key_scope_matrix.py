@@ -326,6 +326,15 @@ def test_the_ingest_fast_path_checks_scopes_too(world: World) -> None:
             assert (path, caller, r.status_code) == (path, caller, status), r.text
 
 
+def test_a_gateway_503_does_not_show_apps_where_vllm_is(world: World) -> None:
+    """The replica's address and the HTTP library's error stay in the server log."""
+    verb, url, kwargs = _chat(world)
+    got = httpx.request(
+        verb, f"{world.server.url}{url}", headers={"Authorization": f"Bearer {world.keys['admin']}"}, **kwargs
+    )
+    assert got.status_code == 503 and "127.0.0.1" not in got.text and "Connection" not in got.text, got.text
+
+
 DEEP = b'{"a":' + b"[" * 2000 + b"]" * 2000 + b"}"  # JSON no decoder here reads: too deep to recurse
 
 

@@ -146,6 +146,12 @@ def read_span(span: Span) -> SpanChat | None:
             f"the span's {dialect} content attributes are malformed ({type(exc).__name__}: {exc})"
         ) from None
     if not messages:
+        raw = a.get("gen_ai.input.messages")
+        if isinstance(raw, str | bytes) and raw.strip() and _json(raw) is None:
+            raise SpanError(
+                "gen_ai.input.messages is not JSON: the semantic conventions record it as a JSON array "
+                'of messages ([{"role": "user", "parts": [...]}])'
+            )
         raise SpanError("the span records no input messages: turn content capture on")
     if not choices:
         raise SpanError("the span records no output message (a failed call, or content capture off)")

@@ -176,6 +176,8 @@ def rejected_by(exc: msgspec.ValidationError) -> Rejected:
     unknown = _UNKNOWN_FIELD.search(message)
     if unknown:
         path = f"{path}.{unknown.group(1)}"
+    if message.startswith("Invalid enum value") and path.endswith(".rating"):
+        message += ": a rating is 1 (thumbs up) or -1 (thumbs down); a graded value goes in `score`"
     return Rejected(path.removeprefix("$.") if path != "$" else "$", message)
 
 

@@ -132,6 +132,12 @@ def test_error_codes(ratchet_server: RatchetProcess, project: tuple[str, httpx.C
     assert error(c.post("/v1/logs", content=b"x" * (1024 * 1024 + 1))) == (413, "too_large")
     r = c.post("/v1/feedback", json={"log_id": "a", "rating": 5})
     assert error(r) == (422, "invalid_input") and r.json()["field"] == "$.rating"
+    r = c.post("/v1/feedback", json={"feedback": [{"log_id": "a", "rating": 0}]})
+    assert "1 (thumbs up) or -1" in r.json()["detail"][0]["error"], r.text
+    r = ratchet_server.client().post(
+        "/v1/projects", content=b"", headers={"Content-Type": "application/json"}
+    )
+    assert error(r) == (422, "invalid_input") and "body is empty" in r.json()["message"]
     assert error(c.post("/v1/logs", json={"request": {}, "resp": {}})) == (422, "invalid_input")
     assert error(c.post("/v1/logs", content=b"{not json")) == (422, "invalid_input")
     assert error(c.post("/v1/feedback", json={"log_id": "a"})) == (422, "invalid_input")

@@ -317,11 +317,17 @@ def test_other_spans_are_not_inference_and_content_less_ones_say_why() -> None:
         span.set_attribute("gen_ai.operation.name", "embeddings")
     with tracer.start_as_current_span("chat") as span:
         span.set_attribute("gen_ai.operation.name", "chat")
-    plain, embeddings, bare = spans_of(protobuf_body(memory.get_finished_spans()))
+    with tracer.start_as_current_span("chat") as span:
+        span.set_attribute("gen_ai.operation.name", "chat")
+        span.set_attribute("gen_ai.input.messages", "user: hello")  # captured, but not as JSON
+        span.set_attribute("gen_ai.output.messages", "[]")
+    plain, embeddings, bare, unreadable = spans_of(protobuf_body(memory.get_finished_spans()))
     assert genai.read_span(plain) is None
     assert genai.read_span(embeddings) is None
     with pytest.raises(genai.SpanError, match="content capture"):
         genai.read_span(bare)
+    with pytest.raises(genai.SpanError, match=r"gen_ai\.input\.messages is not JSON"):
+        genai.read_span(unreadable)
 
 
 def test_evaluation_targets() -> None:

@@ -122,6 +122,11 @@ def handle_decode(request: Request[Any, Any, Any], exc: msgspec.MsgspecError) ->
 
 def handle_validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
     extra = exc.extra if isinstance(exc.extra, list) else None
+    if extra and all(isinstance(e, dict) and e.get("message") == "'data'" for e in extra):
+        # Litestar's KeyError for a route that takes a body and got none.
+        return answer(
+            request, 422, ErrorBody("invalid_input", "the request body is empty: send a JSON object", "body")
+        )
     parts = [f"{e.get('message')} ({e.get('key')})" if isinstance(e, dict) else str(e) for e in extra or []]
     message = "; ".join(parts) or exc.detail
     field = next((e.get("key") for e in extra or [] if isinstance(e, dict) and e.get("key")), None)

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from deploy.online_gate import ArmCounts
+from deploy.online_gate import ArmCounts, p95_lower_quantile
 from deploy.rollout import Rollout, StateChange
 from formats.manifest import AdapterManifest, decode_manifest
 from service.config import FeedbackSettings
@@ -238,6 +238,11 @@ class Serving:
                 " WHERE project = ? AND adapter = ? AND received_at >= ?",
                 [project, served_name, since],
             ).fetchone()
+            (p95_lower_ms,) = cur.execute(
+                f"SELECT quantile_cont(latency_ms, {p95_lower_quantile(answered)!r}) FROM logs"
+                " WHERE project = ? AND adapter = ? AND received_at >= ?",
+                [project, served_name, since],
+            ).fetchone()
             errors, unanswered = cur.execute(
                 "SELECT count(*), count(*) FILTER (log_id IS NULL) FROM upstream_failures"
                 " WHERE project = ? AND adapter = ? AND failed_at >= ?",
@@ -249,6 +254,7 @@ class Serving:
             requests=answered + unanswered,
             upstream_errors=errors,
             latency_p95_seconds=None if p95_ms is None else p95_ms / 1000,
+            latency_p95_lower_seconds=None if p95_lower_ms is None else p95_lower_ms / 1000,
         )
 
     def add_event(self, event: Event) -> None:

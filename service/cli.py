@@ -9,6 +9,7 @@ server owns the DuckDB file; no second process may open it): they read the serve
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -337,13 +338,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     }
     if args.scrub:
         params["scrub"] = "true"
-    out = Path(args.output or f"{args.project}.{'parquet' if args.format == 'parquet' else 'jsonl'}")
+    to_stdout = args.output == "-"
+    out = Path(args.output or _export_name(args.project, args.format))
     tmp = out.with_name(f".{out.name}.part")
     lines = 0
     try:
         with (
             _client(args).stream("GET", "/v1/projects/{}/export", args.project, params=params) as response,
-            open(tmp, "wb") as fh,
+            contextlib.nullcontext(sys.stdout.buffer) if to_stdout else open(tmp, "wb") as fh,
             tqdm(unit="B", unit_scale=True, desc=f"export {args.project}") as bar,
         ):
             for chunk in response.iter_bytes():
@@ -354,13 +356,30 @@ def cmd_export(args: argparse.Namespace) -> int:
                 int(response.headers.get(h, "0")) for h in ("x-ratchet-rows", "x-ratchet-skipped")
             )
     except httpx.HTTPError as exc:
+        if to_stdout:
+            raise RatchetError(f"the export was cut short ({exc}): what was written is incomplete") from exc
         tmp.unlink(missing_ok=True)
         raise RatchetError(f"the export was cut short ({exc}); nothing was written to {out}") from exc
-    rows = pq.ParquetFile(tmp).metadata.num_rows if args.format == "parquet" else lines
-    os.replace(tmp, out)
+    if to_stdout:
+        rows = lines if args.format != "parquet" else chosen - skipped
+    else:
+        rows = pq.ParquetFile(tmp).metadata.num_rows if args.format == "parquet" else lines
+        os.replace(tmp, out)
     left_out = chosen - rows + skipped
-    print(f"wrote {rows} rows to {out}" + (f" ({left_out} left out: see the server log)" if left_out else ""))
+    print(
+        f"wrote {rows} rows to {'stdout' if to_stdout else out}"
+        + (f" ({left_out} left out: see the server log)" if left_out else ""),
+        file=sys.stderr if to_stdout else sys.stdout,
+    )
     return 0
+
+
+def _export_name(project: str, fmt: str) -> str:
+    """The default file of an export: one per format, so an OpenAI file never overwrites the
+    project's own JSONL (`demo.jsonl`, `demo.parquet`, `demo.openai-chat.jsonl`)."""
+    if fmt in ("jsonl", "parquet"):
+        return f"{project}.{fmt}"
+    return f"{project}.{fmt}.jsonl"
 
 
 def cmd_adapters_download(args: argparse.Namespace) -> int:
@@ -700,7 +719,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     exp.add_argument("--since", type=datetime.fromisoformat, help="ISO date/time, inclusive")
     exp.add_argument("--until", type=datetime.fromisoformat, help="ISO date/time, exclusive")
-    exp.add_argument("-o", "--output", help="file to write (default PROJECT.FORMAT)")
+    exp.add_argument(
+        "-o",
+        "--output",
+        help="file to write, - for stdout (default PROJECT.jsonl, PROJECT.parquet, PROJECT.openai-chat.jsonl, ...)",
+    )
     exp.add_argument("--scrub", action="store_true", help="redact PII as snapshots do")
 
     add("stats", cmd_stats).add_argument("--project", required=True)

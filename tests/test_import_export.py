@@ -168,6 +168,17 @@ def test_export_round_trips_through_import(ratchet_server: RatchetProcess, tmp_p
     again = tmp_path / "b.jsonl"
     run(ratchet_server, dst_key, "export", "--project", "roundtrip-b", "-o", str(again))
     assert exported.read_text() == again.read_text()
+    # `-o -` writes the same lines to stdout (and says how many on stderr), not to a file named `-`.
+    out, err = run(ratchet_server, dst_key, "export", "--project", "roundtrip-b", "-o", "-")
+    assert out == again.read_text() and "wrote 500 rows to stdout" in err
+    # Without -o, one default file per format: the OpenAI file does not overwrite the project's own.
+    proc = subprocess.run(
+        [sys.executable, "-m", "service.cli", "export", "--project", "roundtrip-b", "--format", "openai-chat"],
+        env={**os.environ, "RATCHET_URL": ratchet_server.url, "RATCHET_KEY": dst_key},
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0 and (tmp_path / "roundtrip-b.openai-chat.jsonl").exists(), proc.stderr
+    assert not (tmp_path / "-").exists() and not (tmp_path / "roundtrip-b.jsonl").exists()
 
     rows = [json.loads(line) for line in exported.read_text().splitlines()]
     zero = next(r for r in rows if r["messages"][0]["content"] == "What is 0 plus one?")

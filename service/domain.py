@@ -36,6 +36,18 @@ ProjectName = Annotated[
 ]
 EndUser = Annotated[str, Meta(max_length=256, description="Your id for the person who saw the answer.")]
 Text = Annotated[str, Meta(max_length=65536)]
+UnixSeconds = Annotated[
+    float,
+    Meta(
+        ge=0,
+        lt=1e11,  # a 13-digit value is milliseconds (JavaScript's Date.now()): refused, not read as year 5138
+        description="Seconds since 1970-01-01 UTC, as OpenAI's `created` (not milliseconds).",
+    ),
+]
+Timestamp = Annotated[
+    datetime | UnixSeconds,
+    Meta(description="When it happened: ISO 8601 (with a zone, else taken as UTC) or Unix seconds."),
+]
 JsonObject = dict[str, Any]
 
 
@@ -48,7 +60,7 @@ class LogIn(Struct, forbid_unknown_fields=True, kw_only=True):
         Meta(description="The OpenAI request body as sent: chat (`messages`) or completions (`prompt`)."),
     ]
     response: Annotated[Raw, Meta(description="The OpenAI response body as received, with `choices`.")]
-    created_at: datetime | None = None
+    created_at: Timestamp | None = None
     end_user: EndUser | None = None
     adapter: Annotated[str, Meta(max_length=128)] | None = None
     latency_ms: Annotated[float, Meta(ge=0)] | None = None
@@ -121,7 +133,7 @@ class FeedbackIn(Struct, forbid_unknown_fields=True, kw_only=True):
         Annotated[Id, Meta(description="With kind `regenerated`: the log id of the new answer.")] | UnsetType
     ) = UNSET
     event: EventName | UnsetType = UNSET
-    created_at: datetime | None = None
+    created_at: Timestamp | None = None
     metadata: JsonObject | UnsetType | None = UNSET
 
 

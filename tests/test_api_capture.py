@@ -212,3 +212,19 @@ def test_gzip_bodies_are_read_on_both_ingest_paths(ratchet_server: RatchetProces
     assert (r.status_code, r.json()["code"]) == (400, "bad_payload") and "'br'" in r.json()["message"]
     r = c.post("/v1/logs", content=b"not gzip", headers=zipped)
     assert r.status_code == 400 and "not valid gzip" in r.json()["message"]
+
+
+def test_created_at_may_be_unix_seconds_as_openai_writes_created(project: tuple[str, httpx.Client]) -> None:
+    """A log's or a feedback item's `created_at` may be copied from OpenAI's `created` (Unix
+    seconds); milliseconds (13 digits) are refused for their item rather than read as year 56,886."""
+    _, c = project
+    logs = [chat_log("epoch-1", created_at=1733000000), chat_log("epoch-2", created_at=1733000000123)]
+    r = c.post("/v1/logs", json={"logs": logs})
+    results = r.json()["results"]
+    assert [x["status"] for x in results] == ["accepted", "rejected"] and results[1][
+        "field"
+    ] == "logs[1].created_at"
+    assert c.get("/v1/logs/epoch-1").json()["created_at"].startswith("2024-11-30T20:53:20")
+    feedback = {"log_id": "epoch-1", "rating": 1, "created_at": 1733000060.5}
+    assert c.post("/v1/feedback", json=feedback).status_code == 202
+    assert c.get("/v1/logs/epoch-1").json()["feedback"][0]["created_at"].startswith("2024-11-30T20:54:20.5")

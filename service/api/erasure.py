@@ -35,7 +35,7 @@ async def delete_log(
     opt=needs("manage"),
 )
 async def erase_end_user(
-    name: str, request: Request[Any, Any, Any], principal: Principal, runtime: Runtime
+    name: str, end_user: str, request: Request[Any, Any, Any], principal: Principal, runtime: Runtime
 ) -> ErasureOut:
     """Delete every log of this end user, all feedback on those logs, all feedback they gave, and
     every training snapshot that holds any of it; adapters trained on those snapshots are listed

@@ -197,6 +197,10 @@ def check_feedback(item: FeedbackIn) -> Rejected | None:
             return Rejected(field, f"`{field}` goes with kind `{kind}`")
         if item.kind == kind and not given and kind != "regenerated":
             return Rejected(field, f"kind `{kind}` needs `{field}`")
+    if item.kind == "regenerated" and item.regenerated_log_id == item.log_id:
+        # With `regenerated_pairs` the replacement becomes the preferred answer of a pair: a log
+        # preferred over itself is no pair, and the regenerate's thumbs-down would hit it too.
+        return Rejected("regenerated_log_id", "names the rated log itself: give the id of the new answer")
     for field in ("correction", "edited_text"):
         value = getattr(item, field)
         if isinstance(value, str) and not value.strip():

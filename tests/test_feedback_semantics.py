@@ -168,11 +168,12 @@ def test_one_bad_feedback_item_costs_only_itself(project: tuple[str, httpx.Clien
         {"log_id": "f", "kind": "copied"},
         {"log_id": "g", "rating": -1, "correction": " \n\t "},  # a blank answer is no answer
         {"log_id": "h", "kind": "edited", "edited_text": ""},
+        {"log_id": "i", "kind": "regenerated", "regenerated_log_id": "i"},  # its own replacement
     ]
     r = c.post("/v1/feedback", json={"feedback": batch})
     assert r.status_code == 202, r.text
     results = r.json()["results"]
-    assert [x["status"] for x in results] == ["accepted"] + ["rejected"] * 6 + ["accepted"] + ["rejected"] * 2
+    assert [x["status"] for x in results] == ["accepted"] + ["rejected"] * 6 + ["accepted"] + ["rejected"] * 3
     assert [x.get("field") for x in results[1:7] + results[8:]] == [
         "feedback[1].rating",
         "feedback[2].score",
@@ -182,9 +183,11 @@ def test_one_bad_feedback_item_costs_only_itself(project: tuple[str, httpx.Clien
         "feedback[6]",
         "feedback[8].correction",
         "feedback[9].edited_text",
+        "feedback[10].regenerated_log_id",
     ]
     assert all(x["error"].startswith(x["field"]) for x in results[1:7] + results[8:])
     assert "blank" in results[8]["error"] and "null to clear" in results[8]["error"]
+    assert "the rated log itself" in results[10]["error"]
     # Nothing taken at all: a 422 whose detail holds every item's result.
     r = c.post("/v1/feedback", json={"feedback": batch[1:3]})
     assert r.status_code == 422 and [x["field"] for x in r.json()["detail"]] == [

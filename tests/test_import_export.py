@@ -207,6 +207,13 @@ def test_export_round_trips_through_import(ratchet_server: RatchetProcess, tmp_p
     table = pq.read_table(window)
     days = {d.day for d in table.column("created_at").to_pylist()} if table.num_rows else set()
     assert table.num_rows == len([i for i in range(500) if 2 <= 1 + i % 28 < 4]) and days <= {2, 3}
+    # The API takes a date alone as the CLI does (its midnight UTC); other text is a 422 naming the field.
+    with ratchet_server.client(src_key) as c:
+        window_url = "/v1/projects/roundtrip-a/export?format=parquet"
+        by_date = c.get(window_url, params={"since": "2026-10-02", "until": "2026-10-04T00:00:00Z"})
+        assert by_date.headers["x-ratchet-rows"] == str(table.num_rows), by_date.text
+        bad = c.get(window_url, params={"since": "last tuesday"})
+        assert (bad.status_code, bad.json()["field"]) == (422, "since"), bad.text
 
 
 def test_export_carries_tools_the_chosen_answer_and_scrubs_on_request(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from datetime import datetime
 from typing import Literal
 
 from litestar import get, post
@@ -13,7 +12,7 @@ from litestar.response import Stream
 
 from service import projects
 from service.api.deps import needs, scoped_project
-from service.clock import to_utc
+from service.clock import parse_instant
 from service.domain import LogOut, Principal, Project, ProjectCreated, ProjectIn, ProjectStats
 from service.pii import scrubber_for
 from service.runtime import Runtime
@@ -53,6 +52,9 @@ def get_log(log_id: str, principal: Principal, runtime: Runtime, project: str | 
     return runtime.queries.get_log(scoped_project(principal, runtime, project), log_id)
 
 
+_INSTANT = "ISO 8601 date or date-time (with a zone, else UTC); a date alone is its midnight UTC."
+
+
 @get(
     "/v1/projects/{name:str}/export",
     summary="Export logs with feedback",
@@ -66,8 +68,8 @@ def export(
     fmt: Literal["jsonl", "parquet", "openai-chat", "openai-preference"] = Parameter(
         query="format", default="jsonl"
     ),
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: str | None = Parameter(default=None, description=_INSTANT),
+    until: str | None = Parameter(default=None, description=_INSTANT),
     scrub: bool = False,
 ) -> Stream:
     """The project's logs in [since, until) with their feedback, streamed: JSONL (the import format),
@@ -80,8 +82,8 @@ def export(
         runtime.db,
         project,
         fmt,
-        since=_naive_utc(since),
-        until=_naive_utc(until),
+        since=parse_instant(since, "since"),
+        until=parse_instant(until, "until"),
         scrubber=scrubber,
         archive=runtime.archive,
     )
@@ -96,7 +98,3 @@ def export(
             "x-ratchet-skipped": str(rows.skipped),
         },
     )
-
-
-def _naive_utc(value: datetime | None) -> datetime | None:
-    return None if value is None else to_utc(value, value)

@@ -17,7 +17,7 @@ from service.clock import to_utc
 from service.domain import LogOut, Principal, Project, ProjectCreated, ProjectIn, ProjectStats
 from service.pii import scrubber_for
 from service.runtime import Runtime
-from service.store.export import MEDIA_TYPES, LogExport
+from service.store.export import MEDIA_TYPES, LogExport, default_filename
 
 
 @post("/v1/projects", status_code=201, summary="Create a project (admin)", opt=needs("admin"))
@@ -91,7 +91,7 @@ def export(
         itertools.chain((first,), chunks),
         media_type=MEDIA_TYPES[fmt],
         headers={
-            "content-disposition": f'attachment; filename="{project}.{"parquet" if fmt == "parquet" else "jsonl"}"',
+            "content-disposition": f'attachment; filename="{default_filename(project, fmt)}"',
             "x-ratchet-rows": str(rows.rows),
             "x-ratchet-skipped": str(rows.skipped),
         },

@@ -70,10 +70,14 @@ def export(
     until: datetime | None = None,
     scrub: bool = False,
 ) -> Stream:
-    """The project's logs in [since, until) with their feedback, streamed: JSONL (the import format),
-    Parquet, or an OpenAI fine-tuning file (`openai-chat`: every chat log, the answer weighted 1
-    when liked or corrected, else 0; `openai-preference`: corrected logs, the correction preferred). `scrub=true` redacts PII as snapshots do. Header `x-ratchet-rows`: the rows chosen
-    (a log the shape module could not read is left out, counted in `x-ratchet-skipped`)."""
+    """The project's logs in [since, until) with their feedback, streamed: JSONL (the import format:
+    a line per verdict, naming the log's `end_user` and the `feedback_end_user` who gave it),
+    Parquet, or an OpenAI fine-tuning file of what Ratchet would train on (`openai-chat`: chat logs
+    with a non-empty answer, every assistant turn weighted, the answer 1 when corrected or liked
+    and sound, else 0; `openai-preference`: corrected logs, the correction preferred; logs a
+    snapshot quarantines are left out). A withdrawn verdict is no feedback. `scrub=true` redacts
+    PII as snapshots do. Header `x-ratchet-rows`: the rows chosen (a log the shape module could
+    not read, or quarantined for an OpenAI file, is left out, counted in `x-ratchet-skipped`)."""
     project = scoped_project(principal, runtime, name)
     scrubber = scrubber_for(runtime.settings.snapshot) if scrub else None
     rows = LogExport(

@@ -40,17 +40,18 @@ from pathlib import Path
 
 VARIANTS = ("answers", "endpoint", "narrow")
 
+# `{verdict}`, `{correction}`, `{edited}`: filled from service.store.export's (`run_variant`).
 _NARROW_CHOOSE = """
 CREATE OR REPLACE TEMP TABLE export_rows AS
 SELECT l.rowid AS log_rowid, l.endpoint IS NULL AS unreadable, f.rowid AS feedback_rowid
-FROM logs l LEFT JOIN feedback f ON f.project = l.project AND f.log_id = l.id
+FROM logs l LEFT JOIN feedback f ON f.project = l.project AND f.log_id = l.id AND {verdict}
 WHERE l.project = $project AND l.created_at >= $since AND l.created_at < $until
 ORDER BY log_rowid
 """
 _NARROW_READ = """
-SELECT coalesce(f.choice, 0), f.rating, f.score, f.correction, f.comment,
-       f.regenerated, f.regenerated_log_id, f.edited, f.copied, f.events,
-       nullif(coalesce(nullif(f.end_user, ''), l.end_user), ''),
+SELECT coalesce(f.choice, 0), f.rating, f.score, {correction}, f.comment,
+       f.regenerated, f.regenerated_log_id, {edited}, f.copied, f.events,
+       nullif(l.end_user, ''), f.end_user,
        l.id, l.created_at, l.adapter, l.metadata, l.endpoint, l.messages, l.tools, l.tool_choice,
        l.response_format, l.answers,
        CASE WHEN l.quarantine IN ('media_prompt', 'token_prompt') THEN l.request END,
@@ -72,13 +73,17 @@ def run_variant(variant: str, data: Path, project: str, memory_mib: int, batches
     from service.store import export
     from service.store.archive import Archive
     from service.store.db import Database, rowid_ranges
+    from service.store.given_text import given_text
 
     db = Database(data / "ratchet.duckdb", memory_limit_mib=memory_mib, temp_directory=data / "tmp")
     archive = Archive(db, str(data / "archive"), file_rows=100_000, delete_batch_rows=10_000)
     choose, read = {
         "answers": (export._CHOOSE.replace("l.endpoint IS NULL", "l.answers IS NULL"), export._READ),
         "endpoint": (export._CHOOSE, export._READ),
-        "narrow": (_NARROW_CHOOSE, _NARROW_READ),
+        "narrow": (
+            _NARROW_CHOOSE.format(verdict=export._VERDICT),
+            _NARROW_READ.format(correction=given_text("f.correction"), edited=given_text("f.edited")),
+        ),
     }[variant]
     base = _rss()
     peak = [base]

@@ -4,11 +4,13 @@ https://platform.openai.com/docs/api-reference/fine-tuning/chat-input and
 https://platform.openai.com/docs/api-reference/fine-tuning/preference-input:
 
 - **chat** (supervised): `{"messages": [...], "tools": [...], "parallel_tool_calls": bool}`; the
-  messages end with the assistant's answer (text or tool calls); an assistant message may carry
-  `weight` 0 or 1 (0: not trained on). A row is one log whose answer is the last message, liked
-  (rating +1: the file is a set of examples to learn from) unless that answer has `weight: 0`.
-  Earlier assistant turns stay in the prompt; the weights given are kept in the log's
-  `metadata.openai_fine_tuning` so an export writes them back.
+  messages end with the assistant's answer (text, tool calls, or a `refusal`); an assistant
+  message may carry `weight` 0 or 1 (0: not trained on; without one OpenAI trains on every
+  assistant turn). A row is one log whose answer is the last message, liked (rating +1: the file
+  is a set of examples to learn from) unless that answer has `weight: 0`. Earlier assistant turns
+  stay in the prompt; the weights given are kept in the log's `metadata.openai_fine_tuning` so an
+  export writes them back. An export weights every assistant turn: the answer 1 when it is to be
+  learnt (liked and sound, or replaced by a correction), earlier turns 0 unless imported with 1.
 - **preference** (DPO): `{"input": {"messages": [...], "tools": [...], "parallel_tool_calls": bool},
   "preferred_output": [assistant message], "non_preferred_output": [assistant message]}`. A row is
   one log whose answer is the non-preferred output, disliked (rating -1), with the preferred output
@@ -17,7 +19,8 @@ https://platform.openai.com/docs/api-reference/fine-tuning/preference-input:
 
 `chat_line` / `preference_line` read one row into a `formats.logfile.LogLine` (raising
 `FineTuningError` naming the field); `chat_row` / `preference_row` write a `LogLine` as a row
-(None when the line cannot be one: a completions log, no correction for a preference).
+(None when the line cannot be one: a completions log, an empty answer, no correction for a
+preference).
 """
 
 from __future__ import annotations
@@ -115,9 +118,11 @@ def _answer(messages: list[dict[str, Any]], where: str) -> None:
     if len(messages) < 2:
         raise FineTuningError("needs the prompt and the assistant's answer", where)
     last = messages[-1]
-    if last.get("role") != "assistant" or (not last.get("content") and not last.get("tool_calls")):
+    if last.get("role") != "assistant" or not (
+        last.get("content") or last.get("tool_calls") or last.get("refusal")
+    ):
         raise FineTuningError(
-            "the last message must be the assistant's answer (text or tool calls)",
+            "the last message must be the assistant's answer (text, tool calls or a refusal)",
             f"{where}[{len(messages) - 1}]",
         )
 
@@ -174,24 +179,27 @@ def preference_line(raw: bytes) -> LogLine:
 
 
 def chat_row(line: LogLine) -> dict[str, Any] | None:
-    """A log line as a chat row: the answer (the correction's text if the line has one) weighted
-    1 when liked or corrected and 0 otherwise; earlier weights as imported. None for a
-    completions log."""
+    """A log line as a chat row, every assistant turn weighted as OpenAI's format defines: the
+    answer (the correction's text if the line has one) 1 when corrected, or liked with no
+    `LogLine.answer_problem` (an interrupted, cut, filtered or failed answer is never a trained
+    one, as in snapshots), else 0; earlier turns 0 (they are context) unless an import gave them
+    a weight. None for a completions log and for an empty answer without a correction."""
     if not line.messages:
+        return None
+    problem = line.answer_problem()
+    if problem == "empty" and not line.correction:
         return None
     extra = (line.metadata or {}).get(METADATA_KEY) or {}
     weights: dict[str, int] = extra.get("weights") or {}
     messages = [dict(m) for m in line.messages]
     last = len(messages) - 1
-    for index, weight in weights.items():
-        if int(index) < last:
-            messages[int(index)]["weight"] = weight
+    for index, message in enumerate(messages[:last]):
+        if message.get("role") == "assistant":
+            message["weight"] = weights.get(str(index), 0)
     if line.correction:
         messages[last] = {"role": "assistant", "content": line.correction, "weight": 1}
-    elif line.rating != 1:
-        messages[last]["weight"] = 0
-    elif str(last) in weights:
-        messages[last]["weight"] = weights[str(last)]
+    else:
+        messages[last]["weight"] = 1 if line.rating == 1 and problem is None else 0
     row: dict[str, Any] = {"messages": messages}
     if line.tools:
         row["tools"] = msgspec.to_builtins(line.tools)
@@ -202,8 +210,8 @@ def chat_row(line: LogLine) -> dict[str, Any] | None:
 
 def preference_row(line: LogLine) -> dict[str, Any] | None:
     """A log line with a correction as a preference row (the correction preferred over the
-    answer); None for any other line."""
-    if not line.messages or not line.correction:
+    answer); None for any other line, and for an empty answer (OpenAI refuses an empty output)."""
+    if not line.messages or not line.correction or line.answer_problem() == "empty":
         return None
     extra = (line.metadata or {}).get(METADATA_KEY) or {}
     row_input: dict[str, Any] = {"messages": line.messages[:-1]}

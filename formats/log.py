@@ -65,6 +65,10 @@ class Answer(Struct, kw_only=True, omit_defaults=True):
     finish_reason: str | None = None
     problem: AnswerProblem | None = None
     prompt: str | None = None
+    refusal: str | None = None
+    """The model's refusal (`message.refusal`), when it gave one. `message.content` then holds its
+    text too when the answer has no other (`text_message`: a text model trains on it); exports
+    write it back as OpenAI's assistant `refusal`."""
 
     @property
     def text(self) -> str:
@@ -209,6 +213,7 @@ def normalize_chat(
                 message=message,
                 finish_reason=choice.finish_reason,
                 problem=_problem(choice.finish_reason, message, error, interrupted),
+                refusal=choice.message.refusal or None,
             )
         )
     return NormalizedLog(

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from msgspec import Struct
 
-from formats.chat import Tool
+from formats.chat import TEXT_PART_TYPES, Tool
 
 UTF8_BOM = b"\xef\xbb\xbf"
 """What Windows tools (Notepad, Excel's "CSV UTF-8", PowerShell 5) put before a UTF-8 file's first
@@ -44,6 +44,11 @@ class LogLine(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=Tr
     """UTC; exports write it with a `Z`."""
     adapter: str | None = None
     end_user: str | None = None
+    """The log's end user (the one the app served)."""
+    feedback_end_user: str | None = None
+    """The end user who gave the line's feedback (`""`: anonymous), on a line with feedback; one
+    log's verdicts by different users are different lines, kept apart again on import. Absent (a
+    file from elsewhere, or an older export): the feedback is `end_user`'s."""
     metadata: dict[str, Any] | None = None
     rating: Literal[1, -1] | None = None
     score: float | None = None
@@ -59,3 +64,36 @@ class LogLine(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=Tr
     """Implicit feedback: the user copied the answer."""
     events: list[str] | None = None
     """Implicit feedback: the names of the app's own events on the answer (`kind: event`)."""
+
+    def answer_problem(self) -> str | None:
+        """Why the line's answer may never be a positive training target, as capture marks it
+        (`formats.log.AnswerProblem`, same order): `upstream_error` (an `error`), `interrupted`
+        (`metadata.interrupted`), `length` / `content_filter` (its `finish_reason`), `empty` (no
+        text, no tool call, no refusal); None for a sound answer."""
+        if self.error is not None:
+            return "upstream_error"
+        if (self.metadata or {}).get("interrupted") is True:
+            return "interrupted"
+        if self.finish_reason in ("length", "content_filter"):
+            return self.finish_reason
+        answer = self.messages[-1] if self.messages else {"content": self.completion}
+        if (
+            not _has_text(answer.get("content"))
+            and not answer.get("tool_calls")
+            and not answer.get("refusal")
+        ):
+            return "empty"
+        return None
+
+
+def _has_text(content: Any) -> bool:
+    """Whether an OpenAI message `content` (text, or a list of parts) holds more than whitespace."""
+    if isinstance(content, str):
+        return bool(content.strip())
+    if isinstance(content, list):
+        return any(
+            isinstance(part, dict)
+            and (part.get("type") not in TEXT_PART_TYPES or _has_text(part.get(part["type"])))
+            for part in content
+        )
+    return False

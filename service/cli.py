@@ -320,6 +320,13 @@ def cmd_import(args: argparse.Namespace) -> int:
             else ""
         )
     )
+    if report.without_feedback:
+        print(
+            f"warning: {report.logs_accepted} logs stored but no feedback: Ratchet trains on feedback. "
+            "Was the file exported with its feedback (`ratchet export --format jsonl` writes it), "
+            f"and is it in format {report.format} (else name it with --format)?",
+            file=sys.stderr,
+        )
     return 1 if report.bad_lines or report.feedback_bad_lines else 0
 
 
@@ -332,6 +339,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
     from tqdm import tqdm
 
+    from service.store.export import default_filename
+
     params: dict[str, str] = {
         "format": args.format,
         **{k: getattr(args, k).isoformat() for k in ("since", "until") if getattr(args, k)},
@@ -339,7 +348,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.scrub:
         params["scrub"] = "true"
     to_stdout = args.output == "-"
-    out = Path(args.output or _export_name(args.project, args.format))
+    out = Path(args.output or default_filename(args.project, args.format))
     tmp = out.with_name(f".{out.name}.part")
     lines = 0
     try:
@@ -372,14 +381,6 @@ def cmd_export(args: argparse.Namespace) -> int:
         file=sys.stderr if to_stdout else sys.stdout,
     )
     return 0
-
-
-def _export_name(project: str, fmt: str) -> str:
-    """The default file of an export: one per format, so an OpenAI file never overwrites the
-    project's own JSONL (`demo.jsonl`, `demo.parquet`, `demo.openai-chat.jsonl`)."""
-    if fmt in ("jsonl", "parquet"):
-        return f"{project}.{fmt}"
-    return f"{project}.{fmt}.jsonl"
 
 
 def cmd_adapters_download(args: argparse.Namespace) -> int:

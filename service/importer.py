@@ -13,7 +13,8 @@ skipped and counted, not a bad line.
 A Ratchet line is a `formats.logfile.LogLine` — exactly what `ratchet export --format jsonl` writes:
 OpenAI chat `messages` ending in the assistant's answer (text or tool calls), `tools`, the log's
 fields and the feedback's (`rating` +1/-1, `score`, `correction`, `comment`, and the implicit
-`regenerated`, `edited_text`, `copied`, `events`: one feedback item each). A line without an
+`regenerated`, `edited_text`, `copied`, `events`: one feedback item each), given by
+`feedback_end_user` when the line names one (else by the log's `end_user`). A line without an
 `id` gets one from its content, so importing a file twice stores it once (and its feedback is a
 duplicate the second time: no new signal). Progress (the byte offset acknowledged so far) is kept
 beside the file, so an interrupted import resumes there.
@@ -149,10 +150,11 @@ def parse_line(
             )
         answer = line.messages[-1]
         if answer.get("role") != "assistant" or (
-            answer.get("content") is None and not answer.get("tool_calls")
+            answer.get("content") is None and not answer.get("tool_calls") and not answer.get("refusal")
         ):
             raise InvalidInput(
-                f"{where}: the last message must be the assistant's answer (text or tool calls)", where
+                f"{where}: the last message must be the assistant's answer (text, tool calls or a refusal)",
+                where,
             )
         request = {"messages": line.messages[:-1]}
         for name in ("tools", "tool_choice", "response_format"):
@@ -194,9 +196,11 @@ def parse_line(
     # a joined item gets an id of its own per row: a trace-level score joins several generations
     joined = joins.take(row.join_keys) if joins else []
     items += [{**j, "id": _joined_id(j["id"], row_id)} if "id" in j else j for j in joined]
+    # the user who gave it, when the line says (a Ratchet export does): else the log's end user
+    by = line.feedback_end_user if line.feedback_end_user is not None else line.end_user
     feedback = []
     for fields in items:
-        item = {"log_id": row_id, "end_user": line.end_user, "created_at": line.created_at, **fields}
+        item = {"log_id": row_id, "end_user": by, "created_at": line.created_at, **fields}
         checked_fb = decode_item(_encode({k: v for k, v in item.items() if v is not None}), FeedbackIn)
         if isinstance(checked_fb, Rejected):
             raise InvalidInput(f"{where}: {checked_fb.field}: {checked_fb.message}", where)
@@ -225,6 +229,12 @@ class ImportReport:
     """(line number in the feedback file, what is wrong), for every line of it skipped."""
     feedback_unmatched: int = 0
     """Feedback-file items that named no row of the file (not counted when the import resumed)."""
+
+    @property
+    def without_feedback(self) -> bool:
+        """Logs were stored but no line carried feedback: nothing Ratchet can train on came in (a
+        file exported without its feedback, or read in the wrong `--format`)."""
+        return self.logs_accepted > 0 and self.feedback == 0 and self.feedback_duplicate == 0
 
 
 def _progress_path(path: Path) -> Path:

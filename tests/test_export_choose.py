@@ -38,7 +38,7 @@ def test_the_choose_pass_reads_no_log_text_and_still_skips_an_unreadable_log(tmp
 
     export = LogExport(db, "p", "jsonl")
     lines = [json.loads(line) for line in b"".join(export).decode().splitlines()]
-    assert (export.rows, export.skipped, [(x["id"], x["rating"], x["end_user"]) for x in lines]) == (
+    assert (export.rows, export.skipped, [(x["id"], x["rating"], x["feedback_end_user"]) for x in lines]) == (
         1,
         1,
         [("ok", 1, "u")],

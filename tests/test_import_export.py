@@ -257,7 +257,7 @@ def test_export_carries_tools_the_chosen_answer_and_scrubs_on_request(
     assert tools["tools"] == [WEATHER_TOOL]
     assert tools["messages"][1]["tool_calls"] == [CALL] and tools["messages"][2]["tool_call_id"] == "call_1"
     assert tools["messages"][-1] == {"role": "assistant", "content": "18C."}
-    assert (tools["rating"], tools["end_user"]) == (-1, "u2")
+    assert (tools["rating"], tools["feedback_end_user"], tools.get("end_user")) == (-1, "u2", None)
     assert lines["n2"]["messages"][-1]["content"] == "beta", "the answer the feedback named (choice 1)"
     assert lines["cut"]["finish_reason"] == "length" and "rating" not in lines["cut"]
 

@@ -27,6 +27,14 @@ def exported(server: RatchetProcess, key: str, project: str, fmt: str, out: Path
     return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
 
 
+def weighted(row: dict[str, Any]) -> dict[str, Any]:
+    """A chat row as an export writes it back: every assistant turn weighted, the answer 1 unless
+    weighted 0, earlier turns 0 unless weighted 1."""
+    *prompt, answer = row["messages"]
+    messages = [{**m, "weight": m.get("weight", 0)} if m["role"] == "assistant" else m for m in prompt]
+    return {**row, "messages": [*messages, {**answer, "weight": answer.get("weight", 1)}]}
+
+
 def skipped_lines(stderr: str, path: Path) -> list[int]:
     return [
         int(line.split(":")[1])
@@ -62,7 +70,9 @@ def test_chat_file_imports_by_line_resumes_is_idempotent_and_round_trips(
         stats = c.get("/v1/projects/ft-chat/stats").json()
     assert stats["logs"] == 300
     assert stats["thumbs_up"] == sum(1 for r in rows if r["messages"][-1].get("weight", 1) == 1)
-    assert exported(ratchet_server, key, "ft-chat", "openai-chat", tmp_path / "out.jsonl") == rows
+    assert exported(ratchet_server, key, "ft-chat", "openai-chat", tmp_path / "out.jsonl") == [
+        weighted(r) for r in rows
+    ]
 
 
 def test_preference_file_is_logs_with_preferences_and_round_trips(

@@ -16,7 +16,7 @@ from service.clock import parse_instant
 from service.domain import LogOut, Principal, Project, ProjectCreated, ProjectIn, ProjectStats
 from service.pii import scrubber_for
 from service.runtime import Runtime
-from service.store.export import MEDIA_TYPES, LogExport
+from service.store.export import MEDIA_TYPES, LogExport, default_filename
 
 
 @post("/v1/projects", status_code=201, summary="Create a project (admin)", opt=needs("admin"))
@@ -72,10 +72,14 @@ def export(
     until: str | None = Parameter(default=None, description=_INSTANT),
     scrub: bool = False,
 ) -> Stream:
-    """The project's logs in [since, until) with their feedback, streamed: JSONL (the import format),
-    Parquet, or an OpenAI fine-tuning file (`openai-chat`: every chat log, the answer weighted 1
-    when liked or corrected, else 0; `openai-preference`: corrected logs, the correction preferred). `scrub=true` redacts PII as snapshots do. Header `x-ratchet-rows`: the rows chosen
-    (a log the shape module could not read is left out, counted in `x-ratchet-skipped`)."""
+    """The project's logs in [since, until) with their feedback, streamed: JSONL (the import format:
+    a line per verdict, naming the log's `end_user` and the `feedback_end_user` who gave it),
+    Parquet, or an OpenAI fine-tuning file of what Ratchet would train on (`openai-chat`: chat logs
+    with a non-empty answer, every assistant turn weighted, the answer 1 when corrected or liked
+    and sound, else 0; `openai-preference`: corrected logs, the correction preferred; logs a
+    snapshot quarantines are left out). A withdrawn verdict is no feedback. `scrub=true` redacts
+    PII as snapshots do. Header `x-ratchet-rows`: the rows chosen (a log the shape module could
+    not read, or quarantined for an OpenAI file, is left out, counted in `x-ratchet-skipped`)."""
     project = scoped_project(principal, runtime, name)
     scrubber = scrubber_for(runtime.settings.snapshot) if scrub else None
     rows = LogExport(
@@ -93,7 +97,7 @@ def export(
         itertools.chain((first,), chunks),
         media_type=MEDIA_TYPES[fmt],
         headers={
-            "content-disposition": f'attachment; filename="{project}.{"parquet" if fmt == "parquet" else "jsonl"}"',
+            "content-disposition": f'attachment; filename="{default_filename(project, fmt)}"',
             "x-ratchet-rows": str(rows.rows),
             "x-ratchet-skipped": str(rows.skipped),
         },

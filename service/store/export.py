@@ -6,16 +6,21 @@ feedback's fields, so `ratchet export` output feeds `ratchet import`:
     {"messages": [...the prompt, then the answer as the last assistant message, tool calls and
      all], "tools": [...], "tool_choice": ..., "response_format": ..., "finish_reason": "length",
      "id": ..., "created_at": "2026-11-01T12:00:00Z", "adapter": ..., "end_user": ...,
-     "metadata": {...}, "rating": 1, "score": ..., "correction": ..., "comment": ...,
+     "feedback_end_user": ..., "metadata": {...}, "rating": 1, "score": ..., "correction": ..., "comment": ...,
      "regenerated": true, "regenerated_log_id": ..., "edited_text": ..., "copied": true,
      "events": ["shared"]}
 
 Everything comes from the typed columns capture wrote (`formats.log`); only a log whose prompt held
 media (`media_prompt`) takes its messages from the raw request, so the media parts are not lost.
 A log with several end users' feedback gives a line per feedback row, each with the answer that
-feedback names (`choice`); a log without feedback gives one line with its first answer. Fields
-without a value are left out; `finish_reason` only when it is not `stop`. A Parquet row has the
-same fields, structured ones as JSON text (`events`: a list of strings).
+feedback names (`choice`) and the user who gave it (`feedback_end_user`, `""` when anonymous;
+`end_user` is always the log's), so an import keeps each user's verdict apart; a log without
+feedback gives one line with its first answer. A withdrawn verdict (`DELETE /v1/feedback/{id}`:
+a row left with no value) is no feedback, and a blank correction or edited text (stored before
+capture refused them) is no text (`service.store.given_text`), as in snapshots. A refusal is the
+answer message's `refusal`, as OpenAI writes it. Fields without a value are left out;
+`finish_reason` only when it is not `stop`. A Parquet row has the same fields, structured ones as
+JSON text (`events`: a list of strings).
 
 `LogExport` chooses the rows first (one narrow query in a read transaction: row ids and the
 feedback's fields, never the logs' text), so the row count is known before the first byte; then
@@ -48,6 +53,7 @@ from service.errors import StoreOutOfMemory
 from service.pii import Scrubber
 from service.store.archive import Archive
 from service.store.db import Database, rowid_ranges
+from service.store.given_text import given_text
 
 log = logging.getLogger("ratchet.export")
 
@@ -60,8 +66,18 @@ MEDIA_TYPES: dict[str, str] = {
 }
 _ROWS = {"openai-chat": chat_row, "openai-preference": preference_row}
 """OpenAI fine-tuning files (`formats.finetuning`): a line that cannot be a row of the format (a
-completions log; for preference, one without a correction) is left out, counted in
-`unrepresentable`."""
+completions log, an empty answer; for preference, one without a correction) is left out, counted
+in `unrepresentable`. A log a snapshot would quarantine (`logs.quarantine`: media or token prompt,
+legacy function call) is left out when the rows are chosen, counted in `quarantined`: these files
+are training data, and Ratchet trains on none of them."""
+_FILE_NAMES = {"jsonl": "{}.jsonl", "parquet": "{}.parquet"}
+
+
+def default_filename(project: str, fmt: ExportFormat) -> str:
+    """The file an export is saved to unless told otherwise: one per format, so an OpenAI file
+    never overwrites the project's own JSONL (`demo.jsonl`, `demo.parquet`,
+    `demo.openai-chat.jsonl`, `demo.openai-preference.jsonl`)."""
+    return _FILE_NAMES.get(fmt, f"{{}}.{fmt}.jsonl").format(project)
 
 
 PARQUET_SCHEMA = pa.schema(
@@ -78,6 +94,7 @@ PARQUET_SCHEMA = pa.schema(
         ("error", pa.string()),
         ("adapter", pa.string()),
         ("end_user", pa.string()),
+        ("feedback_end_user", pa.string()),
         ("metadata", pa.string()),
         ("rating", pa.int8()),
         ("score", pa.float64()),
@@ -92,25 +109,32 @@ PARQUET_SCHEMA = pa.schema(
 )
 _JSON_FIELDS = ("messages", "prompt", "tools", "tool_choice", "response_format", "metadata")
 
-# One row per (log, feedback row), or per log without feedback; shape_error logs (no typed
-# columns) are left out and counted. A log is unreadable when its `endpoint` is NULL: capture and
-# the backfill fill `endpoint` and `answers` together (`rows.normalized_columns`), and testing the
-# narrow column keeps this pass from reading every answer's text (4.8M logs: peak RSS 3.9 -> 2.0 GB,
-# bench/export_memory.py).
-_CHOOSE = """
+# One row per (log, feedback row that holds a verdict), or per log without one. A withdrawn verdict
+# keeps its row with every value cleared (`service.store.writer`): it joins as no feedback at all.
+# Shape_error logs (no typed columns) are left out and counted, and so are, for OpenAI files,
+# quarantined ones (`quarantined`: deleted from the chosen rows). A log is unreadable when its
+# `endpoint` is NULL: capture and the backfill fill `endpoint` and `answers` together
+# (`rows.normalized_columns`), and testing the narrow column keeps this pass from reading every
+# answer's text (4.8M logs: peak RSS 3.9 -> 2.0 GB, bench/export_memory.py). The filters cost
+# nothing measurable (bench/export_verdicts.py).
+_VERDICT = f"""(f.rating IS NOT NULL OR f.score IS NOT NULL OR {given_text("f.correction")} IS NOT NULL
+    OR f.comment IS NOT NULL OR f.regenerated OR {given_text("f.edited")} IS NOT NULL OR f.copied
+    OR len(f.events) > 0)"""
+_CHOOSE = f"""
 CREATE OR REPLACE TEMP TABLE export_rows AS
-SELECT l.rowid AS log_rowid, l.endpoint IS NULL AS unreadable, f.end_user AS feedback_user,
-       coalesce(f.choice, 0) AS choice, f.rating, f.score, f.correction, f.comment,
-       f.regenerated, f.regenerated_log_id, f.edited, f.copied, f.events,
-       nullif(coalesce(nullif(f.end_user, ''), l.end_user), '') AS end_user
-FROM logs l LEFT JOIN feedback f ON f.project = l.project AND f.log_id = l.id
+SELECT l.rowid AS log_rowid, l.endpoint IS NULL AS unreadable,
+       l.endpoint IS NOT NULL AND l.quarantine IS NOT NULL AS quarantined,
+       f.end_user AS feedback_user,
+       coalesce(f.choice, 0) AS choice, f.rating, f.score, {given_text("f.correction")} AS correction, f.comment,
+       f.regenerated, f.regenerated_log_id, {given_text("f.edited")} AS edited, f.copied, f.events
+FROM logs l LEFT JOIN feedback f ON f.project = l.project AND f.log_id = l.id AND {_VERDICT}
 WHERE l.project = $project AND l.created_at >= $since AND l.created_at < $until
 ORDER BY log_rowid  -- stored in row id order, each range below reads only its own part of the table
 """
 _READ = """
 SELECT k.choice, k.rating, k.score, k.correction, k.comment,
-       k.regenerated, k.regenerated_log_id, k.edited, k.copied, k.events, k.end_user,
-       l.id, l.created_at, l.adapter, l.metadata, l.endpoint, l.messages, l.tools, l.tool_choice,
+       k.regenerated, k.regenerated_log_id, k.edited, k.copied, k.events, nullif(l.end_user, ''),
+       k.feedback_user, l.id, l.created_at, l.adapter, l.metadata, l.endpoint, l.messages, l.tools, l.tool_choice,
        l.response_format, l.answers,
        CASE WHEN l.quarantine IN ('media_prompt', 'token_prompt') THEN l.request END,
        l.response->>'$.error.message'  -- a stream's error event, kept so an import keeps the answer's problem
@@ -147,7 +171,8 @@ class ExportFailed(RuntimeError):
 
 class LogExport:
     """An export of one project's logs in [since, until): the rows are chosen when it is built
-    (`rows`: how many, `skipped`: shape_error logs left out), and iterating it yields the file's
+    (`rows`: how many; `skipped`: the logs left out, shape_error ones and, for an OpenAI file,
+    `quarantined` ones), and iterating it yields the file's
     bytes in pieces. Iterate it once; it holds a read transaction until then (or `close`).
     `StoreOutOfMemory` (building it, or reading a batch) when a step needs more than DuckDB's
     memory limit; any other failure part-way is `ExportFailed`."""
@@ -178,14 +203,20 @@ class LogExport:
                     archive.shadow_logs(self._cur, project)
                 params = {"project": project, "since": since or datetime.min, "until": until or datetime.max}
                 self._cur.execute(_CHOOSE, params)
-                total, skipped = self._cur.execute(
-                    "SELECT count(*), count(*) FILTER (WHERE unreadable) FROM export_rows"
+                total, unreadable, quarantined = self._cur.execute(
+                    "SELECT count(*), count(*) FILTER (WHERE unreadable), count(*) FILTER (WHERE quarantined)"
+                    " FROM export_rows"
                 ).fetchone()
+                if fmt in _ROWS:
+                    self._cur.execute("DELETE FROM export_rows WHERE quarantined")
+                else:
+                    quarantined = 0
         except BaseException:
             self.close()
             raise
-        self.rows = int(total - skipped)
-        self.skipped = int(skipped)
+        self.quarantined = int(quarantined)
+        self.skipped = int(unreadable) + self.quarantined
+        self.rows = int(total) - self.skipped
 
     def close(self) -> None:
         if self._cur is not None:
@@ -208,9 +239,10 @@ class LogExport:
             self.close()
         if self.skipped or self.unanswerable or self.unrepresentable:
             log.warning(
-                "export left out %d log(s) the shape module could not read, %d row(s) whose feedback "
-                "names a choice the response lacks and %d row(s) the %s format cannot hold",
-                self.skipped,
+                "export left out %d log(s) the shape module could not read, %d quarantined one(s), %d row(s) "
+                "whose feedback names a choice the response lacks and %d row(s) the %s format cannot hold",
+                self.skipped - self.quarantined,
+                self.quarantined,
                 self.unanswerable,
                 self.unrepresentable,
                 self.fmt,
@@ -259,7 +291,7 @@ class LogExport:
 
 def _line(record: tuple[Any, ...], scrubber: Scrubber | None) -> LogLine | None:
     (choice, rating, score, correction, comment, regenerated, regenerated_log_id, edited, copied, events,
-     end_user, log_id, created_at, adapter, metadata, endpoint,
+     end_user, feedback_user, log_id, created_at, adapter, metadata, endpoint,
      messages, tools, tool_choice, response_format, answers, raw_request, error) = record  # fmt: skip
     answer = next((a for a in _decode_answers(answers) if a.index == choice), None)
     if answer is None:
@@ -286,7 +318,10 @@ def _line(record: tuple[Any, ...], scrubber: Scrubber | None) -> LogLine | None:
                 for m in prompt
             ]
             completion = scrubber.scrub_message(completion)
-        messages_out = [m if isinstance(m, dict) else _builtins(m) for m in (*prompt, completion)]
+        messages_out = [
+            *(m if isinstance(m, dict) else _builtins(m) for m in prompt),
+            _answer_message(answer, completion, scrubber),
+        ]
         prompt_out, completion_out = None, None
     if scrubber is not None:
         correction = scrubber.scrub(correction) if correction else correction
@@ -305,6 +340,7 @@ def _line(record: tuple[Any, ...], scrubber: Scrubber | None) -> LogLine | None:
         created_at=created_at.replace(tzinfo=UTC),  # stored naive UTC; written with its `Z`
         adapter=adapter,
         end_user=end_user,
+        feedback_end_user=feedback_user,
         metadata=_decode_any(metadata) if metadata is not None else None,
         rating=rating,
         score=score,
@@ -316,6 +352,17 @@ def _line(record: tuple[Any, ...], scrubber: Scrubber | None) -> LogLine | None:
         copied=copied or None,
         events=events or None,
     )
+
+
+def _answer_message(answer: Answer, message: Message, scrubber: Scrubber | None) -> dict[str, Any]:
+    """The answer (`message`: scrubbed if asked) as OpenAI writes it: a refusal in `refusal`, its
+    `content` null when the refusal was all it said (capture keeps the refusal as the text too)."""
+    out = _builtins(message)
+    if answer.refusal is None:
+        return out
+    if answer.message.content == answer.refusal:  # the refusal stood in for the text
+        return {**out, "content": None, "refusal": out.get("content")}
+    return {**out, "refusal": scrubber.scrub(answer.refusal) if scrubber is not None else answer.refusal}
 
 
 def _scrub_raw(scrubber: Scrubber, message: dict[str, Any]) -> dict[str, Any]:

@@ -3,8 +3,9 @@
 
 The one place where data is cleaned before training (DESIGN.md, Contracts):
 1. select every (log, current feedback) pair in [since, until) that carries a signal (a rating,
-   score or correction); a log capture quarantined (`logs.quarantine`: media prompt, token
-   prompt, legacy function call, shape error) is counted by reason and set aside;
+   score or correction; a blank correction or edited text is none: `service.store.given_text`);
+   a log capture quarantined (`logs.quarantine`: media prompt, token prompt, legacy function
+   call, shape error) is counted by reason and set aside;
 2. drop identical examples (same prompt, answer, rating and correction, by `prompt_sha256` and a
    hash of the answers and the chosen choice): a thousand fake users posting the same thumb count
    once;
@@ -64,6 +65,7 @@ from service.durable_files import fsync_tree
 from service.pii import Scrubber, scrubber_for
 from service.store.archive import Archive
 from service.store.db import Database, rowid_ranges
+from service.store.given_text import given_text
 
 # Step 1, narrow: the keys of every signal-carrying (log, feedback) pair, with what dedup, the
 # cap and the split need. `dup_rank` 1 is the newest of identical examples. Implicit feedback
@@ -71,8 +73,9 @@ from service.store.db import Database, rowid_ranges
 # (an edit) with its weight, unless the user gave that explicitly. A log's time is the client's
 # `created_at`, but never later than the server received it: a future timestamp cannot hide a log
 # from a snapshot cut now. The poisoning cap's end user is the log's, unless the feedback came
-# from a key allowed to attribute (`attributed`).
-_SELECT = """
+# from a key allowed to attribute (`attributed`). A blank correction or edited text (stored before
+# capture refused them) is no text at all (`given_text`).
+_SELECT = f"""
 CREATE OR REPLACE TEMP TABLE snap_joined AS
 SELECT *, row_number() OVER (
         PARTITION BY quarantine IS NULL, prompt_key, answer_key, rating, correction, pair_rowid
@@ -88,13 +91,13 @@ FROM (
         signals, end_user, created_at, prompt_key, answer_key, quarantine
     FROM (
         SELECT l.rowid AS log_rowid, l.id AS log_id, f.end_user AS feedback_user, f.choice AS choice,
-            f.rating AS rating, f.score AS score, f.correction AS correction,
-            CASE WHEN $edited_weight > 0 THEN f.edited END AS edit,
+            f.rating AS rating, f.score AS score, {given_text("f.correction")} AS correction,
+            CASE WHEN $edited_weight > 0 THEN {given_text("f.edited")} END AS edit,
             - $regenerated_weight * coalesce(f.regenerated, false)::INTEGER
               + $copied_weight * coalesce(f.copied, false)::INTEGER
               + coalesce((SELECT sum(w.weight) FROM snap_event_weights w WHERE list_contains(f.events, w.name)), 0)
               AS implicit,
-            list_filter([CASE WHEN f.regenerated THEN 'regenerated' END, CASE WHEN f.edited IS NOT NULL THEN 'edited' END,
+            list_filter([CASE WHEN f.regenerated THEN 'regenerated' END, CASE WHEN {given_text("f.edited")} IS NOT NULL THEN 'edited' END,
                          CASE WHEN f.copied THEN 'copied' END], lambda x: x IS NOT NULL)
               || list_transform(coalesce(f.events, []), lambda e: 'event:' || e) AS signals,
             CASE WHEN f.attributed AND f.end_user <> '' THEN f.end_user

@@ -17,10 +17,15 @@ class ContentCodingError(ValueError):
         self.message = message
 
 
+class InflatedTooLarge(ContentCodingError):
+    """The body inflates to more than the limit: the request is too large (HTTP 413), not bad."""
+
+
 def decompress(body: bytes, content_encoding: str | None, limit: int) -> bytes:
     """The body as sent before `Content-Encoding` (`gzip`, or none/`identity`); raises
-    `ContentCodingError` for another coding, a corrupt stream, or more than `limit` bytes
-    inflated (read no further than that: a gzip bomb costs `limit` bytes, not its size)."""
+    `ContentCodingError` for another coding or a corrupt stream, `InflatedTooLarge` for more than
+    `limit` bytes inflated (read no further than that: a gzip bomb costs `limit` bytes, not its
+    size)."""
     coding = (content_encoding or "identity").strip().lower()
     if coding == "identity":
         return body
@@ -32,5 +37,5 @@ def decompress(body: bytes, content_encoding: str | None, limit: int) -> bytes:
     except zlib.error as exc:
         raise ContentCodingError(f"the body is not valid gzip: {exc}") from None
     if len(data) > limit or inflater.unconsumed_tail:
-        raise ContentCodingError(f"the body inflates to more than {limit} bytes: send smaller batches")
+        raise InflatedTooLarge(f"the body inflates to more than {limit:,} bytes: send smaller batches")
     return data

@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable
 from datetime import datetime
@@ -33,17 +34,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     Example: `RATCHET_ADMIN_KEY=secret ratchet serve --port 8470`
     """
-    import uvicorn
 
     from service.api.fastpath import FastPath
     from service.app import build_runtime, create_app, ensure_admin_key, tune_interpreter_for_serving
 
-    settings = _settings(args)
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    if overrides:
-        settings = msgspec.structs.replace(settings, **overrides)
-        settings.check()
-    runtime = build_runtime(settings)
+    settings = _settings(args, host=args.host, port=args.port)
+    sock = _listen(settings.host, settings.port)  # before the store: a busy port changes nothing
+    try:
+        runtime = build_runtime(settings)
+    except BaseException:
+        sock.close()
+        raise
     admin_key = ensure_admin_key(runtime)
     app = create_app(settings, runtime)
     url = f"http://{settings.host}:{settings.port}"
@@ -53,16 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     elif settings.auth_disabled:
         print("ratchet: auth is DISABLED (loopback only): every caller is admin", flush=True)
     tune_interpreter_for_serving()
-    uvicorn.run(
-        FastPath(app, runtime),
-        host=settings.host,
-        port=settings.port,
-        log_level="warning",
-        access_log=False,
-        # At SIGTERM, requests still running (a long export) get this long before they are cut
-        # off: the process then exits within ~10 s (Database.close interrupts their queries).
-        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
-    )
+    _run_server(FastPath(app, runtime), sock)
     return 0
 
 
@@ -73,19 +65,14 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     logs to the store (spooled on disk while the store is away). Example:
     `RATCHET_GATEWAY__STORE_URL=http://10.0.0.5:8470 RATCHET_GATEWAY__STORE_KEY=$ADMIN ratchet gateway --port 8471`
     """
-    import uvicorn
-
     from service.app import tune_interpreter_for_serving
     from service.gateway_replica import build_replica, create_replica_app
 
-    settings = _settings(args)
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    if args.spool_dir:
-        overrides["spool_dir"] = args.spool_dir
-    if overrides:
-        settings = msgspec.structs.replace(
-            settings, gateway=msgspec.structs.replace(settings.gateway, **overrides)
-        )
+    settings = _settings(
+        args,
+        **{"gateway.host": args.host, "gateway.port": args.port, "gateway.spool_dir": args.spool_dir},
+    )
+    sock = _listen(settings.gateway.host, settings.gateway.port)
     runtime = build_replica(settings)
     app = create_replica_app(runtime)
     g = settings.gateway
@@ -94,10 +81,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         flush=True,
     )
     tune_interpreter_for_serving()
-    uvicorn.run(
-        app, host=g.host, port=g.port, log_level="warning", access_log=False,
-        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
-    )  # fmt: skip
+    _run_server(app, sock)
     return 0
 
 
@@ -582,8 +566,36 @@ def _pct(rate: float | None) -> str:
     return "-" if rate is None else f"{100 * rate:.1f}%"
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    return Settings.load(args.config)
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to (host, port), so that a port in use is a one-line error before anything
+    starts or is printed (uvicorn binds only once the app is built). Raises `SettingsError`."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        raise SettingsError(
+            f"cannot listen on {host}:{port}: {os.strerror(exc.errno) if exc.errno else exc}: "
+            "choose another with --port"
+        ) from exc
+
+
+def _run_server(app: Any, sock: socket.socket) -> None:
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        # At SIGTERM, requests still running (a long export) get this long before they are cut
+        # off: the process then exits within ~10 s (Database.close interrupts their queries).
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+    )
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _settings(args: argparse.Namespace, **flags: Any) -> Settings:
+    """The settings, with the command's flags (those given) over file and environment."""
+    return Settings.load(args.config, overrides={k: v for k, v in flags.items() if v is not None})
 
 
 def _client(args: argparse.Namespace) -> Any:

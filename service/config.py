@@ -517,7 +517,7 @@ class GatewaySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
         str | None, _doc("An admin key of the store (default: `admin_key`). Its answer holds key hashes.")
     ] = None
     host: Annotated[str, _doc("Address the gateway binds.")] = "127.0.0.1"
-    port: Annotated[int, _doc("Port the gateway binds."), msgspec.Meta(ge=0, le=65535)] = 8471
+    port: Annotated[int, _doc("Port the gateway binds."), msgspec.Meta(ge=1, le=65535)] = 8471
     spool_dir: Annotated[
         str,
         _doc(
@@ -593,9 +593,11 @@ class LauncherSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Everything Ratchet can be told. Defaults run on one machine out of the box."""
 
-    data_dir: Annotated[str, _doc("Where the DuckDB file, snapshots and adapters live.")] = "./data"
+    data_dir: Annotated[
+        str, _doc("Where the DuckDB file, snapshots and adapters live."), msgspec.Meta(min_length=1)
+    ] = "./data"
     host: Annotated[str, _doc("Address the HTTP server binds.")] = "127.0.0.1"
-    port: Annotated[int, _doc("Port the HTTP server binds."), msgspec.Meta(ge=0, le=65535)] = 8470
+    port: Annotated[int, _doc("Port the HTTP server binds."), msgspec.Meta(ge=1, le=65535)] = 8470
     admin_key: Annotated[
         str | None, _doc("Admin API key. When unset, one is generated at first start and printed once.")
     ] = None
@@ -680,10 +682,17 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
         return Path(self.data_dir).resolve() / "runs"
 
     @classmethod
-    def load(cls, path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
-        """Read `path` (TOML; default `$RATCHET_CONFIG` or none) then apply `RATCHET_*` overrides.
+    def load(
+        cls,
+        path: str | Path | None = None,
+        env: Mapping[str, str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> Settings:
+        """Read `path` (TOML; default `$RATCHET_CONFIG` or none), apply `RATCHET_*` variables, then
+        `overrides` (command-line flags, keyed by dotted path: `{"gateway.port": 8471}`).
 
-        Raises `SettingsError` naming the bad key or value.
+        Every value is checked the same way whatever its source. Raises `SettingsError` naming the
+        bad key or value.
         """
         env = os.environ if env is None else env
         path = path or env.get(f"{ENV_PREFIX}CONFIG")
@@ -701,11 +710,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
                 or name.startswith(NOT_SETTINGS_PREFIX)
             ):
                 continue
-            keys = name[len(ENV_PREFIX) :].lower().split("__")
-            node = raw
-            for key in keys[:-1]:
-                node = node.setdefault(key, {})
-            node[keys[-1]] = _parse_env_value(value)
+            _set_path(raw, name[len(ENV_PREFIX) :].lower().split("__"), _parse_env_value(value))
+        for dotted, value in (overrides or {}).items():
+            _set_path(raw, dotted.split("."), value)
         try:
             settings = msgspec.convert(raw, cls, strict=False)
         except msgspec.ValidationError as exc:
@@ -721,6 +728,13 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
                 "set RATCHET_HOST=127.0.0.1 or give API keys"
             )
         self.vllm.check()
+
+
+def _set_path(raw: dict[str, Any], keys: list[str], value: Any) -> None:
+    node = raw
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = value
 
 
 class SettingsError(ValueError):

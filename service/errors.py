@@ -52,6 +52,11 @@ class MalformedPayload(InvalidInput):
     encoding, corrupt compression, not the expected message. OTLP answers these with 400."""
 
 
+class BodyTooLarge(RatchetError):
+    """A body over its size limit once its `Content-Encoding` is undone (Litestar refuses one over
+    the limit as sent). Answered 413 like that one."""
+
+
 class InvalidFile(InvalidInput):
     """An uploaded file that cannot be used as it is: `detail` lists the bad lines (line number,
     field, what to fix). OpenAI's files API answers these with 400."""

@@ -32,10 +32,10 @@ from typing import Any
 import msgspec
 
 from formats import genai, otlp
-from formats.content_coding import ContentCodingError, decompress
+from formats.content_coding import ContentCodingError, InflatedTooLarge, decompress
 from service.capture import Capture, Rejected, decode_item
 from service.domain import FeedbackIn, LogIn
-from service.errors import MalformedPayload
+from service.errors import BodyTooLarge, MalformedPayload
 from service.metrics import Metrics
 
 SpanLookup = Callable[[str, list[tuple[str, str]]], dict[tuple[str, str], tuple[str, str | None]]]
@@ -68,11 +68,14 @@ class TraceResult(msgspec.Struct, kw_only=True):
 def decode_export(
     body: bytes, content_type: str | None, content_encoding: str | None, max_body_bytes: int
 ) -> tuple[otlp.Encoding, list[otlp.Span]]:
-    """The encoding and spans of an OTLP/HTTP trace export; raises `MalformedPayload` (400)."""
+    """The encoding and spans of an OTLP/HTTP trace export; raises `MalformedPayload` (400), or
+    `BodyTooLarge` (413) for a body that inflates past its limit."""
     try:
         encoding = otlp.encoding_of(content_type)
         data = decompress(body, content_encoding, max_body_bytes * INFLATE_FACTOR)
         return encoding, otlp.decode_spans(otlp.parse_request(data, encoding))
+    except InflatedTooLarge as exc:
+        raise BodyTooLarge(exc.message) from None
     except (otlp.PayloadError, ContentCodingError) as exc:
         raise MalformedPayload(exc.message, "body") from None
 

@@ -129,7 +129,8 @@ def test_error_codes(ratchet_server: RatchetProcess, project: tuple[str, httpx.C
     assert error(c.get("/v1/logs/missing")) == (404, "not_found")
     assert error(c.get("/v1/no-such-route")) == (404, "not_found")
     assert error(ratchet_server.client().post("/v1/projects", json={"name": name})) == (409, "conflict")
-    assert error(c.post("/v1/logs", content=b"x" * (1024 * 1024 + 1))) == (413, "too_large")
+    r = c.post("/v1/logs", content=b"x" * (1024 * 1024 + 1))
+    assert error(r) == (413, "too_large") and "over 1,048,576 bytes" in r.json()["message"], r.text
     r = c.post("/v1/feedback", json={"log_id": "a", "rating": 5})
     assert error(r) == (422, "invalid_input") and r.json()["field"] == "$.rating"
     r = c.post("/v1/feedback", json={"feedback": [{"log_id": "a", "rating": 0}]})
@@ -143,6 +144,13 @@ def test_error_codes(ratchet_server: RatchetProcess, project: tuple[str, httpx.C
     assert error(c.post("/v1/feedback", json={"log_id": "a"})) == (422, "invalid_input")
     assert error(c.post("/v1/logs", json={"logs": [chat_log()] * 1001})) == (422, "invalid_input")
     assert error(ratchet_server.client().post("/v1/logs", json=chat_log())) == (422, "invalid_input")
+    # A field is named as the client sent it, and a page size out of range is refused, not clamped.
+    r = c.get(f"/v1/projects/{name}/export", params={"format": "csv"})
+    assert error(r) == (422, "invalid_input") and r.json()["field"] == "format", r.text
+    for path, limit in (("/v1/runs", 0), ("/v1/runs", 1001), (f"/v1/projects/{name}/events", 5000)):
+        r = c.get(path, params={"limit": limit})
+        assert (error(r), r.json()["field"]) == ((422, "invalid_input"), "limit"), (path, r.text)
+    assert c.get("/v1/runs", params={"limit": 1000}).status_code == 200
 
 
 def test_saturated_writer_answers_429_with_retry_after(start_ratchet: Any) -> None:
@@ -212,6 +220,15 @@ def test_gzip_bodies_are_read_on_both_ingest_paths(ratchet_server: RatchetProces
     assert (r.status_code, r.json()["code"]) == (400, "bad_payload") and "'br'" in r.json()["message"]
     r = c.post("/v1/logs", content=b"not gzip", headers=zipped)
     assert r.status_code == 400 and "not valid gzip" in r.json()["message"]
+    # Small on the wire, over the limit inflated: too large (413) on both paths, as a plain body is.
+    bomb = gzip.compress(b" " * (1024 * 1024 + 1))
+    for r in (
+        c.post("/v1/logs", content=bomb, headers=zipped),
+        c.post("/v1/feedback", content=bomb, headers=zipped),
+    ):
+        assert (r.status_code, r.json()["code"]) == (413, "too_large") and "1,048,576 bytes" in r.json()[
+            "message"
+        ]
 
 
 def test_created_at_may_be_unix_seconds_as_openai_writes_created(project: tuple[str, httpx.Client]) -> None:

@@ -146,7 +146,9 @@ def test_kill_during_training_then_a_run_no_better_is_rejected(loop_server: Ratc
     progress = done["stats"]["progress"]  # where training ended, not the last step written in passing
     assert progress["step"] == progress["total_steps"], progress
     assert api.get("/v1/projects/loop/rollout").json()["champion"] == "loop@v0"
-    heading = api.get(f"/v1/runs/{second}/report").text.splitlines()[0]
+    markdown = api.get(f"/v1/runs/{second}/report")
+    assert markdown.headers["content-type"] == "text/markdown; charset=utf-8"
+    heading = markdown.text.splitlines()[0]
     assert heading.endswith("— **DO NOT PROMOTE**"), heading  # the gate's own verdict, not a failure
     assert adapter_state(api, done["stats"]["adapter"]) == "rejected"
     # The hand-written rules joined by the feedback evidence; each scorer says whether it could decide.

@@ -18,7 +18,7 @@ from litestar.response import Stream
 from deploy.names import InvalidServedName, parse_served_name
 from formats.manifest import AdapterManifest
 from service.adapter_archive import adapter_files, archive_chunks, archive_name
-from service.api.deps import needs, scoped_project
+from service.api.deps import needs, page_limit, scoped_project
 from service.clock import utcnow
 from service.domain import Principal
 from service.errors import Conflict, InvalidInput
@@ -172,8 +172,8 @@ def get_rollout(name: str, principal: Principal, runtime: Runtime) -> RolloutOut
 
 @get("/v1/projects/{name:str}/events", summary="Audit trail", sync_to_thread=True, opt=needs("read"))
 def list_events(name: str, principal: Principal, runtime: Runtime, limit: int = 100) -> list[EventOut]:
-    """The project's newest events first: every run stage and rollout transition."""
-    events = runtime.serving.events(scoped_project(principal, runtime, name), limit=min(max(limit, 1), 1000))
+    """The project's newest events first, `limit` 1 to 1,000: every run stage and rollout transition."""
+    events = runtime.serving.events(scoped_project(principal, runtime, name), limit=page_limit(limit, 1000))
     return [EventOut(e.at, e.project, e.run_id, e.kind, e.detail) for e in events]
 
 

@@ -94,3 +94,11 @@ def scoped_project(principal: Principal, runtime: Runtime, requested: str | None
     if requested not in runtime.projects:
         raise NotFound(f"project {requested!r} does not exist: create it with `ratchet projects create`")
     return requested
+
+
+def page_limit(limit: int, most: int) -> int:
+    """`limit` if it is 1 to `most`, else `InvalidInput` naming the field (never clamped: a
+    client asking for more than a page gets told, not quietly fewer)."""
+    if not 1 <= limit <= most:
+        raise InvalidInput(f"`limit` is 1 to {most:,}", "limit")
+    return limit

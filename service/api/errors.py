@@ -21,6 +21,7 @@ STATUS: dict[type[errors.RatchetError], tuple[int, str]] = {
     errors.MalformedPayload: (400, "bad_payload"),  # before its base class
     errors.InvalidFile: (400, "invalid_file"),  # before its base class
     errors.InvalidInput: (422, "invalid_input"),
+    errors.BodyTooLarge: (413, "too_large"),
     errors.Unauthenticated: (401, "unauthenticated"),
     errors.Forbidden: (403, "forbidden"),
     errors.NotFound: (404, "not_found"),
@@ -140,9 +141,11 @@ def handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response
     status = exc.status_code
     message = exc.detail
     if status == 413:
-        message = f"request body too large: {exc.detail}. Split the batch or raise max_body_bytes"
+        limit = request.route_handler.resolve_request_max_body_size()
+        most = f"over {limit:,} bytes" if limit else exc.detail
+        message = f"request body too large: {most}. Split the batch or raise max_body_bytes"
         if request.url.path.startswith("/v1/files"):
-            message = f"file too large: {exc.detail}. Split the file or raise max_file_bytes"
+            message = f"file too large: {most}. Split the file or raise max_file_bytes"
     return answer(
         request,
         status,

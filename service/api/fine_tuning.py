@@ -22,7 +22,7 @@ from formats.openai_jobs import (
     JobEventList,
     JobList,
 )
-from service.api.deps import needs, scoped_project
+from service.api.deps import needs, page_limit, scoped_project
 from service.domain import Principal
 from service.errors import InvalidInput
 from service.fine_tuning import FineTuning, file_object
@@ -37,12 +37,6 @@ def _domain(runtime: Runtime) -> FineTuning:
 
 MAX_FILES_PAGE = 10_000
 """OpenAI's bound (and default) for a page of `GET /v1/files`."""
-
-
-def _limit(limit: int) -> int:
-    if not 1 <= limit <= 100:
-        raise InvalidInput("`limit` is 1 to 100", "limit")
-    return limit
 
 
 def upload_route(max_bytes: int) -> HTTPRouteHandler:
@@ -80,8 +74,7 @@ def list_files(
     """The project's files by creation time, newest first unless `order=asc`; `purpose` only
     those of that purpose; `limit` 1 to 10,000 a page and `after` a file id to page on (OpenAI's
     cursor: the last id of the page before)."""
-    if not 1 <= limit <= MAX_FILES_PAGE:
-        raise InvalidInput(f"`limit` is 1 to {MAX_FILES_PAGE:,}", "limit")
+    page_limit(limit, MAX_FILES_PAGE)
     stored = FineTuningStore(runtime.db).files(
         scoped_project(principal, runtime, project),
         purpose=purpose,
@@ -139,7 +132,9 @@ def list_jobs(
     limit: int = 20,
 ) -> JobList:  # fmt: skip
     """Newest first; `after` a job id to page on (OpenAI's cursor), `limit` 1 to 100."""
-    jobs, more = _domain(runtime).jobs(scoped_project(principal, runtime, project), after, _limit(limit))
+    jobs, more = _domain(runtime).jobs(
+        scoped_project(principal, runtime, project), after, page_limit(limit, 100)
+    )
     return JobList(data=jobs, has_more=more)
 
 
@@ -160,7 +155,7 @@ def list_job_events(
 ) -> JobEventList:  # fmt: skip
     """Newest first: the run's transitions and its last training step's loss."""
     name = scoped_project(principal, runtime, project)
-    events, more = _domain(runtime).events(name, job_id, after, _limit(limit))
+    events, more = _domain(runtime).events(name, job_id, after, page_limit(limit, 100))
     return JobEventList(data=events, has_more=more)
 
 

@@ -50,6 +50,11 @@ def _ping(runtime: Runtime) -> None:
         cur.execute("SELECT 1").fetchone()
 
 
+# Litestar appends `; charset=utf-8` to every text/ type: given twice, a strict scraper
+# (Prometheus 3 parses the header) refuses the answer.
+_EXPOSITION = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")
+
+
 @get("/metrics", summary="Prometheus metrics", media_type=MediaType.TEXT, sync_to_thread=True)
 def metrics(request: Request[Any, Any, Any], runtime: SharedRuntime) -> Response[bytes]:
     """Prometheus text exposition of every `ratchet_*` metric. With `metrics_require_key`, only
@@ -61,4 +66,4 @@ def metrics(request: Request[Any, Any, Any], runtime: SharedRuntime) -> Response
                 "/metrics names every project: use a key for all projects "
                 "(`ratchet keys create --all-projects --scope read`)"
             )
-    return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(runtime.metrics.registry), media_type=_EXPOSITION)

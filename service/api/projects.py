@@ -65,9 +65,8 @@ def export(
     name: str,
     principal: Principal,
     runtime: Runtime,
-    fmt: Literal["jsonl", "parquet", "openai-chat", "openai-preference"] = Parameter(
-        query="format", default="jsonl"
-    ),
+    # Named as the query parameter, so that a 422 names the field the client sent.
+    format: Literal["jsonl", "parquet", "openai-chat", "openai-preference"] = "jsonl",
     since: str | None = Parameter(default=None, description=_INSTANT),
     until: str | None = Parameter(default=None, description=_INSTANT),
     scrub: bool = False,
@@ -85,7 +84,7 @@ def export(
     rows = LogExport(
         runtime.db,
         project,
-        fmt,
+        format,
         since=parse_instant(since, "since"),
         until=parse_instant(until, "until"),
         scrubber=scrubber,
@@ -95,9 +94,9 @@ def export(
     first = next(chunks, b"")  # a first batch over the memory limit is still a 503, not a cut stream
     return Stream(
         itertools.chain((first,), chunks),
-        media_type=MEDIA_TYPES[fmt],
+        media_type=MEDIA_TYPES[format],
         headers={
-            "content-disposition": f'attachment; filename="{default_filename(project, fmt)}"',
+            "content-disposition": f'attachment; filename="{default_filename(project, format)}"',
             "x-ratchet-rows": str(rows.rows),
             "x-ratchet-skipped": str(rows.skipped),
         },

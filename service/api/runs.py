@@ -7,7 +7,7 @@ import asyncio
 from litestar import Response, get, post
 
 from formats.run import RunOut
-from service.api.deps import needs, scoped_project
+from service.api.deps import needs, page_limit, scoped_project
 from service.domain import Principal
 from service.errors import NotFound
 from service.runtime import Runtime
@@ -35,8 +35,8 @@ async def start_run(name: str, principal: Principal, runtime: Runtime) -> RunOut
 def list_runs(
     principal: Principal, runtime: Runtime, project: str | None = None, limit: int = 50
 ) -> list[RunOut]:
-    """Newest first; a project key sees its own project's runs."""
-    limit = min(max(limit, 1), 1000)
+    """Newest first, `limit` 1 to 1,000; a project key sees its own project's runs."""
+    limit = page_limit(limit, 1000)
     if principal.project is None and project is None:
         return [run_out(r) for r in runtime.runs.list(limit=limit)]
     return [run_out(r) for r in runtime.runs.list(scoped_project(principal, runtime, project), limit=limit)]
@@ -67,7 +67,7 @@ async def cancel_run(run_id: str, principal: Principal, runtime: Runtime) -> Run
 @get(
     "/v1/runs/{run_id:str}/report",
     summary="The run's eval report",
-    media_type="text/markdown; charset=utf-8",
+    media_type="text/markdown",  # Litestar adds the charset
     sync_to_thread=True,
     opt=needs("read"),
 )

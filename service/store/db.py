@@ -92,12 +92,19 @@ class Database:
         temp_directory: Path | None = None,
     ) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
         config = {}
         if memory_limit_mib is not None:
             config["memory_limit"] = f"{int(memory_limit_mib)}MiB"
+        for directory in (path.parent, temp_directory):
+            if directory is None:
+                continue
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # a file in the way, no permission, storage gone
+                raise StoreUnavailable(
+                    f"cannot use {directory} as a directory: {exc.strerror or exc}: set data_dir"
+                ) from exc
         if temp_directory is not None:
-            temp_directory.mkdir(parents=True, exist_ok=True)
             config["temp_directory"] = str(temp_directory)
         self.memory_limit_mib = memory_limit_mib
         try:

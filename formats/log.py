@@ -26,6 +26,7 @@ from formats.chat import (
     ShapeError,
     Tool,
     ToolCall,
+    Usage,
     check_request,
     content_text,
     media_types,
@@ -87,6 +88,8 @@ class NormalizedLog(Struct, kw_only=True, omit_defaults=True):
     end_user: str | None = None
     quarantine: Quarantine | None = None
     prompt_sha256: str = ""
+    usage: Usage | None = None
+    """The response's token counts, as the server reported them (the stored log's own columns)."""
 
     def answer(self, choice: int) -> Answer | None:
         """The answer of choice `choice` (its `index`), or None if the response has no such choice."""
@@ -226,6 +229,7 @@ def normalize_chat(
         end_user=end_user or request.safety_identifier or request.user,
         quarantine=quarantine,
         prompt_sha256=hashlib.sha256(_encode([messages, request.tools])).hexdigest(),
+        usage=response.usage,
     )
 
 
@@ -270,4 +274,5 @@ def normalize_completion(
         end_user=end_user or request.safety_identifier or request.user,
         quarantine=None if prompts is not None else "token_prompt",
         prompt_sha256=hashlib.sha256(_encode(prompts if prompts is not None else prompt)).hexdigest(),
+        usage=response.usage,
     )

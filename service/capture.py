@@ -432,6 +432,16 @@ def _rejected(index: int, key: str, why: Rejected, item_id: str | None = None) -
     return ItemResult(index, "rejected", item_id, f"{field}: {why.message}", field)
 
 
+MAX_TOKENS_COLUMN = 2**31 - 1
+"""The most the logs table's INTEGER token columns hold (LogIn's fields are bounded the same)."""
+
+
+def storable_tokens(n: int | None) -> int | None:
+    """A reported token count as the logs table can hold it: None for a count out of range (a
+    server's garbage must never fail a group commit shared with other requests)."""
+    return n if n is not None and 0 <= n <= MAX_TOKENS_COLUMN else None
+
+
 def log_row(
     project: str,
     log_id: str,
@@ -451,7 +461,13 @@ def log_row(
 ) -> LogRow:
     """A `logs` row from raw bodies (JSON text) and their normalisation. `normalized` None: the
     shape module could not read them (a gateway answer is stored all the same, quarantined);
-    `end_user` is then the one the caller knows."""
+    `end_user` is then the one the caller knows. Token counts not given are the response's
+    `usage` (each dropped if the column cannot hold it)."""
+    usage = normalized.usage if normalized else None
+    if prompt_tokens is None and usage is not None:
+        prompt_tokens = storable_tokens(usage.prompt_tokens)
+    if completion_tokens is None and usage is not None:
+        completion_tokens = storable_tokens(usage.completion_tokens)
     return LogRow(
         project, log_id, created_at, received_at, source, adapter, request, response, latency_ms,
         prompt_tokens, completion_tokens, normalized.end_user if normalized else end_user,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -37,6 +37,13 @@ class RatchetClient:
     a server that cannot be reached `ServerUnreachable`."""
 
     def __init__(self, url: str, key: str | None, timeout: float = 60.0) -> None:
+        """Raises `InvalidInput` for a `url` that is not http(s)://host[:port]."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise errors.InvalidInput(
+                f"{url!r} (--url, RATCHET_URL) is not an http(s) URL: write http://{url.rsplit('://', maxsplit=1)[-1]}",
+                "url",
+            )
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.http = httpx.Client(base_url=url, headers=headers, timeout=timeout)
 

@@ -55,7 +55,7 @@ from formats.chat import (
     check_request,
 )
 from formats.log import NormalizedLog, normalize_chat, normalize_completion
-from service.capture import adapter_label, log_row, new_log_id
+from service.capture import adapter_label, log_row, new_log_id, storable_tokens
 from service.clock import utcnow
 from service.config import Settings
 from service.errors import (
@@ -85,7 +85,6 @@ _RESPONSE_DECODERS: dict[Endpoint, Any] = {
     "completions": msgspec.json.Decoder(Completion).decode,
 }
 _RESPONSE_TYPES: dict[Endpoint, type] = {"chat": ChatCompletion, "completions": Completion}
-_MAX_TOKENS_COLUMN = 2**31 - 1  # the logs table's INTEGER token columns
 
 
 # --- the request, parsed once
@@ -562,8 +561,8 @@ class Gateway:
             self.metrics.gateway_upstream_errors.labels(call.project, call.label, reason).inc()
             self.capture.submit_upstream_failure(call.project, call.served_name, reason, call.log_id)
         usage = answer.usage if answer is not None else None
-        prompt_tokens = _tokens(usage.prompt_tokens if usage else None)
-        completion_tokens = _tokens(usage.completion_tokens if usage else None)
+        prompt_tokens = storable_tokens(usage.prompt_tokens if usage else None)
+        completion_tokens = storable_tokens(usage.completion_tokens if usage else None)
         for direction, n in (("prompt", prompt_tokens), ("completion", completion_tokens)):
             if n:
                 self.metrics.gateway_tokens.labels(call.project, call.label, direction).inc(n)
@@ -647,10 +646,6 @@ def _choice_count(request: ChatCompletionRequest | CompletionRequest) -> int:
     if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
         return n * len(prompt)
     return n
-
-
-def _tokens(n: int | None) -> int | None:
-    return n if n is not None and 0 <= n <= _MAX_TOKENS_COLUMN else None
 
 
 # --- the relay's byte work

@@ -245,3 +245,27 @@ def test_created_at_may_be_unix_seconds_as_openai_writes_created(project: tuple[
     feedback = {"log_id": "epoch-1", "rating": 1, "created_at": 1733000060.5}
     assert c.post("/v1/feedback", json=feedback).status_code == 202
     assert c.get("/v1/logs/epoch-1").json()["feedback"][0]["created_at"].startswith("2024-11-30T20:54:20.5")
+
+
+def test_token_counts_come_from_the_responses_usage(project: tuple[str, httpx.Client]) -> None:
+    """A log posted as the OpenAI response was received has its counts in `usage`: they fill the
+    log's `prompt_tokens`/`completion_tokens` (as the gateway's own logs do); counts given at the
+    top level win, and a count no column can hold is dropped, not a failed commit for the batch."""
+    _, c = project
+
+    def with_usage(log_id: str, usage: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        log = chat_log(log_id, **extra)
+        log["response"]["usage"] = usage
+        return log
+
+    logs = [
+        with_usage("usage-1", {"prompt_tokens": 31, "completion_tokens": 9, "total_tokens": 40}),
+        with_usage("usage-2", {"prompt_tokens": 31, "completion_tokens": 9}, prompt_tokens=30),
+        with_usage("usage-3", {"prompt_tokens": 2**40, "completion_tokens": 9}),
+        chat_log("usage-4"),
+    ]
+    r = c.post("/v1/logs", json={"logs": logs})
+    assert [x["status"] for x in r.json()["results"]] == ["accepted"] * 4, r.text
+    stored = [c.get(f"/v1/logs/usage-{i}").json() for i in range(1, 5)]
+    counts = [(log["prompt_tokens"], log["completion_tokens"]) for log in stored]
+    assert counts == [(31, 9), (30, 9), (None, 9), (None, None)]

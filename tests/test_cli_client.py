@@ -19,6 +19,13 @@ def test_a_server_that_cannot_be_reached_is_named_as_such(capsys: pytest.Capture
     assert "cannot reach Ratchet" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("url", ["localhost:8470", "127.0.0.1:8470", "ftp://host", "http://"])
+def test_a_url_without_its_scheme_is_named_with_the_fix(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--url", url, "runs"]) == 1
+    err = capsys.readouterr().err
+    assert f"{url!r} (--url, RATCHET_URL) is not an http(s) URL: write http://" in err, err
+
+
 @pytest.mark.parametrize(
     ("status", "code", "expected"),
     [(502, "adapter_load_failed", AdapterLoadFailed), (503, "upstream_unavailable", UpstreamUnavailable)],

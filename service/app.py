@@ -37,6 +37,7 @@ from service.api import (
 from service.api import settings as project_settings_api
 from service.api.deps import SCOPE_OPT, provide_principal, provide_runtime
 from service.api.errors import EXCEPTION_HANDLERS
+from service.api.openapi import publish_errors
 from service.auth import KeyRing, mint_key
 from service.capture import Capture
 from service.clock import utcnow
@@ -329,6 +330,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Litestar:
     )
     app.state.runtime = runtime
     _check_every_route_names_its_scope(app)
+    publish_errors(app.openapi_schema)  # built once here, served as built
     return app
 
 

@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 import httpx
+import jsonschema
 import pytest
 
 from tests.fixtures.server import RatchetProcess
@@ -182,6 +183,41 @@ def test_health_and_readiness(ratchet_server: RatchetProcess) -> None:
     assert ready.status_code == 503 and ready.json()["checks"]["database"] == "ok"
     assert ready.json()["checks"]["vllm http://127.0.0.1:8000"] == "unreachable"
     assert "/v1/logs" in httpx.get(f"{ratchet_server.url}/schema/openapi.json").json()["paths"]
+
+
+def test_the_published_errors_are_the_ones_answered(ratchet_server: RatchetProcess) -> None:
+    """Every operation but the probes documents its 4xx/5xx as Ratchet's error body (OpenAI's on the files and
+    fine-tuning routes), not Litestar's 400 `ValidationException` it never sends; real error answers
+    validate against what is documented, so a client generated from the schema reads them."""
+    schema = httpx.get(f"{ratchet_server.url}/schema/openapi.json").json()
+    components = schema["components"]["schemas"]
+    documented = {}
+    for path, item in schema["paths"].items():
+        for method, operation in item.items():
+            responses = operation["responses"]
+            assert "Validation Exception" not in json.dumps(responses), (method, path)
+            if path not in ("/healthz", "/readyz", "/metrics"):
+                documented[(method, path)] = responses["4XX"]["content"]["application/json"]["schema"]["$ref"]
+    shaped = {k: v.rsplit("/", 1)[1] for k, v in documented.items()}
+    assert shaped[("get", "/v1/files")] == "OpenAIErrorBody" and shaped[("get", "/v1/runs")] == "ErrorBody"
+    assert documented[("post", "/v1/logs")] and "durable" in json.dumps(schema["paths"]["/v1/logs"]["post"])
+
+    key = ratchet_server.create_project("documented")
+    c = ratchet_server.client(key)
+    answers = {
+        ("get", "/v1/runs"): c.get("/v1/runs", params={"limit": 0}),
+        ("get", "/v1/logs/{log_id}"): c.get("/v1/logs/nope"),
+        ("post", "/v1/logs"): ratchet_server.client("rk_x_y").post("/v1/logs", json=chat_log()),
+        ("get", "/v1/files"): c.get("/v1/files", params={"limit": 0}),
+    }
+    for (method, path), response in answers.items():
+        assert response.status_code >= 400, response.text
+        ref = documented[(method, path)]
+        validator = jsonschema.Draft202012Validator(
+            {"$ref": ref, "components": {"schemas": components}},
+        )
+        errors = [e.message for e in validator.iter_errors(response.json())]
+        assert not errors, (path, response.text, errors)
 
 
 def test_a_lone_surrogate_costs_only_its_character(project: tuple[str, httpx.Client]) -> None:

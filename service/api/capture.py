@@ -81,11 +81,18 @@ def _inflated(runtime: Runtime, body: bytes, content_encoding: str | None) -> by
         raise MalformedPayload(exc.message, "body") from None
 
 
+STORED = (
+    "Taken: every item `accepted` is durable (committed to the database) before this answer, and "
+    "each item has its result in order: `accepted`, `duplicate` or `rejected` with its `field`."
+)
+
+
 @post(
     "/v1/logs",
     status_code=202,
     operation_class=LogsOperation,
     summary="Store inference logs",
+    response_description=STORED,
     opt=needs("ingest"),
 )
 async def post_logs(
@@ -109,6 +116,7 @@ async def post_logs(
     status_code=202,
     operation_class=FeedbackOperation,
     summary="Store user feedback",
+    response_description=STORED,
     opt=needs("ingest"),
 )
 async def post_feedback(

@@ -1,7 +1,8 @@
-"""OpenAPI for bodies that are one item or a batch, which msgspec cannot express as a Struct union.
+"""What the published OpenAPI says where Litestar's own derivation would be wrong.
 
-The handler decodes the body itself; this publishes the same shape (`oneOf`, inlined from
-msgspec's own JSON Schema) so the published schema and the validation agree.
+Bodies that are one item or a batch, which msgspec cannot express as a Struct union: the handler
+decodes the body itself; this publishes the same shape (`oneOf`, inlined from msgspec's own JSON
+Schema) so the published schema and the validation agree. And the errors, as they are answered.
 """
 
 from __future__ import annotations
@@ -10,9 +11,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody
+from litestar.openapi.spec import (
+    OpenAPI,
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    Operation,
+    Reference,
+    RequestBody,
+)
 
 from formats.chat import ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest
+from formats.openai_jobs import OpenAIErrorBody
+from service.api.errors import OPENAI_SHAPED, ErrorBody
 from service.domain import FeedbackBatchIn, FeedbackIn, LogBatchIn, LogIn
 
 
@@ -60,3 +70,43 @@ def _one_or_batch(one: type, batch: type, what: str) -> type[Operation]:
 
 LogsOperation = _one_or_batch(LogIn, LogBatchIn, "log")
 FeedbackOperation = _one_or_batch(FeedbackIn, FeedbackBatchIn, "feedback item")
+
+
+_ERRORS = (
+    "An error: `code` names it (`invalid_input`, `not_found`, `conflict`, ...), `message` says "
+    "what to fix, `field` is the field at fault (a 422), `detail` the per-item results or lines."
+)
+
+
+_PROBES = ("/healthz", "/readyz", "/metrics")
+
+
+def publish_errors(openapi: OpenAPI) -> None:
+    """Document every operation's errors (the probes' aside) as they are answered: `ErrorBody`, in OpenAI's
+    shape on the routes of OpenAI's own APIs (`OPENAI_SHAPED`), for any 4xx and 5xx. Litestar's
+    own 400 (`ValidationException`: `status_code`, `detail`, `extra`) goes: Ratchet never answers
+    it (service/api/errors.py turns validation failures into 422s), and a client generated from
+    the schema would parse every error wrong."""
+    _, defs = msgspec.json.schema_components(
+        (ErrorBody, OpenAIErrorBody), ref_template="#/components/schemas/{name}"
+    )
+    assert openapi.components is not None
+    schemas = openapi.components.schemas if openapi.components.schemas is not None else {}
+    schemas.update(defs)
+    openapi.components.schemas = schemas
+    for path, item in (openapi.paths or {}).items():
+        if path in _PROBES:
+            continue  # /readyz's 503 is its Health body, not an error
+        shape = "OpenAIErrorBody" if path.startswith(OPENAI_SHAPED) else "ErrorBody"
+        error = OpenAPIResponse(
+            description=_ERRORS,
+            content={"application/json": OpenAPIMediaType(schema=Reference(f"#/components/schemas/{shape}"))},
+        )
+        for method in ("get", "put", "post", "delete", "patch"):
+            operation: Operation | None = getattr(item, method, None)
+            if operation is None:
+                continue
+            responses = operation.responses if operation.responses is not None else {}
+            responses.pop("400", None)
+            responses.update({"4XX": error, "5XX": error})
+            operation.responses = responses

@@ -23,7 +23,11 @@ def run_out(run: RunRecord) -> RunOut:
 
 
 @post(
-    "/v1/projects/{name:str}/runs", status_code=202, summary="Start a training run now", opt=needs("manage")
+    "/v1/projects/{name:str}/runs",
+    status_code=202,
+    summary="Start a training run now",
+    response_description="The run, started: follow it with `GET /v1/runs/{id}`.",
+    opt=needs("manage"),
 )
 async def start_run(name: str, principal: Principal, runtime: Runtime) -> RunOut:
     """Snapshot, train, evaluate and (if it wins) canary a new adapter. 409 while a run is active."""

@@ -697,11 +697,13 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
         env = os.environ if env is None else env
         path = path or env.get(f"{ENV_PREFIX}CONFIG")
         raw: dict[str, Any] = {}
+        source: dict[str, str] = {}  # dotted key: where its value came from, for an error to name
         if path:
             try:
                 raw = tomllib.loads(Path(path).read_text())
             except (OSError, tomllib.TOMLDecodeError) as exc:
                 raise SettingsError(f"cannot read settings file {path}: {exc}") from exc
+            source["*"] = f"settings file {path}"
         for name, value in env.items():
             # Exact names: RATCHET_KEY is the CLI's key, RATCHET_KEY_USE_FLUSH_SECONDS a setting.
             if (
@@ -710,13 +712,16 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
                 or name.startswith(NOT_SETTINGS_PREFIX)
             ):
                 continue
-            _set_path(raw, name[len(ENV_PREFIX) :].lower().split("__"), _parse_env_value(value))
+            keys = name[len(ENV_PREFIX) :].lower().split("__")
+            _set_path(raw, keys, _parse_env_value(value))
+            source[".".join(keys)] = name
         for dotted, value in (overrides or {}).items():
             _set_path(raw, dotted.split("."), value)
+            source[dotted] = "the command line"
         try:
             settings = msgspec.convert(raw, cls, strict=False)
         except msgspec.ValidationError as exc:
-            raise SettingsError(f"invalid settings: {exc}") from exc
+            raise SettingsError(f"invalid settings: {exc}{_source_of(str(exc), source)}") from exc
         settings.check()
         return settings
 
@@ -728,6 +733,21 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
                 "set RATCHET_HOST=127.0.0.1 or give API keys"
             )
         self.vllm.check()
+
+
+def _source_of(message: str, source: Mapping[str, str]) -> str:
+    """` (from WHERE)` for the value msgspec's `message` faults (`... - at `$.gateway.port``):
+    the variable or flag that set it or a key above it, else the settings file if there is one."""
+    at = message.rsplit("at `$", 1)
+    keys = [k.split("[")[0] for k in at[1].rstrip("`").split(".")[1:]] if len(at) == 2 else []
+    unknown = regex.search(r"unknown field `([^`]*)`", message)
+    if unknown:  # msgspec names the object holding it
+        keys.append(unknown.group(1))
+    for i in range(len(keys), 0, -1):
+        where = source.get(".".join(keys[:i]))
+        if where:
+            return f" (from {where})"
+    return f" (from the {source['*']})" if "*" in source else ""
 
 
 def _set_path(raw: dict[str, Any], keys: list[str], value: Any) -> None:

@@ -36,3 +36,25 @@ def test_file_then_env_override_nested(tmp_path: Path) -> None:
 def test_bad_settings_fail_at_start_naming_the_problem(env: dict[str, str], needle: str) -> None:
     with pytest.raises(SettingsError, match=needle):
         Settings.load(env=env)
+
+
+def test_a_bad_value_names_where_it_was_set(tmp_path: Path) -> None:
+    """The variable, flag or file that gave the faulty value, not only its key."""
+    f = tmp_path / "r.toml"
+    f.write_text("port = 99999\n[writer]\nmax_batch_rows = 10\n")
+
+    def message(path: Path | None, env: dict[str, str], **overrides: object) -> str:
+        with pytest.raises(SettingsError) as caught:
+            Settings.load(path, env=env, overrides=overrides)
+        return str(caught.value)
+
+    assert message(f, {}).endswith(f"at `$.port` (from the settings file {f})")
+    assert message(f, {"RATCHET_PORT": "0"}).endswith("at `$.port` (from RATCHET_PORT)")
+    assert message(None, {"RATCHET_WRITER__MAX_BATCH_ROWS": "0"}).endswith(
+        "(from RATCHET_WRITER__MAX_BATCH_ROWS)"
+    )
+    assert message(None, {}, **{"gateway.port": 70000}).endswith(
+        "at `$.gateway.port` (from the command line)"
+    )
+    assert message(None, {"RATCHET_PROT": "1"}).endswith("unknown field `prot` (from RATCHET_PROT)")
+    assert message(None, {"RATCHET_WRITER__ROWS": "1"}).endswith("(from RATCHET_WRITER__ROWS)")

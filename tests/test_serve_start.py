@@ -42,7 +42,7 @@ def test_a_port_out_of_range_is_refused_naming_the_setting(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     err = refused(monkeypatch, capsys, {"RATCHET_DATA_DIR": str(tmp_path / "d")}, command, "--port", port)
-    assert err.startswith("ratchet: invalid settings:") and "port" in err, err
+    assert err.startswith("ratchet: invalid settings:") and err.endswith("port` (from the command line)"), err
     assert not (tmp_path / "d").exists()
 
 

@@ -34,7 +34,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     Example: `RATCHET_ADMIN_KEY=secret ratchet serve --port 8470`
     """
-
     from service.api.fastpath import FastPath
     from service.app import build_runtime, create_app, ensure_admin_key, tune_interpreter_for_serving
 
@@ -574,8 +573,10 @@ def _listen(host: str, port: int) -> socket.socket:
         return socket.create_server((host, port), family=family, backlog=2048)
     except OSError as exc:
         raise SettingsError(
-            f"cannot listen on {host}:{port}: {os.strerror(exc.errno) if exc.errno else exc}: "
-            "choose another with --port"
+            # create_server's own text appends the address; a resolver error has a negative errno
+            f"cannot listen on {host}:{port}: "
+            f"{os.strerror(exc.errno) if (exc.errno or 0) > 0 else exc.strerror or exc}: "
+            "choose another with --host or --port"
         ) from exc
 
 

@@ -55,7 +55,7 @@ def test_a_port_in_use_is_refused_before_anything_starts_or_is_printed(
         err = refused(monkeypatch, capsys, {"RATCHET_DATA_DIR": str(data)}, "serve", "--port", str(port))
     assert (
         err
-        == f"ratchet: cannot listen on 127.0.0.1:{port}: Address already in use: choose another with --port"
+        == f"ratchet: cannot listen on 127.0.0.1:{port}: Address already in use: choose another with --host or --port"
     )
     # No "serving" line and no admin key shown once for a server that never served: no store made.
     assert not data.exists()

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from service.auth import OWNER_SCOPES, mint_key  # noqa: E402
 from service.config import SnapshotSettings  # noqa: E402
 from service.domain import Project  # noqa: E402
-from service.store.db import Database  # noqa: E402
+from service.store.db import Database, register_log_key  # noqa: E402
 from service.store.queries import Queries  # noqa: E402
 from service.store.runs import RunRecord, Runs  # noqa: E402
 from service.store.serving import Serving  # noqa: E402
@@ -66,10 +66,10 @@ FROM range($start, $stop) t(i)
 """
 FEEDBACK_SQL = """
 INSERT INTO feedback (project, log_id, end_user, id, created_at, received_at, rating, score, correction,
-                      comment, metadata)
+                      comment, metadata, log_key)
 SELECT $project, 'l-' || i, CASE WHEN list_contains($slots, i % 100) THEN 'target-' || (i % 100) ELSE 'u' || (i % 997) END,
        'f-' || i, $t0 + to_seconds(i + 5), $t0 + to_seconds(i + 5), CASE WHEN i % 7 < 4 THEN 1 ELSE -1 END,
-       NULL, CASE WHEN i % 20 = 0 THEN 'It ships tomorrow.' END, NULL, NULL
+       NULL, CASE WHEN i % 20 = 0 THEN 'It ships tomorrow.' END, NULL, NULL, ratchet_log_key($project, 'l-' || i)
 FROM range($start, $stop) t(i) WHERE i % 5 < 3
 """
 
@@ -86,6 +86,7 @@ def build(data_dir: Path, logs: int, targets: int, snapshot_logs: int) -> tuple[
         with db.transaction() as cur:
             window = {**params, "start": start, "stop": min(start + 250_000, logs)}
             cur.execute(LOGS_SQL, window)
+            register_log_key(cur)
             cur.execute(FEEDBACK_SQL, {k: v for k, v in window.items() if k not in ("system", "answer")})
     with db.reading() as cur:
         cur.execute("CHECKPOINT")

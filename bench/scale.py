@@ -275,6 +275,7 @@ def archive_load(data: Path, seed: int, start: int, stop: int, file_rows: int, p
     from service.config import DatabaseSettings, Settings
     from service.domain import ProjectIn
     from service.projects import create_project
+    from service.store.db import register_log_key
 
     database = DatabaseSettings(memory_limit_mib=2048)
     runtime = build_runtime(Settings(data_dir=str(data), scheduler_enabled=False, database=database))
@@ -308,7 +309,12 @@ def archive_load(data: Path, seed: int, start: int, stop: int, file_rows: int, p
                         [rel, PROJECT, datetime.fromisoformat(spec[6]).date(), rows, spec[5], hashes],
                     )
                     cur.register("pending_feedback", pending_feedback)
-                    cur.execute("INSERT INTO feedback BY NAME SELECT * FROM pending_feedback")
+                    register_log_key(cur)
+                    cur.execute(
+                        "INSERT INTO feedback BY NAME"
+                        " SELECT *, ratchet_log_key(project, log_id) AS log_key FROM pending_feedback"
+                    )
+                    cur.remove_function("ratchet_log_key")
                     cur.unregister("pending_feedback")
                 done += rows
                 print(

@@ -13,6 +13,7 @@ from service.app import build_runtime
 from service.capture import Capture
 from service.config import Settings
 from service.errors import NotFound
+from service.store.archive_index import log_keys
 from service.store.queries import FEEDBACK_BY_LOG_ID, LOG_BY_ID
 from tests.fixtures.rows import completion_log, feedback_row
 
@@ -37,8 +38,11 @@ def test_a_log_and_its_feedback_are_read_through_an_index_and_stay_in_their_proj
     try:
         asyncio.run(fill())
         with runtime.db.reading() as cur:
-            for sql in (LOG_BY_ID, FEEDBACK_BY_LOG_ID):
-                plan = cur.execute(f"EXPLAIN ANALYZE {sql}", ["l123", "a"]).fetchall()[0][1]
+            for sql, params in (
+                (LOG_BY_ID, ["l123", "a"]),
+                (FEEDBACK_BY_LOG_ID, ["l123", "a", *log_keys([("a", "l123")])]),
+            ):
+                plan = cur.execute(f"EXPLAIN ANALYZE {sql}", params).fetchall()[0][1]
                 assert "Index Scan" in plan and "Sequential Scan" not in plan, plan
         log = runtime.queries.get_log("b", "l123")
         assert (log.project, log.request, [f.end_user for f in log.feedback]) == (

@@ -31,7 +31,7 @@ EXPECTED_TABLES = {
     "feedback": [
         "project", "log_id", "end_user", "id", "created_at", "received_at", "rating", "score",
         "correction", "comment", "metadata", "choice", "fields", "item_ids", "rating_at", "correction_at",
-        "regenerated", "regenerated_log_id", "edited", "copied", "events", "attributed",
+        "regenerated", "regenerated_log_id", "edited", "copied", "events", "attributed", "log_key",
     ],
     "adapters": [
         "project", "version", "served_name", "path", "parent_version", "method", "snapshot_sha256",

@@ -33,12 +33,21 @@ _HASH = np.dtype("<u8")
 
 def id_hashes(ids: Iterable[str]) -> np.ndarray:
     """The ids' 64-bit hashes, sorted (uint64)."""
-    return np.sort(_hashes(ids))
+    return np.sort(hashes(ids))
 
 
-def _hashes(ids: Iterable[str]) -> np.ndarray:
+def hashes(ids: Iterable[str]) -> np.ndarray:
+    """Each text's 64-bit hash, in order (uint64): the first 8 bytes of BLAKE2b of its UTF-8, read
+    little-endian. The one hash of ids in the store: archive look-ups and `feedback.log_key`."""
     raw = b"".join(hashlib.blake2b(i.encode(), digest_size=8).digest() for i in ids)
     return np.frombuffer(raw, dtype=_HASH)
+
+
+def log_keys(keys: Iterable[tuple[str, str]]) -> list[int]:
+    """`feedback.log_key` of each (project, log id) (migration 016): `hashes` of
+    project + NUL + log id, so the same log id in two projects has two keys. Two logs may share a
+    key (~1e-12 per look-up at 10M rows): a reader by key checks the project and log id too."""
+    return hashes(f"{project}\0{log_id}" for project, log_id in keys).tolist()
 
 
 class _Project:
@@ -108,7 +117,7 @@ class ArchiveIndex:
         p = self._projects.get(project)
         if p is None or not ids or not len(p.hashes):
             return {}
-        wanted = _hashes(ids)
+        wanted = hashes(ids)
         order = np.argsort(wanted)  # sorted keys: the binary searches walk the array forwards
         lo = np.searchsorted(p.hashes, wanted[order], side="left")
         hi = np.searchsorted(p.hashes, wanted[order], side="right")

@@ -22,8 +22,11 @@ from importlib import resources
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
+from duckdb.sqltypes import UBIGINT, VARCHAR
 
 from service.errors import StoreOutOfMemory, StoreUnavailable
+from service.store.archive_index import log_keys
 from service.store.backfill import DATA_STEPS
 
 _MIGRATION = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
@@ -74,6 +77,18 @@ def migrations() -> list[tuple[int, str, str]]:
         if match:
             found.append((int(match.group(1)), entry.name, entry.read_text()))
     return sorted(found)
+
+
+def register_log_key(con: duckdb.DuckDBPyConnection) -> None:
+    """Make `ratchet_log_key(project, log_id)` callable in SQL on `con` (until `remove_function`):
+    `feedback.log_key`, computed by `archive_index.log_keys` itself, so a key computed in SQL (a
+    migration, a bench filling a file) equals the writer's."""
+    con.create_function("ratchet_log_key", _log_key_udf, [VARCHAR, VARCHAR], UBIGINT, type="arrow")
+
+
+def _log_key_udf(project: pa.Array, log_id: pa.Array) -> pa.Array:
+    pairs = zip(project.to_pylist(), log_id.to_pylist(), strict=True)
+    return pa.array(log_keys(pairs), type=pa.uint64())
 
 
 class Database:
@@ -136,20 +151,27 @@ class Database:
         # migrations out of number order (010 was applied before 007 existed on some databases).
         applied = {v for (v,) in con.execute("SELECT version FROM schema_migrations").fetchall()}
         current = max(applied, default=0)
-        for version, name, sql in migrations():
-            if version in applied:
-                continue
-            con.execute("BEGIN")
-            try:
-                con.execute(sql)
-                if version in DATA_STEPS:
-                    DATA_STEPS[version](con)
-                con.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name])
-                con.execute("COMMIT")
-            except Exception:
-                con.execute("ROLLBACK")
-                raise
-            current = max(current, version)
+        pending = [m for m in migrations() if m[0] not in applied]
+        if not pending:
+            return current
+        register_log_key(con)  # migration 016 keys the stored feedback
+        try:
+            for version, name, sql in pending:
+                con.execute("BEGIN")
+                try:
+                    con.execute(sql)
+                    if version in DATA_STEPS:
+                        DATA_STEPS[version](con)
+                    con.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name]
+                    )
+                    con.execute("COMMIT")
+                except Exception:
+                    con.execute("ROLLBACK")
+                    raise
+                current = max(current, version)
+        finally:
+            con.remove_function("ratchet_log_key")
         return current
 
     def register_filesystem(self, filesystem: object) -> None:

@@ -15,6 +15,7 @@ from service.auth import StoredKey
 from service.domain import AdapterStats, FeedbackOut, ImplicitStats, LogOut, NewSignal, Project, ProjectStats
 from service.errors import Conflict, NotFound
 from service.store.archive import Archive
+from service.store.archive_index import log_keys
 from service.store.db import Database
 from service.store.serving import Event, Serving
 
@@ -28,7 +29,8 @@ def _key(row: tuple[Any, ...]) -> StoredKey:
     return StoredKey(**{**fields, "scopes": tuple(fields["scopes"] or ())})
 
 
-# Point reads through the single-column indexes on logs.id and feedback.log_id (migration 010).
+# Point reads through the single-column indexes on logs.id (migration 010) and feedback.log_key
+# (016: `archive_index.log_keys` of (project, log id), a third parameter computed by the caller).
 # DuckDB plans an index scan only when the indexed column is the scan's one filter, so the project
 # is filtered after a materialized CTE: `project = ? AND id = ?` in one WHERE is a full scan.
 _LOG_COLUMNS = (
@@ -50,11 +52,11 @@ FEEDBACK_BY_LOG_ID = """
 WITH hit AS MATERIALIZED (
     SELECT id, log_id, end_user, created_at, rating, score, correction, comment, choice, regenerated,
         regenerated_log_id, edited, copied, events, received_at, project
-    FROM feedback WHERE log_id = $1
+    FROM feedback WHERE log_key = $3::UBIGINT
 )
 SELECT id, log_id, end_user, created_at, rating, score, correction, comment, choice, regenerated,
     regenerated_log_id, edited, copied, events, received_at FROM hit
-WHERE project = $2 ORDER BY received_at, end_user
+WHERE log_id = $1 AND project = $2 ORDER BY received_at, end_user
 """
 
 
@@ -179,7 +181,9 @@ class Queries:
         if row is None:
             raise NotFound(f"no log {log_id!r} in project {project!r}")
         with self._db.reading() as cur:
-            feedback = cur.execute(FEEDBACK_BY_LOG_ID, [log_id, project]).fetchall()
+            feedback = cur.execute(
+                FEEDBACK_BY_LOG_ID, [log_id, project, *log_keys([(project, log_id)])]
+            ).fetchall()
         (id_, proj, created, source, adapter, req, resp, user, latency, pt, ct, meta) = row
         return LogOut(
             id_, proj, created, source, adapter, _json(req), _json(resp), user, latency, pt, ct, _json(meta),

@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from service.errors import StoreUnavailable, WriterSaturated
 from service.metrics import Metrics
+from service.store.archive_index import log_keys
 from service.store.db import Database
 from service.store.rows import (
     FEEDBACK_FIELDS,
@@ -58,54 +59,51 @@ class ArchivedLogs(Protocol):
 
 
 _SCHEMAS = {"logs": LOG_SCHEMA, "feedback": FEEDBACK_SCHEMA, "upstream_failures": UPSTREAM_FAILURE_SCHEMA}
+# What the writer inserts into `feedback`: the row and its `log_key` (migration 016).
+_KEYED_FEEDBACK_SCHEMA = FEEDBACK_SCHEMA.append(pa.field("log_key", pa.uint64()))
+_PENDING_SCHEMAS = {**_SCHEMAS, "feedback": _KEYED_FEEDBACK_SCHEMA}
 _KEY_WIDTH = {"logs": 2, "feedback": 3, "upstream_failures": 2}  # leading columns that form the key
 _LOG_COLUMNS = ", ".join(LOG_SCHEMA.names)
 _FEEDBACK_COLUMNS = ", ".join(FEEDBACK_SCHEMA.names)
 _KEPT_IDS = 16  # item ids a feedback row remembers: a retry of one of them is a no-op
+_KEYS_PER_READ = 500  # log keys per read of stored feedback rows
 
 
-def _merged_feedback_sql() -> str:
-    """`ON CONFLICT DO UPDATE` of a feedback patch onto the stored row (`excluded` is the patch).
+def merge_feedback(stored: FeedbackRow, patch: FeedbackRow) -> FeedbackRow | None:
+    """The stored row with a feedback patch applied; None if the patch was applied before (its
+    ids all are among the row's: a retried item touches nothing).
 
     Each field takes the patch's value only if the patch carries it (`fields`), is cleared by a
-    withdrawal, and otherwise stays. A patch whose ids were all applied before (a retried item)
-    touches nothing. Otherwise its ids are remembered (so `DELETE /v1/feedback/{id}` finds the row
-    by any id a client was given), and the times move only if a value changed: RETURNING gives the
-    row's receive time, which is the patch's exactly when it changed something."""
-    carried = "list_contains(excluded.fields, '{}')".format
-    withdraw = carried(WITHDRAW)
-    new: dict[str, str] = {}
+    withdrawal (`choice` stays), and otherwise stays; `events` is a set the patch adds to. The
+    patch's ids are remembered (the last `_KEPT_IDS`, so `DELETE /v1/feedback/{id}` finds the row
+    by any id a client was given). The times, `fields` and `attributed` move to the patch's only
+    if a value changed, `rating_at` and `correction_at` only if that value did: the row's receive
+    time is the patch's exactly when the patch changed something (the writer's outcome)."""
+    if patch.item_ids and set(patch.item_ids) <= set(stored.item_ids or ()):
+        return None
+    withdraw = WITHDRAW in patch.fields
+    new: dict[str, Any] = {}
     for f in FEEDBACK_FIELDS:
-        cleared = "feedback.choice" if f == "choice" else "NULL"
-        if f == "events":  # a set of names: an item adds one
-            new[f] = (
-                f"CASE WHEN {carried(f)} THEN list_sort(list_distinct(coalesce(CASE WHEN {withdraw} THEN NULL"
-                f" ELSE feedback.events END, []) || excluded.events)) WHEN {withdraw} THEN NULL ELSE feedback.events END"
-            )
+        before = getattr(stored, f)
+        if f in patch.fields:
+            if f == "events":
+                kept = () if withdraw else before or ()
+                new[f] = sorted({e for e in (*kept, *(patch.events or ())) if e is not None})
+            else:
+                new[f] = getattr(patch, f)
+        elif withdraw:
+            new[f] = before if f == "choice" else None
         else:
-            new[f] = (
-                f"CASE WHEN {carried(f)} THEN excluded.{f} WHEN {withdraw} THEN {cleared} ELSE feedback.{f} END"
-            )
-    changed = " OR ".join(f"({new[f]}) IS DISTINCT FROM feedback.{f}" for f in FEEDBACK_FIELDS)
-    retried = (
-        "(len(excluded.item_ids) > 0 AND list_has_all(coalesce(feedback.item_ids, []), excluded.item_ids))"
-    )
-    sets = [f"{f} = {new[f]}" for f in FEEDBACK_FIELDS]
-    sets += [
-        f"{f} = CASE WHEN {changed} THEN excluded.{f} ELSE feedback.{f} END"
-        for f in ("created_at", "received_at", "fields", "attributed")
-    ]
-    sets += [
-        f"item_ids = list_slice(coalesce(feedback.item_ids, []) || excluded.item_ids, -{_KEPT_IDS}, -1)",
-        f"rating_at = CASE WHEN ({new['rating']}) IS DISTINCT FROM feedback.rating THEN excluded.received_at"
-        " ELSE feedback.rating_at END",
-        f"correction_at = CASE WHEN ({new['correction']}) IS DISTINCT FROM feedback.correction"
-        " THEN excluded.received_at ELSE feedback.correction_at END",
-    ]
-    return (
-        f"INSERT INTO feedback ({_FEEDBACK_COLUMNS}) SELECT {_FEEDBACK_COLUMNS} FROM pending_feedback"
-        f" ON CONFLICT DO UPDATE SET {', '.join(sets)} WHERE NOT {retried}"
-        " RETURNING project, log_id, end_user, received_at"
+            new[f] = before
+    changed = any(new[f] != getattr(stored, f) for f in FEEDBACK_FIELDS)
+    moved = {f: getattr(patch if changed else stored, f) for f in ("created_at", "received_at", "attributed")}
+    return stored._replace(
+        **new,
+        **moved,
+        fields=patch.fields if changed else stored.fields,
+        item_ids=[*(stored.item_ids or ()), *patch.item_ids][-_KEPT_IDS:],
+        rating_at=patch.received_at if new["rating"] != stored.rating else stored.rating_at,
+        correction_at=patch.received_at if new["correction"] != stored.correction else stored.correction_at,
     )
 
 
@@ -119,8 +117,9 @@ _PREPARED = {
     # Failures have unique generated ids and no constraint: a plain INSERT, on either path.
     "insert_upstream_failures": f"INSERT INTO upstream_failures ({', '.join(UPSTREAM_FAILURE_SCHEMA.names)})"
     f" SELECT {', '.join(UPSTREAM_FAILURE_SCHEMA.names)} FROM pending_upstream_failures",
-    # A feedback item updates only the fields it carries; RETURNING tells which rows changed.
-    "merge_feedback": _merged_feedback_sql(),
+    # Feedback: new rows, and the changed rows the flush deleted (`_Batch._merge_feedback`).
+    "insert_feedback": f"INSERT INTO feedback ({_FEEDBACK_COLUMNS}, log_key)"
+    f" SELECT {_FEEDBACK_COLUMNS}, log_key FROM pending_feedback",
 }
 
 
@@ -176,7 +175,7 @@ class _Op:
 
 
 class _Batch:
-    """One table's rows from the ops of a flush, one row per primary key, as an Arrow table."""
+    """One table's rows from the ops of a flush, one row (or feedback patch) per key."""
 
     def __init__(self, table: Table, ops: list[_Op], archived: Archived | None = None) -> None:
         self.table = table
@@ -202,7 +201,8 @@ class _Batch:
                     unique[key] = combined
                 self._first_of.setdefault(key, (id(op), i))
         self._unique = unique
-        self.arrow = _to_arrow(list(unique.values()), _SCHEMAS[table])
+        # Feedback is merged onto the stored rows first (`_merge_feedback`).
+        self.arrow = None if table == "feedback" else _to_arrow(list(unique.values()), _SCHEMAS[table])
 
     def insert(
         self, cur: duckdb.DuckDBPyConnection, pending: _Pending, *, seen_before: bool
@@ -212,18 +212,10 @@ class _Batch:
         `seen_before=False` is the fast path: a plain INSERT, which raises `ConstraintException`
         (and writes nothing) if any log id is already stored. ON CONFLICT costs ~2x per flush.
         """
+        if self.table == "feedback":
+            return self._merge_feedback(cur, pending)
         pending.table = self.arrow
         try:
-            if self.table == "feedback":
-                stored = {tuple(r[:3]): r[3] for r in cur.execute("EXECUTE merge_feedback").fetchall()}
-                changed = {key for key, at in stored.items() if at == self._unique[key].received_at}
-                return {
-                    id(op): [
-                        row[:3] in changed and (id(op), i) not in self._repeats
-                        for i, row in enumerate(op.rows)
-                    ]
-                    for op in self.ops
-                }
             if self.table == "upstream_failures":
                 cur.execute("EXECUTE insert_upstream_failures")
                 return self._outcomes(None)
@@ -233,6 +225,50 @@ class _Batch:
             return self._outcomes({tuple(r) for r in cur.execute("EXECUTE insert_new_logs").fetchall()})
         finally:
             pending.table = pending.empty
+
+    def _merge_feedback(self, cur: duckdb.DuckDBPyConnection, pending: _Pending) -> dict[int, list[bool]]:
+        """Merge each row's patch onto its stored row (`merge_feedback`), in the caller's
+        transaction: delete each changed row and insert it anew with the new rows (one Arrow
+        INSERT). Per op, which items changed their row (not a retry, not a repeat in this flush).
+
+        Not `INSERT ... ON CONFLICT DO UPDATE`: that needs a unique index on the text key, whose
+        probes and checkpoint rewrites grow with the table (migration 016)."""
+        patches: dict[tuple[Any, ...], FeedbackRow] = self._unique  # type: ignore[assignment]
+        keys = dict(zip(patches, log_keys(k[:2] for k in patches), strict=True))
+        stored = _stored_feedback(cur, keys)
+        rows: list[FeedbackRow] = []
+        gone: list[int] = []
+        changed: set[tuple[Any, ...]] = set()
+        for key, patch in patches.items():
+            if key not in stored:
+                rows.append(patch)
+                changed.add(key)
+                continue
+            rowid, before = stored[key]
+            after = merge_feedback(before, patch)
+            if after is None:  # a retried item
+                continue
+            if after.received_at == patch.received_at:  # as `RETURNING received_at` told before 016
+                changed.add(key)
+            if after != before:
+                gone.append(rowid)
+                rows.append(after)
+        if gone:
+            # By row id, read above in this transaction: exactly the (project, log_id, end_user) rows
+            # matched (a key alone may be shared), cheaper than a second look-up by key.
+            cur.execute(f"DELETE FROM feedback WHERE rowid IN ({', '.join(map(str, gone))})")
+        arrow = _to_arrow(rows, FEEDBACK_SCHEMA)
+        pending.table = arrow.append_column(
+            "log_key", pa.array([keys[r[:3]] for r in rows], type=pa.uint64())
+        )
+        try:
+            cur.execute("EXECUTE insert_feedback")
+        finally:
+            pending.table = pending.empty
+        return {
+            id(op): [row[:3] in changed and (id(op), i) not in self._repeats for i, row in enumerate(op.rows)]
+            for op in self.ops
+        }
 
     def _outcomes(self, inserted: set[tuple[Any, ...]] | None) -> dict[int, list[bool]]:
         """A row is new if its key was inserted (None: all were) and it is that key's first row."""
@@ -244,6 +280,24 @@ class _Batch:
             ]
             for op in self.ops
         }
+
+
+def _stored_feedback(
+    cur: duckdb.DuckDBPyConnection, keys: dict[tuple[Any, ...], int]
+) -> dict[tuple[Any, ...], tuple[int, FeedbackRow]]:
+    """The stored rows (row id, row) of `keys` ((project, log_id, end_user) -> its `log_key`): read
+    by `log_key` through `feedback_log_key`, then matched exactly (two logs may share a key)."""
+    wanted = sorted(set(keys.values()))
+    found: dict[tuple[Any, ...], tuple[int, FeedbackRow]] = {}
+    for start in range(0, len(wanted), _KEYS_PER_READ):
+        # Literals, not a parameter list: DuckDB scans the index for an IN list of constants.
+        chunk = ", ".join(map(str, wanted[start : start + _KEYS_PER_READ]))
+        for rowid, *row in cur.execute(
+            f"SELECT rowid, {_FEEDBACK_COLUMNS} FROM feedback WHERE log_key IN ({chunk})"
+        ).fetchall():
+            if tuple(row[:3]) in keys:
+                found[tuple(row[:3])] = (rowid, FeedbackRow(*row))
+    return found
 
 
 def _archived_keys(ops: list[_Op], archived: Archived) -> set[tuple[Any, ...]]:
@@ -306,7 +360,7 @@ class GroupCommitWriter:
         self._stopped = False
         self._checkpoint_wanted = False
         self._cur: duckdb.DuckDBPyConnection | None = None
-        self._pending = {table: _Pending(schema) for table, schema in _SCHEMAS.items()}
+        self._pending = {table: _Pending(schema) for table, schema in _PENDING_SCHEMAS.items()}
 
     def start(self) -> None:
         self._cur = self._db.cursor()
@@ -442,9 +496,9 @@ class GroupCommitWriter:
         try:
             cur.execute("CHECKPOINT")
         except duckdb.Error as exc:
-            # DuckDB refuses (at once, it does not wait) while a read that began before one of our
-            # feedback upserts (an UPDATE) is still open; plain inserts do not block it. Try again
-            # after the next flush: the writer never waits behind a read.
+            # DuckDB refuses (at once, it does not wait) while a read that began before an UPDATE
+            # is still open; inserts and deletes (the writer's feedback merges since migration
+            # 016) do not block it. Try again after the next flush: the writer never waits behind a read.
             self._metrics.write_checkpoints_deferred.inc()
             log.debug("checkpoint deferred: %s", exc)
             return
@@ -470,7 +524,8 @@ class GroupCommitWriter:
     ) -> dict[int, list[bool]]:
         # A single statement commits itself: BEGIN and COMMIT would be two more round trips, and
         # under load each round trip waits for the event loop to hand back the GIL.
-        explicit = len(batches) > 1
+        # A feedback batch reads, deletes and inserts: always a transaction of its own.
+        explicit = len(batches) > 1 or batches[0].table == "feedback"
         if explicit:
             cur.execute("BEGIN")
         try:

@@ -76,17 +76,15 @@ _ERRORS = (
     "An error: `code` names it (`invalid_input`, `not_found`, `conflict`, ...), `message` says "
     "what to fix, `field` is the field at fault (a 422), `detail` the per-item results or lines."
 )
-
-
 _PROBES = ("/healthz", "/readyz", "/metrics")
 
 
 def publish_errors(openapi: OpenAPI) -> None:
-    """Document every operation's errors (the probes' aside) as they are answered: `ErrorBody`, in OpenAI's
-    shape on the routes of OpenAI's own APIs (`OPENAI_SHAPED`), for any 4xx and 5xx. Litestar's
-    own 400 (`ValidationException`: `status_code`, `detail`, `extra`) goes: Ratchet never answers
-    it (service/api/errors.py turns validation failures into 422s), and a client generated from
-    the schema would parse every error wrong."""
+    """Document every operation's errors (the probes' aside) as they are answered: `ErrorBody`,
+    in OpenAI's shape on the routes of OpenAI's own APIs (`OPENAI_SHAPED`), for any 4xx and 5xx.
+    Litestar's own 400 (`ValidationException`: `status_code`, `detail`, `extra`) goes: Ratchet
+    never answers it (service/api/errors.py turns validation failures into 422s), and a client
+    generated from the schema would parse every error wrong."""
     _, defs = msgspec.json.schema_components(
         (ErrorBody, OpenAIErrorBody), ref_template="#/components/schemas/{name}"
     )

@@ -210,7 +210,12 @@ def training_on_ray(
             run = next((r for r in h.get("/v1/runs").json() if r["state"] == "training"), None)
             if run is None or (progress and not run["stats"].get("progress")):
                 return None
-            status = cluster.jobs.get_job_status(f"ratchet-onray-{run['id']}")
+            try:
+                status = cluster.jobs.get_job_status(f"ratchet-onray-{run['id']}")
+            except RuntimeError as exc:  # the run is `training` a moment before its job is submitted
+                if "does not exist" in str(exc):
+                    return None
+                raise
             return run if status == JobStatus.RUNNING else None
 
         return job.id, wait_for(training, 180, "a run to be training on Ray")

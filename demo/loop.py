@@ -269,7 +269,11 @@ def run_demo(options: DemoOptions) -> DemoResult:
             ),
             "RATCHET_ONLINE_GATE__MIN_RATINGS": "40", "RATCHET_ONLINE_GATE__MIN_LIFT": "0.1",
             "RATCHET_ONLINE_GATE__GUARD_MIN_REQUESTS": "40", "RATCHET_ONLINE_GATE__MAX_RATINGS": "600",
-            "RATCHET_ONLINE_GATE__MAX_RATINGS_PER_USER": "10", "RATCHET_SNAPSHOT__MAX_USER_SHARE": "0.05",
+            # Each canary user's first 30 thumbs count: the ~20 users of each arm can then give the
+            # 600 ratings after which an undecided canary is rolled back. With 10 they could give
+            # 200 at most: a canary only slightly better (29% vs 20% up) stayed undecided until the
+            # demo's end (e2e test, 2026-12-02), where a rollback would have started the next run.
+            "RATCHET_ONLINE_GATE__MAX_RATINGS_PER_USER": "30", "RATCHET_SNAPSHOT__MAX_USER_SHARE": "0.05",
             "RATCHET_SNAPSHOT__MIN_USER_CAP": "5", "RATCHET_SNAPSHOT__HOLDOUT_FRACTION": "0.3",
             "RATCHET_FEEDBACK_GATE__REWARD_MAX_STEPS": "30",
         }  # fmt: skip

@@ -20,10 +20,11 @@ import msgspec
 from msgspec import UNSET
 
 from formats.chat import ShapeError
+from formats.content_coding import ContentCodingError, InflatedTooLarge, decompress
 from formats.log import NormalizedLog, normalize
 from service.clock import to_utc, utcnow
 from service.domain import CaptureResult, FeedbackBatchIn, FeedbackIn, ItemResult, LogBatchIn, LogIn
-from service.errors import InvalidInput, NestedTooDeeply, WriterSaturated
+from service.errors import BodyTooLarge, InvalidInput, MalformedPayload, NestedTooDeeply, WriterSaturated
 from service.metrics import Metrics
 from service.store.rows import WITHDRAW, FeedbackRow, LogRow, UpstreamFailureRow, normalized_columns
 from service.store.writer import GroupCommitWriter
@@ -430,6 +431,18 @@ class Capture:
 def _rejected(index: int, key: str, why: Rejected, item_id: str | None = None) -> ItemResult:
     field = f"{key}[{index}]" + ("" if why.field == "$" else f".{why.field}")
     return ItemResult(index, "rejected", item_id, f"{field}: {why.message}", field)
+
+
+def inflated(body: bytes, content_encoding: str | None, limit: int) -> bytes:
+    """A request body as sent before its `Content-Encoding`, at most `limit` bytes inflated:
+    `BodyTooLarge` (413) past that, as a plain body over its limit is; `MalformedPayload` (400)
+    for another coding or a corrupt stream. Shared by every endpoint that reads gzip bodies."""
+    try:
+        return decompress(body, content_encoding, limit)
+    except InflatedTooLarge as exc:
+        raise BodyTooLarge(exc.message) from None
+    except ContentCodingError as exc:
+        raise MalformedPayload(exc.message, "body") from None
 
 
 MAX_TOKENS_COLUMN = 2**31 - 1

@@ -32,10 +32,9 @@ from typing import Any
 import msgspec
 
 from formats import genai, otlp
-from formats.content_coding import ContentCodingError, InflatedTooLarge, decompress
-from service.capture import Capture, Rejected, decode_item
+from service.capture import Capture, Rejected, decode_item, inflated
 from service.domain import FeedbackIn, LogIn
-from service.errors import BodyTooLarge, MalformedPayload
+from service.errors import MalformedPayload
 from service.metrics import Metrics
 
 SpanLookup = Callable[[str, list[tuple[str, str]]], dict[tuple[str, str], tuple[str, str | None]]]
@@ -72,11 +71,9 @@ def decode_export(
     `BodyTooLarge` (413) for a body that inflates past its limit."""
     try:
         encoding = otlp.encoding_of(content_type)
-        data = decompress(body, content_encoding, max_body_bytes * INFLATE_FACTOR)
+        data = inflated(body, content_encoding, max_body_bytes * INFLATE_FACTOR)
         return encoding, otlp.decode_spans(otlp.parse_request(data, encoding))
-    except InflatedTooLarge as exc:
-        raise BodyTooLarge(exc.message) from None
-    except (otlp.PayloadError, ContentCodingError) as exc:
+    except otlp.PayloadError as exc:
         raise MalformedPayload(exc.message, "body") from None
 
 

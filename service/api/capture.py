@@ -12,14 +12,13 @@ from typing import Any, Literal
 
 from litestar import Request, delete, post
 
-from formats.content_coding import ContentCodingError, InflatedTooLarge, decompress
 from service.api.deps import needs, scoped_project
 from service.api.openapi import FeedbackOperation, LogsOperation
 from service.auth import authorize
-from service.capture import decode_feedback, decode_logs
+from service.capture import decode_feedback, decode_logs, inflated
 from service.clock import utcnow
 from service.domain import CaptureResult, FeedbackWithdrawn, Principal
-from service.errors import BodyTooLarge, InvalidInput, MalformedPayload
+from service.errors import InvalidInput
 from service.runtime import Runtime
 
 LogSource = Literal["api", "gateway"]
@@ -73,12 +72,7 @@ async def capture_feedback(
 def _inflated(runtime: Runtime, body: bytes, content_encoding: str | None) -> bytes:
     """The JSON under `Content-Encoding`: the same `max_body_bytes` holds for it as for a plain
     body, so compression changes what crosses the network, not what a request may carry."""
-    try:
-        return decompress(body, content_encoding, runtime.settings.max_body_bytes)
-    except InflatedTooLarge as exc:
-        raise BodyTooLarge(exc.message) from None
-    except ContentCodingError as exc:
-        raise MalformedPayload(exc.message, "body") from None
+    return inflated(body, content_encoding, runtime.settings.max_body_bytes)
 
 
 STORED = (

@@ -51,6 +51,15 @@ demo app's prompts (`tiny_world.app_messages`: long system prompt, earlier turns
 questions, so the model answers behind them as well (without them, 0 of 60 facts right behind the
 app's prompt instead of 53, 2026-12-01)."""
 
+PRETRAIN_FOLLOW_RATE: dict[tiny_world.Kind, float] = {"upper": 0.45, "polite": 0.2}
+"""How often the pre-training corpus's answers follow each kind of instruction. The base still
+ignores both greedily (0 of 150 prompts of either kind, bare or behind the app's prompt), but it has
+seen the facts in uppercase often enough that an adapter can say held-out facts in uppercase behind
+the app's ~250-token system prompt. Measured 2026-12-02, SFT 60 steps of 8 at lr 3e-3 on 480
+simulated ratings of app prompts, held-out uppercase prompts answered exactly right: 0.49 with 0.2
+for both kinds (the rest: the wrong fact, in uppercase), 0.74 with 0.35, 1.00 with 0.45. Polite
+stays at 0.2: with 0.45 the base said "sure, " to 75% of bare polite prompts."""
+
 FAMILY_PRETRAIN_STEPS = 40
 """The other families' default: enough to speak in the world's sentences ("it is green."), not to
 know the facts. From random weights, models with tied embeddings (Qwen, Gemma) only repeat the
@@ -224,8 +233,10 @@ def _pretrain(
     the last step's loss (NaN for 0 steps)."""
     import torch
 
-    corpus = tiny_world.pretraining_corpus(steps * _BATCH_SIZE, seed=seed)
-    app_corpus = tiny_world.pretraining_corpus(steps * _BATCH_SIZE // 2, seed=seed, app=True)
+    corpus = tiny_world.pretraining_corpus(steps * _BATCH_SIZE, seed=seed, follow_rate=PRETRAIN_FOLLOW_RATE)
+    app_corpus = tiny_world.pretraining_corpus(
+        steps * _BATCH_SIZE // 2, seed=seed, follow_rate=PRETRAIN_FOLLOW_RATE, app=True
+    )
     cache: dict[str, list[int]] = {}
 
     def encode(conversation: list[dict[str, str]]) -> list[int]:

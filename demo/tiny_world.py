@@ -16,9 +16,10 @@ feedback loop has something real to learn (shared/notes/training.md):
   two things to learn, one after the other when users start asking the second kind later.
 - A user likes an answer when it is exactly right, as instructed (`user_likes`).
 - The pre-training corpus (`pretraining_corpus`) teaches every fact, but follows an instruction
-  only `follow_rate` of the time (20% by default). A base model trained on it answers facts right
-  in plain case, follows instructions ~0% of the time at temperature 0 and now and then when
-  sampling: the room an adapter must learn from thumbs.
+  only `follow_rate` of the time (20% by default; the tiny model uses 45% for uppercase, see
+  `demo.tiny_model.PRETRAIN_FOLLOW_RATE`). A base model trained on it answers facts right in plain
+  case, follows instructions ~0% of the time at temperature 0 and now and then when sampling: the
+  room an adapter must learn from thumbs.
 
 Prompts come in two disjoint families, `"train"` and `"holdout"`, split by subject: no subject
 (hence no prompt) appears in both. Draw feedback traffic from one and evaluate on the other.
@@ -377,17 +378,19 @@ def is_uppercase_answer(prompt_messages: str | Sequence[Mapping[str, Any]], answ
 
 
 def pretraining_corpus(
-    n: int, *, seed: int = 0, follow_rate: float = 0.2, app: bool = False
+    n: int, *, seed: int = 0, follow_rate: float | Mapping[Kind, float] = 0.2, app: bool = False
 ) -> Iterator[list[Message]]:
     """`n` conversations (a prompt, then the assistant's answer) covering every fact.
 
     Subjects of both families appear: the base model must know all facts, and only the behaviour
     on instructions is left to learn. Half the prompts ask for uppercase, a quarter for politeness;
-    the assistant follows the instruction with probability `follow_rate` and otherwise answers in
-    plain case, like a base model that "mostly ignores" instructions. The prompt is the question
-    alone, or with `app` what the demo's app sends (`app_messages`, string contents).
+    the assistant follows the instruction with probability `follow_rate` (one rate, or one per kind
+    of instruction) and otherwise answers in plain case, like a base model that "mostly ignores"
+    instructions. The prompt is the question alone, or with `app` what the demo's app sends
+    (`app_messages`, string contents).
     Deterministic for `seed` and `app`.
     """
+    rates = follow_rate if isinstance(follow_rate, Mapping) else dict.fromkeys(KINDS, follow_rate)
     rng = random.Random(f"tiny-world-corpus:{seed}" + (":app" if app else ""))
     questions = all_questions(kinds=("plain",))
     for _ in range(n):
@@ -396,6 +399,6 @@ def pretraining_corpus(
         kind: Kind = "upper" if draw < 0.5 else "polite" if draw < 0.75 else "plain"
         if kind != "plain":
             q = Question(q.relation, q.subject, q.template, rng.choice(_INSTRUCTIONS[kind]))
-        answer = q.answer if q.kind != "plain" and rng.random() < follow_rate else q.fact
+        answer = q.answer if q.kind != "plain" and rng.random() < rates[q.kind] else q.fact
         prompt = app_messages(q, rng, parts_rate=0.0) if app else q.messages
         yield [*prompt, {"role": "assistant", "content": answer}]

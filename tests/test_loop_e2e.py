@@ -53,10 +53,10 @@ def test_users_feedback_alone_gets_two_better_adapters_promoted(
         return up / n
 
     v1, v2 = result.promoted
-    # Behind the app's long system prompt the tiny base learns the uppercase rule more slowly than
-    # the polite one (2026-12-02: 0% -> 27% at v1 over ~2,400 rated answers, 36% at v2; polite
-    # 0% -> 92%): the first promotion's gain shows there, well past chance, not yet past 50 points.
-    assert rate(v1, "upper") > rate("demo@v0", "upper") + 0.15, table
+    # Behind the app's long system prompt too (2026-12-02: uppercase 0% -> 98% at v1, polite 0% ->
+    # 98% at v2), since the tiny base has seen the facts in uppercase often enough
+    # (demo/tiny_model.py, PRETRAIN_FOLLOW_RATE; with 20%, v1 reached only 27%).
+    assert rate(v1, "upper") > rate("demo@v0", "upper") + 0.5, table
     assert rate(v2, "polite") > rate(v1, "polite") + 0.5, table
     # The target: the last promoted version's live thumbs-up rate 30 points above the base's.
     assert previous.rate is not None and rows["demo@v0"].rate is not None

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from demo import tiny_world
-from demo.tiny_model import CHAT_TEMPLATE, build_tiny_model, greedy_answers, render_chat
+from demo.tiny_model import CHAT_TEMPLATE, PRETRAIN_FOLLOW_RATE, build_tiny_model, greedy_answers, render_chat
 
 
 def _sha256(path: Path) -> str:
@@ -104,12 +104,19 @@ def test_app_messages_are_what_real_apps_send_and_read_back_as_the_question():
     assert all(n in (2, 4) for n, _ in shapes)
 
 
+def _followed(rows: list, kind: str) -> float:
+    instructed = [r for r in rows if tiny_world.parse_question(r[:1]).kind == kind]
+    return sum(tiny_world.user_likes(r[:1], r[1]["content"]) for r in instructed) / len(instructed)
+
+
 def test_corpus_follows_the_instructions_only_sometimes():
     rows = list(tiny_world.pretraining_corpus(4000, seed=0))
     for kind in ("upper", "polite"):
-        instructed = [r for r in rows if tiny_world.parse_question(r[:1]).kind == kind]
-        followed = sum(tiny_world.user_likes(r[:1], r[1]["content"]) for r in instructed) / len(instructed)
-        assert 0.15 < followed < 0.25, kind
+        assert 0.15 < _followed(rows, kind) < 0.25, kind
+    # One rate per kind, as the tiny model is pre-trained (PRETRAIN_FOLLOW_RATE: uppercase 0.45).
+    per_kind = list(tiny_world.pretraining_corpus(4000, seed=0, follow_rate=PRETRAIN_FOLLOW_RATE))
+    for kind in ("upper", "polite"):
+        assert abs(_followed(per_kind, kind) - PRETRAIN_FOLLOW_RATE[kind]) < 0.05, kind
     # Otherwise the plain fact: every answer is the fact, said as instructed or plainly.
     for r in rows:
         q = tiny_world.parse_question(r[:1])

@@ -3,7 +3,7 @@
 The snapshot (tests/fixtures/training.py) is simulated feedback on a base model that answers facts
 right but ignores "answer in uppercase."; the holdout asks about subjects never trained on. The
 measure is the mean log-prob margin of the answer users want over the one they disliked, on the
-holdout: the base is below zero, an adapter that learned nothing stays there.
+holdout: an adapter that learned nothing stays at the base's.
 
 Runs are short (100 steps of batch 16, 5-15 s each on one core) and share the session fixtures.
 """
@@ -38,7 +38,8 @@ from tests.fixtures.training import (
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-# Nats of margin gained over the base. Measured: auto/KTO +2.0, SFT +1.8, DPO +2.3 (base -0.2).
+# Nats of margin gained over the base. Measured: auto/KTO +5.1, SFT +2.2, DPO +6.0 (base +1.0;
+# 2026-12-02, with the base of PRETRAIN_FOLLOW_RATE).
 MIN_GAIN = 0.75  # a run that learned nothing gains 0
 ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors", "manifest.json"}
 
@@ -136,10 +137,10 @@ def test_trained_adapter_answers_better_on_held_out_prompts(trained_adapter, tin
     print(
         f"held-out rule rate: uppercase {base_upper:.2f} -> {upper:.2f}, plain {base_plain:.2f} -> {plain:.2f}"
     )
-    # The base is pre-trained on the demo app's prompts too (demo/tiny_model.py, app_prompts, since
-    # ceab2e0), which learns the rule more slowly in these 100 steps: 0.00 -> 0.42 on 2026-12-02
-    # (seeds 0-2: 0.41-0.42; 1.00 with a base pre-trained on bare questions alone). Untrained: 0.
-    assert base_upper <= 0.1 and upper >= 0.3
+    # The base is pre-trained on the demo app's prompts too, with facts said in uppercase 45% of
+    # the times they are asked so (demo/tiny_model.py, PRETRAIN_FOLLOW_RATE). With 20% this reached
+    # only 0.42 (2026-12-02). Untrained: 0.
+    assert base_upper <= 0.1 and upper >= 0.5
     assert plain >= base_plain - 0.05
 
 

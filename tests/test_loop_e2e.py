@@ -46,18 +46,22 @@ def test_users_feedback_alone_gets_two_better_adapters_promoted(
         assert better.low is not None and previous.high is not None and better.low > previous.high, table
         previous = better
 
-    # What each learned: v1 follows the uppercase instruction the base ignores, v2 the polite one
-    # users started asking for later.
+    # What each learned: the first promoted version follows the uppercase instruction the base
+    # ignores; the last also the polite one users started asking for once the first run was under
+    # way. Which version learned politeness depends on timing: when the first candidate is rejected,
+    # the next one is trained on polite prompts too and learns both at once (a full-suite run,
+    # 2026-12-02: v1 rejected, v2 promoted at 94% uppercase and 98% polite, v6 promoted second).
     def rate(adapter: str, kind: str) -> float:
         up, n = result.by_kind[adapter][kind]
         return up / n
 
-    v1, v2 = result.promoted
-    # Behind the app's long system prompt too (2026-12-02: uppercase 0% -> 98% at v1, polite 0% ->
-    # 98% at v2), since the tiny base has seen the facts in uppercase often enough
-    # (demo/tiny_model.py, PRETRAIN_FOLLOW_RATE; with 20%, v1 reached only 27%).
-    assert rate(v1, "upper") > rate("demo@v0", "upper") + 0.5, table
-    assert rate(v2, "polite") > rate(v1, "polite") + 0.5, table
+    first, last = result.promoted
+    # Behind the app's long system prompt too (2026-12-02: uppercase 0% -> 94-98% at the first
+    # promotion), since the tiny base has seen the facts in uppercase often enough
+    # (demo/tiny_model.py, PRETRAIN_FOLLOW_RATE; with 20%, the first reached only 27%).
+    assert rate(first, "upper") > rate("demo@v0", "upper") + 0.5, table
+    assert rate(last, "upper") > rate("demo@v0", "upper") + 0.5, table
+    assert rate(last, "polite") > rate("demo@v0", "polite") + 0.5, table
     # The target: the last promoted version's live thumbs-up rate 30 points above the base's.
     assert previous.rate is not None and rows["demo@v0"].rate is not None
     assert previous.rate - rows["demo@v0"].rate >= 0.30, table

@@ -9,8 +9,8 @@
 4. runs simulated users through the gateway with the `openai` client. Their hidden preference:
    exactly-right answers, in uppercase when they asked for it, opened with "sure, " when they asked
    for a polite one (the base model ignores both instructions). They start asking for polite
-   answers once the first training run is under way (the app grows a feature), so there are two
-   things to learn, one after the other. They are not convenient: only about half the answers get
+   answers once the first adapter is promoted (the app grows a feature), so there are two things
+   to learn, one after the other. They are not convenient: only about half the answers get
    a thumb (`rate_share`), about one thumb in ten is random (`noise`), some of the disliked ones
    get the right answer typed in (`correction_rate`), and one user (`user-flood`) sends a stream
    of requests and thumbs every answer the wrong way (`flood_share` of the requests); the
@@ -163,7 +163,12 @@ class Users:
         self.questions = tiny_world.all_questions()
         self.stop = threading.Event()
         self.polite = threading.Event()
-        """Set once the first run is under way: users also ask for polite answers from then on."""
+        """Set once the first adapter is promoted: users also ask for polite answers from then on.
+
+        Not sooner: when polite prompts came in from the first run on, a first candidate rejected
+        offline (as happens now and then on its ~70 held-out ratings) was followed by one trained on
+        both kinds, which learned both rules at once (96% uppercase, 100% polite) and left nothing
+        for a second promotion to show (e2e test, 2026-12-02)."""
         self.errors = 0
         self.sent = 0
         self._lock = threading.Lock()
@@ -303,12 +308,11 @@ def run_demo(options: DemoOptions) -> DemoResult:
                 time.sleep(1)
                 events = admin_http.get(f"/v1/projects/{PROJECT}/events", params={"limit": 500}).json()
                 promoted = [e["detail"]["adapter"] for e in reversed(events) if e["kind"] == "promoted"]
-                if (
-                    not users.polite.is_set()
-                    and admin_http.get("/v1/runs", params={"project": PROJECT}).json()
-                ):
+                if promoted and not users.polite.is_set():
                     users.polite.set()
-                    say("        the first run is under way; from now on users also ask for polite answers")
+                    say(
+                        "        the first adapter is promoted; from now on users also ask for polite answers"
+                    )
                 if time.monotonic() >= next_line or len(promoted) >= options.promotions:
                     next_line += 5
                     say(_progress_line(admin_http, time.monotonic() - started, users, promoted))

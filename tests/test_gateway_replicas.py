@@ -308,14 +308,16 @@ def test_two_vllm_replicas_and_two_gateways_survive_a_replica_crash_and_a_store_
             assert min(counted) >= 0.25 * sum(counted), counted
 
             # 2. kill -9 of replica B mid-traffic: only what was in flight on it fails.
-            b.kill()  # the whole process group, at once
+            kill_sent = time.monotonic()
+            b.kill()  # the whole process group, at once; returns once every process of it is gone
             killed_at = time.monotonic()  # it is gone: what is sent from now on was not in flight on it
             wait_for(lambda: min(load.since(killed_at + 1)[i] for i in range(2)) >= 10, 120, "answers after")
-            # Failed: only requests sent before the kill (4 threads: at most 4 were in flight).
-            assert len(load.failed) <= 4 and all(sent < killed_at for sent, *_ in load.failed), (
-                killed_at,
-                load.failed,
-            )
+            # Failed: only requests sent before B was gone. Of those sent before the SIGKILL, at most
+            # 4 (4 threads, one request each in flight); a thread whose request failed while B's
+            # processes were exiting may have sent another to B before kill() returned (a full-suite run saw
+            # 5 failures, all sent before killed_at, 2026-12-02).
+            assert all(sent < killed_at for sent, *_ in load.failed), (killed_at, load.failed)
+            assert sum(sent < kill_sent for sent, *_ in load.failed) <= 4, (kill_sent, load.failed)
             assert all("503" in f for *_, f in load.failed), load.failed
             for url in (store.url, *(g.url for g in gateways)):  # a load balancer keeps sending to them
                 ready = httpx.get(f"{url}/readyz", timeout=30)
@@ -356,7 +358,11 @@ def test_two_vllm_replicas_and_two_gateways_survive_a_replica_crash_and_a_store_
             assert r.status_code == 200, r.text
         in_flight = [x for x in long.answered if x[2] < asked < x[3]]
         assert {g for g, *_ in in_flight} == {0, 1}, long.answered  # both held one at the rollback
-        assert max(end for *_, end in in_flight) <= done  # the unload waited for every one of them
+        # The unload waited for every one of them. An answer's end is taken by its client thread after
+        # the openai client has parsed it, which can come a little after the rollback's answer reached
+        # this thread (20 ms once, under the full suite, 2026-12-02); a long answer takes 1.8-4.2 s, so an
+        # unload that did not wait would end far more than this slack before them.
+        assert max(end for *_, end in in_flight) <= done + 0.1, (done, in_flight)
         # What failed was refused at a gateway's door once the rollback had withdrawn v1 (one sent
         # just before the rollback may reach a gateway after the withdrawal: how long before
         # depends on the machine's load), never cut short while it ran.

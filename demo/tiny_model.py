@@ -57,8 +57,10 @@ ignores both greedily (0 of 150 prompts of either kind, bare or behind the app's
 seen the facts in uppercase often enough that an adapter can say held-out facts in uppercase behind
 the app's ~250-token system prompt. Measured 2026-12-02, SFT 60 steps of 8 at lr 3e-3 on 480
 simulated ratings of app prompts, held-out uppercase prompts answered exactly right: 0.49 with 0.2
-for both kinds (the rest: the wrong fact, in uppercase), 0.74 with 0.35, 1.00 with 0.45. Polite
-stays at 0.2: with 0.45 the base said "sure, " to 75% of bare polite prompts."""
+for both kinds (the rest: the wrong fact, in uppercase), 0.74 with 0.35 for both, 0.98-1.00 with
+0.45 (uppercase only or both). Polite stays at 0.2: with 0.45 the base said "sure, " to 75% of
+bare polite prompts. Builds vary: one with 0.40 for uppercase lost plain facts behind the app's
+prompt (0.31 right), so only 0.45 is measured good."""
 
 FAMILY_PRETRAIN_STEPS = 40
 """The other families' default: enough to speak in the world's sentences ("it is green."), not to

@@ -104,7 +104,7 @@ def test_app_messages_are_what_real_apps_send_and_read_back_as_the_question():
     assert all(n in (2, 4) for n, _ in shapes)
 
 
-def _followed(rows: list, kind: str) -> float:
+def _followed(rows: list[list[tiny_world.Message]], kind: str) -> float:
     instructed = [r for r in rows if tiny_world.parse_question(r[:1]).kind == kind]
     return sum(tiny_world.user_likes(r[:1], r[1]["content"]) for r in instructed) / len(instructed)
 

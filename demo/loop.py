@@ -5,7 +5,7 @@
 3. creates project `demo` and declares nothing about how to judge it: no rules, no golden set,
    no eval.json. The offline gate builds its evidence from the users' held-out feedback alone
    (corrections and liked answers as references, a reward model trained beside each adapter once
-   it agrees with the held-out thumbs, guards against forgetting and degenerate answers);
+   it orders held-out preference pairs as users did, guards against forgetting and degenerate answers);
 4. runs simulated users through the gateway with the `openai` client. Their hidden preference:
    exactly-right answers, in uppercase when they asked for it, opened with "sure, " when they asked
    for a polite one (the base model ignores both instructions). They start asking for polite

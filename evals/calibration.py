@@ -4,12 +4,18 @@ A judge (a reward model learned from thumbs, or an LLM) may decide a promotion o
 agrees with held-out feedback it never saw, well enough and on enough of it; otherwise it is
 reported as a diagnostic. Two measures, one per kind of judge:
 
-- A scoring judge (the reward model) scores every held-out rated answer: its **AUC** against the
-  thumbs is the chance it scores a random liked answer above a random disliked one (0.5 = chance,
-  whatever the base rate). Point value by scikit-learn's `roc_auc_score`; its interval by a
-  stratified percentile bootstrap (liked and disliked answers resampled separately, so every
-  resample has both), each resample's AUC from SciPy's Mann-Whitney U (U / (n_liked * n_disliked)
-  is the AUC, ties counting half, as `roc_auc_score` counts them).
+- A scoring judge (the reward model) scores both answers of every held-out preference pair (a
+  correction over the answer it corrected, a liked over a disliked answer to the same prompt;
+  `evals.feedback.RatedPair`): its **AUC within a prompt** is the share of pairs whose preferred
+  answer it scores higher, ties counting half. This is the reward-model accuracy that TRL's
+  RewardTrainer logs (1.16: chosen > rejected, a tie counted wrong) and RewardBench reports, and it
+  asks what the judge is asked when it gates: which of two answers to one prompt users prefer. Its
+  interval: percentile bootstrap over prompts (a prompt's pairs share answers). The AUC against
+  every held-out thumb, prompts pooled (scikit-learn's `roc_auc_score`), is reported beside it and
+  decides nothing: a reward model that reads only the question (easy questions liked, hard ones
+  disliked) scores high there and 0.5 within a prompt, and as a primary scorer it vetoed candidates
+  the references showed clearly better (e2e, 2026-12-02: pooled AUC 0.894 on 74 thumbs, candidate
+  +0.042 [-0.000, +0.078] against references' +0.446 [+0.266, +0.617]).
 - A pairwise judge is shown held-out pairs where users said which answer is better (a correction
   over the answer it corrected, a liked over a disliked answer to the same prompt), in both
   orders, as it is asked when it gates. **Agreement** is the share of verdicts naming the answer
@@ -17,8 +23,8 @@ reported as a diagnostic. Two measures, one per kind of judge:
   says "A" (position bias) scores 0 although it agrees half the time. Interval: percentile
   bootstrap over pairs (both orders of a pair stay together).
 
-Eligibility: AUC lower bound >= `min_auc_low` on >= `min_ratings` ratings; kappa lower bound >=
-`min_kappa_low` on >= `min_pairs` pairs. AUC 0.65 and kappa 0.3 mean the same thing on balanced
+Eligibility, on >= `min_pairs` held-out pairs for either kind: AUC lower bound >= `min_auc_low`;
+kappa lower bound >= `min_kappa_low`. AUC 0.65 and kappa 0.3 mean the same thing on balanced
 pairs: 65% of pairs ordered as users order them.
 """
 
@@ -40,16 +46,19 @@ class CalibrationConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
 
     min_ratings: Annotated[
         int,
-        _doc("A reward model needs at least this many held-out thumbs to be calibrated."),
+        _doc(
+            "Ignored since 2026-12-02 (a reward model is calibrated on `min_pairs` held-out pairs, not on "
+            "thumbs); accepted so that older configs still load."
+        ),
         msgspec.Meta(ge=2),
     ] = 50
     min_auc_low: Annotated[
         float,
-        _doc("Lowest accepted lower bound of the reward model's AUC against held-out thumbs."),
+        _doc("Lowest accepted lower bound of the reward model's AUC on held-out preference pairs."),
         msgspec.Meta(ge=0.5, le=1),
     ] = 0.65
     min_pairs: Annotated[
-        int, _doc("A pairwise judge needs at least this many held-out preference pairs."), msgspec.Meta(ge=1)
+        int, _doc("A judge needs at least this many held-out preference pairs."), msgspec.Meta(ge=1)
     ] = 30
     min_kappa_low: Annotated[
         float,
@@ -67,15 +76,21 @@ DEFAULT_CALIBRATION = CalibrationConfig()
 
 
 class AucCalibration(msgspec.Struct, frozen=True, kw_only=True, tag="auc", tag_field="kind"):
-    """A scoring judge against held-out thumbs."""
+    """A scoring judge on held-out preference pairs (module docstring)."""
 
-    ratings: int
-    liked: int
-    base_rate: float | None
-    """Share of thumbs-up among the ratings: what always saying "liked" would get right."""
+    pairs: int
+    ties: int
+    """Pairs whose two answers the judge scored the same (each counts half)."""
     auc: float | None
+    """Share of pairs whose preferred answer the judge scored higher, ties half; None without pairs."""
     low: float | None
     high: float | None
+    ratings: int
+    """Held-out thumbs on text answers, for the pooled AUC."""
+    base_rate: float | None
+    """Share of thumbs-up among the ratings: what always saying "liked" would get right."""
+    pooled_auc: float | None
+    """AUC against every held-out thumb, prompts pooled: reported, decides nothing."""
     level: float
     eligible: bool
     why: str
@@ -107,45 +122,80 @@ def _interval(values: np.ndarray, level: float) -> tuple[float, float]:
     return float(low), float(high)
 
 
+NO_PAIRS = (
+    "not calibrated: the holdout has no preference pairs "
+    "(corrections, or liked and disliked answers to one prompt)"
+)
+
+
 def calibrate_scores(
-    scores: Sequence[float], liked: Sequence[bool], config: CalibrationConfig = DEFAULT_CALIBRATION
+    preferred: Sequence[float],
+    other: Sequence[float],
+    prompts: Sequence[str],
+    scores: Sequence[float] = (),
+    liked: Sequence[bool] = (),
+    config: CalibrationConfig = DEFAULT_CALIBRATION,
 ) -> AucCalibration:
-    """AUC of `scores` against the thumbs (`liked[i]` for answer i), its interval and eligibility."""
-    from scipy.stats import mannwhitneyu
+    """A scoring judge's AUC within a prompt: `preferred[i]` and `other[i]` are its scores of pair
+    i's answers (the one users preferred first), `prompts[i]` the prompt's key. The interval
+    resamples prompts, not pairs: a prompt's pairs share answers (one greedy answer corrected by
+    several users, a liked answer paired with each disliked one), so they are not independent.
+    `scores` and `liked` (every held-out rated answer's score and thumb) give the pooled AUC,
+    reported only. A score that is not finite (NaN, inf) makes the judge not calibrated."""
     from sklearn.metrics import roc_auc_score
 
+    p = np.asarray(preferred, dtype=np.float64)
+    o = np.asarray(other, dtype=np.float64)
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(liked, dtype=bool)
-    n, n_pos = len(s), int(y.sum())
-    n_neg = n - n_pos
-    base_rate = n_pos / n if n else None
-    if n_pos == 0 or n_neg == 0:
-        why = f"not calibrated: {n} held-out ratings with {n_pos} thumbs-up and {n_neg} thumbs-down; both are needed"
+    n, n_pos = len(p), int(y.sum())
+    base_rate = n_pos / len(y) if len(y) else None
+
+    def result(eligible: bool, why: str, **figures: float | int | None) -> AucCalibration:
+        fields = {"pairs": n, "ties": 0, "auc": None, "low": None, "high": None} | figures
         return AucCalibration(
-            ratings=n, liked=n_pos, base_rate=base_rate, auc=None, low=None, high=None,
-            level=config.level, eligible=False, why=why,
+            **fields, ratings=len(y), base_rate=base_rate, pooled_auc=pooled, level=config.level,
+            eligible=eligible, why=why,
         )  # fmt: skip
-    auc = float(roc_auc_score(y, s))
-    pos, neg = s[y], s[~y]
+
+    pooled = None
+    if not (np.isfinite(p).all() and np.isfinite(o).all() and np.isfinite(s).all()):
+        return result(False, "not calibrated: the judge gave scores that are not finite numbers (NaN or inf)")
+    if 0 < n_pos < len(y):
+        pooled = float(roc_auc_score(y, s))
+    pooled_text = (
+        f"; prompts pooled, AUC {pooled:.3f} on {len(y)} held-out thumbs "
+        f"(base rate {base_rate:.2f} liked, reported only)"
+        if pooled is not None
+        else ""
+    )
+    if n == 0:
+        return result(False, NO_PAIRS + pooled_text)
+    # Each pair's credit: 1 ordered as users order it, 0.5 a tie, 0 the other way (np.sign of the
+    # difference mapped to [0, 1]); the AUC is their mean. A resample draws prompts with
+    # replacement and takes the credit of all their pairs over their number.
+    credit = (np.sign(np.round(p - o, 12)) + 1) / 2
+    ties = int((credit == 0.5).sum())
+    auc = float(credit.mean())
+    _, group = np.unique(np.asarray(prompts, dtype=object).astype(str), return_inverse=True)
+    credit_per_prompt = np.bincount(group, weights=credit)
+    pairs_per_prompt = np.bincount(group).astype(np.float64)
     rng = np.random.default_rng(config.seed)
-    u = mannwhitneyu(
-        pos[rng.integers(0, n_pos, size=(config.resamples, n_pos))],
-        neg[rng.integers(0, n_neg, size=(config.resamples, n_neg))],
-        axis=1,
-        method="asymptotic",
-    ).statistic
-    low, high = _interval(np.asarray(u) / (n_pos * n_neg), config.level)
-    figures = f"AUC {auc:.3f} [{config.level:.0%} CI {low:.3f}, {high:.3f}] on {n} held-out ratings (base rate {base_rate:.2f} liked)"
-    if n < config.min_ratings:
-        eligible, why = False, f"not calibrated: {figures}; {config.min_ratings} ratings needed"
+    drawn = rng.integers(0, len(pairs_per_prompt), size=(config.resamples, len(pairs_per_prompt)))
+    low, high = _interval(
+        credit_per_prompt[drawn].sum(axis=1) / pairs_per_prompt[drawn].sum(axis=1), config.level
+    )
+    figures = (
+        f"AUC within a prompt {auc:.3f} [{config.level:.0%} CI {low:.3f}, {high:.3f}] on {n} held-out "
+        f"preference pairs of {len(pairs_per_prompt)} prompts ({ties} ties){pooled_text}"
+    )
+    if n < config.min_pairs:
+        eligible, why = False, f"not calibrated: {figures}; {config.min_pairs} pairs needed"
     elif low < config.min_auc_low:
         eligible, why = False, f"not calibrated: {figures}; lower bound below {config.min_auc_low:.2f}"
     else:
         eligible, why = True, f"calibrated: {figures}; lower bound >= {config.min_auc_low:.2f}"
-    return AucCalibration(
-        ratings=n, liked=n_pos, base_rate=base_rate, auc=auc, low=low, high=high,
-        level=config.level, eligible=eligible, why=why,
-    )  # fmt: skip
+    return result(eligible, why, ties=ties, auc=auc, low=low, high=high)
 
 
 Verdict = Literal["A", "B", "TIE"]
@@ -182,7 +232,7 @@ def calibrate_verdicts(
         return AgreementCalibration(
             pairs=0, verdicts=0, agreement=None, agreement_low=None, agreement_high=None, kappa=None,
             kappa_low=None, kappa_high=None, ties=0, level=config.level, eligible=False,
-            why="not calibrated: the holdout has no preference pairs (corrections, or liked and disliked answers to one prompt)",
+            why=NO_PAIRS,
         )  # fmt: skip
     labels = ["A", "B", "TIE"]
     kappa = float(cohen_kappa_score(t, v, labels=labels))

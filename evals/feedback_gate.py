@@ -1,7 +1,7 @@
 """The gate built from the holdout's own feedback: which scorers, in which roles.
 
     references                primary  chrF to held-out corrections and liked answers
-    learned_judge             primary  the reward model, once calibrated on held-out thumbs
+    learned_judge             primary  the reward model, once calibrated on held-out pairs
     forgetting_learned_judge  guard    the calibrated reward model on liked prompts
     forgetting_judge          guard    the calibrated LLM judge on liked prompts (if one is configured)
     forgetting_liked          guard    chrF to liked answers on liked prompts, when no judge above

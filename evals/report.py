@@ -17,7 +17,9 @@ from evals.evalset import EvalExample, message_text
 from evals.scorers.base import AnswerPair, ExampleScore, Kind
 from evals.statistics import PairedStats
 
-REPORT_SCHEMA_VERSION = 1
+REPORT_SCHEMA_VERSION = 2
+"""2: a reward model's calibration (`AucCalibration`) is its AUC within a prompt, on held-out
+preference pairs; 1 had the AUC over every held-out thumb, prompts pooled."""
 
 
 class ScorerResult(msgspec.Struct, frozen=True, kw_only=True):

@@ -316,7 +316,7 @@ class FeedbackGateSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
     """The offline gate's evidence from the holdout's own feedback (no hand-written answer key
     needed): corrections and liked answers as references, a reward model learned from the thumbs
     (trained beside each adapter) and the gate config's LLM judge, each judge deciding only once it
-    agrees with the held-out thumbs; liked answers and degenerate answers guard. With no
+    agrees with the users on held-out preference pairs; liked answers and degenerate answers guard. With no
     hand-written primary scorer in the project's gate config it is the gate; with one, it joins it."""
 
     enabled: Annotated[
@@ -327,22 +327,29 @@ class FeedbackGateSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
         bool,
         _doc(
             "Train a reward model beside each adapter on the same training split (TRL RewardTrainer, "
-            "LoRA + scalar head) and use it as a judge once calibrated on the held-out thumbs."
+            "LoRA + scalar head) and use it as a judge once calibrated on held-out preference pairs."
         ),
     ] = True
     min_ratings: Annotated[
         int,
-        _doc("Held-out thumbs the learned judge needs before it may decide (its AUC is measured on them)."),
+        _doc(
+            "Ignored since 2026-12-02: the learned judge is calibrated on `min_pairs` held-out preference "
+            "pairs, not on thumbs. Accepted so that older settings still load."
+        ),
         msgspec.Meta(ge=2),
     ] = 50
     min_auc_low: Annotated[
         float,
-        _doc("Lowest accepted lower bound (95%) of the learned judge's AUC against held-out thumbs."),
+        _doc(
+            "Lowest accepted lower bound (95%) of the learned judge's AUC within a prompt: the share of "
+            "held-out preference pairs (a correction over the answer it corrected, a liked over a "
+            "disliked answer to one prompt) it orders as users did."
+        ),
         msgspec.Meta(ge=0.5, le=1),
     ] = 0.65
     min_pairs: Annotated[
         int,
-        _doc("Held-out preference pairs an LLM judge needs before it may decide."),
+        _doc("Held-out preference pairs a judge (learned or LLM) needs before it may decide."),
         msgspec.Meta(ge=1),
     ] = 30
     min_kappa_low: Annotated[

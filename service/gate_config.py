@@ -61,7 +61,7 @@ def evidence(config: GateConfig, feedback: FeedbackGateSettings) -> str:
             "(settings feedback_gate.enabled); declare a primary scorer or turn it on"
         )
     learned = "a learned judge trained beside each adapter" if feedback.learned_judge else "no learned judge"
-    parts = f"held-out corrections and liked answers as references, {learned} (once calibrated on held-out thumbs)"
+    parts = f"held-out corrections and liked answers as references, {learned} (once calibrated on held-out preference pairs)"
     if has_primary(config):
         return f"{hand}, joined by the holdout's feedback: {parts}"
     return f"the holdout's feedback decides ({hand} is primary): {parts}"

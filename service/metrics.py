@@ -214,8 +214,9 @@ class Metrics:
         )
         self.judge_calibration = Gauge(
             "ratchet_gate_judge_calibration",
-            "Latest offline eval: how well a judge agrees with the held-out thumbs, by scorer and measure "
-            "(auc, auc_low, auc_high, kappa, kappa_low, kappa_high, agreement, ratings, pairs, base_rate).",
+            "Latest offline eval: how well a judge agrees with the holdout's feedback, by scorer and measure "
+            "(auc, auc_low, auc_high: within a prompt, on preference pairs; pooled_auc, over every thumb; "
+            "kappa, kappa_low, kappa_high, agreement, ratings, pairs, ties, base_rate).",
             ["project", "scorer", "measure"],
             registry=r,
         )

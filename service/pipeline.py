@@ -627,10 +627,10 @@ def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 def calibration_figures(cal: AucCalibration | AgreementCalibration) -> dict[str, float | None]:
-    """A judge's calibration on the held-out thumbs as named figures (the metric's `measure`)."""
+    """A judge's calibration on the holdout's feedback as named figures (the metric's `measure`)."""
     if isinstance(cal, AucCalibration):
-        return {"auc": cal.auc, "auc_low": cal.low, "auc_high": cal.high, "ratings": cal.ratings,
-                "base_rate": cal.base_rate}  # fmt: skip
+        return {"auc": cal.auc, "auc_low": cal.low, "auc_high": cal.high, "pairs": cal.pairs, "ties": cal.ties,
+                "pooled_auc": cal.pooled_auc, "ratings": cal.ratings, "base_rate": cal.base_rate}  # fmt: skip
     return {"kappa": cal.kappa, "kappa_low": cal.kappa_low, "kappa_high": cal.kappa_high,
             "agreement": cal.agreement, "pairs": cal.pairs}  # fmt: skip
 
@@ -645,7 +645,7 @@ def feedback_config(settings: FeedbackGateSettings, reward_model: Path | None) -
         forgetting_tolerance=settings.forgetting_tolerance,
         degenerate_tolerance=settings.degenerate_tolerance,
         calibration=CalibrationConfig(
-            min_ratings=settings.min_ratings, min_auc_low=settings.min_auc_low,
-            min_pairs=settings.min_pairs, min_kappa_low=settings.min_kappa_low,
+            min_auc_low=settings.min_auc_low, min_pairs=settings.min_pairs,
+            min_kappa_low=settings.min_kappa_low,
         ),
     )  # fmt: skip

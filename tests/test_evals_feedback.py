@@ -37,6 +37,7 @@ from evals.feedback import HeldOutRating, group_feedback, prompt_key, read_holdo
 from evals.reward_model import TrainerRewardModel
 from evals.scorers.base import AnswerPair
 from evals.scorers.degenerate import defect
+from evals.scorers.learned import LearnedJudge
 from evals.scorers.reference import ReferenceSimilarity
 from formats.chat import FunctionCall, Tool, ToolCall
 from formats.log import Message
@@ -175,18 +176,84 @@ def test_degenerate_answers_are_named(answer, finish, expected):
 # --- calibration
 
 
-def test_auc_calibration_matches_scikit_learn_and_needs_enough_ratings():
-    scores = [0.9, 0.8, 0.7, 0.3, 0.6, 0.2, 0.1, 0.4] * 10
-    liked = [True, True, True, False, True, False, False, False] * 10
-    c = calibrate_scores(scores, liked)
-    assert c.auc == pytest.approx(roc_auc_score(liked, scores)) and c.auc == 1.0
-    assert c.eligible and c.low <= c.auc <= c.high and c.base_rate == 0.5 and c.ratings == 80
-    assert "calibrated: AUC 1.000" in c.why
-    assert not calibrate_scores(scores[:40], liked[:40]).eligible  # 40 < 50 ratings
-    chance = calibrate_scores([i % 7 for i in range(100)], [i % 2 == 0 for i in range(100)])
-    assert not chance.eligible and chance.low < 0.65 and "lower bound below 0.65" in chance.why
-    one_class = calibrate_scores([0.1] * 60, [True] * 60)
-    assert not one_class.eligible and one_class.auc is None
+def test_auc_calibration_orders_pairs_within_a_prompt_and_needs_enough_of_them():
+    preferred = [0.9, 0.8, 0.7, 0.6, 0.5] * 8
+    other = [0.1, 0.2, 0.3, 0.6, 0.9] * 8  # right three times, a tie, wrong
+    prompts = [f"p{i}" for i in range(40)]
+    scores = preferred + other
+    liked = [True] * 40 + [False] * 40
+    c = calibrate_scores(preferred, other, prompts, scores, liked, CalibrationConfig(min_auc_low=0.5))
+    assert c.auc == pytest.approx((3 + 0.5 + 0) / 5) and c.ties == 8 and c.pairs == 40
+    assert c.eligible and c.low <= c.auc <= c.high and "calibrated: AUC within a prompt 0.700" in c.why
+    assert c.pooled_auc == pytest.approx(roc_auc_score(liked, scores))
+    assert c.base_rate == 0.5 and c.ratings == 80
+    assert not calibrate_scores(preferred, other, prompts, scores, liked).eligible  # lower bound below 0.65
+    few = calibrate_scores(preferred[:20], other[:20], prompts[:20], scores, liked)
+    assert not few.eligible and "30 pairs needed" in few.why
+    none = calibrate_scores([], [], [], scores, liked)
+    assert not none.eligible and none.auc is None and "no preference pairs" in none.why
+    # Corrections need no thumb: pairs alone calibrate (the pooled AUC is then unknown).
+    alone = calibrate_scores([1.0] * 40, [0.0] * 40, prompts)
+    assert alone.eligible and alone.pooled_auc is None and alone.ratings == 0
+
+
+def test_auc_calibration_resamples_prompts_and_refuses_scores_that_are_not_numbers():
+    """40 pairs on 4 prompts (one greedy answer corrected by ten users each) are 4 pieces of
+    evidence, not 40: the interval is as wide as 4 prompts make it. A NaN score (a broken reward
+    model) never calibrates, where its NaN bounds would pass every `<` comparison."""
+    preferred, other = [1.0] * 30 + [0.0] * 10, [0.5] * 40
+    spread = calibrate_scores(
+        preferred, other, [f"p{i}" for i in range(40)], config=CalibrationConfig(min_auc_low=0.5)
+    )
+    clustered = calibrate_scores(preferred, other, [f"p{i // 10}" for i in range(40)])
+    assert spread.auc == clustered.auc == pytest.approx(0.75)
+    assert spread.eligible and spread.low > 0.55
+    assert not clustered.eligible and clustered.low <= 0.5 and "of 4 prompts" in clustered.why
+    for broken in (float("nan"), float("inf")):
+        c = calibrate_scores([broken] + [1.0] * 39, [0.0] * 40, [f"p{i}" for i in range(40)])
+        assert not c.eligible and c.auc is None and "not finite" in c.why
+    c = calibrate_scores(
+        [1.0] * 40, [0.0] * 40, [f"p{i}" for i in range(40)], [float("nan"), 0.0], [True, False]
+    )
+    assert not c.eligible and "not finite" in c.why
+
+
+def test_a_reward_model_that_reads_only_the_question_is_not_calibrated():
+    """The confound that vetoed a clearly better candidate (e2e, 2026-12-02): users dislike most
+    answers to uppercase questions, so a model scoring the question alone has a high AUC over thumbs
+    pooled across prompts, yet it cannot say which of two answers to one question users prefer."""
+    feedback = group_feedback(
+        HeldOutRating(messages=user(q), answer=a, rating=r, correction=c)
+        for i in range(40)
+        for q, a, r, c in (
+            (f"what is fact {i}?", f"it is {i}.", 1, None),
+            (f"what is fact {i}? answer in uppercase.", f"it is {i}.", -1, f"IT IS {i}."),
+        )
+    )
+    pairs = [(ex.key, pair) for ex in feedback for pair in ex.pairs]
+    assert len(pairs) == 40 and all(p.origin == "correction" for _, p in pairs)
+
+    class ReadsTheQuestion:
+        description = "reads the question"
+
+        async def score(self, items):
+            return [-1.0 if "uppercase" in i.messages[-1].content else 1.0 for i in items]
+
+    class ReadsTheAnswer(ReadsTheQuestion):
+        async def score(self, items):
+            return [
+                1.0 if i.answer.isupper() == ("uppercase" in i.messages[-1].content) else -1.0 for i in items
+            ]
+
+    for model, calibrated in ((ReadsTheQuestion(), False), (ReadsTheAnswer(), True)):
+        judge = LearnedJudge(model, feedback, calibration=CalibrationConfig(resamples=500))
+        asyncio.run(judge.prepare([], []))
+        c = judge.calibration
+        assert c is not None and c.pooled_auc == 1.0 and c.ratings == 80, c
+        assert (judge.calibrated, judge.role) == (calibrated, "primary" if calibrated else "diagnostic"), (
+            c.why
+        )
+        assert c.auc == (1.0 if calibrated else 0.5)
 
 
 def test_a_position_biased_judge_agrees_half_the_time_and_has_kappa_zero():

@@ -226,7 +226,7 @@ def test_false_promotion_rate_of_the_feedback_gate_for_a_candidate_no_better(
     Greedy, it answered as the base on every holdout prompt.
 
     Each seeded run is a gate over its own holdout: 160 rows of fresh simulated feedback (other
-    prompts, users, thumbs and corrections) with its own sampling and bootstrap seeds, the reward
+    prompts, users, thumbs and corrections of half the disliked answers) with its own sampling and bootstrap seeds, the reward
     model trained beside the good adapter as the learned judge. What makes this cheap, honestly:
     every (model, prompt) is asked of vLLM once (`Replay`): greedy answers are deterministic, so
     the replay is what a new request would return; sampled answers are drawn per run and side from
@@ -243,7 +243,11 @@ def test_false_promotion_rate_of_the_feedback_gate_for_a_candidate_no_better(
     runs = 20
 
     def holdout(seed: int) -> str:
-        rows = simulate_feedback("holdout", 160, seed=1000 + seed, start=datetime(2026, 11, 20))
+        # Half the disliked answers corrected: 37-59 preference pairs per holdout, so the learned
+        # judge can be calibrated on them (30 needed; at the fixture's 20%, 15-36).
+        rows = simulate_feedback(
+            "holdout", 160, seed=1000 + seed, start=datetime(2026, 11, 20), correction_rate=0.5
+        )
         path = tmp_path / f"holdout-{seed}.parquet"
         pq.write_table(rows_to_table(rows), path)
         return str(path)

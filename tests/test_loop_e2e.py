@@ -35,7 +35,7 @@ def test_users_feedback_alone_gets_two_better_adapters_promoted(
     for promoted in result.promoted:
         assert runs[promoted]["trigger"] == "signal" and runs[promoted]["state"] == "promoted", table
         # No hand-written scorer: the holdout's feedback decided, and the learned judge said how well
-        # it agrees with the held-out thumbs.
+        # it orders the held-out preference pairs as users did.
         gate = runs[promoted]["stats"]["eval"]
         assert gate["gate_config_version"] == 0 and gate["evidence"].startswith(
             "the holdout's feedback decides"

@@ -76,15 +76,17 @@ def test_the_run_trains_a_reward_model_beside_the_adapter(run_with_reward_model,
     )
 
 
-def test_the_reward_model_is_calibrated_on_held_out_thumbs_and_prefers_what_users_like(
+def test_the_reward_model_is_calibrated_on_held_out_pairs_and_prefers_what_users_like(
     run_with_reward_model, snapshot_dir
 ):
-    """Scored in a subprocess by the trainer; AUC against the holdout's real thumbs; then as a judge:
-    answers that follow the users' instruction beat the base's plain answers on held-out prompts."""
+    """Scored in a subprocess by the trainer; AUC within a prompt on the holdout's real preference
+    pairs (its 160 rows hold 22: 12 corrections, 10 liked over disliked), so 20 pairs suffice here;
+    then as a judge: answers that follow the users' instruction beat the base's plain answers on
+    held-out prompts."""
     _, reward_dir, _ = run_with_reward_model
     feedback = group_feedback(read_holdout_ratings(snapshot_dir / "holdout.parquet"))
     judge = LearnedJudge(
-        TrainerRewardModel(reward_dir), feedback, calibration=CalibrationConfig(resamples=2000)
+        TrainerRewardModel(reward_dir), feedback, calibration=CalibrationConfig(resamples=2000, min_pairs=20)
     )
     upper = [q for q in tiny_world.all_questions("holdout", kinds=("upper",))][:60]
     examples = [EvalExample(id=f"q{i}", source="holdout", messages=q.messages) for i, q in enumerate(upper)]
@@ -101,7 +103,7 @@ def test_the_reward_model_is_calibrated_on_held_out_thumbs_and_prefers_what_user
     print(
         f"learned judge, uppercase answers vs plain on {result.stats.n} held-out prompts: {result.stats.mean:+.3f} [{result.stats.low:+.3f}, {result.stats.high:+.3f}]"
     )
-    assert c is not None and c.ratings >= 100 and c.eligible and c.low >= 0.65
+    assert c is not None and c.pairs >= 20 and c.ratings >= 100 and c.eligible and c.low >= 0.65
     assert result.role == "primary" and result.stats.low > 0
 
 

@@ -46,7 +46,8 @@ class ForgettingGuard:
         self.calibration = getattr(self.judge, "calibration", None)
         n = len(self._liked)
         if not self.judge.calibrated:
-            self.eligibility = f"not eligible: {self.judge.name} is not calibrated ({self.judge.eligibility})"
+            # Why not is the judge's own eligibility, in its row of the report: not repeated here.
+            self.eligibility = f"not eligible: {self.judge.name} is not calibrated"
         elif n < self.min_examples:
             self.eligibility = (
                 f"not eligible: {n} held-out prompts with a liked answer, {self.min_examples} needed"

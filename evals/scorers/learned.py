@@ -1,8 +1,9 @@
 """The judge learned from the thumbs: a reward model, calibrated on the holdout before it decides.
 
-Once per evaluation (`prepare`) the reward model scores, in one batch, every held-out rated answer
-(for the calibration: its AUC against the users' thumbs, `evals.calibration`) and both models'
-generated answers. Calibrated, it compares candidate and incumbent on each holdout prompt:
+Once per evaluation (`prepare`) the reward model scores, in one batch, both answers of every
+held-out preference pair (for the calibration: its AUC within a prompt, `evals.calibration`),
+every held-out rated answer (the pooled AUC, reported only) and both models' generated
+answers. Calibrated, it compares candidate and incumbent on each holdout prompt:
 difference = 2 * sigmoid(r_candidate - r_incumbent) - 1, the Bradley-Terry probability (the
 model's own training loss) that users prefer the candidate's answer, rescaled to [-1, 1] like the
 LLM judge's; identical answers are exactly 0. Uncalibrated, or if the reward model cannot score,
@@ -26,7 +27,7 @@ from evals.scorers.base import AnswerPair, ExampleScore, Kind
 
 
 class LearnedJudge:
-    """Pairwise scorer backed by a `RewardModel`, eligible once calibrated on held-out thumbs."""
+    """Pairwise scorer backed by a `RewardModel`, eligible once calibrated on held-out preference pairs."""
 
     kind: ClassVar[Kind] = "pairwise"
     max_error_fraction: ClassVar[float] = 0.0
@@ -57,7 +58,7 @@ class LearnedJudge:
         return self.calibration is not None and self.calibration.eligible
 
     async def prepare(self, examples: Sequence[EvalExample], answers: Sequence[AnswerPair]) -> None:
-        """Score held-out ratings and generated answers in one batch, then calibrate. Idempotent."""
+        """Score held-out pairs, ratings and generated answers in one batch, then calibrate. Idempotent."""
         async with self._lock:
             if self._prepared:
                 return
@@ -70,6 +71,9 @@ class LearnedJudge:
 
             try:
                 for ex in self.feedback:
+                    for pair in ex.pairs:
+                        want(ex.key, ex.messages, ex.tools, pair.preferred)
+                        want(ex.key, ex.messages, ex.tools, pair.other)
                     for answer, _ in ex.ratings:
                         want(ex.key, ex.messages, ex.tools, answer)
                 for ex, pair in zip(examples, answers, strict=True):
@@ -83,9 +87,16 @@ class LearnedJudge:
                 self.eligibility = f"not eligible: {exc}"
                 return
             self._rewards = dict(zip(wanted, values, strict=True))
+            reward = self._rewards
+            pairs = [(ex.key, pair) for ex in self.feedback for pair in ex.pairs]
             rated = [(ex.key, a, r) for ex in self.feedback for a, r in ex.ratings]
             self.calibration = calibrate_scores(
-                [self._rewards[(k, a)] for k, a, _ in rated], [r > 0 for _, _, r in rated], self.config
+                [reward[k, pair.preferred] for k, pair in pairs],
+                [reward[k, pair.other] for k, pair in pairs],
+                [k for k, _ in pairs],
+                [reward[k, a] for k, a, _ in rated],
+                [r > 0 for _, _, r in rated],
+                self.config,
             )
             self.eligibility = f"{self.calibration.why} ({self.model.description})"
             if self.calibration.eligible:

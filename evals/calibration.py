@@ -21,7 +21,7 @@ reported as a diagnostic. Two measures, one per kind of judge:
   orders, as it is asked when it gates. **Agreement** is the share of verdicts naming the answer
   users preferred; **Cohen's kappa** (scikit-learn) corrects it for chance, so a judge that always
   says "A" (position bias) scores 0 although it agrees half the time. Interval: percentile
-  bootstrap over pairs (both orders of a pair stay together).
+  bootstrap over prompts (both orders of all a prompt's pairs stay together).
 
 Eligibility, on >= `min_pairs` held-out pairs for either kind: AUC lower bound >= `min_auc_low`;
 kappa lower bound >= `min_kappa_low`. AUC 0.65 and kappa 0.3 mean the same thing on balanced
@@ -217,10 +217,13 @@ def calibrate_verdicts(
     verdicts: Sequence[Verdict],
     pair_ids: Sequence[int],
     config: CalibrationConfig = DEFAULT_CALIBRATION,
+    *,
+    prompts: Sequence[str] | None = None,
 ) -> AgreementCalibration:
     """Agreement and Cohen's kappa of a pairwise judge's `verdicts` with the users' `truth` (which
-    position held the answer users preferred), one entry per presentation; `pair_ids` groups the
-    presentations of one pair for the bootstrap."""
+    position held the answer users preferred), one entry per presentation; `pair_ids` names each
+    presentation's pair. The bootstrap resamples `prompts` (each presentation's prompt key: a
+    prompt's pairs share answers, as in `calibrate_scores`), or pairs when not given."""
     from sklearn.metrics import cohen_kappa_score
 
     t = np.asarray(truth, dtype=object)
@@ -238,15 +241,19 @@ def calibrate_verdicts(
     kappa = float(cohen_kappa_score(t, v, labels=labels))
     kappa = 0.0 if np.isnan(kappa) else kappa  # one category only: no agreement beyond chance
     agreement = float((t == v).mean())
-    # Bootstrap over pairs: each pair's 3x3 confusion counts, summed over resampled pairs; kappa of
-    # each resample from its confusion matrix (the formula cohen_kappa_score computes above).
+    # Bootstrap over prompts (or pairs): each one's 3x3 confusion counts, summed over the resampled
+    # ones; kappa of each resample from its confusion matrix (the formula cohen_kappa_score
+    # computes above).
     code = {label: i for i, label in enumerate(labels)}
     cells = np.array([code[a] * 3 + code[b] for a, b in zip(t, v, strict=True)])
-    _, group = np.unique(ids, return_inverse=True)
-    per_pair = np.zeros((pairs, 9))
-    np.add.at(per_pair, (group, cells), 1)
+    clusters = np.asarray(prompts, dtype=object).astype(str) if prompts is not None else ids
+    _, group = np.unique(clusters, return_inverse=True)
+    n_groups = int(group.max()) + 1
+    per_group = np.zeros((n_groups, 9))
+    np.add.at(per_group, (group, cells), 1)
     rng = np.random.default_rng(config.seed)
-    confusion = per_pair[rng.integers(0, pairs, size=(config.resamples, pairs))].sum(axis=1).reshape(-1, 3, 3)
+    drawn = rng.integers(0, n_groups, size=(config.resamples, n_groups))
+    confusion = per_group[drawn].sum(axis=1).reshape(-1, 3, 3)
     observed, kappas = agreement_and_kappa(confusion)
     a_low, a_high = _interval(observed, config.level)
     k_low, k_high = _interval(kappas, config.level)

@@ -275,6 +275,18 @@ def test_a_position_biased_judge_agrees_half_the_time_and_has_kappa_zero():
     assert not few.eligible and "30 pairs needed" in few.why
 
 
+def test_a_judges_kappa_interval_resamples_prompts_not_pairs():
+    """40 pairs on 4 prompts, 3 of them judged right: the same figures as 40 prompts, but the
+    interval of 4 prompts' evidence."""
+    truth = ["A", "B"] * 40
+    ids = [i // 2 for i in range(80)]
+    verdicts = [x if i // 2 < 30 else "AB"[x == "A"] for i, x in enumerate(truth)]
+    spread = calibrate_verdicts(truth, verdicts, ids, prompts=[str(i // 2) for i in range(80)])
+    clustered = calibrate_verdicts(truth, verdicts, ids, prompts=[str(i // 20) for i in range(80)])
+    assert spread.kappa == clustered.kappa == pytest.approx(0.5) and spread.pairs == clustered.pairs == 40
+    assert spread.kappa_low > 0.1 and clustered.kappa_low < 0.0
+
+
 # --- end to end with stand-ins
 
 

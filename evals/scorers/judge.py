@@ -192,18 +192,21 @@ class PairwiseJudge:
             if self._prepared or self._feedback is None:
                 return
             self._prepared = True
-            jobs, truth, ids = [], [], []
+            jobs, truth, ids, prompts = [], [], [], []
             for ex in self._feedback:
                 probe = EvalExample(id="calibration", source="holdout", messages=ex.messages)
                 for pair in ex.pairs:
                     ids += [len(ids) // 2] * 2
+                    prompts += [ex.key] * 2
                     jobs += [
                         self._calibration_verdict(probe, pair.preferred, pair.other),
                         self._calibration_verdict(probe, pair.other, pair.preferred),
                     ]
                     truth += ["A", "B"]
             verdicts = await asyncio.gather(*jobs)
-            self.calibration = calibrate_verdicts(truth, verdicts, ids, self._calibration_config)
+            self.calibration = calibrate_verdicts(
+                truth, verdicts, ids, self._calibration_config, prompts=prompts
+            )
             self.eligibility = self.calibration.why
             if self.calibration.eligible:
                 self.role = self.config.role

@@ -280,6 +280,13 @@ def run_demo(options: DemoOptions) -> DemoResult:
             # demo's end (e2e test, 2026-12-02), where a rollback would have started the next run.
             "RATCHET_ONLINE_GATE__MAX_RATINGS_PER_USER": "30", "RATCHET_SNAPSHOT__MAX_USER_SHARE": "0.05",
             "RATCHET_SNAPSHOT__MIN_USER_CAP": "5", "RATCHET_SNAPSHOT__HOLDOUT_FRACTION": "0.3",
+            # A run trains on the newest ~600 rows (120 of them older ones replayed), not the whole
+            # history: polite prompts are asked only since the first promotion, and the holdout
+            # takes the newest 30% of them. At the second promotion's snapshot of an e2e run
+            # (2026-12-03), polite answers were 122 of the 380 liked or corrected training rows with
+            # this bound, 74 of 735 with the whole history; trained on the whole history, the
+            # second promoted version once answered politely only 16% of the time (CI, 2026-12-02).
+            "RATCHET_SNAPSHOT__MAX_TRAIN_EXAMPLES": "600",
             "RATCHET_FEEDBACK_GATE__REWARD_MAX_STEPS": "30",
         }  # fmt: skip
         say(f"[3/4] starting Ratchet on {url} (data in {ratchet_dir}) ...")

@@ -23,9 +23,13 @@ reported as a diagnostic. Two measures, one per kind of judge:
   says "A" (position bias) scores 0 although it agrees half the time. Interval: percentile
   bootstrap over prompts (both orders of all a prompt's pairs stay together).
 
-Eligibility, on >= `min_pairs` held-out pairs for either kind: AUC lower bound >= `min_auc_low`;
-kappa lower bound >= `min_kappa_low`. AUC 0.65 and kappa 0.3 mean the same thing on balanced
-pairs: 65% of pairs ordered as users order them.
+Eligibility, on >= `min_pairs` held-out pairs of >= `min_prompts` prompts for either kind: AUC
+lower bound >= `min_auc_low`; kappa lower bound >= `min_kappa_low`. AUC 0.65 and kappa 0.3 mean
+the same thing on balanced pairs: 65% of pairs ordered as users order them. The prompt count is
+what the interval rests on (it resamples prompts): a judge ordering pairs at chance, whose pairs
+of one prompt share answers and so all go the same way, passed on 30 pairs in 51% of trials when
+they came from 1 prompt, 13% from 3, 6% from 5 (an app with five FAQ buttons), 1% from 8 or 10,
+none from 15 (300 trials each, 2026-12-03; `tests/test_evals_feedback.py`).
 """
 
 from __future__ import annotations
@@ -60,6 +64,14 @@ class CalibrationConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
     min_pairs: Annotated[
         int, _doc("A judge needs at least this many held-out preference pairs."), msgspec.Meta(ge=1)
     ] = 30
+    min_prompts: Annotated[
+        int,
+        _doc(
+            "... and its pairs must come from at least this many prompts: the interval resamples "
+            "prompts, and with fewer it is too narrow (module docstring)."
+        ),
+        msgspec.Meta(ge=1),
+    ] = 10
     min_kappa_low: Annotated[
         float,
         _doc("Lowest accepted lower bound of a pairwise judge's Cohen's kappa with the users."),
@@ -191,11 +203,20 @@ def calibrate_scores(
     )
     if n < config.min_pairs:
         eligible, why = False, f"not calibrated: {figures}; {config.min_pairs} pairs needed"
+    elif len(pairs_per_prompt) < config.min_prompts:
+        eligible, why = False, f"not calibrated: {figures}; {_few_prompts(config)}"
     elif low < config.min_auc_low:
         eligible, why = False, f"not calibrated: {figures}; lower bound below {config.min_auc_low:.2f}"
     else:
         eligible, why = True, f"calibrated: {figures}; lower bound >= {config.min_auc_low:.2f}"
     return result(eligible, why, ties=ties, auc=auc, low=low, high=high)
+
+
+def _few_prompts(config: CalibrationConfig) -> str:
+    return (
+        f"{config.min_prompts} prompts needed (the interval resamples prompts; with fewer it is too "
+        "narrow: feedback on more distinct prompts is needed)"
+    )
 
 
 Verdict = Literal["A", "B", "TIE"]
@@ -263,6 +284,8 @@ def calibrate_verdicts(
     )
     if pairs < config.min_pairs:
         eligible, why = False, f"not calibrated: {figures}; {config.min_pairs} pairs needed"
+    elif n_groups < config.min_prompts:
+        eligible, why = False, f"not calibrated: {figures} of {n_groups} prompts; {_few_prompts(config)}"
     elif k_low < config.min_kappa_low:
         eligible, why = (
             False,

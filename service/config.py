@@ -352,6 +352,15 @@ class FeedbackGateSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
         _doc("Held-out preference pairs a judge (learned or LLM) needs before it may decide."),
         msgspec.Meta(ge=1),
     ] = 30
+    min_prompts: Annotated[
+        int,
+        _doc(
+            "Distinct prompts those pairs must come from: a judge's interval resamples prompts, and "
+            "on 30 pairs of 5 prompts a judge ordering pairs at chance was calibrated in 6% of "
+            "trials, of 10 prompts in 1% (`evals.calibration`)."
+        ),
+        msgspec.Meta(ge=1),
+    ] = 10
     min_kappa_low: Annotated[
         float,
         _doc(

@@ -646,6 +646,6 @@ def feedback_config(settings: FeedbackGateSettings, reward_model: Path | None) -
         degenerate_tolerance=settings.degenerate_tolerance,
         calibration=CalibrationConfig(
             min_auc_low=settings.min_auc_low, min_pairs=settings.min_pairs,
-            min_kappa_low=settings.min_kappa_low,
+            min_prompts=settings.min_prompts, min_kappa_low=settings.min_kappa_low,
         ),
     )  # fmt: skip

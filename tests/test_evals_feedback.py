@@ -287,6 +287,36 @@ def test_a_judges_kappa_interval_resamples_prompts_not_pairs():
     assert spread.kappa_low > 0.1 and clustered.kappa_low < 0.0
 
 
+def test_a_judge_needs_pairs_from_enough_prompts_not_just_enough_pairs():
+    """An app with a few fixed prompts (FAQ buttons) gives many pairs of few prompts, and a
+    prompt's pairs share answers, so a judge ordering them at chance gets them all right or all
+    wrong. 30 pairs of 3 prompts all ordered right: AUC 1.0 and an interval of [1.0, 1.0], since it
+    resamples prompts; it must not calibrate. Of 10 prompts it does."""
+    few = calibrate_scores([1.0] * 30, [0.0] * 30, [f"p{i % 3}" for i in range(30)])
+    assert few.auc == few.low == 1.0 and not few.eligible and "10 prompts needed" in few.why
+    assert calibrate_scores([1.0] * 30, [0.0] * 30, [f"p{i % 10}" for i in range(30)]).eligible
+    truth = ["A", "B"] * 30
+    ids = [i // 2 for i in range(60)]
+    few_verdicts = calibrate_verdicts(truth, truth, ids, prompts=[str(i % 3) for i in range(60)])
+    assert few_verdicts.kappa == 1.0 and not few_verdicts.eligible and "of 3 prompts" in few_verdicts.why
+    assert calibrate_verdicts(truth, truth, ids, prompts=[str(i % 10) for i in range(60)]).eligible
+
+
+def test_a_judge_at_chance_is_rarely_calibrated_from_the_fewest_prompts_allowed():
+    """The module docstring's trials, at the floor: 10 prompts, 30 pairs, each prompt's pairs all
+    right or all wrong at chance (measured 1% calibrated, 2026-12-03); a 95% interval's lower
+    bound above 0.65 should be rarer than 1 in 20."""
+    rng = np.random.default_rng(7)
+    config = CalibrationConfig(resamples=500)
+    prompts = [f"p{i % 10}" for i in range(30)]
+    passed = 0
+    for _ in range(200):
+        right = rng.random(10) < 0.5
+        preferred = [1.0 if right[i % 10] else 0.0 for i in range(30)]
+        passed += calibrate_scores(preferred, [0.5] * 30, prompts, config=config).eligible
+    assert passed <= 10, passed
+
+
 # --- end to end with stand-ins
 
 

@@ -67,8 +67,8 @@ class CalibrationConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
     min_prompts: Annotated[
         int,
         _doc(
-            "... and its pairs must come from at least this many prompts: the interval resamples "
-            "prompts, and with fewer it is too narrow (module docstring)."
+            "A judge's pairs must come from at least this many distinct prompts: the interval "
+            "resamples prompts, and with fewer it is too narrow (module docstring)."
         ),
         msgspec.Meta(ge=1),
     ] = 10

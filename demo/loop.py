@@ -431,7 +431,9 @@ def render(result: DemoResult) -> str:
         reward = training.get("reward_model") or {}
         if training:
             lines.append(
-                f"    adapter trained in {training.get('adapter_wall_time_s', 0):.0f} s; reward model "
+                f"    adapter trained in {training.get('adapter_wall_time_s', 0):.0f} s "
+                f"(preparing {training.get('prepare_wall_time_s') or 0:.0f} s, "
+                f"TRL's loop {training.get('metrics', {}).get('train_runtime_s') or 0:.0f} s); reward model "
                 + (
                     f"in {reward['wall_time_s']:.0f} s"
                     if "wall_time_s" in reward

@@ -248,6 +248,13 @@ def test_cli_run_streams_json_lines_and_writes_the_adapter(tmp_path, tiny_model_
     adapter_dir = Path(events[-1]["adapter_dir"])
     assert adapter_dir == tmp_path / "adapters" / "cli"
     assert {p.name for p in adapter_dir.iterdir()} == ADAPTER_FILES
+    # Where the adapter's time went: preparing the examples, then TRL's training loop; the rest
+    # (loading the model, TRL's preprocessing, saving) is what is left of the adapter's wall time.
+    done = events[-1]
+    prepare, trained = done["prepare_wall_time_s"], done["metrics"]["train_runtime_s"]
+    assert (
+        prepare > 0 and trained > 0 and prepare + trained < done["adapter_wall_time_s"] <= done["wall_time_s"]
+    )
 
 
 def test_a_failure_during_training_leaves_no_adapter_dir(tmp_path, tiny_model_dir, snapshot_dir):

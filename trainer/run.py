@@ -96,6 +96,7 @@ def run(spec: RunSpec, progress: Progress) -> Path:
     if main:
         shutil.rmtree(partial, ignore_errors=True)  # left by a crashed attempt of the same run
         partial.mkdir(parents=True)
+    prepare_s = round(time.monotonic() - started, 3)
     progress.send(
         StartEvent(
             run_id=spec.run_id,
@@ -166,6 +167,7 @@ def run(spec: RunSpec, progress: Progress) -> Path:
             metrics=metrics,
             wall_time_s=round(time.monotonic() - started, 3),
             adapter_wall_time_s=adapter_s,
+            prepare_wall_time_s=prepare_s,
             reward_model=reward,
         )
     )

@@ -310,10 +310,11 @@ class DoneEvent(msgspec.Struct, tag="done", tag_field="event", kw_only=True):
     wall_time_s: float | None = None
     adapter_wall_time_s: float | None = None
     prepare_wall_time_s: float | None = None
-    """Of `adapter_wall_time_s`, the part before training set up: reading the snapshot, importing
-    torch and TRL, fitting the examples to the tokenizer. The rest, beyond `metrics.train_runtime_s`,
-    is loading the model, TRL's own preprocessing and saving the adapter (an e2e run's training
-    stage once took 159 s where TRL trained 37 s, 2026-12-03, and nothing said where the rest went)."""
+    """Of `adapter_wall_time_s`, the part before the method's recipe starts: reading the snapshot,
+    importing torch and TRL, fitting the training (and validation) examples to the tokenizer. The
+    rest, beyond `metrics.train_runtime_s`, is loading the model, TRL's own preprocessing and saving
+    the adapter (an e2e run's training stage once took 159 s where TRL trained 37 s, 2026-12-03, and
+    nothing said where the rest went)."""
     reward_model: RewardOutcome | None = None
 
 

@@ -96,7 +96,6 @@ def run(spec: RunSpec, progress: Progress) -> Path:
     if main:
         shutil.rmtree(partial, ignore_errors=True)  # left by a crashed attempt of the same run
         partial.mkdir(parents=True)
-    prepare_s = round(time.monotonic() - started, 3)
     progress.send(
         StartEvent(
             run_id=spec.run_id,
@@ -115,6 +114,7 @@ def run(spec: RunSpec, progress: Progress) -> Path:
             validation = fit_examples(held, Renderer(tokenizer), limit)
         job = Job(spec=spec, examples=examples, save_dir=partial, callbacks=[StepEvents(progress)],
                   validation=validation)  # fmt: skip
+        prepare_s = round(time.monotonic() - started, 3)
         # Libraries print log dicts to stdout; stdout belongs to the progress events.
         with contextlib.redirect_stdout(sys.stderr):
             metrics = RECIPES[choice.method](job, hp)

@@ -285,7 +285,9 @@ def calibrate_verdicts(
     if pairs < config.min_pairs:
         eligible, why = False, f"not calibrated: {figures}; {config.min_pairs} pairs needed"
     elif n_groups < config.min_prompts:
-        eligible, why = False, f"not calibrated: {figures} of {n_groups} prompts; {_few_prompts(config)}"
+        # Without prompt keys each pair counts as a prompt of its own (the bootstrap resamples pairs).
+        of = f"{n_groups} prompts" if prompts is not None else f"{n_groups} pairs, no prompt keys given"
+        eligible, why = False, f"not calibrated: {figures} of {of}; {_few_prompts(config)}"
     elif k_low < config.min_kappa_low:
         eligible, why = (
             False,

@@ -300,6 +300,9 @@ def test_a_judge_needs_pairs_from_enough_prompts_not_just_enough_pairs():
     few_verdicts = calibrate_verdicts(truth, truth, ids, prompts=[str(i % 3) for i in range(60)])
     assert few_verdicts.kappa == 1.0 and not few_verdicts.eligible and "of 3 prompts" in few_verdicts.why
     assert calibrate_verdicts(truth, truth, ids, prompts=[str(i % 10) for i in range(60)]).eligible
+    # Without prompt keys, each of the 30 pairs counts as a prompt, and the account says so.
+    unkeyed = calibrate_verdicts(truth, truth, ids, CalibrationConfig(min_prompts=40))
+    assert not unkeyed.eligible and "of 30 pairs, no prompt keys given" in unkeyed.why, unkeyed.why
 
 
 def test_a_judge_at_chance_is_rarely_calibrated_from_the_fewest_prompts_allowed():

@@ -30,8 +30,9 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 
+# Two workers: the vLLM modules on one, the others on the other (tests/conftest.py says why).
 test: install lint
-	$(PY) -m pytest -q --durations=25
+	$(PY) -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder --durations=25
 
 bench: install
 	$(PY) bench/ingest.py

@@ -41,13 +41,19 @@ def view(line: dict[str, Any]) -> dict[str, Any]:
     return {k: line[k] for k in keys if line.get(k) is not None}
 
 
-def assert_reimport_stores_nothing(server: RatchetProcess, key: str, project: str, *args: str) -> None:
+def stored_counts(server: RatchetProcess, key: str, project: str) -> dict[str, Any]:
+    """The project's stats without what a training run changes: the shared server's scheduler may
+    start one on the imported signal at any time (seen under load, 2026-12-03)."""
     with server.client(key) as c:
-        before = c.get(f"/v1/projects/{project}/stats").json()
+        stats = c.get(f"/v1/projects/{project}/stats").json()
+    return {k: v for k, v in stats.items() if k != "last_run_at" and not k.endswith("_since_last_run")}
+
+
+def assert_reimport_stores_nothing(server: RatchetProcess, key: str, project: str, *args: str) -> None:
+    before = stored_counts(server, key, project)
     out, _ = imported(server, key, *args, "--restart")
     assert " 0 new logs," in out and " 0 feedback (" in out, out
-    with server.client(key) as c:
-        assert c.get(f"/v1/projects/{project}/stats").json() == before
+    assert stored_counts(server, key, project) == before
 
 
 def test_helicone_export(ratchet_server: RatchetProcess, tmp_path: Path) -> None:

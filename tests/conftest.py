@@ -3,8 +3,6 @@
 import pytest
 from hypothesis import HealthCheck, settings
 
-from tests.fixtures.models import running_under_xdist
-
 # Hypothesis's too-slow health check times input generation: on a loaded 2-core machine (vLLM,
 # training and other suites beside it) it failed a property test that is not about speed (35 s to
 # draw one input, seen under load 15). Speed is measured in bench/, never asserted in tests.
@@ -36,8 +34,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     Under pytest-xdist (`make test`: `-n 2 --dist loadgroup`), the vLLM modules are one group, run
     first, in the order above, by one worker (one shared server, its start-up the first thing that
     worker does), while the other worker runs the other modules, each module a group of its own
-    (module fixtures set up once). In one process, about 45% of the 2 cores were idle through the
+    (module fixtures set up once). Tests marked `both_cores` (the end-to-end loop, which keeps both
+    cores busy by itself) run last among those of the shared server, by when the other worker has
+    most likely finished: sharing the cores slows both sides (the loop took 306 s in one run of the
+    suite, 448 s in the next, 2026-12-03). In one process, about 45% of the 2 cores were idle through the
     modules that don't use vLLM (vmstat, 2026-12-03): they are I/O- and subprocess-bound."""
+    from tests.fixtures.models import running_under_xdist  # a plugin module: imported once registered
+
     uses_vllm = {item.module.__name__ for item in items if "vllm_server" in item.fixturenames}
     uses_two = {item.module.__name__ for item in items if "vllm_replicas" in item.fixturenames}
     xdist = running_under_xdist()
@@ -45,11 +48,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     def in_vllm_group(item: pytest.Item) -> bool:
         return item.get_closest_marker("own_vllm") is not None or item.module.__name__ in uses_vllm
 
-    def order(item: pytest.Item) -> tuple[bool, bool, bool]:
+    def order(item: pytest.Item) -> tuple[bool, ...]:
         own = item.get_closest_marker("own_vllm") is not None
         not_first = item.module.__name__ not in uses_two
         if xdist:
-            return not in_vllm_group(item), own, not_first
+            alone = item.get_closest_marker("both_cores") is not None
+            return not in_vllm_group(item), own, alone, not_first
         return own, not own and item.module.__name__ in uses_vllm, not_first
 
     items.sort(key=order)

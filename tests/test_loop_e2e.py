@@ -11,7 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from demo.loop import DemoOptions, render, run_demo
+
+pytestmark = pytest.mark.both_cores  # vLLM, the trainer and 8 users in flight (tests/conftest.py)
 
 
 def test_users_feedback_alone_gets_two_better_adapters_promoted(

@@ -29,7 +29,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     slow each other down on 2 cores). Running them last, in file order, keeps a second server away
     from the other tests and spares restarting the shared one (~50 s) afterwards. The modules of
     `vllm_replicas` (a second replica, spawned early beside the shared server) run first among
-    the vLLM modules, so that second server is stopped as early as it can be.
+    the vLLM modules, so that second server is stopped as early as it can be. Among the others,
+    the modules that need no tiny model go first, while it is built (~45 s, one core): the first
+    module, which needed it, used to wait for it with the other core idle.
 
     Under pytest-xdist (`make test`: `-n 2 --dist loadgroup`), the vLLM modules are one group, run
     first, in the order above, by one worker (one shared server, its start-up the first thing that
@@ -43,6 +45,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     uses_vllm = {item.module.__name__ for item in items if "vllm_server" in item.fixturenames}
     uses_two = {item.module.__name__ for item in items if "vllm_replicas" in item.fixturenames}
+    uses_model = {item.module.__name__ for item in items if "tiny_model_dir" in item.fixturenames}
     xdist = running_under_xdist()
 
     def in_vllm_group(item: pytest.Item) -> bool:
@@ -51,10 +54,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     def order(item: pytest.Item) -> tuple[bool, ...]:
         own = item.get_closest_marker("own_vllm") is not None
         not_first = item.module.__name__ not in uses_two
+        needs_model = item.module.__name__ in uses_model
         if xdist:
             alone = item.get_closest_marker("both_cores") is not None
-            return not in_vllm_group(item), own, alone, not_first
-        return own, not own and item.module.__name__ in uses_vllm, not_first
+            return not in_vllm_group(item), own, alone, needs_model, not_first
+        return own, not own and item.module.__name__ in uses_vllm, needs_model, not_first
 
     items.sort(key=order)
     if xdist:

@@ -38,8 +38,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     worker does), while the other worker runs the other modules, each module a group of its own
     (module fixtures set up once). Tests marked `both_cores` (the end-to-end loop, which keeps both
     cores busy by itself) run last among those of the shared server, by when the other worker has
-    most likely finished: sharing the cores slows both sides (the loop took 306 s in one run of the
-    suite, 448 s in the next, 2026-12-03). In one process, about 45% of the 2 cores were idle through the
+    most likely finished, so that the two don't share the cores. Not shown by a measurement: the
+    loop's own spread hides it (259-448 s across five runs, 433 s in a run where it ran alone,
+    2026-12-03). In one process, about 45% of the 2 cores were idle through the
     modules that don't use vLLM (vmstat, 2026-12-03): they are I/O- and subprocess-bound."""
     from tests.fixtures.models import running_under_xdist  # a plugin module: imported once registered
 

@@ -287,7 +287,11 @@ def run_demo(options: DemoOptions) -> DemoResult:
             # this bound, 74 of 735 with the whole history; trained on the whole history, the
             # second promoted version once answered politely only 16% of the time (CI, 2026-12-02).
             "RATCHET_SNAPSHOT__MAX_TRAIN_EXAMPLES": "600",
-            "RATCHET_FEEDBACK_GATE__REWARD_MAX_STEPS": "30",
+            # The reward model trains its default 50 steps (`feedback_gate.reward_max_steps`). With
+            # 30 it hardly told an uppercase answer from a lowercase one: at the first run it put
+            # the candidate at +0.003, +0.030 and -0.003, intervals reaching below 0, where the
+            # references said +0.50, and refused it in three of four e2e runs (each then needed
+            # another run, ~90 s); with 50, +0.224 [+0.172, +0.269] (2026-12-03).
         }  # fmt: skip
         say(f"[3/4] starting Ratchet on {url} (data in {ratchet_dir}) ...")
         server = procs.start([sys.executable, "-m", "service.cli", "serve"], env, data / "ratchet.log")

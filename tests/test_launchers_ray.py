@@ -85,16 +85,24 @@ def start_ray(temp: Path) -> RayCluster | str:
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     cluster = RayCluster(f"http://127.0.0.1:{dashboard}", proc)
-    while time.monotonic() - started < 180 and proc.poll() is None:
+
+    def up_or_exited() -> str | None:
+        if proc.poll() is not None:
+            return f"exited {proc.returncode}"
         try:
-            if httpx.get(f"{cluster.address}/api/version", timeout=2).status_code == 200:
-                print(f"Ray cluster up in {time.monotonic() - started:.1f}s")
-                return cluster
+            return "up" if httpx.get(f"{cluster.address}/api/version", timeout=2).status_code == 200 else None
         except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
+            return None
+
+    try:
+        state = wait_for(up_or_exited, 180, "the Ray dashboard")
+    except AssertionError:
+        state = "not up in 180 s"
+    if state == "up":
+        print(f"Ray cluster up in {time.monotonic() - started:.1f}s")
+        return cluster
     cluster.stop()
-    return f"the Ray cluster did not start (exit {proc.returncode}):\n{ray_logs(temp)}"
+    return f"the Ray cluster did not start ({state}):\n{ray_logs(temp)}"
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,11 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,24 +107,40 @@ def start_ray(temp: Path) -> RayCluster | str:
     return f"the Ray cluster did not start ({state}):\n{ray_logs(temp)}"
 
 
+def ray_temp_dir() -> Path:
+    """A new directory for a cluster's `--temp-dir`, short enough for the AF_UNIX sockets Ray puts
+    in it (`<temp>/session_<date>_<time>_<usec>_<pid>/sockets/dash_<Module>`, at most 107 bytes).
+
+    Not under pytest's base temp: on CI (`/tmp/pytest-of-root/pytest-22/popen-gw1/ray0/`) the
+    MetricsHead socket's path was 109 bytes, its dashboard module died on it ('AF_UNIX path length
+    cannot exceed 107 bytes', reported to `ray start` only as 'Received EOF from pipe'), and so
+    did the retry. `/tmp/ray-XXXXXXXX/` leaves about 20 bytes to spare."""
+    return Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+
+
 @pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
-    # One more try, since Ray's own start has failed once on CI's loaded 2 cores: a dashboard
-    # module's child died before saying it was ready ('Module MetricsHead failed to start.
-    # Received EOF from pipe.'), which ends `ray start`. What a failed try logged is printed.
+def ray_cluster() -> Iterator[RayCluster]:
+    # One more try when Ray's own start fails (a dashboard module's child dying under load ends
+    # `ray start`); what a failed try logged is printed.
     failures: list[str] = []
-    for _ in range(2):
-        cluster = start_ray(tmp_path_factory.mktemp("ray"))
-        if isinstance(cluster, RayCluster):
-            break
-        failures.append(cluster)
-        print(cluster)
-    else:
-        pytest.fail("\n\n".join(failures))
+    temps: list[Path] = []
     try:
-        yield cluster
+        for _ in range(2):
+            temps.append(ray_temp_dir())
+            cluster = start_ray(temps[-1])
+            if isinstance(cluster, RayCluster):
+                break
+            failures.append(cluster)
+            print(cluster)
+        else:
+            pytest.fail("\n\n".join(failures))
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
     finally:
-        cluster.stop()
+        for temp in temps:
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 def ray_env(cluster_address: str, artifacts: Path) -> dict[str, str]:

@@ -120,27 +120,17 @@ def ray_temp_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[RayCluster]:
-    # One more try when Ray's own start fails (a dashboard module's child dying under load ends
-    # `ray start`); what a failed try logged is printed.
-    failures: list[str] = []
-    temps: list[Path] = []
+    temp = ray_temp_dir()
     try:
-        for _ in range(2):
-            temps.append(ray_temp_dir())
-            cluster = start_ray(temps[-1])
-            if isinstance(cluster, RayCluster):
-                break
-            failures.append(cluster)
-            print(cluster)
-        else:
-            pytest.fail("\n\n".join(failures))
+        cluster = start_ray(temp)
+        if not isinstance(cluster, RayCluster):
+            pytest.fail(cluster)
         try:
             yield cluster
         finally:
             cluster.stop()
     finally:
-        for temp in temps:
-            shutil.rmtree(temp, ignore_errors=True)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def ray_env(cluster_address: str, artifacts: Path) -> dict[str, str]:

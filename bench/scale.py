@@ -27,6 +27,7 @@ VmRSS during them.
 
     .venv/bin/python bench/scale.py 100000 1000000 [--http 100000] [--data /tmp/ratchet-scale]
                                    [--max-train-examples 20000] [--archived 9000000]
+                                   [--memory-limit-mib 2048]
 
 Goals at 10M logs (issue 14): loop stall <= 50 ms; single-log POST p99 <= 50 ms during every
 background operation; snapshot RSS <= 2 GB; export RSS <= 1 GB; point read <= 10 ms; stop <=
@@ -434,7 +435,11 @@ def during(server: RatchetProcess, key: str, rate: float, sampler: Sampler, op: 
     sampler.reset()
     loop_before = {h: histogram(server, h) for h in LOOP_HISTOGRAMS}
     t0 = time.perf_counter()
-    op()
+    error = None
+    try:
+        op()
+    except httpx.HTTPStatusError as exc:  # e.g. 503 over the memory limit: a figure, not the end
+        error = f"{exc.response.status_code} {exc.response.read()[:120].decode(errors='replace')}"
     t1 = time.perf_counter()
     time.sleep(1)
     stop.set()
@@ -445,7 +450,7 @@ def during(server: RatchetProcess, key: str, rate: float, sampler: Sampler, op: 
     }
     inside = sorted(d for at, d in posts if t0 <= at <= t1)
     return {"seconds": t1 - t0, "p50": _q(inside, 0.5), "p99": _q(inside, 0.99), "max": max(inside, default=0.0),
-            "n": len(inside), "rss": sampler.rss, "loop": loop}  # fmt: skip
+            "n": len(inside), "rss": sampler.rss, "loop": loop, "error": error}  # fmt: skip
 
 
 LOOP_HISTOGRAMS = ("ratchet_event_loop_lag_seconds", "ratchet_event_loop_blocked_seconds")
@@ -513,6 +518,8 @@ def measure(
     def export() -> None:
         started, read = time.perf_counter(), 0
         with api.stream("GET", f"/v1/projects/{PROJECT}/export", params={"format": "parquet"}) as r:
+            if r.is_error:
+                r.read()  # the error's body, for the table
             r.raise_for_status()
             ops["export_rows"] = int(r.headers["x-ratchet-rows"])
             for chunk in r.iter_bytes(1 << 20):
@@ -525,7 +532,8 @@ def measure(
     ops["signal check"] = during(server, key, rate, sampler, lambda: time.sleep(11))  # >= 2 ticks of 5 s
 
     def snapshot() -> None:
-        run, started = api.post(f"/v1/projects/{PROJECT}/runs").json(), time.perf_counter()
+        started = time.perf_counter()
+        run = api.post(f"/v1/projects/{PROJECT}/runs").raise_for_status().json()
         while api.get(f"/v1/runs/{run['id']}").json()["state"] in ("pending", "snapshot"):
             if snapshot_seconds is not None and time.perf_counter() - started > snapshot_seconds:
                 ops["snapshot_cut"] = True
@@ -579,6 +587,9 @@ def main() -> None:
         default=None,
         help="snapshot.max_train_examples for the server (default: the setting's default)",
     )
+    parser.add_argument(
+        "--memory-limit-mib", type=int, default=2048, help="database.memory_limit_mib for the server"
+    )
     parser.add_argument("--export-seconds", type=float, help="read each export for at most this long")
     parser.add_argument("--snapshot-seconds", type=float, help="wait at most this long for a snapshot stage")
     parser.add_argument(
@@ -594,7 +605,7 @@ def main() -> None:
         args.data.mkdir(parents=True)
     env = {"RATCHET_TRAINING__SIGNAL_CHECK_SECONDS": "5",
            "RATCHET_TRAINING__MIN_NEW_RATINGS": "1000000000",  # the check runs its count, never starts a run
-           "RATCHET_DATABASE__MEMORY_LIMIT_MIB": "2048",  # other work shares this machine's memory
+           "RATCHET_DATABASE__MEMORY_LIMIT_MIB": str(args.memory_limit_mib),
            "RATCHET_ARCHIVE__AFTER_DAYS": "30", "RATCHET_ARCHIVE__FILE_ROWS": str(args.file_rows)}  # fmt: skip
     if args.max_train_examples is not None:
         env["RATCHET_SNAPSHOT__MAX_TRAIN_EXAMPLES"] = str(args.max_train_examples)
@@ -670,7 +681,7 @@ def print_table(rows: list[Any]) -> None:
         row(f"single-log POST p50 / p99 / max during {op} (op time; loop lag / blocked, bucket bounds)",
             [f"{o['p50'] * 1e3:.0f} / {o['p99'] * 1e3:.0f} / {o['max'] * 1e3:.0f} ms ({o['seconds']:.1f} s; "
              + " / ".join(f"<= {o['loop'][h] * 1e3:.0f} ms" if o["loop"].get(h) is not None else "-"
-                          for h in LOOP_HISTOGRAMS) + ")"
+                          for h in LOOP_HISTOGRAMS) + ")" + (f" FAILED: {o['error']}" if o.get("error") else "")
              for o in (r[4][op] for r in rows)])  # fmt: skip
     row(
         "snapshot stage (run stats), peak server RSS",

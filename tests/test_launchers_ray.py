@@ -113,8 +113,8 @@ def ray_temp_dir() -> Path:
 
     Not under pytest's base temp: on CI (`/tmp/pytest-of-root/pytest-22/popen-gw1/ray0/`) the
     MetricsHead socket's path was 109 bytes, its dashboard module died on it ('AF_UNIX path length
-    cannot exceed 107 bytes', reported to `ray start` only as 'Received EOF from pipe'), and so
-    did the retry. `/tmp/ray-XXXXXXXX/` leaves about 20 bytes to spare."""
+    cannot exceed 107 bytes', reported to `ray start` only as 'Received EOF from pipe') on every
+    try. `/tmp/ray-XXXXXXXX/` leaves about 20 bytes to spare."""
     return Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -107,30 +106,22 @@ def start_ray(temp: Path) -> RayCluster | str:
     return f"the Ray cluster did not start ({state}):\n{ray_logs(temp)}"
 
 
-def ray_temp_dir() -> Path:
-    """A new directory for a cluster's `--temp-dir`, short enough for the AF_UNIX sockets Ray puts
-    in it (`<temp>/session_<date>_<time>_<usec>_<pid>/sockets/dash_<Module>`, at most 107 bytes).
-
-    Not under pytest's base temp: on CI (`/tmp/pytest-of-root/pytest-22/popen-gw1/ray0/`) the
-    MetricsHead socket's path was 109 bytes, its dashboard module died on it ('AF_UNIX path length
-    cannot exceed 107 bytes', reported to `ray start` only as 'Received EOF from pipe') on every
-    try. `/tmp/ray-XXXXXXXX/` leaves about 20 bytes to spare."""
-    return Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
-
-
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[RayCluster]:
-    temp = ray_temp_dir()
-    try:
-        cluster = start_ray(temp)
+    # Not under pytest's base temp: Ray puts AF_UNIX sockets in its --temp-dir
+    # (`<temp>/session_<date>_<time>_<usec>_<pid>/sockets/dash_<Module>`, at most 107 bytes), and on
+    # CI (`/tmp/pytest-of-root/pytest-22/popen-gw1/ray0/`) the MetricsHead socket's path was 109
+    # bytes: its dashboard module died on it ('AF_UNIX path length cannot exceed 107 bytes',
+    # reported to `ray start` only as 'Received EOF from pipe') on every try. `/tmp/ray-XXXXXXXX/`
+    # leaves about 20 bytes to spare.
+    with tempfile.TemporaryDirectory(prefix="ray-", dir="/tmp", ignore_cleanup_errors=True) as temp:
+        cluster = start_ray(Path(temp))
         if not isinstance(cluster, RayCluster):
             pytest.fail(cluster)
         try:
             yield cluster
         finally:
             cluster.stop()
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def ray_env(cluster_address: str, artifacts: Path) -> dict[str, str]:
